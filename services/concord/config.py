@@ -1,0 +1,91 @@
+"""One pydantic-settings object per service, read from CONCORD_* variables (and a stack.env file).
+
+Nothing here connects to anything: settings are built in each entry point's main().
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STATE_DIR = Path(".concord")
+DEFAULT_ENTERPRISE_ID_SYSTEM = "urn:concord:enterprise-patient-id"
+
+
+class WorkerSettings(BaseSettings):
+    """What every stream worker needs: the broker, its consumer tuning, and its web port."""
+
+    model_config = SettingsConfigDict(env_prefix="CONCORD_", extra="ignore")
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port"
+    )
+    fetch_max_wait_ms: int = Field(
+        20,
+        ge=1,
+        description="Longest a fetch waits for data; the local broker never returns early, "
+        "so this bounds per-hop latency",
+    )
+    session_timeout_ms: int = Field(
+        6000, ge=1000, description="Consumer group session timeout; a join takes about half"
+    )
+    heartbeat_interval_ms: int = Field(2000, ge=100, description="Consumer heartbeat interval")
+    max_batch_records: int = Field(
+        1000, ge=1, description="Most records one batch consumes, processes and produces"
+    )
+    web_host: str = Field("127.0.0.1", description="Interface for /metrics and /health")
+    web_port: int = Field(6066, ge=0, le=65535, description="Port for /metrics and /health")
+    log_level: str = Field("info", description="Worker log level")
+
+
+class IngestionSettings(WorkerSettings):
+    """The ingestion service: raw topics in, ingested records and dead letters out."""
+
+    max_payload_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Raw events larger than this are dead-lettered"
+    )
+
+
+class NormalizationSettings(WorkerSettings):
+    """The normalization service: ingested records in, facts keyed by enterprise id out."""
+
+    enterprise_id_systems: list[str] = Field(
+        default_factory=lambda: [DEFAULT_ENTERPRISE_ID_SYSTEM],
+        description="Identifier systems (e.g. an enterprise MPI) whose value is the enterprise "
+        "patient id; the first one a Patient carries wins",
+    )
+
+
+class DatabaseWorkerSettings(WorkerSettings):
+    """Workers that keep state of record in PostgreSQL."""
+
+    database_url: SecretStr = Field(
+        description="PostgreSQL DSN, e.g. postgresql://user:pass@host:5432/concord"
+    )
+    database_pool_size: int = Field(4, ge=1, description="asyncpg pool size")
+
+
+class ConflictsSettings(DatabaseWorkerSettings):
+    """The conflicts service: facts in, conflict lifecycle events out."""
+
+    policy_path: Path | None = Field(
+        None, description="Source-of-truth policy file (YAML); the built-in default when unset"
+    )
+
+
+class AlertingSettings(DatabaseWorkerSettings):
+    """The alerting service: conflict events in, alerts in PostgreSQL and on concord.alerts."""
+
+
+class ClientSettings(BaseSettings):
+    """What the `concord` command-line tools read: usually from the stack's stack.env."""
+
+    model_config = SettingsConfigDict(env_prefix="CONCORD_", extra="ignore")
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port"
+    )
+    database_url: SecretStr | None = Field(None, description="PostgreSQL DSN of the stack")
+    api_url: str | None = Field(None, description="Base URL of the alerting worker's web API")

@@ -1,0 +1,1 @@
+"""Event contracts: pydantic twins of schemas/*.avsc and the Avro codec."""

@@ -1,0 +1,207 @@
+"""The only place bytes become events and events become bytes.
+
+Wire format: Avro single-object encoding (the Avro spec's own): the marker C3 01, the 8-byte
+little-endian CRC-64-AVRO fingerprint of the writer schema's parsing canonical form, then the
+Avro binary body. Each schema under schemas/ is parsed once, at import. A reader resolves data
+written with any schema version kept under schemas/history/ to the current schema, so a
+producer may run an older version during a rolling deploy.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+from pydantic import ValidationError
+
+from concord.events.models import (
+    Alert,
+    ClinicalFact,
+    ConflictEvent,
+    DeadLetter,
+    Event,
+    IngestedRecord,
+)
+
+SINGLE_OBJECT_MARKER = b"\xc3\x01"
+_HEADER_LEN = 10
+
+# Named types a schema may use, in the order they are defined.
+_DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "ingested_record": ("provenance",),
+    "clinical_fact": ("provenance",),
+    "conflict_event": ("provenance", "clinical_fact", "assertion"),
+    "alert": ("provenance", "clinical_fact", "assertion", "conflict_event"),
+    "dead_letter": (),
+}
+
+
+class CodecError(ValueError):
+    """Bytes that are not a valid event of the expected type. The message names no PHI."""
+
+    def __init__(self, reason_code: str, message: str) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+
+
+def schema_dir() -> Path:
+    """schemas/ at the repository root (or CONCORD_SCHEMA_DIR, for installed images)."""
+    configured = os.environ.get("CONCORD_SCHEMA_DIR")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[3] / "schemas"
+
+
+def load_schema_file(name: str, path: Path | None = None, directory: Path | None = None) -> Any:
+    """Parse one schema, inlining the named types it borrows from the files it depends on.
+
+    The result is self-contained, so its parsing canonical form (and so its fingerprint) covers
+    every type the body uses.
+    """
+    directory = directory or schema_dir()
+    definitions: dict[str, Any] = {}
+    for dep in _DEPENDENCIES[name]:
+        _collect_named(json.loads((directory / f"{dep}.avsc").read_text()), None, definitions)
+    main = json.loads((path or directory / f"{name}.avsc").read_text())
+    return parse_schema(_inline(main, None, definitions, set()), _write_hint=False)
+
+
+def _full_name(name: str, namespace: str | None) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def _collect_named(schema: Any, namespace: str | None, into: dict[str, Any]) -> None:
+    if isinstance(schema, list):
+        for branch in schema:
+            _collect_named(branch, namespace, into)
+    elif isinstance(schema, dict):
+        if schema.get("type") in ("record", "enum", "fixed"):
+            namespace = schema.get("namespace", namespace)
+            into[_full_name(schema["name"], namespace)] = {**schema, "namespace": namespace}
+        for field in schema.get("fields", ()):
+            _collect_named(field["type"], namespace, into)
+        for key in ("items", "values"):
+            if key in schema:
+                _collect_named(schema[key], namespace, into)
+
+
+def _inline(schema: Any, namespace: str | None, borrowed: dict[str, Any], seen: set[str]) -> Any:
+    if isinstance(schema, str):
+        full = _full_name(schema, namespace)
+        if full in borrowed and full not in seen:
+            return _inline(borrowed[full], namespace, borrowed, seen)
+        return schema
+    if isinstance(schema, list):
+        return [_inline(branch, namespace, borrowed, seen) for branch in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if schema.get("type") in ("record", "enum", "fixed"):
+        namespace = schema.get("namespace", namespace)
+        seen.add(_full_name(schema["name"], namespace))
+    if "fields" in schema:
+        out["fields"] = [
+            {**field, "type": _inline(field["type"], namespace, borrowed, seen)}
+            for field in schema["fields"]
+        ]
+    for key in ("items", "values"):
+        if key in schema:
+            out[key] = _inline(schema[key], namespace, borrowed, seen)
+    if isinstance(schema.get("type"), (dict, list)):
+        out["type"] = _inline(schema["type"], namespace, borrowed, seen)
+    return out
+
+
+def schema_fingerprint(parsed: Any) -> bytes:
+    digest = int(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"), 16)
+    return struct.pack("<Q", digest)
+
+
+E = TypeVar("E", bound=Event)
+
+
+@dataclass(frozen=True)
+class _Writer:
+    schema: Any
+    fingerprint: bytes
+
+
+class EventCodec(Generic[E]):
+    """Encodes and decodes one event type; knows every historic writer schema of it."""
+
+    def __init__(self, name: str, model: type[E]) -> None:
+        self.name = name
+        self.model = model
+        self.schema = load_schema_file(name)
+        self.fingerprint = schema_fingerprint(self.schema)
+        self._header = SINGLE_OBJECT_MARKER + self.fingerprint
+        self._writers: dict[bytes, Any] = {self.fingerprint: self.schema}
+        history = schema_dir() / "history" / name
+        if history.is_dir():
+            for old in sorted(history.glob("*.avsc")):
+                parsed = load_schema_file(name, path=old)
+                self._writers.setdefault(schema_fingerprint(parsed), parsed)
+
+    def encode(self, event: E) -> bytes:
+        buf = io.BytesIO()
+        buf.write(self._header)
+        schemaless_writer(buf, self.schema, event.model_dump())
+        return buf.getvalue()
+
+    def encode_many(self, events: Iterable[E]) -> list[bytes]:
+        return [self.encode(event) for event in events]
+
+    def decode(self, data: bytes) -> E:
+        if len(data) < _HEADER_LEN or data[:2] != SINGLE_OBJECT_MARKER:
+            raise CodecError("NOT_AVRO_SINGLE_OBJECT", f"{self.name}: missing single-object marker")
+        writer = self._writers.get(data[2:_HEADER_LEN])
+        if writer is None:
+            raise CodecError(
+                "UNKNOWN_SCHEMA",
+                f"{self.name}: unknown writer schema fingerprint {data[2:_HEADER_LEN].hex()}",
+            )
+        try:
+            record = schemaless_reader(io.BytesIO(data[_HEADER_LEN:]), writer, self.schema)
+        except Exception as exc:  # fastavro raises many types for truncated or corrupt bodies
+            raise CodecError(
+                "AVRO_DECODE_FAILED", f"{self.name}: body does not match its schema ({type(exc).__name__})"
+            ) from None
+        try:
+            return self.model.model_validate(record)
+        except ValidationError as exc:
+            raise CodecError(
+                "EVENT_INVALID", f"{self.name}: {_fields_of(exc)}"
+            ) from None
+
+    def decode_many(self, payloads: Sequence[bytes]) -> list[E]:
+        return [self.decode(data) for data in payloads]
+
+
+def _fields_of(exc: ValidationError) -> str:
+    """Name the failing fields and why, never the values (they may be PHI)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['type']}" for err in exc.errors()
+    )
+
+
+INGESTED_RECORD = EventCodec("ingested_record", IngestedRecord)
+CLINICAL_FACT = EventCodec("clinical_fact", ClinicalFact)
+CONFLICT_EVENT = EventCodec("conflict_event", ConflictEvent)
+ALERT = EventCodec("alert", Alert)
+DEAD_LETTER = EventCodec("dead_letter", DeadLetter)
+
+ALL_CODECS: tuple[EventCodec[Any], ...] = (
+    INGESTED_RECORD,
+    CLINICAL_FACT,
+    CONFLICT_EVENT,
+    ALERT,
+    DEAD_LETTER,
+)

@@ -1,0 +1,118 @@
+"""Pydantic twins of the Avro schemas in schemas/: one model per record, field for field.
+
+tests/unit/test_contracts.py proves each twin and its schema agree in both directions.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+RecordFormat = Literal["FHIR_R4", "HL7V2", "CLAIM"]
+AttributeClass = Literal[
+    "DEMOGRAPHICS", "ALLERGY", "MEDICATION", "CONDITION", "LABORATORY", "ONCOLOGY"
+]
+FactStatus = Literal["ASSERTED", "DELETED", "ENTERED_IN_ERROR", "REFUTED"]
+ConflictEventKind = Literal["OPENED", "UPDATED", "RESOLVED", "STALE"]
+Severity = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
+AlertKind = Literal["CONFLICT", "STALE"]
+AlertStatus = Literal["OPEN", "ACKNOWLEDGED", "RESOLVED", "DISMISSED"]
+
+
+class Event(BaseModel):
+    """Base of every wire model: immutable, and strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Provenance(Event):
+    source_system: str
+    source_record_id: str
+    source_record_version: str | None = None
+    event_time: AwareDatetime
+    received_time: AwareDatetime
+    raw_topic: str
+    raw_partition: int
+    raw_offset: int
+    payload_sha256: str
+
+
+class IngestedRecord(Event):
+    record_id: str
+    format: RecordFormat
+    resource_type: str
+    payload: bytes
+    provenance: Provenance
+
+
+class ClinicalFact(Event):
+    fact_id: str
+    patient_id: str
+    attribute: str
+    attribute_class: AttributeClass
+    value: str | None = None
+    display: str | None = None
+    status: FactStatus
+    provenance: Provenance
+
+
+class Assertion(Event):
+    source_system: str
+    value: str | None = None
+    display: str | None = None
+    status: FactStatus
+    fact_id: str
+    provenance: Provenance
+
+
+class ConflictEvent(Event):
+    conflict_id: str
+    revision: int
+    kind: ConflictEventKind
+    patient_id: str
+    attribute: str
+    attribute_class: AttributeClass
+    severity: Severity
+    assertions: tuple[Assertion, ...]
+    proposed_value: str | None = None
+    proposed_reason: str | None = None
+    policy_version: str
+    detected_at: AwareDatetime
+    trigger_received_time: AwareDatetime
+
+
+class Alert(Event):
+    alert_id: str
+    revision: int
+    kind: AlertKind
+    status: AlertStatus
+    patient_id: str
+    attribute: str
+    attribute_class: AttributeClass
+    severity: Severity
+    assertions: tuple[Assertion, ...]
+    proposed_value: str | None = None
+    proposed_reason: str | None = None
+    opened_at: AwareDatetime
+    updated_at: AwareDatetime
+    resolved_at: AwareDatetime | None = None
+
+
+class Header(Event):
+    key: str
+    value: bytes | None = None
+
+
+class DeadLetter(Event):
+    stage: str
+    reason_code: str
+    reason: str
+    location: str | None = None
+    original_topic: str
+    original_partition: int
+    original_offset: int
+    original_key: bytes | None = None
+    original_value: bytes | None = None
+    original_headers: tuple[Header, ...] = ()
+    failed_at: AwareDatetime
