@@ -1,0 +1,1 @@
+"""Adapters every service shares: the batch loop, the Faust worker shell, PostgreSQL."""

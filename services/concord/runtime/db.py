@@ -1,0 +1,52 @@
+"""PostgreSQL: connection pools and schema migrations (the SQL files in concord/migrations)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import asyncpg
+
+_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    name text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+# Any fixed key works: it only serializes concurrent migrators of one database.
+_MIGRATION_LOCK = 0x636F6E63
+
+
+def migration_files() -> list[tuple[str, str]]:
+    folder = resources.files("concord") / "migrations"
+    return sorted(
+        (entry.name, entry.read_text(encoding="utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".sql")
+    )
+
+
+async def apply_migrations(dsn: str) -> list[str]:
+    """Apply the migrations not yet applied, each in its own transaction; return their names."""
+    conn = await asyncpg.connect(dsn)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(_MIGRATIONS_TABLE)
+        done = {row["name"] for row in await conn.fetch("SELECT name FROM schema_migrations")}
+        for name, sql in migration_files():
+            if name in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+            applied.append(name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        await conn.close()
+    return applied
+
+
+async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size)
+    assert pool is not None  # create_pool returns None only when awaited lazily  # noqa: S101
+    return pool
