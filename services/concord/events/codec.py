@@ -159,7 +159,9 @@ class EventCodec(Generic[E]):
     def encode_many(self, events: Iterable[E]) -> list[bytes]:
         return [self.encode(event) for event in events]
 
-    def decode(self, data: bytes) -> E:
+    def decode(self, data: bytes | None) -> E:
+        if data is None:
+            raise CodecError("EMPTY_PAYLOAD", f"{self.name}: the record has no value")
         if len(data) < _HEADER_LEN or data[:2] != SINGLE_OBJECT_MARKER:
             raise CodecError("NOT_AVRO_SINGLE_OBJECT", f"{self.name}: missing single-object marker")
         writer = self._writers.get(data[2:_HEADER_LEN])
@@ -172,16 +174,15 @@ class EventCodec(Generic[E]):
             record = schemaless_reader(io.BytesIO(data[_HEADER_LEN:]), writer, self.schema)
         except Exception as exc:  # fastavro raises many types for truncated or corrupt bodies
             raise CodecError(
-                "AVRO_DECODE_FAILED", f"{self.name}: body does not match its schema ({type(exc).__name__})"
+                "AVRO_DECODE_FAILED",
+                f"{self.name}: body does not match its schema ({type(exc).__name__})",
             ) from None
         try:
             return self.model.model_validate(record)
         except ValidationError as exc:
-            raise CodecError(
-                "EVENT_INVALID", f"{self.name}: {_fields_of(exc)}"
-            ) from None
+            raise CodecError("EVENT_INVALID", f"{self.name}: {_fields_of(exc)}") from None
 
-    def decode_many(self, payloads: Sequence[bytes]) -> list[E]:
+    def decode_many(self, payloads: Sequence[bytes | None]) -> list[E]:
         return [self.decode(data) for data in payloads]
 
 

@@ -1,0 +1,1 @@
+"""Alerting: conflict events in; alerts in PostgreSQL and on concord.alerts out."""

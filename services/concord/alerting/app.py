@@ -1,0 +1,96 @@
+"""The alerting worker's stage: decode conflict events, move alerts, persist, publish."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from concord import metrics
+from concord.alerting.lifecycle import AlertRecord, apply_conflict_event, change_reason
+from concord.alerting.store import AlertStore
+from concord.deadletters import Rejection
+from concord.events import codec
+from concord.events.models import Alert, ConflictEvent
+from concord.runtime.batch import Outbound, OutboundRecord
+from concord.runtime.outbox import Outbox
+from concord.runtime.records import raw_event
+from concord.runtime.stage import BaseStage, publish_dead_letter
+from concord.topics import ALERTS, CONFLICTS
+
+log = logging.getLogger(__name__)
+SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+
+
+def alert_record(alert: Alert) -> OutboundRecord:
+    return OutboundRecord(ALERTS, codec.ALERT.encode(alert), key=alert.patient_id.encode())
+
+
+class AlertingStage(BaseStage):
+    stage = "alerting"
+    topics: tuple[str, ...] = (CONFLICTS,)
+
+    def __init__(self, store: AlertStore, outbox: Outbox, producer: AIOKafkaProducer) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.producer = producer
+        self._published: list[tuple[ConflictEvent, datetime]] = []
+
+    async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        drained = await self.outbox.drain(self.producer)
+        if drained:
+            log.info("published %d outbox alerts left by an earlier owner", drained)
+        await self._refresh_open_gauge()
+
+    async def on_produced(self) -> None:
+        await self.outbox.acknowledge()
+        published_at = datetime.now(UTC)
+        for event, _ in self._published:
+            latest_event = max(a.provenance.event_time for a in event.assertions)
+            metrics.ALERT_LATENCY.labels("received").observe(
+                (published_at - event.trigger_received_time).total_seconds()
+            )
+            metrics.ALERT_LATENCY.labels("event").observe(
+                max(0.0, (published_at - latest_event).total_seconds())
+            )
+        if self._published:
+            await self._refresh_open_gauge()
+        self._published = []
+
+    async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:
+        events: list[ConflictEvent] = []
+        for record in records:
+            try:
+                events.append(codec.CONFLICT_EVENT.decode(record.value))
+            except codec.CodecError as exc:
+                rejection = Rejection("UNDECODABLE_EVENT", f"{exc} [{exc.reason_code}]")
+                publish_dead_letter(out, raw=raw_event(record), rejection=rejection)
+        if not events:
+            return
+        current = await self.store.load([e.conflict_id for e in events])
+        now = datetime.now(UTC)
+        history: list[tuple[Alert, str]] = []
+        to_publish: list[OutboundRecord] = []
+        for event in events:
+            updated = apply_conflict_event(current.get(event.conflict_id), event, now=now)
+            if updated is None:
+                continue
+            current[event.conflict_id] = updated
+            history.append((updated.alert, change_reason(event)))
+            to_publish.append(alert_record(updated.alert))
+            self._published.append((event, now))
+        if not history:
+            return
+        latest: dict[str, tuple[AlertRecord, str]] = {}
+        for alert, reason in history:
+            latest[alert.alert_id] = (current[alert.alert_id], reason)
+        await self.store.save(list(latest.values()), history, to_publish)
+        self.outbox.publish_written(out, to_publish)
+
+    async def _refresh_open_gauge(self) -> None:
+        counts = await self.store.open_counts()
+        for severity in SEVERITIES:
+            metrics.ALERTS_OPEN.labels(severity).set(counts.get(severity, 0))

@@ -1,0 +1,115 @@
+"""Alerts in PostgreSQL: the current state, an append-only history, and the outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+import orjson
+
+from concord.alerting.lifecycle import AlertRecord
+from concord.events.models import Alert, Assertion
+from concord.runtime.batch import OutboundRecord
+from concord.runtime.outbox import Outbox
+
+_UPSERT_ALERTS = """
+INSERT INTO alerts (alert_id, revision, conflict_revision, kind, status, patient_id, attribute,
+                    attribute_class, severity, assertions, proposed_value, proposed_reason,
+                    opened_at, updated_at, resolved_at)
+SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::text[], $12::text[],
+                     $13::timestamptz[], $14::timestamptz[], $15::timestamptz[])
+ON CONFLICT (alert_id) DO UPDATE SET
+    revision = excluded.revision, conflict_revision = excluded.conflict_revision,
+    kind = excluded.kind, status = excluded.status, severity = excluded.severity,
+    assertions = excluded.assertions, proposed_value = excluded.proposed_value,
+    proposed_reason = excluded.proposed_reason, updated_at = excluded.updated_at,
+    resolved_at = excluded.resolved_at
+WHERE alerts.conflict_revision < excluded.conflict_revision
+"""
+_INSERT_HISTORY = """
+INSERT INTO alert_history (alert_id, revision, status, changed_at, reason)
+SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[])
+ON CONFLICT DO NOTHING
+"""
+
+
+def assertions_json(assertions: Sequence[Assertion]) -> str:
+    return orjson.dumps([a.model_dump(mode="json") for a in assertions]).decode()
+
+
+def alert_from_row(row: asyncpg.Record) -> AlertRecord:
+    alert = Alert(
+        alert_id=row["alert_id"],
+        revision=row["revision"],
+        kind=row["kind"],
+        status=row["status"],
+        patient_id=row["patient_id"],
+        attribute=row["attribute"],
+        attribute_class=row["attribute_class"],
+        severity=row["severity"],
+        assertions=tuple(Assertion.model_validate(a) for a in orjson.loads(row["assertions"])),
+        proposed_value=row["proposed_value"],
+        proposed_reason=row["proposed_reason"],
+        opened_at=row["opened_at"],
+        updated_at=row["updated_at"],
+        resolved_at=row["resolved_at"],
+    )
+    return AlertRecord(alert=alert, conflict_revision=row["conflict_revision"])
+
+
+class AlertStore:
+    def __init__(self, pool: asyncpg.Pool, outbox: Outbox) -> None:
+        self.pool = pool
+        self.outbox = outbox
+
+    async def load(self, alert_ids: Sequence[str]) -> dict[str, AlertRecord]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM alerts WHERE alert_id = ANY($1::text[])", list(alert_ids)
+        )
+        return {row["alert_id"]: alert_from_row(row) for row in rows}
+
+    async def save(
+        self,
+        changes: Sequence[tuple[AlertRecord, str]],
+        history: Sequence[tuple[Alert, str]],
+        events: Sequence[OutboundRecord],
+    ) -> None:
+        """One transaction: each alert's latest state, every revision's history row, and the
+        outbox rows of the alerts to publish."""
+        alerts = [record.alert for record, _ in changes]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                _UPSERT_ALERTS,
+                [a.alert_id for a in alerts],
+                [a.revision for a in alerts],
+                [r.conflict_revision for r, _ in changes],
+                [a.kind for a in alerts],
+                [a.status for a in alerts],
+                [a.patient_id for a in alerts],
+                [a.attribute for a in alerts],
+                [a.attribute_class for a in alerts],
+                [a.severity for a in alerts],
+                [assertions_json(a.assertions) for a in alerts],
+                [a.proposed_value for a in alerts],
+                [a.proposed_reason for a in alerts],
+                [a.opened_at for a in alerts],
+                [a.updated_at for a in alerts],
+                [a.resolved_at for a in alerts],
+            )
+            await conn.execute(
+                _INSERT_HISTORY,
+                [a.alert_id for a, _ in history],
+                [a.revision for a, _ in history],
+                [a.status for a, _ in history],
+                [a.updated_at for a, _ in history],
+                [reason for _, reason in history],
+            )
+            await self.outbox.write(conn, events)
+
+    async def open_counts(self) -> dict[str, int]:
+        rows = await self.pool.fetch(
+            "SELECT severity, count(*) AS n FROM alerts WHERE status IN ('OPEN', 'ACKNOWLEDGED') "
+            "GROUP BY severity"
+        )
+        return {row["severity"]: row["n"] for row in rows}

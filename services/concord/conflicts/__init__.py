@@ -1,0 +1,1 @@
+"""Conflicts: facts in; conflict lifecycle events out. State of record in PostgreSQL."""

@@ -1,0 +1,115 @@
+"""The conflicts worker's stage: decode facts, apply them to cached state, persist, publish.
+
+State is cached per owned partition and loaded lazily from PostgreSQL; a revoked partition's
+cache is dropped, so a worker only ever trusts memory for partitions it owns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from concord.conflicts.policy import SourcePolicy
+from concord.conflicts.rules import AttributeState, apply_fact, evaluate
+from concord.conflicts.store import ConflictStore, Key
+from concord.deadletters import Rejection
+from concord.events import codec
+from concord.events.models import ClinicalFact, ConflictEvent
+from concord.runtime.batch import Outbound, OutboundRecord
+from concord.runtime.outbox import Outbox
+from concord.runtime.records import raw_event
+from concord.runtime.stage import BaseStage, publish_dead_letter
+from concord.topics import CONFLICTS, FACTS
+
+log = logging.getLogger(__name__)
+
+
+def conflict_record(conflict: ConflictEvent) -> OutboundRecord:
+    return OutboundRecord(
+        CONFLICTS, codec.CONFLICT_EVENT.encode(conflict), key=conflict.patient_id.encode()
+    )
+
+
+class ConflictsStage(BaseStage):
+    stage = "conflicts"
+    topics: tuple[str, ...] = (FACTS,)
+
+    def __init__(
+        self, store: ConflictStore, outbox: Outbox, producer: AIOKafkaProducer, policy: SourcePolicy
+    ) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.producer = producer
+        self.policy = policy
+        self.cache: dict[Key, AttributeState] = {}
+        self.keys_by_partition: dict[int, set[Key]] = defaultdict(set)
+
+    async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        drained = await self.outbox.drain(self.producer)
+        if drained:
+            log.info("published %d outbox events left by an earlier owner", drained)
+
+    async def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            for key in self.keys_by_partition.pop(tp.partition, set()):
+                self.cache.pop(key, None)
+
+    async def on_produced(self) -> None:
+        await self.outbox.acknowledge()
+
+    async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:
+        facts: list[tuple[ClinicalFact, int]] = []
+        for record in records:
+            try:
+                facts.append((codec.CLINICAL_FACT.decode(record.value), record.partition))
+            except codec.CodecError as exc:
+                rejection = Rejection("UNDECODABLE_EVENT", f"{exc} [{exc.reason_code}]")
+                publish_dead_letter(out, raw=raw_event(record), rejection=rejection)
+        if not facts:
+            return
+        try:
+            await self._detect(facts, out)
+        except BaseException:
+            # Memory may now be ahead of PostgreSQL: forget it, the store is the truth.
+            self.cache.clear()
+            self.keys_by_partition.clear()
+            raise
+
+    async def _detect(self, facts: list[tuple[ClinicalFact, int]], out: Outbound) -> None:
+        await self._load([fact for fact, _ in facts], [p for _, p in facts])
+        now = datetime.now(UTC)
+        changed_assertions: dict[tuple[Key, str], tuple[AttributeState, str, int]] = {}
+        changed_conflicts: dict[Key, tuple[AttributeState, int]] = {}
+        events: list[OutboundRecord] = []
+        for fact, partition in facts:
+            key = (fact.patient_id, fact.attribute)
+            state = self.cache[key]
+            if not apply_fact(state, fact):
+                continue
+            source = fact.provenance.source_system
+            changed_assertions[(key, source)] = (state, source, partition)
+            event = evaluate(
+                state, self.policy, now=now, trigger_received_time=fact.provenance.received_time
+            )
+            if event is not None:
+                changed_conflicts[key] = (state, partition)
+                events.append(conflict_record(event))
+        if not changed_assertions:
+            return
+        await self.store.save(changed_assertions.values(), changed_conflicts.values(), events)
+        self.outbox.publish_written(out, events)
+
+    async def _load(self, facts: list[ClinicalFact], partitions: list[int]) -> None:
+        missing: dict[Key, str] = {}
+        for fact, partition in zip(facts, partitions, strict=True):
+            key = (fact.patient_id, fact.attribute)
+            self.keys_by_partition[partition].add(key)
+            if key not in self.cache:
+                missing[key] = fact.attribute_class
+        if missing:
+            self.cache.update(await self.store.load(list(missing), missing))

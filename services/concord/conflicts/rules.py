@@ -1,0 +1,133 @@
+"""Conflict detection, pure: apply a fact to a patient attribute's state; decide what changed.
+
+Event time decides which assertion of a source stands: a late, older version never replaces
+a newer one. Redelivery changes nothing, so it raises nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Literal
+
+from concord.conflicts.policy import SourcePolicy
+from concord.events.models import Assertion, AttributeClass, ClinicalFact, ConflictEvent
+
+
+@dataclass(frozen=True)
+class ConflictState:
+    """The conflict a patient attribute is in (or was last in)."""
+
+    conflict_id: str
+    revision: int
+    status: Literal["OPEN", "RESOLVED"]
+    digest: str
+    opened_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class AttributeState:
+    """What every source currently asserts about one patient attribute, and its conflict."""
+
+    patient_id: str
+    attribute: str
+    attribute_class: AttributeClass
+    assertions: dict[str, Assertion] = field(default_factory=dict)
+    conflict: ConflictState | None = None
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def as_assertion(fact: ClinicalFact) -> Assertion:
+    return Assertion(
+        source_system=fact.provenance.source_system,
+        value=fact.value,
+        display=fact.display,
+        status=fact.status,
+        fact_id=fact.fact_id,
+        provenance=fact.provenance,
+    )
+
+
+def supersedes(fact: ClinicalFact, current: Assertion | None) -> bool:
+    """Whether a fact replaces its source's current assertion (ties broken by fact id)."""
+    if current is None:
+        return True
+    if fact.fact_id == current.fact_id:
+        return False
+    return (fact.provenance.event_time, fact.fact_id) > (
+        current.provenance.event_time,
+        current.fact_id,
+    )
+
+
+def apply_fact(state: AttributeState, fact: ClinicalFact) -> bool:
+    """Record the fact as its source's assertion if it is newer; return whether it was."""
+    source = fact.provenance.source_system
+    if not supersedes(fact, state.assertions.get(source)):
+        return False
+    state.assertions[source] = as_assertion(fact)
+    return True
+
+
+def evaluate(
+    state: AttributeState,
+    policy: SourcePolicy,
+    *,
+    now: datetime,
+    trigger_received_time: datetime,
+) -> ConflictEvent | None:
+    """Compare the sources' assertions; update state.conflict and return the event, if any."""
+    active = sorted(
+        (a for a in state.assertions.values() if a.status == "ASSERTED" and a.value is not None),
+        key=lambda a: a.source_system,
+    )
+    disagree = len({a.value for a in active}) > 1
+    digest = _hash(*(f"{a.source_system}={a.value}" for a in active))
+    current = state.conflict
+    kind: Literal["OPENED", "UPDATED", "RESOLVED"]
+    if disagree and (current is None or current.status == "RESOLVED"):
+        kind = "OPENED"
+        new = ConflictState(
+            conflict_id=_hash(
+                state.patient_id,
+                state.attribute,
+                *(f"{a.source_system}:{a.fact_id}" for a in active),
+            ),
+            revision=1,
+            status="OPEN",
+            digest=digest,
+            opened_at=now,
+            updated_at=now,
+        )
+    elif disagree and current is not None and current.digest != digest:
+        kind = "UPDATED"
+        new = replace(current, revision=current.revision + 1, digest=digest, updated_at=now)
+    elif not disagree and current is not None and current.status == "OPEN":
+        kind = "RESOLVED"
+        new = replace(
+            current, revision=current.revision + 1, status="RESOLVED", digest=digest, updated_at=now
+        )
+    else:
+        return None
+    state.conflict = new
+    proposed, why = policy.propose(active) if disagree else (None, "the sources agree")
+    return ConflictEvent(
+        conflict_id=new.conflict_id,
+        revision=new.revision,
+        kind=kind,
+        patient_id=state.patient_id,
+        attribute=state.attribute,
+        attribute_class=state.attribute_class,
+        severity=policy.severity(state.attribute),
+        assertions=tuple(sorted(state.assertions.values(), key=lambda a: a.source_system)),
+        proposed_value=proposed,
+        proposed_reason=why,
+        policy_version=policy.version,
+        detected_at=now,
+        trigger_received_time=trigger_received_time,
+    )

@@ -1,0 +1,56 @@
+"""The dead-letter contract shared by every stage: what was rejected, why, and the original bytes.
+
+Reason codes are a closed catalogue (docs/deadletters.md): metrics label by code, and the
+reason text names fields and rules, never values, so no PHI reaches the dead-letter topic's
+reason or the logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from concord.events.models import DeadLetter, Header
+from concord.events.raw import RawEvent
+
+REASON_CODES: dict[str, str] = {
+    "EMPTY_PAYLOAD": "The record has no value (a tombstone or an empty message).",
+    "PAYLOAD_TOO_LARGE": "The record is larger than the configured maximum.",
+    "MISSING_SOURCE_HEADER": "The Kafka header 'source' (the sending system) is absent or empty.",
+    "MALFORMED_JSON": "The value is not UTF-8 JSON.",
+    "NOT_FHIR": "The JSON is not a FHIR resource (no resourceType, or not an object).",
+    "UNSUPPORTED_RESOURCE_TYPE": "A FHIR resource type this deployment does not ingest yet.",
+    "FHIR_INVALID": "The resource breaks FHIR R4 rules; location names the element.",
+    "MISSING_RESOURCE_ID": "The resource has no id, so its versions cannot be told apart.",
+    "MISSING_ENTERPRISE_ID": "The Patient carries no identifier of a configured enterprise system.",
+    "UNDECODABLE_EVENT": "An Avro event between stages could not be decoded.",
+}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A core's verdict that a record cannot go on. reason must not contain input values."""
+
+    reason_code: str
+    reason: str
+    location: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.reason_code not in REASON_CODES:
+            raise ValueError(f"unknown dead-letter reason code {self.reason_code!r}")
+
+
+def dead_letter(raw: RawEvent, rejection: Rejection, *, stage: str, at: datetime) -> DeadLetter:
+    return DeadLetter(
+        stage=stage,
+        reason_code=rejection.reason_code,
+        reason=rejection.reason,
+        location=rejection.location,
+        original_topic=raw.topic,
+        original_partition=raw.partition,
+        original_offset=raw.offset,
+        original_key=raw.key,
+        original_value=raw.value,
+        original_headers=tuple(Header(key=k, value=v) for k, v in raw.headers.items()),
+        failed_at=at,
+    )

@@ -1,0 +1,1 @@
+"""Ingestion: raw EHR events in; validated records with provenance, or dead letters, out."""

@@ -1,0 +1,56 @@
+"""Prometheus metrics: module-level constants with bounded labels only.
+
+Labels are stage, topic, partition, reason_code, severity and since: never an identifier,
+a value or anything else that could carry PHI.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+EVENTS_CONSUMED = Counter("concord_events_consumed", "Records a stage consumed", ["stage", "topic"])
+EVENTS_PRODUCED = Counter(
+    "concord_events_produced", "Records a stage produced (acknowledged)", ["stage", "topic"]
+)
+EVENTS_DEADLETTERED = Counter(
+    "concord_events_deadlettered",
+    "Records a stage sent to concord.deadletter",
+    ["stage", "reason_code"],
+)
+BATCH_SECONDS = Histogram(
+    "concord_batch_seconds",
+    "Time to process one batch: decode, core logic, produce and await acks, commit",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS,
+)
+EVENT_SECONDS = Histogram(
+    "concord_event_seconds",
+    "Processing time per event (each batch's time divided by its size)",
+    ["stage"],
+    buckets=(0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 1),
+)
+BATCH_SIZE = Histogram(
+    "concord_batch_size",
+    "Records per processed batch",
+    ["stage"],
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000),
+)
+ALERT_LATENCY = Histogram(
+    "concord_alert_latency_seconds",
+    "From receipt by ingestion (since=received) or the source's event time (since=event) "
+    "of the raw event that changed an alert, to the alert stored and published",
+    ["since"],
+    buckets=_LATENCY_BUCKETS,
+)
+ALERTS_OPEN = Gauge("concord_alerts_open", "Open alerts in PostgreSQL", ["severity"])
+OUTBOX_PENDING = Gauge(
+    "concord_outbox_pending", "Outbox events written but not yet acknowledged", ["stage"]
+)
+CONSUMER_LAG = Gauge(
+    "concord_consumer_lag",
+    "Records behind the end of each owned partition (approximate on the local broker, "
+    "whose ListOffsets(latest) is off by a batch)",
+    ["stage", "topic", "partition"],
+)

@@ -1,0 +1,1 @@
+"""Normalization: ingested records in; atomic facts keyed by enterprise patient id out."""

@@ -1,0 +1,46 @@
+"""What the services' stage handlers share: no-op lifecycle hooks and the dead-letter port."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from aiokafka.structs import TopicPartition
+
+from concord import metrics
+from concord.deadletters import Rejection, dead_letter
+from concord.events import codec
+from concord.events.raw import RawEvent
+from concord.runtime.batch import Outbound, OutboundRecord
+from concord.topics import DEADLETTER
+
+log = logging.getLogger(__name__)
+
+
+class BaseStage:
+    stage: str
+    topics: tuple[str, ...]
+
+    async def on_produced(self) -> None:
+        return None
+
+    async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        return None
+
+    async def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        return None
+
+
+def publish_dead_letter(out: Outbound, *, raw: RawEvent, rejection: Rejection) -> None:
+    """The dead-letter port: the original bytes, the reason code, and where it failed."""
+    letter = dead_letter(raw, rejection, stage=out.stage, at=datetime.now(UTC))
+    out.add(OutboundRecord(DEADLETTER, codec.DEAD_LETTER.encode(letter), key=raw.key))
+    metrics.EVENTS_DEADLETTERED.labels(out.stage, rejection.reason_code).inc()
+    # Topic coordinates identify the record for an operator; the reason carries no PHI.
+    log.info(
+        "dead-lettered %s[%d]@%d: %s",
+        raw.topic,
+        raw.partition,
+        raw.offset,
+        rejection.reason_code,
+    )

@@ -1,0 +1,165 @@
+"""`python -m concord.worker SERVICE`: one stream worker, a Faust app around a batch loop.
+
+Faust runs the lifecycle (signals, graceful stop), the web server (/health, /metrics) and a
+control-topic agent; the records themselves move through BatchLoop on the app's own aiokafka
+clients, in batches (see concord.runtime.batch for why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from concord import topics
+from concord.config import (
+    AlertingSettings,
+    ConflictsSettings,
+    IngestionSettings,
+    NormalizationSettings,
+    WorkerSettings,
+)
+from concord.runtime.batch import BatchLoop, StageHandler
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("ingestion", "normalization", "conflicts", "alerting")
+
+
+def settings_for(service: str) -> WorkerSettings:
+    classes: dict[str, type[WorkerSettings]] = {
+        "ingestion": IngestionSettings,
+        "normalization": NormalizationSettings,
+        "conflicts": ConflictsSettings,
+        "alerting": AlertingSettings,
+    }
+    return classes[service]()
+
+
+async def _no_cleanup() -> None:
+    return None
+
+
+async def build_stage(
+    service: str, settings: WorkerSettings, producer: AIOKafkaProducer
+) -> tuple[StageHandler, Callable[[], Awaitable[None]]]:
+    """The service's stage handler and what closes its resources. Connects to PostgreSQL."""
+    if service == "ingestion":
+        from concord.ingestion.app import IngestionStage
+
+        assert isinstance(settings, IngestionSettings)  # noqa: S101
+        return IngestionStage(settings), _no_cleanup
+    if service == "normalization":
+        from concord.normalization.app import NormalizationStage
+
+        assert isinstance(settings, NormalizationSettings)  # noqa: S101
+        return NormalizationStage(settings), _no_cleanup
+
+    from concord.runtime.db import create_pool
+    from concord.runtime.outbox import Outbox
+
+    assert isinstance(settings, ConflictsSettings | AlertingSettings)  # noqa: S101
+    pool = await create_pool(settings.database_url.get_secret_value(), settings.database_pool_size)
+    if service == "conflicts":
+        from concord.conflicts.app import ConflictsStage
+        from concord.conflicts.policy import load_policy
+        from concord.conflicts.store import ConflictStore
+
+        assert isinstance(settings, ConflictsSettings)  # noqa: S101
+        outbox = Outbox(pool, "conflicts")
+        stage: StageHandler = ConflictsStage(
+            ConflictStore(pool, outbox), outbox, producer, load_policy(settings.policy_path)
+        )
+    else:
+        from concord.alerting.app import AlertingStage
+        from concord.alerting.store import AlertStore
+
+        outbox = Outbox(pool, "alerting")
+        stage = AlertingStage(AlertStore(pool, outbox), outbox, producer)
+    return stage, pool.close
+
+
+def build_app(service: str, settings: WorkerSettings) -> faust.App:
+    app = faust.App(
+        f"concord-{service}-control",
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
+        topic_partitions=1,
+        topic_disable_leader=True,
+        store="memory://",
+        consumer_auto_offset_reset="latest",
+    )
+    state: dict[str, Any] = {"loop": None}
+    control = app.topic(topics.CONTROL, value_serializer="raw", partitions=1)
+
+    @app.agent(control)
+    async def on_control(stream: Any) -> None:
+        # Policy reloads and other operator commands arrive here (none are defined yet).
+        async for message in stream:
+            log.info("control message received (%d bytes); no handler yet", len(message))
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        loop: BatchLoop | None = state["loop"]
+        ready = loop is not None and loop.ready.is_set()
+        body = {
+            "service": service,
+            "ready": ready,
+            "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in loop.assigned)
+            if loop
+            else [],
+        }
+        return web.json(body, status=200 if ready else 503)
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def run_batch_loop() -> None:
+        producer = BatchLoop.make_producer_for(settings)
+        await producer.start()
+        cleanup: Callable[[], Awaitable[None]] = _no_cleanup
+        try:
+            stage, cleanup = await build_stage(service, settings, producer)
+            loop = BatchLoop(stage, settings, producer=producer)
+            state["loop"] = loop
+            await loop.run()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.exception("the %s batch loop failed; stopping the worker", service)
+            # A stage that cannot go on must not look healthy: end the process, let the
+            # supervisor (stack, compose, k8s) restart it from the last committed offsets.
+            await app.crash(RuntimeError(f"{service} batch loop failed"))
+            raise
+        finally:
+            await producer.stop()
+            await cleanup()
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] not in SERVICES:
+        sys.exit(f"usage: python -m concord.worker {{{'|'.join(SERVICES)}}}")
+    service = argv[0]
+    settings = settings_for(service)
+    app = build_app(service, settings)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()
