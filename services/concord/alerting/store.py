@@ -58,6 +58,19 @@ def alert_from_row(row: asyncpg.Record) -> AlertRecord:
     return AlertRecord(alert=alert, conflict_revision=row["conflict_revision"])
 
 
+async def list_alerts(
+    pool: asyncpg.Pool, *, status: str | None = None, limit: int = 1000
+) -> list[AlertRecord]:
+    """Stored alerts, oldest first (the read side: `concord alerts list`, tests)."""
+    rows = await pool.fetch(
+        "SELECT * FROM alerts WHERE ($1::text IS NULL OR status = $1) "
+        "ORDER BY opened_at, alert_id LIMIT $2",
+        status,
+        limit,
+    )
+    return [alert_from_row(row) for row in rows]
+
+
 class AlertStore:
     def __init__(self, pool: asyncpg.Pool, outbox: Outbox) -> None:
         self.pool = pool

@@ -1,0 +1,52 @@
+"""How an alert is shown to a person or a script: one JSON object, or one line of text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from concord.events.models import Alert
+
+
+def alert_json(alert: Alert) -> dict[str, Any]:
+    return {
+        "id": alert.alert_id,
+        "revision": alert.revision,
+        "kind": alert.kind,
+        "status": alert.status,
+        "severity": alert.severity,
+        "patient_id": alert.patient_id,
+        "attribute": alert.attribute,
+        "attribute_class": alert.attribute_class,
+        "proposed_value": alert.proposed_value,
+        "proposed_reason": alert.proposed_reason,
+        "opened_at": alert.opened_at.isoformat(),
+        "updated_at": alert.updated_at.isoformat(),
+        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+        "assertions": [
+            {
+                "source": a.source_system,
+                "value": a.value,
+                "display": a.display,
+                "status": a.status,
+                "event_time": a.provenance.event_time.isoformat(),
+                "source_record_id": a.provenance.source_record_id,
+                "source_record_version": a.provenance.source_record_version,
+                "received_time": a.provenance.received_time.isoformat(),
+                "raw": f"{a.provenance.raw_topic}[{a.provenance.raw_partition}]"
+                f"@{a.provenance.raw_offset}",
+            }
+            for a in alert.assertions
+        ],
+    }
+
+
+def alert_line(alert: Alert) -> str:
+    said = "  vs  ".join(
+        f"{a.source_system}={a.display or a.value!s} ({a.provenance.source_record_id}"
+        f" v{a.provenance.source_record_version or '?'}, {a.provenance.event_time:%Y-%m-%d})"
+        for a in alert.assertions
+    )
+    return (
+        f"{alert.updated_at:%H:%M:%S} {alert.status:<8} {alert.severity:<6} {alert.patient_id} "
+        f"{alert.attribute}: {said}  [{alert.alert_id[:12]} r{alert.revision}]"
+    )

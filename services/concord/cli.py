@@ -1,0 +1,231 @@
+"""`concord`: publish EHR files, read alerts, run the local stack and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from concord import topics
+from concord.config import DEFAULT_STATE_DIR, ClientSettings
+from concord.events import codec
+from concord.events.models import Alert
+from concord.publishing import read_fhir_file
+
+state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="The local stack's folder; its stack.env says where the broker and database are.",
+)
+
+
+def client_settings(state_dir: Path) -> ClientSettings:
+    """CONCORD_* variables win; the stack's stack.env fills in the rest."""
+    env_file = state_dir / "stack.env"
+    return ClientSettings(_env_file=env_file if env_file.is_file() else None)  # type: ignore[call-arg]
+
+
+@click.group()
+@click.version_option(package_name="concord")
+def main() -> None:
+    """Concord: tells clinical data teams when two EHR sources disagree about a patient."""
+
+
+@main.command()
+@click.option("--source", required=True, help="The sending system (the 'source' header).")
+@click.option(
+    "--topic", default=topics.RAW_FHIR, show_default=True, help="Raw topic to publish to."
+)
+@state_dir_option
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def publish(source: str, topic: str, state_dir: Path, paths: tuple[Path, ...]) -> None:
+    """Publish FHIR JSON files (a resource, a Bundle, or NDJSON) as raw EHR events."""
+    settings = client_settings(state_dir)
+    count = asyncio.run(publish_files(settings.bootstrap_servers, source, list(paths), topic=topic))
+    click.echo(f"published {count} events from {source} to {topic}", err=True)
+
+
+async def publish_files(
+    bootstrap_servers: str, source: str, paths: list[Path], *, topic: str = topics.RAW_FHIR
+) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        futures = []
+        for path in paths:
+            for message in read_fhir_file(path, source):
+                futures.append(
+                    await producer.send(
+                        topic, message.value, key=message.key, headers=[("source", source.encode())]
+                    )
+                )
+        await asyncio.gather(*futures)
+        return len(futures)
+    finally:
+        await producer.stop()
+
+
+@main.group()
+def alerts() -> None:
+    """Read alerts: what is stored (list) or what fires (follow)."""
+
+
+@alerts.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--status", type=click.Choice(["OPEN", "ACKNOWLEDGED", "RESOLVED", "DISMISSED"]))
+@click.option("--limit", type=int, default=1000, show_default=True)
+@state_dir_option
+def list_alerts(as_json: bool, status: str | None, limit: int, state_dir: Path) -> None:
+    """Print the alerts stored in PostgreSQL, oldest first."""
+    settings = client_settings(state_dir)
+    if settings.database_url is None:
+        raise click.ClickException(
+            "no database: set CONCORD_DATABASE_URL or run `concord stack up` first"
+        )
+    records = asyncio.run(_fetch_alerts(settings.database_url.get_secret_value(), status, limit))
+    for alert in records:
+        _print_alert(alert, as_json)
+
+
+async def _fetch_alerts(dsn: str, status: str | None, limit: int) -> list[Alert]:
+    from concord.alerting.store import list_alerts
+    from concord.runtime.db import create_pool
+
+    pool = await create_pool(dsn, 1)
+    try:
+        return [r.alert for r in await list_alerts(pool, status=status, limit=limit)]
+    finally:
+        await pool.close()
+
+
+def _print_alert(alert: Alert, as_json: bool) -> None:
+    from concord.alerting.render import alert_json, alert_line
+
+    if as_json:
+        click.echo(orjson.dumps(alert_json(alert)).decode())
+    else:
+        click.echo(alert_line(alert))
+
+
+@alerts.command("follow")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--from-beginning", is_flag=True, help="Replay the topic from its start.")
+@state_dir_option
+def follow_alerts(as_json: bool, from_beginning: bool, state_dir: Path) -> None:
+    """Print alerts from concord.alerts as they are published, until Ctrl-C."""
+    settings = client_settings(state_dir)
+    try:
+        asyncio.run(
+            follow(
+                settings.bootstrap_servers,
+                lambda alert: _print_alert(alert, as_json),
+                from_beginning=from_beginning,
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+
+
+async def follow(
+    bootstrap_servers: str,
+    on_alert: Callable[[Alert], None],
+    *,
+    from_beginning: bool = False,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Call on_alert for every alert published (since now, or since the topic's start)."""
+    started_ms = int(time.time() * 1000)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=50
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topics.ALERTS, p)
+            for p in sorted(
+                consumer.partitions_for_topic(topics.ALERTS) or range(topics.PARTITIONS)
+            )
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    # Reading from the start and skipping by timestamp: the local broker's
+                    # end offsets are unreliable, so seek_to_end could skip or repeat.
+                    if from_beginning or record.timestamp >= started_ms:
+                        on_alert(codec.ALERT.decode(record.value))
+    finally:
+        await consumer.stop()
+
+
+@main.command("topics")
+@click.argument("action", type=click.Choice(["create"]))
+@state_dir_option
+def topics_command(action: str, state_dir: Path) -> None:
+    """Create every topic with its partition count (before any worker starts)."""
+    from concord.stack.broker import ensure_topics
+
+    settings = client_settings(state_dir)
+    created = asyncio.run(ensure_topics(settings.bootstrap_servers))
+    click.echo(f"created {len(created)} topics; {len(topics.ALL_TOPICS)} expected exist")
+
+
+@main.command("db")
+@click.argument("action", type=click.Choice(["migrate"]))
+@state_dir_option
+def db_command(action: str, state_dir: Path) -> None:
+    """Apply the database migrations not yet applied."""
+    from concord.runtime.db import apply_migrations
+
+    settings = client_settings(state_dir)
+    if settings.database_url is None:
+        raise click.ClickException("set CONCORD_DATABASE_URL")
+    applied = asyncio.run(apply_migrations(settings.database_url.get_secret_value()))
+    click.echo(f"applied {len(applied)} migrations: {', '.join(applied) or 'none pending'}")
+
+
+@main.command()
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STATE_DIR / "demo",
+    show_default=True,
+    help="The demo's own stack folder (emptied at start).",
+)
+@click.option("--exit-after-check", is_flag=True, help="Stop after the checks (for scripts).")
+def demo(state_dir: Path, exit_after_check: bool) -> None:
+    """Run the pipeline on the local stack with the sample population; Ctrl-C stops it."""
+    from concord.demo.run import run_demo
+
+    try:
+        checks = asyncio.run(
+            run_demo(state_dir, follow_until_interrupted=not exit_after_check, echo=click.echo)
+        )
+    except KeyboardInterrupt:
+        return
+    if not all(check.ok for check in checks):
+        sys.exit(1)
+
+
+def _register_subcommands() -> None:
+    from concord.stack.commands import stack
+
+    main.add_command(stack)
+
+
+_register_subcommands()
+
+if __name__ == "__main__":
+    sys.exit(main())
