@@ -1,0 +1,200 @@
+"""End to end on the real broker and PostgreSQL, every service its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+
+import pytest
+from pipeline_tools import eventually, fetch, patient, publish, read_topic
+
+from concord.events import codec
+from concord.stack.processes import is_alive, stop_process
+from concord.stack.stack import StackInfo, load_state, restart_worker
+from concord.topics import ALERTS, DEADLETTER, INGESTED
+
+pytestmark = [pytest.mark.e2e]
+
+HOSP, LAB = "e2e-hospital", "e2e-lab"
+BIRTH, GENDER, NAME = "Patient.birthDate", "Patient.gender", "Patient.name"
+
+
+def _pair(n: int, **lab_overrides: str) -> list[tuple[str | None, bytes]]:
+    eid = f"EPX-{n:03d}"
+    return [
+        (HOSP, patient(eid, f"h{n}", last_updated="2026-01-01T00:00:00+00:00")),
+        (LAB, patient(eid, f"l{n}", last_updated="2026-01-02T00:00:00+01:00", **lab_overrides)),
+    ]
+
+
+async def _alert_rows(dsn: str, prefix: str) -> list[tuple[str, str, str]]:
+    rows = await fetch(
+        dsn,
+        "SELECT patient_id, attribute, status FROM alerts WHERE patient_id LIKE $1",
+        prefix + "%",
+    )
+    return sorted((r["patient_id"], r["attribute"], r["status"]) for r in rows)
+
+
+@pytest.mark.asyncio
+async def test_two_sources_raise_exactly_the_expected_alerts(stack: StackInfo) -> None:
+    good: list[tuple[str | None, bytes]] = []
+    for n in range(1, 6):
+        good += _pair(n)
+    good += _pair(6, birth_date="1970-01-02")
+    good += _pair(7, gender="male")
+    good += _pair(8, family="Otherperson")
+    good += _pair(9, birth_date="1971-01-01", given="Alexa")
+    good += _pair(10, family="  TESTPERSON ")  # case and whitespace only: agreement
+    good += [(HOSP, patient("EPX-011", "h11"))]  # one source only: nothing to compare
+    good += _pair(12, gender="other")
+    malformed: list[tuple[str | None, bytes]] = [
+        (HOSP, b"{not json"),
+        (None, patient("EPX-013", "h13")),
+        (LAB, b'{"hello": "world"}'),
+        (LAB, patient("EPX-014", "l14", birth_date="1970-13-45")),
+        (LAB, b'{"resourceType": "Observation", "id": "o1", "status": "final"}'),
+    ]
+    no_enterprise_id = [(HOSP, patient(None, "h15"))]
+    sent = await publish(stack.bootstrap_servers, good + malformed + no_enterprise_id)
+
+    initial = [
+        ("EPX-006", BIRTH, "OPEN"),
+        ("EPX-007", GENDER, "OPEN"),
+        ("EPX-008", NAME, "OPEN"),
+        ("EPX-009", BIRTH, "OPEN"),
+        ("EPX-009", NAME, "OPEN"),
+        ("EPX-012", GENDER, "OPEN"),
+    ]
+    dsn = stack.database_url
+    rows = await eventually(lambda: _alert_rows(dsn, "EPX-"), lambda r: r == initial, within=30)
+    assert rows == initial
+
+    # The lab corrects patient 12 (a newer version): that alert resolves on its own.
+    await publish(
+        stack.bootstrap_servers,
+        [(LAB, patient("EPX-012", "l12", version="2", last_updated="2026-02-01T00:00:00Z"))],
+    )
+    final = sorted([r for r in initial if r[0] != "EPX-012"] + [("EPX-012", GENDER, "RESOLVED")])
+    rows = await eventually(lambda: _alert_rows(dsn, "EPX-"), lambda r: r == final, within=30)
+    await asyncio.sleep(2)  # anything extra would show up now
+    assert await _alert_rows(dsn, "EPX-") == final
+
+    # concord.alerts carries the same alerts: each revision once, the latest matching the table.
+    published = [
+        codec.ALERT.decode(r.value) for r in await read_topic(stack.bootstrap_servers, ALERTS)
+    ]
+    ours = [a for a in published if a.patient_id.startswith("EPX-")]
+    revisions = Counter((a.alert_id, a.revision) for a in ours)
+    assert all(count == 1 for count in revisions.values()), revisions
+    latest = {}
+    for alert in sorted(ours, key=lambda a: a.revision):
+        latest[alert.alert_id] = alert
+    assert sorted((a.patient_id, a.attribute, a.status) for a in latest.values()) == final
+    for alert in latest.values():
+        assert {a.source_system for a in alert.assertions} == {HOSP, LAB}
+        for assertion in alert.assertions:
+            assert assertion.provenance.source_record_id.startswith("Patient/")
+            assert assertion.provenance.raw_topic == "ehr.raw.fhir"
+
+    # Every raw event is accounted for: passed ingestion or dead-lettered, never both.
+    raw_sent = set(sent)
+    ingested = {
+        (rec.provenance.raw_partition, rec.provenance.raw_offset)
+        for rec in (
+            codec.INGESTED_RECORD.decode(r.value)
+            for r in await read_topic(stack.bootstrap_servers, INGESTED)
+        )
+    } & raw_sent
+    letters = [
+        codec.DEAD_LETTER.decode(r.value)
+        for r in await read_topic(stack.bootstrap_servers, DEADLETTER)
+    ]
+    ingestion_letters = {
+        (d.original_partition, d.original_offset): d
+        for d in letters
+        if d.stage == "ingestion" and (d.original_partition, d.original_offset) in raw_sent
+    }
+    assert ingested.isdisjoint(ingestion_letters)
+    assert ingested | set(ingestion_letters) == raw_sent
+    assert sorted(d.reason_code for d in ingestion_letters.values()) == sorted(
+        [
+            "MALFORMED_JSON",
+            "MISSING_SOURCE_HEADER",
+            "NOT_FHIR",
+            "FHIR_INVALID",
+            "UNSUPPORTED_RESOURCE_TYPE",
+        ]
+    )
+    malformed_bytes = {value for _, value in malformed}
+    assert {d.original_value for d in ingestion_letters.values()} == malformed_bytes
+    normalization_letters = [
+        d
+        for d in letters
+        if d.stage == "normalization" and d.reason_code == "MISSING_ENTERPRISE_ID"
+    ]
+    assert len(normalization_letters) == 1
+    assert normalization_letters[0].original_topic == INGESTED
+    # Dead letters equal the malformed count: five at ingestion, one at normalization.
+    assert len(ingestion_letters) + len(normalization_letters) == len(malformed) + 1
+
+
+@pytest.mark.asyncio
+async def test_sigkill_of_the_conflicts_worker_loses_and_duplicates_no_alert(
+    stack: StackInfo,
+) -> None:
+    patients = 600
+    events: list[tuple[str | None, bytes]] = []
+    expected = []
+    for n in range(patients):
+        eid = f"EPK-{n:05d}"
+        disagree = n % 3 == 0
+        events.append((HOSP, patient(eid, f"kh{n}")))
+        events.append(
+            (LAB, patient(eid, f"kl{n}", birth_date="1980-05-05" if disagree else "1970-01-01"))
+        )
+        if disagree:
+            expected.append((eid, BIRTH, "OPEN"))
+    chunks = [events[i : i + 200] for i in range(0, len(events), 200)]
+    dsn = stack.database_url
+
+    for chunk in chunks[:2]:
+        await publish(stack.bootstrap_servers, chunk)
+    await eventually(lambda: _alert_rows(dsn, "EPK-"), lambda r: len(r) > 0, within=30)
+    conflicts = load_state(stack.state_dir).workers["conflicts"]
+    stop_process(conflicts, sig=signal.SIGKILL)
+    assert not is_alive(conflicts)
+    at_kill = len(await _alert_rows(dsn, "EPK-"))
+    assert 0 < at_kill < len(expected)
+
+    for chunk in chunks[2:4]:  # the stream goes on while the worker is down
+        await publish(stack.bootstrap_servers, chunk)
+    restarted = await restart_worker(stack.state_dir, "conflicts", kill=True)
+    assert restarted.pid != conflicts.pid
+    for chunk in chunks[4:]:
+        await publish(stack.bootstrap_servers, chunk)
+
+    rows = await eventually(
+        lambda: _alert_rows(dsn, "EPK-"), lambda r: len(r) >= len(expected), within=90
+    )
+    await asyncio.sleep(2)
+    assert await _alert_rows(dsn, "EPK-") == sorted(expected)
+
+    published = [
+        codec.ALERT.decode(r.value) for r in await read_topic(stack.bootstrap_servers, ALERTS)
+    ]
+    ours = Counter(
+        (a.patient_id, a.attribute, a.revision)
+        for a in published
+        if a.patient_id.startswith("EPK-")
+    )
+    assert sorted(ours) == sorted((p, a, 1) for p, a, _ in expected)
+    assert set(ours.values()) == {1}, "an alert was published twice"
+    history = await fetch(
+        dsn,
+        "SELECT count(*) AS n FROM alert_history h JOIN alerts a USING (alert_id) "
+        "WHERE a.patient_id LIKE 'EPK-%'",
+    )
+    assert history[0]["n"] == len(expected)
+    assert rows  # the poll saw them arrive
