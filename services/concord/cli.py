@@ -31,7 +31,7 @@ state_dir_option = click.option(
 def client_settings(state_dir: Path) -> ClientSettings:
     """CONCORD_* variables win; the stack's stack.env fills in the rest."""
     env_file = state_dir / "stack.env"
-    return ClientSettings(_env_file=env_file if env_file.is_file() else None)  # type: ignore[call-arg]
+    return ClientSettings(_env_file=env_file if env_file.is_file() else None)
 
 
 @click.group()
