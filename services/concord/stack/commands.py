@@ -1,0 +1,83 @@
+"""`concord stack up | status | down`: the local stack from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from concord.config import DEFAULT_STATE_DIR
+from concord.stack.stack import (
+    ALL_SERVICES,
+    StackError,
+    load_state,
+    stack_status,
+    start_stack,
+    stop_stack,
+)
+
+_state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="Where the stack keeps its logs, data, stack.json and stack.env.",
+)
+
+
+@click.group(name="stack")
+def stack() -> None:
+    """Run the local stack: Tansu broker, PostgreSQL and the four workers."""
+
+
+@stack.command()
+@_state_dir_option
+@click.option(
+    "--timeout", type=float, default=60.0, show_default=True,
+    help="Seconds to wait for the workers to become healthy.",
+)  # fmt: skip
+def up(state_dir: Path, timeout: float) -> None:
+    """Start broker, PostgreSQL and workers; return once all are ready."""
+    try:
+        asyncio.run(
+            start_stack(
+                state_dir, workers=ALL_SERVICES, progress=click.echo, startup_timeout=timeout
+            )
+        )
+    except (StackError, RuntimeError, TimeoutError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+@stack.command()
+@_state_dir_option
+def status(state_dir: Path) -> None:
+    """Show each process of the stack; exit 1 unless all are up (and workers healthy)."""
+    statuses = stack_status(state_dir)
+    if not statuses:
+        click.echo(f"no stack recorded in {state_dir}")
+        sys.exit(1)
+    for item in statuses:
+        state = "alive" if item.alive else "DEAD"
+        health = "" if item.healthy is None else ("  health ok" if item.healthy else "  UNHEALTHY")
+        click.echo(f"{item.name:<14} pid {item.pid:<8} {state}{health}")
+    sys.exit(0 if all(item.ok for item in statuses) else 1)
+
+
+@stack.command()
+@_state_dir_option
+def down(state_dir: Path) -> None:
+    """Stop everything `up` started (workers first), escalating to SIGKILL after a grace."""
+    if load_state(state_dir) is None:
+        click.echo(f"no stack recorded in {state_dir}")
+        return
+    started = time.monotonic()
+    try:
+        results = stop_stack(state_dir)
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from error
+    for result in results:
+        click.echo(f"{result.name:<14} pid {result.pid:<8} {result.outcome}")
+    click.echo(f"stack down in {time.monotonic() - started:.1f}s")

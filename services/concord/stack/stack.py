@@ -1,0 +1,364 @@
+"""The whole local stack: broker, PostgreSQL and the four workers, as separate processes.
+
+`start_stack` starts them in order and records each one in STATE_DIR/stack.json as soon as it
+runs (so `stop_stack` can clean up after a half-finished start too), then writes
+STATE_DIR/stack.env for the `concord` tools. `stop_stack` stops exactly what is recorded:
+workers first (they flush to the broker and PostgreSQL), then broker and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from concord.stack.broker import start_broker
+from concord.stack.postgres import start_postgres, use_external_postgres
+from concord.stack.processes import (
+    LOOPBACK,
+    ProcessDied,
+    ProcessRecord,
+    StopResult,
+    absolute,
+    free_port,
+    health_ok,
+    is_alive,
+    spawn,
+    stop_process,
+    stop_processes,
+    tail,
+)
+
+ALL_SERVICES: tuple[str, ...] = ("ingestion", "normalization", "conflicts", "alerting")
+# The real worker entry point; the service name is appended.
+WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "concord.worker")
+API_SERVICE = "alerting"  # its web port is the HTTP API (CONCORD_API_URL)
+STATE_FILE = "stack.json"
+ENV_FILE = "stack.env"
+
+
+class StackError(RuntimeError):
+    """The stack cannot be started, or is already running: the message says what to do."""
+
+
+@dataclass
+class StackInfo:
+    """A running stack: its settings and the records of its processes."""
+
+    state_dir: Path
+    bootstrap_servers: str
+    database_url: str
+    broker: ProcessRecord | None = None
+    postgres: ProcessRecord | None = None  # None when CONCORD_DATABASE_URL names the server
+    workers: dict[str, ProcessRecord] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str | None:
+        api = self.workers.get(API_SERVICE)
+        return f"http://{LOOPBACK}:{api.port}" if api is not None else None
+
+    @property
+    def processes(self) -> list[ProcessRecord]:
+        """Every recorded process, workers last (the order they start in)."""
+        infra = [r for r in (self.broker, self.postgres) if r is not None]
+        return infra + list(self.workers.values())
+
+    def settings(self) -> dict[str, str]:
+        """What stack.env holds: how clients reach the broker, the database and the API."""
+        values = {
+            "CONCORD_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "CONCORD_DATABASE_URL": self.database_url,
+        }
+        if self.api_url is not None:
+            values["CONCORD_API_URL"] = self.api_url
+        return values
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "database_url": self.database_url,
+            "processes": [record.to_json() for record in self.processes],
+        }
+
+    @classmethod
+    def from_json(cls, state_dir: Path, data: Mapping[str, Any]) -> StackInfo:
+        info = cls(Path(state_dir), str(data["bootstrap_servers"]), str(data["database_url"]))
+        for item in data.get("processes", []):
+            record = ProcessRecord.from_json(item)
+            if record.kind == "broker":
+                info.broker = record
+            elif record.kind == "postgres":
+                info.postgres = record
+            else:
+                info.workers[record.name] = record
+        return info
+
+
+# --- stack.json / stack.env -------------------------------------------------------------------
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_state(info: StackInfo) -> None:
+    """Record the stack's processes in STATE_DIR/stack.json."""
+    info.state_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(info.state_dir / STATE_FILE, json.dumps(info.to_json(), indent=2) + "\n")
+
+
+def load_state(state_dir: Path) -> StackInfo | None:
+    """The stack recorded in STATE_DIR/stack.json, or None if there is none."""
+    path = Path(state_dir) / STATE_FILE
+    if not path.exists():
+        return None
+    return StackInfo.from_json(Path(state_dir), json.loads(path.read_text(encoding="utf-8")))
+
+
+def write_stack_env(info: StackInfo) -> Path:
+    """Write STATE_DIR/stack.env (KEY=value lines) for the `concord` tools."""
+    path = info.state_dir / ENV_FILE
+    lines = [f"{key}={value}\n" for key, value in info.settings().items()]
+    _write_atomically(path, "".join(lines))
+    return path
+
+
+def load_stack_env(state_dir: Path | str) -> dict[str, str]:
+    """The settings of the stack in `state_dir` (from stack.env): CONCORD_BOOTSTRAP_SERVERS,
+    CONCORD_DATABASE_URL, CONCORD_API_URL. Empty if no stack has been started there."""
+    path = Path(state_dir) / ENV_FILE
+    if not path.exists():
+        return {}
+    values: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            values[key.strip()] = value.strip()
+    return values
+
+
+# --- workers ----------------------------------------------------------------------------------
+
+
+def worker_env(
+    settings: Mapping[str, str], port: int, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """A worker's environment: ours (or `base`), the stack settings, and its own web port."""
+    env = dict(os.environ if base is None else base)
+    env.update(settings)
+    env["CONCORD_WEB_HOST"] = LOOPBACK
+    env["CONCORD_WEB_PORT"] = str(port)
+    return env
+
+
+def start_worker(
+    name: str,
+    settings: Mapping[str, str],
+    state_dir: Path,
+    *,
+    port: int | None = None,
+    command: Sequence[str] = WORKER_COMMAND,
+) -> ProcessRecord:
+    """Start worker `name` as ``[*command, name]`` with the stack `settings`
+    (CONCORD_BOOTSTRAP_SERVERS, CONCORD_DATABASE_URL) and its own web port; log to
+    STATE_DIR/logs/<name>.log. Does not wait: see `wait_worker_ready`."""
+    port = port or free_port()
+    log_path = Path(state_dir) / "logs" / f"{name}.log"
+    return spawn(name, "worker", [*command, name], log_path, env=worker_env(settings, port),
+                 port=port)  # fmt: skip
+
+
+async def wait_worker_ready(record: ProcessRecord, *, startup_timeout: float = 60.0) -> None:
+    """Return once the worker's ``GET /health`` answers 200. Raises ProcessDied if it exits,
+    TimeoutError after `startup_timeout`; both messages name the worker and show its log tail."""
+    assert record.port is not None  # noqa: S101 - start_worker always gives one
+    deadline = time.monotonic() + startup_timeout
+    while True:
+        if not is_alive(record):
+            raise ProcessDied(
+                f"worker {record.name} exited during startup; last lines of "
+                f"{record.log_path}:\n{tail(record.log_path)}"
+            )
+        if await asyncio.to_thread(health_ok, record.port):
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"worker {record.name} not ready after {startup_timeout:.0f}s (no 200 from "
+                f"http://{LOOPBACK}:{record.port}/health); last lines of "
+                f"{record.log_path}:\n{tail(record.log_path)}"
+            )
+        await asyncio.sleep(0.1)
+
+
+async def _start_workers(
+    info: StackInfo,
+    workers: Sequence[str],
+    command: Sequence[str],
+    startup_timeout: float,
+    progress: Callable[[str], None],
+) -> None:
+    """Start all workers at once (recording each), then wait until every one is healthy."""
+    settings = info.settings()
+    for name in workers:
+        info.workers[name] = start_worker(name, settings, info.state_dir, command=command)
+        save_state(info)
+
+    async def ready(record: ProcessRecord) -> None:
+        await wait_worker_ready(record, startup_timeout=startup_timeout)
+        progress(f"worker {record.name} ready (pid {record.pid}, http://{LOOPBACK}:{record.port})")
+
+    async with asyncio.TaskGroup() as group:
+        for record in info.workers.values():
+            group.create_task(ready(record))
+
+
+# --- the stack --------------------------------------------------------------------------------
+
+
+def running_processes(state_dir: Path) -> list[ProcessRecord]:
+    """The recorded processes of the stack in `state_dir` that are still running."""
+    info = load_state(state_dir)
+    return [] if info is None else [r for r in info.processes if is_alive(r)]
+
+
+async def start_stack(
+    state_dir: Path,
+    *,
+    workers: Sequence[str] = ALL_SERVICES,
+    progress: Callable[[str], None] = print,
+    startup_timeout: float = 60.0,
+    worker_command: Sequence[str] = WORKER_COMMAND,
+) -> StackInfo:
+    """Start broker (all topics created), PostgreSQL (migrated) and `workers`, each a separate
+    process in its own process group, and return once every worker's /health answers 200.
+
+    PostgreSQL: the server named by CONCORD_DATABASE_URL when that is set (only migrated),
+    otherwise an embedded one under STATE_DIR/pgdata. Writes STATE_DIR/stack.json and
+    STATE_DIR/stack.env. `worker_command` is the command each service name is appended to
+    (tests pass a stand-in). Raises StackError if a stack recorded in `state_dir` still runs;
+    on any failure stops whatever it started before re-raising."""
+    state_dir = absolute(state_dir)
+    alive = running_processes(state_dir)
+    if alive:
+        pids = ", ".join(f"{r.name} {r.pid}" for r in alive)
+        raise StackError(
+            f"a stack is already running from {state_dir} ({pids}); "
+            f"stop it first with `concord stack down --state-dir {state_dir}`"
+        )
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / ENV_FILE).unlink(missing_ok=True)
+    started = time.monotonic()
+    info = StackInfo(state_dir, bootstrap_servers="", database_url="")
+    try:
+        broker = await start_broker(state_dir, startup_timeout=min(startup_timeout, 20.0))
+        info.broker, info.bootstrap_servers = broker.record, broker.bootstrap_servers
+        save_state(info)
+        progress(f"broker ready on {broker.bootstrap_servers} (pid {broker.record.pid})")
+
+        external = os.environ.get("CONCORD_DATABASE_URL")
+        if external:
+            postgres = await use_external_postgres(external)
+            progress("postgres ready (CONCORD_DATABASE_URL from the environment, migrated)")
+        else:
+            postgres = await start_postgres(state_dir, startup_timeout=min(startup_timeout, 30.0))
+            assert postgres.record is not None  # noqa: S101 - we started it
+            progress(f"postgres ready at {postgres.dsn} (pid {postgres.record.pid})")
+        info.postgres, info.database_url = postgres.record, postgres.dsn
+        save_state(info)
+
+        await _start_workers(info, workers, worker_command, startup_timeout, progress)
+    except BaseException as error:
+        _stop_info(info)
+        (state_dir / STATE_FILE).unlink(missing_ok=True)
+        if isinstance(error, ExceptionGroup):  # from the workers' TaskGroup
+            if len(error.exceptions) == 1:
+                raise error.exceptions[0] from None  # show the failed worker's own message
+            raise StackError("\n\n".join(str(e) for e in error.exceptions)) from error
+        raise
+    write_stack_env(info)
+    elapsed = time.monotonic() - started
+    progress(f"stack up in {elapsed:.1f}s; settings (also in {state_dir / ENV_FILE}):")
+    for key, value in info.settings().items():
+        progress(f"{key}={value}")
+    return info
+
+
+def _stop_info(info: StackInfo) -> list[StopResult]:
+    """Workers first (in parallel), then broker and PostgreSQL (in parallel)."""
+    results = stop_processes(list(info.workers.values()))
+    results += stop_processes([r for r in (info.broker, info.postgres) if r is not None])
+    return results
+
+
+def stop_stack(state_dir: Path) -> list[StopResult]:
+    """Stop every process recorded in STATE_DIR/stack.json (and anything left in their process
+    groups), then remove stack.json and stack.env. Takes under 10 s even when a worker ignores
+    SIGTERM (5 s grace, then SIGKILL). Blocking: from async code run it in a thread.
+    Returns one StopResult per process; [] if nothing is recorded."""
+    state_dir = absolute(state_dir)
+    info = load_state(state_dir)
+    if info is None:
+        return []
+    results = _stop_info(info)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    (state_dir / ENV_FILE).unlink(missing_ok=True)
+    return results
+
+
+async def restart_worker(
+    state_dir: Path, name: str, *, kill: bool = True, startup_timeout: float = 60.0
+) -> ProcessRecord:
+    """Stop worker `name` of the recorded stack (kill -9 when `kill`, else a normal stop),
+    start it again with the same command and web port, wait until healthy and record it.
+
+    For crash-recovery tests: the rest of the stack keeps running."""
+    state_dir = absolute(state_dir)
+    info = load_state(state_dir)
+    if info is None or name not in info.workers:
+        raise StackError(f"no worker {name!r} recorded in {state_dir}")
+    old = info.workers[name]
+    stop_process(old, sig=signal.SIGKILL if kill else None)
+    command = old.argv[:-1]  # the service name was appended
+    info.workers[name] = start_worker(name, info.settings(), state_dir, port=old.port,
+                                      command=command)  # fmt: skip
+    save_state(info)
+    await wait_worker_ready(info.workers[name], startup_timeout=startup_timeout)
+    return info.workers[name]
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    """One line of `concord stack status`. `healthy` is None for processes without /health."""
+
+    name: str
+    pid: int
+    alive: bool
+    healthy: bool | None
+
+    @property
+    def ok(self) -> bool:
+        return self.alive and self.healthy is not False
+
+
+def stack_status(state_dir: Path) -> list[ProcessStatus]:
+    """Each recorded process: alive or not and, for workers, whether /health answers 200."""
+    info = load_state(Path(state_dir))
+    if info is None:
+        return []
+    statuses = []
+    for record in info.processes:
+        alive = is_alive(record)
+        healthy = None
+        if record.kind == "worker" and record.port is not None:
+            healthy = alive and health_ok(record.port)
+        statuses.append(ProcessStatus(record.name, record.pid, alive, healthy))
+    return statuses

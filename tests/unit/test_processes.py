@@ -1,0 +1,95 @@
+"""The parts of the local stack that need no server: records, stack.env, process identity."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import psutil
+
+from concord.stack.postgres import with_database
+from concord.stack.processes import (
+    ProcessRecord,
+    free_port,
+    is_alive,
+    port_open,
+    spawn,
+    stop_process,
+    tail,
+)
+from concord.stack.stack import StackInfo, load_stack_env, write_stack_env
+
+
+def _record(**changes: object) -> ProcessRecord:
+    fields: dict[str, object] = {
+        "name": "conflicts",
+        "kind": "worker",
+        "pid": os.getpid(),
+        "create_time": psutil.Process().create_time(),
+        "argv": [sys.executable, "-m", "concord.worker", "conflicts"],
+        "log_path": "/nonexistent/conflicts.log",
+        "port": 6066,
+    }
+    fields.update(changes)
+    return ProcessRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_record_survives_json() -> None:
+    record = _record(extra={"pgdata": "/x"})
+    assert ProcessRecord.from_json(record.to_json()) == record
+
+
+def test_a_recycled_pid_is_neither_alive_nor_signalled() -> None:
+    # Our own pid with another create_time: the kernel gave "its" pid to us since.
+    stranger = _record(create_time=psutil.Process().create_time() - 1000)
+    assert not is_alive(stranger)
+    assert stop_process(stranger).outcome == "not running"
+    assert is_alive(_record())  # and we are still here
+
+
+def test_stop_reaps_a_process_that_is_already_gone(tmp_path: Path) -> None:
+    record = spawn("quick", "worker", [sys.executable, "-c", "pass"], tmp_path / "quick.log")
+    stop_process(record)
+    assert not is_alive(record)
+    assert "starting quick" in (tmp_path / "quick.log").read_text()
+
+
+def test_tail_returns_the_last_lines(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("".join(f"line {n}\n" for n in range(100)))
+    assert tail(log, 2) == "line 98\nline 99"
+    assert tail(tmp_path / "missing.log") == ""
+
+
+def test_free_port_is_free() -> None:
+    assert not port_open(free_port())
+
+
+def test_stack_env_round_trip(tmp_path: Path) -> None:
+    assert load_stack_env(tmp_path) == {}
+    info = StackInfo(tmp_path, "127.0.0.1:9092", "postgresql://postgres@127.0.0.1:5432/concord")
+    info.workers["alerting"] = _record(name="alerting", port=7000)
+    write_stack_env(info)
+    assert load_stack_env(tmp_path) == {
+        "CONCORD_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
+        "CONCORD_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/concord",
+        "CONCORD_API_URL": "http://127.0.0.1:7000",
+    }
+
+
+def test_stack_info_survives_json(tmp_path: Path) -> None:
+    info = StackInfo(
+        tmp_path, "b:1", "postgresql://h/db", broker=_record(name="broker", kind="broker")
+    )
+    info.workers["ingestion"] = _record(name="ingestion")
+    again = StackInfo.from_json(tmp_path, info.to_json())
+    assert again == info
+    assert again.api_url is None  # no alerting worker, no API
+
+
+def test_with_database_keeps_the_server() -> None:
+    dsn = "postgresql://u:p@127.0.0.1:5433/postgres?sslmode=disable"
+    assert (
+        with_database(dsn, "concord") == "postgresql://u:p@127.0.0.1:5433/concord?sslmode=disable"
+    )
