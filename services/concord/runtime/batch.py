@@ -28,6 +28,7 @@ from concord.config import WorkerSettings
 log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, bytes]]
+IDLE_LAG_REFRESH_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class BatchLoop:
         self.assigned: set[TopicPartition] = set()
         self.producer = producer
         self._stopping = asyncio.Event()
+        self._lag_refreshed = 0.0
 
     def make_producer(self) -> AIOKafkaProducer:
         return self.make_producer_for(self.settings)
@@ -168,6 +170,7 @@ class BatchLoop:
         )
         records = [record for tp_records in batch.values() for record in tp_records]
         if not records:
+            await self._refresh_idle_lag(consumer)
             return 0
         stage = self.handler.stage
         started = time.perf_counter()
@@ -190,6 +193,21 @@ class BatchLoop:
         metrics.EVENT_SECONDS.labels(stage).observe(elapsed / len(records))
         self._record_lag(consumer, batch)
         return len(records)
+
+    async def _refresh_idle_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Keep the lag gauge true while idle, so a stalled stage shows as lag, not silence."""
+        now = time.monotonic()
+        if now - self._lag_refreshed < IDLE_LAG_REFRESH_SECONDS:
+            return
+        self._lag_refreshed = now
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            position = await consumer.position(tp)
+            metrics.CONSUMER_LAG.labels(self.handler.stage, tp.topic, str(tp.partition)).set(
+                max(0, highwater - position)
+            )
 
     def _record_lag(
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
