@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
@@ -50,14 +51,16 @@ def main() -> None:
 def publish(source: str, topic: str, state_dir: Path, paths: tuple[Path, ...]) -> None:
     """Publish FHIR JSON files (a resource, a Bundle, or NDJSON) as raw EHR events."""
     settings = client_settings(state_dir)
-    count = asyncio.run(publish_files(settings.bootstrap_servers, source, list(paths), topic=topic))
+    count = asyncio.run(publish_files(settings.kafka_options(), source, list(paths), topic=topic))
     click.echo(f"published {count} events from {source} to {topic}", err=True)
 
 
 async def publish_files(
-    bootstrap_servers: str, source: str, paths: list[Path], *, topic: str = topics.RAW_FHIR
+    kafka: str | dict[str, Any], source: str, paths: list[Path], *, topic: str = topics.RAW_FHIR
 ) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all")
+    """Publish the files' events; `kafka` is bootstrap servers or KafkaSettings.kafka_options()."""
+    options = {"bootstrap_servers": kafka} if isinstance(kafka, str) else kafka
+    producer = AIOKafkaProducer(**options, linger_ms=5, acks="all")
     await producer.start()
     try:
         futures = []
@@ -126,7 +129,7 @@ def follow_alerts(as_json: bool, from_beginning: bool, state_dir: Path) -> None:
     try:
         asyncio.run(
             follow(
-                settings.bootstrap_servers,
+                settings.kafka_options(),
                 lambda alert: _print_alert(alert, as_json),
                 from_beginning=from_beginning,
             )
@@ -136,7 +139,7 @@ def follow_alerts(as_json: bool, from_beginning: bool, state_dir: Path) -> None:
 
 
 async def follow(
-    bootstrap_servers: str,
+    kafka: str | dict[str, Any],
     on_alert: Callable[[Alert], None],
     *,
     from_beginning: bool = False,
@@ -144,9 +147,8 @@ async def follow(
 ) -> None:
     """Call on_alert for every alert published (since now, or since the topic's start)."""
     started_ms = int(time.time() * 1000)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=50
-    )
+    options = {"bootstrap_servers": kafka} if isinstance(kafka, str) else kafka
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, fetch_max_wait_ms=50)
     await consumer.start()
     try:
         partitions = [
@@ -178,7 +180,13 @@ def topics_command(action: str, state_dir: Path) -> None:
     from concord.stack.broker import ensure_topics
 
     settings = client_settings(state_dir)
-    created = asyncio.run(ensure_topics(settings.bootstrap_servers))
+    created = asyncio.run(
+        ensure_topics(
+            settings.bootstrap_servers,
+            replication_factor=settings.kafka_replication_factor,
+            client_options=settings.kafka_options(),
+        )
+    )
     click.echo(f"created {len(created)} topics; {len(topics.ALL_TOPICS)} expected exist")
 
 

@@ -6,6 +6,7 @@ Nothing here connects to anything: settings are built in each entry point's main
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,14 +15,65 @@ DEFAULT_STATE_DIR = Path(".concord")
 DEFAULT_ENTERPRISE_ID_SYSTEM = "urn:concord:enterprise-patient-id"
 
 
-class WorkerSettings(BaseSettings):
-    """What every stream worker needs: the broker, its consumer tuning, and its web port."""
+class KafkaSettings(BaseSettings):
+    """Where the Kafka cluster is and how to authenticate to it (TLS, SASL)."""
 
     model_config = SettingsConfigDict(env_prefix="CONCORD_", extra="ignore")
 
     bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port"
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How clients talk to the brokers"
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA bundle that signed the brokers' certificates (SSL, SASL_SSL)"
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="Client certificate, for brokers that require mutual TLS"
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="Private key of the client certificate"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL)"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password")
+    kafka_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of topics `concord topics create` makes"
+    )
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka clients: servers, TLS context, SASL credentials."""
+        from aiokafka.helpers import create_ssl_context
+
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+                certfile=str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
+                keyfile=str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            )
+        if self.kafka_security_protocol.startswith("SASL"):
+            if not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
+                raise ValueError(
+                    "SASL needs CONCORD_KAFKA_SASL_MECHANISM and CONCORD_KAFKA_SASL_USERNAME"
+                )
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        return options
+
+
+class WorkerSettings(KafkaSettings):
+    """What every stream worker needs: the broker, its consumer tuning, and its web port."""
+
     fetch_max_wait_ms: int = Field(
         20,
         ge=1,
@@ -79,13 +131,8 @@ class AlertingSettings(DatabaseWorkerSettings):
     """The alerting service: conflict events in, alerts in PostgreSQL and on concord.alerts."""
 
 
-class ClientSettings(BaseSettings):
+class ClientSettings(KafkaSettings):
     """What the `concord` command-line tools read: usually from the stack's stack.env."""
 
-    model_config = SettingsConfigDict(env_prefix="CONCORD_", extra="ignore")
-
-    bootstrap_servers: str = Field(
-        "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port"
-    )
     database_url: SecretStr | None = Field(None, description="PostgreSQL DSN of the stack")
     api_url: str | None = Field(None, description="Base URL of the alerting worker's web API")

@@ -85,10 +85,26 @@ async def build_stage(
     return stage, pool.close
 
 
+def faust_credentials(settings: WorkerSettings) -> faust.types.auth.CredentialsT | None:
+    """The same TLS/SASL settings for Faust's own (control-topic) clients."""
+    options = settings.kafka_options()
+    if settings.kafka_security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            mechanism=options["sasl_mechanism"],
+            ssl_context=options.get("ssl_context"),
+        )
+    if settings.kafka_security_protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    return None
+
+
 def build_app(service: str, settings: WorkerSettings) -> faust.App:
     app = faust.App(
         f"concord-{service}-control",
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(settings),
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,

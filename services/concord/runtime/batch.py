@@ -120,7 +120,7 @@ class BatchLoop:
     def make_producer_for(settings: WorkerSettings) -> AIOKafkaProducer:
         # Idempotence is off: the local broker's InitProducerId fails. Sinks dedupe instead.
         return AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **settings.kafka_options(),
             acks="all",
             linger_ms=5,
             max_batch_size=64 * 1024,
@@ -130,7 +130,7 @@ class BatchLoop:
     def make_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
         return AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
+            **s.kafka_options(),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
@@ -110,12 +111,20 @@ async def wait_for_broker(record: ProcessRecord, bootstrap: str, *, startup_time
         await asyncio.sleep(0.05)
 
 
-async def ensure_topics(bootstrap: str, topics: Iterable[TopicSpec] = ALL_TOPICS) -> list[str]:
-    """Create the topics that do not exist yet (replication 1); return the names created.
+async def ensure_topics(
+    bootstrap: str,
+    topics: Iterable[TopicSpec] = ALL_TOPICS,
+    *,
+    replication_factor: int = 1,
+    client_options: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created.
 
-    Existing topics are left as they are, so this is safe to call on every start."""
+    Existing topics are left as they are, so this is safe to call on every start.
+    `client_options` (TLS, SASL: KafkaSettings.kafka_options()) override `bootstrap`."""
     wanted = list(topics)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    options = dict(client_options or {"bootstrap_servers": bootstrap})
+    admin = AIOKafkaAdminClient(**options, request_timeout_ms=10000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -123,7 +132,7 @@ async def ensure_topics(bootstrap: str, topics: Iterable[TopicSpec] = ALL_TOPICS
         if not missing:
             return []
         response = await admin.create_topics(
-            [NewTopic(spec.name, spec.partitions, replication_factor=1) for spec in missing]
+            [NewTopic(spec.name, spec.partitions, replication_factor) for spec in missing]
         )
         failures = [
             f"{error[0]}: error {error[1]} {error[2] if len(error) > 2 else ''}".strip()
