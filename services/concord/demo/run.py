@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,14 +31,28 @@ class AlertBoard:
 
     latest: dict[str, Alert] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    latencies: list[float] = field(default_factory=list)
 
     def see(self, alert: Alert) -> bool:
         known = self.latest.get(alert.alert_id)
         if known is not None and known.revision >= alert.revision:
             return False
         self.latest[alert.alert_id] = alert
+        # From ingestion's receipt of the newest raw event behind the alert to the alert stored.
+        received = max(a.provenance.received_time for a in alert.assertions)
+        self.latencies.append((alert.updated_at - received).total_seconds())
         self.changed.set()
         return True
+
+    def latency_summary(self) -> str:
+        if len(self.latencies) < 2:
+            return "too few alerts for a latency summary"
+        ms = sorted(x * 1000 for x in self.latencies)
+        cuts = statistics.quantiles(ms, n=100, method="inclusive")
+        return (
+            f"latency from ingestion receipt to alert stored, {len(ms)} alert revisions: "
+            f"p50 {cuts[49]:.0f} ms, p95 {cuts[94]:.0f} ms, max {ms[-1]:.0f} ms"
+        )
 
     def open_keys(self) -> set[AlertKey]:
         return {(a.patient_id, a.attribute) for a in self.latest.values() if a.status == "OPEN"}
@@ -140,6 +155,7 @@ async def run_demo(
             )
         )
         echo(checks[-1].describe("after updates"))
+        echo(board.latency_summary())
         if follow_until_interrupted:
             echo("following alerts; Ctrl-C stops the demo and the stack")
             await asyncio.Event().wait()
