@@ -22,6 +22,7 @@ test: $(STAMP) lint typecheck
 
 lint: $(STAMP)
 	$(BIN)/ruff check services tests benchmarks
+	$(BIN)/ruff format --check services tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy services/concord

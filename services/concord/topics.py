@@ -30,9 +30,7 @@ CONTROL = "concord.control"
 PARTITIONS = 4
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(
-        RAW_FHIR, PARTITIONS, "FHIR R4 JSON as sent; header 'source' names the sender"
-    ),
+    TopicSpec(RAW_FHIR, PARTITIONS, "FHIR R4 JSON as sent; header 'source' names the sender"),
     TopicSpec(RAW_HL7V2, PARTITIONS, "HL7 v2 ER7 messages, one per record"),
     TopicSpec(RAW_CLAIMS, PARTITIONS, "claim lines as JSON"),
     TopicSpec(INGESTED, PARTITIONS, "validated records with provenance (Avro IngestedRecord)"),
