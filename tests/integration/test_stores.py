@@ -1,0 +1,161 @@
+"""The PostgreSQL adapters against a real server, and the outbox against the real broker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from concord.alerting.lifecycle import apply_conflict_event
+from concord.alerting.store import AlertStore, list_alerts
+from concord.conflicts.policy import DEFAULT_POLICY
+from concord.conflicts.rules import AttributeState, apply_fact, evaluate
+from concord.conflicts.store import ConflictStore
+from concord.events.models import ClinicalFact, Provenance
+from concord.runtime.batch import Outbound, OutboundRecord
+from concord.runtime.outbox import Outbox
+from concord.stack.broker import BrokerInfo
+from concord.stack.postgres import PostgresInfo
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def fact(
+    patient: str, source: str, value: str, *, at: datetime, version: str = "1"
+) -> ClinicalFact:
+    return ClinicalFact(
+        fact_id=f"{patient}-{source}-{version}",
+        patient_id=patient,
+        attribute="Patient.birthDate",
+        attribute_class="DEMOGRAPHICS",
+        value=value,
+        display=value,
+        status="ASSERTED",
+        provenance=Provenance(
+            source_system=source,
+            source_record_id=f"Patient/{source}-{patient}",
+            source_record_version=version,
+            event_time=at,
+            received_time=at + timedelta(seconds=5),
+            raw_topic="ehr.raw.fhir",
+            raw_partition=1,
+            raw_offset=42,
+            payload_sha256="ab" * 32,
+        ),
+    )
+
+
+@pytest_asyncio.fixture
+async def pool(postgres: PostgresInfo) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(postgres.dsn, min_size=1, max_size=2)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+def patient_id() -> str:
+    return f"EPS-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.mark.asyncio
+async def test_conflict_state_round_trips_through_postgres(pool: asyncpg.Pool) -> None:
+    store = ConflictStore(pool, Outbox(pool, f"test-{uuid.uuid4().hex[:6]}"))
+    patient = patient_id()
+    key = (patient, "Patient.birthDate")
+    state = AttributeState(patient, "Patient.birthDate", "DEMOGRAPHICS")
+    apply_fact(state, fact(patient, "a", "1970-01-01", at=T0))
+    apply_fact(state, fact(patient, "b", "1971-01-01", at=T0))
+    event = evaluate(state, DEFAULT_POLICY, now=T0, trigger_received_time=T0)
+    assert event is not None and event.kind == "OPENED"
+    await store.save([(state, "a", 3), (state, "b", 3)], [(state, 3)], [])
+
+    loaded = (await store.load([key], {key: "DEMOGRAPHICS"}))[key]
+    assert loaded.assertions == state.assertions
+    assert loaded.conflict == state.conflict
+
+
+@pytest.mark.asyncio
+async def test_an_older_assertion_never_overwrites_a_newer_one(pool: asyncpg.Pool) -> None:
+    store = ConflictStore(pool, Outbox(pool, f"test-{uuid.uuid4().hex[:6]}"))
+    patient = patient_id()
+    key = (patient, "Patient.birthDate")
+    newer = AttributeState(patient, "Patient.birthDate", "DEMOGRAPHICS")
+    apply_fact(newer, fact(patient, "a", "1970-01-02", at=T0 + timedelta(days=1), version="2"))
+    await store.save([(newer, "a", 0)], [], [])
+    # A second worker holding stale memory writes the older version: the database refuses it.
+    older = AttributeState(patient, "Patient.birthDate", "DEMOGRAPHICS")
+    apply_fact(older, fact(patient, "a", "1970-01-01", at=T0, version="1"))
+    await store.save([(older, "a", 0)], [], [])
+
+    loaded = (await store.load([key], {key: "DEMOGRAPHICS"}))[key]
+    assert loaded.assertions["a"].value == "1970-01-02"
+
+
+@pytest.mark.asyncio
+async def test_outbox_rows_left_by_a_crash_are_published_once(
+    pool: asyncpg.Pool, broker: BrokerInfo
+) -> None:
+    stage = f"test-{uuid.uuid4().hex[:6]}"
+    topic = "concord.conflicts"
+    marker = uuid.uuid4().hex.encode()
+    records = [OutboundRecord(topic, marker + bytes([i]), key=marker) for i in range(3)]
+    crashed = Outbox(pool, stage)
+    async with pool.acquire() as conn, conn.transaction():
+        await crashed.write(conn, records)
+    crashed.publish_written(Outbound(stage), records)  # ...and the process dies before acks
+
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    await producer.start()
+    try:
+        successor = Outbox(pool, stage)
+        assert await successor.drain(producer) == 3
+        assert await successor.drain(producer) == 0
+    finally:
+        await producer.stop()
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE stage = $1", stage) == 0
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap_servers, fetch_max_wait_ms=50)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(4)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        seen: list[bytes] = []
+        for _ in range(20):
+            batch = await consumer.getmany(timeout_ms=200)
+            seen += [r.value for recs in batch.values() for r in recs if r.key == marker]
+    finally:
+        await consumer.stop()
+    assert sorted(seen) == sorted(r.value for r in records)
+
+
+@pytest.mark.asyncio
+async def test_alerts_and_their_history_are_stored_once_per_revision(pool: asyncpg.Pool) -> None:
+    store = AlertStore(pool, Outbox(pool, f"test-{uuid.uuid4().hex[:6]}"))
+    patient = patient_id()
+    state = AttributeState(patient, "Patient.birthDate", "DEMOGRAPHICS")
+    apply_fact(state, fact(patient, "a", "1970-01-01", at=T0))
+    apply_fact(state, fact(patient, "b", "1971-01-01", at=T0))
+    opened = evaluate(state, DEFAULT_POLICY, now=T0, trigger_received_time=T0)
+    assert opened is not None
+    first = apply_conflict_event(None, opened, now=T0)
+    assert first is not None
+    await store.save([(first, "opened")], [(first.alert, "opened")], [])
+    # Redelivered: the stored revision guards the row, the history key guards the log.
+    await store.save([(first, "opened")], [(first.alert, "opened")], [])
+
+    loaded = await store.load([opened.conflict_id])
+    assert loaded[opened.conflict_id] == first
+    listed = [r for r in await list_alerts(pool, status="OPEN") if r.alert.patient_id == patient]
+    assert [r.alert.alert_id for r in listed] == [opened.conflict_id]
+    history = await pool.fetchval(
+        "SELECT count(*) FROM alert_history WHERE alert_id = $1", opened.conflict_id
+    )
+    assert history == 1
