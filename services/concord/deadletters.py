@@ -17,6 +17,8 @@ REASON_CODES: dict[str, str] = {
     "EMPTY_PAYLOAD": "The record has no value (a tombstone or an empty message).",
     "PAYLOAD_TOO_LARGE": "The record is larger than the configured maximum.",
     "MISSING_SOURCE_HEADER": "The Kafka header 'source' (the sending system) is absent or empty.",
+    "INVALID_SOURCE_HEADER": "The 'source' header is not printable UTF-8 of 1-128 characters.",
+    "EMPTY_BUNDLE": "A Bundle with no entries: nothing to ingest.",
     "MALFORMED_JSON": "The value is not UTF-8 JSON.",
     "NOT_FHIR": "The JSON is not a FHIR resource (no resourceType, or not an object).",
     "UNSUPPORTED_RESOURCE_TYPE": "A FHIR resource type this deployment does not ingest yet.",
@@ -51,6 +53,6 @@ def dead_letter(raw: RawEvent, rejection: Rejection, *, stage: str, at: datetime
         original_offset=raw.offset,
         original_key=raw.key,
         original_value=raw.value,
-        original_headers=tuple(Header(key=k, value=v) for k, v in raw.headers.items()),
+        original_headers=tuple(Header(key=k, value=v) for k, v in raw.headers),
         failed_at=at,
     )

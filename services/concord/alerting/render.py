@@ -40,13 +40,22 @@ def alert_json(alert: Alert) -> dict[str, Any]:
     }
 
 
+def _printable(text: object) -> str:
+    """Control characters escaped, so one alert is always one line of a terminal or log."""
+    value = str(text)
+    return value if value.isprintable() else value.encode("unicode_escape").decode("ascii")
+
+
 def alert_line(alert: Alert) -> str:
     said = "  vs  ".join(
-        f"{a.source_system}={a.display or a.value!s} ({a.provenance.source_record_id}"
-        f" v{a.provenance.source_record_version or '?'}, {a.provenance.event_time:%Y-%m-%d})"
+        f"{_printable(a.source_system)}={_printable(a.display or a.value)} "
+        f"({_printable(a.provenance.source_record_id)}"
+        f" v{_printable(a.provenance.source_record_version or '?')}, "
+        f"{a.provenance.event_time:%Y-%m-%d})"
         for a in alert.assertions
     )
     return (
-        f"{alert.updated_at:%H:%M:%S} {alert.status:<8} {alert.severity:<6} {alert.patient_id} "
-        f"{alert.attribute}: {said}  [{alert.alert_id[:12]} r{alert.revision}]"
+        f"{alert.updated_at:%H:%M:%S} {alert.status:<8} {alert.severity:<6} "
+        f"{_printable(alert.patient_id)} {_printable(alert.attribute)}: {said}  "
+        f"[{alert.alert_id[:12]} r{alert.revision}]"
     )

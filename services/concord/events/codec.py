@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,17 +60,13 @@ def schema_dir() -> Path:
 
 
 def load_schema_file(name: str, path: Path | None = None, directory: Path | None = None) -> Any:
-    """Parse one schema, inlining the named types it borrows from the files it depends on.
+    """Parse one event schema: the current one, or the file at `path` (a snapshot from
+    schemas/history/), with the named types it borrows written out (see self_contained).
 
     The result is self-contained, so its parsing canonical form (and so its fingerprint) covers
     every type the body uses.
     """
-    directory = directory or schema_dir()
-    definitions: dict[str, Any] = {}
-    for dep in _DEPENDENCIES[name]:
-        _collect_named(json.loads((directory / f"{dep}.avsc").read_text()), None, definitions)
-    main = json.loads((path or directory / f"{name}.avsc").read_text())
-    return parse_schema(_inline(main, None, definitions, set()), _write_hint=False)
+    return parse_schema(self_contained(name, directory, path=path), _write_hint=False)
 
 
 def _full_name(name: str, namespace: str | None) -> str:
@@ -121,8 +116,25 @@ def _inline(schema: Any, namespace: str | None, borrowed: dict[str, Any], seen: 
 
 
 def schema_fingerprint(parsed: Any) -> bytes:
-    digest = int(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"), 16)
-    return struct.pack("<Q", digest)
+    """The 8 bytes the single-object header carries: CRC-64-AVRO, little-endian (fastavro's
+    hex string is already in that byte order)."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+
+
+def self_contained(
+    name: str, directory: Path | None = None, *, path: Path | None = None
+) -> dict[str, Any]:
+    """An event's schema (the current file, or the one at `path`) with every type it borrows
+    from the files it depends on written out where first used. A snapshot under
+    schemas/history/<event>/ is kept this way, so old data stays readable whichever file
+    evolves; a type a file already defines is never replaced."""
+    directory = directory or schema_dir()
+    definitions: dict[str, Any] = {}
+    for dep in _DEPENDENCIES[name]:
+        _collect_named(json.loads((directory / f"{dep}.avsc").read_text()), None, definitions)
+    main = json.loads((path or directory / f"{name}.avsc").read_text())
+    inlined: dict[str, Any] = _inline(main, None, definitions, set())
+    return inlined
 
 
 E = TypeVar("E", bound=Event)
@@ -170,13 +182,16 @@ class EventCodec(Generic[E]):
                 "UNKNOWN_SCHEMA",
                 f"{self.name}: unknown writer schema fingerprint {data[2:_HEADER_LEN].hex()}",
             )
+        body = io.BytesIO(data[_HEADER_LEN:])
         try:
-            record = schemaless_reader(io.BytesIO(data[_HEADER_LEN:]), writer, self.schema)
+            record = schemaless_reader(body, writer, self.schema)
         except Exception as exc:  # fastavro raises many types for truncated or corrupt bodies
             raise CodecError(
                 "AVRO_DECODE_FAILED",
                 f"{self.name}: body does not match its schema ({type(exc).__name__})",
             ) from None
+        if body.tell() != len(data) - _HEADER_LEN:
+            raise CodecError("TRAILING_BYTES", f"{self.name}: bytes left after the record")
         try:
             return self.model.model_validate(record)
         except ValidationError as exc:
@@ -206,3 +221,30 @@ ALL_CODECS: tuple[EventCodec[Any], ...] = (
     ALERT,
     DEAD_LETTER,
 )
+
+
+def snapshot(directory: Path | None = None) -> list[Path]:
+    """Keep each event's current schema under schemas/history/<event>/vN.avsc unless an
+    identical one is kept already. Run after changing a schema: `python -m
+    concord.events.codec`; tests/unit/test_contracts.py fails until the change is kept."""
+    directory = directory or schema_dir()
+    written = []
+    for codec in ALL_CODECS:
+        history = directory / "history" / codec.name
+        history.mkdir(parents=True, exist_ok=True)
+        kept = {
+            schema_fingerprint(load_schema_file(codec.name, path=old))
+            for old in history.glob("v*.avsc")
+        }
+        current = self_contained(codec.name, directory)
+        if schema_fingerprint(parse_schema(current, _write_hint=False)) in kept:
+            continue
+        path = history / f"v{len(list(history.glob('v*.avsc'))) + 1}.avsc"
+        path.write_text(json.dumps(current, indent=2, ensure_ascii=False) + "\n")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for kept_path in snapshot():
+        print(f"kept {kept_path}")

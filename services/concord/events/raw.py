@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+
+Headers = tuple[tuple[str, bytes | None], ...]
 
 
 @dataclass(frozen=True)
@@ -14,5 +15,10 @@ class RawEvent:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: Mapping[str, bytes]
+    # As sent: in order, repeated keys kept, a header's value may be null.
+    headers: Headers
     received_time: datetime
+
+    def header(self, key: str) -> bytes | None:
+        """The first value of a header, or None when absent or null."""
+        return next((value for name, value in self.headers if name == key), None)

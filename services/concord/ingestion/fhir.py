@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
@@ -22,6 +23,7 @@ from concord.events.models import IngestedRecord, Provenance
 from concord.events.raw import RawEvent
 
 SOURCE_HEADER = "source"
+MAX_SOURCE_LENGTH = 128
 ADMINISTRATIVE_GENDER = frozenset({"male", "female", "other", "unknown"})
 
 Validator = Callable[[Mapping[str, Any]], Rejection | None]
@@ -55,15 +57,16 @@ SUPPORTED: dict[str, Validator] = {"Patient": _validate_patient}
 
 def ingest_fhir(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecord] | Rejection:
     """Validate one raw FHIR event: a resource, or a Bundle of them (all or nothing)."""
-    source = raw.headers.get(SOURCE_HEADER, b"").decode("utf-8", "replace").strip()
     if not raw.value:
         return Rejection("EMPTY_PAYLOAD", "the record has no value")
     if len(raw.value) > max_payload_bytes:
         return Rejection(
             "PAYLOAD_TOO_LARGE", f"{len(raw.value)} bytes exceeds the limit of {max_payload_bytes}"
         )
-    if not source:
-        return Rejection("MISSING_SOURCE_HEADER", "the Kafka header 'source' is missing or empty")
+    source_or_rejection = _source(raw)
+    if isinstance(source_or_rejection, Rejection):
+        return source_or_rejection
+    source = source_or_rejection
     try:
         document = orjson.loads(raw.value)
     except orjson.JSONDecodeError:
@@ -82,6 +85,8 @@ def _ingest_bundle(
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         return Rejection("FHIR_INVALID", "Bundle.entry is not an array", location="Bundle.entry")
+    if not entries:
+        return Rejection("EMPTY_BUNDLE", "the Bundle has no entries", location="Bundle.entry")
     records: list[IngestedRecord] = []
     for index, entry in enumerate(entries):
         where = f"Bundle.entry[{index}].resource"
@@ -101,9 +106,11 @@ def _ingest_resource(
     resource_type = resource["resourceType"]
     validator = SUPPORTED.get(resource_type)
     if validator is None:
+        # Name the type only when it is one FHIR defines: anything else is arbitrary input.
+        named = resource_type if _is_fhir_type(resource_type) else "an unknown resource type"
         return Rejection(
             "UNSUPPORTED_RESOURCE_TYPE",
-            f"resource type {resource_type[:64]!r} is not ingested yet",
+            f"{named} is not ingested yet",
             location=where or None,
         )
     rejection = validator(resource)
@@ -160,3 +167,27 @@ def _event_time(last_updated: object, received_time: datetime) -> datetime | Non
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else None
+
+
+def _source(raw: RawEvent) -> str | Rejection:
+    value = raw.header(SOURCE_HEADER)
+    if value is None or not value.strip():
+        return Rejection("MISSING_SOURCE_HEADER", "the Kafka header 'source' is missing or empty")
+    try:
+        source = value.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        source = ""
+    if not source or len(source) > MAX_SOURCE_LENGTH or not source.isprintable():
+        return Rejection(
+            "INVALID_SOURCE_HEADER",
+            f"the 'source' header must be printable UTF-8 of 1-{MAX_SOURCE_LENGTH} characters",
+        )
+    return source
+
+
+def _is_fhir_type(name: str) -> bool:
+    try:
+        get_fhir_model_class(name)
+    except (KeyError, ValueError, AttributeError, ImportError):
+        return False
+    return True

@@ -16,6 +16,6 @@ def raw_event(record: ConsumerRecord, received_time: datetime | None = None) -> 
         offset=record.offset,
         key=record.key,
         value=record.value,
-        headers={key: value for key, value in (record.headers or ())},
+        headers=tuple((key, value) for key, value in (record.headers or ())),
         received_time=received_time or datetime.now(UTC),
     )

@@ -1,0 +1,333 @@
+"""Conflict detection, pure: facts move an attribute's state; disagreement opens a conflict."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from concord.conflicts.policy import DEFAULT_POLICY, AttributeRule, SourcePolicy
+from concord.conflicts.rules import AttributeState, apply_fact, as_assertion, evaluate
+from concord.events.models import ClinicalFact, ConflictEvent, Provenance
+
+T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
+NOW = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+BIRTH = "Patient.birthDate"
+
+
+def _fact(
+    source: str,
+    value: str | None,
+    *,
+    version: int = 1,
+    minutes: float = 0,
+    patient: str = "E-1",
+    attribute: str = BIRTH,
+    status: str = "ASSERTED",
+) -> ClinicalFact:
+    record = f"{source}/Patient/p/{version}"
+    return ClinicalFact(
+        fact_id=hashlib.sha256(f"{record}\x1f{attribute}".encode()).hexdigest()[:32],
+        patient_id=patient,
+        attribute=attribute,
+        attribute_class="DEMOGRAPHICS",
+        value=value,
+        display=value,
+        status=status,  # type: ignore[arg-type]
+        provenance=Provenance(
+            source_system=source,
+            source_record_id="Patient/p",
+            source_record_version=str(version),
+            event_time=T0 + timedelta(minutes=minutes),
+            received_time=NOW,
+            raw_topic="ehr.raw.fhir",
+            raw_partition=0,
+            raw_offset=version,
+            payload_sha256="00" * 32,
+        ),
+    )
+
+
+def _state(attribute: str = BIRTH) -> AttributeState:
+    return AttributeState(patient_id="E-1", attribute=attribute, attribute_class="DEMOGRAPHICS")
+
+
+def _step(
+    state: AttributeState, fact: ClinicalFact, policy: SourcePolicy = DEFAULT_POLICY
+) -> ConflictEvent | None:
+    """What the conflicts stage does per fact: apply, and evaluate only what changed."""
+    if not apply_fact(state, fact):
+        return None
+    return evaluate(state, policy, now=NOW, trigger_received_time=fact.provenance.received_time)
+
+
+def _run(facts: list[ClinicalFact]) -> tuple[AttributeState, list[ConflictEvent]]:
+    state = _state()
+    events = [e for f in facts if (e := _step(state, f)) is not None]
+    return state, events
+
+
+# --- the lifecycle ------------------------------------------------------------------------------
+
+
+def test_two_sources_agreeing_raise_nothing() -> None:
+    state, events = _run([_fact("a", "1980-01-01"), _fact("b", "1980-01-01")])
+    assert events == []
+    assert state.conflict is None
+    assert set(state.assertions) == {"a", "b"}
+
+
+def test_one_source_alone_raises_nothing() -> None:
+    assert _run([_fact("a", "1980-01-01")])[1] == []
+
+
+def test_two_sources_disagreeing_open_a_conflict() -> None:
+    a, b = _fact("a", "1980-01-01"), _fact("b", "1980-02-02", minutes=5)
+    state, [event] = _run([a, b])
+    assert event.kind == "OPENED"
+    assert event.revision == 1
+    assert event.patient_id == "E-1"
+    assert event.attribute == BIRTH
+    assert event.attribute_class == "DEMOGRAPHICS"
+    assert event.severity == "HIGH"
+    assert event.policy_version == DEFAULT_POLICY.version
+    assert event.detected_at == NOW
+    assert event.trigger_received_time == NOW
+    assert [x.source_system for x in event.assertions] == ["a", "b"]
+    assert event.assertions == (as_assertion(a), as_assertion(b))
+    assert event.proposed_value == "1980-02-02"  # no ranked source: the newest
+    assert state.conflict is not None
+    assert state.conflict.status == "OPEN"
+    assert state.conflict.conflict_id == event.conflict_id
+
+
+def test_conflict_id_and_final_state_do_not_depend_on_arrival_order() -> None:
+    a, b = _fact("a", "1980-01-01"), _fact("b", "1980-02-02", minutes=5)
+    s1, [e1] = _run([a, b])
+    s2, [e2] = _run([b, a])
+    assert e1.conflict_id == e2.conflict_id
+    assert len(e1.conflict_id) == 32
+    assert s1.assertions == s2.assertions
+    assert s1.conflict == s2.conflict
+    assert e1.model_dump() == e2.model_dump()
+
+
+def test_conflict_id_is_per_patient_and_attribute() -> None:
+    _, [mine] = _run([_fact("a", "x"), _fact("b", "y")])
+    other = AttributeState(patient_id="E-2", attribute=BIRTH, attribute_class="DEMOGRAPHICS")
+    _step(other, _fact("a", "x", patient="E-2"))
+    theirs = _step(other, _fact("b", "y", patient="E-2"))
+    assert theirs is not None
+    assert theirs.conflict_id != mine.conflict_id
+
+
+def test_a_third_source_with_yet_another_value_updates_the_conflict() -> None:
+    state, events = _run(
+        [_fact("a", "1980-01-01"), _fact("b", "1980-02-02"), _fact("c", "1980-03-03")]
+    )
+    opened, updated = events
+    assert (opened.kind, opened.revision) == ("OPENED", 1)
+    assert (updated.kind, updated.revision) == ("UPDATED", 2)
+    assert updated.conflict_id == opened.conflict_id
+    assert [x.source_system for x in updated.assertions] == ["a", "b", "c"]
+    assert state.conflict is not None and state.conflict.revision == 2
+
+
+def test_a_third_source_agreeing_with_one_side_also_updates() -> None:
+    _, events = _run([_fact("a", "x"), _fact("b", "y"), _fact("c", "x")])
+    assert [(e.kind, e.revision) for e in events] == [("OPENED", 1), ("UPDATED", 2)]
+
+
+def test_redelivery_changes_nothing() -> None:
+    a, b = _fact("a", "x"), _fact("b", "y")
+    state, _ = _run([a, b])
+    before = (dict(state.assertions), state.conflict)
+    assert apply_fact(state, b) is False
+    assert apply_fact(state, a) is False
+    assert _step(state, b) is None
+    assert (dict(state.assertions), state.conflict) == before
+    # and evaluating again without a change raises nothing either
+    assert evaluate(state, DEFAULT_POLICY, now=NOW, trigger_received_time=NOW) is None
+
+
+def test_an_older_version_arriving_late_does_not_replace_the_newer() -> None:
+    state = _state()
+    newer = _fact("a", "1980-01-01", version=2, minutes=10)
+    older = _fact("a", "1999-09-09", version=1, minutes=0)
+    assert apply_fact(state, newer) is True
+    assert apply_fact(state, older) is False
+    assert state.assertions["a"].fact_id == newer.fact_id
+    assert state.assertions["a"].value == "1980-01-01"
+
+
+def test_a_newer_version_replaces_the_older() -> None:
+    state = _state()
+    assert apply_fact(state, _fact("a", "x", version=1, minutes=0))
+    assert apply_fact(state, _fact("a", "y", version=2, minutes=1))
+    assert state.assertions["a"].value == "y"
+
+
+def test_sources_agreeing_again_resolve_the_conflict() -> None:
+    state, events = _run([_fact("a", "x"), _fact("b", "y"), _fact("b", "x", version=2, minutes=1)])
+    opened, resolved = events
+    assert (resolved.kind, resolved.revision) == ("RESOLVED", 2)
+    assert resolved.conflict_id == opened.conflict_id
+    assert resolved.proposed_value is None
+    assert state.conflict is not None and state.conflict.status == "RESOLVED"
+
+
+def test_a_retraction_that_leaves_one_value_resolves() -> None:
+    _, events = _run(
+        [_fact("a", "x"), _fact("b", "y"), _fact("b", "y", version=2, minutes=1, status="REFUTED")]
+    )
+    assert [e.kind for e in events] == ["OPENED", "RESOLVED"]
+
+
+def test_disagreeing_again_after_resolution_opens_a_new_conflict() -> None:
+    state, events = _run(
+        [
+            _fact("a", "x"),
+            _fact("b", "y"),
+            _fact("b", "x", version=2, minutes=1),
+            _fact("a", "z", version=2, minutes=2),
+        ]
+    )
+    opened, resolved, reopened = events
+    assert [e.kind for e in events] == ["OPENED", "RESOLVED", "OPENED"]
+    assert reopened.revision == 1
+    assert reopened.conflict_id != opened.conflict_id
+    assert resolved.conflict_id == opened.conflict_id
+    assert state.conflict is not None
+    assert state.conflict.conflict_id == reopened.conflict_id
+    assert state.conflict.status == "OPEN"
+
+
+# --- policy -------------------------------------------------------------------------------------
+
+
+def test_propose_prefers_the_best_ranked_source() -> None:
+    policy = SourcePolicy(version="p1", source_rank=("lab", "ehr"))
+    unranked_newest = as_assertion(_fact("claims", "c", minutes=30))
+    ehr = as_assertion(_fact("ehr", "e", minutes=20))
+    lab = as_assertion(_fact("lab", "l", minutes=0))
+    value, why = policy.propose([unranked_newest, ehr, lab])
+    assert value == "l"
+    assert why is not None and "lab" in why
+    value, _ = policy.propose([unranked_newest, ehr])
+    assert value == "e"
+
+
+def test_propose_without_ranked_sources_picks_the_newest() -> None:
+    policy = SourcePolicy(version="p1", source_rank=("lab",))
+    old = as_assertion(_fact("a", "old", minutes=0))
+    new = as_assertion(_fact("b", "new", minutes=5))
+    value, why = policy.propose([new, old])
+    assert value == "new"
+    assert why is not None and "b" in why
+    assert policy.propose([]) == (None, None)
+
+
+def test_evaluate_proposes_by_policy_and_records_its_version() -> None:
+    policy = SourcePolicy(version="ranked-7", source_rank=("a",))
+    state = _state()
+    _step(state, _fact("a", "ranked", minutes=0), policy)
+    event = _step(state, _fact("b", "newer", minutes=60), policy)
+    assert event is not None
+    assert event.proposed_value == "ranked"
+    assert event.policy_version == "ranked-7"
+
+
+@pytest.mark.parametrize(
+    ("attribute", "severity"),
+    [("Patient.birthDate", "HIGH"), ("Patient.gender", "HIGH"), ("Patient.name", "MEDIUM")],
+)
+def test_default_severity_per_attribute(attribute: str, severity: str) -> None:
+    assert DEFAULT_POLICY.severity(attribute) == severity
+    state = _state(attribute)
+    _step(state, _fact("a", "x", attribute=attribute))
+    event = _step(state, _fact("b", "y", attribute=attribute))
+    assert event is not None and event.severity == severity
+
+
+def test_unlisted_attributes_get_the_default_severity() -> None:
+    assert DEFAULT_POLICY.severity("Patient.maritalStatus") == DEFAULT_POLICY.default_severity
+    custom = SourcePolicy(
+        version="c",
+        default_severity="LOW",
+        attributes={"Patient.birthDate": AttributeRule(severity="CRITICAL")},
+    )
+    assert custom.severity("Patient.birthDate") == "CRITICAL"
+    assert custom.severity("Patient.gender") == "LOW"
+
+
+# --- order independence (property) --------------------------------------------------------------
+
+_SOURCES = ("a", "b", "c")
+
+
+@st.composite
+def _fact_sets(draw: st.DrawFn) -> list[ClinicalFact]:
+    facts = []
+    for source in draw(st.lists(st.sampled_from(_SOURCES), min_size=1, max_size=3, unique=True)):
+        versions = draw(st.integers(min_value=1, max_value=4))
+        for version in range(1, versions + 1):
+            facts.append(
+                _fact(
+                    source,
+                    draw(st.sampled_from(["x", "y", "z"])),
+                    version=version,
+                    minutes=draw(st.integers(min_value=0, max_value=5)),  # ties happen
+                    status=draw(st.sampled_from(["ASSERTED"] * 4 + ["REFUTED"])),
+                )
+            )
+    return facts
+
+
+def _check_revisions(events: list[ConflictEvent]) -> None:
+    last: dict[str, ConflictEvent] = {}
+    for event in events:
+        previous = last.get(event.conflict_id)
+        if previous is None:
+            assert (event.kind, event.revision) == ("OPENED", 1)
+        else:
+            assert previous.kind != "RESOLVED"
+            assert event.kind in ("UPDATED", "RESOLVED")
+            assert event.revision == previous.revision + 1
+        last[event.conflict_id] = event
+
+
+@settings(max_examples=300, deadline=None)
+@given(facts=_fact_sets(), data=st.data())
+def test_any_arrival_order_gives_the_same_final_state(
+    facts: list[ClinicalFact], data: st.DataObject
+) -> None:
+    in_order = sorted(facts, key=lambda f: (f.provenance.event_time, f.fact_id))
+    shuffled = data.draw(st.permutations(facts))
+
+    expected_state, expected_events = _run(in_order)
+    state, events = _run(shuffled)
+
+    newest = {}
+    for fact in facts:
+        source = fact.provenance.source_system
+        best = newest.get(source)
+        if best is None or (fact.provenance.event_time, fact.fact_id) > (
+            best.provenance.event_time,
+            best.fact_id,
+        ):
+            newest[source] = fact
+    assert {s: a.fact_id for s, a in state.assertions.items()} == {
+        s: f.fact_id for s, f in newest.items()
+    }
+    assert state.assertions == expected_state.assertions
+
+    active = {f.value for f in newest.values() if f.status == "ASSERTED" and f.value is not None}
+    is_open = state.conflict is not None and state.conflict.status == "OPEN"
+    was_open = expected_state.conflict is not None and expected_state.conflict.status == "OPEN"
+    assert is_open == was_open == (len(active) > 1)
+
+    _check_revisions(events)
+    _check_revisions(expected_events)

@@ -1,0 +1,226 @@
+"""Normalization, pure: a FHIR Patient becomes demographic facts keyed by the enterprise id."""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from concord.deadletters import Rejection
+from concord.events.models import IngestedRecord, Provenance
+from concord.normalization.patient import (
+    BIRTH_DATE,
+    GENDER,
+    NAME,
+    enterprise_id,
+    normalized_name,
+    patient_facts,
+)
+
+MPI = "urn:concord:enterprise-patient-id"
+LOCAL = "urn:hospital-a:mrn"
+
+
+def _patient(**fields: Any) -> dict[str, Any]:
+    patient: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "identifier": [{"system": LOCAL, "value": "MRN-1"}, {"system": MPI, "value": "E-100"}],
+        "name": [{"use": "official", "family": "García", "given": ["José", "Luis"]}],
+        "gender": "male",
+        "birthDate": "1970-02-03",
+    }
+    patient.update(fields)
+    return {k: v for k, v in patient.items() if v is not None}
+
+
+def _provenance() -> Provenance:
+    return Provenance(
+        source_system="ehr-alpha",
+        source_record_id="Patient/p1",
+        source_record_version="7",
+        event_time=datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+        received_time=datetime(2024, 1, 2, 3, 4, 6, tzinfo=UTC),
+        raw_topic="ehr.raw.fhir",
+        raw_partition=3,
+        raw_offset=99,
+        payload_sha256="cd" * 32,
+    )
+
+
+def _record(patient: dict[str, Any], record_id: str = "rec-1") -> IngestedRecord:
+    return IngestedRecord(
+        record_id=record_id,
+        format="FHIR_R4",
+        resource_type="Patient",
+        payload=orjson.dumps(patient),
+        provenance=_provenance(),
+    )
+
+
+def _name(**name: Any) -> dict[str, Any]:
+    return {"resourceType": "Patient", "name": [name]}
+
+
+# --- enterprise_id ------------------------------------------------------------------------------
+
+
+def test_enterprise_id_is_the_value_of_the_configured_system() -> None:
+    assert enterprise_id(_patient(), [MPI]) == "E-100"
+    assert enterprise_id(_patient(), [LOCAL]) == "MRN-1"
+
+
+def test_enterprise_id_follows_the_order_of_the_systems_not_of_the_identifiers() -> None:
+    assert enterprise_id(_patient(), [MPI, LOCAL]) == "E-100"
+    assert enterprise_id(_patient(), [LOCAL, MPI]) == "MRN-1"
+    assert enterprise_id(_patient(), ["urn:other", MPI, LOCAL]) == "E-100"
+
+
+def test_enterprise_id_ignores_blank_values_and_trims() -> None:
+    patient = _patient(
+        identifier=[
+            {"system": MPI, "value": "   "},
+            {"system": MPI, "value": ""},
+            {"system": MPI},
+            {"system": MPI, "value": "  E-200 "},
+        ]
+    )
+    assert enterprise_id(patient, [MPI]) == "E-200"
+    blank_first = _patient(
+        identifier=[{"system": MPI, "value": " "}, {"system": LOCAL, "value": "MRN-9"}]
+    )
+    assert enterprise_id(blank_first, [MPI, LOCAL]) == "MRN-9"
+
+
+def test_enterprise_id_absent() -> None:
+    assert enterprise_id(_patient(), ["urn:nowhere"]) is None
+    assert enterprise_id(_patient(), []) is None
+    assert enterprise_id({"resourceType": "Patient"}, [MPI]) is None
+    assert enterprise_id(_patient(identifier=[{"value": "E-1"}]), [MPI]) is None
+
+
+# --- normalized_name ----------------------------------------------------------------------------
+
+
+def test_official_name_is_preferred_over_the_first() -> None:
+    patient = {
+        "name": [
+            {"use": "usual", "family": "Nick", "given": ["Name"]},
+            {"use": "official", "family": "Real", "given": ["Person"]},
+        ]
+    }
+    assert normalized_name(patient) == ("real|person", "Person Real")
+
+
+def test_without_an_official_name_the_first_is_used() -> None:
+    patient = {
+        "name": [
+            {"use": "usual", "family": "First", "given": ["One"]},
+            {"use": "nickname", "family": "Second", "given": ["Two"]},
+        ]
+    }
+    assert normalized_name(patient) == ("first|one", "One First")
+
+
+def test_case_and_whitespace_are_folded() -> None:
+    a = normalized_name(_name(family="  McDONALD ", given=["Mary ", "  Ann"]))
+    b = normalized_name(_name(family="mcdonald", given=["mary ann"]))
+    assert a is not None and b is not None
+    assert a[0] == b[0] == "mcdonald|mary ann"
+    assert a[1] == "Mary Ann McDONALD"
+
+
+def test_accents_are_kept() -> None:
+    jose = normalized_name(_name(family="Pérez", given=["José"]))
+    joseph = normalized_name(_name(family="Pérez", given=["Jose"]))
+    assert jose is not None and joseph is not None
+    assert jose[0] != joseph[0]
+
+
+def test_nfc_and_nfd_spellings_are_equal() -> None:
+    nfc = unicodedata.normalize("NFC", "José")
+    nfd = unicodedata.normalize("NFD", "José")
+    assert nfc != nfd
+    a = normalized_name(_name(family="Muñoz", given=[nfc]))
+    b = normalized_name(_name(family=unicodedata.normalize("NFD", "MUÑOZ"), given=[nfd]))
+    assert a is not None and b is not None
+    assert a[0] == b[0]
+    assert unicodedata.is_normalized("NFC", a[1])
+    assert unicodedata.is_normalized("NFC", b[1])
+
+
+def test_no_usable_name() -> None:
+    assert normalized_name({"resourceType": "Patient"}) is None
+    assert normalized_name({"name": []}) is None
+    assert normalized_name(_name(family="  ", given=[" "])) is None
+    assert normalized_name(_name(text="Only Text")) is None
+
+
+def test_family_only_and_given_only() -> None:
+    assert normalized_name(_name(family="Solo")) == ("solo|", "Solo")
+    assert normalized_name(_name(given=["Cher"])) == ("|cher", "Cher")
+
+
+# --- patient_facts ------------------------------------------------------------------------------
+
+
+def _fact_id(record_id: str, attribute: str) -> str:
+    return hashlib.sha256(f"{record_id}\x1f{attribute}".encode()).hexdigest()[:32]
+
+
+def test_three_facts_with_provenance_and_deterministic_ids() -> None:
+    record = _record(_patient())
+    facts = patient_facts(record, [MPI])
+    assert not isinstance(facts, Rejection)
+    by_attribute = {f.attribute: f for f in facts}
+    assert sorted(by_attribute) == sorted([BIRTH_DATE, GENDER, NAME])
+    assert len(facts) == 3
+    for fact in facts:
+        assert fact.patient_id == "E-100"
+        assert fact.attribute_class == "DEMOGRAPHICS"
+        assert fact.status == "ASSERTED"
+        assert fact.provenance == record.provenance
+        assert fact.fact_id == _fact_id("rec-1", fact.attribute)
+    assert by_attribute[BIRTH_DATE].value == "1970-02-03"
+    assert by_attribute[GENDER].value == "male"
+    assert by_attribute[NAME].value == "garcía|josé luis"
+    assert by_attribute[NAME].display == "José Luis García"
+    assert len({f.fact_id for f in facts}) == 3
+
+
+def test_fact_ids_are_the_same_on_redelivery_and_differ_per_record() -> None:
+    first = patient_facts(_record(_patient()), [MPI])
+    again = patient_facts(_record(_patient()), [MPI])
+    other = patient_facts(_record(_patient(), record_id="rec-2"), [MPI])
+    assert not isinstance(first, Rejection)
+    assert not isinstance(again, Rejection)
+    assert not isinstance(other, Rejection)
+    assert [f.fact_id for f in first] == [f.fact_id for f in again]
+    assert not {f.fact_id for f in first} & {f.fact_id for f in other}
+    assert first == again
+
+
+def test_missing_enterprise_id_is_a_rejection() -> None:
+    local_only = _patient(identifier=[{"system": LOCAL, "value": "MRN-SECRET-1"}])
+    outcome = patient_facts(_record(local_only), [MPI])
+    assert isinstance(outcome, Rejection)
+    assert outcome.reason_code == "MISSING_ENTERPRISE_ID"
+    assert outcome.location == "Patient.identifier"
+    assert "MRN-SECRET-1" not in outcome.reason
+
+
+def test_absent_attributes_give_no_fact() -> None:
+    only_gender = _record(_patient(birthDate=None, name=None))
+    facts = patient_facts(only_gender, [MPI])
+    assert not isinstance(facts, Rejection)
+    assert [f.attribute for f in facts] == [GENDER]
+
+    nothing = patient_facts(_record(_patient(birthDate=None, name=None, gender=None)), [MPI])
+    assert nothing == []
+
+    blank_name = patient_facts(_record(_patient(name=[{"family": " ", "given": []}])), [MPI])
+    assert not isinstance(blank_name, Rejection)
+    assert {f.attribute for f in blank_name} == {BIRTH_DATE, GENDER}

@@ -1,0 +1,81 @@
+"""Reading EHR files into raw messages: one resource, a Bundle, or NDJSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from concord.publishing import RawMessage, read_fhir_file
+
+
+def _patient(pid: str) -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": pid, "gender": "female"}
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_a_single_resource_is_one_message_keyed_by_source_and_reference(tmp_path: Path) -> None:
+    data = orjson.dumps(_patient("p1"), option=orjson.OPT_INDENT_2)
+    messages = list(read_fhir_file(_write(tmp_path / "p.json", data), "ehr-alpha"))
+    assert messages == [RawMessage(value=data, key=b"ehr-alpha/Patient/p1")]
+
+
+def test_a_bundle_is_one_message_with_the_bytes_as_they_are(tmp_path: Path) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "id": "b1",
+        "type": "collection",
+        "entry": [{"resource": _patient("a")}, {"resource": _patient("b")}],
+    }
+    data = orjson.dumps(bundle) + b"\n"
+    [message] = read_fhir_file(_write(tmp_path / "bundle.json", data), "ehr-beta")
+    assert message.value == data
+    assert message.key == b"ehr-beta/Bundle/b1"
+
+
+def test_a_resource_without_an_id_has_no_key(tmp_path: Path) -> None:
+    data = orjson.dumps({"resourceType": "Bundle", "entry": []})
+    [message] = read_fhir_file(_write(tmp_path / "bundle.json", data), "s")
+    assert message == RawMessage(value=data, key=None)
+
+
+def test_ndjson_is_one_message_per_line_and_blank_lines_are_skipped(tmp_path: Path) -> None:
+    lines = [orjson.dumps(_patient(pid)) for pid in ("a", "b", "c")]
+    data = b"\n" + lines[0] + b"\n\n   \n" + lines[1] + b"\r\n" + lines[2] + b"\n\n"
+    messages = list(read_fhir_file(_write(tmp_path / "feed.ndjson", data), "src"))
+    assert [m.value for m in messages] == lines
+    assert [m.key for m in messages] == [b"src/Patient/a", b"src/Patient/b", b"src/Patient/c"]
+
+
+def test_jsonl_is_read_as_ndjson_too(tmp_path: Path) -> None:
+    lines = [orjson.dumps(_patient(pid)) for pid in ("a", "b")]
+    messages = list(read_fhir_file(_write(tmp_path / "FEED.JSONL", b"\n".join(lines)), "s"))
+    assert [m.value for m in messages] == lines
+
+
+def test_a_malformed_line_is_published_as_is_without_a_key(tmp_path: Path) -> None:
+    good = orjson.dumps(_patient("a"))
+    bad = b'{"resourceType": "Patient", "id": "x"'
+    not_a_resource = b'["Patient", "y"]'
+    data = b"\n".join([good, bad, not_a_resource])
+    messages = list(read_fhir_file(_write(tmp_path / "feed.ndjson", data), "s"))
+    assert messages == [
+        RawMessage(value=good, key=b"s/Patient/a"),
+        RawMessage(value=bad, key=None),
+        RawMessage(value=not_a_resource, key=None),
+    ]
+
+
+def test_a_malformed_single_file_is_published_as_is(tmp_path: Path) -> None:
+    data = b"this is not json\n{"
+    [message] = read_fhir_file(_write(tmp_path / "broken.json", data), "s")
+    assert message == RawMessage(value=data, key=None)
+
+
+def test_an_empty_ndjson_file_gives_nothing(tmp_path: Path) -> None:
+    assert list(read_fhir_file(_write(tmp_path / "empty.ndjson", b"\n \n"), "s")) == []

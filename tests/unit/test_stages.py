@@ -1,0 +1,296 @@
+"""The ingestion and normalization stage adapters: consumer records in, outbound records out.
+
+No broker: ConsumerRecords are built by hand and the stages write into a real Outbound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.structs import ConsumerRecord
+
+from concord.config import IngestionSettings, NormalizationSettings
+from concord.events import codec
+from concord.events.models import ClinicalFact, DeadLetter, Header, IngestedRecord, Provenance
+from concord.ingestion.app import IngestionStage
+from concord.normalization.app import NormalizationStage
+from concord.runtime.batch import Outbound, OutboundRecord
+from concord.topics import DEADLETTER, FACTS, INGESTED, RAW_FHIR
+
+MPI = "urn:concord:enterprise-patient-id"
+
+
+def _patient(pid: str = "p1", enterprise: str | None = "E-100") -> dict[str, Any]:
+    patient: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": pid,
+        "meta": {"versionId": "2", "lastUpdated": "2024-01-02T03:04:05Z"},
+        "name": [{"use": "official", "family": "Zyxwvut", "given": ["Ana"]}],
+        "gender": "female",
+        "birthDate": "1961-07-08",
+    }
+    if enterprise is not None:
+        patient["identifier"] = [{"system": MPI, "value": enterprise}]
+    return patient
+
+
+def _record(
+    value: bytes | None,
+    *,
+    headers: Sequence[tuple[str, bytes | None]] = (("source", b"ehr-alpha"),),
+    topic: str = RAW_FHIR,
+    partition: int = 1,
+    offset: int = 0,
+    key: bytes | None = None,
+) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=1_700_000_000_000,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key) if key else -1,
+        serialized_value_size=len(value) if value else -1,
+        headers=list(headers),  # type: ignore[arg-type]
+    )
+
+
+def _ingestion() -> IngestionStage:
+    return IngestionStage(IngestionSettings(max_payload_bytes=64 * 1024))
+
+
+def _normalization() -> NormalizationStage:
+    return NormalizationStage(NormalizationSettings(enterprise_id_systems=[MPI]))
+
+
+def _on(out: Outbound, topic: str) -> list[OutboundRecord]:
+    return [r for r in out.pending if r.topic == topic]
+
+
+def _letters(out: Outbound) -> list[DeadLetter]:
+    return [codec.DEAD_LETTER.decode(r.value) for r in _on(out, DEADLETTER)]
+
+
+def _ingested_record(patient: dict[str, Any], record_id: str = "r-1") -> IngestedRecord:
+    return IngestedRecord(
+        record_id=record_id,
+        format="FHIR_R4",
+        resource_type="Patient",
+        payload=orjson.dumps(patient),
+        provenance=Provenance(
+            source_system="ehr-alpha",
+            source_record_id=f"Patient/{patient['id']}",
+            source_record_version="2",
+            event_time=datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+            received_time=datetime(2024, 1, 2, 3, 4, 6, tzinfo=UTC),
+            raw_topic=RAW_FHIR,
+            raw_partition=1,
+            raw_offset=0,
+            payload_sha256="ab" * 32,
+        ),
+    )
+
+
+def _fact() -> ClinicalFact:
+    ingested = _ingested_record(_patient())
+    return ClinicalFact(
+        fact_id="f1",
+        patient_id="E-100",
+        attribute="Patient.gender",
+        attribute_class="DEMOGRAPHICS",
+        value="female",
+        status="ASSERTED",
+        provenance=ingested.provenance,
+    )
+
+
+# --- ingestion ----------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_ingestion_publishes_valid_records_and_dead_letters_the_rest() -> None:
+    valid = orjson.dumps(_patient())
+    malformed = b'{"resourceType": "Patient", "id": '
+    sourceless = orjson.dumps(_patient("p2"))
+    batch = [
+        _record(valid, offset=10, key=b"k-valid"),
+        _record(
+            malformed,
+            offset=11,
+            key=b"k-bad",
+            headers=[("source", b"ehr-alpha"), ("trace", b"\x00\x01")],
+        ),
+        _record(sourceless, offset=12, headers=[("trace", b"t-3")]),
+    ]
+    out = Outbound("ingestion")
+    await _ingestion().process(batch, out)
+
+    assert len(out.pending) == 3
+    [ingested] = _on(out, INGESTED)
+    assert ingested.key == b"ehr-alpha/Patient/p1"
+    record = codec.INGESTED_RECORD.decode(ingested.value)
+    assert record.resource_type == "Patient"
+    assert orjson.loads(record.payload) == _patient()
+    assert record.provenance.source_system == "ehr-alpha"
+    assert record.provenance.source_record_id == "Patient/p1"
+    assert (record.provenance.raw_topic, record.provenance.raw_partition) == (RAW_FHIR, 1)
+    assert record.provenance.raw_offset == 10
+
+    bad, no_source = _letters(out)
+    assert [r.key for r in _on(out, DEADLETTER)] == [b"k-bad", None]
+    assert bad.stage == "ingestion"
+    assert bad.reason_code == "MALFORMED_JSON"
+    assert bad.original_value == malformed
+    assert bad.original_key == b"k-bad"
+    assert (bad.original_topic, bad.original_partition, bad.original_offset) == (RAW_FHIR, 1, 11)
+    assert bad.original_headers == (
+        Header(key="source", value=b"ehr-alpha"),
+        Header(key="trace", value=b"\x00\x01"),
+    )
+    assert bad.failed_at.tzinfo is not None
+
+    assert no_source.reason_code == "MISSING_SOURCE_HEADER"
+    assert no_source.original_value == sourceless
+    assert no_source.original_offset == 12
+    assert no_source.original_key is None
+    assert no_source.original_headers == (Header(key="trace", value=b"t-3"),)
+    for letter in (bad, no_source):
+        assert "Zyxwvut" not in letter.reason
+
+
+@pytest.mark.asyncio
+async def test_ingestion_splits_a_bundle() -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": _patient("a")}, {"resource": _patient("b")}],
+    }
+    out = Outbound("ingestion")
+    await _ingestion().process([_record(orjson.dumps(bundle), offset=5)], out)
+    assert [r.key for r in out.pending] == [b"ehr-alpha/Patient/a", b"ehr-alpha/Patient/b"]
+    decoded = [codec.INGESTED_RECORD.decode(r.value) for r in out.pending]
+    assert {d.provenance.raw_offset for d in decoded} == {5}
+
+
+@pytest.mark.asyncio
+async def test_ingestion_dead_letters_a_tombstone() -> None:
+    out = Outbound("ingestion")
+    await _ingestion().process([_record(None, offset=3, key=b"k")], out)
+    [letter] = _letters(out)
+    assert letter.reason_code == "EMPTY_PAYLOAD"
+    assert letter.original_value is None
+    assert letter.original_key == b"k"
+
+
+@pytest.mark.asyncio
+async def test_a_null_source_header_is_dead_lettered_not_a_crash() -> None:
+    """Kafka header values may be null, and aiokafka hands them over as None. Such a record
+    has no source: it must be dead-lettered, not crash the batch (and so the worker, forever)."""
+    out = Outbound("ingestion")
+    await _ingestion().process([_record(orjson.dumps(_patient()), headers=[("source", None)])], out)
+    [letter] = _letters(out)
+    assert letter.reason_code == "MISSING_SOURCE_HEADER"
+    assert letter.original_headers == (Header(key="source", value=None),)
+
+
+@pytest.mark.asyncio
+async def test_dead_letters_keep_repeated_headers() -> None:
+    """Kafka headers are a list and may repeat a key; the dead letter keeps the original."""
+    headers = [("source", b"ehr-alpha"), ("hop", b"1"), ("hop", b"2")]
+    out = Outbound("ingestion")
+    await _ingestion().process([_record(b"not json", headers=headers)], out)
+    [letter] = _letters(out)
+    assert letter.original_headers == tuple(Header(key=k, value=v) for k, v in headers)
+
+
+# --- normalization ------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_normalization_turns_an_ingested_record_into_three_facts() -> None:
+    ingested = _ingested_record(_patient())
+    out = Outbound("normalization")
+    record = _record(codec.INGESTED_RECORD.encode(ingested), topic=INGESTED, offset=4)
+    await _normalization().process([record], out)
+
+    facts_out = _on(out, FACTS)
+    assert len(facts_out) == len(out.pending) == 3
+    assert {r.key for r in facts_out} == {b"E-100"}
+    facts = [codec.CLINICAL_FACT.decode(r.value) for r in facts_out]
+    assert {f.attribute for f in facts} == {"Patient.birthDate", "Patient.gender", "Patient.name"}
+    assert all(f.patient_id == "E-100" for f in facts)
+    assert all(f.provenance == ingested.provenance for f in facts)
+
+
+@pytest.mark.asyncio
+async def test_normalization_dead_letters_undecodable_bytes() -> None:
+    garbage = b"\xc3\x01 not an ingested record"
+    out = Outbound("normalization")
+    batch = [
+        _record(garbage, topic=INGESTED, partition=2, offset=7, key=b"k", headers=[]),
+        _record(None, topic=INGESTED, offset=8, headers=[]),
+        _record(codec.CLINICAL_FACT.encode(_fact()), topic=INGESTED, offset=9, headers=[]),
+    ]
+    await _normalization().process(batch, out)
+    letters = _letters(out)
+    assert len(letters) == len(out.pending) == 3
+    assert {letter.reason_code for letter in letters} == {"UNDECODABLE_EVENT"}
+    first = letters[0]
+    assert first.stage == "normalization"
+    assert first.original_value == garbage
+    assert first.original_key == b"k"
+    assert (first.original_topic, first.original_partition, first.original_offset) == (
+        INGESTED,
+        2,
+        7,
+    )
+    assert [letter.original_offset for letter in letters] == [7, 8, 9]
+
+
+@pytest.mark.asyncio
+async def test_normalization_dead_letters_a_patient_without_enterprise_id() -> None:
+    encoded = codec.INGESTED_RECORD.encode(_ingested_record(_patient(enterprise=None)))
+    out = Outbound("normalization")
+    await _normalization().process([_record(encoded, topic=INGESTED)], out)
+    [letter] = _letters(out)
+    assert letter.reason_code == "MISSING_ENTERPRISE_ID"
+    assert letter.location == "Patient.identifier"
+    assert letter.original_value == encoded
+
+
+# --- Outbound -----------------------------------------------------------------------------------
+
+
+class _FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]] = []
+
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, value, key, headers))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+@pytest.mark.asyncio
+async def test_outbound_flush_sends_everything_in_order_and_empties() -> None:
+    out = Outbound("ingestion")
+    out.add(OutboundRecord(INGESTED, b"1", key=b"a"))
+    out.add(OutboundRecord(DEADLETTER, b"2", headers=[("h", b"v")]))
+    producer = _FakeProducer()
+    assert await out.flush(producer) == 2  # type: ignore[arg-type]
+    assert producer.sent == [
+        (INGESTED, b"1", b"a", []),
+        (DEADLETTER, b"2", None, [("h", b"v")]),
+    ]
+    assert out.pending == []
