@@ -20,6 +20,8 @@ from concord.events import codec
 from concord.events.models import Alert
 from concord.publishing import read_fhir_file
 
+PROGRESS_EVERY = 10_000
+
 state_dir_option = click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -56,9 +58,16 @@ def publish(source: str, topic: str, state_dir: Path, paths: tuple[Path, ...]) -
 
 
 async def publish_files(
-    kafka: str | dict[str, Any], source: str, paths: list[Path], *, topic: str = topics.RAW_FHIR
+    kafka: str | dict[str, Any],
+    source: str,
+    paths: list[Path],
+    *,
+    topic: str = topics.RAW_FHIR,
+    progress: Callable[[str], None] | None = None,
 ) -> int:
-    """Publish the files' events; `kafka` is bootstrap servers or KafkaSettings.kafka_options()."""
+    """Publish the files' events; `kafka` is bootstrap servers or KafkaSettings.kafka_options().
+
+    Returns once the broker has acknowledged every event."""
     options = {"bootstrap_servers": kafka} if isinstance(kafka, str) else kafka
     producer = AIOKafkaProducer(**options, linger_ms=5, acks="all")
     await producer.start()
@@ -71,6 +80,8 @@ async def publish_files(
                         topic, message.value, key=message.key, headers=[("source", source.encode())]
                     )
                 )
+                if progress and len(futures) % PROGRESS_EVERY == 0:
+                    progress(f"{len(futures)} events sent ({path.name})")
         await asyncio.gather(*futures)
         return len(futures)
     finally:
