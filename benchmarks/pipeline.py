@@ -1,0 +1,1094 @@
+"""Concord pipeline benchmark: stage throughput against a raw aiokafka loop, and alert latency.
+
+    .venv/bin/python benchmarks/pipeline.py [--records 20000] [--rate 500] [--seconds 20]
+                                            [--out results.json] [--img-dir docs/img]
+
+Part 1, throughput (a fresh broker and PostgreSQL, everything in this one process):
+  * baseline: a raw aiokafka loop (getmany up to 1,000 records, fetch_max_wait_ms=20 → Avro
+    decode → encode → produce → await acks → commit) over N IngestedRecords on `bench.in`;
+  * each stage's real handler (built by concord.worker.build_stage, as a worker builds it) in a
+    BatchLoop on one consumer group: what one worker runs. The stages are chained: N raw FHIR
+    Patients → ingestion → normalization → conflicts (PostgreSQL) → alerting, each over the
+    previous stage's real output, one stage at a time.
+  Each is timed from the batch that brings its first record until its known input count is
+  consumed, processed, produced, acknowledged and committed.
+
+Part 2, latency (the whole stack as separate processes: broker, PostgreSQL, 4 Faust workers):
+  pairs of disagreeing Patients at a fixed offered rate; latency = arrival of the alert on
+  concord.alerts - send time of the pair's second (triggering) event, both on this process's
+  clock. The latency is split per hop at the CreateTime of each stage's output records, and
+  each worker's batch counters (/metrics) and each process's CPU are reported beside it.
+
+Everything started is stopped at the end, also on error or Ctrl-C. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import gc
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from concord.config import (
+    DEFAULT_ENTERPRISE_ID_SYSTEM,
+    AlertingSettings,
+    ConflictsSettings,
+    IngestionSettings,
+    NormalizationSettings,
+    WorkerSettings,
+)
+from concord.events import codec
+from concord.runtime.batch import BatchLoop, StageHandler
+from concord.runtime.db import apply_migrations
+from concord.stack.broker import ensure_topics, start_broker
+from concord.stack.postgres import create_database, drop_database, start_postgres
+from concord.stack.processes import ProcessRecord, stop_process
+from concord.stack.stack import StackInfo, start_stack, stop_stack
+from concord.topics import (
+    ALERTS,
+    CONFLICTS,
+    DEADLETTER,
+    FACTS,
+    INGESTED,
+    PARTITIONS,
+    RAW_FHIR,
+    TopicSpec,
+)
+from concord.worker import build_stage
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_IN, BENCH_OUT = "bench.in", "bench.out"
+MAX_RECORDS, FETCH_MAX_WAIT_MS = 1000, 20  # the baseline's and the stages' consumer settings
+SOURCES = ("bench-hospital", "bench-lab")
+STAGES = ("ingestion", "normalization", "conflicts", "alerting")
+OUTPUT_TOPICS = (INGESTED, FACTS, CONFLICTS, ALERTS, DEADLETTER)
+# Reference figures from ARCHITECTURE.md (2 cores, medians of 3 runs, another day).
+REFERENCE = {"raw aiokafka loop": 10_600, "Faust agent": 2_200}
+IDLE_TIMEOUT_S = 15.0  # a stage that gets nothing new for this long has lost records
+_STARTED = time.monotonic()
+
+
+class BenchmarkError(RuntimeError):
+    """The benchmark cannot go on (a stage lost records, a part timed out)."""
+
+
+def progress(message: str) -> None:
+    print(f"[{time.monotonic() - _STARTED:6.1f}s] {message}", flush=True)
+
+
+# --- what everything started is: stopped at the end, whatever happens -------------------------
+
+
+@dataclass
+class Teardown:
+    keep_state: bool = False
+    processes: list[ProcessRecord] = field(default_factory=list)
+    stacks: list[Path] = field(default_factory=list)
+    databases: list[tuple[str, str]] = field(default_factory=list)  # (server DSN, name)
+    dirs: list[Path] = field(default_factory=list)
+
+    def tempdir(self, label: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"concord-bench-{label}-"))
+        self.dirs.append(path)
+        return path
+
+    def stop_process(self, record: ProcessRecord) -> None:
+        if record in self.processes:
+            self.processes.remove(record)
+            stop_process(record)
+
+    def stop_stack(self, state_dir: Path) -> None:
+        if state_dir in self.stacks:
+            self.stacks.remove(state_dir)
+            stop_stack(state_dir)
+
+    def close(self, failed: bool) -> None:
+        """Synchronous, so it also runs after Ctrl-C has ended the event loop."""
+        steps: list[tuple[str, Callable[[], Any]]] = []
+        steps += [(f"stack {d}", lambda d=d: self.stop_stack(d)) for d in list(self.stacks)]
+        steps += [(r.name, lambda r=r: self.stop_process(r)) for r in reversed(self.processes)]
+        steps += [
+            (f"database {name}", lambda s=s, n=name: asyncio.run(drop_database(s, n)))
+            for s, name in self.databases
+        ]
+        for label, step in steps:
+            try:
+                step()
+            except Exception as exc:
+                print(f"teardown: could not stop {label}: {exc!r}", file=sys.stderr)
+        for path in self.dirs:
+            if self.keep_state or failed:
+                print(f"teardown: kept {path} (logs under logs/)", file=sys.stderr)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+# --- input: FHIR Patients as EHRs send them ---------------------------------------------------
+
+
+def patient_json(enterprise_id: str, resource_id: str, birth_date: str) -> bytes:
+    """A FHIR R4 Patient (the shape of tests/e2e/pipeline_tools.patient)."""
+    return orjson.dumps(
+        {
+            "resourceType": "Patient",
+            "id": resource_id,
+            "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00+00:00"},
+            "identifier": [
+                {"system": "urn:test:mrn", "value": resource_id},
+                {"system": DEFAULT_ENTERPRISE_ID_SYSTEM, "value": enterprise_id},
+            ],
+            "name": [{"use": "official", "family": "Benchperson", "given": ["Alex"]}],
+            "gender": "female",
+            "birthDate": birth_date,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class RawPatient:
+    source: str
+    value: bytes
+    triggers: str | None = None  # the enterprise id whose alert this (second) event triggers
+
+
+def patient_pairs(prefix: str, pairs: int, disagree_every: int) -> list[RawPatient]:
+    """`pairs` enterprise ids, each sent by both sources in turn; every `disagree_every`-th
+    pair disagrees on birthDate (1 = all of them)."""
+    events = []
+    for i in range(pairs):
+        eid = f"{prefix}-{i:06d}"
+        born = date(1940, 1, 1) + timedelta(days=i % 25_000)
+        other = born + timedelta(days=1) if i % disagree_every == 0 else born
+        events.append(RawPatient(SOURCES[0], patient_json(eid, f"{eid}-h", born.isoformat())))
+        events.append(
+            RawPatient(
+                SOURCES[1],
+                patient_json(eid, f"{eid}-l", other.isoformat()),
+                triggers=eid if other != born else None,
+            )
+        )
+    return events
+
+
+def bulk_producer(bootstrap: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=64 * 1024, acks="all"
+    )
+
+
+async def publish_raw(bootstrap: str, events: Sequence[RawPatient]) -> None:
+    producer = bulk_producer(bootstrap)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(RAW_FHIR, e.value, headers=[("source", e.source.encode())])
+            for e in events
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def copy_topic(bootstrap: str, source: str, target: str, count: int) -> None:
+    """Copy the first `count` records of `source` (key and value) to `target`."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=FETCH_MAX_WAIT_MS
+    )
+    producer = bulk_producer(bootstrap)
+    await consumer.start()
+    await producer.start()
+    try:
+        partitions = [TopicPartition(source, p) for p in range(PARTITIONS)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        copied, futures, last_new = 0, [], time.monotonic()
+        while copied < count:
+            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+            if not batch and time.monotonic() - last_new > IDLE_TIMEOUT_S:
+                raise BenchmarkError(f"copy {source} → {target}: only {copied} of {count}")
+            for records in batch.values():
+                last_new = time.monotonic()
+                for r in records:
+                    futures.append(await producer.send(target, r.value, key=r.key))
+                copied += len(records)
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+# --- timing a batch loop over a known input ---------------------------------------------------
+
+
+class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    """What BatchLoop.run subscribes with: the stage's partition hooks, then 'ready'."""
+
+    def __init__(self, handler: StageHandler | None = None) -> None:
+        self.handler = handler
+        self.ready = asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self.handler is not None:
+            await self.handler.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self.handler is not None:
+            await self.handler.on_assigned(set(assigned))
+        self.ready.set()
+
+
+@dataclass
+class Timing:
+    consumed: int
+    seconds: float
+    cpu_seconds: float  # this process's CPU time over the same window
+    batches: int
+
+    @property
+    def rate(self) -> float:
+        return self.consumed / self.seconds if self.seconds > 0 else 0.0
+
+
+async def timed_batches(
+    consumer: AIOKafkaConsumer,
+    topics: Sequence[str],
+    step: Callable[[], Awaitable[int]],
+    expected: int,
+    *,
+    handler: StageHandler | None = None,
+    profile: cProfile.Profile | None = None,
+) -> Timing:
+    """Join the group, then run `step` (one batch end to end; returns records consumed) until
+    `expected` records are consumed. The clock starts with the call that returns the first
+    records (the group join is not timed) and stops when the last batch is committed."""
+    # The previous stage's clients and state are garbage now, partly in reference cycles: collect
+    # them here, or this stage's timing pays for a full collection of that stage's objects.
+    gc.collect()
+    listener = _Assignment(handler)
+    consumer.subscribe(list(topics), listener=listener)
+    await consumer.start()
+    try:
+        # Nothing is fetched before the group is joined; once joined, the first fetch returns
+        # the pre-produced records at once.
+        await asyncio.wait_for(listener.ready.wait(), timeout=60)
+        return await _run_until(step, expected, profile)
+    finally:
+        await consumer.stop()
+
+
+async def _run_until(
+    step: Callable[[], Awaitable[int]], expected: int, profile: cProfile.Profile | None
+) -> Timing:
+    consumed = batches = 0
+    started = cpu_started = None
+    last_new = now = time.perf_counter()
+    if profile is not None:
+        profile.enable()
+    try:
+        while consumed < expected:
+            call, cpu = time.perf_counter(), time.process_time()
+            n = await step()
+            now = time.perf_counter()
+            if n:
+                if started is None:
+                    started, cpu_started = call, cpu
+                consumed, batches, last_new = consumed + n, batches + 1, now
+            elif now - last_new > IDLE_TIMEOUT_S:
+                raise BenchmarkError(
+                    f"only {consumed} of {expected} records arrived (nothing new for "
+                    f"{IDLE_TIMEOUT_S:.0f}s): a stage lost or dead-lettered records"
+                )
+    finally:
+        if profile is not None:
+            profile.disable()
+    assert started is not None and cpu_started is not None
+    return Timing(consumed, now - started, time.process_time() - cpu_started, batches)
+
+
+def group_consumer(bootstrap: str, group_id: str) -> AIOKafkaConsumer:
+    """The baseline's consumer: the settings of BatchLoop.make_consumer."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=2000,
+        max_poll_interval_ms=300_000,
+    )
+
+
+async def baseline(bootstrap: str, expected: int) -> Timing:
+    """The raw loop: consume → decode → encode → produce → await acks → commit."""
+    settings = WorkerSettings(bootstrap_servers=bootstrap)
+    producer = BatchLoop.make_producer_for(settings)  # the stages' producer settings
+    consumer = group_consumer(bootstrap, "bench-baseline")
+    await producer.start()
+
+    async def once() -> int:
+        batch = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
+        if not batch:
+            return 0
+        futures = []
+        for records in batch.values():
+            for r in records:
+                event = codec.INGESTED_RECORD.decode(r.value)
+                value = codec.INGESTED_RECORD.encode(event)
+                futures.append(await producer.send(BENCH_OUT, value, key=r.key))
+        await asyncio.gather(*futures)
+        await consumer.commit(
+            {tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batch.items()}
+        )
+        return sum(len(records) for records in batch.values())
+
+    try:
+        return await timed_batches(consumer, [BENCH_IN], once, expected)
+    finally:
+        await producer.stop()
+
+
+def produced(stage: str) -> dict[str, int]:
+    """What the stage has produced so far (its Prometheus counters, this process)."""
+    counts = {}
+    for topic in OUTPUT_TOPICS:
+        value = REGISTRY.get_sample_value(
+            "concord_events_produced_total", {"stage": stage, "topic": topic}
+        )
+        counts[topic] = int(value or 0)
+    return counts
+
+
+def stage_settings(service: str, bootstrap: str, dsn: str) -> WorkerSettings:
+    common: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+        "max_batch_records": MAX_RECORDS,
+    }
+    if service == "ingestion":
+        return IngestionSettings(**common)
+    if service == "normalization":
+        return NormalizationSettings(**common)
+    if service == "conflicts":
+        return ConflictsSettings(**common, database_url=dsn)
+    return AlertingSettings(**common, database_url=dsn)
+
+
+async def run_stage(
+    service: str, bootstrap: str, dsn: str, expected: int, profile_dir: Path | None
+) -> tuple[Timing, dict[str, int]]:
+    """One stage as one worker runs it: build_stage's handler in a BatchLoop, one group."""
+    settings = stage_settings(service, bootstrap, dsn)
+    producer = BatchLoop.make_producer_for(settings)
+    await producer.start()
+    try:
+        handler, close = await build_stage(service, settings, producer)
+        try:
+            loop = BatchLoop(handler, settings, producer=producer)
+            consumer = loop.make_consumer()
+            before = produced(service)
+            profile = cProfile.Profile() if profile_dir else None
+            timing = await timed_batches(
+                consumer,
+                handler.topics,
+                lambda: loop.run_once(consumer, producer, timeout_ms=200),
+                expected,
+                handler=handler,
+                profile=profile,
+            )
+            if profile is not None and profile_dir is not None:
+                profile.dump_stats(profile_dir / f"{service}.pstats")
+            after = produced(service)
+            return timing, {t: after[t] - before[t] for t in OUTPUT_TOPICS if after[t] > before[t]}
+        finally:
+            await close()
+    finally:
+        await producer.stop()
+
+
+# --- part 1: throughput -----------------------------------------------------------------------
+
+
+async def database(state_dir: Path, teardown: Teardown) -> str:
+    """A migrated database: a fresh one on CONCORD_DATABASE_URL's server, else embedded."""
+    server = os.environ.get("CONCORD_DATABASE_URL")
+    if server:
+        name = f"concord_bench_{uuid.uuid4().hex[:12]}"
+        dsn = await create_database(server, name)
+        teardown.databases.append((server, name))
+        await apply_migrations(dsn)
+        return dsn
+    postgres = await start_postgres(state_dir)
+    assert postgres.record is not None
+    teardown.processes.append(postgres.record)
+    return postgres.dsn
+
+
+def stage_row(name: str, topic: str, timing: Timing, out: dict[str, int], per_raw: float) -> dict:
+    return {
+        "name": name,
+        "input_topic": topic,
+        "records": timing.consumed,
+        "seconds": round(timing.seconds, 3),
+        "records_per_s": round(timing.rate, 1),
+        "raw_events_per_s": round(timing.rate * per_raw, 1),
+        "cpu_share": round(timing.cpu_seconds / timing.seconds, 2) if timing.seconds else None,
+        "batches": timing.batches,
+        "produced": out,
+    }
+
+
+async def throughput_part(args: argparse.Namespace, teardown: Teardown, token: str) -> dict:
+    pairs = args.records // 2
+    raw_count = pairs * 2
+    state_dir = teardown.tempdir("throughput")
+    progress("throughput: starting a fresh broker and PostgreSQL")
+    broker = await start_broker(state_dir)
+    teardown.processes.append(broker.record)
+    bootstrap = broker.bootstrap_servers
+    try:
+        await ensure_topics(
+            bootstrap,
+            [TopicSpec(BENCH_IN, PARTITIONS, "benchmark input"), TopicSpec(BENCH_OUT, 4, "output")],
+        )
+        dsn = await database(state_dir, teardown)
+        events = patient_pairs(f"BT{token}", pairs, disagree_every=3)
+        disagreeing = sum(1 for e in events if e.triggers)
+        progress(f"throughput: publishing {raw_count} FHIR Patients ({pairs} patients x 2 sources,")
+        progress(f"            {disagreeing} disagree on birthDate) to {RAW_FHIR}")
+        await publish_raw(bootstrap, events)
+        del events
+        return await _chain(args, bootstrap, dsn, raw_count, disagreeing)
+    finally:
+        progress("throughput: stopping the broker and PostgreSQL")
+        for record in list(teardown.processes):
+            teardown.stop_process(record)
+
+
+async def _chain(
+    args: argparse.Namespace, bootstrap: str, dsn: str, raw_count: int, disagreeing: int
+) -> dict:
+    profile_dir = Path(args.profile) if args.profile else None
+    if profile_dir:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    expected, topic = raw_count, RAW_FHIR
+    wanted = {"ingestion": INGESTED, "normalization": FACTS, "conflicts": CONFLICTS}
+    for service in STAGES:
+        progress(f"throughput: {service} over {expected} records of {topic} ...")
+        timing, out = await run_stage(service, bootstrap, dsn, expected, profile_dir)
+        row = stage_row(service, topic, timing, out, raw_count / expected)
+        rows.append(row)
+        progress(
+            f"throughput: {service}: {timing.rate:,.0f} records/s "
+            f"({timing.consumed} in {timing.seconds:.2f}s, {timing.batches} batches); "
+            f"produced {out}"
+        )
+        if service == "ingestion":
+            progress(f"throughput: baseline over {raw_count} IngestedRecords on {BENCH_IN} ...")
+            await copy_topic(bootstrap, INGESTED, BENCH_IN, out.get(INGESTED, 0))
+            base = await baseline(bootstrap, out.get(INGESTED, 0))
+            progress(f"throughput: baseline: {base.rate:,.0f} msg/s ({base.seconds:.2f}s)")
+        if service in wanted:
+            topic = wanted[service]
+            expected = out.get(topic, 0)
+    alerts = rows[-1]["produced"].get(ALERTS, 0)
+    if expected != disagreeing or alerts != disagreeing:
+        raise BenchmarkError(
+            f"{disagreeing} disagreeing patients but {expected} conflict events, {alerts} alerts"
+        )
+    base_row = stage_row("baseline (raw aiokafka loop)", BENCH_IN, base, {BENCH_OUT: 0}, 1.0)
+    base_row["produced"] = {BENCH_OUT: base.consumed}
+    for row in rows:
+        row["ratio_to_baseline"] = round(row["records_per_s"] / base.rate, 3)
+    return {
+        "raw_events": raw_count,
+        "patients": raw_count // 2,
+        "disagreeing_patients": disagreeing,
+        "baseline": base_row,
+        "stages": rows,
+        "conflicts_facts_per_s": rows[2]["records_per_s"],
+        "pipeline_capacity_raw_events_per_s": min(r["raw_events_per_s"] for r in rows),
+    }
+
+
+# --- part 2: latency --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arrival:
+    perf: float  # perf_counter when the alert was read here
+    wall: float  # the same moment, time.time()
+    created: float  # the alert record's CreateTime (alerting's send), time.time() seconds
+
+
+class AlertCollector:
+    """Reads concord.alerts from the beginning (all partitions assigned, no group) and notes
+    when each patient's first alert arrived."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
+        )
+        self.arrived: dict[str, Arrival] = {}
+        self.records = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        partitions = [TopicPartition(ALERTS, p) for p in range(PARTITIONS)]
+        self.consumer.assign(partitions)
+        await self.consumer.seek_to_beginning(*partitions)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=100)
+            now, wall = time.perf_counter(), time.time()
+            for records in batch.values():
+                self.records += len(records)
+                for r in records:  # alerts are keyed by enterprise patient id
+                    arrival = Arrival(now, wall, r.timestamp / 1000)
+                    self.arrived.setdefault(r.key.decode(), arrival)
+
+    async def wait_for(self, ids: Sequence[str], within: float) -> list[str]:
+        """Wait until every id has an alert or `within` seconds pass; return the missing ids."""
+        deadline = time.monotonic() + within
+        while True:
+            missing = [i for i in ids if i not in self.arrived]
+            if not missing or time.monotonic() > deadline:
+                return missing
+            if self._task is not None and self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.consumer.stop()
+
+
+async def offer(
+    producer: AIOKafkaProducer, events: Sequence[RawPatient], rate: float
+) -> tuple[dict[str, tuple[float, float]], float]:
+    """Send events at `rate` per second (event k due at k / rate); return the send time
+    (perf_counter, time.time) of each triggering event and the seconds the sending took."""
+    sent: dict[str, tuple[float, float]] = {}
+    futures = []
+    started = time.perf_counter()
+    for k, event in enumerate(events):
+        delay = started + k / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        now = time.perf_counter()
+        headers = [("source", event.source.encode())]
+        futures.append(await producer.send(RAW_FHIR, event.value, headers=headers))
+        if event.triggers:
+            sent[event.triggers] = (now, time.time())
+    elapsed = time.perf_counter() - started
+    await asyncio.gather(*futures)
+    return sent, elapsed
+
+
+def cpu_seconds(info: StackInfo) -> dict[str, float]:
+    """CPU seconds so far of each stack process and its children, and of this process."""
+    usage: dict[str, float] = {}
+    records = [r for r in (info.broker, info.postgres) if r is not None]
+    for record in [*records, *info.workers.values()]:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(record.pid)
+            total = 0.0
+            for p in [proc, *proc.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    total += times.user + times.system
+            usage[record.name] = total
+    own = psutil.Process().cpu_times()
+    usage["benchmark (publisher + alert reader)"] = own.user + own.system
+    return usage
+
+
+BATCH_METRICS = (
+    "concord_batch_seconds_sum",
+    "concord_batch_seconds_count",
+    "concord_batch_size_sum",
+)
+
+
+def batch_metrics(info: StackInfo) -> dict[str, dict[str, float]]:
+    """Each worker's batch counters from its /metrics (time in batches, batches, records)."""
+    result: dict[str, dict[str, float]] = {}
+    for name, record in info.workers.items():
+        conn = http.client.HTTPConnection("127.0.0.1", record.port, timeout=5)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        values = dict.fromkeys(BATCH_METRICS, 0.0)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in values and sample.labels.get("stage") == name:
+                    values[sample.name] += sample.value
+        result[name] = values
+    return result
+
+
+def batch_summary(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], wall: float
+) -> dict[str, dict[str, float]]:
+    summary = {}
+    for name, values in after.items():
+        busy, batches, records = (values[m] - before[name][m] for m in BATCH_METRICS)
+        summary[name] = {
+            "batches": int(batches),
+            "records_per_batch": round(records / batches, 1) if batches else 0.0,
+            "ms_per_batch": round(busy / batches * 1000, 2) if batches else 0.0,
+            "busy_share": round(busy / wall, 3),
+        }
+    return summary
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    cuts = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else []
+
+    def pick(p: int) -> float:
+        return cuts[p - 1] if cuts else ordered[0]
+
+    return {
+        "p50_ms": round(pick(50) * 1000, 1),
+        "p95_ms": round(pick(95) * 1000, 1),
+        "p99_ms": round(pick(99) * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 1),
+    }
+
+
+async def latency_part(args: argparse.Namespace, teardown: Teardown, token: str) -> dict:
+    state_dir = teardown.tempdir("stack")
+    teardown.stacks.append(state_dir)
+    progress("latency: starting the stack (broker, PostgreSQL, 4 Faust workers)")
+    info = await start_stack(state_dir, progress=lambda line: progress(f"latency: stack: {line}"))
+    try:
+        return await _measure_latency(args, info, token)
+    finally:
+        progress("latency: stopping the stack")
+        teardown.stop_stack(state_dir)
+
+
+async def _measure_latency(args: argparse.Namespace, info: StackInfo, token: str) -> dict:
+    collector = AlertCollector(info.bootstrap_servers)
+    producer = AIOKafkaProducer(bootstrap_servers=info.bootstrap_servers, linger_ms=0)
+    await collector.start()
+    await producer.start()
+    try:
+        warm = patient_pairs(f"BW{token}", args.warmup_pairs, disagree_every=1)
+        progress(f"latency: warm-up, {len(warm)} events at {args.rate:g}/s (not measured)")
+        sent, _ = await offer(producer, warm, args.rate)
+        missing = await collector.wait_for(list(sent), within=60)
+        if missing:
+            raise BenchmarkError(f"warm-up: {len(missing)} of {len(sent)} alerts never arrived")
+        pairs = int(args.rate * args.seconds) // 2
+        events = patient_pairs(f"BL{token}", pairs, disagree_every=1)
+        progress(
+            f"latency: offering {len(events)} events ({pairs} disagreeing pairs) at "
+            f"{args.rate:g}/s for {args.seconds:g}s"
+        )
+        metrics_before = await asyncio.to_thread(batch_metrics, info)
+        cpu_before, wall_before = cpu_seconds(info), time.perf_counter()
+        sent, sending = await offer(producer, events, args.rate)
+        progress(f"latency: sent in {sending:.1f}s; waiting for the alerts")
+        missing = await collector.wait_for(list(sent), within=args.drain_timeout)
+        wall = time.perf_counter() - wall_before
+        cpu_after = cpu_seconds(info)
+        metrics_after = await asyncio.to_thread(batch_metrics, info)
+    finally:
+        await producer.stop()
+        await collector.stop()
+    progress("latency: reading the intermediate topics for the per-hop breakdown")
+    hops, hop_samples = await hop_breakdown(info.bootstrap_servers, sent, collector.arrived)
+    arrived = {i: a for i, a in collector.arrived.items() if i in sent}
+    latencies = {i: a.perf - sent[i][0] for i, a in arrived.items()}
+    first = min(t for t, _ in sent.values())
+    result: dict[str, Any] = {
+        "offered_rate": args.rate,
+        "seconds": args.seconds,
+        "events_sent": len(events),
+        "achieved_rate": round(len(events) / sending, 1),
+        "expected_alerts": len(sent),
+        "alerts_arrived": len(latencies),
+        "missing": len(missing),
+        "cpu_cores_used": {
+            name: round((cpu_after[name] - cpu_before.get(name, 0.0)) / wall, 2)
+            for name in cpu_after
+        },
+        "batches": batch_summary(metrics_before, metrics_after, wall),
+        "hops": hops,
+        "hop_samples_ms": hop_samples,
+        "samples_ms": sorted(
+            [round((sent[i][0] - first) * 1000, 1), round(v * 1000, 1)]
+            for i, v in latencies.items()
+        ),
+    }
+    if latencies:
+        result.update(percentiles(list(latencies.values())))
+        in_order = [v for _, v in result["samples_ms"]]
+        quarter = max(1, len(in_order) // 4)
+        result["first_quarter_p50_ms"] = statistics.median(in_order[:quarter])
+        result["last_quarter_p50_ms"] = statistics.median(in_order[-quarter:])
+    return result
+
+
+HOPS = ("ingestion", "normalization", "conflicts", "alerting", "alert reader")
+
+
+async def read_all(bootstrap: str, topic: str, idle_seconds: float = 1.0) -> list[Any]:
+    """Every record of `topic`, read until nothing new arrives for `idle_seconds` (the local
+    broker's end offsets cannot be trusted)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records: list[Any] = []
+        last_new = time.monotonic()
+        while time.monotonic() - last_new < idle_seconds:
+            batch = await consumer.getmany(timeout_ms=100, max_records=10_000)
+            for recs in batch.values():
+                records.extend(recs)
+                last_new = time.monotonic()
+        return records
+    finally:
+        await consumer.stop()
+
+
+def _patient_of_ingested(key: bytes) -> str:
+    # "source/Patient/<enterprise id>-h" (or -l): see patient_pairs
+    return key.decode().rsplit("/", 1)[-1][:-2]
+
+
+async def hop_breakdown(
+    bootstrap: str, sent: dict[str, tuple[float, float]], arrived: dict[str, Arrival]
+) -> tuple[dict[str, dict[str, float]], list[list[float]]]:
+    """Split each patient's latency at the CreateTime of the records each stage produced for
+    it: the later of its two ingested records, its last fact, its conflict event, its alert.
+    A hop runs from the previous stage's send to this stage's send: broker, fetch wait and
+    this stage's batch. All processes share this machine's clock. Returns the percentiles per
+    hop and, per alert, [send time since the first send, hop 1, ... hop 5] in ms."""
+    stamps: dict[str, list[float]] = {i: [wall] for i, (_, wall) in sent.items() if i in arrived}
+    readers: tuple[tuple[str, Callable[[bytes], str]], ...] = (
+        (INGESTED, _patient_of_ingested),
+        (FACTS, bytes.decode),
+        (CONFLICTS, bytes.decode),
+    )
+    for topic, patient_of in readers:
+        latest: dict[str, float] = {}
+        for r in await read_all(bootstrap, topic):
+            pid = patient_of(r.key)
+            if pid in stamps:
+                latest[pid] = max(latest.get(pid, 0.0), r.timestamp / 1000)
+        for pid, row in stamps.items():
+            row.append(latest.get(pid, float("nan")))
+    for pid, row in stamps.items():
+        row += [arrived[pid].created, arrived[pid].wall]
+    result: dict[str, dict[str, float]] = {}
+    order = sorted(stamps, key=lambda i: sent[i][0])
+    if not order:
+        return result, []
+    quarter = max(1, len(order) // 4)
+    for n, hop in enumerate(HOPS):
+        values = [stamps[i][n + 1] - stamps[i][n] for i in order]
+        if any(v != v for v in values):  # NaN: a record was not found
+            continue
+        result[hop] = {
+            **percentiles(values),
+            "first_quarter_p50_ms": round(statistics.median(values[:quarter]) * 1000, 1),
+            "last_quarter_p50_ms": round(statistics.median(values[-quarter:]) * 1000, 1),
+        }
+    first = sent[order[0]][0]
+    samples = [
+        [round((sent[i][0] - first) * 1000, 1)]
+        + [round((b - a) * 1000, 1) for a, b in zip(stamps[i], stamps[i][1:], strict=False)]
+        for i in order
+    ]
+    return result, samples
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def print_throughput(t: dict) -> None:
+    base = t["baseline"]
+    print()
+    print(
+        f"Throughput, one worker per stage, {t['raw_events']} raw events "
+        f"({t['patients']} patients, {t['disagreeing_patients']} disagreeing):"
+    )
+    header = f"{'':30} {'input':>18} {'records':>8} {'seconds':>8} {'records/s':>10}"
+    print(header + f" {'raw ev/s':>9} {'vs base':>8} {'CPU':>5}")
+    for row in [base, *t["stages"]]:
+        ratio = row.get("ratio_to_baseline")
+        print(
+            f"{row['name']:30} {row['input_topic']:>18} {row['records']:>8} "
+            f"{row['seconds']:>8.2f} {row['records_per_s']:>10,.0f} "
+            f"{row['raw_events_per_s']:>9,.0f} "
+            f"{(f'{ratio:.2f}x' if ratio is not None else '1.00x'):>8} "
+            f"{row['cpu_share']:>5.2f}"
+        )
+    print(
+        f"conflicts: {t['conflicts_facts_per_s']:,.0f} facts/s; pipeline capacity (slowest stage, "
+        f"in raw events/s): {t['pipeline_capacity_raw_events_per_s']:,.0f}"
+    )
+    print("(records/s in each stage's own input; 'raw ev/s' scales it to raw FHIR events;")
+    print(" CPU = this process's CPU seconds per wall second while the stage ran)")
+
+
+def print_latency(lat: dict) -> None:
+    print()
+    print(
+        f"Event-to-alert latency, whole stack, {lat['offered_rate']:g} events/s offered "
+        f"({lat['achieved_rate']:g} achieved) for {lat['seconds']:g}s:"
+    )
+    if "p50_ms" in lat:
+        print(
+            f"  alerts {lat['alerts_arrived']}/{lat['expected_alerts']}, missing "
+            f"{lat['missing']}: p50 {lat['p50_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms, "
+            f"p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms"
+        )
+        print(
+            f"  p50 of the first quarter of the run {lat['first_quarter_p50_ms']:.0f} ms, "
+            f"of the last quarter {lat['last_quarter_p50_ms']:.0f} ms"
+        )
+    else:
+        print(f"  no alert arrived; missing {lat['missing']}")
+    if lat.get("hops"):
+        print("  per hop (from the previous stage's send to this one's), ms:")
+        print(
+            f"    {'hop':14} {'p50':>7} {'p95':>7} {'p99':>7} {'p50 first 1/4':>14} {'last 1/4':>9}"
+        )
+        for hop, h in lat["hops"].items():
+            print(
+                f"    {hop:14} {h['p50_ms']:>7.1f} {h['p95_ms']:>7.1f} {h['p99_ms']:>7.1f} "
+                f"{h['first_quarter_p50_ms']:>14.1f} {h['last_quarter_p50_ms']:>9.1f}"
+            )
+    print("  batches meanwhile (worker /metrics: consume to commit):")
+    for name, b in lat["batches"].items():
+        print(
+            f"    {name:14} {b['batches']:>6} batches, {b['records_per_batch']:>6.1f} records "
+            f"and {b['ms_per_batch']:>6.2f} ms each, busy {b['busy_share']:.0%} of the time"
+        )
+    cores = ", ".join(f"{k} {v:.2f}" for k, v in lat["cpu_cores_used"].items())
+    print(f"  CPU cores used meanwhile: {cores}")
+
+
+def plot_throughput(t: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = [t["baseline"], *t["stages"]]
+    labels = ["baseline\n(raw aiokafka loop)"] + [
+        f"{r['name']}\n({r['input_topic']})" for r in t["stages"]
+    ]
+    rates = [r["records_per_s"] for r in rows]
+    colors = ["#888888"] + ["#3b75af"] * len(t["stages"])
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    bars = ax.barh(labels[::-1], rates[::-1], color=colors[::-1])
+    for bar, row in zip(bars, rows[::-1], strict=True):
+        ratio = row.get("ratio_to_baseline", 1.0)
+        ax.text(
+            bar.get_width(),
+            bar.get_y() + bar.get_height() / 2,
+            f" {bar.get_width():,.0f}/s  ({ratio:.2f}x)",
+            va="center",
+            fontsize=9,
+        )
+    for (label, rate), color in zip(REFERENCE.items(), ("#888888", "#c44e52"), strict=True):
+        ax.axvline(
+            rate,
+            color=color,
+            linestyle="--",
+            linewidth=1,
+            label=f"{label}, ~{rate / 1000:.1f}k msg/s (ARCHITECTURE.md, another day)",
+        )
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
+    ax.set_xlim(0, max(rates) * 1.35)
+    ax.set_xlabel("input records per second, one worker (one process, one consumer group)")
+    ax.set_title(f"Concord stage throughput vs raw loop, same run ({t['raw_events']:,} raw events)")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_latency(lat: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    samples = lat["samples_ms"]
+    values = sorted(v for _, v in samples)
+    fig, (hist, cdf, series, hops) = plt.subplots(1, 4, figsize=(19, 4.4))
+    hist.hist(values, bins=60, color="#3b75af")
+    hist.set_xlabel("event-to-alert latency (ms)")
+    hist.set_ylabel("alerts")
+    hist.set_title("histogram")
+    cdf.plot(values, [(i + 1) / len(values) for i in range(len(values))], color="#3b75af")
+    for key, color in (("p50_ms", "#55a868"), ("p95_ms", "#dd8452"), ("p99_ms", "#c44e52")):
+        cdf.axvline(lat[key], color=color, linestyle="--", linewidth=1)
+        cdf.text(
+            lat[key], 0.02, f" {key[:3]} {lat[key]:.0f}", color=color, rotation=90, va="bottom"
+        )
+    cdf.set_xlabel("event-to-alert latency (ms)")
+    cdf.set_ylabel("fraction of alerts")
+    cdf.set_title("CDF")
+    series.plot(
+        [s / 1000 for s, _ in samples], [v for _, v in samples], ".", markersize=2, color="#3b75af"
+    )
+    series.set_xlabel("send time of the triggering event (s)")
+    series.set_ylabel("latency (ms)")
+    series.set_title("over the run")
+    plot_hops(hops, lat.get("hop_samples_ms") or [])
+    fig.suptitle(
+        f"Concord event-to-alert latency, whole stack (4 workers), {lat['offered_rate']:g} "
+        f"events/s for {lat['seconds']:g}s: {lat['alerts_arrived']} alerts, "
+        f"{lat['missing']} missing"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_hops(ax: Any, samples: list[list[float]]) -> None:
+    """Per-hop median latency per second of the run, stacked."""
+    by_second: dict[int, list[list[float]]] = {}
+    for row in samples:
+        if all(v == v for v in row):
+            by_second.setdefault(int(row[0] // 1000), []).append(row[1:])
+    seconds = sorted(by_second)
+    medians = [
+        [statistics.median(r[n] for r in by_second[sec]) for sec in seconds]
+        for n in range(len(HOPS))
+    ]
+    ax.stackplot(seconds, medians, labels=HOPS, alpha=0.85)
+    ax.set_xlabel("send time of the triggering event (s)")
+    ax.set_ylabel("median latency per second (ms), stacked")
+    ax.set_title("where the time goes, per hop")
+    ax.legend(loc="upper left", fontsize=7)
+
+
+def write_outputs(args: argparse.Namespace, results: dict) -> None:
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        progress(f"results written to {args.out}")
+    if args.no_plots:
+        return
+    img_dir = Path(args.img_dir)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    if "throughput" in results:
+        plot_throughput(results["throughput"], img_dir / "benchmark-throughput.png")
+    if "p50_ms" in results.get("latency", {}):
+        plot_latency(results["latency"], img_dir / "benchmark-latency.png")
+    progress(f"plots written to {img_dir}")
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, teardown: Teardown) -> dict:
+    token = uuid.uuid4().hex[:8]  # keeps ids unique on a shared CONCORD_DATABASE_URL server
+    results: dict[str, Any] = {
+        "run": {
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+            "python": platform.python_version(),
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "records": args.records,
+            "rate": args.rate,
+            "seconds": args.seconds,
+        }
+    }
+    if not args.skip_throughput:
+        results["throughput"] = await throughput_part(args, teardown, token)
+        print_throughput(results["throughput"])
+    if not args.skip_latency:
+        results["latency"] = await latency_part(args, teardown, token)
+        print_latency(results["latency"])
+    return results
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=20_000, help="raw FHIR events (part 1)")
+    parser.add_argument("--rate", type=float, default=500.0, help="offered events/s (part 2)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="offering time (part 2)")
+    parser.add_argument("--warmup-pairs", type=int, default=50, help="unmeasured pairs first")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=60.0, help="how long to wait for the last alerts"
+    )
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    parser.add_argument("--img-dir", default=str(REPO / "docs" / "img"), help="where plots go")
+    parser.add_argument("--no-plots", action="store_true", help="do not draw the plots")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="cProfile each stage into DIR/<stage>.pstats (slower)"
+    )
+    parser.add_argument("--keep-state", action="store_true", help="keep temp dirs and logs")
+    args = parser.parse_args(argv)
+    if args.records < 6 or args.rate <= 0 or args.seconds <= 0:
+        parser.error("--records must be at least 6; --rate and --seconds positive")
+    return args
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    teardown = Teardown(keep_state=args.keep_state)
+    failed = True
+    try:
+        results = asyncio.run(run(args, teardown))
+        failed = False
+    except KeyboardInterrupt:
+        print("\ninterrupted: tearing down", file=sys.stderr)
+        return 130
+    except BenchmarkError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        teardown.close(failed)
+    write_outputs(args, results)
+    missing = results.get("latency", {}).get("missing", 0)
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
