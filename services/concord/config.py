@@ -125,6 +125,12 @@ class ConflictsSettings(DatabaseWorkerSettings):
     policy_path: Path | None = Field(
         None, description="Source-of-truth policy file (YAML); the built-in default when unset"
     )
+    cache_max_keys: int = Field(
+        200_000,
+        ge=1,
+        description="Patient attributes whose state the worker keeps in memory; the least "
+        "recently used beyond this are dropped and reloaded from PostgreSQL when needed",
+    )
 
 
 class AlertingSettings(DatabaseWorkerSettings):

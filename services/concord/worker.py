@@ -74,7 +74,11 @@ async def build_stage(
         assert isinstance(settings, ConflictsSettings)  # noqa: S101
         outbox = Outbox(pool, "conflicts")
         stage: StageHandler = ConflictsStage(
-            ConflictStore(pool, outbox), outbox, producer, load_policy(settings.policy_path)
+            ConflictStore(pool, outbox),
+            outbox,
+            producer,
+            load_policy(settings.policy_path),
+            cache_max_keys=settings.cache_max_keys,
         )
     else:
         from concord.alerting.app import AlertingStage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -23,6 +24,7 @@ from concord.topics import ALERTS, CONFLICTS
 
 log = logging.getLogger(__name__)
 SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+GAUGE_REFRESH_SECONDS = 10.0
 
 
 def alert_record(alert: Alert) -> OutboundRecord:
@@ -38,6 +40,7 @@ class AlertingStage(BaseStage):
         self.outbox = outbox
         self.producer = producer
         self._published: list[tuple[ConflictEvent, datetime]] = []
+        self._gauge_refreshed = 0.0
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
         drained = await self.outbox.drain(self.producer)
@@ -56,7 +59,7 @@ class AlertingStage(BaseStage):
             metrics.ALERT_LATENCY.labels("event").observe(
                 max(0.0, (published_at - latest_event).total_seconds())
             )
-        if self._published:
+        if self._published and time.monotonic() - self._gauge_refreshed > GAUGE_REFRESH_SECONDS:
             await self._refresh_open_gauge()
         self._published = []
 
@@ -91,6 +94,8 @@ class AlertingStage(BaseStage):
         self.outbox.publish_written(out, to_publish)
 
     async def _refresh_open_gauge(self) -> None:
+        # A count over every open alert: seconds-old is fresh enough for a dashboard.
+        self._gauge_refreshed = time.monotonic()
         counts = await self.store.open_counts()
         for severity in SEVERITIES:
             metrics.ALERTS_OPEN.labels(severity).set(counts.get(severity, 0))

@@ -7,7 +7,7 @@ cache is dropped, so a worker only ever trusts memory for partitions it owns.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -40,13 +40,21 @@ class ConflictsStage(BaseStage):
     topics: tuple[str, ...] = (FACTS,)
 
     def __init__(
-        self, store: ConflictStore, outbox: Outbox, producer: AIOKafkaProducer, policy: SourcePolicy
+        self,
+        store: ConflictStore,
+        outbox: Outbox,
+        producer: AIOKafkaProducer,
+        policy: SourcePolicy,
+        *,
+        cache_max_keys: int = 200_000,
     ) -> None:
         self.store = store
         self.outbox = outbox
         self.producer = producer
         self.policy = policy
-        self.cache: dict[Key, AttributeState] = {}
+        self.cache_max_keys = cache_max_keys
+        # Least recently used first; PostgreSQL holds the truth, so dropping is always safe.
+        self.cache: OrderedDict[Key, AttributeState] = OrderedDict()
         self.keys_by_partition: dict[int, set[Key]] = defaultdict(set)
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
@@ -79,6 +87,7 @@ class ConflictsStage(BaseStage):
             self.cache.clear()
             self.keys_by_partition.clear()
             raise
+        self._evict(len(self.cache) - self.cache_max_keys)
 
     async def _detect(self, facts: list[tuple[ClinicalFact, int]], out: Outbound) -> None:
         await self._load([fact for fact, _ in facts], [p for _, p in facts])
@@ -109,7 +118,15 @@ class ConflictsStage(BaseStage):
         for fact, partition in zip(facts, partitions, strict=True):
             key = (fact.patient_id, fact.attribute)
             self.keys_by_partition[partition].add(key)
-            if key not in self.cache:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+            else:
                 missing[key] = fact.attribute_class
         if missing:
             self.cache.update(await self.store.load(list(missing), missing))
+
+    def _evict(self, count: int) -> None:
+        for _ in range(max(0, min(count, len(self.cache)))):
+            key, _state = self.cache.popitem(last=False)
+            for keys in self.keys_by_partition.values():
+                keys.discard(key)

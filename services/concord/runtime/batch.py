@@ -119,10 +119,11 @@ class BatchLoop:
     @staticmethod
     def make_producer_for(settings: WorkerSettings) -> AIOKafkaProducer:
         # Idempotence is off: the local broker's InitProducerId fails. Sinks dedupe instead.
+        # No linger: a batch is queued whole and then awaited, so lingering only adds latency.
         return AIOKafkaProducer(
             **settings.kafka_options(),
             acks="all",
-            linger_ms=5,
+            linger_ms=0,
             max_batch_size=64 * 1024,
             enable_idempotence=False,
         )

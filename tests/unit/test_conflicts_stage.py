@@ -1,0 +1,166 @@
+"""The conflicts stage with fakes of its ports: events published, state cached and bounded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiokafka.structs import ConsumerRecord
+
+from concord.conflicts.app import ConflictsStage
+from concord.conflicts.policy import DEFAULT_POLICY
+from concord.conflicts.rules import AttributeState
+from concord.events import codec
+from concord.events.models import ClinicalFact, Provenance
+from concord.runtime.batch import Outbound, OutboundRecord
+from concord.topics import CONFLICTS, DEADLETTER, FACTS
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+class FakeStore:
+    """Keeps saved state in memory, as PostgreSQL would; counts loads."""
+
+    def __init__(self) -> None:
+        self.saved: dict[tuple[str, str], AttributeState] = {}
+        self.loaded: list[tuple[str, str]] = []
+        self.events: list[OutboundRecord] = []
+
+    async def load(
+        self, keys: Sequence[tuple[str, str]], classes: dict[tuple[str, str], str]
+    ) -> dict[tuple[str, str], AttributeState]:
+        self.loaded += keys
+        return {
+            k: self.saved.get(k) or AttributeState(k[0], k[1], classes[k])  # type: ignore[arg-type]
+            for k in keys
+        }
+
+    async def save(
+        self,
+        assertions: Iterable[tuple[AttributeState, str, int]],
+        conflicts: Iterable[tuple[AttributeState, int]],
+        events: Sequence[OutboundRecord],
+    ) -> None:
+        for state, _, _ in assertions:
+            self.saved[(state.patient_id, state.attribute)] = state
+        self.events += events
+
+
+class FakeOutbox:
+    def __init__(self) -> None:
+        self.acknowledged = 0
+
+    def publish_written(self, out: Outbound, records: Sequence[OutboundRecord]) -> None:
+        for record in records:
+            out.add(record)
+
+    async def acknowledge(self) -> None:
+        self.acknowledged += 1
+
+
+def _fact(patient: str, source: str, value: str, minutes: int = 0) -> ClinicalFact:
+    at = T0 + timedelta(minutes=minutes)
+    return ClinicalFact(
+        fact_id=f"{patient}/{source}/{minutes}",
+        patient_id=patient,
+        attribute="Patient.birthDate",
+        attribute_class="DEMOGRAPHICS",
+        value=value,
+        status="ASSERTED",
+        provenance=Provenance(
+            source_system=source,
+            source_record_id=f"Patient/{source}",
+            event_time=at,
+            received_time=at,
+            raw_topic="ehr.raw.fhir",
+            raw_partition=0,
+            raw_offset=minutes,
+            payload_sha256="0" * 64,
+        ),
+    )
+
+
+def _records(
+    facts: Sequence[ClinicalFact | bytes], partition: int = 0
+) -> list[ConsumerRecord[Any, Any]]:
+    return [
+        ConsumerRecord(
+            topic=FACTS,
+            partition=partition,
+            offset=i,
+            timestamp=0,
+            timestamp_type=0,
+            key=None,
+            value=f if isinstance(f, bytes) else codec.CLINICAL_FACT.encode(f),
+            checksum=None,
+            serialized_key_size=-1,
+            serialized_value_size=0,
+            headers=[],
+        )
+        for i, f in enumerate(facts)
+    ]
+
+
+def _stage(store: FakeStore, cache_max_keys: int = 100) -> ConflictsStage:
+    return ConflictsStage(
+        store,  # type: ignore[arg-type]
+        FakeOutbox(),  # type: ignore[arg-type]
+        producer=None,  # type: ignore[arg-type]
+        policy=DEFAULT_POLICY,
+        cache_max_keys=cache_max_keys,
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_disagreement_is_saved_and_published_as_one_conflict_event() -> None:
+    store = FakeStore()
+    out = Outbound("conflicts")
+    await _stage(store).process(
+        _records([_fact("P1", "a", "1970-01-01"), _fact("P1", "b", "1970-01-02")]), out
+    )
+    assert [r.topic for r in out.pending] == [CONFLICTS]
+    event = codec.CONFLICT_EVENT.decode(out.pending[0].value)
+    assert (event.kind, event.patient_id, out.pending[0].key) == ("OPENED", "P1", b"P1")
+    assert store.events == out.pending  # what is published is what the transaction kept
+
+
+@pytest.mark.asyncio
+async def test_redelivery_of_a_batch_publishes_nothing_more() -> None:
+    store = FakeStore()
+    stage = _stage(store)
+    batch = _records([_fact("P1", "a", "1970-01-01"), _fact("P1", "b", "1970-01-02")])
+    await stage.process(batch, Outbound("conflicts"))
+    again = Outbound("conflicts")
+    await stage.process(batch, again)
+    assert again.pending == []
+    # A restarted worker (empty cache) reloads the saved state and stays quiet too.
+    fresh = Outbound("conflicts")
+    await _stage(store).process(batch, fresh)
+    assert fresh.pending == []
+
+
+@pytest.mark.asyncio
+async def test_the_cache_is_bounded_and_evicted_state_reloads_from_the_store() -> None:
+    store = FakeStore()
+    stage = _stage(store, cache_max_keys=2)
+    for n, patient in enumerate(("P1", "P2", "P3")):
+        await stage.process(_records([_fact(patient, "a", "1970-01-01", n)]), Outbound("conflicts"))
+    assert list(stage.cache) == [("P2", "Patient.birthDate"), ("P3", "Patient.birthDate")]
+    store.loaded.clear()
+    out = Outbound("conflicts")
+    await stage.process(_records([_fact("P1", "b", "1999-09-09", 9)]), out)
+    assert store.loaded == [("P1", "Patient.birthDate")]
+    assert codec.CONFLICT_EVENT.decode(out.pending[0].value).kind == "OPENED"
+
+
+@pytest.mark.asyncio
+async def test_undecodable_facts_are_dead_lettered_and_the_rest_go_on() -> None:
+    store = FakeStore()
+    out = Outbound("conflicts")
+    await _stage(store).process(_records([b"not avro", _fact("P1", "a", "1970-01-01")]), out)
+    assert [r.topic for r in out.pending] == [DEADLETTER]
+    letter = codec.DEAD_LETTER.decode(out.pending[0].value)
+    assert (letter.reason_code, letter.original_value) == ("UNDECODABLE_EVENT", b"not avro")
+    assert ("P1", "Patient.birthDate") in store.saved
