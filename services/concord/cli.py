@@ -232,7 +232,7 @@ def demo(state_dir: Path, exit_after_check: bool) -> None:
         checks = asyncio.run(
             run_demo(state_dir, follow_until_interrupted=not exit_after_check, echo=click.echo)
         )
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         return
     if not all(check.ok for check in checks):
         sys.exit(1)

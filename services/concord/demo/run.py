@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import statistics
 import time
 from collections.abc import Callable
@@ -124,6 +125,12 @@ async def run_demo(
     # The demo's own folder: start from an empty database so every planted disagreement is new.
     shutil.rmtree(state_dir, ignore_errors=True)
     key = load_answer_key()
+    # SIGTERM and SIGHUP end the demo like Ctrl-C: the stack must come down with it.
+    main_task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if main_task is not None:
+            loop.add_signal_handler(sig, main_task.cancel)
     info = await start_stack(state_dir, progress=echo)
     board = AlertBoard()
     stop = asyncio.Event()
@@ -163,5 +170,5 @@ async def run_demo(
         stop.set()
         await asyncio.gather(follower, return_exceptions=True)
         echo("stopping the stack")
-        stop_stack(state_dir)
+        await asyncio.to_thread(stop_stack, state_dir)
     return checks
