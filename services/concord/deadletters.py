@@ -24,6 +24,11 @@ REASON_CODES: dict[str, str] = {
     "UNSUPPORTED_RESOURCE_TYPE": "A FHIR resource type this deployment does not ingest yet.",
     "FHIR_INVALID": "The resource breaks FHIR R4 rules; location names the element.",
     "MISSING_RESOURCE_ID": "The resource has no id, so its versions cannot be told apart.",
+    "MISSING_PATIENT_REFERENCE": "A clinical resource does not reference the Patient it is about.",
+    "UNRESOLVED_REFERENCE": "A urn:uuid, urn:oid or #contained reference names nothing present.",
+    "DATETIME_WITHOUT_ZONE": "A date-time with a time of day has no time-zone offset.",
+    "CODE_WITHOUT_SYSTEM": "A coding carries a code but no code system.",
+    "INVALID_CODE": "A LOINC, SNOMED CT, ICD-10-CM, RxNorm, NDC or CPT code is malformed.",
     "MISSING_ENTERPRISE_ID": "The Patient carries no identifier of a configured enterprise system.",
     "UNDECODABLE_EVENT": "An Avro event between stages could not be decoded.",
 }

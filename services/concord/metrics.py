@@ -54,3 +54,13 @@ CONSUMER_LAG = Gauge(
     "whose ListOffsets(latest) is off by a batch)",
     ["stage", "topic", "partition"],
 )
+RECORDS_NOT_NORMALIZED = Counter(
+    "concord_records_not_normalized",
+    "Ingested records normalization does not turn into facts yet (kept on concord.ingested)",
+    ["format", "operation"],
+)
+INGESTION_DUPLICATES = Counter(
+    "concord_ingestion_duplicates",
+    "Records ingestion had already emitted (same source, record and version), not re-emitted",
+    ["topic"],
+)

@@ -224,14 +224,10 @@ def test_not_fhir(value: Any) -> None:
 
 
 def test_unsupported_type() -> None:
-    observation = {
-        "resourceType": "Observation",
-        "id": "o1",
-        "status": "final",
-        "code": {"text": FAMILY},
-        "valueString": BIRTH,
-    }
-    assert _rejected(observation).reason_code == "UNSUPPORTED_RESOURCE_TYPE"
+    organization = {"resourceType": "Organization", "id": "o1", "name": FAMILY}
+    outcome = _rejected(organization)
+    assert outcome.reason_code == "UNSUPPORTED_RESOURCE_TYPE"
+    assert "Organization" in outcome.reason
 
 
 def test_unsupported_type_reason_does_not_echo_the_input() -> None:
@@ -279,7 +275,7 @@ def test_missing_id() -> None:
 @pytest.mark.parametrize("last_updated", ["2024-01-02T03:04:05", "2024-01-02T03:04:05.123"])
 def test_last_updated_without_a_zone(last_updated: str) -> None:
     outcome = _rejected(_patient(meta={"versionId": "1", "lastUpdated": last_updated}))
-    assert outcome.reason_code == "FHIR_INVALID"
+    assert outcome.reason_code == "DATETIME_WITHOUT_ZONE"
     assert outcome.location == "Patient.meta.lastUpdated"
 
 
@@ -302,19 +298,29 @@ def test_a_bundle_entry_without_an_id_names_the_entry() -> None:
 
 
 def test_a_bundle_entry_without_a_resource() -> None:
-    outcome = _rejected({"resourceType": "Bundle", "entry": [{"resource": _patient()}, {"x": 1}]})
+    outcome = _rejected(
+        {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": _patient()}, {"x": 1}]}
+    )
     assert outcome.reason_code == "NOT_FHIR"
     assert outcome.location == "Bundle.entry[1].resource"
 
 
-def test_a_bundle_entry_of_an_unsupported_type() -> None:
-    outcome = _rejected(_bundle(_patient("a"), {"resourceType": "Observation", "id": "o"}))
+def test_bundle_entries_of_types_not_ingested_are_skipped() -> None:
+    [record] = _accepted(_bundle(_patient("a"), {"resourceType": "Organization", "id": "o"}))
+    assert record.provenance.source_record_id == "Patient/a"
+    assert record.provenance.raw_location == "Bundle.entry[0]"
+
+
+def test_a_bundle_of_only_types_not_ingested_is_dead_lettered() -> None:
+    outcome = _rejected(_bundle({"resourceType": "Organization", "id": "o"}))
     assert outcome.reason_code == "UNSUPPORTED_RESOURCE_TYPE"
-    assert outcome.location == "Bundle.entry[1].resource"
+    assert outcome.location == "Bundle.entry"
 
 
 def test_a_bundle_whose_entry_is_not_an_array() -> None:
-    outcome = _rejected({"resourceType": "Bundle", "entry": {"resource": _patient()}})
+    outcome = _rejected(
+        {"resourceType": "Bundle", "type": "batch", "entry": {"resource": _patient()}}
+    )
     assert outcome.reason_code == "FHIR_INVALID"
     assert outcome.location == "Bundle.entry"
 

@@ -266,6 +266,22 @@ async def test_normalization_dead_letters_a_patient_without_enterprise_id() -> N
     assert letter.original_value == encoded
 
 
+@pytest.mark.asyncio
+async def test_normalization_passes_over_what_it_does_not_normalize_yet() -> None:
+    """Observations, deletes and other formats are valid records, not errors: they are
+    neither dead-lettered nor turned into facts until their normalization exists."""
+    patient = _ingested_record(_patient())
+    others = [
+        patient.model_copy(update={"resource_type": "Observation"}),
+        patient.model_copy(update={"operation": "DELETE"}),
+        patient.model_copy(update={"format": "HL7V2", "resource_type": "ADT^A01"}),
+    ]
+    out = Outbound("normalization")
+    records = [_record(codec.INGESTED_RECORD.encode(r), topic=INGESTED) for r in others]
+    await _normalization().process(records, out)
+    assert out.pending == []
+
+
 # --- Outbound -----------------------------------------------------------------------------------
 
 

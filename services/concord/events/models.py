@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 RecordFormat = Literal["FHIR_R4", "HL7V2", "CLAIM"]
+RecordOperation = Literal["UPSERT", "DELETE"]
 AttributeClass = Literal[
     "DEMOGRAPHICS", "ALLERGY", "MEDICATION", "CONDITION", "LABORATORY", "ONCOLOGY"
 ]
@@ -36,6 +37,7 @@ class Provenance(Event):
     raw_partition: int
     raw_offset: int
     payload_sha256: str
+    raw_location: str | None = None
 
 
 class IngestedRecord(Event):
@@ -44,6 +46,8 @@ class IngestedRecord(Event):
     resource_type: str
     payload: bytes
     provenance: Provenance
+    operation: RecordOperation = "UPSERT"
+    source_time_zone: str | None = None
 
 
 class ClinicalFact(Event):

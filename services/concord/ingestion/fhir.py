@@ -1,188 +1,554 @@
 """FHIR R4 ingestion, pure: raw bytes in, IngestedRecords or a Rejection out.
 
-R4 input is validated with fhir.resources' R4B models: R4B changed no element of the
-resources ingested here (Patient), so an R4 Patient is a valid R4B Patient and vice versa.
-On top of the structural check, rules that matter clinically: a resource id, an
-administrative gender from its value set, and meta.lastUpdated with a zone when present.
+R4 input is validated with fhir.resources' R4B models. R4B is "strictly backward compatible
+with R4" except for the medication-regulation, evidence, subscription and Substance resources
+(hl7.org/fhir/R4B/history.html); none of the types ingested here changed, so an R4 resource
+of these types is valid R4B and vice versa. The structural check is the library's; on top of
+it, the rules that matter clinically: an id, a reference to the patient, every code with its
+system (and check digits or format for LOINC, SNOMED CT, ICD-10-CM, RxNorm, NDC, CPT),
+date-times with a zone, and references that resolve inside their Bundle.
+
+A raw event is all or nothing: a Bundle with one bad entry is dead-lettered whole, with the
+entry named in the location, so a replay after the fix re-sends everything and
+de-duplication drops what had passed. Bundle entries of types Concord does not ingest
+(Organization, Practitioner, MessageHeader, ...) are skipped; a resource that one of ours
+references and needs to be understood alone (a Medication, a Specimen) travels with it as a
+contained resource.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
-from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
 from concord.deadletters import Rejection
-from concord.events.models import IngestedRecord, Provenance
+from concord.events.models import IngestedRecord, RecordOperation
 from concord.events.raw import RawEvent
+from concord.ingestion.codes import check_coding
+from concord.ingestion.common import check_envelope, provenance, record_id
 
-SOURCE_HEADER = "source"
-MAX_SOURCE_LENGTH = 128
-ADMINISTRATIVE_GENDER = frozenset({"male", "female", "other", "unknown"})
-
-Validator = Callable[[Mapping[str, Any]], Rejection | None]
-
-
-def _validate_patient(resource: Mapping[str, Any]) -> Rejection | None:
-    try:
-        Patient.model_validate(resource)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        path = ".".join(str(part) for part in ("Patient", *first["loc"]))
-        fields = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
-        return Rejection(
-            "FHIR_INVALID",
-            f"Patient fails FHIR R4 validation at {', '.join(fields)} ({first['type']})",
-            location=path,
+# Where each ingested type names its patient, when a fact without one is useless: FHIR makes
+# it optional for Observation and DiagnosticReport, but a result about nobody cannot be
+# compared. An Encounter or DocumentReference may lack it, as FHIR allows.
+PATIENT_REFERENCE: dict[str, str | None] = {
+    "Patient": None,
+    "Observation": "subject",
+    "Condition": "subject",
+    "AllergyIntolerance": "patient",
+    "MedicationStatement": "subject",
+    "MedicationRequest": "subject",
+    "Encounter": None,
+    "DiagnosticReport": "subject",
+    "DocumentReference": None,
+}
+SUPPORTED_TYPES = frozenset(PATIENT_REFERENCE)
+# The codes Concord compares across sources: without a system they cannot be compared.
+# Codings elsewhere (identifier types, admit sources) are checked only for well-formed codes.
+CLINICAL_CODES: dict[str, tuple[str, ...]] = {
+    "Observation": ("code", "valueCodeableConcept"),
+    "Condition": ("code",),
+    "AllergyIntolerance": ("code",),
+    "MedicationStatement": ("medicationCodeableConcept",),
+    "MedicationRequest": ("medicationCodeableConcept",),
+    "DiagnosticReport": ("code",),
+    "Medication": ("code",),
+}
+CARRIED_TYPES = frozenset({"Medication", "Specimen"})
+BUNDLE_TYPES = frozenset(
+    {
+        "document",
+        "message",
+        "transaction",
+        "transaction-response",
+        "batch",
+        "batch-response",
+        "history",
+        "searchset",
+        "collection",
+    }
+)
+# Required bindings the model library does not enforce: a status outside its value set
+# would be read differently by every consumer.
+REQUIRED_CODES: dict[str, dict[str, frozenset[str]]] = {
+    "Patient": {"gender": frozenset({"male", "female", "other", "unknown"})},
+    "Observation": {
+        "status": frozenset(
+            {
+                "registered",
+                "preliminary",
+                "final",
+                "amended",
+                "corrected",
+                "cancelled",
+                "entered-in-error",
+                "unknown",
+            }
         )
-    gender = resource.get("gender")
-    if gender is not None and gender not in ADMINISTRATIVE_GENDER:
-        return Rejection(
-            "FHIR_INVALID",
-            "Patient.gender is not a code of administrative-gender "
-            f"({', '.join(sorted(ADMINISTRATIVE_GENDER))})",
-            location="Patient.gender",
+    },
+    "DiagnosticReport": {
+        "status": frozenset(
+            {
+                "registered",
+                "partial",
+                "preliminary",
+                "final",
+                "amended",
+                "corrected",
+                "appended",
+                "cancelled",
+                "entered-in-error",
+                "unknown",
+            }
         )
-    return None
+    },
+    "MedicationStatement": {
+        "status": frozenset(
+            {
+                "active",
+                "completed",
+                "entered-in-error",
+                "intended",
+                "stopped",
+                "on-hold",
+                "unknown",
+                "not-taken",
+            }
+        )
+    },
+    "MedicationRequest": {
+        "status": frozenset(
+            {
+                "active",
+                "on-hold",
+                "cancelled",
+                "completed",
+                "entered-in-error",
+                "stopped",
+                "draft",
+                "unknown",
+            }
+        ),
+        "intent": frozenset(
+            {
+                "proposal",
+                "plan",
+                "order",
+                "original-order",
+                "reflex-order",
+                "filler-order",
+                "instance-order",
+                "option",
+            }
+        ),
+    },
+    "Encounter": {
+        "status": frozenset(
+            {
+                "planned",
+                "arrived",
+                "triaged",
+                "in-progress",
+                "onleave",
+                "finished",
+                "cancelled",
+                "entered-in-error",
+                "unknown",
+            }
+        )
+    },
+    "DocumentReference": {"status": frozenset({"current", "superseded", "entered-in-error"})},
+    "AllergyIntolerance": {
+        "criticality": frozenset({"low", "high", "unable-to-assess"}),
+        "type": frozenset({"allergy", "intolerance"}),
+    },
+}
+_NAIVE_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
+_HISTORY_URL = re.compile(r"^([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/([A-Za-z0-9\-.]+))?$")
 
 
-SUPPORTED: dict[str, Validator] = {"Patient": _validate_patient}
+@dataclass(frozen=True)
+class _Entry:
+    """One resource to ingest, with what its Bundle entry says about it."""
+
+    resource: Mapping[str, Any]
+    where: str  # the location prefix for rejections, e.g. Bundle.entry[3].resource
+    operation: RecordOperation = "UPSERT"
+    version: str | None = None
+    event_time: datetime | None = None  # from the entry or the Bundle when meta has none
+
+
+class _Bundle:
+    """fullUrl and Type/id index of a Bundle, for resolving references between its entries."""
+
+    def __init__(self, entries: list[Mapping[str, Any]]) -> None:
+        self.by_url: dict[str, Mapping[str, Any]] = {}
+        for entry in entries:
+            resource = entry.get("resource")
+            if not isinstance(resource, dict):
+                continue
+            full_url = entry.get("fullUrl")
+            if isinstance(full_url, str):
+                self.by_url[full_url] = resource
+            ref = _ref_of(resource)
+            if ref is not None:
+                self.by_url.setdefault(ref, resource)
+
+    def resolve(self, reference: str) -> Mapping[str, Any] | None:
+        return self.by_url.get(reference)
 
 
 def ingest_fhir(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecord] | Rejection:
     """Validate one raw FHIR event: a resource, or a Bundle of them (all or nothing)."""
-    if not raw.value:
-        return Rejection("EMPTY_PAYLOAD", "the record has no value")
-    if len(raw.value) > max_payload_bytes:
-        return Rejection(
-            "PAYLOAD_TOO_LARGE", f"{len(raw.value)} bytes exceeds the limit of {max_payload_bytes}"
-        )
-    source_or_rejection = _source(raw)
-    if isinstance(source_or_rejection, Rejection):
-        return source_or_rejection
-    source = source_or_rejection
+    source = check_envelope(raw, max_payload_bytes=max_payload_bytes)
+    if isinstance(source, Rejection):
+        return source
     try:
-        document = orjson.loads(raw.value)
+        document = orjson.loads(raw.value or b"")
     except orjson.JSONDecodeError:
         return Rejection("MALFORMED_JSON", "the value is not valid UTF-8 JSON")
     if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
         return Rejection("NOT_FHIR", "the JSON is not an object with a resourceType")
     if document["resourceType"] == "Bundle":
         return _ingest_bundle(raw, source, document)
-    outcome = _ingest_resource(raw, source, document, "")
+    resource_type = document["resourceType"]
+    if resource_type not in SUPPORTED_TYPES:
+        return _unsupported(resource_type, None)
+    outcome = _ingest_entry(raw, source, _Entry(document, resource_type), None)
     return [outcome] if isinstance(outcome, IngestedRecord) else outcome
 
 
 def _ingest_bundle(
     raw: RawEvent, source: str, bundle: Mapping[str, Any]
 ) -> list[IngestedRecord] | Rejection:
+    if bundle.get("type") not in BUNDLE_TYPES:
+        return Rejection(
+            "FHIR_INVALID", "Bundle.type is not a code of bundle-type", location="Bundle.type"
+        )
     entries = bundle.get("entry") or []
-    if not isinstance(entries, list):
-        return Rejection("FHIR_INVALID", "Bundle.entry is not an array", location="Bundle.entry")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        return Rejection(
+            "FHIR_INVALID", "Bundle.entry is not an array of objects", location="Bundle.entry"
+        )
     if not entries:
         return Rejection("EMPTY_BUNDLE", "the Bundle has no entries", location="Bundle.entry")
+    bundle_time = _instant(bundle.get("timestamp")) or _instant(_get(bundle, "meta", "lastUpdated"))
+    index = _Bundle(entries)
     records: list[IngestedRecord] = []
-    for index, entry in enumerate(entries):
-        where = f"Bundle.entry[{index}].resource"
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            return Rejection("NOT_FHIR", "a Bundle entry holds no FHIR resource", location=where)
-        outcome = _ingest_resource(raw, source, resource, where)
+    skipped: set[str] = set()
+    for position, entry in enumerate(entries):
+        item = _bundle_entry(entry, f"Bundle.entry[{position}]", bundle_time)
+        if isinstance(item, Rejection):
+            return item
+        resource_type = item.resource.get("resourceType")
+        if resource_type not in SUPPORTED_TYPES:
+            skipped.add(str(resource_type))
+            continue
+        outcome = _ingest_entry(raw, source, item, index)
         if isinstance(outcome, Rejection):
             return outcome
         records.append(outcome)
+    if not records:
+        return Rejection(
+            "UNSUPPORTED_RESOURCE_TYPE",
+            f"the Bundle holds no resource of the types ingested ({len(skipped)} other types)",
+            location="Bundle.entry",
+        )
     return records
 
 
-def _ingest_resource(
-    raw: RawEvent, source: str, resource: Mapping[str, Any], where: str
-) -> IngestedRecord | Rejection:
-    resource_type = resource["resourceType"]
-    validator = SUPPORTED.get(resource_type)
-    if validator is None:
-        # Name the type only when it is one FHIR defines: anything else is arbitrary input.
-        named = resource_type if _is_fhir_type(resource_type) else "an unknown resource type"
+def _bundle_entry(
+    entry: Mapping[str, Any], where: str, bundle_time: datetime | None
+) -> _Entry | Rejection:
+    request = _object(entry.get("request"))
+    response = _object(entry.get("response"))
+    resource = entry.get("resource")
+    operation: RecordOperation = "DELETE" if request.get("method") == "DELETE" else "UPSERT"
+    version = _etag_version(response.get("etag"))
+    event_time = _instant(response.get("lastModified")) or bundle_time
+    if resource is None and operation == "DELETE":
+        # A history DELETE carries no resource: the request URL names what was deleted.
+        match = _HISTORY_URL.match(str(request.get("url", "")))
+        if match is None:
+            return Rejection(
+                "FHIR_INVALID",
+                "a DELETE without a resource must name it as Type/id in request.url",
+                location=f"{where}.request.url",
+            )
+        resource = {"resourceType": match[1], "id": match[2]}
+        version = version or match[4]
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         return Rejection(
-            "UNSUPPORTED_RESOURCE_TYPE",
-            f"{named} is not ingested yet",
-            location=where or None,
+            "NOT_FHIR", "a Bundle entry holds no FHIR resource", location=f"{where}.resource"
         )
-    rejection = validator(resource)
+    return _Entry(resource, f"{where}.resource", operation, version, event_time)
+
+
+def _ingest_entry(
+    raw: RawEvent, source: str, entry: _Entry, bundle: _Bundle | None
+) -> IngestedRecord | Rejection:
+    resource = entry.resource
+    resource_type = str(resource["resourceType"])
+    deleted_stub = entry.operation == "DELETE" and set(resource) == {"resourceType", "id"}
+    rejection = None if deleted_stub else _validate(resource, entry.where, bundle)
     if rejection is not None:
-        if where and rejection.location:
-            location = where + rejection.location.removeprefix(resource_type)
-            return Rejection(rejection.reason_code, rejection.reason, location)
         return rejection
     resource_id = resource.get("id")
     if not isinstance(resource_id, str) or not resource_id:
         return Rejection(
-            "MISSING_RESOURCE_ID",
-            f"the {resource_type} has no id",
-            location=f"{where or resource_type}.id",
+            "MISSING_RESOURCE_ID", f"the {resource_type} has no id", location=f"{entry.where}.id"
         )
-    meta = resource.get("meta") or {}
-    version = meta.get("versionId")
-    last_updated = meta.get("lastUpdated")
-    event_time = _event_time(last_updated, raw.received_time)
-    if event_time is None:
-        return Rejection(
-            "FHIR_INVALID",
-            "meta.lastUpdated must be an instant with a time zone",
-            location=f"{where or resource_type}.meta.lastUpdated",
-        )
-    payload = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+    meta = _object(resource.get("meta"))
+    event_time = raw.received_time
+    if "lastUpdated" in meta:
+        parsed = _instant(meta["lastUpdated"])
+        if parsed is None:
+            return Rejection(
+                "DATETIME_WITHOUT_ZONE",
+                "meta.lastUpdated must be an instant with a time zone",
+                location=f"{entry.where}.meta.lastUpdated",
+            )
+        event_time = parsed
+    elif entry.event_time is not None:
+        event_time = entry.event_time
+    version = meta.get("versionId") if isinstance(meta.get("versionId"), str) else entry.version
+    payload = orjson.dumps(
+        _self_contained(resource, bundle) if bundle else resource, option=orjson.OPT_SORT_KEYS
+    )
     record_ref = f"{resource_type}/{resource_id}"
-    identity = f"{source}\x1f{record_ref}\x1f{version or hashlib.sha256(payload).hexdigest()}"
     return IngestedRecord(
-        record_id=hashlib.sha256(identity.encode()).hexdigest()[:32],
+        record_id=record_id(source, record_ref, version or hashlib.sha256(payload).hexdigest()),
         format="FHIR_R4",
         resource_type=resource_type,
         payload=payload,
-        provenance=Provenance(
-            source_system=source,
-            source_record_id=record_ref,
-            source_record_version=version,
+        operation=entry.operation,
+        provenance=provenance(
+            raw,
+            source=source,
+            record_ref=record_ref,
+            version=version,
             event_time=event_time,
-            received_time=raw.received_time,
-            raw_topic=raw.topic,
-            raw_partition=raw.partition,
-            raw_offset=raw.offset,
-            payload_sha256=hashlib.sha256(raw.value or b"").hexdigest(),
+            location=entry.where.removesuffix(".resource") if bundle else None,
         ),
     )
 
 
-def _event_time(last_updated: object, received_time: datetime) -> datetime | None:
-    """meta.lastUpdated; a resource without one became true when we heard of it."""
-    if last_updated is None:
-        return received_time
+def _validate(resource: Mapping[str, Any], where: str, bundle: _Bundle | None) -> Rejection | None:
+    # The element-level rules run first: their reasons say exactly what to fix, where the
+    # model library's would only say that an element failed.
+    resource_type = str(resource["resourceType"])
+    rejection = _check_elements(resource, resource_type, where, bundle)
+    if rejection is None:
+        rejection = _validate_structure(resource, where)
+    if rejection is None:
+        rejection = _check_required_codes(resource, resource_type, where)
+    if rejection is None:
+        rejection = _check_patient_reference(resource, resource_type, where, bundle)
+    return rejection
+
+
+def _check_elements(
+    resource: Mapping[str, Any], resource_type: str, where: str, bundle: _Bundle | None
+) -> Rejection | None:
+    """Zoned date-times, resolvable references and well-formed codes, at any depth."""
+    listed = resource.get("contained")
+    contained = {
+        f"#{c['id']}"
+        for c in (listed if isinstance(listed, list) else ())
+        if isinstance(c, dict) and isinstance(c.get("id"), str)
+    }
+    clinical = tuple(
+        f"{where}.{element}.coding[" for element in CLINICAL_CODES.get(resource_type, ())
+    )
+    for path, node in _walk(resource, where):
+        if isinstance(node, str):
+            if _NAIVE_DATETIME.match(node):
+                return Rejection(
+                    "DATETIME_WITHOUT_ZONE",
+                    "a date-time with a time of day must carry a time-zone offset",
+                    location=path,
+                )
+            continue
+        reference = node.get("reference")
+        if isinstance(reference, str) and not _resolves(reference, contained, bundle):
+            return Rejection(
+                "UNRESOLVED_REFERENCE",
+                "the reference names no resource of its Bundle or contained resources",
+                location=f"{path}.reference",
+            )
+        if path.endswith("]") and ".coding[" in path:
+            problem = check_coding(node, system_required=path.startswith(clinical))
+            if problem is not None:
+                code, reason = problem
+                return Rejection(code, reason, location=path)
+    return None
+
+
+def _check_required_codes(
+    resource: Mapping[str, Any], resource_type: str, where: str
+) -> Rejection | None:
+    for element, codes in REQUIRED_CODES.get(resource_type, {}).items():
+        value = resource.get(element)
+        if value is not None and value not in codes:
+            return Rejection(
+                "FHIR_INVALID",
+                f"{resource_type}.{element} is not a code of its value set "
+                f"({', '.join(sorted(codes))})",
+                location=f"{where}.{element}",
+            )
+    return None
+
+
+def _validate_structure(resource: Mapping[str, Any], where: str) -> Rejection | None:
+    resource_type = str(resource["resourceType"])
     try:
-        parsed = datetime.fromisoformat(str(last_updated))
+        get_fhir_model_class(resource_type).model_validate(resource)
+    except ValidationError as exc:
+        errors = exc.errors()
+        fields = sorted({".".join(str(p) for p in err["loc"]) for err in errors})
+        # The library's messages can quote input; locations and error types cannot.
+        kinds = sorted({err["type"] for err in errors})
+        return Rejection(
+            "FHIR_INVALID",
+            f"{resource_type} fails FHIR R4 validation at {', '.join(fields[:10])} "
+            f"({', '.join(kinds[:5])})",
+            location=".".join([where, *(str(p) for p in errors[0]["loc"])]),
+        )
+    except Exception as exc:  # the model library trips on some malformed input itself
+        return Rejection(
+            "FHIR_INVALID",
+            f"{resource_type} could not be validated ({type(exc).__name__})",
+            location=where,
+        )
+    return None
+
+
+def _check_patient_reference(
+    resource: Mapping[str, Any], resource_type: str, where: str, bundle: _Bundle | None
+) -> Rejection | None:
+    element = PATIENT_REFERENCE[resource_type]
+    if element is None:
+        return None
+    subject = resource.get(element)
+    reference = subject.get("reference") if isinstance(subject, dict) else None
+    target = bundle.resolve(reference) if bundle and isinstance(reference, str) else None
+    points_to_patient = isinstance(reference, str) and (
+        reference.startswith("Patient/")
+        or "/Patient/" in reference
+        or (target is not None and target.get("resourceType") == "Patient")
+    )
+    by_identifier = isinstance(subject, dict) and isinstance(subject.get("identifier"), dict)
+    if points_to_patient or (reference is None and by_identifier):
+        return None
+    return Rejection(
+        "MISSING_PATIENT_REFERENCE",
+        f"{resource_type}.{element} must reference the Patient",
+        location=f"{where}.{element}",
+    )
+
+
+def _resolves(reference: str, contained: set[str], bundle: _Bundle | None) -> bool:
+    if reference.startswith("#"):
+        return reference in contained or reference == "#"
+    if reference.startswith(("urn:uuid:", "urn:oid:")):
+        return bundle is not None and bundle.resolve(reference) is not None
+    # Type/id and absolute URLs may name resources the source holds outside this event.
+    return True
+
+
+def _self_contained(resource: Mapping[str, Any], bundle: _Bundle) -> dict[str, Any]:
+    """The resource with in-Bundle references rewritten to Type/id, and the Medication or
+    Specimen it references carried along as contained resources, so it stands alone."""
+    contained: list[Any] = list(resource.get("contained") or ())
+    carried: dict[str, str] = {}
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, list):
+            return [rewrite(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        out = {key: rewrite(value) for key, value in node.items()}
+        reference = node.get("reference")
+        target = bundle.resolve(reference) if isinstance(reference, str) else None
+        if target is None:
+            return out
+        ref = _ref_of(target)
+        if target.get("resourceType") in CARRIED_TYPES and ref is not None:
+            if ref not in carried:
+                carried[ref] = f"#{target['id']}"
+                contained.append(dict(target))
+            out["reference"] = carried[ref]
+        elif ref is not None:
+            out["reference"] = ref
+        return out
+
+    body = {key: rewrite(value) for key, value in resource.items() if key != "contained"}
+    if contained:
+        body["contained"] = contained
+    return body
+
+
+def _walk(node: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """Every object and string below node, with its FHIR path (Observation.code.coding[0])."""
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            if key in ("contained", "text"):
+                continue  # contained resources are checked as references; text is narrative
+            yield from _walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for position, item in enumerate(node):
+            yield from _walk(item, f"{path}[{position}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def _ref_of(resource: Mapping[str, Any]) -> str | None:
+    resource_id = resource.get("id")
+    if isinstance(resource_id, str) and resource_id:
+        return f"{resource.get('resourceType')}/{resource_id}"
+    return None
+
+
+def _etag_version(etag: object) -> str | None:
+    if not isinstance(etag, str) or not etag:
+        return None
+    return etag.removeprefix("W/").strip('"') or None
+
+
+def _instant(value: object) -> datetime | None:
+    """A FHIR instant with its zone, or None (absent, malformed, or without a zone)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else None
 
 
-def _source(raw: RawEvent) -> str | Rejection:
-    value = raw.header(SOURCE_HEADER)
-    if value is None or not value.strip():
-        return Rejection("MISSING_SOURCE_HEADER", "the Kafka header 'source' is missing or empty")
-    try:
-        source = value.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        source = ""
-    if not source or len(source) > MAX_SOURCE_LENGTH or not source.isprintable():
-        return Rejection(
-            "INVALID_SOURCE_HEADER",
-            f"the 'source' header must be printable UTF-8 of 1-{MAX_SOURCE_LENGTH} characters",
-        )
-    return source
+def _object(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _get(node: Mapping[str, Any], *keys: str) -> object:
+    current: object = node
+    for key in keys:
+        current = current.get(key) if isinstance(current, dict) else None
+    return current
+
+
+def _unsupported(resource_type: str, where: str | None) -> Rejection:
+    # Name the type only when it is one FHIR defines: anything else is arbitrary input.
+    named = resource_type if _is_fhir_type(resource_type) else "an unknown resource type"
+    return Rejection("UNSUPPORTED_RESOURCE_TYPE", f"{named} is not ingested", location=where)
 
 
 def _is_fhir_type(name: str) -> bool:

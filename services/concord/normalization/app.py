@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 
 from aiokafka.structs import ConsumerRecord
 
+from concord import metrics
 from concord.config import NormalizationSettings
 from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import ClinicalFact
-from concord.normalization.patient import patient_facts
+from concord.normalization.patient import normalizable, patient_facts
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.records import raw_event
 from concord.runtime.stage import BaseStage, publish_dead_letter
@@ -38,6 +39,9 @@ class NormalizationStage(BaseStage):
             except codec.CodecError as exc:
                 rejection = Rejection("UNDECODABLE_EVENT", f"{exc} [{exc.reason_code}]")
                 publish_dead_letter(out, raw=raw_event(record, received), rejection=rejection)
+                continue
+            if not normalizable(ingested):
+                metrics.RECORDS_NOT_NORMALIZED.labels(ingested.format, ingested.operation).inc()
                 continue
             outcome = patient_facts(ingested, self.systems)
             if isinstance(outcome, Rejection):

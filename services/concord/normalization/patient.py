@@ -57,6 +57,16 @@ def normalized_name(patient: Mapping[str, Any]) -> tuple[str, str] | None:
     return f"{family}|{given}".casefold(), f"{given} {family}".strip()
 
 
+def normalizable(record: IngestedRecord) -> bool:
+    """Whether this core turns the record into facts. Other resource types, HL7 v2, claims
+    and deletes stay on concord.ingested until their normalization exists."""
+    return (
+        record.format == "FHIR_R4"
+        and record.resource_type == "Patient"
+        and record.operation == "UPSERT"
+    )
+
+
 def patient_facts(record: IngestedRecord, systems: Sequence[str]) -> list[ClinicalFact] | Rejection:
     patient = orjson.loads(record.payload)
     patient_id = enterprise_id(patient, systems)

@@ -1,0 +1,70 @@
+"""What every raw format's ingestion shares: the sending system, size limits, ids, provenance."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+from concord.deadletters import Rejection
+from concord.events.models import Provenance
+from concord.events.raw import RawEvent
+
+SOURCE_HEADER = "source"
+MAX_SOURCE_LENGTH = 128
+
+
+def check_envelope(raw: RawEvent, *, max_payload_bytes: int) -> str | Rejection:
+    """The raw event's sending system, once the value is known to be non-empty and in bounds."""
+    if not raw.value:
+        return Rejection("EMPTY_PAYLOAD", "the record has no value")
+    if len(raw.value) > max_payload_bytes:
+        return Rejection(
+            "PAYLOAD_TOO_LARGE", f"{len(raw.value)} bytes exceeds the limit of {max_payload_bytes}"
+        )
+    return source_of(raw)
+
+
+def source_of(raw: RawEvent) -> str | Rejection:
+    value = raw.header(SOURCE_HEADER)
+    if value is None or not value.strip():
+        return Rejection("MISSING_SOURCE_HEADER", "the Kafka header 'source' is missing or empty")
+    try:
+        source = value.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        source = ""
+    if not source or len(source) > MAX_SOURCE_LENGTH or not source.isprintable():
+        return Rejection(
+            "INVALID_SOURCE_HEADER",
+            f"the 'source' header must be printable UTF-8 of 1-{MAX_SOURCE_LENGTH} characters",
+        )
+    return source
+
+
+def record_id(source: str, record_ref: str, version: str) -> str:
+    """Deterministic: the same (source, record, version) always gets the same id, so a
+    redelivered or re-sent version is recognised downstream and by de-duplication."""
+    identity = f"{source}\x1f{record_ref}\x1f{version}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def provenance(
+    raw: RawEvent,
+    *,
+    source: str,
+    record_ref: str,
+    version: str | None,
+    event_time: datetime,
+    location: str | None = None,
+) -> Provenance:
+    return Provenance(
+        source_system=source,
+        source_record_id=record_ref,
+        source_record_version=version,
+        event_time=event_time,
+        received_time=raw.received_time,
+        raw_topic=raw.topic,
+        raw_partition=raw.partition,
+        raw_offset=raw.offset,
+        payload_sha256=hashlib.sha256(raw.value or b"").hexdigest(),
+        raw_location=location,
+    )
