@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STATE_DIR = Path(".concord")
@@ -98,6 +99,36 @@ class IngestionSettings(WorkerSettings):
     max_payload_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Raw events larger than this are dead-lettered"
     )
+    source_time_zones: dict[str, str] = Field(
+        default_factory=dict,
+        description="IANA time zone of each source system's HL7 v2 timestamps that carry no "
+        'offset, as JSON: {"lab-system": "America/Chicago"}',
+    )
+    default_time_zone: str | None = Field(
+        None,
+        description="Zone for sources not in source_time_zones; unset, a zone-less HL7 v2 "
+        "timestamp from such a source is dead-lettered (HL7_TIME_ZONE_UNKNOWN), not guessed",
+    )
+
+    @field_validator("source_time_zones")
+    @classmethod
+    def _known_zones(cls, zones: dict[str, str]) -> dict[str, str]:
+        for name in zones.values():
+            _check_zone(name)
+        return zones
+
+    @field_validator("default_time_zone")
+    @classmethod
+    def _known_default(cls, name: str | None) -> str | None:
+        return _check_zone(name) if name else None
+
+
+def _check_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{name!r} is not an IANA time zone (e.g. America/Chicago)") from None
+    return name
 
 
 class NormalizationSettings(WorkerSettings):

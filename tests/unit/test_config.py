@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from concord.config import ClientSettings, ConflictsSettings, KafkaSettings
+from concord.config import ClientSettings, ConflictsSettings, IngestionSettings, KafkaSettings
 
 
 def test_plaintext_options_name_only_the_servers() -> None:
@@ -66,3 +66,19 @@ def test_client_settings_read_the_stack_env_file(
     env.write_text("CONCORD_BOOTSTRAP_SERVERS=127.0.0.1:4242\n")
     settings = ClientSettings(_env_file=env)  # type: ignore[call-arg]
     assert settings.bootstrap_servers == "127.0.0.1:4242"
+
+
+def test_time_zones_are_checked_when_the_settings_are_built() -> None:
+    settings = IngestionSettings(
+        source_time_zones={"lab": "America/Chicago"}, default_time_zone="Europe/Paris"
+    )
+    assert settings.source_time_zones == {"lab": "America/Chicago"}
+    with pytest.raises(ValidationError, match="not an IANA time zone"):
+        IngestionSettings(source_time_zones={"lab": "Mars/Olympus"})
+    with pytest.raises(ValidationError, match="not an IANA time zone"):
+        IngestionSettings(default_time_zone="CST6CDT/nowhere")
+
+
+def test_time_zones_come_from_json_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONCORD_SOURCE_TIME_ZONES", '{"lab": "Asia/Tokyo"}')
+    assert IngestionSettings().source_time_zones == {"lab": "Asia/Tokyo"}

@@ -60,12 +60,14 @@ EXPORTED_METRICS = frozenset(
         "concord_alerts_open",
         "concord_outbox_pending",
         "concord_consumer_lag",
+        "concord_records_not_normalized_total",
+        "concord_ingestion_duplicates_total",
     }
 )
 # Labels that may appear in rules and dashboards: the metrics' own bounded labels, Prometheus'
 # job/instance, the histogram bucket bound and the quantile label of the recording rules.
 ALLOWED_LABELS = frozenset(
-    {"stage", "topic", "partition", "reason_code", "severity", "since"}
+    {"stage", "topic", "partition", "reason_code", "severity", "since", "format", "operation"}
     | {"job", "instance", "le", "quantile"}
 )
 PHI_LIKE_LABEL = re.compile(r"patient|name|mrn|birth|dob|ssn|phone|address|email", re.IGNORECASE)

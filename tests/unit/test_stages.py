@@ -20,7 +20,7 @@ from concord.events.models import ClinicalFact, DeadLetter, Header, IngestedReco
 from concord.ingestion.app import IngestionStage
 from concord.normalization.app import NormalizationStage
 from concord.runtime.batch import Outbound, OutboundRecord
-from concord.topics import DEADLETTER, FACTS, INGESTED, RAW_FHIR
+from concord.topics import DEADLETTER, FACTS, INGESTED, RAW_FHIR, RAW_HL7V2
 
 MPI = "urn:concord:enterprise-patient-id"
 
@@ -264,6 +264,26 @@ async def test_normalization_dead_letters_a_patient_without_enterprise_id() -> N
     assert letter.reason_code == "MISSING_ENTERPRISE_ID"
     assert letter.location == "Patient.identifier"
     assert letter.original_value == encoded
+
+
+@pytest.mark.asyncio
+async def test_ingestion_reads_hl7v2_from_its_topic_in_the_sources_zone() -> None:
+    message = (
+        b"MSH|^~\\&|LAB|GH|CONCORD|GH|20240301090000||ADT^A04^ADT_A01|C-9|P|2.5\r"
+        b"EVN|A04|20240301090000\rPID|1||M-1^^^GH^MR||Doe^Jo||19700101|F\r"
+    )
+    stage = IngestionStage(IngestionSettings(source_time_zones={"lab": "America/Chicago"}))
+    out = Outbound("ingestion")
+    records = [
+        _record(message, topic=RAW_HL7V2, headers=(("source", b"lab"),)),
+        _record(message, topic=RAW_HL7V2, headers=(("source", b"clinic"),), offset=1),
+    ]
+    await stage.process(records, out)
+    [ingested] = [codec.INGESTED_RECORD.decode(r.value) for r in _on(out, INGESTED)]
+    assert ingested.format == "HL7V2" and ingested.source_time_zone == "America/Chicago"
+    assert ingested.provenance.event_time == datetime(2024, 3, 1, 15, tzinfo=UTC)
+    [letter] = _letters(out)
+    assert letter.reason_code == "HL7_TIME_ZONE_UNKNOWN" and letter.original_offset == 1
 
 
 @pytest.mark.asyncio

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 
 from aiokafka.structs import ConsumerRecord
 
@@ -11,11 +12,13 @@ from concord.config import IngestionSettings
 from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import IngestedRecord
+from concord.events.raw import RawEvent
 from concord.ingestion.fhir import ingest_fhir
+from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.records import raw_event
 from concord.runtime.stage import BaseStage, publish_dead_letter
-from concord.topics import INGESTED, RAW_FHIR
+from concord.topics import INGESTED, RAW_FHIR, RAW_HL7V2
 
 
 def publish_ingested(out: Outbound, *, record: IngestedRecord) -> None:
@@ -26,16 +29,21 @@ def publish_ingested(out: Outbound, *, record: IngestedRecord) -> None:
 
 class IngestionStage(BaseStage):
     stage = "ingestion"
-    topics: tuple[str, ...] = (RAW_FHIR,)
+    topics: tuple[str, ...] = (RAW_FHIR, RAW_HL7V2)
 
     def __init__(self, settings: IngestionSettings) -> None:
-        self.max_payload_bytes = settings.max_payload_bytes
+        limit = settings.max_payload_bytes
+        zone_of = zones_from(settings.source_time_zones, settings.default_time_zone)
+        self.ingest: dict[str, Callable[[RawEvent], list[IngestedRecord] | Rejection]] = {
+            RAW_FHIR: partial(ingest_fhir, max_payload_bytes=limit),
+            RAW_HL7V2: partial(ingest_hl7v2, max_payload_bytes=limit, zone_of=zone_of),
+        }
 
     async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:
         received = datetime.now(UTC)
         for record in records:
             raw = raw_event(record, received)
-            outcome = ingest_fhir(raw, max_payload_bytes=self.max_payload_bytes)
+            outcome = self.ingest[record.topic](raw)
             if isinstance(outcome, Rejection):
                 publish_dead_letter(out, raw=raw, rejection=outcome)
                 continue

@@ -1,0 +1,262 @@
+"""HL7 v2 ingestion, pure: one ER7 message in, an IngestedRecord or a Rejection out.
+
+Versions 2.3 to 2.8.2. Message types: every ADT trigger (PID demographics, AL1 allergies,
+DG1 diagnoses; A40 merges with MRG), ORU^R01 results (OBR/OBX), RDE^O11/O25 pharmacy orders
+(RXE) and RAS^O17 administrations (RXA). The payload is the message itself, decoded from the
+character set MSH-18 names and re-encoded as UTF-8, with segments ended by carriage returns:
+nothing is dropped, Z-segments included, and normalization reads it with the same reader.
+
+What is checked is what a consumer of these facts relies on: MSH-7 and MSH-10 (the record's
+version and id), the segments each type must carry, a patient identifier in PID-3, coded
+fields (OBX-3, AL1-3, DG1-3, RXE-2, RXA-5) with a coding system and well-formed codes for the
+systems Concord knows, numeric results that are numbers, and every timestamp read. A
+timestamp without an offset is in the source's configured zone; a source without one is
+rejected rather than guessed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from concord.deadletters import Rejection
+from concord.events.models import IngestedRecord
+from concord.events.raw import RawEvent
+from concord.hl7v2 import er7
+from concord.ingestion.codes import CPT, ICD10_CM, LOINC, NDC, RXNORM, SNOMED_CT, check_coding
+from concord.ingestion.common import check_envelope, provenance, record_id
+
+VERSIONS = frozenset(
+    {"2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8"} | {"2.8.1", "2.8.2"}
+)
+# Message type -> accepted triggers (None: every trigger) and the segments it must carry.
+MESSAGE_TYPES: dict[str, tuple[frozenset[str] | None, tuple[str, ...]]] = {
+    "ADT": (None, ("EVN", "PID")),
+    "ORU": (frozenset({"R01"}), ("PID", "OBR", "OBX")),
+    "RDE": (frozenset({"O11", "O25"}), ("PID", "ORC", "RXE")),
+    "RAS": (frozenset({"O17"}), ("PID", "ORC", "RXA")),
+}
+# HL7 table 0396 names of the code systems check_coding knows.
+CODING_SYSTEMS = {
+    "LN": LOINC,
+    "SCT": SNOMED_CT,
+    "SNM": SNOMED_CT,
+    "I10": ICD10_CM,
+    "I10C": ICD10_CM,
+    "ICD10CM": ICD10_CM,
+    "RXNORM": RXNORM,
+    "NDC": NDC,
+    "CPT": CPT,
+    "C4": CPT,
+}
+# (segment, field) of the coded element each segment is about.
+CODED_FIELDS = {"OBX": 3, "AL1": 3, "DG1": 3, "RXE": 2, "RXA": 5}
+# (segment, field) of the timestamps read downstream.
+TIMESTAMP_FIELDS = {
+    "EVN": (2, 6),
+    "PID": (7, 29),
+    "OBR": (7, 8, 14, 22),
+    "OBX": (14, 19),
+    "DG1": (5,),
+    "AL1": (6,),
+    "RXA": (3, 4),
+    "SPM": (17,),
+}
+_TYPE_NAME = re.compile(r"^[A-Z0-9]{3}$")
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+
+ZoneLookup = Callable[[str], ZoneInfo | None]
+
+
+def no_zones(_source: str) -> ZoneInfo | None:
+    return None
+
+
+def ingest_hl7v2(
+    raw: RawEvent, *, max_payload_bytes: int, zone_of: ZoneLookup = no_zones
+) -> list[IngestedRecord] | Rejection:
+    source = check_envelope(raw, max_payload_bytes=max_payload_bytes)
+    if isinstance(source, Rejection):
+        return source
+    try:
+        message = er7.parse(raw.value or b"")
+    except er7.Er7Error as exc:
+        return Rejection("HL7_MALFORMED", exc.reason, location=exc.location)
+    header = _check_header(message)
+    if isinstance(header, Rejection):
+        return header
+    message_type, control_id = header
+    zone = zone_of(source)
+    event_time = _event_time(message, zone)
+    if isinstance(event_time, Rejection):
+        return event_time
+    rejection = _check_content(message, zone)
+    if rejection is not None:
+        return rejection
+    version = message.msh.raw(7).strip()
+    record_ref = f"{message_type}/{control_id}"
+    return [
+        IngestedRecord(
+            record_id=record_id(source, record_ref, version),
+            format="HL7V2",
+            resource_type=message_type,
+            payload=message.text.encode("utf-8"),
+            source_time_zone=zone.key if zone is not None else None,
+            provenance=provenance(
+                raw,
+                source=source,
+                record_ref=record_ref,
+                version=version,
+                event_time=event_time,
+            ),
+        )
+    ]
+
+
+def _check_header(message: er7.Er7Message) -> tuple[str, str] | Rejection:
+    msh = message.msh
+    version = msh.value(12)
+    if version not in VERSIONS:
+        return Rejection(
+            "HL7_UNSUPPORTED_VERSION",
+            f"MSH-12 must be an HL7 v2 version from 2.3 to 2.8.2 ({len(VERSIONS)} accepted)",
+            location="MSH-12",
+        )
+    kind, trigger = msh.value(9, 1), msh.value(9, 2)
+    if not (_TYPE_NAME.match(kind) and _TYPE_NAME.match(trigger)):
+        return Rejection(
+            "HL7_INVALID", "MSH-9 must name a message type and trigger event", location="MSH-9"
+        )
+    accepted = MESSAGE_TYPES.get(kind)
+    if accepted is None or (accepted[0] is not None and trigger not in accepted[0]):
+        return Rejection(
+            "HL7_UNSUPPORTED_MESSAGE_TYPE", f"{kind}^{trigger} is not ingested", location="MSH-9"
+        )
+    control_id = msh.raw(10).strip()
+    if not control_id:
+        return Rejection(
+            "HL7_INVALID", "MSH-10, the message control id, is empty", location="MSH-10"
+        )
+    for name in accepted[1]:
+        if message.first(name) is None:
+            return Rejection(
+                "HL7_INVALID", f"{kind}^{trigger} must carry the {name} segment", location=name
+            )
+    if kind == "ADT" and trigger == "A40" and message.first("MRG") is None:
+        return Rejection("HL7_INVALID", "ADT^A40 must carry an MRG segment", location="MRG")
+    return f"{kind}^{trigger}", control_id
+
+
+def _event_time(message: er7.Er7Message, zone: ZoneInfo | None) -> datetime | Rejection:
+    """When the source says the change happened: EVN-6, else EVN-2, else MSH-7."""
+    msh = message.msh
+    if not msh.raw(7).strip():
+        return Rejection("HL7_INVALID", "MSH-7, the message date/time, is empty", location="MSH-7")
+    evn = message.first("EVN")
+    candidates = [(evn, 6), (evn, 2)] if evn is not None else []
+    for segment, field in [*candidates, (msh, 7)]:
+        if segment is None or not segment.value(field).strip():
+            continue
+        moment = _timestamp(segment, field, zone)
+        if isinstance(moment, Rejection) or moment is not None:
+            return moment
+    return Rejection("HL7_INVALID", "MSH-7 is not a timestamp", location="MSH-7")
+
+
+def _check_content(message: er7.Er7Message, zone: ZoneInfo | None) -> Rejection | None:
+    pid = message.first("PID")
+    if pid is not None and not any(
+        pid.value(3, 1, rep).strip() for rep in range(len(pid.repetitions(3)))
+    ):
+        return Rejection(
+            "HL7_INVALID", "PID-3 holds no patient identifier", location=pid.location(3)
+        )
+    for segment in message.segments:
+        field = CODED_FIELDS.get(segment.name)
+        if field is not None:
+            rejection = _check_coded(segment, field)
+            if rejection is not None:
+                return rejection
+        if segment.name == "OBX":
+            rejection = _check_result(segment)
+            if rejection is not None:
+                return rejection
+        for ts_field in TIMESTAMP_FIELDS.get(segment.name, ()):
+            if segment.value(ts_field).strip():
+                moment = _timestamp(segment, ts_field, zone)
+                if isinstance(moment, Rejection):
+                    return moment
+                if moment is None:
+                    return Rejection(
+                        "HL7_INVALID",
+                        "the field is not an HL7 timestamp",
+                        location=segment.location(ts_field),
+                    )
+    return None
+
+
+def _check_coded(segment: er7.Segment, field: int) -> Rejection | None:
+    code = segment.value(field, 1).strip()
+    if not code:
+        if segment.name == "RXE" or segment.name == "RXA" or segment.name == "OBX":
+            return Rejection(
+                "HL7_INVALID",
+                f"{segment.name}-{field} must carry a code",
+                location=segment.location(field, 1),
+            )
+        return None  # AL1/DG1 may name the allergen or diagnosis by text alone
+    system = segment.value(field, 3).strip()
+    if not system:
+        return Rejection(
+            "CODE_WITHOUT_SYSTEM",
+            f"{segment.name}-{field} has a code but no coding system (component 3)",
+            location=segment.location(field, 3),
+        )
+    known = CODING_SYSTEMS.get(system.upper())
+    if known is not None:
+        problem = check_coding({"system": known, "code": code})
+        if problem is not None:
+            return Rejection(problem[0], problem[1], location=segment.location(field, 1))
+    return None
+
+
+def _check_result(obx: er7.Segment) -> Rejection | None:
+    value_type = obx.value(2).strip()
+    values = [obx.value(5, 1, rep) for rep in range(len(obx.repetitions(5)))]
+    if any(v.strip() for v in values) and not value_type:
+        return Rejection(
+            "HL7_INVALID", "OBX-2 must give the value type of OBX-5", location=obx.location(2)
+        )
+    if value_type == "NM" and not all(_NUMBER.match(v.strip()) for v in values if v.strip()):
+        return Rejection(
+            "HL7_INVALID", "OBX-5 of value type NM is not a number", location=obx.location(5)
+        )
+    if not obx.value(11).strip():
+        return Rejection(
+            "HL7_INVALID", "OBX-11, the result status, is empty", location=obx.location(11)
+        )
+    return None
+
+
+def _timestamp(
+    segment: er7.Segment, field: int, zone: ZoneInfo | None
+) -> datetime | Rejection | None:
+    moment = er7.parse_timestamp(segment.value(field))
+    if moment is None or moment.tzinfo is not None:
+        return moment.astimezone(UTC) if moment is not None else None
+    if zone is None:
+        return Rejection(
+            "HL7_TIME_ZONE_UNKNOWN",
+            "a timestamp has no offset and no time zone is configured for the source",
+            location=segment.location(field),
+        )
+    return moment.replace(tzinfo=zone).astimezone(UTC)
+
+
+def zones_from(mapping: Mapping[str, str], default: str | None) -> ZoneLookup:
+    """A ZoneLookup from the configured source → IANA zone names (validated here, at start)."""
+    zones = {source: ZoneInfo(name) for source, name in mapping.items()}
+    fallback = ZoneInfo(default) if default else None
+    return lambda source: zones.get(source, fallback)
