@@ -390,7 +390,7 @@ def stage_settings(service: str, bootstrap: str, dsn: str) -> WorkerSettings:
         "max_batch_records": MAX_RECORDS,
     }
     if service == "ingestion":
-        return IngestionSettings(**common)
+        return IngestionSettings(**common, database_url=dsn)
     if service == "normalization":
         return NormalizationSettings(**common)
     if service == "conflicts":

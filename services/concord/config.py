@@ -93,8 +93,24 @@ class WorkerSettings(KafkaSettings):
     log_level: str = Field("info", description="Worker log level")
 
 
-class IngestionSettings(WorkerSettings):
+class DatabaseWorkerSettings(WorkerSettings):
+    """Workers that keep state of record in PostgreSQL."""
+
+    database_url: SecretStr = Field(
+        description="PostgreSQL DSN, e.g. postgresql://user:pass@host:5432/concord"
+    )
+    database_pool_size: int = Field(4, ge=1, description="asyncpg pool size")
+
+
+class IngestionSettings(DatabaseWorkerSettings):
     """The ingestion service: raw topics in, ingested records and dead letters out."""
+
+    dedupe_window_days: float = Field(
+        30,
+        gt=0,
+        description="How long an emitted (source, record, version) is remembered, "
+        "so that the same version sent again is not emitted twice",
+    )
 
     max_payload_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Raw events larger than this are dead-lettered"
@@ -139,15 +155,6 @@ class NormalizationSettings(WorkerSettings):
         description="Identifier systems (e.g. an enterprise MPI) whose value is the enterprise "
         "patient id; the first one a Patient carries wins",
     )
-
-
-class DatabaseWorkerSettings(WorkerSettings):
-    """Workers that keep state of record in PostgreSQL."""
-
-    database_url: SecretStr = Field(
-        description="PostgreSQL DSN, e.g. postgresql://user:pass@host:5432/concord"
-    )
-    database_pool_size: int = Field(4, ge=1, description="asyncpg pool size")
 
 
 class ConflictsSettings(DatabaseWorkerSettings):

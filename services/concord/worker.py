@@ -50,11 +50,6 @@ async def build_stage(
     service: str, settings: WorkerSettings, producer: AIOKafkaProducer
 ) -> tuple[StageHandler, Callable[[], Awaitable[None]]]:
     """The service's stage handler and what closes its resources. Connects to PostgreSQL."""
-    if service == "ingestion":
-        from concord.ingestion.app import IngestionStage
-
-        assert isinstance(settings, IngestionSettings)  # noqa: S101
-        return IngestionStage(settings), _no_cleanup
     if service == "normalization":
         from concord.normalization.app import NormalizationStage
 
@@ -64,8 +59,14 @@ async def build_stage(
     from concord.runtime.db import create_pool
     from concord.runtime.outbox import Outbox
 
-    assert isinstance(settings, ConflictsSettings | AlertingSettings)  # noqa: S101
+    assert isinstance(settings, IngestionSettings | ConflictsSettings | AlertingSettings)  # noqa: S101
     pool = await create_pool(settings.database_url.get_secret_value(), settings.database_pool_size)
+    if service == "ingestion":
+        from concord.ingestion.app import IngestionStage
+        from concord.ingestion.dedupe import PostgresSeenVersions
+
+        assert isinstance(settings, IngestionSettings)  # noqa: S101
+        return IngestionStage(settings, PostgresSeenVersions(pool)), pool.close
     if service == "conflicts":
         from concord.conflicts.app import ConflictsStage
         from concord.conflicts.policy import load_policy

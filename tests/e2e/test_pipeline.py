@@ -54,7 +54,7 @@ async def test_two_sources_raise_exactly_the_expected_alerts(stack: StackInfo) -
         (None, patient("EPX-013", "h13")),
         (LAB, b'{"hello": "world"}'),
         (LAB, patient("EPX-014", "l14", birth_date="1970-13-45")),
-        (LAB, b'{"resourceType": "Observation", "id": "o1", "status": "final"}'),
+        (LAB, b'{"resourceType": "Organization", "id": "o1", "name": "Lab"}'),
     ]
     no_enterprise_id = [(HOSP, patient(None, "h15"))]
     sent = await publish(stack.bootstrap_servers, good + malformed + no_enterprise_id)

@@ -17,6 +17,7 @@ from concord.conflicts.policy import DEFAULT_POLICY
 from concord.conflicts.rules import AttributeState, apply_fact, evaluate
 from concord.conflicts.store import ConflictStore
 from concord.events.models import ClinicalFact, Provenance
+from concord.ingestion.dedupe import PostgresSeenVersions
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.outbox import Outbox
 from concord.stack.broker import BrokerInfo
@@ -159,3 +160,21 @@ async def test_alerts_and_their_history_are_stored_once_per_revision(pool: async
         "SELECT count(*) FROM alert_history WHERE alert_id = $1", opened.conflict_id
     )
     assert history == 1
+
+
+@pytest.mark.asyncio
+async def test_the_dedupe_window_remembers_forgets_and_ignores_repeats(pool: asyncpg.Pool) -> None:
+    seen = PostgresSeenVersions(pool)
+    mine = [f"dedupe-{uuid.uuid4().hex}" for _ in range(3)]
+    assert await seen.unseen(mine) == set(mine)
+    await seen.remember([(mine[0], "ehr-a"), (mine[1], "ehr-b")])
+    await seen.remember([(mine[0], "ehr-a")])  # remembering twice is harmless
+    assert await seen.unseen(mine) == {mine[2]}
+    assert await seen.unseen([]) == set()
+
+    await pool.execute(
+        "UPDATE ingested_versions SET first_seen = now() - interval '40 days' WHERE record_id = $1",
+        mine[0],
+    )
+    assert await seen.prune(datetime.now(UTC) - timedelta(days=30)) >= 1
+    assert await seen.unseen(mine) == {mine[0], mine[2]}

@@ -68,17 +68,23 @@ def test_client_settings_read_the_stack_env_file(
     assert settings.bootstrap_servers == "127.0.0.1:4242"
 
 
+DSN = "postgresql://unused@127.0.0.1:1/none"
+
+
 def test_time_zones_are_checked_when_the_settings_are_built() -> None:
     settings = IngestionSettings(
-        source_time_zones={"lab": "America/Chicago"}, default_time_zone="Europe/Paris"
+        database_url=DSN,
+        source_time_zones={"lab": "America/Chicago"},
+        default_time_zone="Europe/Paris",
     )
     assert settings.source_time_zones == {"lab": "America/Chicago"}
     with pytest.raises(ValidationError, match="not an IANA time zone"):
-        IngestionSettings(source_time_zones={"lab": "Mars/Olympus"})
+        IngestionSettings(database_url=DSN, source_time_zones={"lab": "Mars/Olympus"})
     with pytest.raises(ValidationError, match="not an IANA time zone"):
-        IngestionSettings(default_time_zone="CST6CDT/nowhere")
+        IngestionSettings(database_url=DSN, default_time_zone="CST6CDT/nowhere")
 
 
 def test_time_zones_come_from_json_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONCORD_SOURCE_TIME_ZONES", '{"lab": "Asia/Tokyo"}')
+    monkeypatch.setenv("CONCORD_DATABASE_URL", DSN)
     assert IngestionSettings().source_time_zones == {"lab": "Asia/Tokyo"}

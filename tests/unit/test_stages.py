@@ -63,8 +63,30 @@ def _record(
     )
 
 
-def _ingestion() -> IngestionStage:
-    return IngestionStage(IngestionSettings(max_payload_bytes=64 * 1024))
+class _FakeSeenVersions:
+    """The de-duplication window in memory, with a log of what was remembered when."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+        self.pruned: list[datetime] = []
+
+    async def unseen(self, record_ids: Sequence[str]) -> set[str]:
+        return set(record_ids) - set(self.seen)
+
+    async def remember(self, records: Sequence[tuple[str, str]]) -> None:
+        self.seen.update(records)
+
+    async def prune(self, before: datetime) -> int:
+        self.pruned.append(before)
+        return 0
+
+
+DSN = "postgresql://unused@127.0.0.1:1/none"
+
+
+def _ingestion(seen: _FakeSeenVersions | None = None, **settings: Any) -> IngestionStage:
+    options = {"max_payload_bytes": 64 * 1024, "database_url": DSN} | settings
+    return IngestionStage(IngestionSettings(**options), seen or _FakeSeenVersions())
 
 
 def _normalization() -> NormalizationStage:
@@ -272,7 +294,7 @@ async def test_ingestion_reads_hl7v2_from_its_topic_in_the_sources_zone() -> Non
         b"MSH|^~\\&|LAB|GH|CONCORD|GH|20240301090000||ADT^A04^ADT_A01|C-9|P|2.5\r"
         b"EVN|A04|20240301090000\rPID|1||M-1^^^GH^MR||Doe^Jo||19700101|F\r"
     )
-    stage = IngestionStage(IngestionSettings(source_time_zones={"lab": "America/Chicago"}))
+    stage = _ingestion(source_time_zones={"lab": "America/Chicago"})
     out = Outbound("ingestion")
     records = [
         _record(message, topic=RAW_HL7V2, headers=(("source", b"lab"),)),
@@ -284,6 +306,39 @@ async def test_ingestion_reads_hl7v2_from_its_topic_in_the_sources_zone() -> Non
     assert ingested.provenance.event_time == datetime(2024, 3, 1, 15, tzinfo=UTC)
     [letter] = _letters(out)
     assert letter.reason_code == "HL7_TIME_ZONE_UNKNOWN" and letter.original_offset == 1
+
+
+@pytest.mark.asyncio
+async def test_a_version_already_emitted_is_counted_not_emitted_again() -> None:
+    seen = _FakeSeenVersions()
+    stage = _ingestion(seen)
+    first = _record(orjson.dumps(_patient("p1")), offset=0)
+    again = _record(orjson.dumps(_patient("p1")), offset=1)  # the same version, re-sent
+    other = _record(orjson.dumps(_patient("p2")), offset=2)
+
+    out = Outbound("ingestion")
+    await stage.process([first, again], out)
+    assert len(_on(out, INGESTED)) == 1  # a repeat inside one batch is a duplicate too
+    assert seen.seen == {}  # nothing is remembered before Kafka acknowledged it
+    await stage.on_produced()
+    assert len(seen.seen) == 1 and seen.pruned  # remembered after the acks; window pruned
+
+    out = Outbound("ingestion")
+    await stage.process([again, other], out)
+    [emitted] = [codec.INGESTED_RECORD.decode(r.value) for r in _on(out, INGESTED)]
+    assert emitted.provenance.source_record_id == "Patient/p2"
+
+
+@pytest.mark.asyncio
+async def test_a_batch_that_failed_to_produce_is_emitted_again() -> None:
+    """A crash between produce and acknowledgement must not lose the records: they are only
+    remembered in on_produced, so redelivery emits them again."""
+    seen = _FakeSeenVersions()
+    record = _record(orjson.dumps(_patient("p1")))
+    await _ingestion(seen).process([record], Outbound("ingestion"))
+    out = Outbound("ingestion")
+    await _ingestion(seen).process([record], out)  # a restarted worker, same window
+    assert len(_on(out, INGESTED)) == 1
 
 
 @pytest.mark.asyncio

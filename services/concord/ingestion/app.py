@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from aiokafka.structs import ConsumerRecord
 
+from concord import metrics
 from concord.config import IngestionSettings
 from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import IngestedRecord
 from concord.events.raw import RawEvent
+from concord.ingestion.dedupe import SeenVersions
 from concord.ingestion.fhir import ingest_fhir
 from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.records import raw_event
 from concord.runtime.stage import BaseStage, publish_dead_letter
 from concord.topics import INGESTED, RAW_FHIR, RAW_HL7V2
+
+PRUNE_EVERY_SECONDS = 600.0
 
 
 def publish_ingested(out: Outbound, *, record: IngestedRecord) -> None:
@@ -31,7 +36,11 @@ class IngestionStage(BaseStage):
     stage = "ingestion"
     topics: tuple[str, ...] = (RAW_FHIR, RAW_HL7V2)
 
-    def __init__(self, settings: IngestionSettings) -> None:
+    def __init__(self, settings: IngestionSettings, seen: SeenVersions) -> None:
+        self.seen = seen
+        self.window = timedelta(days=settings.dedupe_window_days)
+        self.pruned_at = 0.0
+        self.emitted: list[tuple[str, str]] = []
         limit = settings.max_payload_bytes
         zone_of = zones_from(settings.source_time_zones, settings.default_time_zone)
         self.ingest: dict[str, Callable[[RawEvent], list[IngestedRecord] | Rejection]] = {
@@ -41,11 +50,26 @@ class IngestionStage(BaseStage):
 
     async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:
         received = datetime.now(UTC)
+        accepted: list[IngestedRecord] = []
         for record in records:
             raw = raw_event(record, received)
             outcome = self.ingest[record.topic](raw)
             if isinstance(outcome, Rejection):
                 publish_dead_letter(out, raw=raw, rejection=outcome)
+            else:
+                accepted.extend(outcome)
+        fresh = await self.seen.unseen([r.record_id for r in accepted])
+        for ingested in accepted:
+            if ingested.record_id not in fresh:
+                metrics.INGESTION_DUPLICATES.labels(ingested.provenance.raw_topic).inc()
                 continue
-            for ingested in outcome:
-                publish_ingested(out, record=ingested)
+            fresh.discard(ingested.record_id)  # a repeat within the batch is a duplicate too
+            publish_ingested(out, record=ingested)
+            self.emitted.append((ingested.record_id, ingested.provenance.source_system))
+
+    async def on_produced(self) -> None:
+        emitted, self.emitted = self.emitted, []
+        await self.seen.remember(emitted)
+        if time.monotonic() - self.pruned_at > PRUNE_EVERY_SECONDS:
+            self.pruned_at = time.monotonic()
+            await self.seen.prune(datetime.now(UTC) - self.window)

@@ -40,10 +40,13 @@ def source_of(raw: RawEvent) -> str | Rejection:
     return source
 
 
-def record_id(source: str, record_ref: str, version: str) -> str:
+def record_id(source: str, record_ref: str, version: str, operation: str = "UPSERT") -> str:
     """Deterministic: the same (source, record, version) always gets the same id, so a
-    redelivered or re-sent version is recognised downstream and by de-duplication."""
+    redelivered or re-sent version is recognised downstream and by de-duplication. A delete
+    that names the version it deletes is a different record from that version."""
     identity = f"{source}\x1f{record_ref}\x1f{version}"
+    if operation != "UPSERT":
+        identity += f"\x1f{operation}"
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 

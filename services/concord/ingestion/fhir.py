@@ -324,7 +324,9 @@ def _ingest_entry(
     )
     record_ref = f"{resource_type}/{resource_id}"
     return IngestedRecord(
-        record_id=record_id(source, record_ref, version or hashlib.sha256(payload).hexdigest()),
+        record_id=record_id(
+            source, record_ref, version or hashlib.sha256(payload).hexdigest(), entry.operation
+        ),
         format="FHIR_R4",
         resource_type=resource_type,
         payload=payload,

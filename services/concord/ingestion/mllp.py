@@ -1,0 +1,985 @@
+"""MLLP transport for HL7 v2: a listener that acknowledges each message, and a sending client.
+
+A frame is ``0x0B`` + message + ``0x1C 0x0D``. The listener hands each message (without the
+framing) to an injected ``handle`` coroutine and answers with the ACK built from the
+``AckDecision`` it returns. The handle is where the caller validates the message and writes it
+to Kafka; it must return AA only after Kafka has acknowledged the record, because the sender
+deletes its copy when it reads AA. This module imports nothing from Kafka.
+
+Why our own framing instead of ``hl7.mllp`` (python-hl7 0.4.5, installed): its
+``MLLPStreamReader.readblock`` reads up to ``0x1C 0x0D`` and then insists the block starts with
+``0x0B``. Measured on 0.4.5 (feeding the reader directly):
+
+* junk before a frame (``b"junk" + frame``) raises ``InvalidBlockError`` and the frame after the
+  junk is consumed with it, so a valid message is lost rather than the junk discarded;
+* an oversize frame raises ``ValueError`` once per buffer that passes the limit while the frame
+  is still arriving, then ``InvalidBlockError`` for its tail: a 5 KB frame with a 1 KB limit,
+  arriving in 700-byte reads, gave four exceptions, and its MSH is already thrown away, so
+  there is neither one clear event to answer with a NAK nor the control id to put in it;
+* ``readmessage`` runs the full ``hl7.parse`` (measured: ~160 us for 240 bytes, ~7 ms for 9 KB),
+  and ``start_hl7_server`` creates connection tasks without keeping a reference to them.
+
+Coalesced and partial reads it handles (it is an asyncio ``StreamReader``), but the rest would
+need as much code around it as the framer below, which is a small state machine with no I/O
+(``MllpFramer``) and is what both the listener and the client use. Only MSH is read for the
+ACK, with ``bytes.split``.
+
+ACK layout (``build_ack``): MSH mirrors the message's encoding characters, swaps sender and
+receiver, keeps MSH-11 and MSH-12, MSH-9 is ``ACK^<trigger>^ACK`` (``ACK^<trigger>`` before
+v2.3.1, which had no message structure component). On AE/AR, for v2.5 and later: ERR-2 the
+location, ERR-3 ``<code>^<table 0357 text>^HL70357``, ERR-4 ``E``, ERR-8 the specific text. Before
+v2.5 ERR has only ERR-1 (``segment^sequence^field^code&text&HL70357``), so the specific text
+goes to MSA-3, where receivers of those versions look for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl as ssl_module
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from prometheus_client import Counter, Gauge, Histogram
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+START_BLOCK = b"\x0b"
+END_BLOCK = b"\x1c\x0d"
+DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
+
+_VT = 0x0B
+_FS = 0x1C
+_CR = 0x0D
+_READ_BYTES = 64 * 1024
+# Enough of an oversize frame to read its MSH for the NAK; the rest is dropped as it arrives.
+_HEAD_BYTES = 4096
+_MAX_ERROR_TEXT = 250
+_CLOSE_TIMEOUT_SECONDS = 5.0
+
+# --- metrics (labels bounded: outcome is AA, AE or AR) ----------------------------------------
+
+MLLP_MESSAGES = Counter(
+    "concord_mllp_messages",
+    "HL7 messages the MLLP listener answered, by the ACK code it sent",
+    ["outcome"],
+)
+MLLP_CONNECTIONS = Gauge("concord_mllp_connections", "Open MLLP connections")
+MLLP_CONNECTIONS_REFUSED = Counter(
+    "concord_mllp_connections_refused", "MLLP connections closed at once: max_connections reached"
+)
+MLLP_OVERSIZE_FRAMES = Counter(
+    "concord_mllp_oversize_frames", "MLLP frames refused because they exceed max_frame_bytes"
+)
+MLLP_DISCARDED_BYTES = Counter(
+    "concord_mllp_discarded_bytes",
+    "Bytes outside MLLP frames, and of frames the sender abandoned by starting another",
+)
+MLLP_ACK_SECONDS = Histogram(
+    "concord_mllp_ack_seconds",
+    "From a complete frame received to its ACK written (includes the durable Kafka write)",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+# --- HL7 table 0357 and ACK decisions ---------------------------------------------------------
+
+
+class Hl7ErrorCode(IntEnum):
+    """HL7 table 0357, message error condition codes (ERR-3)."""
+
+    SEGMENT_SEQUENCE_ERROR = 100
+    REQUIRED_FIELD_MISSING = 101
+    DATA_TYPE_ERROR = 102
+    TABLE_VALUE_NOT_FOUND = 103
+    VALUE_TOO_LONG = 104
+    UNSUPPORTED_MESSAGE_TYPE = 200
+    UNSUPPORTED_EVENT_CODE = 201
+    UNSUPPORTED_PROCESSING_ID = 202
+    UNSUPPORTED_VERSION_ID = 203
+    UNKNOWN_KEY_IDENTIFIER = 204
+    DUPLICATE_KEY_IDENTIFIER = 205
+    APPLICATION_RECORD_LOCKED = 206
+    APPLICATION_INTERNAL_ERROR = 207
+
+    @property
+    def text(self) -> str:
+        """The table's own wording, e.g. "Required field missing"."""
+        return _ERROR_TEXTS[self]
+
+
+_ERROR_TEXTS = {
+    Hl7ErrorCode.SEGMENT_SEQUENCE_ERROR: "Segment sequence error",
+    Hl7ErrorCode.REQUIRED_FIELD_MISSING: "Required field missing",
+    Hl7ErrorCode.DATA_TYPE_ERROR: "Data type error",
+    Hl7ErrorCode.TABLE_VALUE_NOT_FOUND: "Table value not found",
+    Hl7ErrorCode.VALUE_TOO_LONG: "Value too long",
+    Hl7ErrorCode.UNSUPPORTED_MESSAGE_TYPE: "Unsupported message type",
+    Hl7ErrorCode.UNSUPPORTED_EVENT_CODE: "Unsupported event code",
+    Hl7ErrorCode.UNSUPPORTED_PROCESSING_ID: "Unsupported processing id",
+    Hl7ErrorCode.UNSUPPORTED_VERSION_ID: "Unsupported version id",
+    Hl7ErrorCode.UNKNOWN_KEY_IDENTIFIER: "Unknown key identifier",
+    Hl7ErrorCode.DUPLICATE_KEY_IDENTIFIER: "Duplicate key identifier",
+    Hl7ErrorCode.APPLICATION_RECORD_LOCKED: "Application record locked",
+    Hl7ErrorCode.APPLICATION_INTERNAL_ERROR: "Application internal error",
+}
+
+
+AckCode = Literal["AA", "AE", "AR"]
+
+
+@dataclass(frozen=True, slots=True)
+class AckError:
+    """What is wrong with a message, for the ERR segment.
+
+    ``text`` names fields and rules, never values: it travels back to the sender and into logs,
+    so it must not carry message content (PHI). ``location`` is an HL7 error location with
+    ``^`` between components, e.g. ``PID^1^3`` (segment, sequence, field[, repetition,
+    component, subcomponent]); ``^`` is replaced by the message's own component separator.
+    """
+
+    code: int
+    text: str
+    location: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AckDecision:
+    """The answer to one message: AA (accepted, durably), AE (error) or AR (rejected)."""
+
+    code: AckCode
+    error: AckError | None = None
+
+    def __post_init__(self) -> None:
+        if self.code not in ("AA", "AE", "AR"):
+            raise ValueError(f"ACK code must be AA, AE or AR, not {self.code!r}")
+        if self.code == "AA" and self.error is not None:
+            raise ValueError("an AA decision carries no error")
+
+    @classmethod
+    def accept(cls) -> AckDecision:
+        return cls("AA")
+
+    @classmethod
+    def application_error(cls, code: int, text: str, location: str | None = None) -> AckDecision:
+        return cls("AE", AckError(code, text, location))
+
+    @classmethod
+    def application_reject(cls, code: int, text: str, location: str | None = None) -> AckDecision:
+        return cls("AR", AckError(code, text, location))
+
+
+_GENERIC_ERROR = AckError(Hl7ErrorCode.APPLICATION_INTERNAL_ERROR, "message not accepted")
+_HANDLE_FAILED = AckDecision.application_error(
+    Hl7ErrorCode.APPLICATION_INTERNAL_ERROR, "internal error while accepting the message"
+)
+_NO_MSH = AckDecision.application_reject(
+    Hl7ErrorCode.SEGMENT_SEQUENCE_ERROR, "message does not begin with a readable MSH segment"
+)
+
+# --- MSH reading (only what the ACK needs; no full parse) ---------------------------------------
+
+_SEGMENT_END = re.compile(rb"[\r\n]")
+_LEADING_SPACE = b" \t\r\n"
+_DEFAULT_FIELD_SEPARATOR = b"|"
+_DEFAULT_ENCODING = b"^~\\&"
+_DEFAULT_VERSION = b"2.5"
+
+
+@dataclass(frozen=True, slots=True)
+class _Msh:
+    separator: bytes
+    encoding: bytes
+    fields: list[bytes]  # fields[0] is b"MSH", so fields[n - 1] is MSH-n for n >= 2
+
+    def get(self, number: int) -> bytes:
+        index = number - 1
+        return self.fields[index] if index < len(self.fields) else b""
+
+    @property
+    def component(self) -> bytes:
+        return self.encoding[0:1]
+
+    @property
+    def escape(self) -> bytes:
+        return self.encoding[2:3]
+
+    def version(self) -> tuple[int, ...]:
+        return _version_tuple(self.get(12).split(self.component)[0])
+
+
+def _read_msh(message: bytes) -> _Msh | None:
+    """MSH's separators and fields, or None when the message does not start with a usable MSH."""
+    start = 0
+    while start < len(message) and message[start] in _LEADING_SPACE:
+        start += 1
+    if message[start : start + 3] != b"MSH" or len(message) - start < 8:
+        return None
+    separator = message[start + 3 : start + 4]
+    if separator.isalnum() or separator in _LEADING_SPACE:
+        return None
+    end = _SEGMENT_END.search(message, start)
+    segment = message[start : end.start() if end else len(message)]
+    fields = segment.split(separator)
+    encoding = fields[1]
+    if not _valid_encoding(encoding, separator):
+        return None
+    return _Msh(separator, encoding, fields)
+
+
+def _valid_encoding(encoding: bytes, separator: bytes) -> bool:
+    # Four characters (component, repetition, escape, subcomponent), five from v2.7 (truncation).
+    return (
+        len(encoding) in (4, 5)
+        and len(set(encoding)) == len(encoding)
+        and separator[0] not in encoding
+        and not any(chr(c).isalnum() or c in _LEADING_SPACE for c in encoding)
+    )
+
+
+def _version_tuple(version: bytes) -> tuple[int, ...]:
+    parts: list[int] = []
+    for part in version.split(b"."):
+        if not part.strip().isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts) or (2, 5)
+
+
+# --- ACK building -------------------------------------------------------------------------------
+
+
+def _escape(text: str, msh: _Msh) -> bytes:
+    """Our own ASCII text, safe inside a field: separators escaped, control characters dropped."""
+    escape = msh.escape.decode("latin-1")
+    separators = msh.encoding.decode("latin-1")
+    replacements = {
+        escape: f"{escape}E{escape}",
+        msh.separator.decode("latin-1"): f"{escape}F{escape}",
+        separators[0]: f"{escape}S{escape}",
+        separators[1]: f"{escape}R{escape}",
+        separators[3]: f"{escape}T{escape}",
+    }
+    if len(separators) > 4:
+        replacements[separators[4]] = f"{escape}P{escape}"
+    out: list[str] = []
+    for char in text[:_MAX_ERROR_TEXT]:
+        if char in replacements:
+            out.append(replacements[char])
+        elif char.isascii() and char.isprintable():
+            out.append(char)
+        else:
+            out.append(" " if char.isspace() else "?")
+    return "".join(out).encode("ascii")
+
+
+def _error_name(code: int) -> str:
+    try:
+        return Hl7ErrorCode(code).text
+    except ValueError:
+        return ""
+
+
+def _location(error: AckError, msh: _Msh) -> list[bytes]:
+    if not error.location:
+        return []
+    return [_escape(part, msh) for part in error.location.split("^")]
+
+
+def _err_segment(error: AckError, msh: _Msh, modern: bool) -> bytes:
+    sep, comp = msh.separator, msh.component
+    code = str(error.code).encode("ascii")
+    name = _escape(_error_name(error.code), msh)
+    location = _location(error, msh)
+    if modern:
+        err3 = comp.join([code, name, b"HL70357"])
+        # ERR-1 (deprecated) empty, ERR-2 location, ERR-3 code, ERR-4 severity, ERR-8 text.
+        text = _escape(error.text, msh)
+        return sep.join([b"ERR", b"", comp.join(location), err3, b"E", b"", b"", b"", text])
+    # ERR-1 (ELD): segment ^ sequence ^ field ^ code & text & table.
+    subcomponent = msh.encoding[3:4]
+    eld = [*location[:3], *[b""] * (3 - len(location[:3]))]
+    eld.append(subcomponent.join([code, name, b"HL70357"]))
+    return sep.join([b"ERR", comp.join(eld)])
+
+
+def _new_control_id() -> bytes:
+    # MSH-10 is at most 20 characters up to v2.6.
+    return uuid.uuid4().hex[:20].encode("ascii")
+
+
+def build_ack(message: bytes, decision: AckDecision) -> bytes:
+    """An HL7 v2 ACK for ``message`` (unframed), segments terminated by ``\\r``.
+
+    When MSH cannot be read, the ACK uses ``|^~\\&``, version 2.5 and an empty MSA-2.
+    """
+    msh = _read_msh(message)
+    known = msh is not None
+    if msh is None:
+        msh = _Msh(_DEFAULT_FIELD_SEPARATOR, _DEFAULT_ENCODING, [b"MSH", _DEFAULT_ENCODING])
+    sep, comp = msh.separator, msh.component
+    version = msh.version() if known else (2, 5)
+    message_type: list[bytes] = [b"ACK"]
+    if known:
+        message_type.append(msh.get(9).split(comp)[1] if comp in msh.get(9) else b"")
+        if version >= (2, 3, 1):
+            message_type.append(b"ACK")
+    timestamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000").encode("ascii")
+    header = [
+        b"MSH",
+        msh.encoding,
+        msh.get(5),
+        msh.get(6),
+        msh.get(3),
+        msh.get(4),
+        timestamp,
+        b"",
+        comp.join(message_type),
+        _new_control_id(),
+        msh.get(11) or b"P",
+        msh.get(12) or _DEFAULT_VERSION,
+    ]
+    msa = [b"MSA", decision.code.encode("ascii"), msh.get(10)]
+    segments = [sep.join(header)]
+    error = decision.error or (_GENERIC_ERROR if decision.code != "AA" else None)
+    if error is not None:
+        modern = version >= (2, 5)
+        if not modern:
+            msa.append(_escape(error.text, msh))
+        segments.append(sep.join(msa))
+        segments.append(_err_segment(error, msh, modern))
+    else:
+        segments.append(sep.join(msa))
+    return b"".join(segment + b"\r" for segment in segments)
+
+
+# --- ACK reading (client side) ------------------------------------------------------------------
+
+
+class MllpError(ConnectionError):
+    """The MLLP exchange failed; ``acks`` holds the ACKs received before it did."""
+
+    def __init__(self, reason: str, acks: Sequence[Ack] = ()) -> None:
+        super().__init__(reason)
+        self.acks = list(acks)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """An ACK as the client read it: MSA-1, MSA-2 and the error text, if any."""
+
+    code: str
+    control_id: str
+    error: str | None = None
+
+
+_UNESCAPES = {b"F": 0, b"S": 1, b"R": 2, b"E": 3, b"T": 4}
+
+
+def _unescape(value: bytes, msh: _Msh) -> str:
+    escape = msh.escape
+    if not escape or escape not in value:
+        return value.decode("utf-8", "replace")
+    enc = msh.encoding
+    targets = [msh.separator, enc[0:1], enc[1:2], escape, enc[3:4]]
+    parts = value.split(escape)
+    out = [parts[0]]
+    # Between escape characters alternately: an escape name, then plain text.
+    for index, part in enumerate(parts[1:], start=1):
+        if index % 2 == 1:
+            out.append(targets[_UNESCAPES[part]] if part in _UNESCAPES else escape + part + escape)
+        else:
+            out.append(part)
+    return b"".join(out).decode("utf-8", "replace")
+
+
+def _first_segments(message: bytes) -> dict[bytes, bytes]:
+    """The first segment of each name."""
+    segments: dict[bytes, bytes] = {}
+    for segment in _SEGMENT_END.split(message):
+        segments.setdefault(segment[:3], segment)
+    return segments
+
+
+def _component(value: bytes, separator: bytes, index: int) -> bytes:
+    parts = value.split(separator)
+    return parts[index] if index < len(parts) else b""
+
+
+def _ack_error_text(msa: list[bytes], err: list[bytes] | None, msh: _Msh) -> str | None:
+    candidates: list[bytes] = []
+    if err is not None:
+        err_field = [*err, *[b""] * 9]
+        candidates.append(err_field[8])  # ERR-8 user message
+        candidates.append(_component(err_field[3], msh.component, 1))  # ERR-3 text
+    candidates.append(msa[3] if len(msa) > 3 else b"")  # MSA-3 (before v2.5)
+    if err is not None and len(err) > 1:
+        eld_code = _component(err[1], msh.component, 3)  # ERR-1.4 (before v2.5)
+        candidates.append(_component(eld_code, msh.encoding[3:4], 1))
+    for candidate in candidates:
+        if candidate:
+            return _unescape(candidate, msh)
+    return None
+
+
+def parse_ack(payload: bytes) -> Ack:
+    """Read MSA-1, MSA-2 and the error text from an ACK; ``MllpError`` when it is not one."""
+    msh = _read_msh(payload)
+    if msh is None:
+        raise MllpError("the response does not begin with an MSH segment")
+    found = _first_segments(payload)
+    if b"MSA" not in found:
+        raise MllpError("the response has no MSA segment")
+    msa = found[b"MSA"].split(msh.separator)
+    err = found[b"ERR"].split(msh.separator) if b"ERR" in found else None
+    code = msa[1].decode("ascii", "replace") if len(msa) > 1 else ""
+    control_id = _unescape(msa[2], msh) if len(msa) > 2 else ""
+    return Ack(code, control_id, _ack_error_text(msa, err, msh))
+
+
+# --- framing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A complete frame's payload (without ``0x0B`` and ``0x1C 0x0D``)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OversizeFrame:
+    """A frame longer than the limit: its size and first bytes (for the NAK); the rest is gone."""
+
+    size: int
+    head: bytes
+
+
+FrameEvent = Frame | OversizeFrame
+
+_OUTSIDE, _INSIDE, _DISCARDING = "outside", "inside", "discarding"
+
+
+class MllpFramer:
+    """Turns a byte stream into frames, whatever the reads' boundaries; no I/O.
+
+    Bytes before a start block are discarded and counted. A start block inside a frame means
+    the sender abandoned that frame and began another (it cannot be content: MLLP forbids
+    0x0B in a message), so the partial frame is discarded too. A frame that grows past
+    ``max_frame_bytes`` is not kept: its first bytes are, and its end yields ``OversizeFrame``.
+    Memory per connection stays below the limit plus one read.
+    """
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        if max_frame_bytes < 1:
+            raise ValueError("max_frame_bytes must be positive")
+        self.max_frame_bytes = max_frame_bytes
+        self.discarded_bytes = 0
+        self._state = _OUTSIDE
+        self._buffer = bytearray()
+        self._oversize_size = 0
+        self._oversize_head = b""
+        self._fs_pending = False
+
+    @property
+    def in_frame(self) -> bool:
+        """True between a start block and its end: a close now loses a partial frame."""
+        return self._state != _OUTSIDE
+
+    def feed(self, data: bytes) -> list[FrameEvent]:
+        events: list[FrameEvent] = []
+        position = 0
+        while position < len(data):
+            if self._state == _OUTSIDE:
+                position = self._skip_to_start(data, position)
+            elif self._state == _INSIDE:
+                position = self._read_frame(data, position, events)
+            else:
+                position = self._discard_oversize(data, position, events)
+        return events
+
+    def _skip_to_start(self, data: bytes, position: int) -> int:
+        start = data.find(START_BLOCK, position)
+        if start < 0:
+            self.discarded_bytes += len(data) - position
+            return len(data)
+        self.discarded_bytes += start - position
+        self._begin_frame()
+        return start + 1
+
+    def _begin_frame(self) -> None:
+        self._state = _INSIDE
+        self._buffer = bytearray()
+        self._fs_pending = False
+
+    def _read_frame(self, data: bytes, position: int, events: list[FrameEvent]) -> int:
+        # The end block split between two reads: 0x1C ended the last one, 0x0D starts this one.
+        if self._buffer and self._buffer[-1] == _FS and data[position] == _CR:
+            del self._buffer[-1]
+            self._finish_frame(events)
+            return position + 1
+        end = data.find(END_BLOCK, position)
+        restart = data.find(START_BLOCK, position, end if end >= 0 else len(data))
+        if restart >= 0:
+            self.discarded_bytes += 1 + len(self._buffer) + restart - position
+            self._begin_frame()
+            return restart + 1
+        if end >= 0:
+            self._buffer += data[position:end]
+            self._finish_frame(events)
+            return end + 2
+        self._buffer += data[position:]
+        pending = 1 if self._buffer[-1] == _FS else 0
+        if len(self._buffer) - pending > self.max_frame_bytes:
+            self._oversize_size = len(self._buffer) - pending
+            self._oversize_head = bytes(self._buffer[: min(_HEAD_BYTES, self._oversize_size)])
+            self._fs_pending = bool(pending)
+            self._buffer = bytearray()
+            self._state = _DISCARDING
+        return len(data)
+
+    def _finish_frame(self, events: list[FrameEvent]) -> None:
+        if len(self._buffer) > self.max_frame_bytes:
+            events.append(OversizeFrame(len(self._buffer), bytes(self._buffer[:_HEAD_BYTES])))
+        else:
+            events.append(Frame(bytes(self._buffer)))
+        self._buffer = bytearray()
+        self._state = _OUTSIDE
+
+    def _discard_oversize(self, data: bytes, position: int, events: list[FrameEvent]) -> int:
+        if self._fs_pending:
+            self._fs_pending = False
+            if data[position] == _CR:
+                self._finish_oversize(events)
+                return position + 1
+            self._oversize_size += 1
+        end = data.find(END_BLOCK, position)
+        restart = data.find(START_BLOCK, position, end if end >= 0 else len(data))
+        if restart >= 0:
+            self.discarded_bytes += 1 + self._oversize_size + restart - position
+            self._begin_frame()
+            return restart + 1
+        if end >= 0:
+            self._oversize_size += end - position
+            self._finish_oversize(events)
+            return end + 2
+        self._fs_pending = data[-1] == _FS
+        self._oversize_size += len(data) - position - (1 if self._fs_pending else 0)
+        return len(data)
+
+    def _finish_oversize(self, events: list[FrameEvent]) -> None:
+        events.append(OversizeFrame(self._oversize_size, self._oversize_head))
+        self._oversize_head = b""
+        self._oversize_size = 0
+        self._state = _OUTSIDE
+
+
+def frame(message: bytes) -> bytes:
+    """``message`` wrapped in MLLP framing."""
+    return START_BLOCK + message + END_BLOCK
+
+
+# --- the listener -------------------------------------------------------------------------------
+
+Handle = Callable[[bytes, str], Awaitable[AckDecision]]
+
+
+@dataclass(eq=False)
+class _Connection:
+    task: asyncio.Task[Any] | None
+    # True while a message is being handled and answered: close() lets it finish.
+    busy: bool = False
+
+
+def _describe_peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    described = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+    cert = writer.get_extra_info("peercert")
+    if isinstance(cert, dict):
+        for rdn in cert.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    described += f" (CN={value})"
+    return described
+
+
+class MllpServer:
+    """An asyncio MLLP listener: one message in flight per connection, connections in parallel.
+
+    ``handle(message, peer)`` gets each message without framing and a description of the peer
+    ("host:port", plus the client certificate's CN under mutual TLS). Its decision becomes the
+    ACK; if it raises, the answer is AE (207) and only the exception type is logged.
+    """
+
+    def __init__(
+        self,
+        handle: Handle,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 2575,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        idle_timeout_seconds: float = 300.0,
+        max_connections: int = 100,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> None:
+        if max_frame_bytes < 1 or idle_timeout_seconds <= 0 or max_connections < 1:
+            raise ValueError("max_frame_bytes, idle_timeout_seconds, max_connections must be > 0")
+        self._handle = handle
+        self.host = host
+        self.requested_port = port
+        self.max_frame_bytes = max_frame_bytes
+        self.idle_timeout_seconds = idle_timeout_seconds
+        self.max_connections = max_connections
+        self.ssl = ssl
+        self._connections: set[_Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._closing = False
+        self._closed = asyncio.Event()
+
+    @classmethod
+    def from_settings(cls, handle: Handle, settings: MllpSettings) -> MllpServer:
+        return cls(
+            handle,
+            host=settings.mllp_host,
+            port=settings.mllp_port,
+            max_frame_bytes=settings.mllp_max_frame_bytes,
+            idle_timeout_seconds=settings.mllp_idle_timeout_seconds,
+            max_connections=settings.mllp_max_connections,
+            ssl=settings.ssl_context(),
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound port (the one the OS chose when constructed with port 0)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the server is not listening")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._on_client,
+            self.host,
+            self.requested_port,
+            ssl=self.ssl,
+            ssl_handshake_timeout=self.idle_timeout_seconds if self.ssl else None,
+        )
+        log.info("MLLP listening on %s:%d (tls=%s)", self.host, self.port, self.ssl is not None)
+
+    async def serve_forever(self) -> None:
+        """Wait until ``close`` has finished."""
+        await self._closed.wait()
+
+    async def close(self, grace_seconds: float = 30.0) -> None:
+        """Stop accepting, let messages in flight finish and be answered, close connections.
+
+        Connections waiting for data are closed at once (a partial frame is never
+        acknowledged, so the sender resends it); complete frames not yet started get no ACK.
+        """
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        tasks = []
+        for connection in list(self._connections):
+            if connection.task is None:
+                continue
+            if not connection.busy:
+                connection.task.cancel()
+            tasks.append(connection.task)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace_seconds)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=_CLOSE_TIMEOUT_SECONDS)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._closed.set()
+        log.info("MLLP listener closed")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _describe_peer(writer)
+        if self._closing or len(self._connections) >= self.max_connections:
+            MLLP_CONNECTIONS_REFUSED.inc()
+            log.warning("MLLP connection from %s refused: %d open", peer, len(self._connections))
+            await _close_writer(writer)
+            return
+        connection = _Connection(asyncio.current_task())
+        self._connections.add(connection)
+        MLLP_CONNECTIONS.inc()
+        log.info("MLLP connection from %s", peer)
+        try:
+            await self._serve_connection(reader, writer, connection, peer)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            log.info("MLLP connection from %s ended: %s", peer, type(exc).__name__)
+        finally:
+            self._connections.discard(connection)
+            MLLP_CONNECTIONS.dec()
+            await _close_writer(writer)
+
+    async def _serve_connection(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connection: _Connection,
+        peer: str,
+    ) -> None:
+        framer = MllpFramer(self.max_frame_bytes)
+        while not self._closing:
+            try:
+                async with asyncio.timeout(self.idle_timeout_seconds):
+                    data = await reader.read(_READ_BYTES)
+            except TimeoutError:
+                log.info("MLLP connection from %s idle; closing", peer)
+                return
+            if not data:
+                if framer.in_frame:
+                    log.info("MLLP connection from %s closed inside a frame", peer)
+                return
+            discarded = framer.discarded_bytes
+            events = framer.feed(data)
+            if framer.discarded_bytes > discarded:
+                MLLP_DISCARDED_BYTES.inc(framer.discarded_bytes - discarded)
+            connection.busy = True
+            try:
+                for event in events:
+                    if self._closing:
+                        return
+                    started = time.perf_counter()
+                    ack = await self._answer(event, peer)
+                    writer.write(frame(ack))
+                    # A client that stops reading its ACKs counts as idle.
+                    async with asyncio.timeout(self.idle_timeout_seconds):
+                        await writer.drain()
+                    MLLP_ACK_SECONDS.observe(time.perf_counter() - started)
+            finally:
+                connection.busy = False
+
+    async def _answer(self, event: FrameEvent, peer: str) -> bytes:
+        if isinstance(event, OversizeFrame):
+            MLLP_OVERSIZE_FRAMES.inc()
+            log.warning("MLLP frame of %d bytes from %s refused", event.size, peer)
+            decision = AckDecision.application_reject(
+                Hl7ErrorCode.APPLICATION_INTERNAL_ERROR,
+                f"frame exceeds {self.max_frame_bytes} bytes",
+            )
+            message = event.head
+        else:
+            message = event.payload
+            decision = await self._decide(message, peer)
+        MLLP_MESSAGES.labels(outcome=decision.code).inc()
+        return build_ack(message, decision)
+
+    async def _decide(self, message: bytes, peer: str) -> AckDecision:
+        if _read_msh(message) is None:
+            return _NO_MSH
+        try:
+            decision = await self._handle(message, peer)
+        except Exception as exc:
+            # The exception's text may quote the message; its type cannot.
+            log.error("MLLP handle failed for a message from %s: %s", peer, type(exc).__name__)
+            return _HANDLE_FAILED
+        if not isinstance(decision, AckDecision):
+            log.error("MLLP handle returned %s, not an AckDecision", type(decision).__name__)
+            return _HANDLE_FAILED
+        return decision
+
+
+async def _close_writer(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    # A TLS peer that never answers close_notify would otherwise hold the task for 30 s.
+    with suppress(OSError, TimeoutError, ssl_module.SSLError):
+        async with asyncio.timeout(_CLOSE_TIMEOUT_SECONDS):
+            await writer.wait_closed()
+
+
+async def serve(
+    handle: Handle,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 2575,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    idle_timeout_seconds: float = 300.0,
+    max_connections: int = 100,
+    ssl: ssl_module.SSLContext | None = None,
+) -> MllpServer:
+    """Start an ``MllpServer`` and return it listening; ``await server.close()`` to stop."""
+    server = MllpServer(
+        handle,
+        host=host,
+        port=port,
+        max_frame_bytes=max_frame_bytes,
+        idle_timeout_seconds=idle_timeout_seconds,
+        max_connections=max_connections,
+        ssl=ssl,
+    )
+    await server.start()
+    return server
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+
+async def send_messages(
+    host: str,
+    port: int,
+    messages: Sequence[bytes],
+    *,
+    ssl: ssl_module.SSLContext | None = None,
+    server_hostname: str | None = None,
+    # Per message, which a caller's asyncio.timeout around the whole call cannot express.
+    timeout: float = 30.0,  # noqa: ASYNC109
+    max_ack_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> list[Ack]:
+    """Send each message over one connection, waiting for its ACK before sending the next.
+
+    ``timeout`` bounds the connection and each message's round trip. On a timeout, a closed
+    connection or a response that is not an ACK, ``MllpError`` carries the ACKs received so far.
+    """
+    acks: list[Ack] = []
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=ssl, server_hostname=server_hostname if ssl else None
+            )
+    except (OSError, TimeoutError) as exc:
+        raise MllpError(f"cannot connect to {host}:{port}: {type(exc).__name__}") from exc
+    framer = MllpFramer(max_ack_bytes)
+    pending: deque[FrameEvent] = deque()
+    try:
+        for message in messages:
+            writer.write(frame(message))
+            async with asyncio.timeout(timeout):
+                await writer.drain()
+                event = await _next_frame(reader, framer, pending)
+            if isinstance(event, OversizeFrame):
+                raise MllpError(f"an ACK exceeded {max_ack_bytes} bytes", acks)
+            acks.append(parse_ack(event.payload))
+    except MllpError as exc:
+        raise MllpError(str(exc), acks) from exc
+    except (OSError, TimeoutError) as exc:
+        raise MllpError(f"no ACK for message {len(acks) + 1}: {type(exc).__name__}", acks) from exc
+    finally:
+        await _close_writer(writer)
+    return acks
+
+
+async def _next_frame(
+    reader: asyncio.StreamReader, framer: MllpFramer, pending: deque[FrameEvent]
+) -> FrameEvent:
+    while not pending:
+        data = await reader.read(_READ_BYTES)
+        if not data:
+            raise MllpError("the server closed the connection before answering")
+        pending.extend(framer.feed(data))
+    return pending.popleft()
+
+
+_BOM = b"\xef\xbb\xbf"
+_BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def split_messages(data: bytes) -> list[bytes]:
+    """The messages in an .hl7 file: each starts at an MSH, segments end with ``\\r``.
+
+    Any of ``\\r``, ``\\n`` and ``\\r\\n`` ends a segment; a UTF-8 BOM, blank lines, stray MLLP
+    framing bytes and batch envelope segments (FHS, BHS, BTS, FTS) are dropped. Anything else
+    before the first MSH raises ``ValueError`` (with the line number, not the content).
+    """
+    if data.startswith(_BOM):
+        data = data[len(_BOM) :]
+    messages: list[list[bytes]] = []
+    for number, line in enumerate(_LINE_END.split(data), start=1):
+        segment = line.strip(b"\x0b\x1c")
+        if not segment.strip():
+            continue
+        name = segment[:3]
+        if name == b"MSH":
+            messages.append([segment])
+        elif name in _BATCH_SEGMENTS:
+            continue
+        elif not messages:
+            raise ValueError(f"line {number} comes before the first MSH segment")
+        else:
+            messages[-1].append(segment)
+    return [b"".join(segment + b"\r" for segment in segments) for segments in messages]
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+class MllpSettings(BaseSettings):
+    """The MLLP listener: where it listens, its limits and TLS (CONCORD_MLLP_* variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="CONCORD_", extra="ignore")
+
+    mllp_host: str = Field("127.0.0.1", description="Interface the MLLP listener binds")
+    mllp_port: int = Field(
+        2575, ge=0, le=65535, description="MLLP port (2575 is HL7's registered port; 0 = any)"
+    )
+    mllp_max_frame_bytes: int = Field(
+        DEFAULT_MAX_FRAME_BYTES,
+        ge=1024,
+        description="Largest message accepted; larger frames are refused with an AR NAK",
+    )
+    mllp_idle_timeout_seconds: float = Field(
+        300.0, gt=0, description="Connections silent this long are closed"
+    )
+    mllp_max_connections: int = Field(
+        100, ge=1, description="Concurrent connections; more are closed as they arrive"
+    )
+    mllp_tls_certfile: Path | None = Field(
+        None, description="Server certificate (PEM); setting it turns TLS on"
+    )
+    mllp_tls_keyfile: Path | None = Field(
+        None, description="Private key of the server certificate (PEM), if not in the certfile"
+    )
+    mllp_tls_client_cafile: Path | None = Field(
+        None,
+        description="CA bundle for client certificates; when set, clients must present one "
+        "(mutual TLS)",
+    )
+
+    @model_validator(mode="after")
+    def _tls_needs_a_certificate(self) -> Self:
+        if self.mllp_tls_certfile is None and (
+            self.mllp_tls_keyfile is not None or self.mllp_tls_client_cafile is not None
+        ):
+            raise ValueError(
+                "CONCORD_MLLP_TLS_KEYFILE/CLIENT_CAFILE need CONCORD_MLLP_TLS_CERTFILE"
+            )
+        return self
+
+    def ssl_context(self) -> ssl_module.SSLContext | None:
+        """The listener's TLS context (TLS 1.2 or later), or None for plain TCP."""
+        if self.mllp_tls_certfile is None:
+            return None
+        context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl_module.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.mllp_tls_certfile, self.mllp_tls_keyfile)
+        if self.mllp_tls_client_cafile is not None:
+            context.load_verify_locations(cafile=self.mllp_tls_client_cafile)
+            context.verify_mode = ssl_module.CERT_REQUIRED
+        return context
