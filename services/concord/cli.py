@@ -18,7 +18,7 @@ from concord import topics
 from concord.config import DEFAULT_STATE_DIR, ClientSettings
 from concord.events import codec
 from concord.events.models import Alert
-from concord.publishing import read_fhir_file
+from concord.publishing import read_file
 
 PROGRESS_EVERY = 10_000
 
@@ -46,15 +46,24 @@ def main() -> None:
 @main.command()
 @click.option("--source", required=True, help="The sending system (the 'source' header).")
 @click.option(
-    "--topic", default=topics.RAW_FHIR, show_default=True, help="Raw topic to publish to."
+    "--topic",
+    default=None,
+    help="Raw topic to publish to. Default: by file (.hl7 → ehr.raw.hl7v2; claim lines → "
+    "ehr.raw.claims; other JSON → ehr.raw.fhir).",
 )
 @state_dir_option
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-def publish(source: str, topic: str, state_dir: Path, paths: tuple[Path, ...]) -> None:
-    """Publish FHIR JSON files (a resource, a Bundle, or NDJSON) as raw EHR events."""
+def publish(source: str, topic: str | None, state_dir: Path, paths: tuple[Path, ...]) -> None:
+    """Publish EHR files as raw events: FHIR JSON (a resource, a Bundle, or NDJSON), HL7 v2
+    (.hl7, one or many messages) and claim lines (JSON or NDJSON)."""
     settings = client_settings(state_dir)
-    count = asyncio.run(publish_files(settings.kafka_options(), source, list(paths), topic=topic))
-    click.echo(f"published {count} events from {source} to {topic}", err=True)
+    try:
+        count = asyncio.run(
+            publish_files(settings.kafka_options(), source, list(paths), topic=topic)
+        )
+    except ValueError as exc:  # an .hl7 file with text before its first MSH
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"published {count} events from {source}", err=True)
 
 
 async def publish_files(
@@ -62,7 +71,7 @@ async def publish_files(
     source: str,
     paths: list[Path],
     *,
-    topic: str = topics.RAW_FHIR,
+    topic: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> int:
     """Publish the files' events; `kafka` is bootstrap servers or KafkaSettings.kafka_options().
@@ -74,10 +83,13 @@ async def publish_files(
     try:
         futures = []
         for path in paths:
-            for message in read_fhir_file(path, source):
+            for file_topic, message in read_file(path, source):
                 futures.append(
                     await producer.send(
-                        topic, message.value, key=message.key, headers=[("source", source.encode())]
+                        topic or file_topic,
+                        message.value,
+                        key=message.key,
+                        headers=[("source", source.encode())],
                     )
                 )
                 if progress and len(futures) % PROGRESS_EVERY == 0:

@@ -152,6 +152,15 @@ def test_a_source_without_a_zone_cannot_send_zone_less_times() -> None:
     assert outcome.location == "MSH-7"
 
 
+def test_dates_need_no_zone_but_times_do() -> None:
+    with_offsets = ADT  # MSH-7 and EVN-2 carry offsets; PID-7 is a date
+    outcome = ingest_hl7v2(_raw(with_offsets, source=b"elsewhere"), max_payload_bytes=10**6)
+    assert isinstance(outcome, list)
+    zone_less_time = ADT.replace("|F\r", "||||||||||||||||||||||202403010800|F\r", 1)
+    outcome = ingest_hl7v2(_raw(zone_less_time, source=b"elsewhere"), max_payload_bytes=10**6)
+    assert isinstance(outcome, Rejection) and outcome.location == "PID-29"
+
+
 def test_the_default_zone_applies_to_unlisted_sources() -> None:
     zone_of = zones_from({}, "Europe/Berlin")
     outcome = ingest_hl7v2(_raw(ORU, source=b"x"), max_payload_bytes=10**6, zone_of=zone_of)

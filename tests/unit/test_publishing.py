@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
-from concord.publishing import RawMessage, read_fhir_file
+from concord.publishing import RawMessage, read_fhir_file, read_file
+from concord.topics import RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 
 
 def _patient(pid: str) -> dict[str, Any]:
@@ -79,3 +81,34 @@ def test_a_malformed_single_file_is_published_as_is(tmp_path: Path) -> None:
 
 def test_an_empty_ndjson_file_gives_nothing(tmp_path: Path) -> None:
     assert list(read_fhir_file(_write(tmp_path / "empty.ndjson", b"\n \n"), "s")) == []
+
+
+HL7_TWO = (
+    b"\xef\xbb\xbfMSH|^~\\&|A|B|C|D|20240301||ADT^A04|1|P|2.5\r\nPID|1||M-7^^^GH^MR\r\n"
+    b"MSH|^~\\&|A|B|C|D|20240301||ADT^A08|2|P|2.5\nEVN|A08\nPID|1||M-8^^^GH^MR\n"
+)
+
+
+def test_an_hl7_file_is_split_into_messages_for_the_hl7_topic(tmp_path: Path) -> None:
+    read = list(read_file(_write(tmp_path / "feed.HL7", HL7_TWO), "lab"))
+    assert [topic for topic, _ in read] == [RAW_HL7V2, RAW_HL7V2]
+    first, second = (message for _, message in read)
+    assert first.value == b"MSH|^~\\&|A|B|C|D|20240301||ADT^A04|1|P|2.5\rPID|1||M-7^^^GH^MR\r"
+    assert second.value.count(b"\r") == 3 and b"\n" not in second.value
+    # Keyed by source and patient, so one patient's messages stay in order.
+    assert (first.key, second.key) == (b"lab/PID/M-7", b"lab/PID/M-8")
+
+
+def test_an_hl7_file_with_text_before_its_first_msh_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="line 1"):
+        list(read_file(_write(tmp_path / "x.hl7", b"hello\rMSH|^~\\&|A\r"), "lab"))
+
+
+def test_claim_lines_go_to_the_claims_topic_and_fhir_to_the_fhir_topic(tmp_path: Path) -> None:
+    lines = [
+        orjson.dumps({"claim_id": "C-1", "line_number": 1}),
+        orjson.dumps(_patient("p1")),
+        b"not json",
+    ]
+    read = list(read_file(_write(tmp_path / "mixed.ndjson", b"\n".join(lines)), "payer"))
+    assert [topic for topic, _ in read] == [RAW_CLAIMS, RAW_FHIR, RAW_FHIR]

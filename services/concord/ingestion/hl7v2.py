@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo
 
 from concord.deadletters import Rejection
@@ -184,8 +184,10 @@ def _check_content(message: er7.Er7Message, zone: ZoneInfo | None) -> Rejection 
             if rejection is not None:
                 return rejection
         for ts_field in TIMESTAMP_FIELDS.get(segment.name, ()):
-            if segment.value(ts_field).strip():
-                moment = _timestamp(segment, ts_field, zone)
+            value = segment.value(ts_field).strip()
+            if value:
+                # A date (birth date, YYYYMMDD or shorter) is not an instant: it needs no zone.
+                moment = _timestamp(segment, ts_field, zone if len(value) > 8 else UTC)
                 if isinstance(moment, Rejection):
                     return moment
                 if moment is None:
@@ -241,7 +243,7 @@ def _check_result(obx: er7.Segment) -> Rejection | None:
 
 
 def _timestamp(
-    segment: er7.Segment, field: int, zone: ZoneInfo | None
+    segment: er7.Segment, field: int, zone: tzinfo | None
 ) -> datetime | Rejection | None:
     moment = er7.parse_timestamp(segment.value(field))
     if moment is None or moment.tzinfo is not None:
