@@ -31,8 +31,12 @@ def _key(source: str, value: bytes) -> bytes | None:
         document = orjson.loads(value)
     except orjson.JSONDecodeError:
         return None
-    if isinstance(document, dict) and document.get("resourceType") and document.get("id"):
+    if not isinstance(document, dict):
+        return None
+    if document.get("resourceType") and document.get("id"):
         return f"{source}/{document['resourceType']}/{document['id']}".encode()
+    if document.get("claim_id") and document.get("line_number"):
+        return f"{source}/ClaimLine/{document['claim_id']}/{document['line_number']}".encode()
     return None
 
 

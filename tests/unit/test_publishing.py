@@ -112,3 +112,4 @@ def test_claim_lines_go_to_the_claims_topic_and_fhir_to_the_fhir_topic(tmp_path:
     ]
     read = list(read_file(_write(tmp_path / "mixed.ndjson", b"\n".join(lines)), "payer"))
     assert [topic for topic, _ in read] == [RAW_CLAIMS, RAW_FHIR, RAW_FHIR]
+    assert read[0][1].key == b"payer/ClaimLine/C-1/1"  # a line's versions stay in order

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -20,7 +21,7 @@ from concord.events.models import ClinicalFact, DeadLetter, Header, IngestedReco
 from concord.ingestion.app import IngestionStage
 from concord.normalization.app import NormalizationStage
 from concord.runtime.batch import Outbound, OutboundRecord
-from concord.topics import DEADLETTER, FACTS, INGESTED, RAW_FHIR, RAW_HL7V2
+from concord.topics import DEADLETTER, FACTS, INGESTED, RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 
 MPI = "urn:concord:enterprise-patient-id"
 
@@ -339,6 +340,21 @@ async def test_a_batch_that_failed_to_produce_is_emitted_again() -> None:
     out = Outbound("ingestion")
     await _ingestion(seen).process([record], out)  # a restarted worker, same window
     assert len(_on(out, INGESTED)) == 1
+
+
+@pytest.mark.asyncio
+async def test_ingestion_reads_claim_lines_from_their_topic() -> None:
+    sample = resources.files("concord") / "demo" / "claims-sample.ndjson"
+    lines = [line for line in sample.read_bytes().splitlines() if line.strip()]
+    out = Outbound("ingestion")
+    records = [_record(line, topic=RAW_CLAIMS, offset=n) for n, line in enumerate(lines)]
+    await _ingestion().process([*records, _record(b'{"claim_id": 7}', topic=RAW_CLAIMS)], out)
+    ingested = [codec.INGESTED_RECORD.decode(r.value) for r in _on(out, INGESTED)]
+    assert len(ingested) == len(lines)
+    assert {r.format for r in ingested} == {"CLAIM"}
+    assert "DELETE" in {r.operation for r in ingested}  # the sample's voided line
+    [letter] = _letters(out)
+    assert letter.reason_code == "CLAIM_INVALID"
 
 
 @pytest.mark.asyncio

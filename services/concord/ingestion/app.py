@@ -15,13 +15,14 @@ from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import IngestedRecord
 from concord.events.raw import RawEvent
+from concord.ingestion.claims import ingest_claim
 from concord.ingestion.dedupe import SeenVersions
 from concord.ingestion.fhir import ingest_fhir
 from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.records import raw_event
 from concord.runtime.stage import BaseStage, publish_dead_letter
-from concord.topics import INGESTED, RAW_FHIR, RAW_HL7V2
+from concord.topics import INGESTED, RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 
 PRUNE_EVERY_SECONDS = 600.0
 
@@ -34,7 +35,7 @@ def publish_ingested(out: Outbound, *, record: IngestedRecord) -> None:
 
 class IngestionStage(BaseStage):
     stage = "ingestion"
-    topics: tuple[str, ...] = (RAW_FHIR, RAW_HL7V2)
+    topics: tuple[str, ...] = (RAW_FHIR, RAW_HL7V2, RAW_CLAIMS)
 
     def __init__(self, settings: IngestionSettings, seen: SeenVersions) -> None:
         self.seen = seen
@@ -46,6 +47,7 @@ class IngestionStage(BaseStage):
         self.ingest: dict[str, Callable[[RawEvent], list[IngestedRecord] | Rejection]] = {
             RAW_FHIR: partial(ingest_fhir, max_payload_bytes=limit),
             RAW_HL7V2: partial(ingest_hl7v2, max_payload_bytes=limit, zone_of=zone_of),
+            RAW_CLAIMS: partial(ingest_claim, max_payload_bytes=limit),
         }
 
     async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:

@@ -20,16 +20,16 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 NDC = "http://hl7.org/fhir/sid/ndc"
 CPT = "http://www.ama-assn.org/go/cpt"
 
-_LOINC = re.compile(r"^(?:L[APG])?(\d{1,8})-(\d)$")
-_SNOMED = re.compile(r"^\d{6,18}$")
-_ICD10_CM = re.compile(r"^[A-Z]\d[0-9A-Z](?:\.?[0-9A-Z]{1,4})?$")
-_RXNORM = re.compile(r"^\d{1,9}$")
-_NDC = re.compile(r"^(?:\d{4}-\d{4}-\d{2}|\d{5}-\d{3}-\d{2}|\d{5}-\d{4}-\d{1,2}|\d{10,11})$")
-_CPT = re.compile(r"^\d{4}[0-9FTU]$")
+_LOINC = re.compile(r"(?a)^(?:L[APG])?(\d{1,8})-(\d)$")
+_SNOMED = re.compile(r"(?a)^\d{6,18}$")
+_ICD10_CM = re.compile(r"(?a)^[A-Z]\d[0-9A-Z](?:\.?[0-9A-Z]{1,4})?$")
+_RXNORM = re.compile(r"(?a)^\d{1,9}$")
+_NDC = re.compile(r"(?a)^(?:\d{4}-\d{4}-\d{2}|\d{5}-\d{3}-\d{2}|\d{5}-\d{4}-\d{1,2}|\d{10,11})$")
+_CPT = re.compile(r"(?a)^\d{4}[0-9FTU]$")
 
 
 def _loinc(code: str) -> bool:
-    match = _LOINC.match(code)
+    match = _LOINC.fullmatch(code)
     if match is None:
         return False
     if code.startswith("L"):
@@ -42,16 +42,16 @@ def _snomed(code: str) -> bool:
         return True  # a post-coordinated expression; its concept ids are not checked here
     # The partition digits (second and third from the right) say concept, description or
     # relationship; only concept ids (x0) and their extension forms (x0 with namespace) code.
-    return bool(_SNOMED.match(code)) and verhoeff.is_valid(code) and code[-2] == "0"
+    return bool(_SNOMED.fullmatch(code)) and verhoeff.is_valid(code) and code[-2] == "0"
 
 
 CHECKS: dict[str, tuple[str, Callable[[str], bool]]] = {
     LOINC: ("LOINC", _loinc),
     SNOMED_CT: ("SNOMED CT", _snomed),
-    ICD10_CM: ("ICD-10-CM", lambda code: bool(_ICD10_CM.match(code))),
-    RXNORM: ("RxNorm", lambda code: bool(_RXNORM.match(code))),
-    NDC: ("NDC", lambda code: bool(_NDC.match(code))),
-    CPT: ("CPT", lambda code: bool(_CPT.match(code))),
+    ICD10_CM: ("ICD-10-CM", lambda code: bool(_ICD10_CM.fullmatch(code))),
+    RXNORM: ("RxNorm", lambda code: bool(_RXNORM.fullmatch(code))),
+    NDC: ("NDC", lambda code: bool(_NDC.fullmatch(code))),
+    CPT: ("CPT", lambda code: bool(_CPT.fullmatch(code))),
 }
 
 

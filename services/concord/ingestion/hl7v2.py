@@ -64,8 +64,8 @@ TIMESTAMP_FIELDS = {
     "RXA": (3, 4),
     "SPM": (17,),
 }
-_TYPE_NAME = re.compile(r"^[A-Z0-9]{3}$")
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+_TYPE_NAME = re.compile(r"(?a)^[A-Z0-9]{3}$")
+_NUMBER = re.compile(r"(?a)^[+-]?(\d+(\.\d*)?|\.\d+)$")
 
 ZoneLookup = Callable[[str], ZoneInfo | None]
 
@@ -125,7 +125,7 @@ def _check_header(message: er7.Er7Message) -> tuple[str, str] | Rejection:
             location="MSH-12",
         )
     kind, trigger = msh.value(9, 1), msh.value(9, 2)
-    if not (_TYPE_NAME.match(kind) and _TYPE_NAME.match(trigger)):
+    if not (_TYPE_NAME.fullmatch(kind) and _TYPE_NAME.fullmatch(trigger)):
         return Rejection(
             "HL7_INVALID", "MSH-9 must name a message type and trigger event", location="MSH-9"
         )
@@ -231,7 +231,7 @@ def _check_result(obx: er7.Segment) -> Rejection | None:
         return Rejection(
             "HL7_INVALID", "OBX-2 must give the value type of OBX-5", location=obx.location(2)
         )
-    if value_type == "NM" and not all(_NUMBER.match(v.strip()) for v in values if v.strip()):
+    if value_type == "NM" and not all(_NUMBER.fullmatch(v.strip()) for v in values if v.strip()):
         return Rejection(
             "HL7_INVALID", "OBX-5 of value type NM is not a number", location=obx.location(5)
         )
