@@ -284,8 +284,12 @@ def test_json_that_is_not_an_object_is_invalid_at_the_root(document: Any) -> Non
         (_line(claim_version=3), "claim_version", "mistyped: expected string"),
         (_line(diagnoses=[]), "diagnoses", "too few items"),
         (_line(status="cancelled"), "status", "not one of original, replacement, void"),
-        (_line(payer={"id": "P", "nmae": FAMILY}), "payer.nmae", "unexpected property"),
-        (_line(diagnosis=[]), "diagnosis", "unexpected property"),
+        (
+            _line(payer={"id": "P", "nmae": FAMILY}),
+            "payer.*",
+            "unexpected property, did you mean name?",
+        ),
+        (_line(diagnosis=[]), "*", "unexpected property, did you mean diagnoses?"),
         (_line(claim_id="CLM/1001"), "claim_id", "malformed"),
         (
             _line(patient={"identifiers": [{"system": "urn:x", "value": "E"}], "sex": "F"}),
@@ -344,7 +348,7 @@ def test_every_failing_location_is_named_and_the_first_is_the_location() -> None
         "status",
         "payer.id",
         "diagnoses[1].code",
-        "patient.nickname",
+        "patient.*",
     ):
         assert f"{path} (" in rejection.reason
     assert rejection.location is not None
@@ -358,9 +362,18 @@ def test_a_property_name_that_is_not_field_shaped_is_not_repeated() -> None:
     assert "patient.* (unexpected property)" in rejection.reason
 
 
+def test_a_property_name_shaped_like_a_field_is_not_repeated_either() -> None:
+    """A surname or a member id used as a key looks like a field name: input is never echoed."""
+    patient = _line()["patient"] | {FAMILY: "x", "MBR5550199": "y"}
+    rejection = _invalid(_line(patient=patient), "MBR5550199")
+    assert "patient.* (unexpected property" in rejection.reason
+    assert rejection.location == "Claim.patient.*"
+
+
 def test_a_flood_of_problems_is_summarised() -> None:
-    extra = {f"field_{n}": n for n in range(MAX_PROBLEMS_NAMED + 7)}
-    rejection = _invalid(_line() | extra)
+    # Identifiers are unbounded: one mistyped value each is one problem each.
+    identifiers = [{"system": "urn:x", "value": n} for n in range(MAX_PROBLEMS_NAMED + 7)]
+    rejection = _invalid(_line(patient={"identifiers": identifiers}))
     assert rejection.reason.endswith("; and 7 more")
 
 

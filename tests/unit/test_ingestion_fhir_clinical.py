@@ -244,6 +244,15 @@ def test_a_contained_reference_must_resolve() -> None:
     assert outcome.location == "Observation.specimen.reference"
 
 
+def test_an_unknown_element_is_not_named_because_its_key_is_input() -> None:
+    patient = _patient() | {SECRET: "x", "name": [{"family": "Doe", "MRN12345": 1}]}
+    outcome = _rejected(patient)
+    assert outcome.reason_code == "FHIR_INVALID"
+    assert "MRN12345" not in outcome.reason and "MRN12345" not in str(outcome.location)
+    assert SECRET not in str(outcome.location)
+    assert "name.0.*" in outcome.reason and "extra_forbidden" in outcome.reason
+
+
 def test_a_library_crash_on_odd_input_is_a_rejection_not_an_exception() -> None:
     patient = _patient() | {"contained": [{"resourceType": None}]}
     assert _rejected(patient).reason_code == "FHIR_INVALID"

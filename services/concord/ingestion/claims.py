@@ -9,6 +9,7 @@ the paths alone, never from the validator's messages, which quote the input.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime
@@ -30,9 +31,10 @@ LOCATION_ROOT = "Claim"
 EVENT_TIME_FIELDS = ("adjudicated_at", "submitted_at")  # in order of preference
 # A dead-letter reason is read in logs and consoles; the full bytes travel with it anyway.
 MAX_PROBLEMS_NAMED = 50
-# Property names that are not in the schema are input: name one only when it looks like a
-# field name (a typo worth pointing at), never free text that could carry PHI.
-_FIELD_SHAPED = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
+# Property names that are not in the schema are input, and a key can be a surname or a member
+# id as easily as a typo: such a property is shown as `*`, with the schema's closest name
+# at that place as a hint. Only names the schema defines are ever repeated.
+HINT_CUTOFF = 0.75
 
 # What each schema keyword means, worded from the schema's own values, never the input's.
 RULES: dict[str, str] = {
@@ -133,11 +135,12 @@ def _explain(error: ValidationError) -> Iterator[Problem]:
             if name not in instance:
                 yield _join(path, name), "missing"
     elif keyword == "additionalProperties" and isinstance(instance, dict):
-        known = schema.get("properties", {})
+        known = list(schema.get("properties", {}))
         for name in instance:
             if name not in known:
-                shown = name if _FIELD_SHAPED.fullmatch(name) else "*"
-                yield _join(path, shown), "unexpected property"
+                hint = difflib.get_close_matches(name, known, n=1, cutoff=HINT_CUTOFF)
+                rule = f"unexpected property, did you mean {hint[0]}?" if hint else ""
+                yield _join(path, "*"), rule or "unexpected property"
     elif keyword == "anyOf" and all(sub.validator == "required" for sub in error.context or ()):
         names = [name for branch in expected for name in branch.get("required", ())]
         yield path, f"missing: one of {', '.join(names)}"

@@ -414,14 +414,15 @@ def _validate_structure(resource: Mapping[str, Any], where: str) -> Rejection | 
         get_fhir_model_class(resource_type).model_validate(resource)
     except ValidationError as exc:
         errors = exc.errors()
-        fields = sorted({".".join(str(p) for p in err["loc"]) for err in errors})
-        # The library's messages can quote input; locations and error types cannot.
+        # The library's messages quote input and so does the location of an unknown element
+        # (its key): such a key is shown as `*`. Other locations and error types are FHIR's.
+        paths = [_error_path(err["loc"], err["type"]) for err in errors]
         kinds = sorted({err["type"] for err in errors})
         return Rejection(
             "FHIR_INVALID",
-            f"{resource_type} fails FHIR R4 validation at {', '.join(fields[:10])} "
+            f"{resource_type} fails FHIR R4 validation at {', '.join(sorted(set(paths))[:10])} "
             f"({', '.join(kinds[:5])})",
-            location=".".join([where, *(str(p) for p in errors[0]["loc"])]),
+            location=f"{where}.{paths[0]}",
         )
     except Exception as exc:  # the model library trips on some malformed input itself
         return Rejection(
@@ -430,6 +431,13 @@ def _validate_structure(resource: Mapping[str, Any], where: str) -> Rejection | 
             location=where,
         )
     return None
+
+
+def _error_path(loc: tuple[int | str, ...], kind: str) -> str:
+    parts = [str(part) for part in loc]
+    if kind == "extra_forbidden" and parts:
+        parts[-1] = "*"
+    return ".".join(parts)
 
 
 def _check_patient_reference(
