@@ -83,10 +83,10 @@ async def publish_files(
     try:
         futures = []
         for path in paths:
-            for file_topic, message in read_file(path, source):
+            for message in read_file(path, source):
                 futures.append(
                     await producer.send(
-                        topic or file_topic,
+                        topic or message.topic,
                         message.value,
                         key=message.key,
                         headers=[("source", source.encode())],

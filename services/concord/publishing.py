@@ -23,44 +23,47 @@ from concord.topics import RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 class RawMessage:
     value: bytes
     key: bytes | None
-
-
-def _key(source: str, value: bytes) -> bytes | None:
-    """Source and resource reference, so one record's versions keep their order."""
-    try:
-        document = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(document, dict):
-        return None
-    if document.get("resourceType") and document.get("id"):
-        return f"{source}/{document['resourceType']}/{document['id']}".encode()
-    if document.get("claim_id") and document.get("line_number"):
-        return f"{source}/ClaimLine/{document['claim_id']}/{document['line_number']}".encode()
-    return None
+    topic: str = RAW_FHIR
 
 
 HL7_SUFFIXES = (".hl7", ".er7")
+NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 
 
-def read_file(path: Path, source: str) -> Iterator[tuple[str, RawMessage]]:
-    """(raw topic, message) for every event in the file: HL7 v2 by suffix; JSON by content
-    (a claim line has a claim_id and no resourceType; anything else goes to the FHIR topic)."""
-    if path.suffix.lower() in HL7_SUFFIXES:
-        for er7_text in split_messages(path.read_bytes()):
-            yield RAW_HL7V2, RawMessage(er7_text, _hl7_key(source, er7_text))
-        return
-    for message in read_fhir_file(path, source):
-        yield _json_topic(message.value), message
+def read_file(path: Path, source: str) -> Iterator[RawMessage]:
+    """Every event in the file, with its raw topic: HL7 v2 by suffix; JSON by content (a claim
+    line has a claim_id and no resourceType; anything else goes to the FHIR topic)."""
+    data = path.read_bytes()
+    suffix = path.suffix.lower()
+    if suffix in HL7_SUFFIXES:
+        for text in split_messages(data):
+            yield RawMessage(text, _hl7_key(source, text), RAW_HL7V2)
+    elif suffix in NDJSON_SUFFIXES:
+        for line in data.splitlines():
+            if line.strip():
+                yield _json_message(source, line)
+    else:
+        yield _json_message(source, data)
 
 
-def _json_topic(value: bytes) -> str:
+def _json_message(source: str, value: bytes) -> RawMessage:
+    """Keyed by source and record, so one record's versions keep their order."""
     try:
         document = orjson.loads(value)
     except orjson.JSONDecodeError:
-        return RAW_FHIR
-    is_claim = isinstance(document, dict) and "claim_id" in document
-    return RAW_CLAIMS if is_claim and "resourceType" not in document else RAW_FHIR
+        return RawMessage(value, None)
+    if not isinstance(document, dict):
+        return RawMessage(value, None)
+    if document.get("resourceType"):
+        has_id = bool(document.get("id"))
+        key = f"{source}/{document['resourceType']}/{document['id']}" if has_id else None
+        return RawMessage(value, key.encode() if key else None)
+    if "claim_id" in document:
+        if document["claim_id"] and document.get("line_number"):
+            key = f"{source}/ClaimLine/{document['claim_id']}/{document['line_number']}"
+            return RawMessage(value, key.encode(), RAW_CLAIMS)
+        return RawMessage(value, None, RAW_CLAIMS)
+    return RawMessage(value, None)
 
 
 def _hl7_key(source: str, message: bytes) -> bytes | None:
@@ -71,13 +74,3 @@ def _hl7_key(source: str, message: bytes) -> bytes | None:
         return None
     patient = pid.value(3, 1) if pid is not None else ""
     return f"{source}/PID/{patient}".encode() if patient else None
-
-
-def read_fhir_file(path: Path, source: str) -> Iterator[RawMessage]:
-    data = path.read_bytes()
-    if path.suffix.lower() in (".ndjson", ".jsonl"):
-        for line in data.splitlines():
-            if line.strip():
-                yield RawMessage(line, _key(source, line))
-    else:
-        yield RawMessage(data, _key(source, data))

@@ -21,6 +21,7 @@ from concord import topics
 from concord.config import (
     AlertingSettings,
     ConflictsSettings,
+    DatabaseWorkerSettings,
     IngestionSettings,
     NormalizationSettings,
     WorkerSettings,
@@ -59,7 +60,7 @@ async def build_stage(
     from concord.runtime.db import create_pool
     from concord.runtime.outbox import Outbox
 
-    assert isinstance(settings, IngestionSettings | ConflictsSettings | AlertingSettings)  # noqa: S101
+    assert isinstance(settings, DatabaseWorkerSettings)  # noqa: S101
     pool = await create_pool(settings.database_url.get_secret_value(), settings.database_pool_size)
     if service == "ingestion":
         from concord.ingestion.app import IngestionStage

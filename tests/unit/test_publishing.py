@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from concord.publishing import RawMessage, read_fhir_file, read_file
+from concord.publishing import RawMessage, read_file
 from concord.topics import RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 
 
@@ -23,7 +23,7 @@ def _write(path: Path, data: bytes) -> Path:
 
 def test_a_single_resource_is_one_message_keyed_by_source_and_reference(tmp_path: Path) -> None:
     data = orjson.dumps(_patient("p1"), option=orjson.OPT_INDENT_2)
-    messages = list(read_fhir_file(_write(tmp_path / "p.json", data), "ehr-alpha"))
+    messages = list(read_file(_write(tmp_path / "p.json", data), "ehr-alpha"))
     assert messages == [RawMessage(value=data, key=b"ehr-alpha/Patient/p1")]
 
 
@@ -35,28 +35,28 @@ def test_a_bundle_is_one_message_with_the_bytes_as_they_are(tmp_path: Path) -> N
         "entry": [{"resource": _patient("a")}, {"resource": _patient("b")}],
     }
     data = orjson.dumps(bundle) + b"\n"
-    [message] = read_fhir_file(_write(tmp_path / "bundle.json", data), "ehr-beta")
+    [message] = read_file(_write(tmp_path / "bundle.json", data), "ehr-beta")
     assert message.value == data
     assert message.key == b"ehr-beta/Bundle/b1"
 
 
 def test_a_resource_without_an_id_has_no_key(tmp_path: Path) -> None:
     data = orjson.dumps({"resourceType": "Bundle", "entry": []})
-    [message] = read_fhir_file(_write(tmp_path / "bundle.json", data), "s")
+    [message] = read_file(_write(tmp_path / "bundle.json", data), "s")
     assert message == RawMessage(value=data, key=None)
 
 
 def test_ndjson_is_one_message_per_line_and_blank_lines_are_skipped(tmp_path: Path) -> None:
     lines = [orjson.dumps(_patient(pid)) for pid in ("a", "b", "c")]
     data = b"\n" + lines[0] + b"\n\n   \n" + lines[1] + b"\r\n" + lines[2] + b"\n\n"
-    messages = list(read_fhir_file(_write(tmp_path / "feed.ndjson", data), "src"))
+    messages = list(read_file(_write(tmp_path / "feed.ndjson", data), "src"))
     assert [m.value for m in messages] == lines
     assert [m.key for m in messages] == [b"src/Patient/a", b"src/Patient/b", b"src/Patient/c"]
 
 
 def test_jsonl_is_read_as_ndjson_too(tmp_path: Path) -> None:
     lines = [orjson.dumps(_patient(pid)) for pid in ("a", "b")]
-    messages = list(read_fhir_file(_write(tmp_path / "FEED.JSONL", b"\n".join(lines)), "s"))
+    messages = list(read_file(_write(tmp_path / "FEED.JSONL", b"\n".join(lines)), "s"))
     assert [m.value for m in messages] == lines
 
 
@@ -65,7 +65,7 @@ def test_a_malformed_line_is_published_as_is_without_a_key(tmp_path: Path) -> No
     bad = b'{"resourceType": "Patient", "id": "x"'
     not_a_resource = b'["Patient", "y"]'
     data = b"\n".join([good, bad, not_a_resource])
-    messages = list(read_fhir_file(_write(tmp_path / "feed.ndjson", data), "s"))
+    messages = list(read_file(_write(tmp_path / "feed.ndjson", data), "s"))
     assert messages == [
         RawMessage(value=good, key=b"s/Patient/a"),
         RawMessage(value=bad, key=None),
@@ -75,12 +75,12 @@ def test_a_malformed_line_is_published_as_is_without_a_key(tmp_path: Path) -> No
 
 def test_a_malformed_single_file_is_published_as_is(tmp_path: Path) -> None:
     data = b"this is not json\n{"
-    [message] = read_fhir_file(_write(tmp_path / "broken.json", data), "s")
+    [message] = read_file(_write(tmp_path / "broken.json", data), "s")
     assert message == RawMessage(value=data, key=None)
 
 
 def test_an_empty_ndjson_file_gives_nothing(tmp_path: Path) -> None:
-    assert list(read_fhir_file(_write(tmp_path / "empty.ndjson", b"\n \n"), "s")) == []
+    assert list(read_file(_write(tmp_path / "empty.ndjson", b"\n \n"), "s")) == []
 
 
 HL7_TWO = (
@@ -91,8 +91,8 @@ HL7_TWO = (
 
 def test_an_hl7_file_is_split_into_messages_for_the_hl7_topic(tmp_path: Path) -> None:
     read = list(read_file(_write(tmp_path / "feed.HL7", HL7_TWO), "lab"))
-    assert [topic for topic, _ in read] == [RAW_HL7V2, RAW_HL7V2]
-    first, second = (message for _, message in read)
+    assert [message.topic for message in read] == [RAW_HL7V2, RAW_HL7V2]
+    first, second = read
     assert first.value == b"MSH|^~\\&|A|B|C|D|20240301||ADT^A04|1|P|2.5\rPID|1||M-7^^^GH^MR\r"
     assert second.value.count(b"\r") == 3 and b"\n" not in second.value
     # Keyed by source and patient, so one patient's messages stay in order.
@@ -111,5 +111,5 @@ def test_claim_lines_go_to_the_claims_topic_and_fhir_to_the_fhir_topic(tmp_path:
         b"not json",
     ]
     read = list(read_file(_write(tmp_path / "mixed.ndjson", b"\n".join(lines)), "payer"))
-    assert [topic for topic, _ in read] == [RAW_CLAIMS, RAW_FHIR, RAW_FHIR]
-    assert read[0][1].key == b"payer/ClaimLine/C-1/1"  # a line's versions stay in order
+    assert [message.topic for message in read] == [RAW_CLAIMS, RAW_FHIR, RAW_FHIR]
+    assert read[0].key == b"payer/ClaimLine/C-1/1"  # a line's versions stay in order

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date
 from typing import Any
 
 import orjson
@@ -23,7 +23,7 @@ from concord.deadletters import Rejection
 from concord.events.codec import schema_dir
 from concord.events.models import IngestedRecord, RecordOperation
 from concord.events.raw import RawEvent
-from concord.ingestion.common import check_envelope, provenance, record_id
+from concord.ingestion.common import instant, load_json, provenance, record_id
 
 SCHEMA_FILE = ("raw", "claim-line.schema.json")
 RESOURCE_TYPE = "ClaimLine"
@@ -79,18 +79,21 @@ VALIDATOR = _load_validator()
 
 def ingest_claim(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecord] | Rejection:
     """Validate one raw claim line; a void becomes a DELETE of the line."""
-    source = check_envelope(raw, max_payload_bytes=max_payload_bytes)
-    if isinstance(source, Rejection):
-        return source
-    try:
-        line = orjson.loads(raw.value or b"")
-    except orjson.JSONDecodeError:
-        return Rejection("MALFORMED_JSON", "the value is not valid UTF-8 JSON")
+    loaded = load_json(raw, max_payload_bytes=max_payload_bytes)
+    if isinstance(loaded, Rejection):
+        return loaded
+    source, line = loaded
     problems = list(_schema_problems(line))
-    if not problems:
-        problems = list(_rule_problems(line))
     if problems:
         return _rejection(problems)
+    # The schema checked the shape of the event times; whether they are real instants is
+    # known only by parsing them, once, here.
+    times = {name: instant(line[name]) for name in EVENT_TIME_FIELDS if name in line}
+    problems = [(name, "malformed: not a real date-time") for name, t in times.items() if not t]
+    problems += _rule_problems(line)
+    if problems:
+        return _rejection(problems)
+    event_time = next(t for t in times.values() if t is not None).astimezone(UTC)
     record_ref = f"{RESOURCE_TYPE}/{line['claim_id']}/{int(line['line_number'])}"
     version = str(line["claim_version"])
     operation: RecordOperation = "DELETE" if line["status"] == "void" else "UPSERT"
@@ -106,16 +109,10 @@ def ingest_claim(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecor
                 source=source,
                 record_ref=record_ref,
                 version=version,
-                event_time=_event_time(line),
+                event_time=event_time,
             ),
         )
     ]
-
-
-def _event_time(line: Mapping[str, Any]) -> datetime:
-    # Only called once _rule_problems has parsed these, so a value is present and valid.
-    value = next(line[name] for name in EVENT_TIME_FIELDS if name in line)
-    return datetime.fromisoformat(value).astimezone(UTC)
 
 
 def _schema_problems(line: Any) -> Iterator[Problem]:
@@ -162,9 +159,6 @@ def _rule(keyword: str, expected: Any, schema: Mapping[str, Any]) -> str:
 
 def _rule_problems(line: Mapping[str, Any]) -> Iterator[Problem]:
     """What the schema cannot say. Runs on a line that passed it, so the types are known."""
-    for name in EVENT_TIME_FIELDS:
-        if name in line and not _is_instant(line[name]):
-            yield name, "malformed: not a real date-time"
     if "service_date_to" in line and date.fromisoformat(line["service_date_to"]) < (
         date.fromisoformat(line["service_date_from"])
     ):
@@ -177,14 +171,6 @@ def _rule_problems(line: Mapping[str, Any]) -> Iterator[Problem]:
     for position, pointer in enumerate(line.get("diagnosis_pointers", ())):
         if pointer not in sequences:
             yield f"diagnosis_pointers[{position}]", "dangling: names no diagnosis sequence"
-
-
-def _is_instant(value: str) -> bool:
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _rejection(problems: list[Problem]) -> Rejection:

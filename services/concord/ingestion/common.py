@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from typing import Any
+
+import orjson
 
 from concord.deadletters import Rejection
 from concord.events.models import Provenance
@@ -22,6 +25,28 @@ def check_envelope(raw: RawEvent, *, max_payload_bytes: int) -> str | Rejection:
             "PAYLOAD_TOO_LARGE", f"{len(raw.value)} bytes exceeds the limit of {max_payload_bytes}"
         )
     return source_of(raw)
+
+
+def load_json(raw: RawEvent, *, max_payload_bytes: int) -> tuple[str, Any] | Rejection:
+    """The sending system and the parsed JSON value of a raw event."""
+    source = check_envelope(raw, max_payload_bytes=max_payload_bytes)
+    if isinstance(source, Rejection):
+        return source
+    try:
+        return source, orjson.loads(raw.value or b"")
+    except orjson.JSONDecodeError:
+        return Rejection("MALFORMED_JSON", "the value is not valid UTF-8 JSON")
+
+
+def instant(value: object) -> datetime | None:
+    """An ISO 8601 date-time with its zone, or None (absent, malformed, or without a zone)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
 
 
 def source_of(raw: RawEvent) -> str | Rejection:

@@ -33,7 +33,7 @@ from concord.deadletters import Rejection
 from concord.events.models import IngestedRecord, RecordOperation
 from concord.events.raw import RawEvent
 from concord.ingestion.codes import check_coding
-from concord.ingestion.common import check_envelope, provenance, record_id
+from concord.ingestion.common import instant, load_json, provenance, record_id
 
 # Where each ingested type names its patient, when a fact without one is useless: FHIR makes
 # it optional for Observation and DiagnosticReport, but a result about nobody cannot be
@@ -59,7 +59,6 @@ CLINICAL_CODES: dict[str, tuple[str, ...]] = {
     "MedicationStatement": ("medicationCodeableConcept",),
     "MedicationRequest": ("medicationCodeableConcept",),
     "DiagnosticReport": ("code",),
-    "Medication": ("code",),
 }
 CARRIED_TYPES = frozenset({"Medication", "Specimen"})
 BUNDLE_TYPES = frozenset(
@@ -78,96 +77,43 @@ BUNDLE_TYPES = frozenset(
 # Required bindings the model library does not enforce: a status outside its value set
 # would be read differently by every consumer.
 REQUIRED_CODES: dict[str, dict[str, frozenset[str]]] = {
-    "Patient": {"gender": frozenset({"male", "female", "other", "unknown"})},
+    "Patient": {"gender": frozenset("male female other unknown".split())},
     "Observation": {
         "status": frozenset(
-            {
-                "registered",
-                "preliminary",
-                "final",
-                "amended",
-                "corrected",
-                "cancelled",
-                "entered-in-error",
-                "unknown",
-            }
+            "registered preliminary final amended corrected cancelled entered-in-error "
+            "unknown".split()
         )
     },
     "DiagnosticReport": {
         "status": frozenset(
-            {
-                "registered",
-                "partial",
-                "preliminary",
-                "final",
-                "amended",
-                "corrected",
-                "appended",
-                "cancelled",
-                "entered-in-error",
-                "unknown",
-            }
+            "registered partial preliminary final amended corrected appended cancelled "
+            "entered-in-error unknown".split()
         )
     },
     "MedicationStatement": {
         "status": frozenset(
-            {
-                "active",
-                "completed",
-                "entered-in-error",
-                "intended",
-                "stopped",
-                "on-hold",
-                "unknown",
-                "not-taken",
-            }
+            "active completed entered-in-error intended stopped on-hold unknown not-taken".split()
         )
     },
     "MedicationRequest": {
         "status": frozenset(
-            {
-                "active",
-                "on-hold",
-                "cancelled",
-                "completed",
-                "entered-in-error",
-                "stopped",
-                "draft",
-                "unknown",
-            }
+            "active on-hold cancelled completed entered-in-error stopped draft unknown".split()
         ),
         "intent": frozenset(
-            {
-                "proposal",
-                "plan",
-                "order",
-                "original-order",
-                "reflex-order",
-                "filler-order",
-                "instance-order",
-                "option",
-            }
+            "proposal plan order original-order reflex-order filler-order instance-order "
+            "option".split()
         ),
     },
     "Encounter": {
         "status": frozenset(
-            {
-                "planned",
-                "arrived",
-                "triaged",
-                "in-progress",
-                "onleave",
-                "finished",
-                "cancelled",
-                "entered-in-error",
-                "unknown",
-            }
+            "planned arrived triaged in-progress onleave finished cancelled entered-in-error "
+            "unknown".split()
         )
     },
-    "DocumentReference": {"status": frozenset({"current", "superseded", "entered-in-error"})},
+    "DocumentReference": {"status": frozenset("current superseded entered-in-error".split())},
     "AllergyIntolerance": {
-        "criticality": frozenset({"low", "high", "unable-to-assess"}),
-        "type": frozenset({"allergy", "intolerance"}),
+        "criticality": frozenset("low high unable-to-assess".split()),
+        "type": frozenset("allergy intolerance".split()),
     },
 }
 _NAIVE_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
@@ -207,20 +153,17 @@ class _Bundle:
 
 def ingest_fhir(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecord] | Rejection:
     """Validate one raw FHIR event: a resource, or a Bundle of them (all or nothing)."""
-    source = check_envelope(raw, max_payload_bytes=max_payload_bytes)
-    if isinstance(source, Rejection):
-        return source
-    try:
-        document = orjson.loads(raw.value or b"")
-    except orjson.JSONDecodeError:
-        return Rejection("MALFORMED_JSON", "the value is not valid UTF-8 JSON")
+    loaded = load_json(raw, max_payload_bytes=max_payload_bytes)
+    if isinstance(loaded, Rejection):
+        return loaded
+    source, document = loaded
     if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
         return Rejection("NOT_FHIR", "the JSON is not an object with a resourceType")
     if document["resourceType"] == "Bundle":
         return _ingest_bundle(raw, source, document)
     resource_type = document["resourceType"]
     if resource_type not in SUPPORTED_TYPES:
-        return _unsupported(resource_type, None)
+        return _unsupported(resource_type)
     outcome = _ingest_entry(raw, source, _Entry(document, resource_type), None)
     return [outcome] if isinstance(outcome, IngestedRecord) else outcome
 
@@ -239,7 +182,9 @@ def _ingest_bundle(
         )
     if not entries:
         return Rejection("EMPTY_BUNDLE", "the Bundle has no entries", location="Bundle.entry")
-    bundle_time = _instant(bundle.get("timestamp")) or _instant(_get(bundle, "meta", "lastUpdated"))
+    bundle_time = instant(bundle.get("timestamp")) or instant(
+        _object(bundle.get("meta")).get("lastUpdated")
+    )
     index = _Bundle(entries)
     records: list[IngestedRecord] = []
     skipped: set[str] = set()
@@ -272,7 +217,7 @@ def _bundle_entry(
     resource = entry.get("resource")
     operation: RecordOperation = "DELETE" if request.get("method") == "DELETE" else "UPSERT"
     version = _etag_version(response.get("etag"))
-    event_time = _instant(response.get("lastModified")) or bundle_time
+    event_time = instant(response.get("lastModified")) or bundle_time
     if resource is None and operation == "DELETE":
         # A history DELETE carries no resource: the request URL names what was deleted.
         match = _HISTORY_URL.match(str(request.get("url", "")))
@@ -308,7 +253,7 @@ def _ingest_entry(
     meta = _object(resource.get("meta"))
     event_time = raw.received_time
     if "lastUpdated" in meta:
-        parsed = _instant(meta["lastUpdated"])
+        parsed = instant(meta["lastUpdated"])
         if parsed is None:
             return Rejection(
                 "DATETIME_WITHOUT_ZONE",
@@ -511,7 +456,7 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, Any]]:
         yield path, node
         for key, value in node.items():
             if key in ("contained", "text"):
-                continue  # contained resources are checked as references; text is narrative
+                continue  # contained resources are only resolved, not walked; text is narrative
             yield from _walk(value, f"{path}.{key}")
     elif isinstance(node, list):
         for position, item in enumerate(node):
@@ -533,32 +478,14 @@ def _etag_version(etag: object) -> str | None:
     return etag.removeprefix("W/").strip('"') or None
 
 
-def _instant(value: object) -> datetime | None:
-    """A FHIR instant with its zone, or None (absent, malformed, or without a zone)."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
-
-
 def _object(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _get(node: Mapping[str, Any], *keys: str) -> object:
-    current: object = node
-    for key in keys:
-        current = current.get(key) if isinstance(current, dict) else None
-    return current
-
-
-def _unsupported(resource_type: str, where: str | None) -> Rejection:
+def _unsupported(resource_type: str) -> Rejection:
     # Name the type only when it is one FHIR defines: anything else is arbitrary input.
     named = resource_type if _is_fhir_type(resource_type) else "an unknown resource type"
-    return Rejection("UNSUPPORTED_RESOURCE_TYPE", f"{named} is not ingested", location=where)
+    return Rejection("UNSUPPORTED_RESOURCE_TYPE", f"{named} is not ingested")
 
 
 def _is_fhir_type(name: str) -> bool:
