@@ -15,7 +15,6 @@ from pathlib import Path
 import orjson
 
 from concord.hl7v2 import er7
-from concord.ingestion.mllp import split_messages
 from concord.topics import RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 
 
@@ -36,7 +35,7 @@ def read_file(path: Path, source: str) -> Iterator[RawMessage]:
     data = path.read_bytes()
     suffix = path.suffix.lower()
     if suffix in HL7_SUFFIXES:
-        for text in split_messages(data):
+        for text in er7.split_messages(data):
             yield RawMessage(text, _hl7_key(source, text), RAW_HL7V2)
     elif suffix in NDJSON_SUFFIXES:
         for line in data.splitlines():

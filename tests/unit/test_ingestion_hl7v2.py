@@ -87,7 +87,6 @@ def test_fields_components_repetitions_and_escapes() -> None:
 
 def test_custom_encoding_characters() -> None:
     custom = ADT.replace("|", "#").replace("^", "$").replace("~", "%").replace("&", "@")
-    custom = custom.replace("\\S\\", "\\S\\")  # escapes keep the escape character
     message = er7.parse(custom)
     assert message.separators == er7.Separators("#", "$", "%", "\\", "@")
     pid = message.first("PID")
@@ -121,6 +120,35 @@ def test_timestamps(value: str, expected: datetime) -> None:
 @pytest.mark.parametrize("value", ["2024-03-01", "yesterday", "20241301", "2024030112ab"])
 def test_not_timestamps(value: str) -> None:
     assert er7.parse_timestamp(value) is None
+
+
+# --- files of messages ---------------------------------------------------------------------------
+
+TWO_MESSAGES = [
+    b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5",
+    b"PID|1||123",
+    b"MSH|^~\\&|A|B|C|D|20240101||ADT^A08|2|P|2.5",
+    b"PID|1||456",
+    b"NTE|1||note",
+]
+
+
+@pytest.mark.parametrize("terminator", [b"\r", b"\n", b"\r\n"], ids=["CR", "LF", "CRLF"])
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["plain", "BOM"])
+def test_split_messages_any_terminator_and_bom(terminator: bytes, bom: bytes) -> None:
+    data = bom + terminator.join(TWO_MESSAGES) + terminator + terminator
+    assert er7.split_messages(data) == [
+        b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\rPID|1||123\r",
+        b"MSH|^~\\&|A|B|C|D|20240101||ADT^A08|2|P|2.5\rPID|1||456\rNTE|1||note\r",
+    ]
+
+
+def test_split_messages_drops_batch_envelopes_and_refuses_text_before_msh() -> None:
+    batch = b"FHS|^~\\&\nBHS|^~\\&\n" + b"\n".join(TWO_MESSAGES[:2]) + b"\nBTS|1\nFTS|1\n"
+    assert er7.split_messages(batch) == [TWO_MESSAGES[0] + b"\r" + TWO_MESSAGES[1] + b"\r"]
+    with pytest.raises(ValueError, match="line 1 "):
+        er7.split_messages(b"PID|1||123\n" + TWO_MESSAGES[0])
+    assert er7.split_messages(b"") == []
 
 
 # --- accepted ------------------------------------------------------------------------------------

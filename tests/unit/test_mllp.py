@@ -32,7 +32,6 @@ from concord.ingestion.mllp import (
     parse_ack,
     send_messages,
     serve,
-    split_messages,
 )
 
 HOST = "127.0.0.1"
@@ -461,35 +460,6 @@ def test_tls_settings_need_a_certificate(tmp_path: Path) -> None:
     assert MllpSettings().ssl_context() is None
     with pytest.raises(ValueError, match="CERTFILE"):
         MllpSettings(mllp_tls_keyfile=tmp_path / "server.key")
-
-
-# --- split_messages -----------------------------------------------------------------------------
-
-TWO_MESSAGES = [
-    b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5",
-    b"PID|1||123",
-    b"MSH|^~\\&|A|B|C|D|20240101||ADT^A08|2|P|2.5",
-    b"PID|1||456",
-    b"NTE|1||note",
-]
-
-
-@pytest.mark.parametrize("terminator", [b"\r", b"\n", b"\r\n"], ids=["CR", "LF", "CRLF"])
-@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["plain", "BOM"])
-def test_split_messages_any_terminator_and_bom(terminator: bytes, bom: bytes) -> None:
-    data = bom + terminator.join(TWO_MESSAGES) + terminator + terminator
-    assert split_messages(data) == [
-        b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\rPID|1||123\r",
-        b"MSH|^~\\&|A|B|C|D|20240101||ADT^A08|2|P|2.5\rPID|1||456\rNTE|1||note\r",
-    ]
-
-
-def test_split_messages_drops_batch_envelopes_and_refuses_text_before_msh() -> None:
-    batch = b"FHS|^~\\&\nBHS|^~\\&\n" + b"\n".join(TWO_MESSAGES[:2]) + b"\nBTS|1\nFTS|1\n"
-    assert split_messages(batch) == [TWO_MESSAGES[0] + b"\r" + TWO_MESSAGES[1] + b"\r"]
-    with pytest.raises(ValueError, match="line 1 "):
-        split_messages(b"PID|1||123\n" + TWO_MESSAGES[0])
-    assert split_messages(b"") == []
 
 
 # --- build_ack ----------------------------------------------------------------------------------

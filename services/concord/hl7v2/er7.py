@@ -18,6 +18,7 @@ from functools import lru_cache
 
 import hl7
 
+_BOM = b"\xef\xbb\xbf"
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2}(\.\d{1,4})?)?([+-]\d{4})?$")
 # MSH-18 names the character set; these are the ones HL7 table 0211 defines that Python reads.
@@ -50,9 +51,20 @@ class Separators:
     escape: str = "\\"
     subcomponent: str = "&"
 
-    @property
-    def encoding_characters(self) -> str:
-        return self.component + self.repetition + self.escape + self.subcomponent
+
+def separators_of(field_separator: str, encoding: str) -> Separators | None:
+    """The separators MSH-1 and MSH-2 define, or None when they are not usable: four encoding
+    characters (five from v2.7, the truncation character), all distinct, none a letter, a
+    digit or white space."""
+    chosen = field_separator + encoding
+    if (
+        len(field_separator) != 1
+        or len(encoding) not in (4, 5)
+        or len(set(chosen)) != len(chosen)
+        or any(c.isalnum() or c.isspace() for c in chosen)
+    ):
+        return None
+    return Separators(field_separator, encoding[0], encoding[1], encoding[2], encoding[3])
 
 
 @lru_cache(maxsize=64)
@@ -80,9 +92,6 @@ class Segment:
             # MSH-1 is the field separator itself, so MSH field n is at split position n - 1.
             self._fields.insert(1, separators.field)
 
-    def __len__(self) -> int:
-        return len(self._fields) - 1
-
     def location(self, field: int, component: int | None = None) -> str:
         where = f"{self.name}[{self.index}]-{field}" if self.index > 1 else f"{self.name}-{field}"
         return f"{where}.{component}" if component else where
@@ -97,19 +106,17 @@ class Segment:
             return [raw] if raw else []
         return raw.split(self.separators.repetition)
 
-    def components(self, field: int, repetition: int = 0) -> list[str]:
-        """The components of one repetition of a field, unescaped."""
-        reps = self.repetitions(field)
-        if repetition >= len(reps):
-            return []
-        return [self.unescape(c) for c in reps[repetition].split(self.separators.component)]
+    def values(self, field: int, component: int = 1) -> list[str]:
+        """One component of every repetition of a field, unescaped."""
+        return [self._component(rep, component) for rep in self.repetitions(field)]
 
     def value(self, field: int, component: int = 1, repetition: int = 0) -> str:
         """One component (1-based) of one repetition, its first subcomponent, unescaped."""
         reps = self.repetitions(field)
-        if repetition >= len(reps):
-            return ""
-        parts = reps[repetition].split(self.separators.component)
+        return self._component(reps[repetition], component) if repetition < len(reps) else ""
+
+    def _component(self, repetition: str, component: int) -> str:
+        parts = repetition.split(self.separators.component)
         if component > len(parts):
             return ""
         return self.unescape(parts[component - 1].split(self.separators.subcomponent)[0])
@@ -139,7 +146,7 @@ class Er7Message:
 
 def decode(data: bytes) -> str:
     """The message's text in the character set MSH-18 names (UTF-8 when it names none)."""
-    data = data.removeprefix(b"\xef\xbb\xbf")
+    data = data.removeprefix(_BOM)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -165,14 +172,9 @@ def parse(data: bytes | str) -> Er7Message:
         raise Er7Error("the message does not start with an MSH segment", "MSH")
     head = lines[0]
     field_separator = head[3]
-    encoding = head[4:].split(field_separator, 1)[0]
-    if (
-        len(encoding) < 4
-        or len(set(encoding[:4] + field_separator)) < 5
-        or field_separator.isalnum()
-    ):
+    separators = separators_of(field_separator, head[4:].split(field_separator, 1)[0])
+    if separators is None:
         raise Er7Error("MSH-1 and MSH-2 do not define five distinct separators", "MSH-2")
-    separators = Separators(field_separator, encoding[0], encoding[1], encoding[2], encoding[3])
     counts: dict[str, int] = {}
     segments: list[Segment] = []
     for line in lines:
@@ -185,6 +187,34 @@ def parse(data: bytes | str) -> Er7Message:
         counts[name] = counts.get(name, 0) + 1
         segments.append(Segment(line, separators, counts[name]))
     return Er7Message(tuple(segments), separators, "\r".join(lines))
+
+
+_BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def split_messages(data: bytes) -> list[bytes]:
+    """The messages in an .hl7 file: each starts at an MSH, segments end with ``\\r``.
+
+    Any of ``\\r``, ``\\n`` and ``\\r\\n`` ends a segment; a UTF-8 BOM, blank lines, stray MLLP
+    framing bytes and batch envelope segments (FHS, BHS, BTS, FTS) are dropped. Anything else
+    before the first MSH raises ``ValueError`` (with the line number, not the content).
+    """
+    messages: list[list[bytes]] = []
+    for number, line in enumerate(_LINE_END.split(data.removeprefix(_BOM)), start=1):
+        segment = line.strip(b"\x0b\x1c")
+        if not segment.strip():
+            continue
+        name = segment[:3]
+        if name == b"MSH":
+            messages.append([segment])
+        elif name in _BATCH_SEGMENTS:
+            continue
+        elif not messages:
+            raise ValueError(f"line {number} comes before the first MSH segment")
+        else:
+            messages[-1].append(segment)
+    return [b"".join(segment + b"\r" for segment in segments) for segments in messages]
 
 
 def parse_timestamp(value: str) -> datetime | None:

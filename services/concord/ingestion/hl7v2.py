@@ -51,8 +51,12 @@ CODING_SYSTEMS = {
     "CPT": CPT,
     "C4": CPT,
 }
+# Segments a trigger must carry besides those of its message type.
+TRIGGER_SEGMENTS: dict[str, tuple[str, ...]] = {"ADT^A40": ("MRG",)}
 # (segment, field) of the coded element each segment is about.
 CODED_FIELDS = {"OBX": 3, "AL1": 3, "DG1": 3, "RXE": 2, "RXA": 5}
+# Of those, the ones that must be coded: AL1/DG1 may name an allergen or diagnosis by text.
+CODE_REQUIRED = frozenset({"OBX", "RXE", "RXA"})
 # (segment, field) of the timestamps read downstream.
 TIMESTAMP_FIELDS = {
     "EVN": (2, 6),
@@ -139,14 +143,13 @@ def _check_header(message: er7.Er7Message) -> tuple[str, str] | Rejection:
         return Rejection(
             "HL7_INVALID", "MSH-10, the message control id, is empty", location="MSH-10"
         )
-    for name in accepted[1]:
+    message_type = f"{kind}^{trigger}"
+    for name in (*accepted[1], *TRIGGER_SEGMENTS.get(message_type, ())):
         if message.first(name) is None:
             return Rejection(
-                "HL7_INVALID", f"{kind}^{trigger} must carry the {name} segment", location=name
+                "HL7_INVALID", f"{message_type} must carry the {name} segment", location=name
             )
-    if kind == "ADT" and trigger == "A40" and message.first("MRG") is None:
-        return Rejection("HL7_INVALID", "ADT^A40 must carry an MRG segment", location="MRG")
-    return f"{kind}^{trigger}", control_id
+    return message_type, control_id
 
 
 def _event_time(message: er7.Er7Message, zone: ZoneInfo | None) -> datetime | Rejection:
@@ -167,9 +170,7 @@ def _event_time(message: er7.Er7Message, zone: ZoneInfo | None) -> datetime | Re
 
 def _check_content(message: er7.Er7Message, zone: ZoneInfo | None) -> Rejection | None:
     pid = message.first("PID")
-    if pid is not None and not any(
-        pid.value(3, 1, rep).strip() for rep in range(len(pid.repetitions(3)))
-    ):
+    if pid is not None and not any(value.strip() for value in pid.values(3)):
         return Rejection(
             "HL7_INVALID", "PID-3 holds no patient identifier", location=pid.location(3)
         )
@@ -202,13 +203,13 @@ def _check_content(message: er7.Er7Message, zone: ZoneInfo | None) -> Rejection 
 def _check_coded(segment: er7.Segment, field: int) -> Rejection | None:
     code = segment.value(field, 1).strip()
     if not code:
-        if segment.name == "RXE" or segment.name == "RXA" or segment.name == "OBX":
-            return Rejection(
-                "HL7_INVALID",
-                f"{segment.name}-{field} must carry a code",
-                location=segment.location(field, 1),
-            )
-        return None  # AL1/DG1 may name the allergen or diagnosis by text alone
+        if segment.name not in CODE_REQUIRED:
+            return None
+        return Rejection(
+            "HL7_INVALID",
+            f"{segment.name}-{field} must carry a code",
+            location=segment.location(field, 1),
+        )
     system = segment.value(field, 3).strip()
     if not system:
         return Rejection(
@@ -226,7 +227,7 @@ def _check_coded(segment: er7.Segment, field: int) -> Rejection | None:
 
 def _check_result(obx: er7.Segment) -> Rejection | None:
     value_type = obx.value(2).strip()
-    values = [obx.value(5, 1, rep) for rep in range(len(obx.repetitions(5)))]
+    values = obx.values(5)
     if any(v.strip() for v in values) and not value_type:
         return Rejection(
             "HL7_INVALID", "OBX-2 must give the value type of OBX-5", location=obx.location(2)

@@ -53,6 +53,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from concord.hl7v2 import er7
+
 log = logging.getLogger(__name__)
 
 START_BLOCK = b"\x0b"
@@ -226,25 +228,14 @@ def _read_msh(message: bytes) -> _Msh | None:
     if message[start : start + 3] != b"MSH" or len(message) - start < 8:
         return None
     separator = message[start + 3 : start + 4]
-    if separator.isalnum() or separator in _LEADING_SPACE:
-        return None
     end = _SEGMENT_END.search(message, start)
     segment = message[start : end.start() if end else len(message)]
     fields = segment.split(separator)
     encoding = fields[1]
-    if not _valid_encoding(encoding, separator):
+    # The same rule as ingestion's reader, so the listener refuses exactly what it would.
+    if er7.separators_of(separator.decode("latin-1"), encoding.decode("latin-1")) is None:
         return None
     return _Msh(separator, encoding, fields)
-
-
-def _valid_encoding(encoding: bytes, separator: bytes) -> bool:
-    # Four characters (component, repetition, escape, subcomponent), five from v2.7 (truncation).
-    return (
-        len(encoding) in (4, 5)
-        and len(set(encoding)) == len(encoding)
-        and separator[0] not in encoding
-        and not any(chr(c).isalnum() or c in _LEADING_SPACE for c in encoding)
-    )
 
 
 def _version_tuple(version: bytes) -> tuple[int, ...]:
@@ -894,37 +885,6 @@ async def _next_frame(
             raise MllpError("the server closed the connection before answering")
         pending.extend(framer.feed(data))
     return pending.popleft()
-
-
-_BOM = b"\xef\xbb\xbf"
-_BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
-def split_messages(data: bytes) -> list[bytes]:
-    """The messages in an .hl7 file: each starts at an MSH, segments end with ``\\r``.
-
-    Any of ``\\r``, ``\\n`` and ``\\r\\n`` ends a segment; a UTF-8 BOM, blank lines, stray MLLP
-    framing bytes and batch envelope segments (FHS, BHS, BTS, FTS) are dropped. Anything else
-    before the first MSH raises ``ValueError`` (with the line number, not the content).
-    """
-    if data.startswith(_BOM):
-        data = data[len(_BOM) :]
-    messages: list[list[bytes]] = []
-    for number, line in enumerate(_LINE_END.split(data), start=1):
-        segment = line.strip(b"\x0b\x1c")
-        if not segment.strip():
-            continue
-        name = segment[:3]
-        if name == b"MSH":
-            messages.append([segment])
-        elif name in _BATCH_SEGMENTS:
-            continue
-        elif not messages:
-            raise ValueError(f"line {number} comes before the first MSH segment")
-        else:
-            messages[-1].append(segment)
-    return [b"".join(segment + b"\r" for segment in segments) for segments in messages]
 
 
 # --- settings -----------------------------------------------------------------------------------
