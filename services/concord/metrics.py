@@ -64,3 +64,26 @@ INGESTION_DUPLICATES = Counter(
     "Records ingestion had already emitted (same source, record and version), not re-emitted",
     ["topic"],
 )
+# MLLP listener (outcome is AA, AE or AR)
+
+MLLP_MESSAGES = Counter(
+    "concord_mllp_messages",
+    "HL7 messages the MLLP listener answered, by the ACK code it sent",
+    ["outcome"],
+)
+MLLP_CONNECTIONS = Gauge("concord_mllp_connections", "Open MLLP connections")
+MLLP_CONNECTIONS_REFUSED = Counter(
+    "concord_mllp_connections_refused", "MLLP connections closed at once: max_connections reached"
+)
+MLLP_OVERSIZE_FRAMES = Counter(
+    "concord_mllp_oversize_frames", "MLLP frames refused because they exceed max_frame_bytes"
+)
+MLLP_DISCARDED_BYTES = Counter(
+    "concord_mllp_discarded_bytes",
+    "Bytes outside MLLP frames, and of frames the sender abandoned by starting another",
+)
+MLLP_ACK_SECONDS = Histogram(
+    "concord_mllp_ack_seconds",
+    "From a complete frame received to its ACK written (includes the durable Kafka write)",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

@@ -62,12 +62,28 @@ EXPORTED_METRICS = frozenset(
         "concord_consumer_lag",
         "concord_records_not_normalized_total",
         "concord_ingestion_duplicates_total",
+        "concord_mllp_messages_total",
+        "concord_mllp_connections",
+        "concord_mllp_connections_refused_total",
+        "concord_mllp_oversize_frames_total",
+        "concord_mllp_discarded_bytes_total",
+        "concord_mllp_ack_seconds",
     }
 )
 # Labels that may appear in rules and dashboards: the metrics' own bounded labels, Prometheus'
 # job/instance, the histogram bucket bound and the quantile label of the recording rules.
 ALLOWED_LABELS = frozenset(
-    {"stage", "topic", "partition", "reason_code", "severity", "since", "format", "operation"}
+    {
+        "stage",
+        "topic",
+        "partition",
+        "reason_code",
+        "severity",
+        "since",
+        "format",
+        "operation",
+        "outcome",
+    }
     | {"job", "instance", "le", "quantile"}
 )
 PHI_LIKE_LABEL = re.compile(r"patient|name|mrn|birth|dob|ssn|phone|address|email", re.IGNORECASE)

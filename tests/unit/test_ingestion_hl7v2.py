@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import logging
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -293,7 +294,7 @@ def test_arbitrary_bytes_never_raise(data: bytes) -> None:
     base=st.sampled_from([ADT, ORU]),
     at=st.integers(min_value=0, max_value=400),
     cut=st.integers(min_value=0, max_value=30),
-    insert=st.text(alphabet="|^~\\&\r\nMSHPIDOBX0123456789-+.", max_size=12),
+    insert=st.text(alphabet="|^~\\&\r\nMSHPIDOBXspFX0123456789-+.", max_size=12),
 )
 def test_mutated_messages_never_raise(base: str, at: int, cut: int, insert: str) -> None:
     position = at % (len(base) + 1)
@@ -321,3 +322,35 @@ def test_every_public_hl7v2_message_is_ingested_or_dead_lettered_with_a_reason()
     assert sum(outcomes.values()) == len(files)
     # Every ADT sample but the few that break a rule is ingested; other types are named.
     assert outcomes["INGESTED"] >= 55
+
+
+# --- escapes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f", "a|b^c&d~e\\f"),
+        ("a\\P\\b", "a#b"),
+        ("\\X414243\\", "ABC"),
+        ("one\\.br\\two", "one\ntwo"),
+        ("one\\.sp2\\two", "one\n\ntwo"),
+        ("x\\.spZ\\y", "x\ny"),  # a malformed count: python-hl7 raised here
+        ("\\H\\bold\\N\\", "bold"),
+        ("x\\Zcustom\\y", "xy"),
+        ("x\\Xzz\\y", "xy"),
+        ("trailing\\F", "trailing\\F"),
+    ],
+)
+def test_escape_sequences(field: str, expected: str) -> None:
+    assert er7.unescape(field, er7.Separators()) == expected
+
+
+def test_a_bad_escape_is_neither_logged_nor_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    message = ORU.replace("||99|", f"||{FAMILY}\\Q\\\\.spZ\\|").replace("|NM|", "|ST|", 1)
+    with caplog.at_level(logging.DEBUG):
+        outcome = _ingest(message)
+        obx = er7.parse(message).all("OBX")[0]
+        assert obx.value(5) == FAMILY + "\n"
+    assert isinstance(outcome, list)
+    assert FAMILY not in caplog.text

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from concord.config import MllpSettings
 from concord.ingestion.mllp import (
     Ack,
     AckDecision,
@@ -25,13 +26,11 @@ from concord.ingestion.mllp import (
     MllpError,
     MllpFramer,
     MllpServer,
-    MllpSettings,
     OversizeFrame,
     build_ack,
     frame,
     parse_ack,
     send_messages,
-    serve,
 )
 
 HOST = "127.0.0.1"
@@ -285,21 +284,30 @@ async def test_a_handle_that_raises_yields_ae_and_the_server_keeps_serving(
     assert PATIENT_NAME.decode() not in caplog.text and "MRN" not in caplog.text
 
 
+def test_an_ack_keeps_the_truncation_character_of_its_message() -> None:
+    v27 = message("T1", version="2.7").replace(b"MSH|^~\\&|", b"MSH|^~\\&#|", 1)
+    decision = AckDecision.application_error(Hl7ErrorCode.DATA_TYPE_ERROR, "a#b|c")
+    ack = build_ack(v27, decision)
+    assert b"a\\P\\b\\F\\c" in ack
+    assert parse_ack(ack).error == "a#b|c"
+
+
 @pytest.mark.asyncio
 async def test_aa_only_after_the_slow_durable_write_and_never_for_a_naked_message() -> None:
-    gate = asyncio.Event()
+    entered, gate = asyncio.Event(), asyncio.Event()
     records: list[bytes] = []
 
     async def gated(msg: bytes, peer: str) -> AckDecision:
+        entered.set()
         await gate.wait()
         records.append(msg)
         return AckDecision.accept()
 
     async with server(gated) as listener:
         sending = asyncio.create_task(send_messages(HOST, listener.port, [message("GATED")]))
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(entered.wait(), 5)  # the message reached "Kafka"...
+        await asyncio.sleep(0.05)  # ...and the client had time to read an early ACK
         assert not sending.done()  # no ACK while "Kafka" has not acknowledged
-        assert records == []
         gate.set()
         assert await sending == [Ack("AA", "GATED")]
     assert records == [message("GATED")]
@@ -364,7 +372,8 @@ async def test_close_finishes_the_message_in_flight_and_stops_accepting() -> Non
         await gate.wait()
         return AckDecision.accept()
 
-    listener = await serve(gated, host=HOST, port=0)
+    listener = MllpServer(gated, host=HOST, port=0)
+    await listener.start()
     port = listener.port
     idle = await RawClient.connect(listener)
     sending = asyncio.create_task(send_messages(HOST, port, [message("INFLIGHT")]))

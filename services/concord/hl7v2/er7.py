@@ -4,9 +4,9 @@ python-hl7 builds a container object for every field, repetition and component a
 time: measured here at ~170 µs for a 240-byte message and ~12 ms for an 8.5 KB ADT, which is
 far below what one ingestion worker must pass. Most of a message is never looked at (Concord
 reads MSH, EVN, PID, AL1, DG1, OBR/OBX, RXE/RXA), so this reader splits segments with
-str.split and each field only when asked. python-hl7 still does the parts that are easy to
-get wrong: escape sequences (`\\F\\`, `\\S\\`, `\\Xhh\\`, ...) and timestamps with offsets.
-Custom encoding characters are read from MSH-1/MSH-2 as the standard says.
+str.split and each field only when asked; python-hl7 still reads timestamps with offsets.
+Escape sequences are decoded here too (see unescape for why). Custom encoding characters are
+read from MSH-1/MSH-2 as the standard says.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
 
 import hl7
 
@@ -50,6 +49,7 @@ class Separators:
     repetition: str = "~"
     escape: str = "\\"
     subcomponent: str = "&"
+    truncation: str = "#"  # v2.7's fifth encoding character, named or not
 
 
 def separators_of(field_separator: str, encoding: str) -> Separators | None:
@@ -64,20 +64,7 @@ def separators_of(field_separator: str, encoding: str) -> Separators | None:
         or any(c.isalnum() or c.isspace() for c in chosen)
     ):
         return None
-    return Separators(field_separator, encoding[0], encoding[1], encoding[2], encoding[3])
-
-
-@lru_cache(maxsize=64)
-def _unescaper(separators: Separators) -> hl7.Message:
-    return hl7.Message(
-        separator="\r",
-        esc=separators.escape,
-        separators="\r"
-        + separators.field
-        + separators.repetition
-        + separators.component
-        + separators.subcomponent,
-    )
+    return Separators(field_separator, *encoding)
 
 
 class Segment:
@@ -110,21 +97,25 @@ class Segment:
         """One component of every repetition of a field, unescaped."""
         return [self._component(rep, component) for rep in self.repetitions(field)]
 
-    def value(self, field: int, component: int = 1, repetition: int = 0) -> str:
-        """One component (1-based) of one repetition, its first subcomponent, unescaped."""
+    def value(
+        self, field: int, component: int = 1, repetition: int = 0, *, subcomponent: int = 1
+    ) -> str:
+        """One subcomponent (1-based; the first by default) of one component of one
+        repetition, unescaped."""
         reps = self.repetitions(field)
-        return self._component(reps[repetition], component) if repetition < len(reps) else ""
+        if repetition >= len(reps):
+            return ""
+        return self._component(reps[repetition], component, subcomponent)
 
-    def _component(self, repetition: str, component: int) -> str:
+    def _component(self, repetition: str, component: int, subcomponent: int = 1) -> str:
         parts = repetition.split(self.separators.component)
         if component > len(parts):
             return ""
-        return self.unescape(parts[component - 1].split(self.separators.subcomponent)[0])
+        subparts = parts[component - 1].split(self.separators.subcomponent)
+        return self.unescape(subparts[subcomponent - 1]) if subcomponent <= len(subparts) else ""
 
     def unescape(self, text: str) -> str:
-        if self.separators.escape not in text:
-            return text
-        return str(_unescaper(self.separators).unescape(text))
+        return unescape(text, self.separators)
 
 
 @dataclass(frozen=True)
@@ -142,6 +133,52 @@ class Er7Message:
 
     def all(self, name: str) -> list[Segment]:
         return [s for s in self.segments if s.name == name]
+
+
+# Formatting escapes (2.7 §2.7.6): a line break stays a line break, the rest is layout.
+_FORMATTING = {".br": "\n", "H": "", "N": "", ".fi": "", ".nf": "", ".in": "", ".ti": "", ".sk": ""}
+
+
+def unescape(text: str, separators: Separators) -> str:
+    """The text with HL7 escape sequences decoded. Never raises and never logs: python-hl7's
+    own unescape logs the whole field on an unknown sequence (PHI in the logs) and raises on
+    a malformed `\\.sp` count, so a sender's typo could stop the worker."""
+    escape = separators.escape
+    if escape not in text:
+        return text
+    named = {
+        "F": separators.field,
+        "S": separators.component,
+        "T": separators.subcomponent,
+        "R": separators.repetition,
+        "E": escape,
+        "P": separators.truncation,
+    }
+    parts = text.split(escape)
+    out = [parts[0]]
+    # Odd positions are sequences; an unterminated last one is text.
+    for position in range(1, len(parts)):
+        part = parts[position]
+        if position % 2 == 0:
+            out.append(part)
+        elif position == len(parts) - 1:
+            out.append(escape + part)
+        else:
+            out.append(named.get(part) or _escape_sequence(part))
+    return "".join(out)
+
+
+def _escape_sequence(sequence: str) -> str:
+    if sequence.startswith("X") and len(sequence) % 2 == 1:
+        try:
+            return bytes.fromhex(sequence[1:]).decode("latin-1")
+        except ValueError:
+            return ""
+    if sequence.startswith(".sp"):
+        count = sequence[3:].strip()
+        return "\n" * (int(count) if count.isdigit() and len(count) < 3 else 1)
+    # Character-set switches (C, M), locally defined (Z) and unknown sequences carry no text.
+    return _FORMATTING.get(sequence[:3], "")
 
 
 def decode(data: bytes) -> str:

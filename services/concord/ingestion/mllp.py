@@ -46,20 +46,16 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
-from pathlib import Path
 from typing import Any, Literal, Self
 
-from prometheus_client import Counter, Gauge, Histogram
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
+from concord import metrics
+from concord.config import DEFAULT_MLLP_MAX_FRAME_BYTES, MllpSettings
 from concord.hl7v2 import er7
 
 log = logging.getLogger(__name__)
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
-DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
 
 _VT = 0x0B
 _FS = 0x1C
@@ -69,30 +65,6 @@ _READ_BYTES = 64 * 1024
 _HEAD_BYTES = 4096
 _MAX_ERROR_TEXT = 250
 _CLOSE_TIMEOUT_SECONDS = 5.0
-
-# --- metrics (labels bounded: outcome is AA, AE or AR) ----------------------------------------
-
-MLLP_MESSAGES = Counter(
-    "concord_mllp_messages",
-    "HL7 messages the MLLP listener answered, by the ACK code it sent",
-    ["outcome"],
-)
-MLLP_CONNECTIONS = Gauge("concord_mllp_connections", "Open MLLP connections")
-MLLP_CONNECTIONS_REFUSED = Counter(
-    "concord_mllp_connections_refused", "MLLP connections closed at once: max_connections reached"
-)
-MLLP_OVERSIZE_FRAMES = Counter(
-    "concord_mllp_oversize_frames", "MLLP frames refused because they exceed max_frame_bytes"
-)
-MLLP_DISCARDED_BYTES = Counter(
-    "concord_mllp_discarded_bytes",
-    "Bytes outside MLLP frames, and of frames the sender abandoned by starting another",
-)
-MLLP_ACK_SECONDS = Histogram(
-    "concord_mllp_ack_seconds",
-    "From a complete frame received to its ACK written (includes the durable Kafka write)",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
 
 # --- HL7 table 0357 and ACK decisions ---------------------------------------------------------
 
@@ -117,24 +89,7 @@ class Hl7ErrorCode(IntEnum):
     @property
     def text(self) -> str:
         """The table's own wording, e.g. "Required field missing"."""
-        return _ERROR_TEXTS[self]
-
-
-_ERROR_TEXTS = {
-    Hl7ErrorCode.SEGMENT_SEQUENCE_ERROR: "Segment sequence error",
-    Hl7ErrorCode.REQUIRED_FIELD_MISSING: "Required field missing",
-    Hl7ErrorCode.DATA_TYPE_ERROR: "Data type error",
-    Hl7ErrorCode.TABLE_VALUE_NOT_FOUND: "Table value not found",
-    Hl7ErrorCode.VALUE_TOO_LONG: "Value too long",
-    Hl7ErrorCode.UNSUPPORTED_MESSAGE_TYPE: "Unsupported message type",
-    Hl7ErrorCode.UNSUPPORTED_EVENT_CODE: "Unsupported event code",
-    Hl7ErrorCode.UNSUPPORTED_PROCESSING_ID: "Unsupported processing id",
-    Hl7ErrorCode.UNSUPPORTED_VERSION_ID: "Unsupported version id",
-    Hl7ErrorCode.UNKNOWN_KEY_IDENTIFIER: "Unknown key identifier",
-    Hl7ErrorCode.DUPLICATE_KEY_IDENTIFIER: "Duplicate key identifier",
-    Hl7ErrorCode.APPLICATION_RECORD_LOCKED: "Application record locked",
-    Hl7ErrorCode.APPLICATION_INTERNAL_ERROR: "Application internal error",
-}
+        return self.name.replace("_", " ").capitalize()
 
 
 AckCode = Literal["AA", "AE", "AR"]
@@ -314,7 +269,10 @@ def build_ack(message: bytes, decision: AckDecision) -> bytes:
 
     When MSH cannot be read, the ACK uses ``|^~\\&``, version 2.5 and an empty MSA-2.
     """
-    msh = _read_msh(message)
+    return _ack_for(_read_msh(message), decision)
+
+
+def _ack_for(msh: _Msh | None, decision: AckDecision) -> bytes:
     known = msh is not None
     if msh is None:
         msh = _Msh(_DEFAULT_FIELD_SEPARATOR, _DEFAULT_ENCODING, [b"MSH", _DEFAULT_ENCODING])
@@ -374,68 +332,22 @@ class Ack:
     error: str | None = None
 
 
-_UNESCAPES = {b"F": 0, b"S": 1, b"R": 2, b"E": 3, b"T": 4}
-
-
-def _unescape(value: bytes, msh: _Msh) -> str:
-    escape = msh.escape
-    if not escape or escape not in value:
-        return value.decode("utf-8", "replace")
-    enc = msh.encoding
-    targets = [msh.separator, enc[0:1], enc[1:2], escape, enc[3:4]]
-    parts = value.split(escape)
-    out = [parts[0]]
-    # Between escape characters alternately: an escape name, then plain text.
-    for index, part in enumerate(parts[1:], start=1):
-        if index % 2 == 1:
-            out.append(targets[_UNESCAPES[part]] if part in _UNESCAPES else escape + part + escape)
-        else:
-            out.append(part)
-    return b"".join(out).decode("utf-8", "replace")
-
-
-def _first_segments(message: bytes) -> dict[bytes, bytes]:
-    """The first segment of each name."""
-    segments: dict[bytes, bytes] = {}
-    for segment in _SEGMENT_END.split(message):
-        segments.setdefault(segment[:3], segment)
-    return segments
-
-
-def _component(value: bytes, separator: bytes, index: int) -> bytes:
-    parts = value.split(separator)
-    return parts[index] if index < len(parts) else b""
-
-
-def _ack_error_text(msa: list[bytes], err: list[bytes] | None, msh: _Msh) -> str | None:
-    candidates: list[bytes] = []
-    if err is not None:
-        err_field = [*err, *[b""] * 9]
-        candidates.append(err_field[8])  # ERR-8 user message
-        candidates.append(_component(err_field[3], msh.component, 1))  # ERR-3 text
-    candidates.append(msa[3] if len(msa) > 3 else b"")  # MSA-3 (before v2.5)
-    if err is not None and len(err) > 1:
-        eld_code = _component(err[1], msh.component, 3)  # ERR-1.4 (before v2.5)
-        candidates.append(_component(eld_code, msh.encoding[3:4], 1))
-    for candidate in candidates:
-        if candidate:
-            return _unescape(candidate, msh)
-    return None
-
-
 def parse_ack(payload: bytes) -> Ack:
     """Read MSA-1, MSA-2 and the error text from an ACK; ``MllpError`` when it is not one."""
-    msh = _read_msh(payload)
-    if msh is None:
-        raise MllpError("the response does not begin with an MSH segment")
-    found = _first_segments(payload)
-    if b"MSA" not in found:
+    try:
+        message = er7.parse(payload)
+    except er7.Er7Error:
+        raise MllpError("the response does not begin with an MSH segment") from None
+    msa = message.first("MSA")
+    if msa is None:
         raise MllpError("the response has no MSA segment")
-    msa = found[b"MSA"].split(msh.separator)
-    err = found[b"ERR"].split(msh.separator) if b"ERR" in found else None
-    code = msa[1].decode("ascii", "replace") if len(msa) > 1 else ""
-    control_id = _unescape(msa[2], msh) if len(msa) > 2 else ""
-    return Ack(code, control_id, _ack_error_text(msa, err, msh))
+    err = message.first("ERR")
+    # The error text, wherever the ACK's version puts it: ERR-8 user message, ERR-3 text,
+    # MSA-3 (before v2.5), ERR-1.4 (before v2.5, code & text & table).
+    texts = [msa.value(3)]
+    if err is not None:
+        texts = [err.value(8), err.value(3, 2), msa.value(3), err.value(1, 4, subcomponent=2)]
+    return Ack(msa.value(1), msa.value(2), next((text for text in texts if text), None))
 
 
 # --- framing ------------------------------------------------------------------------------------
@@ -471,7 +383,7 @@ class MllpFramer:
     Memory per connection stays below the limit plus one read.
     """
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(self, max_frame_bytes: int = DEFAULT_MLLP_MAX_FRAME_BYTES) -> None:
         if max_frame_bytes < 1:
             raise ValueError("max_frame_bytes must be positive")
         self.max_frame_bytes = max_frame_bytes
@@ -618,7 +530,7 @@ class MllpServer:
         *,
         host: str = "127.0.0.1",
         port: int = 2575,
-        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_frame_bytes: int = DEFAULT_MLLP_MAX_FRAME_BYTES,
         idle_timeout_seconds: float = 300.0,
         max_connections: int = 100,
         ssl: ssl_module.SSLContext | None = None,
@@ -712,13 +624,13 @@ class MllpServer:
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _describe_peer(writer)
         if self._closing or len(self._connections) >= self.max_connections:
-            MLLP_CONNECTIONS_REFUSED.inc()
+            metrics.MLLP_CONNECTIONS_REFUSED.inc()
             log.warning("MLLP connection from %s refused: %d open", peer, len(self._connections))
             await _close_writer(writer)
             return
         connection = _Connection(asyncio.current_task())
         self._connections.add(connection)
-        MLLP_CONNECTIONS.inc()
+        metrics.MLLP_CONNECTIONS.inc()
         log.info("MLLP connection from %s", peer)
         try:
             await self._serve_connection(reader, writer, connection, peer)
@@ -726,7 +638,7 @@ class MllpServer:
             log.info("MLLP connection from %s ended: %s", peer, type(exc).__name__)
         finally:
             self._connections.discard(connection)
-            MLLP_CONNECTIONS.dec()
+            metrics.MLLP_CONNECTIONS.dec()
             await _close_writer(writer)
 
     async def _serve_connection(
@@ -751,7 +663,7 @@ class MllpServer:
             discarded = framer.discarded_bytes
             events = framer.feed(data)
             if framer.discarded_bytes > discarded:
-                MLLP_DISCARDED_BYTES.inc(framer.discarded_bytes - discarded)
+                metrics.MLLP_DISCARDED_BYTES.inc(framer.discarded_bytes - discarded)
             connection.busy = True
             try:
                 for event in events:
@@ -763,28 +675,26 @@ class MllpServer:
                     # A client that stops reading its ACKs counts as idle.
                     async with asyncio.timeout(self.idle_timeout_seconds):
                         await writer.drain()
-                    MLLP_ACK_SECONDS.observe(time.perf_counter() - started)
+                    metrics.MLLP_ACK_SECONDS.observe(time.perf_counter() - started)
             finally:
                 connection.busy = False
 
     async def _answer(self, event: FrameEvent, peer: str) -> bytes:
         if isinstance(event, OversizeFrame):
-            MLLP_OVERSIZE_FRAMES.inc()
+            metrics.MLLP_OVERSIZE_FRAMES.inc()
             log.warning("MLLP frame of %d bytes from %s refused", event.size, peer)
             decision = AckDecision.application_reject(
                 Hl7ErrorCode.APPLICATION_INTERNAL_ERROR,
                 f"frame exceeds {self.max_frame_bytes} bytes",
             )
-            message = event.head
+            msh = _read_msh(event.head)
         else:
-            message = event.payload
-            decision = await self._decide(message, peer)
-        MLLP_MESSAGES.labels(outcome=decision.code).inc()
-        return build_ack(message, decision)
+            msh = _read_msh(event.payload)
+            decision = _NO_MSH if msh is None else await self._decide(event.payload, peer)
+        metrics.MLLP_MESSAGES.labels(outcome=decision.code).inc()
+        return _ack_for(msh, decision)
 
     async def _decide(self, message: bytes, peer: str) -> AckDecision:
-        if _read_msh(message) is None:
-            return _NO_MSH
         try:
             decision = await self._handle(message, peer)
         except Exception as exc:
@@ -805,30 +715,6 @@ async def _close_writer(writer: asyncio.StreamWriter) -> None:
             await writer.wait_closed()
 
 
-async def serve(
-    handle: Handle,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 2575,
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-    idle_timeout_seconds: float = 300.0,
-    max_connections: int = 100,
-    ssl: ssl_module.SSLContext | None = None,
-) -> MllpServer:
-    """Start an ``MllpServer`` and return it listening; ``await server.close()`` to stop."""
-    server = MllpServer(
-        handle,
-        host=host,
-        port=port,
-        max_frame_bytes=max_frame_bytes,
-        idle_timeout_seconds=idle_timeout_seconds,
-        max_connections=max_connections,
-        ssl=ssl,
-    )
-    await server.start()
-    return server
-
-
 # --- the client ---------------------------------------------------------------------------------
 
 
@@ -841,7 +727,7 @@ async def send_messages(
     server_hostname: str | None = None,
     # Per message, which a caller's asyncio.timeout around the whole call cannot express.
     timeout: float = 30.0,  # noqa: ASYNC109
-    max_ack_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    max_ack_bytes: int = DEFAULT_MLLP_MAX_FRAME_BYTES,
 ) -> list[Ack]:
     """Send each message over one connection, waiting for its ACK before sending the next.
 
@@ -885,61 +771,3 @@ async def _next_frame(
             raise MllpError("the server closed the connection before answering")
         pending.extend(framer.feed(data))
     return pending.popleft()
-
-
-# --- settings -----------------------------------------------------------------------------------
-
-
-class MllpSettings(BaseSettings):
-    """The MLLP listener: where it listens, its limits and TLS (CONCORD_MLLP_* variables)."""
-
-    model_config = SettingsConfigDict(env_prefix="CONCORD_", extra="ignore")
-
-    mllp_host: str = Field("127.0.0.1", description="Interface the MLLP listener binds")
-    mllp_port: int = Field(
-        2575, ge=0, le=65535, description="MLLP port (2575 is HL7's registered port; 0 = any)"
-    )
-    mllp_max_frame_bytes: int = Field(
-        DEFAULT_MAX_FRAME_BYTES,
-        ge=1024,
-        description="Largest message accepted; larger frames are refused with an AR NAK",
-    )
-    mllp_idle_timeout_seconds: float = Field(
-        300.0, gt=0, description="Connections silent this long are closed"
-    )
-    mllp_max_connections: int = Field(
-        100, ge=1, description="Concurrent connections; more are closed as they arrive"
-    )
-    mllp_tls_certfile: Path | None = Field(
-        None, description="Server certificate (PEM); setting it turns TLS on"
-    )
-    mllp_tls_keyfile: Path | None = Field(
-        None, description="Private key of the server certificate (PEM), if not in the certfile"
-    )
-    mllp_tls_client_cafile: Path | None = Field(
-        None,
-        description="CA bundle for client certificates; when set, clients must present one "
-        "(mutual TLS)",
-    )
-
-    @model_validator(mode="after")
-    def _tls_needs_a_certificate(self) -> Self:
-        if self.mllp_tls_certfile is None and (
-            self.mllp_tls_keyfile is not None or self.mllp_tls_client_cafile is not None
-        ):
-            raise ValueError(
-                "CONCORD_MLLP_TLS_KEYFILE/CLIENT_CAFILE need CONCORD_MLLP_TLS_CERTFILE"
-            )
-        return self
-
-    def ssl_context(self) -> ssl_module.SSLContext | None:
-        """The listener's TLS context (TLS 1.2 or later), or None for plain TCP."""
-        if self.mllp_tls_certfile is None:
-            return None
-        context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl_module.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.mllp_tls_certfile, self.mllp_tls_keyfile)
-        if self.mllp_tls_client_cafile is not None:
-            context.load_verify_locations(cafile=self.mllp_tls_client_cafile)
-            context.verify_mode = ssl_module.CERT_REQUIRED
-        return context
