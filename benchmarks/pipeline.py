@@ -64,6 +64,7 @@ from concord.config import (
 from concord.events import codec
 from concord.runtime.batch import BatchLoop, StageHandler
 from concord.runtime.db import apply_migrations
+from concord.runtime.reading import assign_from_start, read_topic
 from concord.stack.broker import ensure_topics, start_broker
 from concord.stack.postgres import create_database, drop_database, start_postgres
 from concord.stack.processes import ProcessRecord, stop_process
@@ -222,9 +223,7 @@ async def copy_topic(bootstrap: str, source: str, target: str, count: int) -> No
     await consumer.start()
     await producer.start()
     try:
-        partitions = [TopicPartition(source, p) for p in range(PARTITIONS)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        await assign_from_start(consumer, source)
         copied, futures, last_new = 0, [], time.monotonic()
         while copied < count:
             batch = await consumer.getmany(timeout_ms=200, max_records=5000)
@@ -560,9 +559,7 @@ class AlertCollector:
 
     async def start(self) -> None:
         await self.consumer.start()
-        partitions = [TopicPartition(ALERTS, p) for p in range(PARTITIONS)]
-        self.consumer.assign(partitions)
-        await self.consumer.seek_to_beginning(*partitions)
+        await assign_from_start(self.consumer, ALERTS)
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -769,29 +766,6 @@ async def _measure_latency(args: argparse.Namespace, info: StackInfo, token: str
 HOPS = ("ingestion", "normalization", "conflicts", "alerting", "alert reader")
 
 
-async def read_all(bootstrap: str, topic: str, idle_seconds: float = 1.0) -> list[Any]:
-    """Every record of `topic`, read until nothing new arrives for `idle_seconds` (the local
-    broker's end offsets cannot be trusted)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
-    )
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        records: list[Any] = []
-        last_new = time.monotonic()
-        while time.monotonic() - last_new < idle_seconds:
-            batch = await consumer.getmany(timeout_ms=100, max_records=10_000)
-            for recs in batch.values():
-                records.extend(recs)
-                last_new = time.monotonic()
-        return records
-    finally:
-        await consumer.stop()
-
-
 def _patient_of_ingested(key: bytes) -> str:
     # "source/Patient/<enterprise id>-h" (or -l): see patient_pairs
     return key.decode().rsplit("/", 1)[-1][:-2]
@@ -813,7 +787,7 @@ async def hop_breakdown(
     )
     for topic, patient_of in readers:
         latest: dict[str, float] = {}
-        for r in await read_all(bootstrap, topic):
+        for r in await read_topic(bootstrap, topic, idle_seconds=1.0, fetch_max_wait_ms=20):
             pid = patient_of(r.key)
             if pid in stamps:
                 latest[pid] = max(latest.get(pid, 0.0), r.timestamp / 1000)

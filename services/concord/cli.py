@@ -12,13 +12,13 @@ from typing import Any
 import click
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import TopicPartition
 
 from concord import topics
 from concord.config import DEFAULT_STATE_DIR, ClientSettings
 from concord.events import codec
 from concord.events.models import Alert
 from concord.publishing import read_file
+from concord.runtime.reading import assign_from_start
 
 PROGRESS_EVERY = 10_000
 
@@ -174,14 +174,7 @@ async def follow(
     consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, fetch_max_wait_ms=50)
     await consumer.start()
     try:
-        partitions = [
-            TopicPartition(topics.ALERTS, p)
-            for p in sorted(
-                consumer.partitions_for_topic(topics.ALERTS) or range(topics.PARTITIONS)
-            )
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        await assign_from_start(consumer, topics.ALERTS)
         stop = stop or asyncio.Event()
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200)

@@ -9,11 +9,13 @@ from typing import Any, TypeVar
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from concord.config import DEFAULT_ENTERPRISE_ID_SYSTEM
-from concord.topics import PARTITIONS, RAW_FHIR
+from concord.runtime.reading import read_topic
+from concord.topics import RAW_FHIR
+
+__all__ = ["eventually", "fetch", "patient", "publish", "read_topic"]
 
 T = TypeVar("T")
 
@@ -61,32 +63,6 @@ async def publish(
         return [(m.partition, m.offset) for m in await asyncio.gather(*futures)]
     finally:
         await producer.stop()
-
-
-async def read_topic(
-    bootstrap: str, topic: str, *, idle_seconds: float = 1.5
-) -> list[ConsumerRecord]:
-    """Every record of a topic, read until nothing new arrives for `idle_seconds`.
-
-    (Not up to the end offsets: the local broker's ListOffsets(latest) is off by a batch.)"""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
-    )
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        records: list[ConsumerRecord] = []
-        last_new = time.monotonic()
-        while time.monotonic() - last_new < idle_seconds:
-            batch = await consumer.getmany(timeout_ms=200)
-            for recs in batch.values():
-                records.extend(recs)
-                last_new = time.monotonic()
-        return records
-    finally:
-        await consumer.stop()
 
 
 async def eventually(

@@ -1,0 +1,42 @@
+"""Reading a topic from its start, as the CLI, the tests and the benchmark need it."""
+
+from __future__ import annotations
+
+import time
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from concord.topics import PARTITIONS
+
+
+async def assign_from_start(consumer: AIOKafkaConsumer, topic: str) -> None:
+    """Own every partition of the topic (no group) and start at its beginning."""
+    known = consumer.partitions_for_topic(topic)
+    partitions = [TopicPartition(topic, p) for p in sorted(known or range(PARTITIONS))]
+    consumer.assign(partitions)
+    await consumer.seek_to_beginning(*partitions)
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, idle_seconds: float = 1.5, fetch_max_wait_ms: int = 50
+) -> list[ConsumerRecord]:
+    """Every record of a topic, read until nothing new arrives for `idle_seconds`.
+
+    (Not up to the end offsets: the local broker's ListOffsets(latest) is off by a batch.)"""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=fetch_max_wait_ms
+    )
+    await consumer.start()
+    try:
+        await assign_from_start(consumer, topic)
+        records: list[ConsumerRecord] = []
+        last_new = time.monotonic()
+        while time.monotonic() - last_new < idle_seconds:
+            batch = await consumer.getmany(timeout_ms=100, max_records=10_000)
+            for recs in batch.values():
+                records.extend(recs)
+                last_new = time.monotonic()
+        return records
+    finally:
+        await consumer.stop()
