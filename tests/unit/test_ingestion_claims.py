@@ -21,6 +21,7 @@ from concord.events.codec import schema_dir
 from concord.events.models import IngestedRecord
 from concord.events.raw import RawEvent
 from concord.ingestion.claims import MAX_PROBLEMS_NAMED, ingest_claim
+from concord.ingestion.codes import CPT, ICD10_CM
 from concord.ingestion.common import record_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,8 +29,6 @@ SAMPLE = ROOT / "services" / "concord" / "demo" / "claims-sample.ndjson"
 SCHEMA = schema_dir() / "raw" / "claim-line.schema.json"
 RECEIVED = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)
 LIMIT = 64 * 1024
-ICD10_CM = "http://hl7.org/fhir/sid/icd-10-cm"
-CPT = "http://www.ama-assn.org/go/cpt"
 HCPCS = "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
 # Distinctive fake values: none may appear in a rejection's reason or location.
 FAMILY = "Zyxwvut"
