@@ -23,7 +23,7 @@ from concord.deadletters import Rejection
 from concord.events.codec import schema_dir
 from concord.events.models import IngestedRecord, RecordOperation
 from concord.events.raw import RawEvent
-from concord.ingestion.common import instant, load_json, provenance, record_id
+from concord.ingestion.common import ingested_record, instant, load_json
 
 SCHEMA_FILE = ("raw", "claim-line.schema.json")
 RESOURCE_TYPE = "ClaimLine"
@@ -98,19 +98,16 @@ def ingest_claim(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecor
     version = str(line["claim_version"])
     operation: RecordOperation = "DELETE" if line["status"] == "void" else "UPSERT"
     return [
-        IngestedRecord(
-            record_id=record_id(source, record_ref, version, operation),
-            format="CLAIM",
+        ingested_record(
+            raw,
+            source=source,
+            record_format="CLAIM",
             resource_type=RESOURCE_TYPE,
+            record_ref=record_ref,
+            version=version,
             payload=orjson.dumps(line, option=orjson.OPT_SORT_KEYS),
+            event_time=event_time,
             operation=operation,
-            provenance=provenance(
-                raw,
-                source=source,
-                record_ref=record_ref,
-                version=version,
-                event_time=event_time,
-            ),
         )
     ]
 

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from concord.deadletters import Rejection
-from concord.events.models import Provenance
+from concord.events.models import IngestedRecord, Provenance, RecordFormat, RecordOperation
 from concord.events.raw import RawEvent
 
 SOURCE_HEADER = "source"
@@ -75,24 +75,39 @@ def record_id(source: str, record_ref: str, version: str, operation: str = "UPSE
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
-def provenance(
+def ingested_record(
     raw: RawEvent,
     *,
     source: str,
+    record_format: RecordFormat,
+    resource_type: str,
     record_ref: str,
     version: str | None,
+    payload: bytes,
     event_time: datetime,
+    operation: RecordOperation = "UPSERT",
     location: str | None = None,
-) -> Provenance:
-    return Provenance(
-        source_system=source,
-        source_record_id=record_ref,
-        source_record_version=version,
-        event_time=event_time,
-        received_time=raw.received_time,
-        raw_topic=raw.topic,
-        raw_partition=raw.partition,
-        raw_offset=raw.offset,
-        payload_sha256=hashlib.sha256(raw.value or b"").hexdigest(),
-        raw_location=location,
+    source_time_zone: str | None = None,
+) -> IngestedRecord:
+    """The record with its provenance. Without a source version, the content stands for it."""
+    identity = version or hashlib.sha256(payload).hexdigest()
+    return IngestedRecord(
+        record_id=record_id(source, record_ref, identity, operation),
+        format=record_format,
+        resource_type=resource_type,
+        payload=payload,
+        operation=operation,
+        source_time_zone=source_time_zone,
+        provenance=Provenance(
+            source_system=source,
+            source_record_id=record_ref,
+            source_record_version=version,
+            event_time=event_time,
+            received_time=raw.received_time,
+            raw_topic=raw.topic,
+            raw_partition=raw.partition,
+            raw_offset=raw.offset,
+            payload_sha256=hashlib.sha256(raw.value or b"").hexdigest(),
+            raw_location=location,
+        ),
     )

@@ -18,7 +18,6 @@ contained resource.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from concord.deadletters import Rejection
 from concord.events.models import IngestedRecord, RecordOperation
 from concord.events.raw import RawEvent
 from concord.ingestion.codes import check_coding
-from concord.ingestion.common import instant, load_json, provenance, record_id
+from concord.ingestion.common import ingested_record, instant, load_json
 
 # Where each ingested type names its patient, when a fact without one is useless: FHIR makes
 # it optional for Observation and DiagnosticReport, but a result about nobody cannot be
@@ -267,23 +266,17 @@ def _ingest_entry(
     payload = orjson.dumps(
         _self_contained(resource, bundle) if bundle else resource, option=orjson.OPT_SORT_KEYS
     )
-    record_ref = f"{resource_type}/{resource_id}"
-    return IngestedRecord(
-        record_id=record_id(
-            source, record_ref, version or hashlib.sha256(payload).hexdigest(), entry.operation
-        ),
-        format="FHIR_R4",
+    return ingested_record(
+        raw,
+        source=source,
+        record_format="FHIR_R4",
         resource_type=resource_type,
+        record_ref=f"{resource_type}/{resource_id}",
+        version=version,
         payload=payload,
+        event_time=event_time,
         operation=entry.operation,
-        provenance=provenance(
-            raw,
-            source=source,
-            record_ref=record_ref,
-            version=version,
-            event_time=event_time,
-            location=entry.where.removesuffix(".resource") if bundle else None,
-        ),
+        location=entry.where.removesuffix(".resource") if bundle else None,
     )
 
 

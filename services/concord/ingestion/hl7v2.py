@@ -26,7 +26,7 @@ from concord.events.models import IngestedRecord
 from concord.events.raw import RawEvent
 from concord.hl7v2 import er7
 from concord.ingestion.codes import CPT, ICD10_CM, LOINC, NDC, RXNORM, SNOMED_CT, check_coding
-from concord.ingestion.common import check_envelope, provenance, record_id
+from concord.ingestion.common import check_envelope, ingested_record
 
 VERSIONS = frozenset(
     {"2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8"} | {"2.8.1", "2.8.2"}
@@ -99,22 +99,17 @@ def ingest_hl7v2(
     rejection = _check_content(message, zone)
     if rejection is not None:
         return rejection
-    version = message.msh.raw(7).strip()
-    record_ref = f"{message_type}/{control_id}"
     return [
-        IngestedRecord(
-            record_id=record_id(source, record_ref, version),
-            format="HL7V2",
+        ingested_record(
+            raw,
+            source=source,
+            record_format="HL7V2",
             resource_type=message_type,
+            record_ref=f"{message_type}/{control_id}",
+            version=message.msh.raw(7).strip(),
             payload=message.text.encode("utf-8"),
+            event_time=event_time,
             source_time_zone=zone.key if zone is not None else None,
-            provenance=provenance(
-                raw,
-                source=source,
-                record_ref=record_ref,
-                version=version,
-                event_time=event_time,
-            ),
         )
     ]
 
