@@ -104,8 +104,81 @@ class DatabaseWorkerSettings(WorkerSettings):
     database_pool_size: int = Field(4, ge=1, description="asyncpg pool size")
 
 
-class IngestionSettings(DatabaseWorkerSettings):
-    """The ingestion service: raw topics in, ingested records and dead letters out."""
+class MllpSettings(BaseSettings):
+    """The MLLP listener: where it listens, its limits and TLS (CONCORD_MLLP_* variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="CONCORD_", extra="ignore")
+
+    mllp_host: str = Field("127.0.0.1", description="Interface the MLLP listener binds")
+    mllp_port: int = Field(
+        2575, ge=0, le=65535, description="MLLP port (2575 is HL7's registered port; 0 = any)"
+    )
+    mllp_max_frame_bytes: int = Field(
+        DEFAULT_MLLP_MAX_FRAME_BYTES,
+        ge=1024,
+        description="Largest message accepted; larger frames are refused with an AR NAK",
+    )
+    mllp_idle_timeout_seconds: float = Field(
+        300.0, gt=0, description="Connections silent this long are closed"
+    )
+    mllp_max_connections: int = Field(
+        100, ge=1, description="Concurrent connections; more are closed as they arrive"
+    )
+    mllp_source: str | None = Field(
+        None,
+        description="Source system of every message on this listener (one listener per "
+        "interface); unset, a message's MSH-3 sending application, else its MSH-4 facility",
+        min_length=1,
+        max_length=128,
+    )
+    mllp_write_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for Kafka to acknowledge a message; past it the sender gets "
+        "AE and keeps the message",
+    )
+    mllp_tls_certfile: Path | None = Field(
+        None, description="Server certificate (PEM); setting it turns TLS on"
+    )
+    mllp_tls_keyfile: Path | None = Field(
+        None, description="Private key of the server certificate (PEM), if not in the certfile"
+    )
+    mllp_tls_client_cafile: Path | None = Field(
+        None,
+        description="CA bundle for client certificates; when set, clients must present one "
+        "(mutual TLS)",
+    )
+
+    @model_validator(mode="after")
+    def _tls_needs_a_certificate(self) -> Self:
+        if self.mllp_tls_certfile is None and (
+            self.mllp_tls_keyfile is not None or self.mllp_tls_client_cafile is not None
+        ):
+            raise ValueError(
+                "CONCORD_MLLP_TLS_KEYFILE/CLIENT_CAFILE need CONCORD_MLLP_TLS_CERTFILE"
+            )
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The listener's TLS context (TLS 1.2 or later), or None for plain TCP."""
+        if self.mllp_tls_certfile is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.mllp_tls_certfile, self.mllp_tls_keyfile)
+        if self.mllp_tls_client_cafile is not None:
+            context.load_verify_locations(cafile=self.mllp_tls_client_cafile)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+
+class IngestionSettings(DatabaseWorkerSettings, MllpSettings):
+    """The ingestion service: raw topics in, ingested records and dead letters out; with
+    mllp_enabled, an MLLP listener writing HL7 v2 to ehr.raw.hl7v2 too."""
+
+    mllp_enabled: bool = Field(
+        False, description="Run the MLLP listener (CONCORD_MLLP_*) in this worker"
+    )
 
     dedupe_window_days: float = Field(
         30,
@@ -182,58 +255,7 @@ class ClientSettings(KafkaSettings):
 
     database_url: SecretStr | None = Field(None, description="PostgreSQL DSN of the stack")
     api_url: str | None = Field(None, description="Base URL of the alerting worker's web API")
-
-
-class MllpSettings(BaseSettings):
-    """The MLLP listener: where it listens, its limits and TLS (CONCORD_MLLP_* variables)."""
-
-    model_config = SettingsConfigDict(env_prefix="CONCORD_", extra="ignore")
-
-    mllp_host: str = Field("127.0.0.1", description="Interface the MLLP listener binds")
-    mllp_port: int = Field(
-        2575, ge=0, le=65535, description="MLLP port (2575 is HL7's registered port; 0 = any)"
+    mllp_host: str = Field("127.0.0.1", description="Host of the MLLP listener")
+    mllp_port: int | None = Field(
+        None, ge=1, le=65535, description="Port of the MLLP listener (stack.env gives it)"
     )
-    mllp_max_frame_bytes: int = Field(
-        DEFAULT_MLLP_MAX_FRAME_BYTES,
-        ge=1024,
-        description="Largest message accepted; larger frames are refused with an AR NAK",
-    )
-    mllp_idle_timeout_seconds: float = Field(
-        300.0, gt=0, description="Connections silent this long are closed"
-    )
-    mllp_max_connections: int = Field(
-        100, ge=1, description="Concurrent connections; more are closed as they arrive"
-    )
-    mllp_tls_certfile: Path | None = Field(
-        None, description="Server certificate (PEM); setting it turns TLS on"
-    )
-    mllp_tls_keyfile: Path | None = Field(
-        None, description="Private key of the server certificate (PEM), if not in the certfile"
-    )
-    mllp_tls_client_cafile: Path | None = Field(
-        None,
-        description="CA bundle for client certificates; when set, clients must present one "
-        "(mutual TLS)",
-    )
-
-    @model_validator(mode="after")
-    def _tls_needs_a_certificate(self) -> Self:
-        if self.mllp_tls_certfile is None and (
-            self.mllp_tls_keyfile is not None or self.mllp_tls_client_cafile is not None
-        ):
-            raise ValueError(
-                "CONCORD_MLLP_TLS_KEYFILE/CLIENT_CAFILE need CONCORD_MLLP_TLS_CERTFILE"
-            )
-        return self
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The listener's TLS context (TLS 1.2 or later), or None for plain TCP."""
-        if self.mllp_tls_certfile is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.mllp_tls_certfile, self.mllp_tls_keyfile)
-        if self.mllp_tls_client_cafile is not None:
-            context.load_verify_locations(cafile=self.mllp_tls_client_cafile)
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context

@@ -36,7 +36,7 @@ def read_file(path: Path, source: str) -> Iterator[RawMessage]:
     suffix = path.suffix.lower()
     if suffix in HL7_SUFFIXES:
         for text in er7.split_messages(data):
-            yield RawMessage(text, _hl7_key(source, text), RAW_HL7V2)
+            yield RawMessage(text, hl7_key(source, _parsed(text)), RAW_HL7V2)
     elif suffix in NDJSON_SUFFIXES:
         for line in data.splitlines():
             if line.strip():
@@ -65,11 +65,15 @@ def _json_message(source: str, value: bytes) -> RawMessage:
     return RawMessage(value, None)
 
 
-def _hl7_key(source: str, message: bytes) -> bytes | None:
+def hl7_key(source: str, message: er7.Er7Message | None) -> bytes | None:
     """Source and the first patient identifier, so one patient's messages keep their order."""
-    try:
-        pid = er7.parse(message).first("PID")
-    except er7.Er7Error:
-        return None
+    pid = message.first("PID") if message is not None else None
     patient = pid.value(3, 1) if pid is not None else ""
     return f"{source}/PID/{patient}".encode() if patient else None
+
+
+def _parsed(text: bytes) -> er7.Er7Message | None:
+    try:
+        return er7.parse(text)
+    except er7.Er7Error:
+        return None

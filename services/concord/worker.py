@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import faust
@@ -147,6 +148,13 @@ def build_app(service: str, settings: WorkerSettings) -> faust.App:
     async def metrics_view(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    if isinstance(settings, IngestionSettings) and settings.mllp_enabled:
+        mllp_settings = settings
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def run_mllp() -> None:
+            await run_mllp_listener(app, mllp_settings)
+
     @app.task  # type: ignore[untyped-decorator]
     async def run_batch_loop() -> None:
         producer = BatchLoop.make_producer_for(settings)
@@ -170,6 +178,45 @@ def build_app(service: str, settings: WorkerSettings) -> faust.App:
             await cleanup()
 
     return app
+
+
+async def run_mllp_listener(app: faust.App, settings: IngestionSettings) -> None:
+    """The MLLP listener beside the batch loop, on its own producer: an ACK waits only for its
+    own record, not for a batch of the loop's."""
+    from concord.ingestion.gateway import KafkaRawHl7Port, MllpGateway
+    from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
+    from concord.ingestion.mllp import MllpServer
+
+    # A few milliseconds of linger let concurrent senders share a produce request.
+    producer = AIOKafkaProducer(
+        **settings.kafka_options(), acks="all", linger_ms=2, enable_idempotence=False
+    )
+    ingest = partial(
+        ingest_hl7v2,
+        max_payload_bytes=settings.max_payload_bytes,
+        zone_of=zones_from(settings.source_time_zones, settings.default_time_zone),
+    )
+    gateway = MllpGateway(
+        KafkaRawHl7Port(producer),
+        ingest,
+        source=settings.mllp_source,
+        write_timeout_seconds=settings.mllp_write_timeout_seconds,
+    )
+    server = MllpServer.from_settings(gateway.handle, settings)
+    try:
+        await producer.start()
+        await server.start()
+        await server.serve_forever()
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        log.exception("the MLLP listener failed; stopping the worker")
+        await app.crash(RuntimeError("MLLP listener failed"))
+        raise
+    finally:
+        # Messages being handled get their ACK; a partial frame is dropped, never acknowledged.
+        await server.close(grace_seconds=5.0)
+        await producer.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

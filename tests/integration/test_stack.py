@@ -161,6 +161,8 @@ def test_stack_up_status_down(tmp_path: Path) -> None:
         "CONCORD_BOOTSTRAP_SERVERS": info.bootstrap_servers,
         "CONCORD_DATABASE_URL": info.database_url,
         "CONCORD_API_URL": f"http://127.0.0.1:{info.workers['alerting'].port}",
+        "CONCORD_MLLP_HOST": "127.0.0.1",
+        "CONCORD_MLLP_PORT": str(info.mllp_port),
     }
     assert all(f"{key}={value}" in lines for key, value in env.items())
     seen = json.loads(_get(f"http://127.0.0.1:{info.workers['conflicts'].port}/env"))
@@ -168,6 +170,10 @@ def test_stack_up_status_down(tmp_path: Path) -> None:
     assert seen["CONCORD_DATABASE_URL"] == info.database_url
     assert seen["CONCORD_WEB_PORT"] == str(info.workers["conflicts"].port)
     assert seen["CONCORD_WEB_HOST"] == "127.0.0.1"
+    assert "CONCORD_MLLP_ENABLED" not in seen  # only the ingestion worker listens
+    ingestion = json.loads(_get(f"http://127.0.0.1:{info.workers['ingestion'].port}/env"))
+    assert ingestion["CONCORD_MLLP_ENABLED"] == "true"
+    assert ingestion["CONCORD_MLLP_PORT"] == str(info.mllp_port)
     grandchildren = [
         int(json.loads(_get(f"http://127.0.0.1:{record.port}/env"))["child_pid"])
         for record in info.workers.values()

@@ -32,8 +32,8 @@ from concord.ingestion.mllp import (
     parse_ack,
     send_messages,
 )
+from mllp_client import HOST, RawClient
 
-HOST = "127.0.0.1"
 # A marker that stands for PHI: it must never reach a log line or an ACK.
 PATIENT_NAME = b"ZZSECRETNAME"
 
@@ -90,42 +90,6 @@ class FakeKafka:
         return AckDecision.accept()
 
 
-async def read_ack(reader: asyncio.StreamReader, framer: MllpFramer, pending: list[bytes]) -> bytes:
-    async with asyncio.timeout(5):
-        while not pending:
-            data = await reader.read(65536)
-            assert data, "the server closed the connection instead of answering"
-            for event in framer.feed(data):
-                assert isinstance(event, Frame)
-                pending.append(event.payload)
-    return pending.pop(0)
-
-
-class RawClient:
-    """A socket that writes whatever bytes a test wants and reads framed ACKs."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.framer = MllpFramer()
-        self.pending: list[bytes] = []
-
-    @classmethod
-    async def connect(cls, server: MllpServer) -> RawClient:
-        reader, writer = await asyncio.open_connection(HOST, server.port)
-        return cls(reader, writer)
-
-    async def write(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def ack(self) -> bytes:
-        return await read_ack(self.reader, self.framer, self.pending)
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
-
-
 async def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
     # The server's connection count has no event to wait on; polling keeps the server simple.
     async with asyncio.timeout(seconds):
@@ -168,7 +132,7 @@ async def test_twenty_concurrent_clients_get_every_ack_in_order() -> None:
 async def test_two_messages_coalesced_in_one_write_get_two_acks_in_order() -> None:
     kafka = FakeKafka()
     async with server(kafka) as listener:
-        client = await RawClient.connect(listener)
+        client = await RawClient.connect(listener.port)
         await client.write(frame(message("FIRST")) + frame(message("SECOND")))
         first, second = await client.ack(), await client.ack()
         await client.close()
@@ -181,7 +145,7 @@ async def test_two_messages_coalesced_in_one_write_get_two_acks_in_order() -> No
 async def test_a_slow_client_writing_one_byte_at_a_time_is_acknowledged() -> None:
     kafka = FakeKafka()
     async with server(kafka) as listener:
-        client = await RawClient.connect(listener)
+        client = await RawClient.connect(listener.port)
         for byte in frame(message("SLOW")):
             await client.write(bytes([byte]))
             await asyncio.sleep(0.001)
@@ -197,7 +161,7 @@ async def test_junk_before_a_frame_is_discarded_and_counted() -> None:
     junk = b"GET / HTTP/1.0\r\n\r\n\x00\xff"
     before = metric("concord_mllp_discarded_bytes_total")
     async with server(kafka) as listener:
-        client = await RawClient.connect(listener)
+        client = await RawClient.connect(listener.port)
         await client.write(junk + frame(message("AFTERJUNK")))
         ack = await client.ack()
         await client.close()
@@ -212,7 +176,7 @@ async def test_an_oversize_frame_gets_an_ar_nak_and_the_connection_keeps_working
     big = message("TOOBIG", padding=10_000)
     before = metric("concord_mllp_oversize_frames_total")
     async with server(kafka, max_frame_bytes=2048) as listener:
-        client = await RawClient.connect(listener)
+        client = await RawClient.connect(listener.port)
         framed = frame(big)
         for start in range(0, len(framed), 700):  # the limit is passed mid-stream
             await client.write(framed[start : start + 700])
@@ -232,7 +196,7 @@ async def test_an_oversize_frame_gets_an_ar_nak_and_the_connection_keeps_working
 async def test_a_client_that_disconnects_mid_frame_causes_no_handle_call() -> None:
     kafka = FakeKafka()
     async with server(kafka) as listener:
-        client = await RawClient.connect(listener)
+        client = await RawClient.connect(listener.port)
         framed = frame(message("HALF"))
         await client.write(framed[: len(framed) // 2])
         await wait_until(lambda: listener.connection_count == 1)
@@ -248,7 +212,7 @@ async def test_a_client_that_disconnects_mid_frame_causes_no_handle_call() -> No
 async def test_a_handle_that_returns_ae_yields_an_err_segment() -> None:
     kafka = FakeKafka(reject=lambda msg: b"BAD" in msg)
     async with server(kafka) as listener:
-        client = await RawClient.connect(listener)
+        client = await RawClient.connect(listener.port)
         await client.write(frame(message("BAD1")))
         ack = await client.ack()
         await client.close()
@@ -327,7 +291,7 @@ async def test_aa_only_after_the_slow_durable_write_and_never_for_a_naked_messag
 async def test_a_frame_without_msh_is_rejected_without_calling_the_handle() -> None:
     kafka = FakeKafka()
     async with server(kafka) as listener:
-        client = await RawClient.connect(listener)
+        client = await RawClient.connect(listener.port)
         await client.write(frame(b"PID|1||123\r"))
         ack = await client.ack()
         await client.close()
@@ -340,7 +304,7 @@ async def test_a_frame_without_msh_is_rejected_without_calling_the_handle() -> N
 @pytest.mark.asyncio
 async def test_a_silent_connection_is_closed_after_the_idle_timeout() -> None:
     async with server(FakeKafka(), idle_timeout_seconds=0.2) as listener:
-        client = await RawClient.connect(listener)
+        client = await RawClient.connect(listener.port)
         async with asyncio.timeout(3):
             assert await client.reader.read() == b""
         await client.close()
@@ -350,9 +314,9 @@ async def test_a_silent_connection_is_closed_after_the_idle_timeout() -> None:
 async def test_connections_beyond_the_maximum_are_closed_at_once() -> None:
     before = metric("concord_mllp_connections_refused_total")
     async with server(FakeKafka(), max_connections=2) as listener:
-        held = [await RawClient.connect(listener) for _ in range(2)]
+        held = [await RawClient.connect(listener.port) for _ in range(2)]
         await wait_until(lambda: listener.connection_count == 2)
-        extra = await RawClient.connect(listener)
+        extra = await RawClient.connect(listener.port)
         async with asyncio.timeout(3):
             assert await extra.reader.read() == b""
         await held[0].write(frame(message("STILL")))
@@ -375,7 +339,7 @@ async def test_close_finishes_the_message_in_flight_and_stops_accepting() -> Non
     listener = MllpServer(gated, host=HOST, port=0)
     await listener.start()
     port = listener.port
-    idle = await RawClient.connect(listener)
+    idle = await RawClient.connect(listener.port)
     sending = asyncio.create_task(send_messages(HOST, port, [message("INFLIGHT")]))
     await started.wait()
     closing = asyncio.create_task(listener.close())
@@ -499,7 +463,7 @@ def test_build_ack_with_custom_encoding_characters_round_trips_the_separators() 
     assert fields[b"ERR"][2] == b"PID$1$3$1$1"
     assert fields[b"ERR"][3] == b"102$Data type error$HL70357"
     assert fields[b"ERR"][8] == b"bad | value ^E^ ^T^ ^F^ ^S^ ^R^ in PID-3"
-    assert parse_ack(ack) == Ack("AR", "CTRL9", text)
+    assert parse_ack(ack) == Ack("AR", "CTRL9", text, "PID^1^3^1^1")
 
 
 def test_build_ack_before_v2_5_puts_the_error_in_err_1_and_msa_3() -> None:
@@ -509,7 +473,7 @@ def test_build_ack_before_v2_5_puts_the_error_in_err_1_and_msa_3() -> None:
     assert fields[b"MSH"][8] == b"ACK$A01"  # no message structure before v2.3.1
     assert fields[b"MSA"] == [b"MSA", b"AE", b"CTRL3", b"PID-3 ^F^ required"]
     assert fields[b"ERR"] == [b"ERR", b"PID$1$3$101&Required field missing&HL70357"]
-    assert parse_ack(ack) == Ack("AE", "CTRL3", "PID-3 # required")
+    assert parse_ack(ack) == Ack("AE", "CTRL3", "PID-3 # required", "PID^1^3")
 
 
 @pytest.mark.parametrize("broken", [b"", b"garbage", b"MSH", b"MSH|^~|A", b"MSHA^~\\&|"])

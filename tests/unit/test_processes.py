@@ -70,12 +70,17 @@ def test_stack_env_round_trip(tmp_path: Path) -> None:
     assert load_stack_env(tmp_path) == {}
     info = StackInfo(tmp_path, "127.0.0.1:9092", "postgresql://postgres@127.0.0.1:5432/concord")
     info.workers["alerting"] = _record(name="alerting", port=7000)
+    info.mllp_port = 2575
     write_stack_env(info)
     assert load_stack_env(tmp_path) == {
         "CONCORD_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
         "CONCORD_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/concord",
         "CONCORD_API_URL": "http://127.0.0.1:7000",
+        "CONCORD_MLLP_HOST": "127.0.0.1",
+        "CONCORD_MLLP_PORT": "2575",
     }
+    assert "CONCORD_MLLP_ENABLED" not in info.worker_settings("alerting")
+    assert info.worker_settings("ingestion")["CONCORD_MLLP_ENABLED"] == "true"
 
 
 def test_stack_info_survives_json(tmp_path: Path) -> None:
@@ -83,6 +88,7 @@ def test_stack_info_survives_json(tmp_path: Path) -> None:
         tmp_path, "b:1", "postgresql://h/db", broker=_record(name="broker", kind="broker")
     )
     info.workers["ingestion"] = _record(name="ingestion")
+    info.mllp_port = 12575
     again = StackInfo.from_json(tmp_path, info.to_json())
     assert again == info
     assert again.api_url is None  # no alerting worker, no API

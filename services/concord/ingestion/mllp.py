@@ -325,11 +325,12 @@ class MllpError(ConnectionError):
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """An ACK as the client read it: MSA-1, MSA-2 and the error text, if any."""
+    """An ACK as the client read it: MSA-1, MSA-2, and the error's text and location if any."""
 
     code: str
     control_id: str
     error: str | None = None
+    location: str | None = None
 
 
 def parse_ack(payload: bytes) -> Ack:
@@ -345,9 +346,18 @@ def parse_ack(payload: bytes) -> Ack:
     # The error text, wherever the ACK's version puts it: ERR-8 user message, ERR-3 text,
     # MSA-3 (before v2.5), ERR-1.4 (before v2.5, code & text & table).
     texts = [msa.value(3)]
+    location = None
     if err is not None:
         texts = [err.value(8), err.value(3, 2), msa.value(3), err.value(1, 4, subcomponent=2)]
-    return Ack(msa.value(1), msa.value(2), next((text for text in texts if text), None))
+        # ERR-2 from v2.5 on, else the first three components of ERR-1; shown with ^.
+        parts = (
+            [err.value(2, n) for n in range(1, 7)]
+            if err.raw(2)
+            else [err.value(1, n) for n in (1, 2, 3)]
+        )
+        location = "^".join(parts).rstrip("^") or None
+    text = next((text for text in texts if text), None)
+    return Ack(msa.value(1), msa.value(2), text, location)
 
 
 # --- framing ------------------------------------------------------------------------------------
@@ -728,10 +738,12 @@ async def send_messages(
     # Per message, which a caller's asyncio.timeout around the whole call cannot express.
     timeout: float = 30.0,  # noqa: ASYNC109
     max_ack_bytes: int = DEFAULT_MLLP_MAX_FRAME_BYTES,
+    on_ack: Callable[[Ack], None] | None = None,
 ) -> list[Ack]:
     """Send each message over one connection, waiting for its ACK before sending the next.
 
-    ``timeout`` bounds the connection and each message's round trip. On a timeout, a closed
+    ``timeout`` bounds the connection and each message's round trip; ``on_ack`` sees each ACK
+    as it arrives. On a timeout, a closed
     connection or a response that is not an ACK, ``MllpError`` carries the ACKs received so far.
     """
     acks: list[Ack] = []
@@ -753,6 +765,8 @@ async def send_messages(
             if isinstance(event, OversizeFrame):
                 raise MllpError(f"an ACK exceeded {max_ack_bytes} bytes", acks)
             acks.append(parse_ack(event.payload))
+            if on_ack is not None:
+                on_ack(acks[-1])
     except MllpError as exc:
         raise MllpError(str(exc), acks) from exc
     except (OSError, TimeoutError) as exc:

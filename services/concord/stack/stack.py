@@ -40,6 +40,7 @@ ALL_SERVICES: tuple[str, ...] = ("ingestion", "normalization", "conflicts", "ale
 # The real worker entry point; the service name is appended.
 WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "concord.worker")
 API_SERVICE = "alerting"  # its web port is the HTTP API (CONCORD_API_URL)
+MLLP_SERVICE = "ingestion"  # runs the MLLP listener (CONCORD_MLLP_PORT)
 STATE_FILE = "stack.json"
 ENV_FILE = "stack.env"
 
@@ -58,6 +59,7 @@ class StackInfo:
     broker: ProcessRecord | None = None
     postgres: ProcessRecord | None = None  # None when CONCORD_DATABASE_URL names the server
     workers: dict[str, ProcessRecord] = field(default_factory=dict)
+    mllp_port: int | None = None  # the ingestion worker's MLLP listener
 
     @property
     def api_url(self) -> str | None:
@@ -78,18 +80,30 @@ class StackInfo:
         }
         if self.api_url is not None:
             values["CONCORD_API_URL"] = self.api_url
+        if self.mllp_port is not None:
+            values["CONCORD_MLLP_HOST"] = LOOPBACK
+            values["CONCORD_MLLP_PORT"] = str(self.mllp_port)
+        return values
+
+    def worker_settings(self, name: str) -> dict[str, str]:
+        """The stack settings, plus the MLLP listener for the ingestion worker."""
+        values = self.settings()
+        if name == MLLP_SERVICE and self.mllp_port is not None:
+            values["CONCORD_MLLP_ENABLED"] = "true"
         return values
 
     def to_json(self) -> dict[str, Any]:
         return {
             "bootstrap_servers": self.bootstrap_servers,
             "database_url": self.database_url,
+            "mllp_port": self.mllp_port,
             "processes": [record.to_json() for record in self.processes],
         }
 
     @classmethod
     def from_json(cls, state_dir: Path, data: Mapping[str, Any]) -> StackInfo:
         info = cls(Path(state_dir), str(data["bootstrap_servers"]), str(data["database_url"]))
+        info.mllp_port = data.get("mllp_port")
         for item in data.get("processes", []):
             record = ProcessRecord.from_json(item)
             if record.kind == "broker":
@@ -207,8 +221,10 @@ async def _start_workers(
     progress: Callable[[str], None],
 ) -> None:
     """Start all workers at once (recording each), then wait until every one is healthy."""
-    settings = info.settings()
+    if MLLP_SERVICE in workers:
+        info.mllp_port = free_port()
     for name in workers:
+        settings = info.worker_settings(name)
         info.workers[name] = start_worker(name, settings, info.state_dir, command=command)
         save_state(info)
 
@@ -328,8 +344,8 @@ async def restart_worker(
     old = info.workers[name]
     stop_process(old, sig=signal.SIGKILL if kill else None)
     command = old.argv[:-1]  # the service name was appended
-    info.workers[name] = start_worker(name, info.settings(), state_dir, port=old.port,
-                                      command=command)  # fmt: skip
+    info.workers[name] = start_worker(name, info.worker_settings(name), state_dir,
+                                      port=old.port, command=command)  # fmt: skip
     save_state(info)
     await wait_worker_ready(info.workers[name], startup_timeout=startup_timeout)
     return info.workers[name]

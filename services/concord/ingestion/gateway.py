@@ -1,0 +1,189 @@
+"""The MLLP gateway: HL7 v2 over MLLP into ehr.raw.hl7v2, acknowledged only once Kafka has it.
+
+Each message is checked with the same ingestion core the stage runs, so the sender hears what
+is wrong while it still has the message:
+
+* accepted: the message is produced to ``ehr.raw.hl7v2`` (header ``source``, keyed by source
+  and patient like ``concord publish``) and AA is sent only after the broker acknowledged it
+  (acks=all). The ingestion stage ingests and de-duplicates it from there, so a message the
+  sender re-sends because an AA was lost is not emitted twice.
+* rejected: the message goes to ``concord.deadletter`` with its reason code and location (so
+  nothing is lost, and ``concord deadletter replay`` can re-submit it after a fix), then the
+  sender gets AR (a header it must not resend unchanged: version, type, framing) or AE (a
+  content error) with an ERR segment built from the same reason.
+* Kafka unreachable or slow: the write raises or times out, the listener answers AE 207 and
+  the sender keeps the message and retries.
+
+The dead letter of a message that never reached a raw topic has original offset -1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
+
+from concord import metrics
+from concord.deadletters import Rejection, dead_letter
+from concord.events import codec
+from concord.events.models import DeadLetter, IngestedRecord
+from concord.events.raw import Headers, RawEvent
+from concord.hl7v2 import er7
+from concord.ingestion.common import SOURCE_HEADER
+from concord.ingestion.hl7v2 import MESSAGE_TYPES
+from concord.ingestion.mllp import AckDecision, Hl7ErrorCode
+from concord.publishing import hl7_key
+from concord.topics import DEADLETTER, RAW_HL7V2
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
+
+STAGE = "mllp"
+TRANSPORT_HEADER = "received-via"
+NOT_ON_A_TOPIC = -1
+
+_NO_SOURCE = Rejection(
+    "MISSING_SOURCE_HEADER",
+    "MSH-3 and MSH-4 are empty and the listener has no configured source",
+    location="MSH-3",
+)
+
+Ingest = Callable[[RawEvent], list[IngestedRecord] | Rejection]
+
+# Rejections the sender cannot fix by correcting data: HL7 says AR for these.
+_REJECTED = {
+    "HL7_MALFORMED": Hl7ErrorCode.DATA_TYPE_ERROR,
+    "HL7_UNSUPPORTED_VERSION": Hl7ErrorCode.UNSUPPORTED_VERSION_ID,
+    "HL7_UNSUPPORTED_MESSAGE_TYPE": Hl7ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
+    "PAYLOAD_TOO_LARGE": Hl7ErrorCode.APPLICATION_INTERNAL_ERROR,
+    "MISSING_SOURCE_HEADER": Hl7ErrorCode.REQUIRED_FIELD_MISSING,
+    "INVALID_SOURCE_HEADER": Hl7ErrorCode.DATA_TYPE_ERROR,
+}
+_CONTENT_ERRORS = {
+    "INVALID_CODE": Hl7ErrorCode.TABLE_VALUE_NOT_FOUND,
+    "CODE_WITHOUT_SYSTEM": Hl7ErrorCode.REQUIRED_FIELD_MISSING,
+    "HL7_TIME_ZONE_UNKNOWN": Hl7ErrorCode.DATA_TYPE_ERROR,
+}
+# "PID[2]-3.1" (ours) -> segment, sequence, field, component for an HL7 ERL.
+_LOCATION = re.compile(r"^([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?(?:-(\d+)(?:\.(\d+))?)?$")
+
+
+def error_location(location: str | None) -> str | None:
+    """Our rejection location as an HL7 error location (ERR-2), e.g. ``PID^1^3^^1``."""
+    match = _LOCATION.match(location or "")
+    if match is None:
+        return None
+    segment, sequence, field, component = match.groups()
+    parts = [segment, sequence or "1"]
+    if field:
+        parts.append(field)
+        if component:
+            parts += ["", component]
+    return "^".join(parts)
+
+
+def ack_for(rejection: Rejection, message: er7.Er7Message | None) -> AckDecision:
+    """The AE/AR answer, with table 0357's code, for what the ingestion core rejected."""
+    location = error_location(rejection.location)
+    code = _REJECTED.get(rejection.reason_code)
+    if code is not None:
+        if rejection.reason_code == "HL7_UNSUPPORTED_MESSAGE_TYPE" and _known_type(message):
+            code = Hl7ErrorCode.UNSUPPORTED_EVENT_CODE
+        return AckDecision.application_reject(code, rejection.reason, location)
+    code = _CONTENT_ERRORS.get(rejection.reason_code)
+    if code is None:  # HL7_INVALID: a segment or a field
+        if location is not None and location.count("^") == 1:
+            code = Hl7ErrorCode.SEGMENT_SEQUENCE_ERROR  # 0357: "or required segments missing"
+        elif "empty" in rejection.reason or "holds no" in rejection.reason:
+            code = Hl7ErrorCode.REQUIRED_FIELD_MISSING
+        else:
+            code = Hl7ErrorCode.DATA_TYPE_ERROR
+    return AckDecision.application_error(code, rejection.reason, location)
+
+
+def _known_type(message: er7.Er7Message | None) -> bool:
+    return message is not None and message.msh.value(9, 1) in MESSAGE_TYPES
+
+
+def sending_system(message: er7.Er7Message | None, configured: str | None) -> str | None:
+    """The source a message is from: the listener's configured one, else MSH-3, else MSH-4."""
+    if configured or message is None:
+        return configured
+    return next((value for field in (3, 4) if (value := message.msh.value(field, 1))), None)
+
+
+class RawHl7Port(Protocol):
+    """Where the gateway writes; each call returns once the broker has acknowledged."""
+
+    async def publish_raw_hl7v2(
+        self, *, message: bytes, key: bytes | None, headers: Headers
+    ) -> None:
+        """Write an accepted message to ehr.raw.hl7v2."""
+
+    async def publish_dead_letter(self, *, letter: DeadLetter) -> None:
+        """Write a rejected message, with why, to concord.deadletter."""
+
+
+class MllpGateway:
+    """The listener's handle: check a message, write it where it belongs, then decide the ACK."""
+
+    def __init__(
+        self,
+        port: RawHl7Port,
+        ingest: Ingest,
+        *,
+        source: str | None = None,
+        write_timeout_seconds: float = 10.0,
+    ) -> None:
+        self.port = port
+        self.ingest = ingest
+        self.source = source
+        self.write_timeout_seconds = write_timeout_seconds
+
+    async def handle(self, message: bytes, peer: str) -> AckDecision:
+        try:
+            parsed: er7.Er7Message | None = er7.parse(message)
+        except er7.Er7Error:
+            parsed = None  # the core rejects it below, with the reader's reason
+        source = sending_system(parsed, self.source)
+        headers: Headers = ((TRANSPORT_HEADER, b"mllp"),)
+        key = None
+        if source is not None:
+            headers = ((SOURCE_HEADER, source.encode()), *headers)
+            key = hl7_key(source, parsed)
+        received = datetime.now(UTC)
+        raw = RawEvent(RAW_HL7V2, NOT_ON_A_TOPIC, NOT_ON_A_TOPIC, key, message, headers, received)
+        outcome = self.ingest(raw)
+        # A timeout raises, and the listener answers AE 207: the sender keeps the message.
+        async with asyncio.timeout(self.write_timeout_seconds):
+            if isinstance(outcome, Rejection):
+                if outcome.reason_code == "MISSING_SOURCE_HEADER":
+                    outcome = _NO_SOURCE
+                letter = dead_letter(raw, outcome, stage=STAGE, at=datetime.now(UTC))
+                await self.port.publish_dead_letter(letter=letter)
+                return ack_for(outcome, parsed)
+            await self.port.publish_raw_hl7v2(message=message, key=key, headers=headers)
+        return AckDecision.accept()
+
+
+class KafkaRawHl7Port:
+    """RawHl7Port on an aiokafka producer (acks=all): each write awaits its acknowledgement."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+
+    async def publish_raw_hl7v2(
+        self, *, message: bytes, key: bytes | None, headers: Headers
+    ) -> None:
+        await self._send(RAW_HL7V2, message, key, headers)
+
+    async def publish_dead_letter(self, *, letter: DeadLetter) -> None:
+        await self._send(DEADLETTER, codec.DEAD_LETTER.encode(letter), letter.original_key, ())
+        metrics.EVENTS_DEADLETTERED.labels(STAGE, letter.reason_code).inc()
+
+    async def _send(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> None:
+        delivery = await self.producer.send(topic, value, key=key, headers=list(headers))
+        await delivery
+        metrics.EVENTS_PRODUCED.labels(STAGE, topic).inc()

@@ -1,0 +1,153 @@
+"""The MLLP gateway's decisions, with a fake port: what is written where, and which ACK follows."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from functools import partial
+
+import pytest
+
+from concord.deadletters import Rejection
+from concord.events.models import DeadLetter
+from concord.events.raw import Headers
+from concord.hl7v2 import er7
+from concord.ingestion.gateway import MllpGateway, ack_for, error_location, sending_system
+from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
+from concord.ingestion.mllp import Hl7ErrorCode
+
+FAMILY = "Quorvatz"
+VALID = (
+    b"MSH|^~\\&|LAB-APP|GH|CONCORD|GH|20240301083000-0500||ADT^A08^ADT_A01|CTRL-1|P|2.5.1\r"
+    b"EVN|A08|20240301082500-0500\r"
+    b"PID|1||MRN-1^^^GH^MR||" + FAMILY.encode() + b"^Ann||19700512|F\r"
+)
+
+
+@dataclass
+class FakePort:
+    raw: list[tuple[bytes, bytes | None, Headers]] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
+    stall: bool = False
+
+    async def publish_raw_hl7v2(
+        self, *, message: bytes, key: bytes | None, headers: Headers
+    ) -> None:
+        if self.stall:
+            await asyncio.sleep(10)
+        self.raw.append((message, key, headers))
+
+    async def publish_dead_letter(self, *, letter: DeadLetter) -> None:
+        self.letters.append(letter)
+
+
+def gateway(
+    port: FakePort, *, source: str | None = None, zones: dict[str, str] | None = None
+) -> MllpGateway:
+    ingest = partial(ingest_hl7v2, max_payload_bytes=100_000, zone_of=zones_from(zones or {}, None))
+    return MllpGateway(port, ingest, source=source, write_timeout_seconds=0.2)
+
+
+@pytest.mark.asyncio
+async def test_an_accepted_message_is_written_with_its_source_and_key_before_aa() -> None:
+    port = FakePort()
+    decision = await gateway(port).handle(VALID, "127.0.0.1:5000")
+    assert decision.code == "AA"
+    [(message, key, headers)] = port.raw
+    assert message == VALID
+    assert key == b"LAB-APP/PID/MRN-1"
+    assert dict(headers) == {"source": b"LAB-APP", "received-via": b"mllp"}
+    assert port.letters == []
+
+
+@pytest.mark.asyncio
+async def test_a_configured_source_wins_over_msh_3() -> None:
+    port = FakePort()
+    assert (await gateway(port, source="lab-system").handle(VALID, "peer")).code == "AA"
+    assert dict(port.raw[0][2])["source"] == b"lab-system"
+
+
+@pytest.mark.asyncio
+async def test_a_content_error_is_dead_lettered_then_answered_ae_with_the_location() -> None:
+    port = FakePort()
+    no_zone = VALID.replace(b"20240301082500-0500", b"20240301082500")
+    decision = await gateway(port).handle(no_zone, "peer")
+    assert decision.code == "AE"
+    assert decision.error is not None
+    assert decision.error.code == Hl7ErrorCode.DATA_TYPE_ERROR
+    assert decision.error.location == "EVN^1^2"
+    assert FAMILY not in decision.error.text
+    [letter] = port.letters
+    assert letter.reason_code == "HL7_TIME_ZONE_UNKNOWN"
+    assert letter.original_value == no_zone
+    assert letter.original_topic == "ehr.raw.hl7v2"
+    assert letter.original_offset == -1  # never on the raw topic
+    assert letter.original_key == b"LAB-APP/PID/MRN-1"
+    assert port.raw == []
+
+
+@pytest.mark.asyncio
+async def test_the_same_message_passes_once_the_source_has_a_zone() -> None:
+    port = FakePort()
+    no_zone = VALID.replace(b"20240301082500-0500", b"20240301082500")
+    assert (
+        await gateway(port, zones={"LAB-APP": "America/Chicago"}).handle(no_zone, "p")
+    ).code == "AA"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("change", "code", "error"),
+    [
+        ((b"|2.5.1", b"|2.1"), "AR", Hl7ErrorCode.UNSUPPORTED_VERSION_ID),
+        ((b"ADT^A08^ADT_A01", b"MDM^T02^MDM_T02"), "AR", Hl7ErrorCode.UNSUPPORTED_MESSAGE_TYPE),
+        ((b"EVN|A08|20240301082500-0500\r", b""), "AE", Hl7ErrorCode.SEGMENT_SEQUENCE_ERROR),
+        ((b"|CTRL-1|", b"||"), "AE", Hl7ErrorCode.REQUIRED_FIELD_MISSING),
+        ((b"MSH|^~\\&|LAB-APP|GH|", b"MSH|^~\\&|||"), "AR", Hl7ErrorCode.REQUIRED_FIELD_MISSING),
+    ],
+)
+async def test_rejections_map_to_ar_or_ae_with_table_0357_codes(
+    change: tuple[bytes, bytes], code: str, error: Hl7ErrorCode
+) -> None:
+    port = FakePort()
+    decision = await gateway(port).handle(VALID.replace(*change), "peer")
+    assert decision.code == code
+    assert decision.error is not None and decision.error.code == error
+    assert len(port.letters) == 1 and port.raw == []
+
+
+def test_an_unsupported_trigger_of_a_known_type_is_an_unsupported_event() -> None:
+    message = er7.parse(VALID.replace(b"ADT^A08", b"ORU^R30"))
+    rejection = Rejection("HL7_UNSUPPORTED_MESSAGE_TYPE", "ORU^R30 is not ingested", "MSH-9")
+    decision = ack_for(rejection, message)
+    assert decision.error is not None
+    assert decision.error.code == Hl7ErrorCode.UNSUPPORTED_EVENT_CODE
+
+
+@pytest.mark.asyncio
+async def test_a_write_that_does_not_finish_raises_so_the_sender_gets_ae() -> None:
+    port = FakePort(stall=True)
+    with pytest.raises(TimeoutError):
+        await gateway(port).handle(VALID, "peer")
+
+
+@pytest.mark.parametrize(
+    ("ours", "erl"),
+    [
+        ("PID-3", "PID^1^3"),
+        ("OBX[2]-5", "OBX^2^5"),
+        ("OBX[2]-3.1", "OBX^2^3^^1"),
+        ("EVN", "EVN^1"),
+        (None, None),
+        ("Patient.name", None),
+    ],
+)
+def test_error_locations_in_hl7_form(ours: str | None, erl: str | None) -> None:
+    assert error_location(ours) == erl
+
+
+def test_the_sending_system_falls_back_to_the_facility() -> None:
+    message = er7.parse(VALID.replace(b"|LAB-APP|GH|", b"||GH|"))
+    assert sending_system(message, None) == "GH"
+    assert sending_system(None, None) is None
+    assert sending_system(None, "configured") == "configured"
