@@ -14,27 +14,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from concord import topics
-from concord.config import DEFAULT_STATE_DIR, ClientSettings
+from concord.cli_options import client_settings, state_dir_option
+from concord.config import DEFAULT_STATE_DIR
 from concord.events import codec
 from concord.events.models import Alert
 from concord.publishing import read_file
 from concord.runtime.reading import assign_from_start
 
 PROGRESS_EVERY = 10_000
-
-state_dir_option = click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_STATE_DIR,
-    show_default=True,
-    help="The local stack's folder; its stack.env says where the broker and database are.",
-)
-
-
-def client_settings(state_dir: Path) -> ClientSettings:
-    """CONCORD_* variables win; the stack's stack.env fills in the rest."""
-    env_file = state_dir / "stack.env"
-    return ClientSettings(_env_file=env_file if env_file.is_file() else None)
 
 
 @click.group()
@@ -318,9 +305,11 @@ def demo(state_dir: Path, exit_after_check: bool) -> None:
 
 
 def _register_subcommands() -> None:
+    from concord.deadletter_commands import deadletter
     from concord.stack.commands import stack
 
     main.add_command(stack)
+    main.add_command(deadletter)
 
 
 _register_subcommands()

@@ -35,6 +35,7 @@ REASON_CODES: dict[str, str] = {
     "HL7_INVALID": "A required segment or field is missing or malformed; location names it.",
     "HL7_TIME_ZONE_UNKNOWN": "A timestamp has no offset and the source has no configured zone.",
     "CLAIM_INVALID": "A claim line breaks its JSON schema or rules; reason names every path.",
+    "INGESTION_FAILED": "Ingestion raised an unexpected error (a Concord bug); kept for replay.",
     "MISSING_ENTERPRISE_ID": "The Patient carries no identifier of a configured enterprise system.",
     "UNDECODABLE_EVENT": "An Avro event between stages could not be decoded.",
 }

@@ -100,8 +100,8 @@ async def test_mllp_send_through_the_running_worker(stack: StackInfo, tmp_path: 
     assert first.stdout.splitlines() == [
         f"batch.hl7#1 M{run}-0 AA",
         f"batch.hl7#2 M{run}-1 AA",
-        f"batch.hl7#3 M{run}-z AE: a timestamp has no offset and no time zone is configured for the "
-        "source at EVN^1^2",
+        f"batch.hl7#3 M{run}-z AE: a timestamp has no offset and no time zone is configured "
+        "for the source at EVN^1^2",
     ]
     assert "3 messages sent" in first.stderr and "2 AA, 1 AE" in first.stderr
     again = await asyncio.to_thread(send, resent)

@@ -16,8 +16,10 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from concord.config import IngestionSettings, NormalizationSettings
+from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import ClinicalFact, DeadLetter, Header, IngestedRecord, Provenance
+from concord.events.raw import RawEvent
 from concord.ingestion.app import IngestionStage
 from concord.normalization.app import NormalizationStage
 from concord.runtime.batch import Outbound, OutboundRecord
@@ -401,3 +403,22 @@ async def test_outbound_flush_sends_everything_in_order_and_empties() -> None:
         (DEADLETTER, b"2", None, [("h", b"v")]),
     ]
     assert out.pending == []
+
+
+@pytest.mark.asyncio
+async def test_a_core_that_raises_dead_letters_the_record_and_the_batch_goes_on() -> None:
+    stage = _ingestion()
+    secret = "Zyxwvut-4471"
+
+    def broken(raw: RawEvent) -> list[IngestedRecord] | Rejection:
+        raise ValueError(f"bad value {secret}")
+
+    stage.ingest[RAW_CLAIMS] = broken
+    out = Outbound("ingestion")
+    await stage.process(
+        [_record(b"{}", topic=RAW_CLAIMS), _record(orjson.dumps(_patient()), offset=1)], out
+    )
+    [letter] = _letters(out)
+    assert letter.reason_code == "INGESTION_FAILED"
+    assert letter.reason == "ValueError in the ingestion core"
+    assert len(_on(out, INGESTED)) == 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -25,6 +27,7 @@ from concord.runtime.stage import BaseStage, publish_dead_letter
 from concord.topics import INGESTED, RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 
 PRUNE_EVERY_SECONDS = 600.0
+log = logging.getLogger(__name__)
 
 
 def publish_ingested(out: Outbound, *, record: IngestedRecord) -> None:
@@ -55,7 +58,7 @@ class IngestionStage(BaseStage):
         accepted: list[IngestedRecord] = []
         for record in records:
             raw = raw_event(record, received)
-            outcome = self.ingest[record.topic](raw)
+            outcome = self._ingest(raw)
             if isinstance(outcome, Rejection):
                 publish_dead_letter(out, raw=raw, rejection=outcome)
             else:
@@ -68,6 +71,25 @@ class IngestionStage(BaseStage):
             fresh.discard(ingested.record_id)  # a repeat within the batch is a duplicate too
             publish_ingested(out, record=ingested)
             self.emitted.append((ingested.record_id, ingested.provenance.source_system))
+
+    def _ingest(self, raw: RawEvent) -> list[IngestedRecord] | Rejection:
+        try:
+            return self.ingest[raw.topic](raw)
+        except Exception as exc:
+            # A bug must not stop the partition behind one record (the worker would crash on
+            # it at every restart): the record goes to the dead-letter topic for a replay once
+            # fixed, and the log names the code, not the exception text, which may quote PHI.
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error(
+                "ingestion failed on %s[%d]@%d: %s at %s:%s",
+                raw.topic,
+                raw.partition,
+                raw.offset,
+                type(exc).__name__,
+                where.filename,
+                where.lineno,
+            )
+            return Rejection("INGESTION_FAILED", f"{type(exc).__name__} in the ingestion core")
 
     async def on_produced(self) -> None:
         emitted, self.emitted = self.emitted, []

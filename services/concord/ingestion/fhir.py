@@ -170,7 +170,7 @@ def ingest_fhir(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecord
 def _ingest_bundle(
     raw: RawEvent, source: str, bundle: Mapping[str, Any]
 ) -> list[IngestedRecord] | Rejection:
-    if bundle.get("type") not in BUNDLE_TYPES:
+    if not isinstance(bundle.get("type"), str) or bundle["type"] not in BUNDLE_TYPES:
         return Rejection(
             "FHIR_INVALID", "Bundle.type is not a code of bundle-type", location="Bundle.type"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
@@ -18,14 +19,24 @@ async def assign_from_start(consumer: AIOKafkaConsumer, topic: str) -> None:
     await consumer.seek_to_beginning(*partitions)
 
 
+def client_options(kafka: str | dict[str, Any]) -> dict[str, Any]:
+    """aiokafka keyword arguments from bootstrap servers or KafkaSettings.kafka_options()."""
+    return {"bootstrap_servers": kafka} if isinstance(kafka, str) else dict(kafka)
+
+
 async def read_topic(
-    bootstrap: str, topic: str, *, idle_seconds: float = 1.5, fetch_max_wait_ms: int = 50
+    kafka: str | dict[str, Any],
+    topic: str,
+    *,
+    idle_seconds: float = 1.5,
+    fetch_max_wait_ms: int = 50,
 ) -> list[ConsumerRecord]:
     """Every record of a topic, read until nothing new arrives for `idle_seconds`.
 
+    `kafka` is bootstrap servers, or KafkaSettings.kafka_options() where TLS or SASL is needed.
     (Not up to the end offsets: the local broker's ListOffsets(latest) is off by a batch.)"""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=fetch_max_wait_ms
+        **client_options(kafka), enable_auto_commit=False, fetch_max_wait_ms=fetch_max_wait_ms
     )
     await consumer.start()
     try:

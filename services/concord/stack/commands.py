@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from concord.config import DEFAULT_STATE_DIR
+from concord.cli_options import state_dir_option
 from concord.stack.stack import (
     ALL_SERVICES,
     StackError,
@@ -19,14 +19,6 @@ from concord.stack.stack import (
     stop_stack,
 )
 
-_state_dir_option = click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_STATE_DIR,
-    show_default=True,
-    help="Where the stack keeps its logs, data, stack.json and stack.env.",
-)
-
 
 @click.group(name="stack")
 def stack() -> None:
@@ -34,7 +26,7 @@ def stack() -> None:
 
 
 @stack.command()
-@_state_dir_option
+@state_dir_option
 @click.option(
     "--timeout", type=float, default=60.0, show_default=True,
     help="Seconds to wait for the workers to become healthy.",
@@ -52,7 +44,7 @@ def up(state_dir: Path, timeout: float) -> None:
 
 
 @stack.command()
-@_state_dir_option
+@state_dir_option
 def status(state_dir: Path) -> None:
     """Show each process of the stack; exit 1 unless all are up (and workers healthy)."""
     statuses = stack_status(state_dir)
@@ -67,7 +59,7 @@ def status(state_dir: Path) -> None:
 
 
 @stack.command()
-@_state_dir_option
+@state_dir_option
 def down(state_dir: Path) -> None:
     """Stop everything `up` started (workers first), escalating to SIGKILL after a grace."""
     if load_state(state_dir) is None:
