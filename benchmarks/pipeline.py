@@ -1,7 +1,10 @@
-"""Concord pipeline benchmark: stage throughput against a raw aiokafka loop, and alert latency.
+"""Concord pipeline benchmark: stage throughput against a raw aiokafka loop, alert latency, and
+ingestion throughput per raw format against a pass-through.
 
     .venv/bin/python benchmarks/pipeline.py [--records 20000] [--rate 500] [--seconds 20]
                                             [--out results.json] [--img-dir docs/img]
+                                            [--skip-throughput] [--skip-latency]
+                                            [--skip-ingestion-formats]
 
 Part 1, throughput (a fresh broker and PostgreSQL, everything in this one process):
   * baseline: a raw aiokafka loop (getmany up to 1,000 records, fetch_max_wait_ms=20 → Avro
@@ -18,6 +21,14 @@ Part 2, latency (the whole stack as separate processes: broker, PostgreSQL, 4 Fa
   concord.alerts - send time of the pair's second (triggering) event, both on this process's
   clock. The latency is split per hop at the CreateTime of each stage's output records, and
   each worker's batch counters (/metrics) and each process's CPU are reported beside it.
+
+Part 3, ingestion by raw format (a fresh broker and PostgreSQL, everything in this process):
+  N clinical FHIR R4 events (Patients, Observations, Conditions and transaction Bundles of the
+  three) and N HL7 v2 messages (ADT^A01 and ORU^R01), each record new to de-duplication, are
+  published as `concord publish` does. Per format, a pass-through (the same consumer and
+  producer settings; the consumed bytes are produced as they are) and then the ingestion stage
+  in a BatchLoop are timed over the same records of the raw topic, as in part 1. The part
+  fails if more than 2% of a format's events are dead-lettered.
 
 Everything started is stopped at the end, also on error or Ctrl-C. See docs/benchmarks.md.
 """
@@ -40,9 +51,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +65,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from concord.cli import publish_files
 from concord.config import (
     DEFAULT_ENTERPRISE_ID_SYSTEM,
     AlertingSettings,
@@ -77,6 +90,7 @@ from concord.topics import (
     INGESTED,
     PARTITIONS,
     RAW_FHIR,
+    RAW_HL7V2,
     TopicSpec,
 )
 from concord.worker import build_stage
@@ -130,11 +144,10 @@ class Teardown:
     def close(self, failed: bool) -> None:
         """Synchronous, so it also runs after Ctrl-C has ended the event loop."""
         steps: list[tuple[str, Callable[[], Any]]] = []
-        steps += [(f"stack {d}", lambda d=d: self.stop_stack(d)) for d in list(self.stacks)]
-        steps += [(r.name, lambda r=r: self.stop_process(r)) for r in reversed(self.processes)]
+        steps += [(f"stack {d}", partial(self.stop_stack, d)) for d in list(self.stacks)]
+        steps += [(r.name, partial(self.stop_process, r)) for r in reversed(self.processes)]
         steps += [
-            (f"database {name}", lambda s=s, n=name: asyncio.run(drop_database(s, n)))
-            for s, name in self.databases
+            (f"database {name}", partial(_drop_database, s, name)) for s, name in self.databases
         ]
         for label, step in steps:
             try:
@@ -146,6 +159,10 @@ class Teardown:
                 print(f"teardown: kept {path} (logs under logs/)", file=sys.stderr)
             else:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def _drop_database(server: str, name: str) -> None:
+    asyncio.run(drop_database(server, name))
 
 
 # --- input: FHIR Patients as EHRs send them ---------------------------------------------------
@@ -193,6 +210,291 @@ def patient_pairs(prefix: str, pairs: int, disagree_every: int) -> list[RawPatie
             )
         )
     return events
+
+
+# --- input for part 3: clinical FHIR resources and HL7 v2 messages ----------------------------
+
+LOINC, UCUM = "http://loinc.org", "http://unitsofmeasure.org"
+SNOMED_CT, ICD10_CM = "http://snomed.info/sct", "http://hl7.org/fhir/sid/icd-10-cm"
+TERMINOLOGY = "http://terminology.hl7.org/CodeSystem"
+# (LOINC with a valid check digit, display, UCUM unit, reference range low, high)
+LABS = (
+    ("2345-7", "Glucose [Mass/volume] in Serum or Plasma", "mg/dL", 70.0, 99.0),
+    ("2951-2", "Sodium [Moles/volume] in Serum or Plasma", "mmol/L", 136.0, 145.0),
+    ("2823-3", "Potassium [Moles/volume] in Serum or Plasma", "mmol/L", 3.5, 5.1),
+    ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL", 0.6, 1.3),
+    ("718-7", "Hemoglobin [Mass/volume] in Blood", "g/dL", 12.0, 17.5),
+    ("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "%", 4.0, 5.6),
+)
+# (SNOMED CT concept, its display, the ICD-10-CM code billed for it, its display)
+PROBLEMS = (
+    ("44054006", "Diabetes mellitus type 2", "E11.9", "Type 2 diabetes mellitus w/o complications"),
+    ("38341003", "Hypertensive disorder", "I10", "Essential (primary) hypertension"),
+    ("195967001", "Asthma", "J45.909", "Unspecified asthma, uncomplicated"),
+    ("55822004", "Hyperlipidemia", "E78.5", "Hyperlipidemia, unspecified"),
+    ("35489007", "Depressive disorder", "F32.9", "Major depressive disorder, single episode"),
+)
+ALLERGENS = (
+    ("70618", "Penicillin"),
+    ("2670", "Codeine"),
+    ("1191", "Aspirin"),
+    ("7052", "Morphine"),
+)
+FAMILIES = ("Testperson", "Fakeworth", "Samplesson", "Mockridge", "Placeholder")
+GIVEN = ("Alex", "Robin", "Sam", "Jordan", "Casey", "Quinn")
+# Every timestamp carries its offset: a zone-less one would be dead-lettered without a
+# configured source zone, and this part measures ingestion, not rejection.
+FORMAT_EPOCH = datetime(2026, 1, 5, 8, 0, tzinfo=timezone(timedelta(hours=-5)))
+
+
+def _moment(i: int, minutes: int = 0) -> datetime:
+    return FORMAT_EPOCH + timedelta(seconds=i, minutes=minutes)
+
+
+def _birth_date(i: int) -> date:
+    return date(1940, 1, 1) + timedelta(days=(i * 7) % 25_000)
+
+
+def fhir_patient(pid: str, i: int) -> dict[str, Any]:
+    mr = {"coding": [{"system": f"{TERMINOLOGY}/v2-0203", "code": "MR"}]}
+    return {
+        "resourceType": "Patient",
+        "id": pid,
+        "meta": {"versionId": "1", "lastUpdated": _moment(i).isoformat()},
+        "identifier": [
+            {"use": "usual", "type": mr, "system": "urn:bench:mrn", "value": f"MRN-{pid}"},
+            {"system": DEFAULT_ENTERPRISE_ID_SYSTEM, "value": f"EP-{pid}"},
+        ],
+        "active": True,
+        "name": [{"use": "official", "family": FAMILIES[i % 5], "given": [GIVEN[i % 6]]}],
+        "telecom": [{"system": "phone", "value": f"+1-555-01{i % 100:02d}", "use": "home"}],
+        "gender": ("female", "male")[i % 2],
+        "birthDate": _birth_date(i).isoformat(),
+        "address": [
+            {
+                "use": "home",
+                "line": [f"{i % 900 + 1} Example Lane"],
+                "city": "Exampleton",
+                "postalCode": f"{10_000 + i % 90_000}",
+                "country": "ZZ",
+            }
+        ],
+    }
+
+
+def fhir_observation(oid: str, patient: str, i: int) -> dict[str, Any]:
+    code, display, unit, low, high = LABS[i % len(LABS)]
+    value = round(low + (high - low) * ((i * 37) % 140) / 100, 1)  # a few are high
+    quantity = {"unit": unit, "system": UCUM, "code": unit}
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "meta": {"versionId": "1", "lastUpdated": _moment(i, 45).isoformat()},
+        "status": "final",
+        "category": [
+            {"coding": [{"system": f"{TERMINOLOGY}/observation-category", "code": "laboratory"}]}
+        ],
+        "code": {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display},
+        "subject": {"reference": patient},
+        "effectiveDateTime": _moment(i).isoformat(),
+        "issued": _moment(i, 45).isoformat(),
+        "valueQuantity": {"value": value, **quantity},
+        "interpretation": [
+            {
+                "coding": [
+                    {
+                        "system": f"{TERMINOLOGY}/v3-ObservationInterpretation",
+                        "code": "H" if value > high else "N",
+                    }
+                ]
+            }
+        ],
+        "referenceRange": [
+            {"low": {"value": low, **quantity}, "high": {"value": high, **quantity}}
+        ],
+    }
+
+
+def fhir_condition(cid: str, patient: str, i: int) -> dict[str, Any]:
+    sct, sct_display, icd, icd_display = PROBLEMS[i % len(PROBLEMS)]
+    return {
+        "resourceType": "Condition",
+        "id": cid,
+        "meta": {"versionId": "1", "lastUpdated": _moment(i, 10).isoformat()},
+        "clinicalStatus": {
+            "coding": [{"system": f"{TERMINOLOGY}/condition-clinical", "code": "active"}]
+        },
+        "verificationStatus": {
+            "coding": [{"system": f"{TERMINOLOGY}/condition-ver-status", "code": "confirmed"}]
+        },
+        "category": [
+            {
+                "coding": [
+                    {"system": f"{TERMINOLOGY}/condition-category", "code": "problem-list-item"}
+                ]
+            }
+        ],
+        "code": {
+            "coding": [
+                {"system": SNOMED_CT, "code": sct, "display": sct_display},
+                {"system": ICD10_CM, "code": icd, "display": icd_display},
+            ],
+            "text": sct_display,
+        },
+        "subject": {"reference": patient},
+        "onsetDateTime": (_birth_date(i) + timedelta(days=365 * 30)).isoformat(),
+        "recordedDate": _moment(i, 10).isoformat(),
+    }
+
+
+def fhir_bundle(prefix: str, i: int) -> dict[str, Any]:
+    """A transaction Bundle as an EHR sends a visit: the Patient, two results and a problem,
+    referring to each other by urn:uuid, as ingestion must resolve and rewrite them."""
+    pid, urn = f"{prefix}-bp", f"urn:uuid:{uuid.uuid4()}"
+    resources = [
+        fhir_patient(pid, i),
+        fhir_observation(f"{prefix}-bo1", urn, i),
+        fhir_observation(f"{prefix}-bo2", urn, i + 1),
+        fhir_condition(f"{prefix}-bc", urn, i),
+    ]
+    entries = []
+    for n, resource in enumerate(resources):
+        kind = resource["resourceType"]
+        entries.append(
+            {
+                "fullUrl": urn if n == 0 else f"urn:uuid:{uuid.uuid4()}",
+                "resource": resource,
+                "request": {"method": "PUT", "url": f"{kind}/{resource['id']}"},
+            }
+        )
+    return {
+        "resourceType": "Bundle",
+        "id": f"{prefix}-b",
+        "type": "transaction",
+        "timestamp": _moment(i, 50).isoformat(),
+        "entry": entries,
+    }
+
+
+def fhir_events(prefix: str, count: int) -> tuple[list[bytes], int]:
+    """`count` raw FHIR events, in turn a Patient, an Observation and a Condition about it, and
+    a transaction Bundle of four; returns them and how many records they hold."""
+    events, records = [], 0
+    for i in range(count):
+        rid, patient = f"{prefix}{i:07d}", f"Patient/{prefix}{i - i % 4:07d}-p"
+        kind = i % 4
+        if kind == 0:
+            document = fhir_patient(f"{rid}-p", i)
+        elif kind == 1:
+            document = fhir_observation(f"{rid}-o", patient, i)
+        elif kind == 2:
+            document = fhir_condition(f"{rid}-c", patient, i)
+        else:
+            document = fhir_bundle(rid, i)
+        events.append(orjson.dumps(document))
+        records += 4 if kind == 3 else 1
+    return events, records
+
+
+def _hl7_time(moment: datetime) -> str:
+    return moment.strftime("%Y%m%d%H%M%S%z")
+
+
+def _segment(name: str, fields: dict[int, str]) -> str:
+    return "|".join([name, *(fields.get(n, "") for n in range(1, max(fields) + 1))])
+
+
+def hl7_message(prefix: str, i: int) -> bytes:
+    """ADT^A01 (an admission) for even i, ORU^R01 (a chemistry panel) for odd i; MSH-10 is
+    unique, so each message is a new record to de-duplication. Each patient (k) is admitted,
+    then has results."""
+    k = i // 2
+    control, mrn, sent = f"{prefix}{i:07d}", f"{prefix}M{k:07d}", _hl7_time(_moment(i, 60))
+    pid = _segment(
+        "PID",
+        {
+            1: "1",
+            3: f"{mrn}^^^BENCHHOSP^MR~EP-{mrn}^^^CONCORD^PI",
+            5: f"{FAMILIES[k % 5].upper()}^{GIVEN[k % 6].upper()}^^^^^L",
+            7: _birth_date(k).strftime("%Y%m%d"),
+            8: "FM"[k % 2],
+            11: f"{k % 900 + 1} EXAMPLE LANE^^EXAMPLETON^^{10_000 + k % 90_000}^ZZ^H",
+            13: f"^PRN^PH^^^555^01{k % 100:02d}",
+        },
+    )
+    if i % 2 == 0:
+        occurred = _hl7_time(_moment(i, 55))
+        allergen = ALLERGENS[i % len(ALLERGENS)]
+        _, _, icd, icd_display = PROBLEMS[i % len(PROBLEMS)]
+        segments = [
+            f"MSH|^~\\&|BENCHADT|BENCHHOSP|CONCORD|CONCORD|{sent}||ADT^A01^ADT_A01|{control}"
+            "|P|2.5.1|||AL|NE",
+            _segment("EVN", {1: "A01", 2: sent, 5: "BENCHOP", 6: occurred}),
+            pid,
+            _segment(
+                "PV1",
+                {
+                    1: "1",
+                    2: "I",
+                    3: f"WARD{i % 8}^{i % 40:03d}^{'AB'[i % 2]}^BENCHHOSP",
+                    7: "9001^ATTENDING^PAT^^^^MD",
+                    10: "MED",
+                    19: f"V{control}",
+                    44: occurred,
+                },
+            ),
+            _segment("AL1", {1: "1", 2: "DA", 3: f"{allergen[0]}^{allergen[1]}^RXNORM", 4: "MO"}),
+            _segment("DG1", {1: "1", 3: f"{icd}^{icd_display}^I10", 5: occurred, 6: "A"}),
+        ]
+    else:
+        collected, received = _hl7_time(_moment(i)), _hl7_time(_moment(i, 20))
+        order = f"ORD{control}"
+        segments = [
+            f"MSH|^~\\&|BENCHLIS|BENCHLAB|CONCORD|CONCORD|{sent}||ORU^R01^ORU_R01|{control}"
+            "|P|2.5.1|||AL|NE",
+            pid,
+            _segment("ORC", {1: "RE", 2: order, 3: f"FIL{control}"}),
+            _segment(
+                "OBR",
+                {
+                    1: "1",
+                    2: order,
+                    3: f"FIL{control}",
+                    4: "24323-8^Comprehensive metabolic panel^LN",
+                    7: collected,
+                    14: received,
+                    16: "9002^ORDERING^PAT^^^^MD",
+                    22: sent,
+                    24: "CH",
+                    25: "F",
+                },
+            ),
+        ]
+        for n, (code, display, unit, low, high) in enumerate(LABS[:4], start=1):
+            value = round(low + (high - low) * ((i * 37 + n * 11) % 140) / 100, 1)
+            flag = "H" if value > high else "N"
+            segments.append(
+                _segment(
+                    "OBX",
+                    {
+                        1: str(n),
+                        2: "NM",
+                        3: f"{code}^{display}^LN",
+                        5: f"{value:g}",
+                        6: f"{unit}^{unit}^UCUM",
+                        7: f"{low:g}-{high:g}",
+                        8: flag,
+                        11: "F",
+                        14: collected,
+                    },
+                )
+            )
+    return ("\r".join(segments) + "\r").encode()
+
+
+def hl7_events(prefix: str, count: int) -> tuple[list[bytes], int]:
+    """`count` HL7 v2 messages, ADT^A01 and ORU^R01 in turn; one record each."""
+    return [hl7_message(prefix, i) for i in range(count)], count
 
 
 def bulk_producer(bootstrap: str) -> AIOKafkaProducer:
@@ -342,11 +644,19 @@ def group_consumer(bootstrap: str, group_id: str) -> AIOKafkaConsumer:
     )
 
 
-async def baseline(bootstrap: str, expected: int) -> Timing:
-    """The raw loop: consume → decode → encode → produce → await acks → commit."""
+async def baseline(
+    bootstrap: str,
+    expected: int,
+    *,
+    topic: str = BENCH_IN,
+    group_id: str = "bench-baseline",
+    recode: bool = True,
+) -> Timing:
+    """The raw loop: consume → decode → encode → produce → await acks → commit. Without
+    `recode`, a pass-through: the consumed bytes are produced as they are, no parsing."""
     settings = WorkerSettings(bootstrap_servers=bootstrap)
     producer = BatchLoop.make_producer_for(settings)  # the stages' producer settings
-    consumer = group_consumer(bootstrap, "bench-baseline")
+    consumer = group_consumer(bootstrap, group_id)
     await producer.start()
 
     async def once() -> int:
@@ -356,8 +666,9 @@ async def baseline(bootstrap: str, expected: int) -> Timing:
         futures = []
         for records in batch.values():
             for r in records:
-                event = codec.INGESTED_RECORD.decode(r.value)
-                value = codec.INGESTED_RECORD.encode(event)
+                value = r.value
+                if recode:
+                    value = codec.INGESTED_RECORD.encode(codec.INGESTED_RECORD.decode(value))
                 futures.append(await producer.send(BENCH_OUT, value, key=r.key))
         await asyncio.gather(*futures)
         await consumer.commit(
@@ -366,7 +677,7 @@ async def baseline(bootstrap: str, expected: int) -> Timing:
         return sum(len(records) for records in batch.values())
 
     try:
-        return await timed_batches(consumer, [BENCH_IN], once, expected)
+        return await timed_batches(consumer, [topic], once, expected)
     finally:
         await producer.stop()
 
@@ -447,7 +758,9 @@ async def database(state_dir: Path, teardown: Teardown) -> str:
     return postgres.dsn
 
 
-def stage_row(name: str, topic: str, timing: Timing, out: dict[str, int], per_raw: float) -> dict:
+def stage_row(
+    name: str, topic: str, timing: Timing, out: dict[str, int], per_raw: float
+) -> dict[str, Any]:
     return {
         "name": name,
         "input_topic": topic,
@@ -461,20 +774,32 @@ def stage_row(name: str, topic: str, timing: Timing, out: dict[str, int], per_ra
     }
 
 
-async def throughput_part(args: argparse.Namespace, teardown: Teardown, token: str) -> dict:
-    pairs = args.records // 2
-    raw_count = pairs * 2
-    state_dir = teardown.tempdir("throughput")
-    progress("throughput: starting a fresh broker and PostgreSQL")
+@contextlib.asynccontextmanager
+async def fresh_backend(teardown: Teardown, part: str) -> AsyncIterator[tuple[str, str]]:
+    """A fresh broker (every Concord topic, plus bench.in and bench.out) and a migrated
+    database for one part: (bootstrap servers, DSN). Stopped when the part ends."""
+    state_dir = teardown.tempdir(part)
+    progress(f"{part}: starting a fresh broker and PostgreSQL")
     broker = await start_broker(state_dir)
     teardown.processes.append(broker.record)
-    bootstrap = broker.bootstrap_servers
     try:
         await ensure_topics(
-            bootstrap,
+            broker.bootstrap_servers,
             [TopicSpec(BENCH_IN, PARTITIONS, "benchmark input"), TopicSpec(BENCH_OUT, 4, "output")],
         )
-        dsn = await database(state_dir, teardown)
+        yield broker.bootstrap_servers, await database(state_dir, teardown)
+    finally:
+        progress(f"{part}: stopping the broker and PostgreSQL")
+        for record in list(teardown.processes):
+            teardown.stop_process(record)
+
+
+async def throughput_part(
+    args: argparse.Namespace, teardown: Teardown, token: str
+) -> dict[str, Any]:
+    pairs = args.records // 2
+    raw_count = pairs * 2
+    async with fresh_backend(teardown, "throughput") as (bootstrap, dsn):
         events = patient_pairs(f"BT{token}", pairs, disagree_every=3)
         disagreeing = sum(1 for e in events if e.triggers)
         progress(f"throughput: publishing {raw_count} FHIR Patients ({pairs} patients x 2 sources,")
@@ -482,19 +807,15 @@ async def throughput_part(args: argparse.Namespace, teardown: Teardown, token: s
         await publish_raw(bootstrap, events)
         del events
         return await _chain(args, bootstrap, dsn, raw_count, disagreeing)
-    finally:
-        progress("throughput: stopping the broker and PostgreSQL")
-        for record in list(teardown.processes):
-            teardown.stop_process(record)
 
 
 async def _chain(
     args: argparse.Namespace, bootstrap: str, dsn: str, raw_count: int, disagreeing: int
-) -> dict:
+) -> dict[str, Any]:
     profile_dir = Path(args.profile) if args.profile else None
     if profile_dir:
         profile_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     expected, topic = raw_count, RAW_FHIR
     wanted = {"ingestion": INGESTED, "normalization": FACTS, "conflicts": CONFLICTS}
     for service in STAGES:
@@ -688,7 +1009,7 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-async def latency_part(args: argparse.Namespace, teardown: Teardown, token: str) -> dict:
+async def latency_part(args: argparse.Namespace, teardown: Teardown, token: str) -> dict[str, Any]:
     state_dir = teardown.tempdir("stack")
     teardown.stacks.append(state_dir)
     progress("latency: starting the stack (broker, PostgreSQL, 4 Faust workers)")
@@ -700,7 +1021,7 @@ async def latency_part(args: argparse.Namespace, teardown: Teardown, token: str)
         teardown.stop_stack(state_dir)
 
 
-async def _measure_latency(args: argparse.Namespace, info: StackInfo, token: str) -> dict:
+async def _measure_latency(args: argparse.Namespace, info: StackInfo, token: str) -> dict[str, Any]:
     collector = AlertCollector(info.bootstrap_servers)
     producer = AIOKafkaProducer(bootstrap_servers=info.bootstrap_servers, linger_ms=0)
     await collector.start()
@@ -818,10 +1139,159 @@ async def hop_breakdown(
     return result, samples
 
 
+# --- part 3: ingestion by raw format ----------------------------------------------------------
+
+TARGET_RATIO = 0.40  # the product's target for ingestion against a pass-through
+# Beyond this share, the part would time rejection, not ingestion: the input is at fault.
+MAX_DEAD_LETTER_SHARE = 0.02
+
+
+@dataclass(frozen=True)
+class RawFormat:
+    name: str
+    slug: str  # in ids, file names and consumer groups
+    topic: str
+    source: str  # the 'source' header the events are published with
+    # The file publish_files reads: its suffix picks the raw topic and how events are keyed.
+    file_name: str
+    join: Callable[[list[bytes]], bytes]
+    build: Callable[[str, int], tuple[list[bytes], int]]
+
+
+RAW_FORMATS = (
+    RawFormat(
+        "FHIR R4", "fhir", RAW_FHIR, "bench-fhir-ehr", "fhir.ndjson", b"\n".join, fhir_events
+    ),
+    RawFormat("HL7 v2", "hl7v2", RAW_HL7V2, "bench-hl7-feed", "messages.hl7", b"".join, hl7_events),
+)
+
+
+async def ingestion_formats_part(
+    args: argparse.Namespace, teardown: Teardown, token: str
+) -> dict[str, Any]:
+    profile_dir = Path(args.profile) if args.profile else None
+    inputs = teardown.tempdir("formats-input")
+    async with fresh_backend(teardown, "formats") as (bootstrap, dsn):
+        rows = []
+        for fmt in RAW_FORMATS:
+            path = inputs / fmt.file_name
+            rows.append(
+                await _ingest_format(fmt, args.records, bootstrap, dsn, path, token, profile_dir)
+            )
+        progress("formats: counting what ingestion left on its output topics ...")
+        outcomes = await topic_outcomes(bootstrap)
+    for row in rows:
+        seen = outcomes.get(row["input_topic"], {"ingested": 0, "dead_lettered": 0, "reasons": {}})
+        if (seen["ingested"], seen["dead_lettered"]) != (row["ingested"], row["dead_lettered"]):
+            raise BenchmarkError(
+                f"{row['name']}: the stage counted {row['ingested']} ingested and "
+                f"{row['dead_lettered']} dead-lettered, the topics hold {seen['ingested']} and "
+                f"{seen['dead_lettered']}"
+            )
+        row["dead_letter_reasons"] = seen["reasons"]
+    return {"events_per_format": args.records, "target_ratio": TARGET_RATIO, "formats": rows}
+
+
+def write_input(fmt: RawFormat, prefix: str, count: int, path: Path) -> tuple[int, float]:
+    """Write `count` events as the file publish_files reads; returns the records they hold
+    and their mean size in bytes."""
+    events, records = fmt.build(prefix, count)
+    path.write_bytes(fmt.join(events))
+    return records, sum(len(e) for e in events) / len(events)
+
+
+async def _ingest_format(
+    fmt: RawFormat,
+    count: int,
+    bootstrap: str,
+    dsn: str,
+    path: Path,
+    token: str,
+    profile_dir: Path | None,
+) -> dict[str, Any]:
+    """Publish `count` events of the format, then time a pass-through and the ingestion stage,
+    one after the other, over the same records of its raw topic."""
+    records, event_bytes = write_input(fmt, f"B{fmt.slug[0].upper()}{token}", count, path)
+    progress(
+        f"formats: publishing {count} {fmt.name} events ({records} records, "
+        f"{event_bytes:,.0f} bytes each on average) to {fmt.topic} as '{fmt.source}'"
+    )
+    sent = await publish_files(
+        bootstrap, fmt.source, [path], progress=lambda line: progress(f"formats: {line}")
+    )
+    if sent != count:
+        raise BenchmarkError(f"{fmt.name}: {sent} events published from {path}, not {count}")
+
+    progress(f"formats: pass-through over the {count} records of {fmt.topic} ...")
+    group = f"bench-pass-through-{fmt.slug}"
+    passed = await baseline(bootstrap, count, topic=fmt.topic, group_id=group, recode=False)
+    progress(f"formats: pass-through: {passed.rate:,.0f} records/s ({passed.seconds:.2f}s)")
+
+    progress(f"formats: ingestion over the same {count} records ...")
+    stage_profile = None
+    if profile_dir is not None:
+        stage_profile = profile_dir / f"formats-{fmt.slug}"
+        stage_profile.mkdir(parents=True, exist_ok=True)
+    timing, out = await run_stage("ingestion", bootstrap, dsn, count, stage_profile)
+    ingested, dead = out.get(INGESTED, 0), out.get(DEADLETTER, 0)
+    progress(
+        f"formats: ingestion: {timing.rate:,.0f} records/s ({timing.consumed} in "
+        f"{timing.seconds:.2f}s, {timing.batches} batches); {ingested} ingested, "
+        f"{dead} dead-lettered"
+    )
+    if dead > MAX_DEAD_LETTER_SHARE * count:
+        reasons = (await topic_outcomes(bootstrap)).get(fmt.topic, {}).get("reasons")
+        raise BenchmarkError(
+            f"{fmt.name}: {dead} of {count} events dead-lettered (reasons: {reasons}); "
+            "the figure would time rejection, not ingestion: fix the generated input"
+        )
+    if ingested > records or (dead == 0 and ingested != records):
+        raise BenchmarkError(
+            f"{fmt.name}: {ingested} records ingested, {records} expected: ids are not unique "
+            "(de-duplication dropped some) or records were lost"
+        )
+    if dead:
+        progress(f"formats: warning: {dead} {fmt.name} events dead-lettered (within the limit)")
+
+    row = stage_row(fmt.name, fmt.topic, timing, out, 1.0)
+    del row["raw_events_per_s"]  # the same as records_per_s here
+    pass_row = stage_row("pass-through", fmt.topic, passed, {BENCH_OUT: passed.consumed}, 1.0)
+    del pass_row["raw_events_per_s"]
+    row.update(
+        source=fmt.source,
+        mean_event_bytes=round(event_bytes),
+        expected_records=records,
+        ingested=ingested,
+        dead_lettered=dead,
+        ingested_per_s=round(ingested / timing.seconds, 1) if timing.seconds else 0.0,
+        pass_through=pass_row,
+        ratio_to_pass_through=round(timing.rate / passed.rate, 3),
+    )
+    return row
+
+
+async def topic_outcomes(bootstrap: str) -> dict[str, dict[str, Any]]:
+    """Per raw topic: the IngestedRecords and dead letters on ingestion's output topics, and
+    the dead letters' reason codes. Counted from the broker, not from the stage's counters."""
+    outcomes: dict[str, dict[str, Any]] = {}
+
+    def of(topic: str) -> dict[str, Any]:
+        return outcomes.setdefault(topic, {"ingested": 0, "dead_lettered": 0, "reasons": {}})
+
+    for r in await read_topic(bootstrap, INGESTED, idle_seconds=1.0):
+        of(codec.INGESTED_RECORD.decode(r.value).provenance.raw_topic)["ingested"] += 1
+    for r in await read_topic(bootstrap, DEADLETTER, idle_seconds=1.0):
+        letter = codec.DEAD_LETTER.decode(r.value)
+        outcome = of(letter.original_topic)
+        outcome["dead_lettered"] += 1
+        outcome["reasons"][letter.reason_code] = outcome["reasons"].get(letter.reason_code, 0) + 1
+    return outcomes
+
+
 # --- output -----------------------------------------------------------------------------------
 
 
-def print_throughput(t: dict) -> None:
+def print_throughput(t: dict[str, Any]) -> None:
     base = t["baseline"]
     print()
     print(
@@ -847,7 +1317,30 @@ def print_throughput(t: dict) -> None:
     print(" CPU = this process's CPU seconds per wall second while the stage ran)")
 
 
-def print_latency(lat: dict) -> None:
+def print_ingestion_formats(f: dict[str, Any]) -> None:
+    print()
+    print(
+        f"Ingestion by raw format, one worker, {f['events_per_format']} raw events per format, "
+        "beside a pass-through of the same records:"
+    )
+    print(
+        f"{'format':8} {'input':>14} {'bytes':>6} {'records/s':>10} {'ingested/s':>10} "
+        f"{'pass-through/s':>14} {'ratio':>6} {'CPU':>5} {'dead letters':>12}"
+    )
+    for row in f["formats"]:
+        print(
+            f"{row['name']:8} {row['input_topic']:>14} {row['mean_event_bytes']:>6} "
+            f"{row['records_per_s']:>10,.0f} {row['ingested_per_s']:>10,.0f} "
+            f"{row['pass_through']['records_per_s']:>14,.0f} "
+            f"{row['ratio_to_pass_through']:>5.2f}x {row['cpu_share']:>5.2f} "
+            f"{row['dead_lettered']:>12}"
+        )
+    print("(records/s: raw events consumed per second, the pass-through's unit; ingested/s:")
+    print(" IngestedRecords produced per second, a FHIR Bundle makes several; bytes: mean event;")
+    print(f" ratio: records/s over pass-through records/s, target >= {f['target_ratio']:.0%})")
+
+
+def print_latency(lat: dict[str, Any]) -> None:
     print()
     print(
         f"Event-to-alert latency, whole stack, {lat['offered_rate']:g} events/s offered "
@@ -885,7 +1378,7 @@ def print_latency(lat: dict) -> None:
     print(f"  CPU cores used meanwhile: {cores}")
 
 
-def plot_throughput(t: dict, path: Path) -> None:
+def plot_throughput(t: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [t["baseline"], *t["stages"]]
@@ -921,7 +1414,7 @@ def plot_throughput(t: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_latency(lat: dict, path: Path) -> None:
+def plot_latency(lat: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     samples = lat["samples_ms"]
@@ -975,7 +1468,52 @@ def plot_hops(ax: Any, samples: list[list[float]]) -> None:
     ax.legend(loc="upper left", fontsize=7)
 
 
-def write_outputs(args: argparse.Namespace, results: dict) -> None:
+def plot_ingestion_formats(f: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    labels, rates, colors, notes = [], [], [], []
+    for row in f["formats"]:
+        passed = row["pass_through"]["records_per_s"]
+        labels += [
+            f"{row['name']} pass-through\n(same records, no parsing)",
+            f"{row['name']} ingestion\n({row['input_topic']})",
+        ]
+        rates += [passed, row["records_per_s"]]
+        colors += ["#888888", "#3b75af"]
+        notes += [
+            f" {passed:,.0f}/s",
+            f" {row['records_per_s']:,.0f}/s  ({row['ratio_to_pass_through']:.2f}x)",
+        ]
+    rows = list(range(len(labels)))[::-1]  # top to bottom in table order
+    fig, ax = plt.subplots(figsize=(9, 1.1 * len(labels) + 1.2))
+    ax.barh(rows, rates, color=colors)
+    ax.set_yticks(rows, labels)
+    for y, rate, note in zip(rows, rates, notes, strict=True):
+        ax.text(rate, y, note, va="center", fontsize=9)
+    target = f"target: {f['target_ratio']:.0%} of the format's pass-through"
+    for n, row in enumerate(f["formats"]):
+        y = rows[2 * n + 1]
+        ax.vlines(
+            f["target_ratio"] * row["pass_through"]["records_per_s"],
+            y - 0.45,
+            y + 0.45,
+            colors="#c44e52",
+            linestyles="--",
+            linewidth=1.5,
+            label=target if n == 0 else "_nolegend_",
+        )
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
+    ax.set_xlim(0, max(rates) * 1.35)
+    ax.set_xlabel("raw events per second, one worker (one process, one consumer group)")
+    ax.set_title(
+        f"Concord ingestion vs a pass-through of the same records, same run "
+        f"({f['events_per_format']:,} events per format)"
+    )
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_outputs(args: argparse.Namespace, results: dict[str, Any]) -> None:
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         progress(f"results written to {args.out}")
@@ -987,13 +1525,15 @@ def write_outputs(args: argparse.Namespace, results: dict) -> None:
         plot_throughput(results["throughput"], img_dir / "benchmark-throughput.png")
     if "p50_ms" in results.get("latency", {}):
         plot_latency(results["latency"], img_dir / "benchmark-latency.png")
+    if "ingestion_formats" in results:
+        plot_ingestion_formats(results["ingestion_formats"], img_dir / "benchmark-ingestion.png")
     progress(f"plots written to {img_dir}")
 
 
 # --- main -------------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace, teardown: Teardown) -> dict:
+async def run(args: argparse.Namespace, teardown: Teardown) -> dict[str, Any]:
     token = uuid.uuid4().hex[:8]  # keeps ids unique on a shared CONCORD_DATABASE_URL server
     results: dict[str, Any] = {
         "run": {
@@ -1012,12 +1552,20 @@ async def run(args: argparse.Namespace, teardown: Teardown) -> dict:
     if not args.skip_latency:
         results["latency"] = await latency_part(args, teardown, token)
         print_latency(results["latency"])
+    if not args.skip_ingestion_formats:
+        results["ingestion_formats"] = await ingestion_formats_part(args, teardown, token)
+        print_ingestion_formats(results["ingestion_formats"])
     return results
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=20_000, help="raw FHIR events (part 1)")
+    parser.add_argument(
+        "--records",
+        type=int,
+        default=20_000,
+        help="raw FHIR Patients (part 1); raw events of each format (part 3)",
+    )
     parser.add_argument("--rate", type=float, default=500.0, help="offered events/s (part 2)")
     parser.add_argument("--seconds", type=float, default=20.0, help="offering time (part 2)")
     parser.add_argument("--warmup-pairs", type=int, default=50, help="unmeasured pairs first")
@@ -1029,8 +1577,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-plots", action="store_true", help="do not draw the plots")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-ingestion-formats", action="store_true", help="skip part 3")
     parser.add_argument(
-        "--profile", metavar="DIR", help="cProfile each stage into DIR/<stage>.pstats (slower)"
+        "--profile",
+        metavar="DIR",
+        help="cProfile each stage into DIR/<stage>.pstats, part 3's into "
+        "DIR/formats-<format>/ingestion.pstats (slower)",
     )
     parser.add_argument("--keep-state", action="store_true", help="keep temp dirs and logs")
     args = parser.parse_args(argv)
