@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -134,11 +135,11 @@ def mllp_send(
     except ValueError as exc:  # text before the first MSH
         raise click.UsageError(str(exc)) from None
     context = ssl.create_default_context(cafile=tls_cafile) if tls_cafile else None
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
 
     def show(ack: Ack) -> None:
-        path, number, _ = sent[sum(counts.values())]
-        counts[ack.code] = counts.get(ack.code, 0) + 1
+        path, number, _ = sent[counts.total()]  # ACKs come back in the order sent
+        counts[ack.code] += 1
         where = f" at {ack.location}" if ack.location else ""
         problem = f": {ack.error}{where}" if ack.code != "AA" and ack.error else ""
         click.echo(f"{path.name}#{number} {ack.control_id} {ack.code}{problem}")
@@ -306,10 +307,12 @@ def demo(state_dir: Path, exit_after_check: bool) -> None:
 
 def _register_subcommands() -> None:
     from concord.deadletter_commands import deadletter
+    from concord.generate.command import generate
     from concord.stack.commands import stack
 
     main.add_command(stack)
     main.add_command(deadletter)
+    main.add_command(generate)
 
 
 _register_subcommands()

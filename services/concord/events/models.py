@@ -59,6 +59,21 @@ class ClinicalFact(Event):
     display: str | None = None
     status: FactStatus
     provenance: Provenance
+    record_id: str | None = None
+    unit: str | None = None
+    original_unit: str | None = None
+    code: str | None = None
+    code_system: str | None = None
+    original_code: str | None = None
+    original_code_system: str | None = None
+    crosswalk: str | None = None
+    clinical_status: str | None = None
+    verification_status: str | None = None
+    effective_time: AwareDatetime | None = None
+    effective_text: str | None = None
+    effective_precision: str | None = None
+    effective_offset_minutes: int | None = None
+    flags: tuple[str, ...] = ()
 
 
 class Assertion(Event):

@@ -1,0 +1,1 @@
+"""Ingested records → atomic clinical facts, pure: one module per raw format."""

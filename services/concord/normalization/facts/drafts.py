@@ -1,0 +1,107 @@
+"""A fact before it knows its patient: what a record asserts, normalized.
+
+The format modules (fhir.py, hl7v2.py) turn a record into FactDrafts; identity resolution
+decides the enterprise patient id; `to_fact` joins the two with the record's provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from concord.events.models import AttributeClass, ClinicalFact, FactStatus, IngestedRecord
+from concord.normalization.terminology import MappedCode
+from concord.normalization.timing import Moment
+from concord.normalization.units import NormalizedQuantity
+
+UNMAPPED_CODE = "UNMAPPED_CODE"
+# Doses read best in the units prescribers write, not in the SI kind's (kg, L).
+DOSE_UNITS = ("mg", "mL")
+PROVISIONAL_PATIENT = "PROVISIONAL_PATIENT"
+
+
+@dataclass(frozen=True)
+class FactDraft:
+    attribute: str
+    attribute_class: AttributeClass
+    value: str | None
+    display: str | None = None
+    status: FactStatus = "ASSERTED"
+    unit: str | None = None
+    original_unit: str | None = None
+    code: MappedCode | None = None
+    # (system, code) as the source sent it, kept when a crosswalk mapped it.
+    original_code: tuple[str, str] | None = None
+    clinical_status: str | None = None
+    verification_status: str | None = None
+    effective: Moment | None = None
+    effective_text: str | None = None
+    flags: tuple[str, ...] = field(default=())
+
+
+def code_key(code: MappedCode) -> str:
+    """How a code appears in an attribute key: the bare code for the standard systems
+    Concord keys by, else system|code so that two local systems never collide."""
+    return code.code if code.mapped else f"{code.system}|{code.code}"
+
+
+def code_flags(code: MappedCode) -> tuple[str, ...]:
+    return () if code.mapped else (UNMAPPED_CODE,)
+
+
+def quantity_value(quantity: NormalizedQuantity) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """(value, unit, flags) of a normalized quantity: the canonical value when it converted,
+    else the value as sent with its unit as sent, flagged, so it is never a silent number."""
+    if quantity.flag is None and quantity.value is not None:
+        return _number(quantity.value), quantity.unit, ()
+    flags = (quantity.flag,) if quantity.flag else ()
+    return _number(quantity.original_value), quantity.original_unit, flags
+
+
+def _number(value: float) -> str:
+    # repr of a float round-trips; integral values drop the ".0" so "7" and "7.0" agree.
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def to_fact(
+    draft: FactDraft,
+    *,
+    patient_id: str,
+    record: IngestedRecord,
+    extra_flags: tuple[str, ...] = (),
+) -> ClinicalFact:
+    effective = draft.effective
+    # The effective time is part of the id: one record may report the same test twice.
+    identity = "\x1f".join([record.record_id, draft.attribute, draft.effective_text or ""])
+    code = draft.code
+    original = draft.original_code if code is not None and code.crosswalk is not None else None
+    return ClinicalFact(
+        fact_id=hashlib.sha256(identity.encode()).hexdigest()[:32],
+        patient_id=patient_id,
+        attribute=draft.attribute,
+        attribute_class=draft.attribute_class,
+        value=draft.value,
+        display=draft.display,
+        status=draft.status,
+        provenance=record.provenance,
+        record_id=record.record_id,
+        unit=draft.unit,
+        original_unit=draft.original_unit,
+        code=code.code if code is not None else None,
+        code_system=code.system if code is not None else None,
+        original_code=original[1] if original else None,
+        original_code_system=original[0] if original else None,
+        crosswalk=code.crosswalk if code is not None else None,
+        clinical_status=draft.clinical_status,
+        verification_status=draft.verification_status,
+        effective_time=_utc(effective),
+        effective_text=draft.effective_text,
+        effective_precision=effective.precision if effective is not None else None,
+        effective_offset_minutes=effective.original_offset_minutes if effective else None,
+        flags=tuple(sorted({*draft.flags, *extra_flags})),
+    )
+
+
+def _utc(moment: Moment | None) -> datetime | None:
+    return moment.utc if moment is not None else None
