@@ -301,3 +301,11 @@ def test_the_alias_table_in_the_docs_is_the_one_in_the_code() -> None:
         for spelling in re.findall(r"`([^`]+)`", spellings):
             documented[spelling] = target
     assert documented == dict(ALIASES)
+
+
+def test_preferred_units_win_over_the_kind_only_for_their_own_dimension() -> None:
+    dose = normalize_quantity(0.5, "g", prefer=("mg", "mL"))
+    assert (dose.value, dose.unit) == (500.0, "mg")
+    volume = normalize_quantity(0.01, "L", prefer=("mg", "mL"))
+    assert (volume.value, volume.unit) == (10.0, "mL")
+    assert normalize_quantity(5, "h", prefer=("mg", "mL")).unit != "mg"  # time stays time
