@@ -1,0 +1,246 @@
+"""The identity index in PostgreSQL, shared by every normalization worker (migration 0003).
+
+A batch is resolved in one transaction: fetch the crosswalk rows of its local ids and every
+known patient that shares a blocking key with one of its records, resolve each record with
+the pure core (`identity.resolution`) against that snapshot — updated in memory as the batch
+goes, so two records of one new patient in one batch get one id —, then write links, views,
+blocking keys and review tasks. Workers serialize on one advisory lock while they do: two
+workers deciding about the same new patient at once would otherwise both create one. The
+lock is held for one batch (tens of milliseconds); a finer lock is for when it shows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import asyncpg
+import orjson
+
+from concord.normalization.identity.blocking import blocking_keys
+from concord.normalization.identity.demographics import Demographics
+from concord.normalization.identity.index import InMemoryIdentityIndex, KnownPerson
+from concord.normalization.identity.matcher import DEFAULT_THRESHOLDS
+from concord.normalization.identity.resolution import (
+    How,
+    IdentityRequest,
+    LocalId,
+    Resolution,
+    resolve,
+)
+from concord.normalization.identity.scoring import Thresholds
+
+# Any fixed key: it only serializes identity decisions across workers.
+IDENTITY_LOCK = 0x6964656E
+MAX_BLOCK_SIZE = 1000
+
+_CANDIDATES = """
+WITH wanted AS (
+    SELECT key FROM identity_block_keys WHERE key = ANY($1::text[])
+    GROUP BY key HAVING count(*) <= $2
+), persons AS (
+    SELECT DISTINCT v.enterprise_id
+    FROM identity_block_keys k JOIN wanted USING (key)
+    JOIN identity_views v ON v.source = k.source AND v.view_id = k.view_id
+)
+SELECT v.enterprise_id, v.source, v.view_id, v.demographics
+FROM identity_views v JOIN persons USING (enterprise_id)
+ORDER BY v.enterprise_id, v.source, v.view_id
+"""
+_LINKS = """
+SELECT l.source, l.local_id, l.enterprise_id FROM identity_links l
+JOIN unnest($1::text[], $2::text[]) AS wanted(source, local_id)
+  ON l.source = wanted.source AND l.local_id = wanted.local_id
+"""
+_WRITE_LINKS = """
+INSERT INTO identity_links (source, local_id, enterprise_id, decided_by, provisional, score,
+                            breakdown)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[],
+                     $6::float8[], $7::jsonb[])
+ON CONFLICT (source, local_id) DO UPDATE SET
+    enterprise_id = excluded.enterprise_id, decided_by = excluded.decided_by,
+    provisional = excluded.provisional, score = excluded.score, breakdown = excluded.breakdown,
+    decided_at = now()
+WHERE excluded.decided_by = 'AUTHORITATIVE'
+"""
+_WRITE_VIEWS = """
+INSERT INTO identity_views (source, view_id, enterprise_id, demographics)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
+ON CONFLICT (source, view_id) DO UPDATE SET
+    enterprise_id = excluded.enterprise_id, demographics = excluded.demographics,
+    updated_at = now()
+"""
+_DROP_KEYS = """
+DELETE FROM identity_block_keys k USING unnest($1::text[], $2::text[]) AS v(source, view_id)
+WHERE k.source = v.source AND k.view_id = v.view_id
+"""
+_WRITE_KEYS = """
+INSERT INTO identity_block_keys (key, source, view_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING
+"""
+_WRITE_REVIEWS = """
+INSERT INTO identity_review_tasks (task_id, source, view_id, provisional_enterprise_id,
+                                   candidate_enterprise_id, score, breakdown)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::float8[], $7::jsonb[])
+ON CONFLICT (task_id) DO NOTHING
+"""
+
+
+class IdentityStore(Protocol):
+    async def resolve_batch(self, requests: Sequence[IdentityRequest]) -> list[Resolution]:
+        """Each request's resolution, in order, decided and recorded durably."""
+
+
+class _Writes:
+    """What a batch decided, as columns for unnest."""
+
+    def __init__(self) -> None:
+        self.links: list[list[Any]] = [[] for _ in range(7)]
+        self.views: dict[tuple[str, str], tuple[str, Demographics]] = {}
+        self.reviews: list[list[Any]] = [[] for _ in range(7)]
+
+    def link(self, key: LocalId, resolution: Resolution) -> None:
+        decision = resolution.match
+        breakdown = (
+            orjson.dumps([w.model_dump(mode="json") for w in decision.breakdown]).decode()
+            if decision is not None
+            else None
+        )
+        row = (
+            *key,
+            resolution.enterprise_id,
+            resolution.how.value,
+            resolution.provisional,
+            decision.score if decision is not None else None,
+            breakdown,
+        )
+        for column, value in zip(self.links, row, strict=True):
+            column.append(value)
+
+    def review(self, request: IdentityRequest, resolution: Resolution) -> None:
+        decision = resolution.match
+        if decision is None or resolution.review_candidate is None or decision.score is None:
+            return
+        view_id = request.local_ids[0]
+        task = f"{request.source}\x1f{view_id}\x1f{resolution.review_candidate}"
+        breakdown = orjson.dumps([w.model_dump(mode="json") for w in decision.breakdown])
+        row = (
+            hashlib.sha256(task.encode()).hexdigest()[:32],
+            request.source,
+            view_id,
+            resolution.enterprise_id,
+            resolution.review_candidate,
+            decision.score,
+            breakdown.decode(),
+        )
+        for column, value in zip(self.reviews, row, strict=True):
+            column.append(value)
+
+
+class PostgresIdentityStore:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        thresholds: Thresholds = DEFAULT_THRESHOLDS,
+        max_block_size: int = MAX_BLOCK_SIZE,
+    ) -> None:
+        self.pool = pool
+        self.thresholds = thresholds
+        self.max_block_size = max_block_size
+
+    async def resolve_batch(self, requests: Sequence[IdentityRequest]) -> list[Resolution]:
+        if not requests:
+            return []
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", IDENTITY_LOCK)
+            crosswalk = await self._crosswalk(conn, requests)
+            index = await self._candidates(conn, requests)
+            writes = _Writes()
+            resolutions = []
+            for request in requests:
+                resolution = resolve(
+                    request, crosswalk=crosswalk, index=index, thresholds=self.thresholds
+                )
+                resolutions.append(resolution)
+                self._remember(request, resolution, crosswalk, index, writes)
+            await self._write(conn, writes)
+        return resolutions
+
+    async def _crosswalk(
+        self, conn: asyncpg.Connection, requests: Sequence[IdentityRequest]
+    ) -> dict[LocalId, str]:
+        keys = sorted({key for request in requests for key in request.keys})
+        rows = await conn.fetch(_LINKS, [k[0] for k in keys], [k[1] for k in keys])
+        return {(row["source"], row["local_id"]): row["enterprise_id"] for row in rows}
+
+    async def _candidates(
+        self, conn: asyncpg.Connection, requests: Sequence[IdentityRequest]
+    ) -> InMemoryIdentityIndex:
+        wanted = sorted(
+            {
+                key
+                for request in requests
+                if request.demographics is not None
+                for key in blocking_keys(request.demographics)
+            }
+        )
+        views: dict[str, list[Demographics]] = {}
+        if wanted:
+            for row in await conn.fetch(_CANDIDATES, wanted, self.max_block_size):
+                demographics = Demographics.model_validate_json(row["demographics"])
+                views.setdefault(row["enterprise_id"], []).append(demographics)
+        persons = (
+            KnownPerson(enterprise_id=eid, demographics=tuple(v)) for eid, v in views.items()
+        )
+        return InMemoryIdentityIndex(persons, max_block_size=self.max_block_size)
+
+    def _remember(
+        self,
+        request: IdentityRequest,
+        resolution: Resolution,
+        crosswalk: dict[LocalId, str],
+        index: InMemoryIdentityIndex,
+        writes: _Writes,
+    ) -> None:
+        """Record the decision, and apply it to the batch's snapshot for the records after."""
+        eid = resolution.enterprise_id
+        for key in request.keys:
+            if key not in crosswalk or resolution.how == How.AUTHORITATIVE:
+                crosswalk[key] = eid
+                writes.link(key, resolution)
+        if resolution.how == How.REVIEW:
+            writes.review(request, resolution)
+        if request.demographics is None:
+            return
+        view_key = (request.source, request.local_ids[0])
+        writes.views[view_key] = (eid, request.demographics)
+        known = index.get(eid)
+        others = tuple(
+            view
+            for view in (known.demographics if known is not None else ())
+            if view.source != request.source
+        )
+        index.add(KnownPerson(enterprise_id=eid, demographics=(*others, request.demographics)))
+
+    async def _write(self, conn: asyncpg.Connection, writes: _Writes) -> None:
+        if writes.links[0]:
+            await conn.execute(_WRITE_LINKS, *writes.links)
+        if writes.views:
+            sources = [key[0] for key in writes.views]
+            view_ids = [key[1] for key in writes.views]
+            eids = [value[0] for value in writes.views.values()]
+            documents = [value[1].model_dump_json() for value in writes.views.values()]
+            await conn.execute(_WRITE_VIEWS, sources, view_ids, eids, documents)
+            await conn.execute(_DROP_KEYS, sources, view_ids)
+            rows = [
+                (key, source, view_id)
+                for (source, view_id), (_, demographics) in writes.views.items()
+                for key in sorted(blocking_keys(demographics))
+            ]
+            if rows:
+                await conn.execute(_WRITE_KEYS, *map(list, zip(*rows, strict=True)))
+        if writes.reviews[0]:
+            await conn.execute(_WRITE_REVIEWS, *writes.reviews)

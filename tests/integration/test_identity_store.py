@@ -1,0 +1,150 @@
+"""The identity index in a real PostgreSQL: decisions, their persistence, and two workers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from concord.normalization.identity.demographics import from_fhir_patient
+from concord.normalization.identity.resolution import How, IdentityRequest, new_enterprise_id
+from concord.normalization.identity_store import PostgresIdentityStore
+from concord.stack.postgres import PostgresInfo
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+
+@pytest_asyncio.fixture
+async def pool(postgres: PostgresInfo) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(postgres.dsn, min_size=1, max_size=4)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+def patient(
+    source: str,
+    pid: str,
+    *,
+    family: str,
+    given: str,
+    birth: str,
+    phone: str = "555-201-7788",
+    postal: str = "02139",
+    gender: str = "female",
+) -> IdentityRequest:
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": pid,
+        "identifier": [{"system": f"urn:{source}:mrn", "value": pid}],
+        "name": [{"family": family, "given": [given]}],
+        "birthDate": birth,
+        "gender": gender,
+        "telecom": [{"system": "phone", "value": phone}],
+        "address": [{"postalCode": postal, "line": ["12 Elm St"]}],
+    }
+    return IdentityRequest(
+        source=source,
+        local_ids=(f"Patient/{pid}", f"id:urn:{source}:mrn|{pid}"),
+        demographics=from_fhir_patient(resource, source),
+    )
+
+
+async def test_new_then_crosswalk_then_match_from_another_source(pool: asyncpg.Pool) -> None:
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    family = f"Quorvath{run}"
+    first = patient(f"a{run}", "1", family=family, given="Elizabeth", birth="1970-05-12")
+    [created] = await store.resolve_batch([first])
+    assert created.how == How.NEW
+    assert created.enterprise_id == new_enterprise_id(f"a{run}", "Patient/1")
+
+    [again] = await store.resolve_batch([first])  # redelivered
+    assert (again.how, again.enterprise_id) == (How.CROSSWALK, created.enterprise_id)
+
+    nickname = patient(f"b{run}", "77", family=family, given="Liz", birth="1970-05-12")
+    [matched] = await store.resolve_batch([nickname])
+    assert (matched.how, matched.enterprise_id) == (How.MATCHED, created.enterprise_id)
+    assert matched.match is not None and matched.match.breakdown
+
+    rows = await pool.fetch(
+        "SELECT decided_by, breakdown FROM identity_links WHERE source = $1", f"b{run}"
+    )
+    assert {row["decided_by"] for row in rows} == {"MATCHED"}
+    assert all(row["breakdown"] for row in rows)  # the score breakdown is kept
+
+
+async def test_an_uncertain_match_gets_a_provisional_id_and_a_review_task(
+    pool: asyncpg.Pool,
+) -> None:
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    family = f"Brennick{run}"
+    await store.resolve_batch(
+        [patient(f"a{run}", "1", family=family, given="Marta", birth="1981-03-04")]
+    )
+    # Same name, another birth year, another phone and postal code: maybe the same person.
+    uncertain = patient(
+        f"b{run}", "9", family=family, given="Marta", birth="1981-03-04",
+        phone="555-999-0000", postal="94110",
+    )  # fmt: skip
+    [resolution] = await store.resolve_batch([uncertain])
+    assert resolution.how in (How.REVIEW, How.MATCHED)
+    if resolution.how == How.REVIEW:
+        assert resolution.provisional
+        tasks = await pool.fetch(
+            "SELECT candidate_enterprise_id, breakdown FROM identity_review_tasks "
+            "WHERE source = $1",
+            f"b{run}",
+        )
+        assert [t["candidate_enterprise_id"] for t in tasks] == [resolution.review_candidate]
+
+
+async def test_authoritative_ids_and_undescribed_patients(pool: asyncpg.Pool) -> None:
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    mpi = IdentityRequest(source=f"a{run}", local_ids=("Patient/5",), authoritative_id="EP-77")
+    observation = IdentityRequest(source=f"a{run}", local_ids=("Patient/404",))
+    authoritative, undescribed = await store.resolve_batch([mpi, observation])
+    assert (authoritative.how, authoritative.enterprise_id) == (How.AUTHORITATIVE, "EP-77")
+    assert undescribed.how == How.UNDESCRIBED and undescribed.provisional
+    # A later clinical record about Patient/5 follows the crosswalk to the MPI id.
+    [later] = await store.resolve_batch(
+        [IdentityRequest(source=f"a{run}", local_ids=("Patient/5",))]
+    )
+    assert (later.how, later.enterprise_id) == (How.CROSSWALK, "EP-77")
+
+
+async def test_one_new_patient_twice_in_a_batch_gets_one_id(pool: asyncpg.Pool) -> None:
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    family = f"Ostrava{run}"
+    one = patient(f"a{run}", "1", family=family, given="Jonah", birth="1955-11-30", gender="male")
+    two = patient(f"b{run}", "2", family=family, given="Jonah", birth="1955-11-30", gender="male")
+    first, second = await store.resolve_batch([one, two])
+    assert first.how == How.NEW and second.how == How.MATCHED
+    assert first.enterprise_id == second.enterprise_id
+
+
+async def test_two_workers_deciding_at_once_agree(pool: asyncpg.Pool) -> None:
+    """Two stores (two workers) see the same new patient from two sources at the same time:
+    the advisory lock serializes them, so the second matches the first instead of creating a
+    second enterprise id."""
+    run = uuid.uuid4().hex[:6]
+    family = f"Lindqvist{run}"
+    requests = [
+        patient(f"{s}{run}", "1", family=family, given="Pia", birth="1990-01-20")
+        for s in ("a", "b")
+    ]
+    results = await asyncio.gather(
+        PostgresIdentityStore(pool).resolve_batch([requests[0]]),
+        PostgresIdentityStore(pool).resolve_batch([requests[1]]),
+    )
+    ids = {r.enterprise_id for [r] in results}
+    assert len(ids) == 1
+    assert sorted(r.how for [r] in results) == [How.MATCHED, How.NEW]
