@@ -222,8 +222,18 @@ def _check_zone(name: str) -> str:
     return name
 
 
-class NormalizationSettings(WorkerSettings):
-    """The normalization service: ingested records in, facts keyed by enterprise id out."""
+class NormalizationSettings(DatabaseWorkerSettings):
+    """The normalization service: ingested records in, facts keyed by enterprise id out; the
+    identity index in PostgreSQL."""
+
+    identity_link_threshold: float = Field(
+        20.0, description="Match score (bits) from which a record links to a known patient"
+    )
+    identity_review_threshold: float = Field(
+        13.0,
+        description="Score from which an uncertain match gets a provisional id and a review "
+        "task; below it, a new enterprise id",
+    )
 
     enterprise_id_systems: list[str] = Field(
         default_factory=lambda: [DEFAULT_ENTERPRISE_ID_SYSTEM],

@@ -36,7 +36,8 @@ REASON_CODES: dict[str, str] = {
     "HL7_TIME_ZONE_UNKNOWN": "A timestamp has no offset and the source has no configured zone.",
     "CLAIM_INVALID": "A claim line breaks its JSON schema or rules; reason names every path.",
     "INGESTION_FAILED": "Ingestion raised an unexpected error (a Concord bug); kept for replay.",
-    "MISSING_ENTERPRISE_ID": "The Patient carries no identifier of a configured enterprise system.",
+    "MISSING_ENTERPRISE_ID": "Before identity matching: a Patient without an enterprise id.",
+    "NORMALIZATION_FAILED": "Normalization raised an unexpected error (a Concord bug); kept.",
     "UNDECODABLE_EVENT": "An Avro event between stages could not be decoded.",
 }
 

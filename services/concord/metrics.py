@@ -59,6 +59,18 @@ RECORDS_NOT_NORMALIZED = Counter(
     "Ingested records normalization does not turn into facts yet (kept on concord.ingested)",
     ["format", "operation"],
 )
+IDENTITY_DECISIONS = Counter(
+    "concord_identity_decisions",
+    "How normalization placed each record's patient (AUTHORITATIVE, CROSSWALK, MATCHED, "
+    "REVIEW, NEW, UNDESCRIBED)",
+    ["outcome"],
+)
+FACTS_FLAGGED = Counter(
+    "concord_facts_flagged",
+    "Facts published with what normalization could not do (UNMAPPED_CODE, UNIT_UNKNOWN, "
+    "NOT_CONVERTIBLE, PROVISIONAL_PATIENT), one count per flag",
+    ["attribute_class", "flag"],
+)
 INGESTION_DUPLICATES = Counter(
     "concord_ingestion_duplicates",
     "Records ingestion had already emitted (same source, record and version), not re-emitted",

@@ -52,17 +52,24 @@ async def build_stage(
     service: str, settings: WorkerSettings, producer: AIOKafkaProducer
 ) -> tuple[StageHandler, Callable[[], Awaitable[None]]]:
     """The service's stage handler and what closes its resources. Connects to PostgreSQL."""
-    if service == "normalization":
-        from concord.normalization.app import NormalizationStage
-
-        assert isinstance(settings, NormalizationSettings)  # noqa: S101
-        return NormalizationStage(settings), _no_cleanup
-
     from concord.runtime.db import create_pool
     from concord.runtime.outbox import Outbox
 
     assert isinstance(settings, DatabaseWorkerSettings)  # noqa: S101
     pool = await create_pool(settings.database_url.get_secret_value(), settings.database_pool_size)
+    if service == "normalization":
+        from concord.normalization.app import NormalizationStage
+        from concord.normalization.identity.scoring import Thresholds
+        from concord.normalization.identity_store import PostgresIdentityStore
+        from concord.normalization.terminology import Terminology
+
+        assert isinstance(settings, NormalizationSettings)  # noqa: S101
+        thresholds = Thresholds(
+            link_threshold=settings.identity_link_threshold,
+            review_threshold=settings.identity_review_threshold,
+        )
+        identities = PostgresIdentityStore(pool, thresholds=thresholds)
+        return NormalizationStage(settings, identities, Terminology.load()), pool.close
     if service == "ingestion":
         from concord.ingestion.app import IngestionStage
         from concord.ingestion.dedupe import PostgresSeenVersions

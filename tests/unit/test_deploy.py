@@ -62,6 +62,8 @@ EXPORTED_METRICS = frozenset(
         "concord_consumer_lag",
         "concord_records_not_normalized_total",
         "concord_ingestion_duplicates_total",
+        "concord_identity_decisions_total",
+        "concord_facts_flagged_total",
         "concord_mllp_messages_total",
         "concord_mllp_connections",
         "concord_mllp_connections_refused_total",
@@ -83,6 +85,8 @@ ALLOWED_LABELS = frozenset(
         "format",
         "operation",
         "outcome",
+        "attribute_class",
+        "flag",
     }
     | {"job", "instance", "le", "quantile"}
 )

@@ -1,4 +1,4 @@
-"""Normalization, pure: a FHIR Patient becomes demographic facts keyed by the enterprise id."""
+"""Normalization, pure: a FHIR Patient becomes an identity request and demographic facts."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ from typing import Any
 
 import orjson
 
-from concord.deadletters import Rejection
-from concord.events.models import IngestedRecord, Provenance
+from concord.events.models import ClinicalFact, IngestedRecord, Provenance
+from concord.normalization.facts.drafts import to_fact
 from concord.normalization.patient import (
     BIRTH_DATE,
     GENDER,
     NAME,
     enterprise_id,
     normalized_name,
-    patient_facts,
 )
+from concord.normalization.records import ReadRecord, read_record
+from concord.normalization.terminology import Terminology
 
 MPI = "urn:concord:enterprise-patient-id"
+TERMINOLOGY = Terminology.load()
 LOCAL = "urn:hospital-a:mrn"
 
 
@@ -171,10 +173,25 @@ def _fact_id(record_id: str, attribute: str) -> str:
     return hashlib.sha256(f"{record_id}\x1f{attribute}".encode()).hexdigest()[:32]
 
 
+def _read(record: IngestedRecord) -> ReadRecord | None:
+    return read_record(record, TERMINOLOGY, [MPI])
+
+
+def _facts(record: IngestedRecord) -> list[ClinicalFact]:
+    read = _read(record)
+    assert read is not None
+    eid = read.request.authoritative_id or "E-matched"
+    return [to_fact(d, patient_id=eid, record=record) for d in read.drafts]
+
+
 def test_three_facts_with_provenance_and_deterministic_ids() -> None:
     record = _record(_patient())
-    facts = patient_facts(record, [MPI])
-    assert not isinstance(facts, Rejection)
+    read = _read(record)
+    assert read is not None
+    assert read.request.authoritative_id == "E-100"
+    assert read.request.local_ids[0] == "Patient/p1"
+    assert f"id:{LOCAL}|MRN-1" in read.request.local_ids
+    facts = _facts(record)
     by_attribute = {f.attribute: f for f in facts}
     assert sorted(by_attribute) == sorted([BIRTH_DATE, GENDER, NAME])
     assert len(facts) == 3
@@ -183,44 +200,42 @@ def test_three_facts_with_provenance_and_deterministic_ids() -> None:
         assert fact.attribute_class == "DEMOGRAPHICS"
         assert fact.status == "ASSERTED"
         assert fact.provenance == record.provenance
+        # The same ids as before identity matching: redelivered old records change nothing.
         assert fact.fact_id == _fact_id("rec-1", fact.attribute)
     assert by_attribute[BIRTH_DATE].value == "1970-02-03"
     assert by_attribute[GENDER].value == "male"
     assert by_attribute[NAME].value == "garcía|josé luis"
     assert by_attribute[NAME].display == "José Luis García"
-    assert len({f.fact_id for f in facts}) == 3
 
 
 def test_fact_ids_are_the_same_on_redelivery_and_differ_per_record() -> None:
-    first = patient_facts(_record(_patient()), [MPI])
-    again = patient_facts(_record(_patient()), [MPI])
-    other = patient_facts(_record(_patient(), record_id="rec-2"), [MPI])
-    assert not isinstance(first, Rejection)
-    assert not isinstance(again, Rejection)
-    assert not isinstance(other, Rejection)
+    first = _facts(_record(_patient()))
+    again = _facts(_record(_patient()))
+    other = _facts(_record(_patient(), record_id="rec-2"))
     assert [f.fact_id for f in first] == [f.fact_id for f in again]
     assert not {f.fact_id for f in first} & {f.fact_id for f in other}
     assert first == again
 
 
-def test_missing_enterprise_id_is_a_rejection() -> None:
+def test_without_an_enterprise_id_the_patient_goes_to_identity_matching() -> None:
     local_only = _patient(identifier=[{"system": LOCAL, "value": "MRN-SECRET-1"}])
-    outcome = patient_facts(_record(local_only), [MPI])
-    assert isinstance(outcome, Rejection)
-    assert outcome.reason_code == "MISSING_ENTERPRISE_ID"
-    assert outcome.location == "Patient.identifier"
-    assert "MRN-SECRET-1" not in outcome.reason
+    read = _read(_record(local_only))
+    assert read is not None
+    assert read.request.authoritative_id is None
+    assert read.request.demographics is not None
+    assert read.request.demographics.family == "garcía"
 
 
 def test_absent_attributes_give_no_fact() -> None:
-    only_gender = _record(_patient(birthDate=None, name=None))
-    facts = patient_facts(only_gender, [MPI])
-    assert not isinstance(facts, Rejection)
-    assert [f.attribute for f in facts] == [GENDER]
-
-    nothing = patient_facts(_record(_patient(birthDate=None, name=None, gender=None)), [MPI])
-    assert nothing == []
-
-    blank_name = patient_facts(_record(_patient(name=[{"family": " ", "given": []}])), [MPI])
-    assert not isinstance(blank_name, Rejection)
+    only_gender = _facts(_record(_patient(birthDate=None, name=None)))
+    assert [f.attribute for f in only_gender] == [GENDER]
+    assert _read(_record(_patient(birthDate=None, name=None, gender=None))) is None
+    blank_name = _facts(_record(_patient(name=[{"family": " ", "given": []}])))
     assert {f.attribute for f in blank_name} == {BIRTH_DATE, GENDER}
+
+
+def test_deletes_and_claims_are_not_normalized_yet() -> None:
+    delete = _record(_patient()).model_copy(update={"operation": "DELETE"})
+    assert _read(delete) is None
+    claim = _record(_patient()).model_copy(update={"format": "CLAIM"})
+    assert _read(claim) is None

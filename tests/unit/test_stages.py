@@ -22,6 +22,15 @@ from concord.events.models import ClinicalFact, DeadLetter, Header, IngestedReco
 from concord.events.raw import RawEvent
 from concord.ingestion.app import IngestionStage
 from concord.normalization.app import NormalizationStage
+from concord.normalization.identity.index import InMemoryIdentityIndex, KnownPerson
+from concord.normalization.identity.resolution import (
+    IdentityRequest,
+    LocalId,
+    Resolution,
+    new_enterprise_id,
+    resolve,
+)
+from concord.normalization.terminology import Terminology
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.topics import DEADLETTER, FACTS, INGESTED, RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 
@@ -92,8 +101,31 @@ def _ingestion(seen: _FakeSeenVersions | None = None, **settings: Any) -> Ingest
     return IngestionStage(IngestionSettings(**options), seen or _FakeSeenVersions())
 
 
+class _FakeIdentities:
+    """The identity port on the pure core, with the crosswalk and index in memory."""
+
+    def __init__(self) -> None:
+        self.crosswalk: dict[LocalId, str] = {}
+        self.index = InMemoryIdentityIndex()
+
+    async def resolve_batch(self, requests: Sequence[IdentityRequest]) -> list[Resolution]:
+        resolutions = []
+        for request in requests:
+            resolution = resolve(request, crosswalk=self.crosswalk, index=self.index)
+            for key in request.keys:
+                self.crosswalk.setdefault(key, resolution.enterprise_id)
+            if request.demographics is not None:
+                person = KnownPerson(
+                    enterprise_id=resolution.enterprise_id, demographics=(request.demographics,)
+                )
+                self.index.add(person)
+            resolutions.append(resolution)
+        return resolutions
+
+
 def _normalization() -> NormalizationStage:
-    return NormalizationStage(NormalizationSettings(enterprise_id_systems=[MPI]))
+    settings = NormalizationSettings(enterprise_id_systems=[MPI], database_url=DSN)
+    return NormalizationStage(settings, _FakeIdentities(), Terminology.load())
 
 
 def _on(out: Outbound, topic: str) -> list[OutboundRecord]:
@@ -281,14 +313,65 @@ async def test_normalization_dead_letters_undecodable_bytes() -> None:
 
 
 @pytest.mark.asyncio
-async def test_normalization_dead_letters_a_patient_without_enterprise_id() -> None:
+async def test_a_patient_without_enterprise_id_is_placed_by_matching() -> None:
     encoded = codec.INGESTED_RECORD.encode(_ingested_record(_patient(enterprise=None)))
     out = Outbound("normalization")
     await _normalization().process([_record(encoded, topic=INGESTED)], out)
-    [letter] = _letters(out)
-    assert letter.reason_code == "MISSING_ENTERPRISE_ID"
-    assert letter.location == "Patient.identifier"
-    assert letter.original_value == encoded
+    assert _letters(out) == []
+    facts = [codec.CLINICAL_FACT.decode(r.value) for r in _on(out, FACTS)]
+    assert len(facts) == 3
+    assert {f.patient_id for f in facts} == {new_enterprise_id("ehr-alpha", "Patient/p1")}
+
+
+@pytest.mark.asyncio
+async def test_clinical_records_and_hl7_follow_their_patient() -> None:
+    patient = _ingested_record(_patient())
+    glucose = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2024-03-01T07:30:00-05:00",
+        "valueQuantity": {"value": 5.5, "unit": "mmol/L"},
+    }
+    observation = patient.model_copy(
+        update={
+            "record_id": "r-2",
+            "resource_type": "Observation",
+            "payload": orjson.dumps(glucose),
+        }
+    )
+    orphan = observation.model_copy(
+        update={
+            "record_id": "r-3",
+            "payload": orjson.dumps(glucose | {"subject": {"reference": "Patient/zz"}}),
+        }
+    )
+    adt = patient.model_copy(
+        update={
+            "record_id": "r-4",
+            "format": "HL7V2",
+            "resource_type": "ADT^A08",
+            "payload": b"MSH|^~\\&|EPIC|GH|CONCORD|GH|20240301083000-0500||ADT^A08|C1|P|2.5.1\r"
+            b"EVN|A08|20240301082500-0500\rPID|1||M-9^^^GH^MR||Doe^Jo||19700101|F\r",
+        }
+    )
+    out = Outbound("normalization")
+    records = [
+        _record(codec.INGESTED_RECORD.encode(r), topic=INGESTED, offset=n)
+        for n, r in enumerate([patient, observation, orphan, adt])
+    ]
+    await _normalization().process(records, out)
+    facts = [codec.CLINICAL_FACT.decode(r.value) for r in _on(out, FACTS)]
+    by_record = {f.record_id: f for f in facts if f.record_id != "r-4"}
+    assert by_record["r-2"].patient_id == "E-100"  # the crosswalk of Patient/p1
+    assert by_record["r-2"].attribute == "Observation/2345-7"
+    assert by_record["r-2"].unit == "mg/dL"
+    assert "PROVISIONAL_PATIENT" in by_record["r-3"].flags  # nobody described Patient/zz yet
+    hl7 = [f for f in facts if f.record_id == "r-4"]
+    assert {f.attribute for f in hl7} == {"Patient.birthDate", "Patient.gender", "Patient.name"}
+    assert len({f.patient_id for f in hl7}) == 1
 
 
 @pytest.mark.asyncio
@@ -361,13 +444,16 @@ async def test_ingestion_reads_claim_lines_from_their_topic() -> None:
 
 @pytest.mark.asyncio
 async def test_normalization_passes_over_what_it_does_not_normalize_yet() -> None:
-    """Observations, deletes and other formats are valid records, not errors: they are
-    neither dead-lettered nor turned into facts until their normalization exists."""
+    """Deletes, claims and encounters are valid records, not errors: they are neither
+    dead-lettered nor turned into facts until their normalization exists."""
     patient = _ingested_record(_patient())
+    encounter = {"resourceType": "Encounter", "id": "e1", "status": "finished"}
     others = [
-        patient.model_copy(update={"resource_type": "Observation"}),
         patient.model_copy(update={"operation": "DELETE"}),
-        patient.model_copy(update={"format": "HL7V2", "resource_type": "ADT^A01"}),
+        patient.model_copy(update={"format": "CLAIM", "resource_type": "ClaimLine"}),
+        patient.model_copy(
+            update={"resource_type": "Encounter", "payload": orjson.dumps(encounter)}
+        ),
     ]
     out = Outbound("normalization")
     records = [_record(codec.INGESTED_RECORD.encode(r), topic=INGESTED) for r in others]

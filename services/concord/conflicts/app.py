@@ -102,6 +102,8 @@ class ConflictsStage(BaseStage):
                 continue
             source = fact.provenance.source_system
             changed_assertions[(key, source)] = (state, source, partition)
+            if fact.attribute_class not in self.policy.compared_classes:
+                continue
             event = evaluate(
                 state, self.policy, now=now, trigger_received_time=fact.provenance.received_time
             )

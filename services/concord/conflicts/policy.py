@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from concord.events.models import Assertion, Severity
+from concord.events.models import Assertion, AttributeClass, Severity
 
 
 class AttributeRule(BaseModel):
@@ -29,6 +29,11 @@ class SourcePolicy(BaseModel):
     )
     default_severity: Severity = "MEDIUM"
     attributes: dict[str, AttributeRule] = Field(default_factory=dict)
+    compared_classes: tuple[AttributeClass, ...] = Field(
+        ("DEMOGRAPHICS",),
+        description="Attribute classes whose disagreements raise conflicts; the facts of the "
+        "others are kept as assertions until their comparison rules exist (issue 5)",
+    )
 
     def severity(self, attribute: str) -> Severity:
         rule = self.attributes.get(attribute)

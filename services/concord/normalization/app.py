@@ -1,7 +1,10 @@
-"""The normalization worker's stage: decode ingested records, call the core, publish facts."""
+"""The normalization worker's stage: decode ingested records, read them with the pure core,
+resolve the batch's patients in the identity index, publish the facts."""
 
 from __future__ import annotations
 
+import logging
+import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -11,12 +14,18 @@ from concord import metrics
 from concord.config import NormalizationSettings
 from concord.deadletters import Rejection
 from concord.events import codec
-from concord.events.models import ClinicalFact
-from concord.normalization.patient import normalizable, patient_facts
+from concord.events.models import ClinicalFact, IngestedRecord
+from concord.events.raw import RawEvent
+from concord.normalization.facts.drafts import PROVISIONAL_PATIENT, to_fact
+from concord.normalization.identity_store import IdentityStore
+from concord.normalization.records import ReadRecord, read_record
+from concord.normalization.terminology import Terminology
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.records import raw_event
 from concord.runtime.stage import BaseStage, publish_dead_letter
 from concord.topics import FACTS, INGESTED
+
+log = logging.getLogger(__name__)
 
 
 def publish_fact(out: Outbound, *, fact: ClinicalFact) -> None:
@@ -28,24 +37,57 @@ class NormalizationStage(BaseStage):
     stage = "normalization"
     topics: tuple[str, ...] = (INGESTED,)
 
-    def __init__(self, settings: NormalizationSettings) -> None:
+    def __init__(
+        self, settings: NormalizationSettings, identities: IdentityStore, terminology: Terminology
+    ) -> None:
         self.systems = tuple(settings.enterprise_id_systems)
+        self.identities = identities
+        self.terminology = terminology
 
     async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:
         received = datetime.now(UTC)
+        read: list[tuple[IngestedRecord, ReadRecord]] = []
         for record in records:
+            raw = raw_event(record, received)
             try:
                 ingested = codec.INGESTED_RECORD.decode(record.value)
             except codec.CodecError as exc:
                 rejection = Rejection("UNDECODABLE_EVENT", f"{exc} [{exc.reason_code}]")
-                publish_dead_letter(out, raw=raw_event(record, received), rejection=rejection)
+                publish_dead_letter(out, raw=raw, rejection=rejection)
                 continue
-            if not normalizable(ingested):
-                metrics.RECORDS_NOT_NORMALIZED.labels(ingested.format, ingested.operation).inc()
-                continue
-            outcome = patient_facts(ingested, self.systems)
+            outcome = self._read(ingested, raw)
             if isinstance(outcome, Rejection):
-                publish_dead_letter(out, raw=raw_event(record, received), rejection=outcome)
-                continue
-            for fact in outcome:
+                publish_dead_letter(out, raw=raw, rejection=outcome)
+            elif outcome is None:
+                metrics.RECORDS_NOT_NORMALIZED.labels(ingested.format, ingested.operation).inc()
+            else:
+                read.append((ingested, outcome))
+        resolutions = await self.identities.resolve_batch([r.request for _, r in read])
+        for (ingested, outcome), resolution in zip(read, resolutions, strict=True):
+            flags = (PROVISIONAL_PATIENT,) if resolution.provisional else ()
+            metrics.IDENTITY_DECISIONS.labels(resolution.how.value).inc()
+            for draft in outcome.drafts:
+                fact = to_fact(
+                    draft, patient_id=resolution.enterprise_id, record=ingested, extra_flags=flags
+                )
+                for flag in fact.flags:
+                    metrics.FACTS_FLAGGED.labels(fact.attribute_class, flag).inc()
                 publish_fact(out, fact=fact)
+
+    def _read(self, ingested: IngestedRecord, raw: RawEvent) -> ReadRecord | Rejection | None:
+        try:
+            return read_record(ingested, self.terminology, self.systems)
+        except Exception as exc:
+            # As in ingestion: a bug must not stop the partition behind one record; the log
+            # names the code line, never the exception text, which may quote PHI.
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error(
+                "normalization failed on %s[%d]@%d: %s at %s:%s",
+                raw.topic,
+                raw.partition,
+                raw.offset,
+                type(exc).__name__,
+                where.filename,
+                where.lineno,
+            )
+            return Rejection("NORMALIZATION_FAILED", f"{type(exc).__name__} in the normalizer")

@@ -1,22 +1,17 @@
-"""FHIR Patient → demographic facts, pure.
+"""FHIR Patient demographics as Concord compares them, pure.
 
-The enterprise patient id comes from a shared identifier whose system is configured (an
-enterprise MPI). Values are normalized so that equal means equal: a name is compared on its
-official (else first) HumanName as "family|given given", case-folded, whitespace collapsed,
-Unicode NFC — accents are kept, because José and Jose may be different people.
+The enterprise patient id may come from a shared identifier whose system is configured (an
+enterprise MPI); identity matching (identity/) places the others. Values are normalized so
+that equal means equal: a name is compared on its official (else first) HumanName as
+"family|given given", case-folded, whitespace collapsed, Unicode NFC — accents are kept,
+because José and Jose may be different people.
 """
 
 from __future__ import annotations
 
-import hashlib
 import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import orjson
-
-from concord.deadletters import Rejection
-from concord.events.models import ClinicalFact, IngestedRecord
 
 BIRTH_DATE = "Patient.birthDate"
 GENDER = "Patient.gender"
@@ -55,45 +50,3 @@ def normalized_name(patient: Mapping[str, Any]) -> tuple[str, str] | None:
     if not family and not given:
         return None
     return f"{family}|{given}".casefold(), f"{given} {family}".strip()
-
-
-def normalizable(record: IngestedRecord) -> bool:
-    """Whether this core turns the record into facts. Other resource types, HL7 v2, claims
-    and deletes stay on concord.ingested until their normalization exists."""
-    return (
-        record.format == "FHIR_R4"
-        and record.resource_type == "Patient"
-        and record.operation == "UPSERT"
-    )
-
-
-def patient_facts(record: IngestedRecord, systems: Sequence[str]) -> list[ClinicalFact] | Rejection:
-    patient = orjson.loads(record.payload)
-    patient_id = enterprise_id(patient, systems)
-    if patient_id is None:
-        return Rejection(
-            "MISSING_ENTERPRISE_ID",
-            "the Patient has no identifier of the configured enterprise systems",
-            location="Patient.identifier",
-        )
-    values: list[tuple[str, str, str]] = []
-    if isinstance(patient.get("birthDate"), str):
-        values.append((BIRTH_DATE, patient["birthDate"], patient["birthDate"]))
-    if isinstance(patient.get("gender"), str):
-        values.append((GENDER, patient["gender"], patient["gender"]))
-    name = normalized_name(patient)
-    if name is not None:
-        values.append((NAME, *name))
-    return [
-        ClinicalFact(
-            fact_id=hashlib.sha256(f"{record.record_id}\x1f{attribute}".encode()).hexdigest()[:32],
-            patient_id=patient_id,
-            attribute=attribute,
-            attribute_class="DEMOGRAPHICS",
-            value=value,
-            display=display,
-            status="ASSERTED",
-            provenance=record.provenance,
-        )
-        for attribute, value, display in values
-    ]

@@ -73,7 +73,10 @@ def to_fact(
 ) -> ClinicalFact:
     effective = draft.effective
     # The effective time is part of the id: one record may report the same test twice.
-    identity = "\x1f".join([record.record_id, draft.attribute, draft.effective_text or ""])
+    parts = [record.record_id, draft.attribute]
+    if draft.effective_text:
+        parts.append(draft.effective_text)
+    identity = "\x1f".join(parts)
     code = draft.code
     original = draft.original_code if code is not None and code.crosswalk is not None else None
     return ClinicalFact(

@@ -1,0 +1,127 @@
+"""An ingested record → what it says about its patient and the facts it asserts, pure.
+
+The normalization stage calls `read_record` on each record, resolves the identity requests
+of a whole batch at once, then turns the drafts into facts with the enterprise ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from concord.events.models import IngestedRecord
+from concord.hl7v2 import er7
+from concord.normalization.facts.drafts import FactDraft
+from concord.normalization.facts.fhir import fhir_drafts
+from concord.normalization.facts.hl7v2 import hl7_drafts
+from concord.normalization.identity.demographics import (
+    Demographics,
+    from_fhir_patient,
+    from_pid,
+)
+from concord.normalization.identity.resolution import IdentityRequest
+from concord.normalization.patient import enterprise_id
+from concord.normalization.terminology import Terminology
+
+# The element that names the patient a clinical resource is about.
+PATIENT_ELEMENT = {
+    "Observation": "subject",
+    "Condition": "subject",
+    "AllergyIntolerance": "patient",
+    "MedicationStatement": "subject",
+    "MedicationRequest": "subject",
+}
+
+
+@dataclass(frozen=True)
+class ReadRecord:
+    request: IdentityRequest
+    drafts: tuple[FactDraft, ...]
+
+
+def read_record(
+    record: IngestedRecord, terminology: Terminology, systems: Sequence[str]
+) -> ReadRecord | None:
+    """The identity request and fact drafts of a record; None when it asserts no fact
+    Concord compares yet (deletes, claims, encounters, documents...)."""
+    if record.operation != "UPSERT":
+        return None
+    if record.format == "FHIR_R4":
+        return _fhir(record, terminology, systems)
+    if record.format == "HL7V2":
+        return _hl7(record, terminology, systems)
+    return None
+
+
+def _fhir(
+    record: IngestedRecord, terminology: Terminology, systems: Sequence[str]
+) -> ReadRecord | None:
+    resource: Mapping[str, Any] = orjson.loads(record.payload)
+    drafts = tuple(fhir_drafts(resource, terminology))
+    if not drafts:
+        return None
+    source = record.provenance.source_system
+    if record.resource_type == "Patient":
+        demographics = from_fhir_patient(resource, source)
+        request = IdentityRequest(
+            source=source,
+            local_ids=(f"Patient/{resource.get('id')}", *_identifier_ids(demographics)),
+            demographics=demographics,
+            authoritative_id=enterprise_id(resource, systems),
+        )
+        return ReadRecord(request, drafts)
+    patient = _patient_reference(resource)
+    if patient is None:
+        return None  # ingestion requires one; a resource without it asserts nothing here
+    return ReadRecord(IdentityRequest(source=source, local_ids=(patient,)), drafts)
+
+
+def _patient_reference(resource: Mapping[str, Any]) -> str | None:
+    element = PATIENT_ELEMENT.get(str(resource.get("resourceType")))
+    target = resource.get(element) if element else None
+    reference = target.get("reference") if isinstance(target, dict) else None
+    if not isinstance(reference, str) or "Patient/" not in reference:
+        return None
+    # An absolute URL or a versioned reference names the same Patient/<id>.
+    return "Patient/" + reference.rsplit("Patient/", 1)[1].split("/_history/")[0]
+
+
+def _hl7(
+    record: IngestedRecord, terminology: Terminology, systems: Sequence[str]
+) -> ReadRecord | None:
+    message = er7.parse(record.payload)
+    pid = message.first("PID")
+    if pid is None:
+        return None
+    drafts = tuple(hl7_drafts(message, terminology, _zone(record.source_time_zone)))
+    source = record.provenance.source_system
+    demographics = from_pid(pid, source)
+    local_ids = _identifier_ids(demographics)
+    if not drafts or not local_ids:
+        return None
+    authoritative = next(
+        (i.value for system in systems for i in demographics.identifiers if i.system == system),
+        None,
+    )
+    request = IdentityRequest(
+        source=source,
+        local_ids=local_ids,
+        demographics=demographics,
+        authoritative_id=authoritative,
+    )
+    return ReadRecord(request, drafts)
+
+
+def _identifier_ids(demographics: Demographics) -> tuple[str, ...]:
+    return tuple(f"id:{i.system}|{i.value}" for i in demographics.identifiers)
+
+
+def _zone(name: str | None) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name) if name else None
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
