@@ -85,6 +85,8 @@ def test_a_swapped_day_and_month_links() -> None:
         ("1979-03-14", Level.TYPO),  # last digit of the year
         ("1907-03-14", Level.DIFFERENT),  # a transposition, but 63 years apart
         ("1940-03-14", Level.DIFFERENT),  # one digit, but a generation apart: not a slip
+        ("1960-03-14", Level.TYPO),  # the decade digit, on the same day: a slip
+        ("1960-03-15", Level.DIFFERENT),  # a decade and another day: two differences
         ("1970-11-30", Level.SAME_YEAR),
         ("1970", Level.PARTIAL),
         ("1970-03", Level.PARTIAL),

@@ -24,7 +24,6 @@ from concord.normalization.identity.demographics import (
     from_pid,
 )
 from concord.normalization.identity.resolution import IdentityRequest
-from concord.normalization.patient import enterprise_id
 from concord.normalization.terminology import Terminology
 
 # The element that names the patient a clinical resource is about.
@@ -67,11 +66,13 @@ def _fhir(
     source = record.provenance.source_system
     if record.resource_type == "Patient":
         demographics = from_fhir_patient(resource, source)
+        authority = _authority(demographics, systems)
         request = IdentityRequest(
             source=source,
             local_ids=(f"Patient/{resource.get('id')}", *_identifier_ids(demographics)),
             demographics=demographics,
-            authoritative_id=enterprise_id(resource, systems),
+            authoritative_id=authority[1] if authority else None,
+            authoritative_system=authority[0] if authority else None,
         )
         return ReadRecord(request, drafts)
     patient = _patient_reference(resource)
@@ -103,17 +104,24 @@ def _hl7(
     local_ids = _identifier_ids(demographics)
     if not drafts or not local_ids:
         return None
-    authoritative = next(
-        (i.value for system in systems for i in demographics.identifiers if i.system == system),
-        None,
-    )
+    authority = _authority(demographics, systems)
     request = IdentityRequest(
         source=source,
         local_ids=local_ids,
         demographics=demographics,
-        authoritative_id=authoritative,
+        authoritative_id=authority[1] if authority else None,
+        authoritative_system=authority[0] if authority else None,
     )
     return ReadRecord(request, drafts)
+
+
+def _authority(demographics: Demographics, systems: Sequence[str]) -> tuple[str, str] | None:
+    """(system, value) of the first configured authoritative identifier the patient has."""
+    for system in systems:
+        for identifier in demographics.identifiers:
+            if identifier.system == system and identifier.value.strip():
+                return system, identifier.value.strip()
+    return None
 
 
 def _identifier_ids(demographics: Demographics) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from concord.normalization.identity.normalize import compact
 CLOSE_SIMILARITY = 0.88
 # A parent and child are born further apart than this; a one-digit slip in the year is not.
 MAX_TYPO_YEARS = 9
+DECADE = 10
 
 
 class Field(StrEnum):
@@ -131,7 +132,11 @@ def compare_birth_date(a: str, b: str) -> Level:
             return Level.EXACT
         if a[:4] == b[:4] and a[4:6] == b[6:8] and a[6:8] == b[4:6]:
             return Level.SWAPPED
-        if abs(int(a[:4]) - int(b[:4])) <= MAX_TYPO_YEARS and _one_slip(a, b):
+        # A slip in the decade digit (1986 for 1996) is as common as one in the day; a
+        # generation apart (a father and son) is not a slip, even on the same day.
+        gap = abs(int(a[:4]) - int(b[:4]))
+        near = gap <= MAX_TYPO_YEARS or (gap == DECADE and a[4:] == b[4:])
+        if near and _one_slip(a, b):
             return Level.TYPO
         return Level.SAME_YEAR if a[:4] == b[:4] else Level.DIFFERENT
     shortest = min(len(a), len(b))

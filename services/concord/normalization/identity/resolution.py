@@ -1,7 +1,9 @@
 """Which enterprise patient a record is about: identifiers first, then demographics, pure.
 
-Order, as issue 4 asks: a configured authoritative identifier (an enterprise MPI id) wins;
-then the crosswalk of what this source's local ids were linked to before; then probabilistic
+Order, as issue 4 asks: a configured authoritative identifier (an enterprise MPI id)
+first — the patient it was linked to, else a known patient the record matches (who arrived
+before without the identifier), else the identifier's value becomes the enterprise id; then
+the crosswalk of what this source's local ids were linked to before; then probabilistic
 matching. A match above the link threshold links; between the thresholds the record gets a
 provisional id of its own and a review task names the candidate (uncertain pairs go to a
 person, never a silent merge); below, a new enterprise id. A clinical record that names a
@@ -20,12 +22,15 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from concord.normalization.identity.blocking import blocking_keys
 from concord.normalization.identity.demographics import Demographics
 from concord.normalization.identity.index import IdentityIndex
 from concord.normalization.identity.matcher import DEFAULT_THRESHOLDS, MatchDecision, match
 from concord.normalization.identity.scoring import Decision, Thresholds
 
 LocalId = tuple[str, str]  # (source, local id such as "Patient/123" or "id:<system>|<value>")
+# The authoritative identifier is the same whichever source sends it.
+AUTHORITATIVE_SOURCE = "*authoritative*"
 
 
 class How(StrEnum):
@@ -49,10 +54,16 @@ class IdentityRequest(BaseModel):
     local_ids: tuple[str, ...] = Field(min_length=1)
     demographics: Demographics | None = None
     authoritative_id: str | None = None
+    # The identifier system the authoritative id is of (a configured MPI system).
+    authoritative_system: str | None = None
 
     @property
     def keys(self) -> list[LocalId]:
-        return [(self.source, local) for local in self.local_ids]
+        """Crosswalk keys, the authoritative identifier first."""
+        local = [(self.source, local) for local in self.local_ids]
+        if self.authoritative_id:
+            return [(AUTHORITATIVE_SOURCE, self.authoritative_id), *local]
+        return local
 
 
 class Resolution(BaseModel):
@@ -72,6 +83,25 @@ def new_enterprise_id(source: str, local_id: str) -> str:
     return f"E{digest[:19].upper()}"
 
 
+def _another_authority(
+    request: IdentityRequest, candidate: str | None, index: IdentityIndex
+) -> bool:
+    """Whether the MPI already names the candidate by another id: then, whatever the
+    demographics say, the MPI says they are two people (twins, a namesake)."""
+    system, value = request.authoritative_system, request.authoritative_id
+    if not system or not value or request.demographics is None:
+        return False
+    for person in index.candidates(blocking_keys(request.demographics)):
+        if person.enterprise_id != candidate:
+            continue
+        return any(
+            identifier.system == system and identifier.value != value
+            for view in person.demographics
+            for identifier in view.identifiers
+        )
+    return False
+
+
 def resolve(
     request: IdentityRequest,
     *,
@@ -79,17 +109,26 @@ def resolve(
     index: IdentityIndex,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> Resolution:
-    if request.authoritative_id:
-        return Resolution(enterprise_id=request.authoritative_id, how=How.AUTHORITATIVE)
-    known = next((crosswalk[key] for key in request.keys if key in crosswalk), None)
+    authoritative = request.authoritative_id
+    keys = request.keys
+    known = next((crosswalk[key] for key in keys if key in crosswalk), None)
     if known is not None:
-        return Resolution(enterprise_id=known, how=How.CROSSWALK)
-    own = new_enterprise_id(request.source, request.local_ids[0])
+        how = How.AUTHORITATIVE if authoritative and keys[0] in crosswalk else How.CROSSWALK
+        return Resolution(enterprise_id=known, how=how)
     if request.demographics is None:
+        if authoritative:
+            return Resolution(enterprise_id=authoritative, how=How.AUTHORITATIVE)
+        own = new_enterprise_id(request.source, request.local_ids[0])
         return Resolution(enterprise_id=own, how=How.UNDESCRIBED, provisional=True)
     decision = match(request.demographics, index, thresholds)
-    if decision.kind == Decision.LINK and decision.enterprise_id is not None:
+    linked = decision.kind == Decision.LINK and decision.enterprise_id is not None
+    if linked and not _another_authority(request, decision.enterprise_id, index):
+        assert decision.enterprise_id is not None  # noqa: S101 - linked says so
         return Resolution(enterprise_id=decision.enterprise_id, how=How.MATCHED, match=decision)
+    if authoritative:
+        # The MPI says who this is; a near miss is no question for a reviewer.
+        return Resolution(enterprise_id=authoritative, how=How.AUTHORITATIVE, match=decision)
+    own = new_enterprise_id(request.source, request.local_ids[0])
     if decision.kind == Decision.REVIEW:
         return Resolution(
             enterprise_id=own,
