@@ -239,3 +239,18 @@ def test_facts_are_deterministic_and_keep_the_chain(terminology: Terminology) ->
     assert first.effective_text == "2024-03-01T07:30:00-06:00"
     assert first.effective_precision == "second" and first.effective_offset_minutes == -360
     assert first.flags == ("PROVISIONAL_PATIENT",)
+
+
+def test_a_molar_loinc_term_meets_its_mass_twin() -> None:
+    """An SI lab sends glucose as 14749-6 in mmol/L, a conventional one as 2345-7 in mg/dL:
+    one attribute, one unit, and the code as sent is kept."""
+    terminology = Terminology.load()
+    [si] = fhir_drafts(
+        observation(code=coding(LOINC, "14749-6"), valueQuantity={"value": 5.5, "unit": "mmol/L"}),
+        terminology,
+    )
+    [conventional] = fhir_drafts(observation(), terminology)
+    assert si.attribute == conventional.attribute == "Observation/2345-7"
+    assert si.unit == conventional.unit == "mg/dL"
+    assert si.original_code == (LOINC, "14749-6")
+    assert si.code is not None and si.code.crosswalk == "loinc-molar-mass@2026-12-01"

@@ -210,7 +210,7 @@ def test_a_folder_of_crosswalks_loads_and_maps(tmp_path: Path) -> None:
             "twice",
         ),
         (HEADER + COLUMNS + "urn:x,,http://loinc.org,2345-7,\n", "empty"),
-        (HEADER + COLUMNS + "LN,2345-7,http://loinc.org,2345-7,\n", "standard already"),
+        (HEADER + COLUMNS + "LN,2345-7,http://loinc.org,2345-7,\n", "maps a code to itself"),
         ("#no colon here\n" + COLUMNS, "key: value"),
     ],
 )

@@ -135,10 +135,12 @@ class Terminology:
 
     def map(self, system: str, code: str) -> MappedCode:
         uri = _system_uri(system)
-        if uri in STANDARD_SYSTEMS:
-            return MappedCode(system=uri, code=code.strip(), mapped=True)
+        # A crosswalk may key one standard code by another (a molar LOINC term by its mass
+        # twin), so the crosswalks are asked before a standard code passes through.
         found = self._index.get((uri, _lookup_code(uri, code)))
         if found is None:
+            if uri in STANDARD_SYSTEMS:
+                return MappedCode(system=uri, code=code.strip(), mapped=True)
             return MappedCode(system=system, code=code, mapped=False)
         crosswalk, (to_system, to_code, to_display) = found
         return MappedCode(
@@ -199,6 +201,8 @@ def _row(row: list[str], where: str) -> tuple[tuple[str, str], tuple[str, str, s
     if problem is not None:
         raise CrosswalkError(f"{where}: {problem[1]}")
     uri = _system_uri(from_system)
-    if uri in STANDARD_SYSTEMS:
-        raise CrosswalkError(f"{where}: {uri} is standard already and is never looked up")
+    # A standard code may be keyed by another (a molar LOINC term by its mass twin), never by
+    # itself: such a row would say nothing.
+    if (uri, _lookup_code(uri, from_code)) == (to_system, to_code):
+        raise CrosswalkError(f"{where}: maps a code to itself")
     return (uri, _lookup_code(uri, from_code)), (to_system, to_code, to_display or None)
