@@ -1,6 +1,7 @@
 """Identity matching: cost per record as the known population grows, and accuracy.
 
     .venv/bin/python benchmarks/identity.py [--sizes 10000 100000] [--queries 2000] [--seed 7]
+                                            [--store [--batch 500]]
 
 For each size, a synthetic known population is put in an InMemoryIdentityIndex (one source
 view per patient), then `match()` is timed on `--queries` records: half are another
@@ -19,15 +20,22 @@ counts here are an upper bound for populations of these sizes.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
+import os
 import random
+import shutil
 import statistics
 import string
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
+from pathlib import Path
+
+import asyncpg
 
 from concord.normalization.identity import (
     Decision,
@@ -38,7 +46,13 @@ from concord.normalization.identity import (
     Thresholds,
     match,
 )
+from concord.normalization.identity.blocking import blocking_keys
+from concord.normalization.identity.resolution import IdentityRequest
 from concord.normalization.identity.scoring import decide
+from concord.normalization.identity_store import PostgresIdentityStore
+from concord.runtime.db import apply_migrations
+from concord.stack.postgres import create_database, drop_database, start_postgres
+from concord.stack.processes import stop_process
 
 FAMILY = """smith johnson williams brown jones garcia miller davis rodriguez martinez hernandez
 lopez gonzalez wilson anderson thomas taylor moore jackson martin lee perez thompson white
@@ -341,11 +355,110 @@ def accuracy(counted: Counter[str]) -> str:
     )
 
 
+@dataclass
+class StoreResult:
+    size: int
+    load_seconds: float
+    us_per_record: float
+    decided: Counter[str]
+
+
+async def run_store(
+    size: int, queries: int, seed: int, thresholds: Thresholds, dsn: str, batch: int
+) -> StoreResult:
+    """The same population and queries through PostgresIdentityStore, as the worker decides:
+    `batch` records per transaction (lookups, match, writes)."""
+    rng = random.Random(seed)
+    _, persons = build(size, rng)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        started = time.perf_counter()
+        await _load(pool, persons)
+        load_seconds = time.perf_counter() - started
+        work = queries_for(rng, persons, queries)
+        requests = [
+            IdentityRequest(source=SOURCE_QUERY, local_ids=(f"Patient/q{n}",), demographics=d)
+            for n, (_, _, d) in enumerate(work)
+        ]
+        store = PostgresIdentityStore(pool, thresholds=thresholds)
+        decided: Counter[str] = Counter()
+        started = time.perf_counter()
+        for start in range(0, len(requests), batch):
+            for resolution in await store.resolve_batch(requests[start : start + batch]):
+                decided[resolution.how.value] += 1
+        elapsed = time.perf_counter() - started
+    finally:
+        await pool.close()
+    return StoreResult(size, load_seconds, elapsed / len(requests) * 1e6, decided)
+
+
+async def _load(pool: asyncpg.Pool, persons: list[Person]) -> None:
+    """The known population as the store keeps it, with COPY (deciding 100k patients one by
+    one first would measure the load, not the lookups)."""
+    views, keys, links = [], [], []
+    for n, person in enumerate(persons):
+        view = demographics(person, SOURCE_KNOWN)
+        eid, view_id = f"E{n:07d}", f"Patient/{n}"
+        views.append((SOURCE_KNOWN, view_id, eid, view.model_dump_json()))
+        keys += [(key, SOURCE_KNOWN, view_id) for key in sorted(blocking_keys(view))]
+        links.append((SOURCE_KNOWN, view_id, eid, "NEW"))
+    async with pool.acquire() as conn:
+        await conn.execute("TRUNCATE identity_views, identity_block_keys, identity_links")
+        await conn.copy_records_to_table(
+            "identity_views",
+            records=views,
+            columns=["source", "view_id", "enterprise_id", "demographics"],
+        )
+        await conn.copy_records_to_table(
+            "identity_block_keys", records=keys, columns=["key", "source", "view_id"]
+        )
+        await conn.copy_records_to_table(
+            "identity_links",
+            records=links,
+            columns=["source", "local_id", "enterprise_id", "decided_by"],
+        )
+        await conn.execute("ANALYZE identity_views, identity_block_keys, identity_links")
+
+
+async def store_part(args: argparse.Namespace, thresholds: Thresholds) -> list[StoreResult]:
+    folder = Path(tempfile.mkdtemp(prefix="concord-bench-identity-"))
+    server = os.environ.get("CONCORD_DATABASE_URL")
+    record = None
+    if server:
+        dsn = await create_database(server, f"concord_bench_{os.getpid()}")
+        await apply_migrations(dsn)
+    else:
+        print("starting an embedded PostgreSQL", file=sys.stderr)
+        postgres = await start_postgres(folder)
+        record, dsn = postgres.record, postgres.dsn
+    try:
+        results = []
+        for size in args.sizes:
+            print(f"PostgreSQL: loading {size} known patients", file=sys.stderr)
+            results.append(
+                await run_store(size, args.queries, args.seed, thresholds, dsn, args.batch)
+            )
+        return results
+    finally:
+        if record is not None:
+            stop_process(record)
+        if server:
+            await drop_database(server, f"concord_bench_{os.getpid()}")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=2_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--store",
+        action="store_true",
+        help="also time the PostgreSQL identity index (embedded, or CONCORD_DATABASE_URL)",
+    )
+    parser.add_argument("--batch", type=int, default=500, help="records per store batch")
     args = parser.parse_args(argv)
     thresholds = Thresholds()
     print(
@@ -366,6 +479,18 @@ def main(argv: list[str] | None = None) -> int:
             f"µs/record x{last.us_per_record / first.us_per_record:.2f}, "
             f"candidates/record x{last.candidates_per_record / first.candidates_per_record:.2f}"
         )
+    if args.store:
+        stored = asyncio.run(store_part(args, thresholds))
+        print(f"PostgreSQL identity index, {args.batch} records a transaction:")
+        print(f"{'known':>8} {'load s':>8} {'µs/record':>10}  decisions")
+        for st in stored:
+            decisions = dict(sorted(st.decided.items()))
+            print(f"{st.size:>8} {st.load_seconds:>8.1f} {st.us_per_record:>10.0f}  {decisions}")
+        if len(stored) > 1:
+            print(
+                f"ratio {stored[-1].size}/{stored[0].size}: µs/record "
+                f"x{stored[-1].us_per_record / stored[0].us_per_record:.2f}"
+            )
     for r in results:
         counted = outcomes(r, thresholds)
         print(f"outcomes at {r.size}:")

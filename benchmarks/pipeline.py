@@ -702,7 +702,7 @@ def stage_settings(service: str, bootstrap: str, dsn: str) -> WorkerSettings:
     if service == "ingestion":
         return IngestionSettings(**common, database_url=dsn)
     if service == "normalization":
-        return NormalizationSettings(**common)
+        return NormalizationSettings(**common, database_url=dsn)
     if service == "conflicts":
         return ConflictsSettings(**common, database_url=dsn)
     return AlertingSettings(**common, database_url=dsn)

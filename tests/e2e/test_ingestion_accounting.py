@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
-import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,34 +24,14 @@ from pipeline_tools import publish
 from concord.events import codec
 from concord.publishing import read_file
 from concord.stack.processes import health_ok, is_alive
-from concord.stack.stack import StackInfo, start_stack, stop_stack
+from concord.stack.stack import StackInfo
 from concord.topics import DEADLETTER, INGESTED, PARTITIONS, RAW_FHIR, RAW_HL7V2
 
 pytestmark = pytest.mark.e2e
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "fhir-converter-samples"
-ZONE = "America/New_York"  # for HL7 v2 timestamps without an offset, as a deployment sets it
 INGESTED_OUTCOME = "INGESTED"
 Coordinate = tuple[str, int, int]
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
-    """The whole stack with a default time zone for HL7 v2 (the workers inherit os.environ)."""
-    state_dir = tmp_path_factory.mktemp("stack")
-    previous = os.environ.get("CONCORD_DEFAULT_TIME_ZONE")
-    os.environ["CONCORD_DEFAULT_TIME_ZONE"] = ZONE
-    try:
-        info = asyncio.run(start_stack(state_dir, progress=lambda line: None))
-    finally:
-        if previous is None:
-            del os.environ["CONCORD_DEFAULT_TIME_ZONE"]
-        else:
-            os.environ["CONCORD_DEFAULT_TIME_ZONE"] = previous
-    try:
-        yield info
-    finally:
-        stop_stack(state_dir)
 
 
 async def outcomes(
@@ -102,7 +80,7 @@ def _outcome(topic: str, value: bytes) -> tuple[Coordinate, str]:
 
 
 async def send_and_account(
-    stack: StackInfo, inputs: list[tuple[str, bytes]], label: str
+    zoned_stack: StackInfo, inputs: list[tuple[str, bytes]], label: str
 ) -> collections.Counter[str]:
     """Publish (topic, value) pairs, each from its own source (so that de-duplication, which
     is per source, cannot hide one), and check that each has exactly one kind of outcome."""
@@ -111,9 +89,9 @@ async def send_and_account(
     for topic in (RAW_FHIR, RAW_HL7V2):
         events = [(f"{label}-{run}-{n}", v) for n, (t, v) in enumerate(inputs) if t == topic]
         if events:
-            sent = await publish(stack.bootstrap_servers, events, topic=topic)
+            sent = await publish(zoned_stack.bootstrap_servers, events, topic=topic)
             coordinates += [(topic, partition, offset) for partition, offset in sent]
-    found = await outcomes(stack.bootstrap_servers, set(coordinates))
+    found = await outcomes(zoned_stack.bootstrap_servers, set(coordinates))
     counts: collections.Counter[str] = collections.Counter()
     for coordinate in coordinates:
         kinds = found.get(coordinate, [])
@@ -125,8 +103,8 @@ async def send_and_account(
     return counts
 
 
-def assert_worker_alive(stack: StackInfo) -> None:
-    worker = stack.workers["ingestion"]
+def assert_worker_alive(zoned_stack: StackInfo) -> None:
+    worker = zoned_stack.workers["ingestion"]
     assert is_alive(worker), "the ingestion worker died"
     assert worker.port is not None and health_ok(worker.port), "the ingestion worker is unhealthy"
 
@@ -274,23 +252,23 @@ raw_inputs = st.one_of(
 )
 @given(inputs=st.lists(raw_inputs, min_size=10, max_size=40))
 def test_arbitrary_and_mutated_inputs_end_in_exactly_one_place(
-    stack: StackInfo, inputs: list[tuple[str, bytes]]
+    zoned_stack: StackInfo, inputs: list[tuple[str, bytes]]
 ) -> None:
-    counts = asyncio.run(send_and_account(stack, inputs, "pbt"))
+    counts = asyncio.run(send_and_account(zoned_stack, inputs, "pbt"))
     assert sum(counts.values()) == len(inputs)
-    assert_worker_alive(stack)
+    assert_worker_alive(zoned_stack)
 
 
-def test_unmutated_seeds_are_ingested(stack: StackInfo) -> None:
+def test_unmutated_seeds_are_ingested(zoned_stack: StackInfo) -> None:
     """The mutations start from valid inputs: otherwise the property above tests little."""
     inputs = [(RAW_FHIR, orjson.dumps(seed)) for seed in FHIR_SEEDS]
     inputs += [(RAW_HL7V2, seed.encode()) for seed in HL7_SEEDS]
-    counts = asyncio.run(send_and_account(stack, inputs, "seed"))
+    counts = asyncio.run(send_and_account(zoned_stack, inputs, "seed"))
     assert counts == {INGESTED_OUTCOME: len(inputs)}
 
 
 @pytest.mark.shared_data
-def test_every_public_sample_through_the_running_worker(stack: StackInfo) -> None:
+def test_every_public_sample_through_the_running_worker(zoned_stack: StackInfo) -> None:
     hl7 = sorted((SAMPLES / "hl7v2").glob("*.hl7"))
     fhir = sorted((SAMPLES / "fhir-expected").rglob("*.json"))
     if not hl7 or not fhir:
@@ -299,11 +277,11 @@ def test_every_public_sample_through_the_running_worker(stack: StackInfo) -> Non
     for label, paths in (("FHIR Bundles", fhir), ("HL7 v2 messages", hl7)):
         inputs = [(m.topic, m.value) for path in paths for m in read_file(path, "samples")]
         started = time.monotonic()
-        counts = asyncio.run(send_and_account(stack, inputs, "samples"))
+        counts = asyncio.run(send_and_account(zoned_stack, inputs, "samples"))
         assert sum(counts.values()) == len(inputs)
         report[label] = (len(inputs), dict(counts.most_common()), time.monotonic() - started)
         # Most of each set is valid: a rule that rejected most of them would be wrong.
         assert counts[INGESTED_OUTCOME] > len(inputs) * 0.4, counts
-    assert_worker_alive(stack)
+    assert_worker_alive(zoned_stack)
     for label, (total, counts, seconds) in report.items():
         print(f"\n{total} {label} through the running worker in {seconds:.1f}s: {counts}")

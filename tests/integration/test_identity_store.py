@@ -148,3 +148,17 @@ async def test_two_workers_deciding_at_once_agree(pool: asyncpg.Pool) -> None:
     ids = {r.enterprise_id for [r] in results}
     assert len(ids) == 1
     assert sorted(r.how for [r] in results) == [How.MATCHED, How.NEW]
+
+
+async def test_one_patient_twice_in_a_batch_is_written_once(pool: asyncpg.Pool) -> None:
+    """A redelivered or re-sent Patient in the same batch as its first copy."""
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    mpi = IdentityRequest(
+        source=f"a{run}", local_ids=("Patient/5", "id:x|5"), authoritative_id=f"EP-{run}"
+    )
+    first, again = await store.resolve_batch([mpi, mpi])
+    assert first.enterprise_id == again.enterprise_id == f"EP-{run}"
+    twice = patient(f"b{run}", "1", family=f"Dupe{run}", given="Ada", birth="1960-02-02")
+    one, two = await store.resolve_batch([twice, twice])
+    assert one.enterprise_id == two.enterprise_id

@@ -20,7 +20,7 @@ from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import ClinicalFact, DeadLetter, Header, IngestedRecord, Provenance
 from concord.events.raw import RawEvent
-from concord.ingestion.app import IngestionStage
+from concord.ingestion.app import IngestionStage, patient_key
 from concord.normalization.app import NormalizationStage
 from concord.normalization.identity.index import InMemoryIdentityIndex, KnownPerson
 from concord.normalization.identity.resolution import (
@@ -508,3 +508,23 @@ async def test_a_core_that_raises_dead_letters_the_record_and_the_batch_goes_on(
     assert letter.reason_code == "INGESTION_FAILED"
     assert letter.reason == "ValueError in the ingestion core"
     assert len(_on(out, INGESTED)) == 1
+
+
+def test_ingested_records_are_keyed_by_the_sources_patient() -> None:
+    """A Patient and the results filed under it share a partition, in order."""
+    patient = _ingested_record(_patient())
+    observation = patient.model_copy(
+        update={
+            "resource_type": "Observation",
+            "payload": orjson.dumps(
+                {"resourceType": "Observation", "subject": {"reference": "Patient/p1"}}
+            ),
+        }
+    )
+    adt = patient.model_copy(
+        update={"format": "HL7V2", "payload": b"MSH|^~\\&|A\rPID|1||M-9^^^GH^MR\r"}
+    )
+    claim = patient.model_copy(update={"format": "CLAIM", "payload": b"{}"})
+    assert patient_key(patient) == patient_key(observation) == b"ehr-alpha/Patient/p1"
+    assert patient_key(adt) == b"ehr-alpha/PID/M-9"
+    assert patient_key(claim) == b"ehr-alpha/Patient/p1"  # no patient read: the record's own

@@ -49,6 +49,12 @@ PATIENT_REFERENCE: dict[str, str | None] = {
     "DocumentReference": None,
 }
 SUPPORTED_TYPES = frozenset(PATIENT_REFERENCE)
+# Where each type names its patient when it does, required or not.
+SUBJECT_ELEMENT = {
+    **{t: e for t, e in PATIENT_REFERENCE.items() if e},
+    "Encounter": "subject",
+    "DocumentReference": "subject",
+}
 # The codes Concord compares across sources: without a system they cannot be compared.
 # Codings elsewhere (identifier types, admit sources) are checked only for well-formed codes.
 CLINICAL_CODES: dict[str, tuple[str, ...]] = {
@@ -400,6 +406,21 @@ def _check_patient_reference(
         f"{resource_type}.{element} must reference the Patient",
         location=f"{where}.{element}",
     )
+
+
+def patient_of(resource: Mapping[str, Any]) -> str | None:
+    """`Patient/<id>` of the patient a resource is about (a Patient: itself), or None. An
+    absolute or versioned reference names the same Patient/<id>; ingestion has already
+    rewritten a Bundle's urn:uuid references to it."""
+    if resource.get("resourceType") == "Patient":
+        rid = resource.get("id")
+        return f"Patient/{rid}" if isinstance(rid, str) and rid else None
+    element = SUBJECT_ELEMENT.get(str(resource.get("resourceType")))
+    subject = resource.get(element) if element else None
+    reference = subject.get("reference") if isinstance(subject, dict) else None
+    if not isinstance(reference, str) or "Patient/" not in reference:
+        return None
+    return "Patient/" + reference.rsplit("Patient/", 1)[1].split("/_history/")[0]
 
 
 def _resolves(reference: str, contained: set[str], bundle: _Bundle | None) -> bool:

@@ -12,7 +12,7 @@ lock is held for one batch (tens of milliseconds); a finer lock is for when it s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import asyncpg
@@ -97,9 +97,11 @@ class _Writes:
     """What a batch decided, as columns for unnest."""
 
     def __init__(self) -> None:
-        self.links: list[list[Any]] = [[] for _ in range(7)]
+        # Keyed, so a key decided twice in one batch is written once (an upsert may not touch
+        # a row twice in one statement): the later decision stands.
+        self.links: dict[LocalId, tuple[Any, ...]] = {}
         self.views: dict[tuple[str, str], tuple[str, Demographics]] = {}
-        self.reviews: list[list[Any]] = [[] for _ in range(7)]
+        self.reviews: dict[str, tuple[Any, ...]] = {}
 
     def link(self, key: LocalId, resolution: Resolution) -> None:
         decision = resolution.match
@@ -108,7 +110,7 @@ class _Writes:
             if decision is not None
             else None
         )
-        row = (
+        self.links[key] = (
             *key,
             resolution.enterprise_id,
             resolution.how.value,
@@ -116,8 +118,6 @@ class _Writes:
             decision.score if decision is not None else None,
             breakdown,
         )
-        for column, value in zip(self.links, row, strict=True):
-            column.append(value)
 
     def review(self, request: IdentityRequest, resolution: Resolution) -> None:
         decision = resolution.match
@@ -126,8 +126,9 @@ class _Writes:
         view_id = request.local_ids[0]
         task = f"{request.source}\x1f{view_id}\x1f{resolution.review_candidate}"
         breakdown = orjson.dumps([w.model_dump(mode="json") for w in decision.breakdown])
-        row = (
-            hashlib.sha256(task.encode()).hexdigest()[:32],
+        task_id = hashlib.sha256(task.encode()).hexdigest()[:32]
+        self.reviews[task_id] = (
+            task_id,
             request.source,
             view_id,
             resolution.enterprise_id,
@@ -135,8 +136,6 @@ class _Writes:
             decision.score,
             breakdown.decode(),
         )
-        for column, value in zip(self.reviews, row, strict=True):
-            column.append(value)
 
 
 class PostgresIdentityStore:
@@ -226,8 +225,8 @@ class PostgresIdentityStore:
         index.add(KnownPerson(enterprise_id=eid, demographics=(*others, request.demographics)))
 
     async def _write(self, conn: asyncpg.Connection, writes: _Writes) -> None:
-        if writes.links[0]:
-            await conn.execute(_WRITE_LINKS, *writes.links)
+        if writes.links:
+            await conn.execute(_WRITE_LINKS, *_columns(writes.links.values()))
         if writes.views:
             sources = [key[0] for key in writes.views]
             view_ids = [key[1] for key in writes.views]
@@ -241,6 +240,11 @@ class PostgresIdentityStore:
                 for key in sorted(blocking_keys(demographics))
             ]
             if rows:
-                await conn.execute(_WRITE_KEYS, *map(list, zip(*rows, strict=True)))
-        if writes.reviews[0]:
-            await conn.execute(_WRITE_REVIEWS, *writes.reviews)
+                await conn.execute(_WRITE_KEYS, *_columns(rows))
+        if writes.reviews:
+            await conn.execute(_WRITE_REVIEWS, *_columns(writes.reviews.values()))
+
+
+def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows as the columns unnest() takes."""
+    return [list(column) for column in zip(*rows, strict=True)]

@@ -15,6 +15,7 @@ import orjson
 
 from concord.events.models import IngestedRecord
 from concord.hl7v2 import er7
+from concord.ingestion.fhir import patient_of
 from concord.normalization.facts.drafts import FactDraft
 from concord.normalization.facts.fhir import fhir_drafts
 from concord.normalization.facts.hl7v2 import hl7_drafts
@@ -25,15 +26,6 @@ from concord.normalization.identity.demographics import (
 )
 from concord.normalization.identity.resolution import IdentityRequest
 from concord.normalization.terminology import Terminology
-
-# The element that names the patient a clinical resource is about.
-PATIENT_ELEMENT = {
-    "Observation": "subject",
-    "Condition": "subject",
-    "AllergyIntolerance": "patient",
-    "MedicationStatement": "subject",
-    "MedicationRequest": "subject",
-}
 
 
 @dataclass(frozen=True)
@@ -75,20 +67,10 @@ def _fhir(
             authoritative_system=authority[0] if authority else None,
         )
         return ReadRecord(request, drafts)
-    patient = _patient_reference(resource)
+    patient = patient_of(resource)
     if patient is None:
         return None  # ingestion requires one; a resource without it asserts nothing here
     return ReadRecord(IdentityRequest(source=source, local_ids=(patient,)), drafts)
-
-
-def _patient_reference(resource: Mapping[str, Any]) -> str | None:
-    element = PATIENT_ELEMENT.get(str(resource.get("resourceType")))
-    target = resource.get(element) if element else None
-    reference = target.get("reference") if isinstance(target, dict) else None
-    if not isinstance(reference, str) or "Patient/" not in reference:
-        return None
-    # An absolute URL or a versioned reference names the same Patient/<id>.
-    return "Patient/" + reference.rsplit("Patient/", 1)[1].split("/_history/")[0]
 
 
 def _hl7(
