@@ -425,3 +425,10 @@ def test_the_score_is_symmetric(a: Demographics, b: Demographics) -> None:
     assert ab.total == ba.total
     assert [(w.field, w.level) for w in ab.breakdown] == [(w.field, w.level) for w in ba.breakdown]
     assert sum(w.weight for w in ab.breakdown) == ab.total
+
+
+def test_a_stored_view_reads_back_equal_without_normalizing_again() -> None:
+    view = Demographics(**ROBERT)
+    again = Demographics.from_stored(view.model_dump_json())
+    assert again == view
+    assert again.keys == view.keys

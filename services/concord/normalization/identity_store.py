@@ -189,7 +189,7 @@ class PostgresIdentityStore:
         views: dict[str, list[Demographics]] = {}
         if wanted:
             for row in await conn.fetch(_CANDIDATES, wanted, self.max_block_size):
-                demographics = Demographics.model_validate_json(row["demographics"])
+                demographics = Demographics.from_stored(row["demographics"])
                 views.setdefault(row["enterprise_id"], []).append(demographics)
         persons = (
             KnownPerson(enterprise_id=eid, demographics=tuple(v)) for eid, v in views.items()
