@@ -162,3 +162,34 @@ async def test_one_patient_twice_in_a_batch_is_written_once(pool: asyncpg.Pool) 
     twice = patient(f"b{run}", "1", family=f"Dupe{run}", given="Ada", birth="1960-02-02")
     one, two = await store.resolve_batch([twice, twice])
     assert one.enterprise_id == two.enterprise_id
+
+
+async def test_the_mpi_decides_between_look_alikes(pool: asyncpg.Pool) -> None:
+    """Same demographics, two MPI ids: two people. A patient first seen without the MPI id
+    is the one a later record with it matches: one person, under the id it already had."""
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    family = f"Twinning{run}"
+
+    def with_mpi(source: str, pid: str, mpi: str | None) -> IdentityRequest:
+        base = patient(source, pid, family=family, given="Sam", birth="1999-09-09")
+        return base.model_copy(update={"authoritative_id": mpi})
+
+    first, second = await store.resolve_batch(
+        [with_mpi(f"a{run}", "1", f"MPI-A-{run}"), with_mpi(f"b{run}", "2", f"MPI-B-{run}")]
+    )
+    assert (first.enterprise_id, second.enterprise_id) == (f"MPI-A-{run}", f"MPI-B-{run}")
+
+    [unknown] = await store.resolve_batch([with_mpi(f"c{run}", "3", None)])
+    assert unknown.how in (How.MATCHED, How.REVIEW)  # two equal candidates: a question
+    family2 = f"Latecomer{run}"
+    early = patient(f"d{run}", "4", family=family2, given="Lou", birth="1980-08-08")
+    [before] = await store.resolve_batch([early])
+    late = patient(f"e{run}", "5", family=family2, given="Lou", birth="1980-08-08")
+    [after] = await store.resolve_batch([late.model_copy(update={"authoritative_id": f"M{run}"})])
+    assert (after.how, after.enterprise_id) == (How.MATCHED, before.enterprise_id)
+    # From now on the MPI id leads there directly.
+    [again] = await store.resolve_batch(
+        [IdentityRequest(source=f"f{run}", local_ids=("Patient/9",), authoritative_id=f"M{run}")]
+    )
+    assert (again.how, again.enterprise_id) == (How.AUTHORITATIVE, before.enterprise_id)

@@ -23,6 +23,7 @@ from concord.normalization.identity.demographics import Demographics
 from concord.normalization.identity.index import InMemoryIdentityIndex, KnownPerson
 from concord.normalization.identity.matcher import DEFAULT_THRESHOLDS
 from concord.normalization.identity.resolution import (
+    AUTHORITATIVE_SOURCE,
     How,
     IdentityRequest,
     LocalId,
@@ -33,7 +34,9 @@ from concord.normalization.identity.scoring import Thresholds
 
 # Any fixed key: it only serializes identity decisions across workers.
 IDENTITY_LOCK = 0x6964656E
-MAX_BLOCK_SIZE = 1000
+# A blocking key shared by more known patients than this tells them apart no better than the
+# other keys do, and comparing with all of them would cost milliseconds a record.
+MAX_BLOCK_SIZE = 200
 
 _CANDIDATES = """
 WITH wanted AS (
@@ -47,6 +50,10 @@ WITH wanted AS (
 SELECT v.enterprise_id, v.source, v.view_id, v.demographics
 FROM identity_views v JOIN persons USING (enterprise_id)
 ORDER BY v.enterprise_id, v.source, v.view_id
+"""
+_AUTHORITATIVE = """
+SELECT DISTINCT enterprise_id FROM identity_links
+WHERE source = $1 AND enterprise_id = ANY($2::text[])
 """
 _LINKS = """
 SELECT l.source, l.local_id, l.enterprise_id FROM identity_links l
@@ -156,14 +163,20 @@ class PostgresIdentityStore:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", IDENTITY_LOCK)
             crosswalk = await self._crosswalk(conn, requests)
-            index = await self._candidates(conn, requests)
+            index, authoritative = await self._candidates(conn, requests)
             writes = _Writes()
             resolutions = []
             for request in requests:
                 resolution = resolve(
-                    request, crosswalk=crosswalk, index=index, thresholds=self.thresholds
+                    request,
+                    crosswalk=crosswalk,
+                    index=index,
+                    thresholds=self.thresholds,
+                    authoritative_ids=authoritative,
                 )
                 resolutions.append(resolution)
+                if request.authoritative_id:
+                    authoritative.add(resolution.enterprise_id)
                 self._remember(request, resolution, crosswalk, index, writes)
             await self._write(conn, writes)
         return resolutions
@@ -177,7 +190,9 @@ class PostgresIdentityStore:
 
     async def _candidates(
         self, conn: asyncpg.Connection, requests: Sequence[IdentityRequest]
-    ) -> InMemoryIdentityIndex:
+    ) -> tuple[InMemoryIdentityIndex, set[str]]:
+        """The known patients sharing a blocking key with the batch, and which of them the MPI
+        already names."""
         wanted = sorted(
             {
                 key
@@ -194,7 +209,9 @@ class PostgresIdentityStore:
         persons = (
             KnownPerson(enterprise_id=eid, demographics=tuple(v)) for eid, v in views.items()
         )
-        return InMemoryIdentityIndex(persons, max_block_size=self.max_block_size)
+        index = InMemoryIdentityIndex(persons, max_block_size=self.max_block_size)
+        rows = await conn.fetch(_AUTHORITATIVE, AUTHORITATIVE_SOURCE, list(views)) if views else []
+        return index, {row["enterprise_id"] for row in rows}
 
     def _remember(
         self,

@@ -63,8 +63,7 @@ def _fhir(
             source=source,
             local_ids=(f"Patient/{resource.get('id')}", *_identifier_ids(demographics)),
             demographics=demographics,
-            authoritative_id=authority[1] if authority else None,
-            authoritative_system=authority[0] if authority else None,
+            authoritative_id=authority,
         )
         return ReadRecord(request, drafts)
     patient = patient_of(resource)
@@ -91,18 +90,17 @@ def _hl7(
         source=source,
         local_ids=local_ids,
         demographics=demographics,
-        authoritative_id=authority[1] if authority else None,
-        authoritative_system=authority[0] if authority else None,
+        authoritative_id=authority,
     )
     return ReadRecord(request, drafts)
 
 
-def _authority(demographics: Demographics, systems: Sequence[str]) -> tuple[str, str] | None:
-    """(system, value) of the first configured authoritative identifier the patient has."""
+def _authority(demographics: Demographics, systems: Sequence[str]) -> str | None:
+    """The value of the first configured authoritative identifier the patient has."""
     for system in systems:
         for identifier in demographics.identifiers:
             if identifier.system == system and identifier.value.strip():
-                return system, identifier.value.strip()
+                return identifier.value.strip()
     return None
 
 

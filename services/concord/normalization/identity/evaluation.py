@@ -103,12 +103,21 @@ def evaluate(
     crosswalk: dict[LocalId, str] = {}
     index = InMemoryIdentityIndex()
     assigned: dict[str, str] = {}
+    authoritative: set[str] = set()
     decisions: Counter[str] = Counter()
     for record in ingested_records(files, sources):
         read = read_record(record, terminology, systems)
         if read is None or read.request.demographics is None:
             continue  # clinical records follow their patient; only demographics place one
-        resolution = resolve(read.request, crosswalk=crosswalk, index=index, thresholds=thresholds)
+        resolution = resolve(
+            read.request,
+            crosswalk=crosswalk,
+            index=index,
+            thresholds=thresholds,
+            authoritative_ids=authoritative,
+        )
+        if read.request.authoritative_id:
+            authoritative.add(resolution.enterprise_id)
         _remember(read.request, resolution, crosswalk, index)
         decisions[resolution.how.value] += 1
         patient = patient_of[(record.provenance.source_system, record.provenance.source_record_id)]

@@ -17,14 +17,13 @@ the same id and two workers deciding the same record agree.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from concord.normalization.identity.blocking import blocking_keys
 from concord.normalization.identity.demographics import Demographics
-from concord.normalization.identity.index import IdentityIndex
+from concord.normalization.identity.index import IdentityIndex, KnownPerson
 from concord.normalization.identity.matcher import DEFAULT_THRESHOLDS, MatchDecision, match
 from concord.normalization.identity.scoring import Decision, Thresholds
 
@@ -54,8 +53,6 @@ class IdentityRequest(BaseModel):
     local_ids: tuple[str, ...] = Field(min_length=1)
     demographics: Demographics | None = None
     authoritative_id: str | None = None
-    # The identifier system the authoritative id is of (a configured MPI system).
-    authoritative_system: str | None = None
 
     @property
     def keys(self) -> list[LocalId]:
@@ -83,23 +80,19 @@ def new_enterprise_id(source: str, local_id: str) -> str:
     return f"E{digest[:19].upper()}"
 
 
-def _another_authority(
-    request: IdentityRequest, candidate: str | None, index: IdentityIndex
-) -> bool:
-    """Whether the MPI already names the candidate by another id: then, whatever the
-    demographics say, the MPI says they are two people (twins, a namesake)."""
-    system, value = request.authoritative_system, request.authoritative_id
-    if not system or not value or request.demographics is None:
-        return False
-    for person in index.candidates(blocking_keys(request.demographics)):
-        if person.enterprise_id != candidate:
-            continue
-        return any(
-            identifier.system == system and identifier.value != value
-            for view in person.demographics
-            for identifier in view.identifiers
-        )
-    return False
+class _Without:
+    """An index without some patients: those the MPI already knows by an id of their own."""
+
+    def __init__(self, index: IdentityIndex, left_out: Collection[str]) -> None:
+        self.index = index
+        self.left_out = left_out
+
+    def candidates(self, keys: Collection[str]) -> list[KnownPerson]:
+        found = self.index.candidates(keys)
+        return [person for person in found if person.enterprise_id not in self.left_out]
+
+    def add(self, person: KnownPerson) -> None:
+        raise TypeError("a filtered view of the index is read-only")
 
 
 def resolve(
@@ -108,7 +101,11 @@ def resolve(
     crosswalk: Mapping[LocalId, str],
     index: IdentityIndex,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    authoritative_ids: Collection[str] = frozenset(),
 ) -> Resolution:
+    """`authoritative_ids`: the enterprise ids the MPI already names (linked from an
+    authoritative identifier). A record with an MPI id of its own is never matched to one of
+    them: the MPI says they are two people (twins, namesakes), whatever the demographics say."""
     authoritative = request.authoritative_id
     keys = request.keys
     known = next((crosswalk[key] for key in keys if key in crosswalk), None)
@@ -120,10 +117,9 @@ def resolve(
             return Resolution(enterprise_id=authoritative, how=How.AUTHORITATIVE)
         own = new_enterprise_id(request.source, request.local_ids[0])
         return Resolution(enterprise_id=own, how=How.UNDESCRIBED, provisional=True)
-    decision = match(request.demographics, index, thresholds)
-    linked = decision.kind == Decision.LINK and decision.enterprise_id is not None
-    if linked and not _another_authority(request, decision.enterprise_id, index):
-        assert decision.enterprise_id is not None  # noqa: S101 - linked says so
+    searched = _Without(index, authoritative_ids) if authoritative else index
+    decision = match(request.demographics, searched, thresholds)
+    if decision.kind == Decision.LINK and decision.enterprise_id is not None:
         return Resolution(enterprise_id=decision.enterprise_id, how=How.MATCHED, match=decision)
     if authoritative:
         # The MPI says who this is; a near miss is no question for a reviewer.
