@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -25,11 +23,10 @@ from concord.ingestion.fhir import ingest_fhir, patient_of
 from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.records import raw_event
-from concord.runtime.stage import BaseStage, publish_dead_letter
+from concord.runtime.stage import BaseStage, core_failure, publish_dead_letter
 from concord.topics import INGESTED, RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 
 PRUNE_EVERY_SECONDS = 600.0
-log = logging.getLogger(__name__)
 
 
 def patient_key(record: IngestedRecord) -> bytes:
@@ -92,20 +89,7 @@ class IngestionStage(BaseStage):
         try:
             return self.ingest[raw.topic](raw)
         except Exception as exc:
-            # A bug must not stop the partition behind one record (the worker would crash on
-            # it at every restart): the record goes to the dead-letter topic for a replay once
-            # fixed, and the log names the code, not the exception text, which may quote PHI.
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error(
-                "ingestion failed on %s[%d]@%d: %s at %s:%s",
-                raw.topic,
-                raw.partition,
-                raw.offset,
-                type(exc).__name__,
-                where.filename,
-                where.lineno,
-            )
-            return Rejection("INGESTION_FAILED", f"{type(exc).__name__} in the ingestion core")
+            return core_failure(exc, raw, stage=self.stage, reason_code="INGESTION_FAILED")
 
     async def on_produced(self) -> None:
         emitted, self.emitted = self.emitted, []

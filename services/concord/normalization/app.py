@@ -3,8 +3,6 @@ resolve the batch's patients in the identity index, publish the facts."""
 
 from __future__ import annotations
 
-import logging
-import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -22,10 +20,8 @@ from concord.normalization.records import ReadRecord, read_record
 from concord.normalization.terminology import Terminology
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.records import raw_event
-from concord.runtime.stage import BaseStage, publish_dead_letter
+from concord.runtime.stage import BaseStage, core_failure, publish_dead_letter
 from concord.topics import FACTS, INGESTED
-
-log = logging.getLogger(__name__)
 
 
 def publish_fact(out: Outbound, *, fact: ClinicalFact) -> None:
@@ -78,16 +74,4 @@ class NormalizationStage(BaseStage):
         try:
             return read_record(ingested, self.terminology, self.systems)
         except Exception as exc:
-            # As in ingestion: a bug must not stop the partition behind one record; the log
-            # names the code line, never the exception text, which may quote PHI.
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error(
-                "normalization failed on %s[%d]@%d: %s at %s:%s",
-                raw.topic,
-                raw.partition,
-                raw.offset,
-                type(exc).__name__,
-                where.filename,
-                where.lineno,
-            )
-            return Rejection("NORMALIZATION_FAILED", f"{type(exc).__name__} in the normalizer")
+            return core_failure(exc, raw, stage=self.stage, reason_code="NORMALIZATION_FAILED")

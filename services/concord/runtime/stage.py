@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from datetime import UTC, datetime
 
 from aiokafka.structs import TopicPartition
@@ -29,6 +30,24 @@ class BaseStage:
 
     async def on_revoked(self, partitions: set[TopicPartition]) -> None:
         return None
+
+
+def core_failure(exc: Exception, raw: RawEvent, *, stage: str, reason_code: str) -> Rejection:
+    """What a stage does when its pure core raises on a record (a bug): the record goes to the
+    dead-letter topic, to be replayed once fixed, instead of crashing the worker on it at every
+    restart; the log names the code line, never the exception text, which may quote PHI."""
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    log.error(
+        "%s failed on %s[%d]@%d: %s at %s:%s",
+        stage,
+        raw.topic,
+        raw.partition,
+        raw.offset,
+        type(exc).__name__,
+        where.filename,
+        where.lineno,
+    )
+    return Rejection(reason_code, f"{type(exc).__name__} in the {stage} core")
 
 
 def publish_dead_letter(out: Outbound, *, raw: RawEvent, rejection: Rejection) -> None:
