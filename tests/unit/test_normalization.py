@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -234,8 +235,29 @@ def test_absent_attributes_give_no_fact() -> None:
     assert {f.attribute for f in blank_name} == {BIRTH_DATE, GENDER}
 
 
-def test_deletes_and_claims_are_not_normalized_yet() -> None:
+def test_deletes_are_not_normalized_yet() -> None:
     delete = _record(_patient()).model_copy(update={"operation": "DELETE"})
     assert _read(delete) is None
-    claim = _record(_patient()).model_copy(update={"format": "CLAIM"})
-    assert _read(claim) is None
+
+
+CLAIMS = Path(__file__).resolve().parents[2] / "services/concord/demo/claims-sample.ndjson"
+
+
+def test_a_claim_line_gives_diagnoses_and_its_drug_for_its_member() -> None:
+    line = orjson.loads(CLAIMS.read_bytes().splitlines()[0])
+    record = _record(_patient()).model_copy(
+        update={"format": "CLAIM", "resource_type": "ClaimLine", "payload": orjson.dumps(line)}
+    )
+    read = _read(record)
+    assert read is not None
+    assert read.request.authoritative_id == "EP-000901"
+    assert read.request.demographics is not None
+    assert read.request.demographics.family == "ravensholt"
+    assert any(local.endswith("|BWH884120375") for local in read.request.local_ids)
+    drafts = {d.attribute: d for d in read.drafts}
+    assert drafts["Condition/C78.00"].attribute_class == "ONCOLOGY"  # a secondary neoplasm
+    assert drafts["Condition/Z51.11"].attribute_class == "CONDITION"
+    assert drafts["Condition/C78.00"].effective_text == "2026-09-14"
+    [drug] = [d for d in read.drafts if d.attribute.startswith("Medication/")]
+    assert drug.value == "completed"
+    assert drug.original_code is not None and drug.original_code[1] == "50242-0132-01"

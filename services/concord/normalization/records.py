@@ -16,6 +16,7 @@ import orjson
 from concord.events.models import IngestedRecord
 from concord.hl7v2 import er7
 from concord.ingestion.fhir import patient_of
+from concord.normalization.facts.claims import claim_drafts, claim_patient
 from concord.normalization.facts.drafts import FactDraft
 from concord.normalization.facts.fhir import fhir_drafts
 from concord.normalization.facts.hl7v2 import hl7_drafts
@@ -38,13 +39,15 @@ def read_record(
     record: IngestedRecord, terminology: Terminology, systems: Sequence[str]
 ) -> ReadRecord | None:
     """The identity request and fact drafts of a record; None when it asserts no fact
-    Concord compares yet (deletes, claims, encounters, documents...)."""
+    Concord compares yet (deletes and voids, encounters, documents...)."""
     if record.operation != "UPSERT":
         return None
     if record.format == "FHIR_R4":
         return _fhir(record, terminology, systems)
     if record.format == "HL7V2":
         return _hl7(record, terminology, systems)
+    if record.format == "CLAIM":
+        return _claim(record, terminology, systems)
     return None
 
 
@@ -91,6 +94,25 @@ def _hl7(
         local_ids=local_ids,
         demographics=demographics,
         authoritative_id=authority,
+    )
+    return ReadRecord(request, drafts)
+
+
+def _claim(
+    record: IngestedRecord, terminology: Terminology, systems: Sequence[str]
+) -> ReadRecord | None:
+    line: Mapping[str, Any] = orjson.loads(record.payload)
+    drafts = tuple(claim_drafts(line, terminology))
+    source = record.provenance.source_system
+    demographics = from_fhir_patient(claim_patient(line), source)
+    local_ids = _identifier_ids(demographics)
+    if not drafts or not local_ids:
+        return None
+    request = IdentityRequest(
+        source=source,
+        local_ids=local_ids,
+        demographics=demographics,
+        authoritative_id=_authority(demographics, systems),
     )
     return ReadRecord(request, drafts)
 
