@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 import pytest_asyncio
+from click.testing import CliRunner
 
+from concord.cli import main
 from concord.normalization.identity.demographics import from_fhir_patient
 from concord.normalization.identity.resolution import How, IdentityRequest, new_enterprise_id
 from concord.normalization.identity_store import PostgresIdentityStore
 from concord.stack.postgres import PostgresInfo
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+pytestmark = pytest.mark.integration
 
 
 @pytest_asyncio.fixture
@@ -55,6 +59,7 @@ def patient(
     )
 
 
+@pytest.mark.asyncio
 async def test_new_then_crosswalk_then_match_from_another_source(pool: asyncpg.Pool) -> None:
     store = PostgresIdentityStore(pool)
     run = uuid.uuid4().hex[:6]
@@ -79,6 +84,7 @@ async def test_new_then_crosswalk_then_match_from_another_source(pool: asyncpg.P
     assert all(row["breakdown"] for row in rows)  # the score breakdown is kept
 
 
+@pytest.mark.asyncio
 async def test_an_uncertain_match_gets_a_provisional_id_and_a_review_task(
     pool: asyncpg.Pool,
 ) -> None:
@@ -105,6 +111,7 @@ async def test_an_uncertain_match_gets_a_provisional_id_and_a_review_task(
         assert [t["candidate_enterprise_id"] for t in tasks] == [resolution.review_candidate]
 
 
+@pytest.mark.asyncio
 async def test_authoritative_ids_and_undescribed_patients(pool: asyncpg.Pool) -> None:
     store = PostgresIdentityStore(pool)
     run = uuid.uuid4().hex[:6]
@@ -120,6 +127,7 @@ async def test_authoritative_ids_and_undescribed_patients(pool: asyncpg.Pool) ->
     assert (later.how, later.enterprise_id) == (How.CROSSWALK, "EP-77")
 
 
+@pytest.mark.asyncio
 async def test_one_new_patient_twice_in_a_batch_gets_one_id(pool: asyncpg.Pool) -> None:
     store = PostgresIdentityStore(pool)
     run = uuid.uuid4().hex[:6]
@@ -131,6 +139,7 @@ async def test_one_new_patient_twice_in_a_batch_gets_one_id(pool: asyncpg.Pool) 
     assert first.enterprise_id == second.enterprise_id
 
 
+@pytest.mark.asyncio
 async def test_two_workers_deciding_at_once_agree(pool: asyncpg.Pool) -> None:
     """Two stores (two workers) see the same new patient from two sources at the same time:
     the advisory lock serializes them, so the second matches the first instead of creating a
@@ -150,6 +159,7 @@ async def test_two_workers_deciding_at_once_agree(pool: asyncpg.Pool) -> None:
     assert sorted(r.how for [r] in results) == [How.MATCHED, How.NEW]
 
 
+@pytest.mark.asyncio
 async def test_one_patient_twice_in_a_batch_is_written_once(pool: asyncpg.Pool) -> None:
     """A redelivered or re-sent Patient in the same batch as its first copy."""
     store = PostgresIdentityStore(pool)
@@ -164,6 +174,7 @@ async def test_one_patient_twice_in_a_batch_is_written_once(pool: asyncpg.Pool) 
     assert one.enterprise_id == two.enterprise_id
 
 
+@pytest.mark.asyncio
 async def test_the_mpi_decides_between_look_alikes(pool: asyncpg.Pool) -> None:
     """Same demographics, two MPI ids: two people. A patient first seen without the MPI id
     is the one a later record with it matches: one person, under the id it already had."""
@@ -193,3 +204,51 @@ async def test_the_mpi_decides_between_look_alikes(pool: asyncpg.Pool) -> None:
         [IdentityRequest(source=f"f{run}", local_ids=("Patient/9",), authoritative_id=f"M{run}")]
     )
     assert (again.how, again.enterprise_id) == (How.AUTHORITATIVE, before.enterprise_id)
+
+
+def test_concord_identity_reviews_lists_open_tasks_without_values(
+    postgres: PostgresInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    family = f"Quennell{run}"
+
+    async def uncertain() -> str:
+        pool = await asyncpg.create_pool(postgres.dsn, min_size=1, max_size=2)
+        assert pool is not None
+        try:
+            store = PostgresIdentityStore(pool)
+            await store.resolve_batch(
+                [patient(f"a{run}", "1", family=family, given="Rhea", birth="1981-03-04")]
+            )
+            # Same names and birth year, another day, phone and postal code: maybe her.
+            [review] = await store.resolve_batch(
+                [
+                    patient(
+                        f"b{run}",
+                        "2",
+                        family=family,
+                        given="Rhea",
+                        birth="1981-07-19",
+                        phone="555-999-0000",
+                        postal="94110",
+                    )
+                ]
+            )
+            assert review.how == How.REVIEW
+            return review.enterprise_id
+        finally:
+            await pool.close()
+
+    provisional = asyncio.run(uncertain())
+    (tmp_path / "stack.env").write_text(f"CONCORD_DATABASE_URL={postgres.dsn}\n")
+    monkeypatch.delenv("CONCORD_DATABASE_URL", raising=False)
+    result = CliRunner().invoke(
+        main, ["identity", "reviews", "--json", "--limit", "1000", "--state-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    [task] = [json.loads(line) for line in result.output.splitlines() if provisional in line]
+    assert task["source"] == f"b{run}"
+    assert {w["field"] for w in task["breakdown"]} >= {"family", "given", "birth_date"}
+    text = CliRunner().invoke(main, ["identity", "reviews", "--state-dir", str(tmp_path)])
+    assert family.casefold() not in text.output.casefold()  # fields and levels, no values
+    assert "1981" not in text.output
