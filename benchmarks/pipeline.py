@@ -1192,6 +1192,65 @@ async def ingestion_formats_part(
     return {"events_per_format": args.records, "target_ratio": TARGET_RATIO, "formats": rows}
 
 
+async def population_part(
+    args: argparse.Namespace, teardown: Teardown, token: str
+) -> dict[str, Any]:
+    """Normalization on a generated clinical population: `concord generate`'s sources (FHIR
+    and HL7 v2: Patients, results, conditions, allergies, with duplicates across sources)
+    published and ingested first, then the normalization stage timed over concord.ingested,
+    identity index and all."""
+    from concord.generate.config import GeneratorConfig
+    from concord.generate.generator import generate, write
+
+    config = GeneratorConfig(patients=args.population, seed=42)
+    progress(f"population: generating {args.population} persons")
+    folder = teardown.tempdir("population")
+    generated = generate(config)
+    write(generated, folder)
+    profile_dir = Path(args.profile) if args.profile else None
+    async with fresh_backend(teardown, "population") as (bootstrap, dsn):
+        sent = 0
+        for source in config.sources:
+            sent += await publish_files(bootstrap, source.name, [folder / source.file_name])
+        progress(f"population: {sent} raw events published; ingesting them (not timed) ...")
+        _, ingested_out = await run_stage("ingestion", bootstrap, dsn, sent, None)
+        ingested = ingested_out.get(INGESTED, 0)
+        if ingested_out.get(DEADLETTER):
+            raise BenchmarkError(f"population: {ingested_out[DEADLETTER]} events dead-lettered")
+        progress(f"population: normalization over {ingested} ingested records ...")
+        timing, out = await run_stage("normalization", bootstrap, dsn, ingested, profile_dir)
+    facts = out.get(FACTS, 0)
+    decisions = {
+        how: int(
+            REGISTRY.get_sample_value("concord_identity_decisions_total", {"outcome": how}) or 0
+        )
+        for how in ("AUTHORITATIVE", "CROSSWALK", "MATCHED", "REVIEW", "NEW", "UNDESCRIBED")
+    }
+    return {
+        "persons": args.population,
+        "raw_events": sent,
+        "ingested_records": ingested,
+        "seconds": round(timing.seconds, 3),
+        "records_per_second": round(timing.rate),
+        "facts": facts,
+        "facts_per_second": round(facts / timing.seconds) if timing.seconds else 0,
+        "cpu": round(timing.cpu_seconds / timing.seconds, 2) if timing.seconds else 0.0,
+        "identity_decisions": decisions,
+    }
+
+
+def print_population(p: dict[str, Any]) -> None:
+    print(
+        f"\nNormalization on a generated population ({p['persons']} persons, "
+        f"{p['raw_events']} raw events, {p['ingested_records']} ingested records), one worker:"
+    )
+    print(
+        f"  {p['records_per_second']:,} records/s, {p['facts_per_second']:,} facts/s "
+        f"({p['facts']} facts in {p['seconds']}s, CPU {p['cpu']})"
+    )
+    print(f"  identity decisions: {p['identity_decisions']}")
+
+
 def write_input(fmt: RawFormat, prefix: str, count: int, path: Path) -> tuple[int, float]:
     """Write `count` events as the file publish_files reads; returns the records they hold
     and their mean size in bytes."""
@@ -1555,6 +1614,9 @@ async def run(args: argparse.Namespace, teardown: Teardown) -> dict[str, Any]:
     if not args.skip_ingestion_formats:
         results["ingestion_formats"] = await ingestion_formats_part(args, teardown, token)
         print_ingestion_formats(results["ingestion_formats"])
+    if args.population:
+        results["population"] = await population_part(args, teardown, token)
+        print_population(results["population"])
     return results
 
 
@@ -1578,6 +1640,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-ingestion-formats", action="store_true", help="skip part 3")
+    parser.add_argument(
+        "--population",
+        type=int,
+        default=2_000,
+        help="persons of part 4's generated population (normalization facts/s); 0 skips it",
+    )
     parser.add_argument(
         "--profile",
         metavar="DIR",

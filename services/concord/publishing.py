@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 
 from concord.hl7v2 import er7
+from concord.ingestion.subjects import patient_of
 from concord.topics import RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 
 
@@ -46,7 +47,7 @@ def read_file(path: Path, source: str) -> Iterator[RawMessage]:
 
 
 def _json_message(source: str, value: bytes) -> RawMessage:
-    """Keyed by source and record, so one record's versions keep their order."""
+    """Keyed by source and patient (else record), so one patient's records keep their order."""
     try:
         document = orjson.loads(value)
     except orjson.JSONDecodeError:
@@ -54,8 +55,12 @@ def _json_message(source: str, value: bytes) -> RawMessage:
     if not isinstance(document, dict):
         return RawMessage(value, None)
     if document.get("resourceType"):
+        # By patient, as ingestion keys what it emits: a Patient and the results about it stay
+        # in one partition, in the order sent, so the Patient is read first.
+        patient = patient_of(document)
         has_id = bool(document.get("id"))
-        key = f"{source}/{document['resourceType']}/{document['id']}" if has_id else None
+        own = f"{document['resourceType']}/{document['id']}" if has_id else None
+        key = f"{source}/{patient or own}" if patient or own else None
         return RawMessage(value, key.encode() if key else None)
     if "claim_id" in document:
         if document["claim_id"] and document.get("line_number"):

@@ -113,3 +113,16 @@ def test_claim_lines_go_to_the_claims_topic_and_fhir_to_the_fhir_topic(tmp_path:
     read = list(read_file(_write(tmp_path / "mixed.ndjson", b"\n".join(lines)), "payer"))
     assert [message.topic for message in read] == [RAW_CLAIMS, RAW_FHIR, RAW_FHIR]
     assert read[0].key == b"payer/ClaimLine/C-1/1"  # a line's versions stay in order
+
+
+def test_fhir_resources_are_keyed_by_their_patient(tmp_path: Path) -> None:
+    """A Patient and the results about it land in one partition, in file order."""
+    lines = [
+        {"resourceType": "Patient", "id": "p1"},
+        {"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1"}},
+        {"resourceType": "Encounter", "id": "e1"},
+    ]
+    path = tmp_path / "feed.ndjson"
+    path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines))
+    keys = [message.key for message in read_file(path, "ehr")]
+    assert keys == [b"ehr/Patient/p1", b"ehr/Patient/p1", b"ehr/Encounter/e1"]

@@ -19,8 +19,9 @@ from concord.events.raw import RawEvent
 from concord.hl7v2 import er7
 from concord.ingestion.claims import ingest_claim
 from concord.ingestion.dedupe import SeenVersions
-from concord.ingestion.fhir import ingest_fhir, patient_of
+from concord.ingestion.fhir import ingest_fhir
 from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
+from concord.ingestion.subjects import patient_of
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.records import raw_event
 from concord.runtime.stage import BaseStage, core_failure, publish_dead_letter

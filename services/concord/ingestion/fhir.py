@@ -33,28 +33,9 @@ from concord.events.models import IngestedRecord, RecordOperation
 from concord.events.raw import RawEvent
 from concord.ingestion.codes import check_coding
 from concord.ingestion.common import ingested_record, instant, load_json
+from concord.ingestion.subjects import PATIENT_REFERENCE
 
-# Where each ingested type names its patient, when a fact without one is useless: FHIR makes
-# it optional for Observation and DiagnosticReport, but a result about nobody cannot be
-# compared. An Encounter or DocumentReference may lack it, as FHIR allows.
-PATIENT_REFERENCE: dict[str, str | None] = {
-    "Patient": None,
-    "Observation": "subject",
-    "Condition": "subject",
-    "AllergyIntolerance": "patient",
-    "MedicationStatement": "subject",
-    "MedicationRequest": "subject",
-    "Encounter": None,
-    "DiagnosticReport": "subject",
-    "DocumentReference": None,
-}
 SUPPORTED_TYPES = frozenset(PATIENT_REFERENCE)
-# Where each type names its patient when it does, required or not.
-SUBJECT_ELEMENT = {
-    **{t: e for t, e in PATIENT_REFERENCE.items() if e},
-    "Encounter": "subject",
-    "DocumentReference": "subject",
-}
 # The codes Concord compares across sources: without a system they cannot be compared.
 # Codings elsewhere (identifier types, admit sources) are checked only for well-formed codes.
 CLINICAL_CODES: dict[str, tuple[str, ...]] = {
@@ -406,21 +387,6 @@ def _check_patient_reference(
         f"{resource_type}.{element} must reference the Patient",
         location=f"{where}.{element}",
     )
-
-
-def patient_of(resource: Mapping[str, Any]) -> str | None:
-    """`Patient/<id>` of the patient a resource is about (a Patient: itself), or None. An
-    absolute or versioned reference names the same Patient/<id>; ingestion has already
-    rewritten a Bundle's urn:uuid references to it."""
-    if resource.get("resourceType") == "Patient":
-        rid = resource.get("id")
-        return f"Patient/{rid}" if isinstance(rid, str) and rid else None
-    element = SUBJECT_ELEMENT.get(str(resource.get("resourceType")))
-    subject = resource.get(element) if element else None
-    reference = subject.get("reference") if isinstance(subject, dict) else None
-    if not isinstance(reference, str) or "Patient/" not in reference:
-        return None
-    return "Patient/" + reference.rsplit("Patient/", 1)[1].split("/_history/")[0]
 
 
 def _resolves(reference: str, contained: set[str], bundle: _Bundle | None) -> bool:

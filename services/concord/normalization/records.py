@@ -15,7 +15,7 @@ import orjson
 
 from concord.events.models import IngestedRecord
 from concord.hl7v2 import er7
-from concord.ingestion.fhir import patient_of
+from concord.ingestion.subjects import patient_of
 from concord.normalization.facts.claims import claim_drafts, claim_patient
 from concord.normalization.facts.drafts import FactDraft
 from concord.normalization.facts.fhir import fhir_drafts

@@ -1,0 +1,43 @@
+"""Which patient a FHIR resource is about: shared by ingestion, publishing and normalization,
+and light to import (no FHIR models)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# Where each ingested type names its patient, when a fact without one is useless: FHIR makes
+# it optional for Observation and DiagnosticReport, but a result about nobody cannot be
+# compared. An Encounter or DocumentReference may lack it, as FHIR allows.
+PATIENT_REFERENCE: dict[str, str | None] = {
+    "Patient": None,
+    "Observation": "subject",
+    "Condition": "subject",
+    "AllergyIntolerance": "patient",
+    "MedicationStatement": "subject",
+    "MedicationRequest": "subject",
+    "Encounter": None,
+    "DiagnosticReport": "subject",
+    "DocumentReference": None,
+}
+# Where each type names its patient when it does, required or not.
+SUBJECT_ELEMENT = {
+    **{t: e for t, e in PATIENT_REFERENCE.items() if e},
+    "Encounter": "subject",
+    "DocumentReference": "subject",
+}
+
+
+def patient_of(resource: Mapping[str, Any]) -> str | None:
+    """`Patient/<id>` of the patient a resource is about (a Patient: itself), or None. An
+    absolute or versioned reference names the same Patient/<id>; ingestion has already
+    rewritten a Bundle's urn:uuid references to it."""
+    if resource.get("resourceType") == "Patient":
+        rid = resource.get("id")
+        return f"Patient/{rid}" if isinstance(rid, str) and rid else None
+    element = SUBJECT_ELEMENT.get(str(resource.get("resourceType")))
+    subject = resource.get(element) if element else None
+    reference = subject.get("reference") if isinstance(subject, dict) else None
+    if not isinstance(reference, str) or "Patient/" not in reference:
+        return None
+    return "Patient/" + reference.rsplit("Patient/", 1)[1].split("/_history/")[0]
