@@ -198,12 +198,15 @@ async def test_the_mpi_decides_between_look_alikes(pool: asyncpg.Pool) -> None:
     [before] = await store.resolve_batch([early])
     late = patient(f"e{run}", "5", family=family2, given="Lou", birth="1980-08-08")
     [after] = await store.resolve_batch([late.model_copy(update={"authoritative_id": f"M{run}"})])
-    assert (after.how, after.enterprise_id) == (How.MATCHED, before.enterprise_id)
-    # From now on the MPI id leads there directly.
+    # The MPI id names the patient from now on; the one first seen without it is merged in.
+    assert (after.how, after.enterprise_id) == (How.MATCHED, f"M{run}")
+    assert after.absorbed == (before.enterprise_id,)
+    [early_again] = await store.resolve_batch([early])
+    assert early_again.enterprise_id == f"M{run}"  # its local ids were re-pointed
     [again] = await store.resolve_batch(
         [IdentityRequest(source=f"f{run}", local_ids=("Patient/9",), authoritative_id=f"M{run}")]
     )
-    assert (again.how, again.enterprise_id) == (How.AUTHORITATIVE, before.enterprise_id)
+    assert (again.how, again.enterprise_id) == (How.AUTHORITATIVE, f"M{run}")
 
 
 def test_concord_identity_reviews_lists_open_tasks_without_values(
@@ -252,3 +255,34 @@ def test_concord_identity_reviews_lists_open_tasks_without_values(
     text = CliRunner().invoke(main, ["identity", "reviews", "--state-dir", str(tmp_path)])
     assert family.casefold() not in text.output.casefold()  # fields and levels, no values
     assert "1981" not in text.output
+
+
+@pytest.mark.asyncio
+async def test_a_merge_moves_the_absorbed_patient_to_the_survivor(pool: asyncpg.Pool) -> None:
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    source = f"a{run}"
+    old = patient(source, "1", family=f"Olden{run}", given="Ivo", birth="1950-01-01")
+    survivor = patient(
+        source, "2", family=f"Newer{run}", given="Ada", birth="1977-07-27",
+        phone="555-404-1212", postal="60601",
+    )  # fmt: skip
+    [first], [second] = await store.resolve_batch([old]), await store.resolve_batch([survivor])
+    assert first.enterprise_id != second.enterprise_id
+
+    merge = survivor.model_copy(update={"absorbs": ("Patient/1",)})
+    [merged] = await store.resolve_batch([merge])
+    assert merged.enterprise_id == second.enterprise_id
+    assert merged.absorbed == (first.enterprise_id,)
+    # What still names the absorbed patient now leads to the survivor.
+    [later] = await store.resolve_batch(
+        [IdentityRequest(source=source, local_ids=(f"id:urn:{source}:mrn|1",))]
+    )
+    assert (later.how, later.enterprise_id) == (How.CROSSWALK, second.enterprise_id)
+    rows = await pool.fetch(
+        "SELECT survivor_enterprise_id FROM identity_merges WHERE absorbed_enterprise_id = $1",
+        first.enterprise_id,
+    )
+    assert [r["survivor_enterprise_id"] for r in rows] == [second.enterprise_id]
+    [again] = await store.resolve_batch([merge])  # redelivered: nothing left to absorb
+    assert again.absorbed == ()

@@ -80,6 +80,8 @@ async def test_conflict_state_round_trips_through_postgres(pool: asyncpg.Pool) -
     loaded = (await store.load([key], {key: "DEMOGRAPHICS"}))[key]
     assert loaded.assertions == state.assertions
     assert loaded.conflict == state.conflict
+    # What a merge needs to find: every attribute asserted of the patient.
+    assert await store.attributes_of([patient, "nobody"]) == {key: "DEMOGRAPHICS"}
 
 
 @pytest.mark.asyncio

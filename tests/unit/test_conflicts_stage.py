@@ -13,7 +13,7 @@ from concord.conflicts.app import ConflictsStage
 from concord.conflicts.policy import DEFAULT_POLICY
 from concord.conflicts.rules import AttributeState
 from concord.events import codec
-from concord.events.models import ClinicalFact, Provenance
+from concord.events.models import MERGE_ATTRIBUTE, ClinicalFact, Provenance
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.topics import CONFLICTS, DEADLETTER, FACTS
 
@@ -36,6 +36,9 @@ class FakeStore:
             k: self.saved.get(k) or AttributeState(k[0], k[1], classes[k])  # type: ignore[arg-type]
             for k in keys
         }
+
+    async def attributes_of(self, patient_ids: Sequence[str]) -> dict[tuple[str, str], str]:
+        return {k: st.attribute_class for k, st in self.saved.items() if k[0] in patient_ids}
 
     async def save(
         self,
@@ -164,3 +167,40 @@ async def test_undecodable_facts_are_dead_lettered_and_the_rest_go_on() -> None:
     letter = codec.DEAD_LETTER.decode(out.pending[0].value)
     assert (letter.reason_code, letter.original_value) == ("UNDECODABLE_EVENT", b"not avro")
     assert ("P1", "Patient.birthDate") in store.saved
+
+
+@pytest.mark.asyncio
+async def test_a_merge_moves_the_absorbed_patients_assertions_to_the_survivor() -> None:
+    store = FakeStore()
+    stage = _stage(store)
+    await stage.process(
+        _records(
+            [
+                _fact("OLD", "a", "1970-01-01"),
+                _fact("OLD", "b", "1970-01-02"),
+                _fact("NEW", "c", "1970-01-01"),
+            ]
+        ),
+        Outbound("conflicts"),
+    )
+    merge = _fact("NEW", "mpi", "OLD", minutes=30).model_copy(
+        update={"attribute": MERGE_ATTRIBUTE, "fact_id": "merge-1"}
+    )
+    out = Outbound("conflicts")
+    await stage.process(_records([merge]), out)
+    events = sorted(
+        (
+            (e.patient_id, e.kind)
+            for e in map(codec.CONFLICT_EVENT.decode, (r.value for r in out.pending))
+        ),
+    )
+    # The absorbed patient's conflict resolves; the survivor now holds a, b and c: b disagrees.
+    assert events == [("NEW", "OPENED"), ("OLD", "RESOLVED")]
+    survivor = store.saved[("NEW", "Patient.birthDate")]
+    assert sorted(survivor.assertions) == ["a", "b", "c"]
+    absorbed = store.saved[("OLD", "Patient.birthDate")]
+    assert {a.status for a in absorbed.assertions.values()} == {"DELETED"}
+    again = Outbound("conflicts")
+    await stage.process(_records([merge]), again)  # redelivered
+    assert again.pending == []
+    assert sorted(store.saved[("NEW", "Patient.birthDate")].assertions) == ["a", "b", "c"]

@@ -261,3 +261,40 @@ def test_a_claim_line_gives_diagnoses_and_its_drug_for_its_member() -> None:
     [drug] = [d for d in read.drafts if d.attribute.startswith("Medication/")]
     assert drug.value == "completed"
     assert drug.original_code is not None and drug.original_code[1] == "50242-0132-01"
+
+
+def _hl7_record(message: bytes) -> IngestedRecord:
+    return _record(_patient()).model_copy(
+        update={"format": "HL7V2", "resource_type": "ADT^A40", "payload": message}
+    )
+
+
+def test_an_a40_absorbs_the_mrg_patient_into_the_pid_patient() -> None:
+    message = (
+        b"MSH|^~\\&|EPIC|GH|CONCORD|GH|20240301083000-0500||ADT^A40^ADT_A39|C1|P|2.5.1\r"
+        b"EVN|A40|20240301082500-0500\r"
+        b"PID|1||MRN-2^^^GH^MR||Doe^Jo||19700101|F\r"
+        b"MRG|MRN-1^^^GH^MR\r"
+    )
+    read = _read(_hl7_record(message))
+    assert read is not None
+    assert read.request.local_ids == ("id:GH|MRN-2",)
+    assert read.request.absorbs == ("id:GH|MRN-1",)
+    # An MRG in a message that is no merge absorbs nothing.
+    update = message.replace(b"ADT^A40^ADT_A39", b"ADT^A08^ADT_A01")
+    other = _read(_hl7_record(update))
+    assert other is not None and other.request.absorbs == ()
+
+
+def test_a_fhir_patient_link_names_the_merge() -> None:
+    survivor = _patient(id="p2", link=[{"type": "replaces", "other": {"reference": "Patient/p1"}}])
+    read = _read(_record(survivor))
+    assert read is not None
+    assert read.request.absorbs == ("Patient/p1",)
+    assert read.drafts  # the survivor's demographics are facts as ever
+    replaced = _patient(link=[{"type": "replaced-by", "other": {"reference": "Patient/p2"}}])
+    read = _read(_record(replaced))
+    assert read is not None
+    assert read.request.local_ids == ("Patient/p2",)
+    assert read.request.absorbs[0] == "Patient/p1"
+    assert read.drafts == ()  # the replaced record describes nobody current

@@ -18,7 +18,14 @@ from aiokafka.structs import ConsumerRecord
 from concord.config import IngestionSettings, NormalizationSettings
 from concord.deadletters import Rejection
 from concord.events import codec
-from concord.events.models import ClinicalFact, DeadLetter, Header, IngestedRecord, Provenance
+from concord.events.models import (
+    MERGE_ATTRIBUTE,
+    ClinicalFact,
+    DeadLetter,
+    Header,
+    IngestedRecord,
+    Provenance,
+)
 from concord.events.raw import RawEvent
 from concord.ingestion.app import IngestionStage, patient_key
 from concord.normalization.app import NormalizationStage
@@ -528,3 +535,27 @@ def test_ingested_records_are_keyed_by_the_sources_patient() -> None:
     assert patient_key(patient) == patient_key(observation) == b"ehr-alpha/Patient/p1"
     assert patient_key(adt) == b"ehr-alpha/PID/M-9"
     assert patient_key(claim) == b"ehr-alpha/Patient/p1"  # no patient read: the record's own
+
+
+@pytest.mark.asyncio
+async def test_a_patient_link_replaces_publishes_the_merge_for_the_conflicts_stage() -> None:
+    stage = _normalization()
+    old = _patient("pA", enterprise=None) | {"birthDate": "1940-01-01", "gender": "male"}
+    survivor = _patient("pB", enterprise=None)
+    merged = survivor | {"link": [{"type": "replaces", "other": {"reference": "Patient/pA"}}]}
+    records = [
+        _ingested_record(doc).model_copy(update={"record_id": f"r-{n}"})
+        for n, doc in enumerate([old, survivor, merged])
+    ]
+    out = Outbound("normalization")
+    await stage.process(
+        [_record(codec.INGESTED_RECORD.encode(r), topic=INGESTED, offset=n)
+         for n, r in enumerate(records)],
+        out,
+    )  # fmt: skip
+    facts = [codec.CLINICAL_FACT.decode(r.value) for r in _on(out, FACTS)]
+    [merge] = [f for f in facts if f.attribute == MERGE_ATTRIBUTE]
+    old_id = next(f.patient_id for f in facts if f.record_id == "r-0")
+    new_id = next(f.patient_id for f in facts if f.record_id == "r-1")
+    assert old_id != new_id
+    assert (merge.patient_id, merge.value) == (new_id, old_id)

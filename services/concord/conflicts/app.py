@@ -15,11 +15,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from concord.conflicts.policy import SourcePolicy
-from concord.conflicts.rules import AttributeState, apply_fact, evaluate
+from concord.conflicts.rules import AttributeState, apply_fact, evaluate, merged_facts
 from concord.conflicts.store import ConflictStore, Key
 from concord.deadletters import Rejection
 from concord.events import codec
-from concord.events.models import ClinicalFact, ConflictEvent
+from concord.events.models import MERGE_ATTRIBUTE, ClinicalFact, ConflictEvent
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.outbox import Outbox
 from concord.runtime.records import raw_event
@@ -81,6 +81,7 @@ class ConflictsStage(BaseStage):
         if not facts:
             return
         try:
+            facts = await self._expand_merges(facts)
             await self._detect(facts, out)
         except BaseException:
             # Memory may now be ahead of PostgreSQL: forget it, the store is the truth.
@@ -88,6 +89,25 @@ class ConflictsStage(BaseStage):
             self.keys_by_partition.clear()
             raise
         self._evict(len(self.cache) - self.cache_max_keys)
+
+    async def _expand_merges(
+        self, facts: list[tuple[ClinicalFact, int]]
+    ) -> list[tuple[ClinicalFact, int]]:
+        """A merge becomes ordinary facts: each assertion of the absorbed patient asserted
+        again of the survivor (event time decides against the survivor's own), and a
+        tombstone for it on the absorbed patient, so its open conflicts resolve."""
+        merges = [(f, p) for f, p in facts if f.attribute == MERGE_ATTRIBUTE and f.value]
+        if not merges:
+            return facts
+        absorbed_ids = sorted({f.value for f, _ in merges if f.value})
+        classes = await self.store.attributes_of(absorbed_ids)
+        home = merges[0][1]  # the survivor's partition: the absorbed patient's state moves here
+        await self._load_keys([(key, cls, home) for key, cls in classes.items()])
+        expanded: list[tuple[ClinicalFact, int]] = []
+        for merge, partition in merges:
+            for key in sorted(k for k in classes if k[0] == merge.value):
+                expanded += [(fact, partition) for fact in merged_facts(self.cache[key], merge)]
+        return expanded + [(f, p) for f, p in facts if f.attribute != MERGE_ATTRIBUTE]
 
     async def _detect(self, facts: list[tuple[ClinicalFact, int]], out: Outbound) -> None:
         await self._load([fact for fact, _ in facts], [p for _, p in facts])
@@ -116,14 +136,21 @@ class ConflictsStage(BaseStage):
         self.outbox.publish_written(out, events)
 
     async def _load(self, facts: list[ClinicalFact], partitions: list[int]) -> None:
+        wanted = [
+            ((fact.patient_id, fact.attribute), fact.attribute_class, partition)
+            for fact, partition in zip(facts, partitions, strict=True)
+        ]
+        await self._load_keys(wanted)
+
+    async def _load_keys(self, wanted: Sequence[tuple[Key, str, int]]) -> None:
+        """Cache the state of each (key, class, partition), loading what is not cached."""
         missing: dict[Key, str] = {}
-        for fact, partition in zip(facts, partitions, strict=True):
-            key = (fact.patient_id, fact.attribute)
+        for key, attribute_class, partition in wanted:
             self.keys_by_partition[partition].add(key)
             if key in self.cache:
                 self.cache.move_to_end(key)
             else:
-                missing[key] = fact.attribute_class
+                missing[key] = attribute_class
         if missing:
             self.cache.update(await self.store.load(list(missing), missing))
 

@@ -131,3 +131,44 @@ def evaluate(
         detected_at=now,
         trigger_received_time=trigger_received_time,
     )
+
+
+# Tombstones of a merge sort after any fact id (hex) of the same event time.
+TOMBSTONE_PREFIX = "merged:"
+
+
+def merged_facts(absorbed: AttributeState, merge: ClinicalFact) -> list[ClinicalFact]:
+    """For one attribute of a patient merged into `merge.patient_id`: each source's assertion
+    as a fact about the survivor, and a tombstone replacing it on the absorbed patient. A
+    redelivered merge finds only tombstones, and adds nothing."""
+    facts = []
+    for source, assertion in sorted(absorbed.assertions.items()):
+        if assertion.fact_id.startswith(TOMBSTONE_PREFIX):
+            continue
+        common = {
+            "attribute": absorbed.attribute,
+            "attribute_class": absorbed.attribute_class,
+        }
+        facts.append(
+            ClinicalFact(
+                fact_id=assertion.fact_id,
+                patient_id=merge.patient_id,
+                value=assertion.value,
+                display=assertion.display,
+                status=assertion.status,
+                provenance=assertion.provenance,
+                **common,
+            )
+        )
+        when = max(assertion.provenance.event_time, merge.provenance.event_time)
+        facts.append(
+            ClinicalFact(
+                fact_id=TOMBSTONE_PREFIX + _hash(merge.fact_id, source, absorbed.attribute),
+                patient_id=absorbed.patient_id,
+                value=None,
+                status="DELETED",
+                provenance=assertion.provenance.model_copy(update={"event_time": when}),
+                **common,
+            )
+        )
+    return facts

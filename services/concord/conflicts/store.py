@@ -54,10 +54,21 @@ ON CONFLICT (patient_id, attribute) DO UPDATE SET
 """
 
 
+_ATTRIBUTES_OF = """
+SELECT DISTINCT patient_id, attribute, attribute_class FROM assertions
+WHERE patient_id = ANY($1::text[])
+"""
+
+
 class ConflictStore:
     def __init__(self, pool: asyncpg.Pool, outbox: Outbox) -> None:
         self.pool = pool
         self.outbox = outbox
+
+    async def attributes_of(self, patient_ids: Sequence[str]) -> dict[Key, str]:
+        """Every attribute any source asserted of these patients, with its class."""
+        rows = await self.pool.fetch(_ATTRIBUTES_OF, list(patient_ids))
+        return {(row["patient_id"], row["attribute"]): row["attribute_class"] for row in rows}
 
     async def load(self, keys: Sequence[Key], classes: dict[Key, str]) -> dict[Key, AttributeState]:
         """The stored state of each key; a fresh, empty state for keys never seen."""

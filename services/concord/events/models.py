@@ -50,6 +50,12 @@ class IngestedRecord(Event):
     source_time_zone: str | None = None
 
 
+# A ClinicalFact with this attribute is no clinical statement: it says that the enterprise id
+# in `value` was merged into `patient_id` (HL7 A40, FHIR Patient.link), so that the conflicts
+# stage moves what the absorbed patient's sources asserted to the survivor.
+MERGE_ATTRIBUTE = "Patient.mergedFrom"
+
+
 class ClinicalFact(Event):
     fact_id: str
     patient_id: str

@@ -14,7 +14,7 @@ from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import ClinicalFact, IngestedRecord
 from concord.events.raw import RawEvent
-from concord.normalization.facts.drafts import PROVISIONAL_PATIENT, to_fact
+from concord.normalization.facts.drafts import PROVISIONAL_PATIENT, merge_fact, to_fact
 from concord.normalization.identity_store import IdentityStore
 from concord.normalization.records import ReadRecord, read_record
 from concord.normalization.terminology import Terminology
@@ -62,6 +62,11 @@ class NormalizationStage(BaseStage):
         for (ingested, outcome), resolution in zip(read, resolutions, strict=True):
             flags = (PROVISIONAL_PATIENT,) if resolution.provisional else ()
             metrics.IDENTITY_DECISIONS.labels(resolution.how.value).inc()
+            for absorbed in resolution.absorbed:
+                merge = merge_fact(
+                    survivor=resolution.enterprise_id, absorbed=absorbed, record=ingested
+                )
+                publish_fact(out, fact=merge)
             for draft in outcome.drafts:
                 fact = to_fact(
                     draft, patient_id=resolution.enterprise_id, record=ingested, extra_flags=flags

@@ -69,7 +69,22 @@ ON CONFLICT (source, local_id) DO UPDATE SET
     enterprise_id = excluded.enterprise_id, decided_by = excluded.decided_by,
     provisional = excluded.provisional, score = excluded.score, breakdown = excluded.breakdown,
     decided_at = now()
-WHERE excluded.decided_by = 'AUTHORITATIVE'
+WHERE excluded.decided_by IN ('AUTHORITATIVE', 'MERGED')
+"""
+_MERGE = """
+WITH m AS (SELECT * FROM unnest($1::text[], $2::text[]) AS m(absorbed, survivor)),
+links AS (
+    UPDATE identity_links l SET enterprise_id = m.survivor, decided_at = now()
+    FROM m WHERE l.enterprise_id = m.absorbed
+),
+views AS (
+    UPDATE identity_views v SET enterprise_id = m.survivor, updated_at = now()
+    FROM m WHERE v.enterprise_id = m.absorbed
+)
+INSERT INTO identity_merges (absorbed_enterprise_id, survivor_enterprise_id, source)
+SELECT m.absorbed, m.survivor, s.source FROM m JOIN unnest($1::text[], $3::text[])
+    AS s(absorbed, source) ON s.absorbed = m.absorbed
+ON CONFLICT DO NOTHING
 """
 _WRITE_VIEWS = """
 INSERT INTO identity_views (source, view_id, enterprise_id, demographics)
@@ -109,8 +124,9 @@ class _Writes:
         self.links: dict[LocalId, tuple[Any, ...]] = {}
         self.views: dict[tuple[str, str], tuple[str, Demographics]] = {}
         self.reviews: dict[str, tuple[Any, ...]] = {}
+        self.merges: dict[str, tuple[str, str]] = {}  # absorbed -> (survivor, source)
 
-    def link(self, key: LocalId, resolution: Resolution) -> None:
+    def link(self, key: LocalId, resolution: Resolution, how: How | None = None) -> None:
         decision = resolution.match
         breakdown = (
             orjson.dumps([w.model_dump(mode="json") for w in decision.breakdown]).decode()
@@ -120,7 +136,7 @@ class _Writes:
         self.links[key] = (
             *key,
             resolution.enterprise_id,
-            resolution.how.value,
+            (how or resolution.how).value,
             resolution.provisional,
             decision.score if decision is not None else None,
             breakdown,
@@ -184,7 +200,9 @@ class PostgresIdentityStore:
     async def _crosswalk(
         self, conn: asyncpg.Connection, requests: Sequence[IdentityRequest]
     ) -> dict[LocalId, str]:
-        keys = sorted({key for request in requests for key in request.keys})
+        keys = sorted(
+            {key for request in requests for key in (*request.keys, *request.absorbed_keys)}
+        )
         rows = await conn.fetch(_LINKS, [k[0] for k in keys], [k[1] for k in keys])
         return {(row["source"], row["local_id"]): row["enterprise_id"] for row in rows}
 
@@ -229,6 +247,7 @@ class PostgresIdentityStore:
                 writes.link(key, resolution)
         if resolution.how == How.REVIEW:
             writes.review(request, resolution)
+        self._merge(request, resolution, crosswalk, index, writes)
         if request.demographics is None:
             return
         view_key = (request.source, request.local_ids[0])
@@ -240,6 +259,31 @@ class PostgresIdentityStore:
             if view.source != request.source
         )
         index.add(KnownPerson(enterprise_id=eid, demographics=(*others, request.demographics)))
+
+    def _merge(
+        self,
+        request: IdentityRequest,
+        resolution: Resolution,
+        crosswalk: dict[LocalId, str],
+        index: InMemoryIdentityIndex,
+        writes: _Writes,
+    ) -> None:
+        """Re-point what the batch knows of each absorbed patient to the survivor; the SQL
+        does the same for what is stored (`_MERGE`)."""
+        eid = resolution.enterprise_id
+        for key in request.absorbed_keys:
+            crosswalk[key] = eid
+            writes.link(key, resolution, How.MERGED)
+        for absorbed in resolution.absorbed:
+            writes.merges[absorbed] = (eid, request.source)
+            for key, linked in list(crosswalk.items()):
+                if linked == absorbed:
+                    crosswalk[key] = eid
+            old, survivor = index.get(absorbed), index.get(eid)
+            if old is not None:
+                views = (*(survivor.demographics if survivor else ()), *old.demographics)
+                index.add(KnownPerson(enterprise_id=eid, demographics=views))
+                index.remove(absorbed)
 
     async def _write(self, conn: asyncpg.Connection, writes: _Writes) -> None:
         if writes.links:
@@ -260,6 +304,11 @@ class PostgresIdentityStore:
                 await conn.execute(_WRITE_KEYS, *_columns(rows))
         if writes.reviews:
             await conn.execute(_WRITE_REVIEWS, *_columns(writes.reviews.values()))
+        if writes.merges:
+            absorbed = list(writes.merges)
+            survivors = [writes.merges[a][0] for a in absorbed]
+            sources = [writes.merges[a][1] for a in absorbed]
+            await conn.execute(_MERGE, absorbed, survivors, sources)
 
 
 def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:

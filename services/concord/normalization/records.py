@@ -22,11 +22,15 @@ from concord.normalization.facts.fhir import fhir_drafts
 from concord.normalization.facts.hl7v2 import hl7_drafts
 from concord.normalization.identity.demographics import (
     Demographics,
+    cx_identifiers,
     from_fhir_patient,
     from_pid,
 )
 from concord.normalization.identity.resolution import IdentityRequest
 from concord.normalization.terminology import Terminology
+
+# ADT triggers that merge the MRG patient into the PID patient.
+MERGE_TRIGGERS = frozenset({"A34", "A36", "A39", "A40"})
 
 
 @dataclass(frozen=True)
@@ -55,24 +59,52 @@ def _fhir(
     record: IngestedRecord, terminology: Terminology, systems: Sequence[str]
 ) -> ReadRecord | None:
     resource: Mapping[str, Any] = orjson.loads(record.payload)
+    source = record.provenance.source_system
+    if record.resource_type == "Patient":
+        return _fhir_patient(resource, source, terminology, systems)
     drafts = tuple(fhir_drafts(resource, terminology))
     if not drafts:
         return None
-    source = record.provenance.source_system
-    if record.resource_type == "Patient":
-        demographics = from_fhir_patient(resource, source)
-        authority = _authority(demographics, systems)
-        request = IdentityRequest(
-            source=source,
-            local_ids=(f"Patient/{resource.get('id')}", *_identifier_ids(demographics)),
-            demographics=demographics,
-            authoritative_id=authority,
-        )
-        return ReadRecord(request, drafts)
     patient = patient_of(resource)
     if patient is None:
         return None  # ingestion requires one; a resource without it asserts nothing here
     return ReadRecord(IdentityRequest(source=source, local_ids=(patient,)), drafts)
+
+
+def _fhir_patient(
+    resource: Mapping[str, Any], source: str, terminology: Terminology, systems: Sequence[str]
+) -> ReadRecord | None:
+    demographics = from_fhir_patient(resource, source)
+    own = (f"Patient/{resource.get('id')}", *_identifier_ids(demographics))
+    links = _links(resource)
+    if links.get("replaced-by"):
+        # This Patient now lives on as another: the record says who absorbs it, and its own
+        # demographics no longer describe anyone current.
+        survivor = links["replaced-by"][0]
+        return ReadRecord(IdentityRequest(source=source, local_ids=(survivor,), absorbs=own), ())
+    drafts = tuple(fhir_drafts(resource, terminology))
+    if not drafts and not links.get("replaces"):
+        return None
+    request = IdentityRequest(
+        source=source,
+        local_ids=own,
+        demographics=demographics,
+        authoritative_id=_authority(demographics, systems),
+        absorbs=tuple(links.get("replaces", ())),
+    )
+    return ReadRecord(request, drafts)
+
+
+def _links(resource: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Patient.link by type: the Patient/<id> each names."""
+    links: dict[str, list[str]] = {}
+    for link in resource.get("link") or ():
+        if not isinstance(link, dict):
+            continue
+        other = patient_of({"resourceType": "Observation", "subject": link.get("other")})
+        if other is not None and isinstance(link.get("type"), str):
+            links.setdefault(link["type"], []).append(other)
+    return links
 
 
 def _hl7(
@@ -86,14 +118,21 @@ def _hl7(
     source = record.provenance.source_system
     demographics = from_pid(pid, source)
     local_ids = _identifier_ids(demographics)
-    if not drafts or not local_ids:
+    # A merge (A40 and its older forms): each MRG-1 names a patient the PID's absorbs.
+    merged = message.msh.value(9, 2) in MERGE_TRIGGERS
+    absorbs = tuple(
+        f"id:{i.system}|{i.value}"
+        for mrg in (message.all("MRG") if merged else ())
+        for i in cx_identifiers(mrg, 1, source)
+    )
+    if not local_ids or not (drafts or absorbs):
         return None
-    authority = _authority(demographics, systems)
     request = IdentityRequest(
         source=source,
         local_ids=local_ids,
         demographics=demographics,
-        authoritative_id=authority,
+        authoritative_id=_authority(demographics, systems),
+        absorbs=absorbs,
     )
     return ReadRecord(request, drafts)
 

@@ -10,7 +10,13 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from concord.events.models import AttributeClass, ClinicalFact, FactStatus, IngestedRecord
+from concord.events.models import (
+    MERGE_ATTRIBUTE,
+    AttributeClass,
+    ClinicalFact,
+    FactStatus,
+    IngestedRecord,
+)
 from concord.normalization.terminology import MappedCode
 from concord.normalization.timing import Moment
 from concord.normalization.units import NormalizedQuantity
@@ -108,3 +114,18 @@ def to_fact(
 
 def _utc(moment: Moment | None) -> datetime | None:
     return moment.utc if moment is not None else None
+
+
+def merge_fact(*, survivor: str, absorbed: str, record: IngestedRecord) -> ClinicalFact:
+    """The signal that `absorbed` was merged into `survivor`, keyed by the survivor."""
+    identity = "\x1f".join([record.record_id, MERGE_ATTRIBUTE, absorbed])
+    return ClinicalFact(
+        fact_id=hashlib.sha256(identity.encode()).hexdigest()[:32],
+        patient_id=survivor,
+        attribute=MERGE_ATTRIBUTE,
+        attribute_class="DEMOGRAPHICS",
+        value=absorbed,
+        status="ASSERTED",
+        provenance=record.provenance,
+        record_id=record.record_id,
+    )

@@ -280,19 +280,23 @@ def from_fhir_patient(resource: Mapping[str, Any], source: str) -> Demographics:
     )
 
 
-def _pid_identifiers(pid: er7.Segment, source: str) -> tuple[Identifier, ...]:
+def cx_identifiers(segment: er7.Segment, field: int, source: str) -> tuple[Identifier, ...]:
+    """The identifiers of a CX field (PID-3, MRG-1), with the system PID-3's would have."""
     found: list[Identifier] = []
-    for rep in range(len(pid.repetitions(3))):
-        value = pid.value(3, 1, rep).strip()
+    for rep in range(len(segment.repetitions(field))):
+        value = segment.value(field, 1, rep).strip()
         if not value:
             continue
         # CX.4 assigning authority: its namespace id, else its universal id (an OID).
-        authority = pid.value(3, 4, rep).strip() or pid.value(3, 4, rep, subcomponent=2).strip()
+        authority = (
+            segment.value(field, 4, rep).strip()
+            or segment.value(field, 4, rep, subcomponent=2).strip()
+        )
         found.append(
             Identifier(
                 system=authority or _local_system(source),
                 value=value,
-                type=pid.value(3, 5, rep).strip() or None,
+                type=segment.value(field, 5, rep).strip() or None,
             )
         )
     return tuple(found)
@@ -370,7 +374,7 @@ def from_pid(pid: er7.Segment, source: str) -> Demographics:
     postal_code, line = _pid_address(pid)
     return Demographics(
         source=source,
-        identifiers=_pid_identifiers(pid, source),
+        identifiers=cx_identifiers(pid, 3, source),
         **_pid_name(pid),
         birth_date=_pid_birth_date(pid),
         sex=_V2_SEX.get(pid.value(8).strip().upper()),

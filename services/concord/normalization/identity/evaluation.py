@@ -119,6 +119,10 @@ def evaluate(
         if read.request.authoritative_id:
             authoritative.add(resolution.enterprise_id)
         _remember(read.request, resolution, crosswalk, index)
+        for absorbed in resolution.absorbed:  # a merge: what named the absorbed id moves
+            for patient, eid in assigned.items():
+                if eid == absorbed:
+                    assigned[patient] = resolution.enterprise_id
         decisions[resolution.how.value] += 1
         patient = patient_of[(record.provenance.source_system, record.provenance.source_record_id)]
         assigned.setdefault(patient, resolution.enterprise_id)
@@ -131,12 +135,21 @@ def _remember(
     crosswalk: dict[LocalId, str],
     index: InMemoryIdentityIndex,
 ) -> None:
+    eid = resolution.enterprise_id
     for key in request.keys:
         if key not in crosswalk or resolution.how == How.AUTHORITATIVE:
-            crosswalk[key] = resolution.enterprise_id
-    known = index.get(resolution.enterprise_id)
-    views = (*(known.demographics if known else ()), request.demographics)
-    index.add(KnownPerson(enterprise_id=resolution.enterprise_id, demographics=views))
+            crosswalk[key] = eid
+    absorbed_views = []
+    for absorbed in resolution.absorbed:
+        for key, linked in list(crosswalk.items()):
+            if linked == absorbed:
+                crosswalk[key] = eid
+        old = index.get(absorbed)
+        absorbed_views += list(old.demographics) if old else []
+        index.remove(absorbed)
+    known = index.get(eid)
+    views = (*(known.demographics if known else ()), *absorbed_views, request.demographics)
+    index.add(KnownPerson(enterprise_id=eid, demographics=views))
 
 
 def _score(

@@ -76,6 +76,15 @@ class InMemoryIdentityIndex:
         self._persons[eid] = person
         self._keys[eid] = keys
 
+    def remove(self, enterprise_id: str) -> None:
+        """Forget a patient (merged into another, whose views it now counts among)."""
+        for key in self._keys.pop(enterprise_id, frozenset()):
+            block = self._blocks[key]
+            block.discard(enterprise_id)
+            if not block:
+                del self._blocks[key]
+        self._persons.pop(enterprise_id, None)
+
     def candidates(self, keys: Collection[str]) -> list[KnownPerson]:
         found: set[str] = set()
         for key in keys:

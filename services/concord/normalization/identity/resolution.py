@@ -1,8 +1,8 @@
 """Which enterprise patient a record is about: identifiers first, then demographics, pure.
 
 Order, as issue 4 asks: a configured authoritative identifier (an enterprise MPI id)
-first — the patient it was linked to, else a known patient the record matches (who arrived
-before without the identifier), else the identifier's value becomes the enterprise id; then
+first — the patient it was linked to, else the identifier's value becomes the enterprise id,
+absorbing a known patient the record matches (who arrived before without it); then
 the crosswalk of what this source's local ids were linked to before; then probabilistic
 matching. A match above the link threshold links; between the thresholds the record gets a
 provisional id of its own and a review task names the candidate (uncertain pairs go to a
@@ -39,6 +39,7 @@ class How(StrEnum):
     REVIEW = "REVIEW"
     NEW = "NEW"
     UNDESCRIBED = "UNDESCRIBED"
+    MERGED = "MERGED"  # a local id re-linked because its patient was merged into another
 
 
 class IdentityRequest(BaseModel):
@@ -53,6 +54,9 @@ class IdentityRequest(BaseModel):
     local_ids: tuple[str, ...] = Field(min_length=1)
     demographics: Demographics | None = None
     authoritative_id: str | None = None
+    # Local ids (of the same source) of patients merged into this one: HL7 A40's MRG-1, a
+    # FHIR Patient.link of type replaces.
+    absorbs: tuple[str, ...] = ()
 
     @property
     def keys(self) -> list[LocalId]:
@@ -61,6 +65,10 @@ class IdentityRequest(BaseModel):
         if self.authoritative_id:
             return [(AUTHORITATIVE_SOURCE, self.authoritative_id), *local]
         return local
+
+    @property
+    def absorbed_keys(self) -> list[LocalId]:
+        return [(self.source, local) for local in self.absorbs]
 
 
 class Resolution(BaseModel):
@@ -73,6 +81,8 @@ class Resolution(BaseModel):
     match: MatchDecision | None = None
     # The known patient a reviewer should compare this record with (REVIEW only).
     review_candidate: str | None = None
+    # Enterprise ids merged into this one by the record (their facts now belong here).
+    absorbed: tuple[str, ...] = ()
 
 
 def new_enterprise_id(source: str, local_id: str) -> str:
@@ -103,6 +113,29 @@ def resolve(
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     authoritative_ids: Collection[str] = frozenset(),
 ) -> Resolution:
+    """The record's patient, and the patients its merge absorbs (see `_place` for the order)."""
+    resolution = _place(
+        request,
+        crosswalk=crosswalk,
+        index=index,
+        thresholds=thresholds,
+        authoritative_ids=authoritative_ids,
+    )
+    absorbed = sorted(
+        ({crosswalk[key] for key in request.absorbed_keys if key in crosswalk}
+         | set(resolution.absorbed)) - {resolution.enterprise_id}
+    )  # fmt: skip
+    return resolution.model_copy(update={"absorbed": tuple(absorbed)})
+
+
+def _place(
+    request: IdentityRequest,
+    *,
+    crosswalk: Mapping[LocalId, str],
+    index: IdentityIndex,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    authoritative_ids: Collection[str] = frozenset(),
+) -> Resolution:
     """`authoritative_ids`: the enterprise ids the MPI already names (linked from an
     authoritative identifier). A record with an MPI id of its own is never matched to one of
     them: the MPI says they are two people (twins, namesakes), whatever the demographics say."""
@@ -119,7 +152,17 @@ def resolve(
         return Resolution(enterprise_id=own, how=How.UNDESCRIBED, provisional=True)
     searched = _Without(index, authoritative_ids) if authoritative else index
     decision = match(request.demographics, searched, thresholds)
-    if decision.kind == Decision.LINK and decision.enterprise_id is not None:
+    linked = decision.kind == Decision.LINK and decision.enterprise_id is not None
+    if linked and authoritative:
+        # A patient first seen without the MPI id: the MPI id names the patient from now on,
+        # and the earlier one is merged into it (its facts follow).
+        return Resolution(
+            enterprise_id=authoritative,
+            how=How.MATCHED,
+            match=decision,
+            absorbed=(decision.enterprise_id,) if decision.enterprise_id else (),
+        )
+    if linked and decision.enterprise_id is not None:
         return Resolution(enterprise_id=decision.enterprise_id, how=How.MATCHED, match=decision)
     if authoritative:
         # The MPI says who this is; a near miss is no question for a reviewer.
