@@ -354,3 +354,7 @@ def test_a_bad_escape_is_neither_logged_nor_fatal(caplog: pytest.LogCaptureFixtu
         assert obx.value(5) == FAMILY + "\n"
     assert isinstance(outcome, list)
     assert FAMILY not in caplog.text
+
+
+def test_the_record_names_its_patient_by_pid_3() -> None:
+    assert _accepted(ADT).patient_ref == f"PID/{MRN}"

@@ -519,22 +519,38 @@ async def test_a_core_that_raises_dead_letters_the_record_and_the_batch_goes_on(
 
 def test_ingested_records_are_keyed_by_the_sources_patient() -> None:
     """A Patient and the results filed under it share a partition, in order."""
-    patient = _ingested_record(_patient())
+    patient = _ingested_record(_patient()).model_copy(update={"patient_ref": "Patient/p1"})
     observation = patient.model_copy(
-        update={
-            "resource_type": "Observation",
-            "payload": orjson.dumps(
-                {"resourceType": "Observation", "subject": {"reference": "Patient/p1"}}
-            ),
-        }
+        update={"resource_type": "Observation", "patient_ref": "Patient/p1"}
     )
-    adt = patient.model_copy(
-        update={"format": "HL7V2", "payload": b"MSH|^~\\&|A\rPID|1||M-9^^^GH^MR\r"}
-    )
-    claim = patient.model_copy(update={"format": "CLAIM", "payload": b"{}"})
+    adt = patient.model_copy(update={"format": "HL7V2", "patient_ref": "PID/M-9"})
+    claim = patient.model_copy(update={"format": "CLAIM", "patient_ref": None})
     assert patient_key(patient) == patient_key(observation) == b"ehr-alpha/Patient/p1"
     assert patient_key(adt) == b"ehr-alpha/PID/M-9"
     assert patient_key(claim) == b"ehr-alpha/Patient/p1"  # no patient read: the record's own
+
+
+@pytest.mark.asyncio
+async def test_the_cores_name_the_patient_of_each_record() -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"fullUrl": "urn:uuid:6f1c4c1e-8f65-4d5e-9a55-3f1c1d1e2b3a",
+             "resource": _patient("p7")},
+            {"resource": {
+                "resourceType": "Observation", "id": "o1", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+                "subject": {"reference": "urn:uuid:6f1c4c1e-8f65-4d5e-9a55-3f1c1d1e2b3a"},
+                "valueQuantity": {"value": 99, "unit": "mg/dL"},
+            }},
+        ],
+    }  # fmt: skip
+    out = Outbound("ingestion")
+    await _ingestion().process([_record(orjson.dumps(bundle))], out)
+    ingested = [codec.INGESTED_RECORD.decode(r.value) for r in _on(out, INGESTED)]
+    assert [r.patient_ref for r in ingested] == ["Patient/p7", "Patient/p7"]
+    assert {r.key for r in _on(out, INGESTED)} == {b"ehr-alpha/Patient/p7"}
 
 
 @pytest.mark.asyncio

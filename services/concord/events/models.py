@@ -48,6 +48,7 @@ class IngestedRecord(Event):
     provenance: Provenance
     operation: RecordOperation = "UPSERT"
     source_time_zone: str | None = None
+    patient_ref: str | None = None
 
 
 # A ClinicalFact with this attribute is no clinical statement: it says that the enterprise id

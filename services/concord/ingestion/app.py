@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-import orjson
 from aiokafka.structs import ConsumerRecord
 
 from concord import metrics
@@ -16,12 +15,10 @@ from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import IngestedRecord
 from concord.events.raw import RawEvent
-from concord.hl7v2 import er7
 from concord.ingestion.claims import ingest_claim
 from concord.ingestion.dedupe import SeenVersions
 from concord.ingestion.fhir import ingest_fhir
 from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
-from concord.ingestion.subjects import patient_of
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.records import raw_event
 from concord.runtime.stage import BaseStage, core_failure, publish_dead_letter
@@ -35,15 +32,8 @@ def patient_key(record: IngestedRecord) -> bytes:
     partition, in the order sent, so that normalization reads a Patient before the results a
     Bundle (or a later message) files under it; a record's versions stay in order with it.
     Without a patient, the record itself."""
-    source = record.provenance.source_system
-    patient: str | None = None
-    if record.format == "FHIR_R4":
-        patient = patient_of(orjson.loads(record.payload))
-    elif record.format == "HL7V2":
-        pid = er7.parse(record.payload).first("PID")
-        mrn = pid.value(3, 1) if pid is not None else ""
-        patient = f"PID/{mrn}" if mrn else None
-    return f"{source}/{patient or record.provenance.source_record_id}".encode()
+    patient = record.patient_ref or record.provenance.source_record_id
+    return f"{record.provenance.source_system}/{patient}".encode()
 
 
 def publish_ingested(out: Outbound, *, record: IngestedRecord) -> None:

@@ -88,6 +88,7 @@ def ingested_record(
     operation: RecordOperation = "UPSERT",
     location: str | None = None,
     source_time_zone: str | None = None,
+    patient_ref: str | None = None,
 ) -> IngestedRecord:
     """The record with its provenance. Without a source version, the content stands for it."""
     identity = version or hashlib.sha256(payload).hexdigest()
@@ -98,6 +99,7 @@ def ingested_record(
         payload=payload,
         operation=operation,
         source_time_zone=source_time_zone,
+        patient_ref=patient_ref,
         provenance=Provenance(
             source_system=source,
             source_record_id=record_ref,

@@ -33,7 +33,7 @@ from concord.events.models import IngestedRecord, RecordOperation
 from concord.events.raw import RawEvent
 from concord.ingestion.codes import check_coding
 from concord.ingestion.common import ingested_record, instant, load_json
-from concord.ingestion.subjects import PATIENT_REFERENCE
+from concord.ingestion.subjects import PATIENT_REFERENCE, patient_of
 
 SUPPORTED_TYPES = frozenset(PATIENT_REFERENCE)
 # The codes Concord compares across sources: without a system they cannot be compared.
@@ -250,9 +250,8 @@ def _ingest_entry(
     elif entry.event_time is not None:
         event_time = entry.event_time
     version = meta.get("versionId") if isinstance(meta.get("versionId"), str) else entry.version
-    payload = orjson.dumps(
-        _self_contained(resource, bundle) if bundle else resource, option=orjson.OPT_SORT_KEYS
-    )
+    stored = _self_contained(resource, bundle) if bundle else resource
+    payload = orjson.dumps(stored, option=orjson.OPT_SORT_KEYS)
     return ingested_record(
         raw,
         source=source,
@@ -264,6 +263,7 @@ def _ingest_entry(
         event_time=event_time,
         operation=entry.operation,
         location=entry.where.removesuffix(".resource") if bundle else None,
+        patient_ref=patient_of(stored),
     )
 
 

@@ -110,8 +110,15 @@ def ingest_hl7v2(
             payload=message.text.encode("utf-8"),
             event_time=event_time,
             source_time_zone=zone.key if zone is not None else None,
+            patient_ref=_patient_ref(message),
         )
     ]
+
+
+def _patient_ref(message: er7.Er7Message) -> str | None:
+    pid = message.first("PID")
+    mrn = pid.value(3, 1) if pid is not None else ""
+    return f"PID/{mrn}" if mrn else None
 
 
 def _check_header(message: er7.Er7Message) -> tuple[str, str] | Rejection:
