@@ -12,14 +12,14 @@ import orjson
 
 from concord.events.models import ClinicalFact, IngestedRecord, Provenance
 from concord.normalization.facts.drafts import to_fact
+from concord.normalization.identity.demographics import from_fhir_patient
 from concord.normalization.patient import (
     BIRTH_DATE,
     GENDER,
     NAME,
-    enterprise_id,
     normalized_name,
 )
-from concord.normalization.records import ReadRecord, read_record
+from concord.normalization.records import ReadRecord, authoritative_id, read_record
 from concord.normalization.terminology import Terminology
 
 MPI = "urn:concord:enterprise-patient-id"
@@ -68,7 +68,11 @@ def _name(**name: Any) -> dict[str, Any]:
     return {"resourceType": "Patient", "name": [name]}
 
 
-# --- enterprise_id ------------------------------------------------------------------------------
+# --- the authoritative (enterprise) id ------------------------------------------------------------
+
+
+def enterprise_id(patient: dict[str, Any], systems: list[str]) -> str | None:
+    return authoritative_id(from_fhir_patient(patient, "ehr-alpha"), systems)
 
 
 def test_enterprise_id_is_the_value_of_the_configured_system() -> None:

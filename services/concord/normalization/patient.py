@@ -18,17 +18,6 @@ GENDER = "Patient.gender"
 NAME = "Patient.name"
 
 
-def enterprise_id(patient: Mapping[str, Any], systems: Sequence[str]) -> str | None:
-    """The value of the first identifier of the first configured system that has one."""
-    identifiers = [i for i in patient.get("identifier") or () if isinstance(i, dict)]
-    for system in systems:
-        for identifier in identifiers:
-            value = identifier.get("value")
-            if identifier.get("system") == system and isinstance(value, str) and value.strip():
-                return value.strip()
-    return None
-
-
 def _collapse(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 

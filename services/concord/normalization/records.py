@@ -89,7 +89,7 @@ def _fhir_patient(
         source=source,
         local_ids=own,
         demographics=demographics,
-        authoritative_id=_authority(demographics, systems),
+        authoritative_id=authoritative_id(demographics, systems),
         absorbs=tuple(links.get("replaces", ())),
     )
     return ReadRecord(request, drafts)
@@ -131,7 +131,7 @@ def _hl7(
         source=source,
         local_ids=local_ids,
         demographics=demographics,
-        authoritative_id=_authority(demographics, systems),
+        authoritative_id=authoritative_id(demographics, systems),
         absorbs=absorbs,
     )
     return ReadRecord(request, drafts)
@@ -151,13 +151,14 @@ def _claim(
         source=source,
         local_ids=local_ids,
         demographics=demographics,
-        authoritative_id=_authority(demographics, systems),
+        authoritative_id=authoritative_id(demographics, systems),
     )
     return ReadRecord(request, drafts)
 
 
-def _authority(demographics: Demographics, systems: Sequence[str]) -> str | None:
-    """The value of the first configured authoritative identifier the patient has."""
+def authoritative_id(demographics: Demographics, systems: Sequence[str]) -> str | None:
+    """The value of the first configured authoritative identifier the patient has: the
+    systems' order decides, not the identifiers'; blank values do not count."""
     for system in systems:
         for identifier in demographics.identifiers:
             if identifier.system == system and identifier.value.strip():
