@@ -1,10 +1,8 @@
-"""FHIR Patient demographics as Concord compares them, pure.
+"""Demographic facts as Concord compares them, pure: their attribute keys, and the name.
 
-The enterprise patient id may come from a shared identifier whose system is configured (an
-enterprise MPI); identity matching (identity/) places the others. Values are normalized so
-that equal means equal: a name is compared on its official (else first) HumanName as
-"family|given given", case-folded, whitespace collapsed, Unicode NFC — accents are kept,
-because José and Jose may be different people.
+A name is compared on its official (else first) HumanName as "family|given given",
+case-folded, whitespace collapsed, Unicode NFC — accents are kept, because José and Jose may
+be different people. (Which patient a record is about is identity/'s business.)
 """
 
 from __future__ import annotations
