@@ -29,11 +29,12 @@ from concord.events.models import (
 from concord.events.raw import RawEvent
 from concord.ingestion.app import IngestionStage, patient_key
 from concord.normalization.app import NormalizationStage
-from concord.normalization.identity.index import InMemoryIdentityIndex, KnownPerson
+from concord.normalization.identity.index import InMemoryIdentityIndex
 from concord.normalization.identity.resolution import (
     IdentityRequest,
     LocalId,
     Resolution,
+    apply,
     new_enterprise_id,
     resolve,
 )
@@ -119,13 +120,7 @@ class _FakeIdentities:
         resolutions = []
         for request in requests:
             resolution = resolve(request, crosswalk=self.crosswalk, index=self.index)
-            for key in request.keys:
-                self.crosswalk.setdefault(key, resolution.enterprise_id)
-            if request.demographics is not None:
-                person = KnownPerson(
-                    enterprise_id=resolution.enterprise_id, demographics=(request.demographics,)
-                )
-                self.index.add(person)
+            apply(request, resolution, self.crosswalk, self.index)
             resolutions.append(resolution)
         return resolutions
 

@@ -28,6 +28,7 @@ from concord.normalization.identity.resolution import (
     IdentityRequest,
     LocalId,
     Resolution,
+    apply,
     resolve,
 )
 from concord.normalization.identity.scoring import Thresholds
@@ -126,7 +127,7 @@ class _Writes:
         self.reviews: dict[str, tuple[Any, ...]] = {}
         self.merges: dict[str, tuple[str, str]] = {}  # absorbed -> (survivor, source)
 
-    def link(self, key: LocalId, resolution: Resolution, how: How | None = None) -> None:
+    def link(self, key: LocalId, resolution: Resolution, how: How) -> None:
         decision = resolution.match
         breakdown = (
             orjson.dumps([w.model_dump(mode="json") for w in decision.breakdown]).decode()
@@ -136,7 +137,7 @@ class _Writes:
         self.links[key] = (
             *key,
             resolution.enterprise_id,
-            (how or resolution.how).value,
+            how.value,
             resolution.provisional,
             decision.score if decision is not None else None,
             breakdown,
@@ -239,51 +240,16 @@ class PostgresIdentityStore:
         index: InMemoryIdentityIndex,
         writes: _Writes,
     ) -> None:
-        """Record the decision, and apply it to the batch's snapshot for the records after."""
-        eid = resolution.enterprise_id
-        for key in request.keys:
-            if key not in crosswalk or resolution.how == How.AUTHORITATIVE:
-                crosswalk[key] = eid
-                writes.link(key, resolution)
+        """Apply the decision to the batch's snapshot, and note what to write."""
+        for key, how in apply(request, resolution, crosswalk, index):
+            writes.link(key, resolution, how)
         if resolution.how == How.REVIEW:
             writes.review(request, resolution)
-        self._merge(request, resolution, crosswalk, index, writes)
-        if request.demographics is None:
-            return
-        view_key = (request.source, request.local_ids[0])
-        writes.views[view_key] = (eid, request.demographics)
-        known = index.get(eid)
-        others = tuple(
-            view
-            for view in (known.demographics if known is not None else ())
-            if view.source != request.source
-        )
-        index.add(KnownPerson(enterprise_id=eid, demographics=(*others, request.demographics)))
-
-    def _merge(
-        self,
-        request: IdentityRequest,
-        resolution: Resolution,
-        crosswalk: dict[LocalId, str],
-        index: InMemoryIdentityIndex,
-        writes: _Writes,
-    ) -> None:
-        """Re-point what the batch knows of each absorbed patient to the survivor; the SQL
-        does the same for what is stored (`_MERGE`)."""
-        eid = resolution.enterprise_id
-        for key in request.absorbed_keys:
-            crosswalk[key] = eid
-            writes.link(key, resolution, How.MERGED)
         for absorbed in resolution.absorbed:
-            writes.merges[absorbed] = (eid, request.source)
-            for key, linked in list(crosswalk.items()):
-                if linked == absorbed:
-                    crosswalk[key] = eid
-            old, survivor = index.get(absorbed), index.get(eid)
-            if old is not None:
-                views = (*(survivor.demographics if survivor else ()), *old.demographics)
-                index.add(KnownPerson(enterprise_id=eid, demographics=views))
-                index.remove(absorbed)
+            writes.merges[absorbed] = (resolution.enterprise_id, request.source)
+        if request.demographics is not None:
+            view_key = (request.source, request.local_ids[0])
+            writes.views[view_key] = (resolution.enterprise_id, request.demographics)
 
     async def _write(self, conn: asyncpg.Connection, writes: _Writes) -> None:
         if writes.links:

@@ -23,9 +23,9 @@ from concord.events.raw import RawEvent
 from concord.hl7v2 import er7
 from concord.ingestion.fhir import ingest_fhir
 from concord.ingestion.hl7v2 import ingest_hl7v2
-from concord.normalization.identity.index import InMemoryIdentityIndex, KnownPerson
+from concord.normalization.identity.index import InMemoryIdentityIndex
 from concord.normalization.identity.matcher import DEFAULT_THRESHOLDS
-from concord.normalization.identity.resolution import How, LocalId, Resolution, resolve
+from concord.normalization.identity.resolution import How, LocalId, apply, resolve
 from concord.normalization.identity.scoring import Thresholds
 from concord.normalization.records import read_record
 from concord.normalization.terminology import Terminology
@@ -118,7 +118,7 @@ def evaluate(
         )
         if read.request.authoritative_id:
             authoritative.add(resolution.enterprise_id)
-        _remember(read.request, resolution, crosswalk, index)
+        apply(read.request, resolution, crosswalk, index)
         for absorbed in resolution.absorbed:  # a merge: what named the absorbed id moves
             for patient, eid in assigned.items():
                 if eid == absorbed:
@@ -127,29 +127,6 @@ def evaluate(
         patient = patient_of[(record.provenance.source_system, record.provenance.source_record_id)]
         assigned.setdefault(patient, resolution.enterprise_id)
     return _score(assigned, answer_key, decisions)
-
-
-def _remember(
-    request: Any,
-    resolution: Resolution,
-    crosswalk: dict[LocalId, str],
-    index: InMemoryIdentityIndex,
-) -> None:
-    eid = resolution.enterprise_id
-    for key in request.keys:
-        if key not in crosswalk or resolution.how == How.AUTHORITATIVE:
-            crosswalk[key] = eid
-    absorbed_views = []
-    for absorbed in resolution.absorbed:
-        for key, linked in list(crosswalk.items()):
-            if linked == absorbed:
-                crosswalk[key] = eid
-        old = index.get(absorbed)
-        absorbed_views += list(old.demographics) if old else []
-        index.remove(absorbed)
-    known = index.get(eid)
-    views = (*(known.demographics if known else ()), *absorbed_views, request.demographics)
-    index.add(KnownPerson(enterprise_id=eid, demographics=views))
 
 
 def _score(

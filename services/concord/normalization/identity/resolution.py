@@ -23,7 +23,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from concord.normalization.identity.demographics import Demographics
-from concord.normalization.identity.index import IdentityIndex, KnownPerson
+from concord.normalization.identity.index import IdentityIndex, InMemoryIdentityIndex, KnownPerson
 from concord.normalization.identity.matcher import DEFAULT_THRESHOLDS, MatchDecision, match
 from concord.normalization.identity.scoring import Decision, Thresholds
 
@@ -177,3 +177,40 @@ def _place(
             review_candidate=decision.enterprise_id,
         )
     return Resolution(enterprise_id=own, how=How.NEW, match=decision)
+
+
+def apply(
+    request: IdentityRequest,
+    resolution: Resolution,
+    crosswalk: dict[LocalId, str],
+    index: InMemoryIdentityIndex,
+) -> list[tuple[LocalId, How]]:
+    """Apply a decision to an in-memory crosswalk and index, so that the records after it see
+    it: the store does so for a batch, the evaluation for a whole population. Returns the
+    local ids it linked, and how, for the caller to persist."""
+    eid = resolution.enterprise_id
+    linked: list[tuple[LocalId, How]] = []
+    for key in request.keys:
+        if key not in crosswalk or resolution.how == How.AUTHORITATIVE:
+            crosswalk[key] = eid
+            linked.append((key, resolution.how))
+    for key in request.absorbed_keys:
+        crosswalk[key] = eid
+        linked.append((key, How.MERGED))
+    views: list[Demographics] = []
+    for absorbed in resolution.absorbed:
+        for key, known_as in list(crosswalk.items()):
+            if known_as == absorbed:
+                crosswalk[key] = eid
+        old = index.get(absorbed)
+        if old is not None:
+            views += old.demographics
+            index.remove(absorbed)
+    if request.demographics is not None:
+        views.append(request.demographics)
+    if views:
+        known = index.get(eid)
+        current = list(known.demographics) if known is not None else []
+        current += [view for view in views if view not in current]
+        index.add(KnownPerson(enterprise_id=eid, demographics=tuple(current)))
+    return linked
