@@ -6,6 +6,7 @@ import asyncio
 import signal
 from collections import Counter
 
+import orjson
 import pytest
 from pipeline_tools import eventually, fetch, patient, publish, read_topic
 
@@ -192,3 +193,35 @@ async def test_sigkill_of_the_conflicts_worker_loses_and_duplicates_no_alert(
     )
     assert history[0]["n"] == len(expected)
     assert rows  # the poll saw them arrive
+
+
+@pytest.mark.asyncio
+async def test_a_merge_moves_the_absorbed_patients_disagreement_to_the_survivor(
+    stack: StackInfo,
+) -> None:
+    """Two sources disagree about patient EPM-OLD; the hospital then merges EPM-OLD into
+    EPM-NEW (a Patient.link replaces): the alert moves with the facts."""
+    old = [
+        (HOSP, patient("EPM-OLD", "hm1", family="Mergeold", gender="female")),
+        (LAB, patient("EPM-OLD", "lm1", family="Mergeold", gender="male")),
+    ]
+    survivor = patient("EPM-NEW", "hm2", family="Mergenew", gender="female")
+    await publish(stack.bootstrap_servers, [*old, (HOSP, survivor)])
+    dsn = stack.database_url
+    before = [("EPM-OLD", GENDER, "OPEN")]
+    rows = await eventually(lambda: _alert_rows(dsn, "EPM-"), lambda r: r == before, within=30)
+    assert rows == before
+
+    merged = orjson.loads(
+        patient("EPM-NEW", "hm2", family="Mergenew", gender="female", version="2",
+                last_updated="2026-03-01T00:00:00+00:00")
+    ) | {"link": [{"type": "replaces", "other": {"reference": "Patient/hm1"}}]}  # fmt: skip
+    await publish(stack.bootstrap_servers, [(HOSP, orjson.dumps(merged))])
+    # The lab still knows the absorbed patient's name: another disagreement, now visible.
+    after = [
+        ("EPM-NEW", GENDER, "OPEN"),
+        ("EPM-NEW", NAME, "OPEN"),
+        ("EPM-OLD", GENDER, "RESOLVED"),
+    ]
+    rows = await eventually(lambda: _alert_rows(dsn, "EPM-"), lambda r: r == after, within=30)
+    assert rows == after
