@@ -286,3 +286,33 @@ async def test_a_merge_moves_the_absorbed_patient_to_the_survivor(pool: asyncpg.
     assert [r["survivor_enterprise_id"] for r in rows] == [second.enterprise_id]
     [again] = await store.resolve_batch([merge])  # redelivered: nothing left to absorb
     assert again.absorbed == ()
+
+
+@pytest.mark.asyncio
+async def test_results_before_their_patient_are_merged_into_the_patient_it_matches(
+    pool: asyncpg.Pool,
+) -> None:
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    family = f"Early{run}"
+    [known] = await store.resolve_batch(
+        [patient(f"a{run}", "1", family=family, given="Noor", birth="1966-06-16")]
+    )
+    result = IdentityRequest(source=f"b{run}", local_ids=("Patient/9",))
+    [provisional] = await store.resolve_batch([result])
+    assert provisional.how == How.UNDESCRIBED and provisional.provisional
+
+    late = patient(f"b{run}", "9", family=family, given="Noor", birth="1966-06-16")
+    [placed] = await store.resolve_batch([late])
+    assert (placed.how, placed.enterprise_id) == (How.MATCHED, known.enterprise_id)
+    assert placed.absorbed == (provisional.enterprise_id,)
+    [again] = await store.resolve_batch([result])
+    assert again.enterprise_id == known.enterprise_id
+
+    # A Patient that matches nobody keeps the id its results gave it.
+    alone = IdentityRequest(source=f"c{run}", local_ids=("Patient/5",))
+    [first] = await store.resolve_batch([alone])
+    nobody = patient(f"c{run}", "5", family=f"Solo{run}", given="Ines", birth="1944-04-04",
+                     phone="555-777-8888", postal="10001")  # fmt: skip
+    [described] = await store.resolve_batch([nobody])
+    assert (described.enterprise_id, described.absorbed) == (first.enterprise_id, ())

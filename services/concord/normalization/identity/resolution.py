@@ -22,6 +22,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from concord.normalization.identity.blocking import blocking_keys
 from concord.normalization.identity.demographics import Demographics
 from concord.normalization.identity.index import IdentityIndex, InMemoryIdentityIndex, KnownPerson
 from concord.normalization.identity.matcher import DEFAULT_THRESHOLDS, MatchDecision, match
@@ -142,9 +143,38 @@ def _place(
     authoritative = request.authoritative_id
     keys = request.keys
     known = next((crosswalk[key] for key in keys if key in crosswalk), None)
+    if known is not None and _undescribed(request, known, index):
+        # Results came before their Patient and got its provisional id: the Patient places
+        # them now, merging them into the patient it matches, if another.
+        placed = _decide(request, index, thresholds, authoritative_ids)
+        if placed.enterprise_id == known:
+            return placed
+        return placed.model_copy(update={"absorbed": (*placed.absorbed, known)})
     if known is not None:
         how = How.AUTHORITATIVE if authoritative and keys[0] in crosswalk else How.CROSSWALK
         return Resolution(enterprise_id=known, how=how)
+    return _decide(request, index, thresholds, authoritative_ids)
+
+
+def _undescribed(request: IdentityRequest, known: str, index: IdentityIndex) -> bool:
+    """Whether `known` is the provisional id results gave this Patient before it came: the id
+    its own first local id derives, and no demographics of it in the index yet."""
+    if request.demographics is None:
+        return False
+    if known != new_enterprise_id(request.source, request.local_ids[0]):
+        return False
+    candidates = index.candidates(blocking_keys(request.demographics))
+    return all(person.enterprise_id != known for person in candidates)
+
+
+def _decide(
+    request: IdentityRequest,
+    index: IdentityIndex,
+    thresholds: Thresholds,
+    authoritative_ids: Collection[str],
+) -> Resolution:
+    """A record no crosswalk places: by its MPI id, else by its demographics."""
+    authoritative = request.authoritative_id
     if request.demographics is None:
         if authoritative:
             return Resolution(enterprise_id=authoritative, how=How.AUTHORITATIVE)
