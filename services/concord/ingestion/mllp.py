@@ -475,7 +475,7 @@ class MllpFramer:
             if data[position] == _CR:
                 self._finish_oversize(events)
                 return position + 1
-            self._oversize_size += 1
+            self._count_oversize(bytes([_FS]))
         end = data.find(END_BLOCK, position)
         restart = data.find(START_BLOCK, position, end if end >= 0 else len(data))
         if restart >= 0:
@@ -483,12 +483,19 @@ class MllpFramer:
             self._begin_frame()
             return restart + 1
         if end >= 0:
-            self._oversize_size += end - position
+            self._count_oversize(data[position:end])
             self._finish_oversize(events)
             return end + 2
         self._fs_pending = data[-1] == _FS
-        self._oversize_size += len(data) - position - (1 if self._fs_pending else 0)
+        self._count_oversize(data[position : len(data) - (1 if self._fs_pending else 0)])
         return len(data)
+
+    def _count_oversize(self, chunk: bytes) -> None:
+        # The head keeps filling up to its cap: it is where the NAK reads MSH from.
+        self._oversize_size += len(chunk)
+        room = _HEAD_BYTES - len(self._oversize_head)
+        if room > 0:
+            self._oversize_head += chunk[:room]
 
     def _finish_oversize(self, events: list[FrameEvent]) -> None:
         events.append(OversizeFrame(self._oversize_size, self._oversize_head))
