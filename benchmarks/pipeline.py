@@ -75,6 +75,7 @@ from concord.config import (
     WorkerSettings,
 )
 from concord.events import codec
+from concord.normalization.identity.resolution import How
 from concord.runtime.batch import BatchLoop, StageHandler
 from concord.runtime.db import apply_migrations
 from concord.runtime.reading import assign_from_start, read_topic
@@ -1192,9 +1193,7 @@ async def ingestion_formats_part(
     return {"events_per_format": args.records, "target_ratio": TARGET_RATIO, "formats": rows}
 
 
-async def population_part(
-    args: argparse.Namespace, teardown: Teardown, token: str
-) -> dict[str, Any]:
+async def population_part(args: argparse.Namespace, teardown: Teardown) -> dict[str, Any]:
     """Normalization on a generated clinical population: `concord generate`'s sources (FHIR
     and HL7 v2: Patients, results, conditions, allergies, with duplicates across sources)
     published and ingested first, then the normalization stage timed over concord.ingested,
@@ -1236,6 +1235,17 @@ async def population_part(
         "facts_per_second": round(facts / timing.seconds) if timing.seconds else 0,
         "cpu": round(timing.cpu_seconds / timing.seconds, 2) if timing.seconds else 0.0,
         "identity_decisions": decisions,
+    }
+
+
+def identity_decisions() -> dict[str, int]:
+    """The identity decisions so far, by how (this process's Prometheus counter)."""
+    return {
+        how.value: int(
+            REGISTRY.get_sample_value("concord_identity_decisions_total", {"outcome": how.value})
+            or 0
+        )
+        for how in How
     }
 
 
@@ -1615,7 +1625,7 @@ async def run(args: argparse.Namespace, teardown: Teardown) -> dict[str, Any]:
         results["ingestion_formats"] = await ingestion_formats_part(args, teardown, token)
         print_ingestion_formats(results["ingestion_formats"])
     if args.population:
-        results["population"] = await population_part(args, teardown, token)
+        results["population"] = await population_part(args, teardown)
         print_population(results["population"])
     return results
 

@@ -20,7 +20,7 @@ from concord.config import DEFAULT_STATE_DIR
 from concord.events import codec
 from concord.events.models import Alert
 from concord.publishing import read_file
-from concord.runtime.reading import assign_from_start
+from concord.runtime.reading import assign_from_start, client_options
 
 PROGRESS_EVERY = 10_000
 
@@ -65,7 +65,7 @@ async def publish_files(
     """Publish the files' events; `kafka` is bootstrap servers or KafkaSettings.kafka_options().
 
     Returns once the broker has acknowledged every event."""
-    options = {"bootstrap_servers": kafka} if isinstance(kafka, str) else kafka
+    options = client_options(kafka)
     producer = AIOKafkaProducer(**options, linger_ms=5, acks="all")
     await producer.start()
     try:
@@ -285,7 +285,7 @@ async def follow(
 ) -> None:
     """Call on_alert for every alert published (since now, or since the topic's start)."""
     started_ms = int(time.time() * 1000)
-    options = {"bootstrap_servers": kafka} if isinstance(kafka, str) else kafka
+    options = client_options(kafka)
     consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, fetch_max_wait_ms=50)
     await consumer.start()
     try:

@@ -56,7 +56,8 @@ CONSUMER_LAG = Gauge(
 )
 RECORDS_NOT_NORMALIZED = Counter(
     "concord_records_not_normalized",
-    "Ingested records normalization does not turn into facts yet (kept on concord.ingested)",
+    "Ingested records that assert no fact Concord compares (deletes, voids, encounters, "
+    "documents, records without a patient)",
     ["format", "operation"],
 )
 IDENTITY_DECISIONS = Counter(

@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 
 from concord.hl7v2 import er7
-from concord.ingestion.subjects import patient_of
+from concord.ingestion.subjects import hl7_patient, patient_of
 from concord.topics import RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 
 
@@ -72,9 +72,8 @@ def _json_message(source: str, value: bytes) -> RawMessage:
 
 def hl7_key(source: str, message: er7.Er7Message | None) -> bytes | None:
     """Source and the first patient identifier, so one patient's messages keep their order."""
-    pid = message.first("PID") if message is not None else None
-    patient = pid.value(3, 1) if pid is not None else ""
-    return f"{source}/PID/{patient}".encode() if patient else None
+    patient = hl7_patient(message)
+    return f"{source}/{patient}".encode() if patient else None
 
 
 def _parsed(text: bytes) -> er7.Er7Message | None:

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import faust
@@ -190,19 +189,15 @@ def build_app(service: str, settings: WorkerSettings) -> faust.App:
 async def run_mllp_listener(app: faust.App, settings: IngestionSettings) -> None:
     """The MLLP listener beside the batch loop, on its own producer: an ACK waits only for its
     own record, not for a batch of the loop's."""
+    from concord.ingestion.app import ingest_functions
     from concord.ingestion.gateway import KafkaRawHl7Port, MllpGateway
-    from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
     from concord.ingestion.mllp import MllpServer
 
     # A few milliseconds of linger let concurrent senders share a produce request.
     producer = AIOKafkaProducer(
         **settings.kafka_options(), acks="all", linger_ms=2, enable_idempotence=False
     )
-    ingest = partial(
-        ingest_hl7v2,
-        max_payload_bytes=settings.max_payload_bytes,
-        zone_of=zones_from(settings.source_time_zones, settings.default_time_zone),
-    )
+    ingest = ingest_functions(settings)[topics.RAW_HL7V2]
     gateway = MllpGateway(
         KafkaRawHl7Port(producer),
         ingest,

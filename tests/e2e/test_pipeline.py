@@ -13,7 +13,7 @@ from pipeline_tools import eventually, fetch, patient, publish, read_topic
 from concord.events import codec
 from concord.stack.processes import is_alive, stop_process
 from concord.stack.stack import StackInfo, load_state, restart_worker
-from concord.topics import ALERTS, DEADLETTER, INGESTED
+from concord.topics import ALERTS, DEADLETTER, FACTS, INGESTED
 
 pytestmark = [pytest.mark.e2e]
 
@@ -132,6 +132,13 @@ async def test_two_sources_raise_exactly_the_expected_alerts(stack: StackInfo) -
     assert {d.original_value for d in ingestion_letters.values()} == malformed_bytes
     # The Patient without an enterprise id is placed by identity matching, not dead-lettered.
     assert not [d for d in letters if d.stage == "normalization" and d.original_topic == INGESTED]
+    placed = [
+        fact
+        for fact in map(codec.CLINICAL_FACT.decode,
+                        (r.value for r in await read_topic(stack.bootstrap_servers, FACTS)))
+        if fact.provenance.source_record_id == "Patient/h15"
+    ]  # fmt: skip
+    assert {f.attribute for f in placed} == {BIRTH, GENDER, NAME}
     assert len(ingestion_letters) == len(malformed)
 
 

@@ -151,3 +151,30 @@ def test_the_sending_system_falls_back_to_the_facility() -> None:
     assert sending_system(message, None) == "GH"
     assert sending_system(None, None) is None
     assert sending_system(None, "configured") == "configured"
+
+
+@pytest.mark.asyncio
+async def test_an_unreadable_message_is_rejected_as_malformed_not_as_sourceless() -> None:
+    port = FakePort()
+    garbled = b"MSH|^~|" + VALID[7:]  # too few encoding characters: no MSH to read
+    decision = await gateway(port).handle(garbled, "peer")
+    assert decision.code == "AR"
+    [letter] = port.letters
+    assert letter.reason_code == "HL7_MALFORMED"
+
+
+@pytest.mark.asyncio
+async def test_a_core_that_raises_dead_letters_the_message_and_answers_ae_207() -> None:
+    port = FakePort()
+
+    def broken(raw: object) -> list[object]:
+        raise ValueError(f"bad {FAMILY}")
+
+    failing = MllpGateway(port, broken, write_timeout_seconds=0.2)  # type: ignore[arg-type]
+    decision = await failing.handle(VALID, "peer")
+    assert decision.code == "AE"
+    assert decision.error is not None
+    assert decision.error.code == Hl7ErrorCode.APPLICATION_INTERNAL_ERROR
+    assert FAMILY not in decision.error.text
+    [letter] = port.letters
+    assert letter.reason_code == "INGESTION_FAILED" and FAMILY not in letter.reason

@@ -99,13 +99,17 @@ class ConflictsStage(BaseStage):
         merges = [(f, p) for f, p in facts if f.attribute == MERGE_ATTRIBUTE and f.value]
         if not merges:
             return facts
-        absorbed_ids = sorted({f.value for f, _ in merges if f.value})
-        classes = await self.store.attributes_of(absorbed_ids)
-        home = merges[0][1]  # the survivor's partition: the absorbed patient's state moves here
-        await self._load_keys([(key, cls, home) for key, cls in classes.items()])
+        classes = await self.store.attributes_of(sorted({f.value for f, _ in merges if f.value}))
+        keys_of: dict[str, list[Key]] = defaultdict(list)
+        for key in sorted(classes):
+            keys_of[key[0]].append(key)
+        # Under the survivor's partition: the absorbed patient's state moves there.
+        await self._load_keys(
+            [(k, classes[k], p) for m, p in merges for k in keys_of[m.value or ""]]
+        )
         expanded: list[tuple[ClinicalFact, int]] = []
         for merge, partition in merges:
-            for key in sorted(k for k in classes if k[0] == merge.value):
+            for key in keys_of[merge.value or ""]:
                 expanded += [(fact, partition) for fact in merged_facts(self.cache[key], merge)]
         return expanded + [(f, p) for f, p in facts if f.attribute != MERGE_ATTRIBUTE]
 

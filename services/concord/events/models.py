@@ -24,7 +24,8 @@ AlertStatus = Literal["OPEN", "ACKNOWLEDGED", "RESOLVED", "DISMISSED"]
 class Event(BaseModel):
     """Base of every wire model: immutable, and strict about unknown fields."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Validation errors name fields, never the values (PHI) they were given.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
 class Provenance(Event):

@@ -135,10 +135,6 @@ def _missing_sex(demographics: Demographics, context: Context) -> Demographics |
     return replace(demographics, sex=None) if demographics.sex else None
 
 
-def _suffix_dropped(demographics: Demographics, context: Context) -> Demographics | None:
-    return replace(demographics, suffix=None) if demographics.suffix else None
-
-
 _VARIATIONS: dict[str, Callable[[Demographics, Context], Demographics | None]] = {
     FAMILY_TYPO: _family_typo,
     GIVEN_TYPO: _given_typo,
@@ -149,8 +145,7 @@ _VARIATIONS: dict[str, Callable[[Demographics, Context], Demographics | None]] =
     MISSING_PHONE: _missing_phone,
     MISSING_ADDRESS: _missing_address,
     MISSING_SEX: _missing_sex,
-    SUFFIX_DROPPED: _suffix_dropped,
-}
+}  # SUFFIX_DROPPED is applied by the hard-negatives scenario, to sons only
 
 
 _KEYBOARD = "qwertyuiopasdfghjklzxcvbnm"

@@ -40,6 +40,21 @@ def publish_ingested(out: Outbound, *, record: IngestedRecord) -> None:
     out.add(OutboundRecord(INGESTED, codec.INGESTED_RECORD.encode(record), key=patient_key(record)))
 
 
+Ingest = Callable[[RawEvent], list[IngestedRecord] | Rejection]
+
+
+def ingest_functions(settings: IngestionSettings) -> dict[str, Ingest]:
+    """Each raw topic's core with the deployment's limits and zones: the stage's, and the
+    MLLP gateway's, which must accept exactly what the stage will."""
+    limit = settings.max_payload_bytes
+    zone_of = zones_from(settings.source_time_zones, settings.default_time_zone)
+    return {
+        RAW_FHIR: partial(ingest_fhir, max_payload_bytes=limit),
+        RAW_HL7V2: partial(ingest_hl7v2, max_payload_bytes=limit, zone_of=zone_of),
+        RAW_CLAIMS: partial(ingest_claim, max_payload_bytes=limit),
+    }
+
+
 class IngestionStage(BaseStage):
     stage = "ingestion"
     topics: tuple[str, ...] = (RAW_FHIR, RAW_HL7V2, RAW_CLAIMS)
@@ -49,13 +64,7 @@ class IngestionStage(BaseStage):
         self.window = timedelta(days=settings.dedupe_window_days)
         self.pruned_at = 0.0
         self.emitted: list[tuple[str, str]] = []
-        limit = settings.max_payload_bytes
-        zone_of = zones_from(settings.source_time_zones, settings.default_time_zone)
-        self.ingest: dict[str, Callable[[RawEvent], list[IngestedRecord] | Rejection]] = {
-            RAW_FHIR: partial(ingest_fhir, max_payload_bytes=limit),
-            RAW_HL7V2: partial(ingest_hl7v2, max_payload_bytes=limit, zone_of=zone_of),
-            RAW_CLAIMS: partial(ingest_claim, max_payload_bytes=limit),
-        }
+        self.ingest = ingest_functions(settings)
 
     async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:
         received = datetime.now(UTC)

@@ -35,6 +35,7 @@ from concord.ingestion.common import SOURCE_HEADER
 from concord.ingestion.hl7v2 import MESSAGE_TYPES
 from concord.ingestion.mllp import AckDecision, Hl7ErrorCode
 from concord.publishing import hl7_key
+from concord.runtime.stage import core_failure
 from concord.topics import DEADLETTER, RAW_HL7V2
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ _CONTENT_ERRORS = {
     "INVALID_CODE": Hl7ErrorCode.TABLE_VALUE_NOT_FOUND,
     "CODE_WITHOUT_SYSTEM": Hl7ErrorCode.REQUIRED_FIELD_MISSING,
     "HL7_TIME_ZONE_UNKNOWN": Hl7ErrorCode.DATA_TYPE_ERROR,
+    "INGESTION_FAILED": Hl7ErrorCode.APPLICATION_INTERNAL_ERROR,
 }
 # "PID[2]-3.1" (ours) -> segment, sequence, field, component for an HL7 ERL.
 _LOCATION = re.compile(r"^([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?(?:-(\d+)(?:\.(\d+))?)?$")
@@ -143,10 +145,13 @@ class MllpGateway:
         self.write_timeout_seconds = write_timeout_seconds
 
     async def handle(self, message: bytes, peer: str) -> AckDecision:
+        unreadable: Rejection | None = None
         try:
             parsed: er7.Er7Message | None = er7.parse(message)
-        except er7.Er7Error:
-            parsed = None  # the core rejects it below, with the reader's reason
+        except er7.Er7Error as exc:
+            # Said before the source is looked for, which an unreadable MSH cannot give.
+            parsed = None
+            unreadable = Rejection("HL7_MALFORMED", exc.reason, location=exc.location)
         source = sending_system(parsed, self.source)
         headers: Headers = ((TRANSPORT_HEADER, b"mllp"),)
         key = None
@@ -155,7 +160,7 @@ class MllpGateway:
             key = hl7_key(source, parsed)
         received = datetime.now(UTC)
         raw = RawEvent(RAW_HL7V2, NOT_ON_A_TOPIC, NOT_ON_A_TOPIC, key, message, headers, received)
-        outcome = self.ingest(raw)
+        outcome = unreadable or self._ingest(raw)
         # A timeout raises, and the listener answers AE 207: the sender keeps the message.
         async with asyncio.timeout(self.write_timeout_seconds):
             if isinstance(outcome, Rejection):
@@ -166,6 +171,12 @@ class MllpGateway:
                 return ack_for(outcome, parsed)
             await self.port.publish_raw_hl7v2(message=message, key=key, headers=headers)
         return AckDecision.accept()
+
+    def _ingest(self, raw: RawEvent) -> list[IngestedRecord] | Rejection:
+        try:
+            return self.ingest(raw)
+        except Exception as exc:  # as in the stage: dead-lettered, not retried forever
+            return core_failure(exc, raw, stage=STAGE, reason_code="INGESTION_FAILED")
 
 
 class KafkaRawHl7Port:

@@ -27,6 +27,7 @@ from concord.events.raw import RawEvent
 from concord.hl7v2 import er7
 from concord.ingestion.codes import CPT, ICD10_CM, LOINC, NDC, RXNORM, SNOMED_CT, check_coding
 from concord.ingestion.common import check_envelope, ingested_record
+from concord.ingestion.subjects import hl7_patient
 
 VERSIONS = frozenset(
     {"2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8"} | {"2.8.1", "2.8.2"}
@@ -110,15 +111,9 @@ def ingest_hl7v2(
             payload=message.text.encode("utf-8"),
             event_time=event_time,
             source_time_zone=zone.key if zone is not None else None,
-            patient_ref=_patient_ref(message),
+            patient_ref=hl7_patient(message),
         )
     ]
-
-
-def _patient_ref(message: er7.Er7Message) -> str | None:
-    pid = message.first("PID")
-    mrn = pid.value(3, 1) if pid is not None else ""
-    return f"PID/{mrn}" if mrn else None
 
 
 def _check_header(message: er7.Er7Message) -> tuple[str, str] | Rejection:

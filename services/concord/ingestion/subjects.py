@@ -1,10 +1,12 @@
-"""Which patient a FHIR resource is about: shared by ingestion, publishing and normalization,
-and light to import (no FHIR models)."""
+"""Which patient a FHIR resource or an HL7 v2 message is about: shared by ingestion,
+publishing and normalization, and light to import (no FHIR models)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from concord.hl7v2 import er7
 
 # Where each ingested type names its patient, when a fact without one is useless: FHIR makes
 # it optional for Observation and DiagnosticReport, but a result about nobody cannot be
@@ -36,8 +38,19 @@ def patient_of(resource: Mapping[str, Any]) -> str | None:
         rid = resource.get("id")
         return f"Patient/{rid}" if isinstance(rid, str) and rid else None
     element = SUBJECT_ELEMENT.get(str(resource.get("resourceType")))
-    subject = resource.get(element) if element else None
-    reference = subject.get("reference") if isinstance(subject, dict) else None
-    if not isinstance(reference, str) or "Patient/" not in reference:
+    return patient_in(resource.get(element) if element else None)
+
+
+def patient_in(reference: object) -> str | None:
+    """`Patient/<id>` of a FHIR Reference to a Patient (absolute or versioned), or None."""
+    target = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(target, str) or "Patient/" not in target:
         return None
-    return "Patient/" + reference.rsplit("Patient/", 1)[1].split("/_history/")[0]
+    return "Patient/" + target.rsplit("Patient/", 1)[1].split("/_history/")[0]
+
+
+def hl7_patient(message: er7.Er7Message | None) -> str | None:
+    """`PID/<PID-3.1>` of the patient an HL7 v2 message is about, or None."""
+    pid = message.first("PID") if message is not None else None
+    mrn = pid.value(3, 1) if pid is not None else ""
+    return f"PID/{mrn}" if mrn else None

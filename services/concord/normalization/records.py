@@ -6,7 +6,7 @@ of a whole batch at once, then turns the drafts into facts with the enterprise i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -15,13 +15,14 @@ import orjson
 
 from concord.events.models import IngestedRecord
 from concord.hl7v2 import er7
-from concord.ingestion.subjects import patient_of
+from concord.ingestion.subjects import patient_in, patient_of
 from concord.normalization.facts.claims import claim_drafts, claim_patient
 from concord.normalization.facts.drafts import FactDraft
 from concord.normalization.facts.fhir import fhir_drafts
 from concord.normalization.facts.hl7v2 import hl7_drafts
 from concord.normalization.identity.demographics import (
     Demographics,
+    Identifier,
     cx_identifiers,
     from_fhir_patient,
     from_pid,
@@ -65,7 +66,7 @@ def _fhir(
     drafts = tuple(fhir_drafts(resource, terminology))
     if not drafts:
         return None
-    patient = patient_of(resource)
+    patient = record.patient_ref or patient_of(resource)  # v2 records carry no patient_ref
     if patient is None:
         return None  # ingestion requires one; a resource without it asserts nothing here
     return ReadRecord(IdentityRequest(source=source, local_ids=(patient,)), drafts)
@@ -75,7 +76,7 @@ def _fhir_patient(
     resource: Mapping[str, Any], source: str, terminology: Terminology, systems: Sequence[str]
 ) -> ReadRecord | None:
     demographics = from_fhir_patient(resource, source)
-    own = (f"Patient/{resource.get('id')}", *_identifier_ids(demographics))
+    own = (f"Patient/{resource.get('id')}", *_identifier_ids(demographics.identifiers))
     links = _links(resource)
     if links.get("replaced-by"):
         # This Patient now lives on as another: the record says who absorbs it, and its own
@@ -85,14 +86,8 @@ def _fhir_patient(
     drafts = tuple(fhir_drafts(resource, terminology))
     if not drafts and not links.get("replaces"):
         return None
-    request = IdentityRequest(
-        source=source,
-        local_ids=own,
-        demographics=demographics,
-        authoritative_id=authoritative_id(demographics, systems),
-        absorbs=tuple(links.get("replaces", ())),
-    )
-    return ReadRecord(request, drafts)
+    absorbs = tuple(links.get("replaces", ()))
+    return ReadRecord(_described(own, demographics, systems, absorbs), drafts)
 
 
 def _links(resource: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -101,7 +96,7 @@ def _links(resource: Mapping[str, Any]) -> dict[str, list[str]]:
     for link in resource.get("link") or ():
         if not isinstance(link, dict):
             continue
-        other = patient_of({"resourceType": "Observation", "subject": link.get("other")})
+        other = patient_in(link.get("other"))
         if other is not None and isinstance(link.get("type"), str):
             links.setdefault(link["type"], []).append(other)
     return links
@@ -117,24 +112,17 @@ def _hl7(
     drafts = tuple(hl7_drafts(message, terminology, _zone(record.source_time_zone)))
     source = record.provenance.source_system
     demographics = from_pid(pid, source)
-    local_ids = _identifier_ids(demographics)
+    local_ids = _identifier_ids(demographics.identifiers)
     # A merge (A40 and its older forms): each MRG-1 names a patient the PID's absorbs.
     merged = message.msh.value(9, 2) in MERGE_TRIGGERS
     absorbs = tuple(
-        f"id:{i.system}|{i.value}"
+        local
         for mrg in (message.all("MRG") if merged else ())
-        for i in cx_identifiers(mrg, 1, source)
+        for local in _identifier_ids(cx_identifiers(mrg, 1, source))
     )
     if not local_ids or not (drafts or absorbs):
         return None
-    request = IdentityRequest(
-        source=source,
-        local_ids=local_ids,
-        demographics=demographics,
-        authoritative_id=authoritative_id(demographics, systems),
-        absorbs=absorbs,
-    )
-    return ReadRecord(request, drafts)
+    return ReadRecord(_described(local_ids, demographics, systems, absorbs), drafts)
 
 
 def _claim(
@@ -144,16 +132,26 @@ def _claim(
     drafts = tuple(claim_drafts(line, terminology))
     source = record.provenance.source_system
     demographics = from_fhir_patient(claim_patient(line), source)
-    local_ids = _identifier_ids(demographics)
+    local_ids = _identifier_ids(demographics.identifiers)
     if not drafts or not local_ids:
         return None
-    request = IdentityRequest(
-        source=source,
+    return ReadRecord(_described(local_ids, demographics, systems), drafts)
+
+
+def _described(
+    local_ids: tuple[str, ...],
+    demographics: Demographics,
+    systems: Sequence[str],
+    absorbs: tuple[str, ...] = (),
+) -> IdentityRequest:
+    """The request of a record that describes its patient."""
+    return IdentityRequest(
+        source=demographics.source,
         local_ids=local_ids,
         demographics=demographics,
         authoritative_id=authoritative_id(demographics, systems),
+        absorbs=absorbs,
     )
-    return ReadRecord(request, drafts)
 
 
 def authoritative_id(demographics: Demographics, systems: Sequence[str]) -> str | None:
@@ -166,8 +164,8 @@ def authoritative_id(demographics: Demographics, systems: Sequence[str]) -> str 
     return None
 
 
-def _identifier_ids(demographics: Demographics) -> tuple[str, ...]:
-    return tuple(f"id:{i.system}|{i.value}" for i in demographics.identifiers)
+def _identifier_ids(identifiers: Iterable[Identifier]) -> tuple[str, ...]:
+    return tuple(f"id:{i.system}|{i.value}" for i in identifiers)
 
 
 def _zone(name: str | None) -> ZoneInfo | None:

@@ -22,13 +22,12 @@ from concord.normalization.facts.drafts import (
     quantity_value,
 )
 from concord.normalization.facts.fhir import condition_class
+from concord.normalization.identity.demographics import V2_SEX
 from concord.normalization.patient import BIRTH_DATE, GENDER, NAME, normalized_name
 from concord.normalization.terminology import MappedCode, Terminology, hl7_system
 from concord.normalization.timing import Moment, from_hl7
 from concord.normalization.units import normalize_quantity
 
-# HL7 table 0001 → FHIR administrative-gender, as the HL7 v2-to-FHIR mapping does.
-GENDERS = {"M": "male", "F": "female", "O": "other", "A": "other", "U": "unknown", "N": "unknown"}
 # OBX-11 (HL7 table 0085) → FHIR Observation.status, and which results are retracted.
 RESULT_STATUS = {
     "F": "final",
@@ -52,7 +51,7 @@ def hl7_drafts(
     message: er7.Er7Message, terminology: Terminology, zone: ZoneInfo | None
 ) -> list[FactDraft]:
     drafts: list[FactDraft] = []
-    for reader in (_demographics, _allergies, _diagnoses, _results, _medications):
+    for reader in (_demographics, _listed_items, _results, _medications):
         drafts += reader(message, terminology, zone)
     return drafts
 
@@ -88,7 +87,7 @@ def _demographics(
     if len(birth) in (4, 6, 8) and birth.isdigit():
         date = "-".join(part for part in (birth[:4], birth[4:6], birth[6:8]) if part)
         drafts.append(FactDraft(BIRTH_DATE, "DEMOGRAPHICS", date, date))
-    gender = GENDERS.get(pid.value(8).upper())
+    gender = V2_SEX.get(pid.value(8).strip().upper())
     if gender is not None:
         drafts.append(FactDraft(GENDER, "DEMOGRAPHICS", gender, gender))
     name = normalized_name({"name": [_human_name(pid)]})
@@ -105,26 +104,20 @@ def _human_name(pid: er7.Segment) -> dict[str, object]:
     return {"family": pid.value(5, 1, chosen), "given": given}
 
 
-def _allergies(
+def _listed_items(
     message: er7.Er7Message, terminology: Terminology, zone: ZoneInfo | None
 ) -> list[FactDraft]:
+    """AL1 allergies (AL1-3, identified AL1-6) and DG1 diagnoses (DG1-3, at DG1-5)."""
     drafts = []
-    for al1 in message.all("AL1"):
-        chosen = coded(al1, 3, terminology)
-        if chosen is not None:
-            drafts.append(_listed("AllergyIntolerance", "ALLERGY", chosen, _time(al1, 6, zone)))
-    return drafts
-
-
-def _diagnoses(
-    message: er7.Er7Message, terminology: Terminology, zone: ZoneInfo | None
-) -> list[FactDraft]:
-    drafts = []
-    for dg1 in message.all("DG1"):
-        chosen = coded(dg1, 3, terminology)
-        if chosen is not None:
-            attribute_class = condition_class(chosen[0])
-            drafts.append(_listed("Condition", attribute_class, chosen, _time(dg1, 5, zone)))
+    for name, prefix, time_field in (("AL1", "AllergyIntolerance", 6), ("DG1", "Condition", 5)):
+        for segment in message.all(name):
+            chosen = coded(segment, 3, terminology)
+            if chosen is None:
+                continue
+            attribute_class = "ALLERGY" if name == "AL1" else condition_class(chosen[0])
+            drafts.append(
+                _listed(prefix, attribute_class, chosen, _time(segment, time_field, zone))
+            )
     return drafts
 
 

@@ -21,9 +21,14 @@ them where PHI may be stored, or store a keyed hash of them instead.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from concord.normalization.identity.demographics import Demographics
 
 
+# The store, the resolution, the matcher and the index all ask for a record's keys; a frozen
+# Demographics hashes cheaply next to recomputing its phonetic codes.
+@lru_cache(maxsize=65_536)
 def blocking_keys(record: Demographics) -> frozenset[str]:
     keys = record.keys
     found: set[str] = set()

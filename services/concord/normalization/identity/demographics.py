@@ -32,7 +32,7 @@ LOCAL_SYSTEM_PREFIX = "urn:concord:local-identifier:"
 _BIRTH_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 _DTM_DATE = re.compile(r"^(\d{4})(\d{2})?(\d{2})?")
 # HL7 table 0001 → FHIR administrative-gender, as the HL7 v2-to-FHIR ConceptMap maps it.
-_V2_SEX: dict[str, Sex] = {
+V2_SEX: dict[str, Sex] = {
     "M": "male",
     "F": "female",
     "O": "other",
@@ -377,7 +377,7 @@ def from_pid(pid: er7.Segment, source: str) -> Demographics:
         identifiers=cx_identifiers(pid, 3, source),
         **_pid_name(pid),
         birth_date=_pid_birth_date(pid),
-        sex=_V2_SEX.get(pid.value(8).strip().upper()),
+        sex=V2_SEX.get(pid.value(8).strip().upper()),
         postal_code=postal_code,
         phone=_pid_phone(pid),
         address_line=line,

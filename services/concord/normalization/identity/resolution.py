@@ -44,20 +44,21 @@ class How(StrEnum):
 
 
 class IdentityRequest(BaseModel):
-    """What a record says about its patient."""
+    """What a record says about its patient. Its local ids hold MRNs: kept out of reprs and
+    validation errors."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
 
     source: str
     # The record's own handles on its patient, most specific first: for a FHIR Patient its
     # reference (Patient/123) and identifiers, for a clinical resource its subject reference,
     # for HL7 v2 the PID-3 identifiers.
-    local_ids: tuple[str, ...] = Field(min_length=1)
+    local_ids: tuple[str, ...] = Field(min_length=1, repr=False)
     demographics: Demographics | None = None
-    authoritative_id: str | None = None
+    authoritative_id: str | None = Field(default=None, repr=False)
     # Local ids (of the same source) of patients merged into this one: HL7 A40's MRG-1, a
     # FHIR Patient.link of type replaces.
-    absorbs: tuple[str, ...] = ()
+    absorbs: tuple[str, ...] = Field(default=(), repr=False)
 
     @property
     def keys(self) -> list[LocalId]:
@@ -66,6 +67,11 @@ class IdentityRequest(BaseModel):
         if self.authoritative_id:
             return [(AUTHORITATIVE_SOURCE, self.authoritative_id), *local]
         return local
+
+    @property
+    def own_id(self) -> str:
+        """The enterprise id the record creates if it names a new patient."""
+        return new_enterprise_id(self.source, self.local_ids[0])
 
     @property
     def absorbed_keys(self) -> list[LocalId]:
@@ -114,14 +120,12 @@ def resolve(
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     authoritative_ids: Collection[str] = frozenset(),
 ) -> Resolution:
-    """The record's patient, and the patients its merge absorbs (see `_place` for the order)."""
-    resolution = _place(
-        request,
-        crosswalk=crosswalk,
-        index=index,
-        thresholds=thresholds,
-        authoritative_ids=authoritative_ids,
-    )
+    """The record's patient, and the patients its merge absorbs (the order: module doc).
+
+    `authoritative_ids`: the enterprise ids the MPI already names (linked from an
+    authoritative identifier). A record with an MPI id of its own is never matched to one of
+    them: the MPI says they are two people (twins, namesakes), whatever the demographics say."""
+    resolution = _place(request, crosswalk, index, thresholds, authoritative_ids)
     absorbed = sorted(
         ({crosswalk[key] for key in request.absorbed_keys if key in crosswalk}
          | set(resolution.absorbed)) - {resolution.enterprise_id}
@@ -131,15 +135,11 @@ def resolve(
 
 def _place(
     request: IdentityRequest,
-    *,
     crosswalk: Mapping[LocalId, str],
     index: IdentityIndex,
-    thresholds: Thresholds = DEFAULT_THRESHOLDS,
-    authoritative_ids: Collection[str] = frozenset(),
+    thresholds: Thresholds,
+    authoritative_ids: Collection[str],
 ) -> Resolution:
-    """`authoritative_ids`: the enterprise ids the MPI already names (linked from an
-    authoritative identifier). A record with an MPI id of its own is never matched to one of
-    them: the MPI says they are two people (twins, namesakes), whatever the demographics say."""
     authoritative = request.authoritative_id
     keys = request.keys
     known = next((crosswalk[key] for key in keys if key in crosswalk), None)
@@ -161,7 +161,7 @@ def _undescribed(request: IdentityRequest, known: str, index: IdentityIndex) -> 
     its own first local id derives, and no demographics of it in the index yet."""
     if request.demographics is None:
         return False
-    if known != new_enterprise_id(request.source, request.local_ids[0]):
+    if known != request.own_id:
         return False
     candidates = index.candidates(blocking_keys(request.demographics))
     return all(person.enterprise_id != known for person in candidates)
@@ -178,8 +178,7 @@ def _decide(
     if request.demographics is None:
         if authoritative:
             return Resolution(enterprise_id=authoritative, how=How.AUTHORITATIVE)
-        own = new_enterprise_id(request.source, request.local_ids[0])
-        return Resolution(enterprise_id=own, how=How.UNDESCRIBED, provisional=True)
+        return Resolution(enterprise_id=request.own_id, how=How.UNDESCRIBED, provisional=True)
     searched = _Without(index, authoritative_ids) if authoritative else index
     decision = match(request.demographics, searched, thresholds)
     linked = decision.kind == Decision.LINK and decision.enterprise_id is not None
@@ -197,16 +196,15 @@ def _decide(
     if authoritative:
         # The MPI says who this is; a near miss is no question for a reviewer.
         return Resolution(enterprise_id=authoritative, how=How.AUTHORITATIVE, match=decision)
-    own = new_enterprise_id(request.source, request.local_ids[0])
     if decision.kind == Decision.REVIEW:
         return Resolution(
-            enterprise_id=own,
+            enterprise_id=request.own_id,
             how=How.REVIEW,
             provisional=True,
             match=decision,
             review_candidate=decision.enterprise_id,
         )
-    return Resolution(enterprise_id=own, how=How.NEW, match=decision)
+    return Resolution(enterprise_id=request.own_id, how=How.NEW, match=decision)
 
 
 def apply(
