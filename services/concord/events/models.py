@@ -56,6 +56,11 @@ class IngestedRecord(Event):
 # in `value` was merged into `patient_id` (HL7 A40, FHIR Patient.link), so that the conflicts
 # stage moves what the absorbed patient's sources asserted to the survivor.
 MERGE_ATTRIBUTE = "Patient.mergedFrom"
+# Its undoing (an operator's unmerge): the enterprise id in `value` is restored, and what its
+# sources asserted leaves `patient_id` again.
+UNMERGE_ATTRIBUTE = "Patient.unmergedFrom"
+# Identity signals, not clinical statements: the conflicts stage re-keys facts on them.
+IDENTITY_SIGNALS = frozenset({MERGE_ATTRIBUTE, UNMERGE_ATTRIBUTE})
 
 
 class ClinicalFact(Event):
@@ -82,6 +87,7 @@ class ClinicalFact(Event):
     effective_precision: str | None = None
     effective_offset_minutes: int | None = None
     flags: tuple[str, ...] = ()
+    subject: str | None = None
 
 
 class Assertion(Event):

@@ -69,7 +69,11 @@ class NormalizationStage(BaseStage):
                 publish_fact(out, fact=merge)
             for draft in outcome.drafts:
                 fact = to_fact(
-                    draft, patient_id=resolution.enterprise_id, record=ingested, extra_flags=flags
+                    draft,
+                    patient_id=resolution.enterprise_id,
+                    record=ingested,
+                    subject=outcome.request.local_ids[0],
+                    extra_flags=flags,
                 )
                 for flag in fact.flags:
                     metrics.FACTS_FLAGGED.labels(fact.attribute_class, flag).inc()

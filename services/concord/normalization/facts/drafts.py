@@ -12,10 +12,12 @@ from datetime import datetime
 
 from concord.events.models import (
     MERGE_ATTRIBUTE,
+    UNMERGE_ATTRIBUTE,
     AttributeClass,
     ClinicalFact,
     FactStatus,
     IngestedRecord,
+    Provenance,
 )
 from concord.normalization.terminology import MappedCode
 from concord.normalization.timing import Moment
@@ -75,6 +77,7 @@ def to_fact(
     *,
     patient_id: str,
     record: IngestedRecord,
+    subject: str | None = None,
     extra_flags: tuple[str, ...] = (),
 ) -> ClinicalFact:
     effective = draft.effective
@@ -109,6 +112,7 @@ def to_fact(
         effective_precision=effective.precision if effective is not None else None,
         effective_offset_minutes=effective.original_offset_minutes if effective else None,
         flags=tuple(sorted({*draft.flags, *extra_flags})),
+        subject=subject,
     )
 
 
@@ -128,4 +132,34 @@ def merge_fact(*, survivor: str, absorbed: str, record: IngestedRecord) -> Clini
         status="ASSERTED",
         provenance=record.provenance,
         record_id=record.record_id,
+    )
+
+
+# The source of what an operator decides about identity (an unmerge): no EHR said it.
+OPERATOR_SOURCE = "concord-operator"
+
+
+def unmerge_fact(*, survivor: str, absorbed: str, action_id: str, at: datetime) -> ClinicalFact:
+    """The signal that `absorbed`, merged into `survivor` in error, is a patient again; keyed
+    by the survivor, whose partition holds what the merge moved. `action_id` names the
+    operator's action, so that publishing it twice is one unmerge."""
+    identity = "\x1f".join([action_id, UNMERGE_ATTRIBUTE, absorbed])
+    digest = hashlib.sha256(identity.encode()).hexdigest()
+    return ClinicalFact(
+        fact_id=digest[:32],
+        patient_id=survivor,
+        attribute=UNMERGE_ATTRIBUTE,
+        attribute_class="DEMOGRAPHICS",
+        value=absorbed,
+        status="ASSERTED",
+        provenance=Provenance(
+            source_system=OPERATOR_SOURCE,
+            source_record_id=f"unmerge/{action_id}",
+            event_time=at,
+            received_time=at,
+            raw_topic="",
+            raw_partition=-1,
+            raw_offset=-1,
+            payload_sha256=digest,
+        ),
     )
