@@ -5,23 +5,29 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import asyncpg
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from concord.alerting.lifecycle import apply_conflict_event
 from concord.alerting.store import AlertStore, list_alerts
+from concord.conflicts.app import ConflictsStage
 from concord.conflicts.policy import DEFAULT_POLICY
 from concord.conflicts.rules import AttributeState, apply_fact, evaluate
 from concord.conflicts.store import ConflictStore
-from concord.events.models import ClinicalFact, Provenance
+from concord.events import codec
+from concord.events.models import MERGE_ATTRIBUTE, ClinicalFact, ConflictEvent, Provenance
 from concord.ingestion.dedupe import PostgresSeenVersions
+from concord.normalization.facts.drafts import unmerge_fact
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.outbox import Outbox
 from concord.stack.broker import BrokerInfo
 from concord.stack.postgres import PostgresInfo
+from concord.topics import FACTS
 
 pytestmark = pytest.mark.integration
 
@@ -180,3 +186,80 @@ async def test_the_dedupe_window_remembers_forgets_and_ignores_repeats(pool: asy
     )
     assert await seen.prune(datetime.now(UTC) - timedelta(days=30)) >= 1
     assert await seen.unseen(mine) == {mine[0], mine[2]}
+
+
+def _subject_fact(
+    patient: str, source: str, subject: str, value: str, *, minutes: int, version: str = "1"
+) -> ClinicalFact:
+    made = fact(patient, source, value, at=T0 + timedelta(minutes=minutes), version=version)
+    return made.model_copy(
+        update={"subject": subject, "fact_id": f"{subject}-{source}-{version}-{patient}"}
+    )
+
+
+async def _run_stage(stage: ConflictsStage, facts: list[ClinicalFact]) -> list[ConflictEvent]:
+    records = [
+        ConsumerRecord(FACTS, 0, i, 0, 0, None, codec.CLINICAL_FACT.encode(f), 0, 0, 0, [])
+        for i, f in enumerate(facts)
+    ]
+    out = Outbound("conflicts")
+    await stage.process(records, out)
+    await stage.on_produced()
+    return [codec.CONFLICT_EVENT.decode(r.value) for r in out.pending]
+
+
+@pytest.mark.asyncio
+async def test_an_unmerge_rebuilds_both_patients_from_the_fact_history(
+    pool: asyncpg.Pool,
+) -> None:
+    absorbed, survivor = patient_id(), patient_id()
+    outbox = Outbox(pool, "conflicts")
+    stage = ConflictsStage(
+        ConflictStore(pool, outbox), outbox, cast(AIOKafkaProducer, None), DEFAULT_POLICY
+    )
+    # The absorbed patient's two sources disagree; the survivor's agree.
+    before = [
+        _subject_fact(absorbed, "hosp", "Patient/1", "1980-01-01", minutes=1),
+        _subject_fact(absorbed, "lab", "Patient/L1", "1980-01-02", minutes=1),
+        _subject_fact(survivor, "hosp", "Patient/2", "1990-02-02", minutes=2),
+        _subject_fact(survivor, "clinic", "Patient/C2", "1990-02-02", minutes=2),
+    ]
+    [opened] = await _run_stage(stage, before)
+    assert (opened.patient_id, opened.kind) == (absorbed, "OPENED")
+
+    merge = fact(survivor, "hosp", absorbed, at=T0 + timedelta(minutes=3)).model_copy(
+        update={"attribute": MERGE_ATTRIBUTE, "fact_id": f"merge-{absorbed}"}
+    )
+    # After the merge, normalization files the lab's next result under the survivor.
+    later = _subject_fact(survivor, "lab", "Patient/L1", "1980-01-02", minutes=5, version="2")
+    merged = await _run_stage(stage, [merge, later])
+    assert sorted((e.patient_id == survivor, e.kind) for e in merged) == [
+        (False, "RESOLVED"),
+        (True, "OPENED"),
+    ]
+
+    unmerge = unmerge_fact(
+        survivor=survivor, absorbed=absorbed, action_id="test", at=T0 + timedelta(minutes=6)
+    )
+    stage.cache.clear()  # as after a restart: the store alone must know what to rebuild
+    events = await _run_stage(stage, [unmerge])
+    by_patient = {e.patient_id: e for e in events}
+    assert by_patient[survivor].kind == "RESOLVED"
+    assert by_patient[absorbed].kind == "OPENED"
+    # The lab's post-merge result went back with its subject; hosp's older fact came back.
+    restored = {a.source_system: a.fact_id for a in by_patient[absorbed].assertions}
+    assert restored == {"hosp": before[0].fact_id, "lab": later.fact_id}
+    kept = {a.source_system: (a.status, a.fact_id) for a in by_patient[survivor].assertions}
+    assert kept["hosp"] == ("ASSERTED", before[2].fact_id)
+    assert kept["lab"][0] == "DELETED"
+    owner = await pool.fetchval(
+        "SELECT patient_id FROM subject_owners WHERE source_system = 'lab' "
+        "AND subject = 'Patient/L1'"
+    )
+    assert owner == absorbed
+    stage.cache.clear()
+    assert await _run_stage(stage, [unmerge]) == []  # redelivered: nothing new
+    stored = await ConflictStore(pool, outbox).load(
+        [(absorbed, "Patient.birthDate")], {(absorbed, "Patient.birthDate"): "DEMOGRAPHICS"}
+    )
+    assert stored[(absorbed, "Patient.birthDate")].assertions["hosp"].fact_id == before[0].fact_id

@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from concord.conflicts.policy import DEFAULT_POLICY, AttributeRule, SourcePolicy
-from concord.conflicts.rules import AttributeState, apply_fact, as_assertion, evaluate
+from concord.conflicts.rules import (
+    UNMERGE_TOMBSTONE_PREFIX,
+    AttributeState,
+    HistoricFact,
+    apply_fact,
+    as_assertion,
+    evaluate,
+    rebuild,
+)
 from concord.events.models import ClinicalFact, ConflictEvent, Provenance
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
@@ -203,6 +211,83 @@ def test_disagreeing_again_after_resolution_opens_a_new_conflict() -> None:
     assert state.conflict is not None
     assert state.conflict.conflict_id == reopened.conflict_id
     assert state.conflict.status == "OPEN"
+
+
+def test_the_same_assertions_disagreeing_again_reopen_the_same_conflict() -> None:
+    # What an unmerge does: the assertions that disagreed before the merge come back.
+    state, [opened] = _run([_fact("a", "x"), _fact("b", "y")])
+    before = dict(state.assertions)
+    state.assertions["b"] = as_assertion(_fact("b", None, version=2, status="DELETED"))
+    resolved = evaluate(state, DEFAULT_POLICY, now=NOW, trigger_received_time=NOW)
+    state.assertions.update(before)
+    reopened = evaluate(state, DEFAULT_POLICY, now=NOW, trigger_received_time=NOW)
+    assert resolved is not None and reopened is not None
+    assert (resolved.kind, reopened.kind) == ("RESOLVED", "OPENED")
+    assert reopened.conflict_id == opened.conflict_id
+    assert [opened.revision, resolved.revision, reopened.revision] == [1, 2, 3]
+
+
+# --- unmerge: rebuilding from the history ---------------------------------------------------
+
+
+def _history(owner: str, fact: ClinicalFact) -> HistoricFact:
+    return HistoricFact(
+        owner=owner,
+        attribute=fact.attribute,
+        attribute_class=fact.attribute_class,
+        assertion=as_assertion(fact),
+    )
+
+
+def _holding(patient: str, *facts: ClinicalFact) -> AttributeState:
+    state = AttributeState(patient_id=patient, attribute=BIRTH, attribute_class="DEMOGRAPHICS")
+    for fact in facts:
+        state.assertions[fact.provenance.source_system] = as_assertion(fact)
+    return state
+
+
+def test_an_unmerge_gives_each_patient_what_its_own_subjects_last_said() -> None:
+    # Source a knew both patients under two subjects; the merge kept A's newer fact on B.
+    a_of_absorbed = _fact("a", "1980-01-01", version=1, minutes=10, patient="A")
+    a_of_survivor = _fact("a", "1990-02-02", version=2, minutes=5, patient="B")
+    b_of_survivor = _fact("b", "1990-02-02", version=3, minutes=1, patient="B")
+    absorbed = _holding("A")
+    absorbed.assertions["a"] = as_assertion(a_of_absorbed).model_copy(
+        update={"fact_id": "merged:x", "value": None, "status": "DELETED"}
+    )
+    survivor = _holding("B", a_of_absorbed, b_of_survivor)
+    history = [
+        _history("A", a_of_absorbed),
+        _history("B", a_of_survivor),
+        _history("B", b_of_survivor),
+    ]
+    states = {("A", BIRTH): absorbed, ("B", BIRTH): survivor}
+    changed = rebuild(states, history)
+    assert sorted((s.patient_id, source) for s, source in changed) == [("A", "a"), ("B", "a")]
+    assert absorbed.assertions["a"].fact_id == a_of_absorbed.fact_id
+    # The survivor's own, older fact is back, although the merge had replaced it.
+    assert survivor.assertions["a"].fact_id == a_of_survivor.fact_id
+    assert survivor.assertions["b"].fact_id == b_of_survivor.fact_id
+    assert rebuild(states, history) == []  # a redelivered unmerge changes nothing
+
+
+def test_a_source_only_the_absorbed_patient_had_leaves_the_survivor() -> None:
+    moved = _fact("c", "1980-01-01", minutes=10, patient="A")
+    survivor = _holding("B", moved)
+    [(state, source)] = rebuild({("B", BIRTH): survivor}, [_history("A", moved)])
+    tombstone = state.assertions[source]
+    assert tombstone.fact_id.startswith(UNMERGE_TOMBSTONE_PREFIX)
+    assert (tombstone.status, tombstone.value) == ("DELETED", None)
+    # Same event time: the source's next fact about the survivor still wins.
+    assert tombstone.provenance.event_time == moved.provenance.event_time
+    assert apply_fact(state, _fact("c", "1990-02-02", version=2, minutes=11, patient="B"))
+
+
+def test_assertions_the_history_does_not_know_are_left_alone() -> None:
+    unknown = _fact("d", "1970-01-01", patient="B")
+    survivor = _holding("B", unknown)
+    assert rebuild({("B", BIRTH): survivor}, []) == []
+    assert survivor.assertions["d"].fact_id == unknown.fact_id
 
 
 # --- policy -------------------------------------------------------------------------------------

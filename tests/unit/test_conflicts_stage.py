@@ -27,6 +27,8 @@ class FakeStore:
         self.saved: dict[tuple[str, str], AttributeState] = {}
         self.loaded: list[tuple[str, str]] = []
         self.events: list[OutboundRecord] = []
+        self.moved: list[tuple[str, str]] = []
+        self.recorded: list[ClinicalFact] = []
 
     async def load(
         self, keys: Sequence[tuple[str, str]], classes: dict[tuple[str, str], str]
@@ -40,15 +42,22 @@ class FakeStore:
     async def attributes_of(self, patient_ids: Sequence[str]) -> dict[tuple[str, str], str]:
         return {k: st.attribute_class for k, st in self.saved.items() if k[0] in patient_ids}
 
+    async def move_subjects(self, merges: Sequence[tuple[str, str]]) -> None:
+        self.moved += merges
+
     async def save(
         self,
         assertions: Iterable[tuple[AttributeState, str, int]],
         conflicts: Iterable[tuple[AttributeState, int]],
         events: Sequence[OutboundRecord],
+        *,
+        facts: Sequence[ClinicalFact] = (),
+        rebuilt: Iterable[tuple[AttributeState, str, int]] = (),
     ) -> None:
-        for state, _, _ in assertions:
+        for state, _, _ in [*assertions, *rebuilt]:
             self.saved[(state.patient_id, state.attribute)] = state
         self.events += events
+        self.recorded += facts
 
 
 class FakeOutbox:
@@ -196,6 +205,8 @@ async def test_a_merge_moves_the_absorbed_patients_assertions_to_the_survivor() 
     )
     # The absorbed patient's conflict resolves; the survivor now holds a, b and c: b disagrees.
     assert events == [("NEW", "OPENED"), ("OLD", "RESOLVED")]
+    assert store.moved == [("OLD", "NEW")]
+    assert MERGE_ATTRIBUTE not in {f.attribute for f in store.recorded}
     survivor = store.saved[("NEW", "Patient.birthDate")]
     assert sorted(survivor.assertions) == ["a", "b", "c"]
     absorbed = store.saved[("OLD", "Patient.birthDate")]

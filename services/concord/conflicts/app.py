@@ -15,11 +15,23 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from concord.conflicts.policy import SourcePolicy
-from concord.conflicts.rules import AttributeState, apply_fact, evaluate, merged_facts
+from concord.conflicts.rules import (
+    AttributeState,
+    apply_fact,
+    evaluate,
+    merged_facts,
+    rebuild,
+)
 from concord.conflicts.store import ConflictStore, Key
 from concord.deadletters import Rejection
 from concord.events import codec
-from concord.events.models import MERGE_ATTRIBUTE, ClinicalFact, ConflictEvent
+from concord.events.models import (
+    IDENTITY_SIGNALS,
+    MERGE_ATTRIBUTE,
+    UNMERGE_ATTRIBUTE,
+    ClinicalFact,
+    ConflictEvent,
+)
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.outbox import Outbox
 from concord.runtime.records import raw_event
@@ -80,9 +92,14 @@ class ConflictsStage(BaseStage):
                 publish_dead_letter(out, raw=raw_event(record), rejection=rejection)
         if not facts:
             return
+        consumed = [fact for fact, _ in facts if fact.attribute not in IDENTITY_SIGNALS]
         try:
             facts = await self._expand_merges(facts)
-            await self._detect(facts, out)
+            rebuilt = await self._rebuild_unmerged(
+                [(f, p) for f, p in facts if f.attribute == UNMERGE_ATTRIBUTE and f.value]
+            )
+            facts = [(f, p) for f, p in facts if f.attribute != UNMERGE_ATTRIBUTE]
+            await self._detect(facts, out, consumed=consumed, rebuilt=rebuilt)
         except BaseException:
             # Memory may now be ahead of PostgreSQL: forget it, the store is the truth.
             self.cache.clear()
@@ -99,6 +116,7 @@ class ConflictsStage(BaseStage):
         merges = [(f, p) for f, p in facts if f.attribute == MERGE_ATTRIBUTE and f.value]
         if not merges:
             return facts
+        await self.store.move_subjects([(m.value or "", m.patient_id) for m, _ in merges])
         classes = await self.store.attributes_of(sorted({f.value for f, _ in merges if f.value}))
         keys_of: dict[str, list[Key]] = defaultdict(list)
         for key in sorted(classes):
@@ -113,12 +131,53 @@ class ConflictsStage(BaseStage):
                 expanded += [(fact, partition) for fact in merged_facts(self.cache[key], merge)]
         return expanded + [(f, p) for f, p in facts if f.attribute != MERGE_ATTRIBUTE]
 
-    async def _detect(self, facts: list[tuple[ClinicalFact, int]], out: Outbound) -> None:
+    async def _rebuild_unmerged(
+        self, unmerges: list[tuple[ClinicalFact, int]]
+    ) -> list[tuple[AttributeState, str, int]]:
+        """An unmerge gives the restored patient its sources' subjects back, then rebuilds
+        both patients' assertions from the fact history: what each source last said under
+        the subjects each owns now. Under the survivor's partition, like the merge."""
+        rebuilt: list[tuple[AttributeState, str, int]] = []
+        for unmerge, partition in unmerges:
+            absorbed = unmerge.value or ""
+            holders = await self.store.restore_subjects(absorbed)
+            patients = sorted({absorbed, unmerge.patient_id, *holders})
+            history = await self.store.history_of(patients)
+            classes = await self.store.attributes_of(patients)
+            for fact in history:
+                if fact.owner in patients:
+                    classes.setdefault((fact.owner, fact.attribute), fact.attribute_class)
+            await self._load_keys([(key, c, partition) for key, c in sorted(classes.items())])
+            states = {key: self.cache[key] for key in classes}
+            rebuilt += [(state, source, partition) for state, source in rebuild(states, history)]
+        return rebuilt
+
+    async def _detect(
+        self,
+        facts: list[tuple[ClinicalFact, int]],
+        out: Outbound,
+        *,
+        consumed: Sequence[ClinicalFact],
+        rebuilt: Sequence[tuple[AttributeState, str, int]],
+    ) -> None:
         await self._load([fact for fact, _ in facts], [p for _, p in facts])
         now = datetime.now(UTC)
         changed_assertions: dict[tuple[Key, str], tuple[AttributeState, str, int]] = {}
         changed_conflicts: dict[Key, tuple[AttributeState, int]] = {}
         events: list[OutboundRecord] = []
+
+        def check(state: AttributeState, partition: int, received: datetime) -> None:
+            if state.attribute_class not in self.policy.compared_classes:
+                return
+            event = evaluate(state, self.policy, now=now, trigger_received_time=received)
+            if event is not None:
+                changed_conflicts[(state.patient_id, state.attribute)] = (state, partition)
+                events.append(conflict_record(event))
+
+        for state, partition in {
+            (s.patient_id, s.attribute): (s, p) for s, _, p in rebuilt
+        }.values():
+            check(state, partition, now)
         for fact, partition in facts:
             key = (fact.patient_id, fact.attribute)
             state = self.cache[key]
@@ -126,17 +185,16 @@ class ConflictsStage(BaseStage):
                 continue
             source = fact.provenance.source_system
             changed_assertions[(key, source)] = (state, source, partition)
-            if fact.attribute_class not in self.policy.compared_classes:
-                continue
-            event = evaluate(
-                state, self.policy, now=now, trigger_received_time=fact.provenance.received_time
-            )
-            if event is not None:
-                changed_conflicts[key] = (state, partition)
-                events.append(conflict_record(event))
-        if not changed_assertions:
+            check(state, partition, fact.provenance.received_time)
+        if not (changed_assertions or consumed or rebuilt):
             return
-        await self.store.save(changed_assertions.values(), changed_conflicts.values(), events)
+        await self.store.save(
+            changed_assertions.values(),
+            changed_conflicts.values(),
+            events,
+            facts=consumed,
+            rebuilt=rebuilt,
+        )
         self.outbox.publish_written(out, events)
 
     async def _load(self, facts: list[ClinicalFact], partitions: list[int]) -> None:

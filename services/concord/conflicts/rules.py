@@ -7,6 +7,7 @@ a newer one. Redelivery changes nothing, so it raises nothing.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
@@ -92,13 +93,16 @@ def evaluate(
     kind: Literal["OPENED", "UPDATED", "RESOLVED"]
     if disagree and (current is None or current.status == "RESOLVED"):
         kind = "OPENED"
+        conflict_id = _hash(
+            state.patient_id, state.attribute, *(f"{a.source_system}:{a.fact_id}" for a in active)
+        )
         new = ConflictState(
-            conflict_id=_hash(
-                state.patient_id,
-                state.attribute,
-                *(f"{a.source_system}:{a.fact_id}" for a in active),
-            ),
-            revision=1,
+            conflict_id=conflict_id,
+            # The same assertions disagreeing again (an unmerge restores them) reopen the same
+            # conflict: its revisions go on, so that consumers see the reopening.
+            revision=current.revision + 1
+            if current is not None and current.conflict_id == conflict_id
+            else 1,
             status="OPEN",
             digest=digest,
             opened_at=now,
@@ -172,3 +176,61 @@ def merged_facts(absorbed: AttributeState, merge: ClinicalFact) -> list[Clinical
             )
         )
     return facts
+
+
+UNMERGE_TOMBSTONE_PREFIX = "unmerged:"
+
+
+@dataclass(frozen=True)
+class HistoricFact:
+    """A fact as the history keeps it, and the patient its source's subject belongs to now."""
+
+    owner: str
+    attribute: str
+    attribute_class: AttributeClass
+    assertion: Assertion
+
+
+def rebuild(
+    states: Mapping[tuple[str, str], AttributeState], history: Iterable[HistoricFact]
+) -> list[tuple[AttributeState, str]]:
+    """After an unmerge: each source's assertion on each attribute in `states` becomes the
+    newest fact of the source's subjects the patient owns now, whatever its age (the merge had
+    replaced it). An assertion whose fact now belongs to another patient, with nothing of the
+    patient's own to take its place, becomes a tombstone of the same event time, so that the
+    source's next fact wins. Assertions the history does not know are left alone. Returns the
+    (state, source) pairs changed; doing it twice changes nothing."""
+    facts = list(history)
+    known = {fact.assertion.fact_id for fact in facts}
+    newest: dict[tuple[str, str, str], Assertion] = {}
+    for fact in facts:
+        key = (fact.owner, fact.attribute, fact.assertion.source_system)
+        best = newest.get(key)
+        if best is None or _order(fact.assertion) > _order(best):
+            newest[key] = fact.assertion
+    changed: list[tuple[AttributeState, str]] = []
+    for (patient, attribute), state in states.items():
+        sources = set(state.assertions) | {
+            source for (p, a, source) in newest if (p, a) == (patient, attribute)
+        }
+        for source in sorted(sources):
+            current = state.assertions.get(source)
+            target = newest.get((patient, attribute, source))
+            if target is None and current is not None and current.fact_id in known:
+                target = current.model_copy(
+                    update={
+                        "fact_id": UNMERGE_TOMBSTONE_PREFIX
+                        + _hash(current.fact_id, patient, attribute),
+                        "value": None,
+                        "display": None,
+                        "status": "DELETED",
+                    }
+                )
+            if target is not None and (current is None or current.fact_id != target.fact_id):
+                state.assertions[source] = target
+                changed.append((state, source))
+    return changed
+
+
+def _order(assertion: Assertion) -> tuple[datetime, str]:
+    return assertion.provenance.event_time, assertion.fact_id

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 import asyncpg
 import orjson
 
-from concord.conflicts.rules import AttributeState, ConflictState
-from concord.events.models import Assertion, Provenance
+from concord.conflicts.rules import AttributeState, ConflictState, HistoricFact
+from concord.events.models import Assertion, ClinicalFact, Provenance
 from concord.runtime.batch import OutboundRecord
 from concord.runtime.outbox import Outbox
 
@@ -29,7 +29,7 @@ SELECT c.* FROM conflict_state c
 JOIN unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
   ON c.patient_id = k.patient_id AND c.attribute = k.attribute
 """
-_UPSERT_ASSERTIONS = """
+_UPSERT_ASSERTIONS_ANY_TIME = """
 INSERT INTO assertions (patient_id, attribute, source_system, kafka_partition, attribute_class,
                         value, display, status, fact_id, event_time, received_time, provenance)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
@@ -40,8 +40,12 @@ ON CONFLICT (patient_id, attribute, source_system) DO UPDATE SET
     value = excluded.value, display = excluded.display, status = excluded.status,
     fact_id = excluded.fact_id, event_time = excluded.event_time,
     received_time = excluded.received_time, provenance = excluded.provenance
-WHERE assertions.event_time <= excluded.event_time
 """
+# A stale cache (another worker's, during a rebalance) must never put an older assertion back;
+# only an unmerge's rebuild does so on purpose (_UPSERT_ASSERTIONS_ANY_TIME).
+_UPSERT_ASSERTIONS = (
+    _UPSERT_ASSERTIONS_ANY_TIME + "WHERE assertions.event_time <= excluded.event_time\n"
+)
 _UPSERT_CONFLICTS = """
 INSERT INTO conflict_state (patient_id, attribute, conflict_id, revision, status,
                             assertions_digest, kafka_partition, opened_at, updated_at)
@@ -54,6 +58,57 @@ ON CONFLICT (patient_id, attribute) DO UPDATE SET
 """
 
 
+_RECORD_HISTORY = """
+INSERT INTO fact_history (fact_id, patient_id, attribute, attribute_class, source_system,
+                          subject, value, display, status, event_time, provenance)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::jsonb[])
+ON CONFLICT (fact_id) DO NOTHING
+"""
+_RECORD_OWNERS = """
+INSERT INTO subject_owners (source_system, subject, patient_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+ON CONFLICT (source_system, subject) DO UPDATE SET patient_id = excluded.patient_id
+WHERE subject_owners.patient_id <> excluded.patient_id
+"""
+_MOVE_SUBJECTS = """
+WITH moved AS (
+    UPDATE subject_owners o SET patient_id = m.survivor
+    FROM unnest($1::text[], $2::text[]) AS m(absorbed, survivor)
+    WHERE o.patient_id = m.absorbed
+    RETURNING m.absorbed, m.survivor, o.source_system, o.subject
+)
+INSERT INTO subject_merge_moves (absorbed_patient_id, survivor_patient_id, source_system,
+                                 subject)
+SELECT * FROM moved
+ON CONFLICT (absorbed_patient_id, source_system, subject) DO UPDATE SET
+    survivor_patient_id = excluded.survivor_patient_id
+"""
+_RESTORE_SUBJECTS = """
+WITH restored AS (
+    DELETE FROM subject_merge_moves WHERE absorbed_patient_id = $1
+    RETURNING source_system, subject
+), previous AS (
+    SELECT o.patient_id FROM subject_owners o JOIN restored USING (source_system, subject)
+), moved AS (
+    UPDATE subject_owners o SET patient_id = $1 FROM restored r
+    WHERE o.source_system = r.source_system AND o.subject = r.subject
+)
+SELECT DISTINCT patient_id FROM previous
+"""
+# What every subject the patients own now asserted, and what was recorded of the patients
+# under subjects they no longer own (whose assertions must leave them).
+_HISTORY_OF = """
+WITH owned AS (
+    SELECT source_system, subject, patient_id AS owner FROM subject_owners
+    WHERE patient_id = ANY($1::text[])
+)
+SELECT h.*, owned.owner FROM fact_history h JOIN owned USING (source_system, subject)
+UNION
+SELECT h.*, coalesce(o.patient_id, h.patient_id) AS owner FROM fact_history h
+LEFT JOIN subject_owners o USING (source_system, subject)
+WHERE h.patient_id = ANY($1::text[])
+"""
 _ATTRIBUTES_OF = """
 SELECT DISTINCT patient_id, attribute, attribute_class FROM assertions
 WHERE patient_id = ANY($1::text[])
@@ -64,6 +119,30 @@ class ConflictStore:
     def __init__(self, pool: asyncpg.Pool, outbox: Outbox) -> None:
         self.pool = pool
         self.outbox = outbox
+
+    async def move_subjects(self, merges: Sequence[tuple[str, str]]) -> None:
+        """(absorbed, survivor) pairs: the absorbed patients' subjects now belong to the
+        survivors, and each move is kept until an unmerge undoes it."""
+        await self.pool.execute(
+            _MOVE_SUBJECTS, [a for a, _ in merges], [survivor for _, survivor in merges]
+        )
+
+    async def restore_subjects(self, absorbed: str) -> set[str]:
+        """Undo the move of the absorbed patient's subjects; return who held them."""
+        rows = await self.pool.fetch(_RESTORE_SUBJECTS, absorbed)
+        return {row["patient_id"] for row in rows}
+
+    async def history_of(self, patient_ids: Sequence[str]) -> list[HistoricFact]:
+        rows = await self.pool.fetch(_HISTORY_OF, list(patient_ids))
+        return [
+            HistoricFact(
+                owner=row["owner"],
+                attribute=row["attribute"],
+                attribute_class=row["attribute_class"],
+                assertion=_assertion(row),
+            )
+            for row in rows
+        ]
 
     async def attributes_of(self, patient_ids: Sequence[str]) -> dict[Key, str]:
         """Every attribute any source asserted of these patients, with its class."""
@@ -83,14 +162,7 @@ class ConflictStore:
         }
         for row in assertion_rows:
             states[(row["patient_id"], row["attribute"])].assertions[row["source_system"]] = (
-                Assertion(
-                    source_system=row["source_system"],
-                    value=row["value"],
-                    display=row["display"],
-                    status=row["status"],
-                    fact_id=row["fact_id"],
-                    provenance=Provenance.model_validate_json(row["provenance"]),
-                )
+                _assertion(row)
             )
         for row in conflict_rows:
             states[(row["patient_id"], row["attribute"])].conflict = ConflictState(
@@ -108,34 +180,22 @@ class ConflictStore:
         assertions: Iterable[tuple[AttributeState, str, int]],
         conflicts: Iterable[tuple[AttributeState, int]],
         events: Sequence[OutboundRecord],
+        *,
+        facts: Sequence[ClinicalFact] = (),
+        rebuilt: Iterable[tuple[AttributeState, str, int]] = (),
     ) -> None:
         """One transaction: changed assertions (state, source, partition), changed conflict
-        states (state, partition), and the outbox rows of the events they caused."""
-        a_rows = [(st, st.assertions[source], partition) for st, source, partition in assertions]
+        states (state, partition), the outbox rows of the events they caused, the facts
+        consumed (history, and who their subjects belong to), and the assertions an unmerge
+        rebuilt (written whatever their age)."""
         c_rows: list[tuple[AttributeState, ConflictState, int]] = []
         for st, partition in conflicts:
             if st.conflict is not None:
                 c_rows.append((st, st.conflict, partition))
         async with self.pool.acquire() as conn, conn.transaction():
-            if a_rows:
-                await conn.execute(
-                    _UPSERT_ASSERTIONS,
-                    [st.patient_id for st, _, _ in a_rows],
-                    [st.attribute for st, _, _ in a_rows],
-                    [a.source_system for _, a, _ in a_rows],
-                    [p for _, _, p in a_rows],
-                    [st.attribute_class for st, _, _ in a_rows],
-                    [a.value for _, a, _ in a_rows],
-                    [a.display for _, a, _ in a_rows],
-                    [a.status for _, a, _ in a_rows],
-                    [a.fact_id for _, a, _ in a_rows],
-                    [a.provenance.event_time for _, a, _ in a_rows],
-                    [a.provenance.received_time for _, a, _ in a_rows],
-                    [
-                        orjson.dumps(a.provenance.model_dump(mode="json")).decode()
-                        for _, a, _ in a_rows
-                    ],
-                )
+            await self._write_assertions(conn, _UPSERT_ASSERTIONS, assertions)
+            await self._write_assertions(conn, _UPSERT_ASSERTIONS_ANY_TIME, rebuilt)
+            await _record(conn, facts)
             if c_rows:
                 await conn.execute(
                     _UPSERT_CONFLICTS,
@@ -150,3 +210,66 @@ class ConflictStore:
                     [c.updated_at for _, c, _ in c_rows],
                 )
             await self.outbox.write(conn, events)
+
+    @staticmethod
+    async def _write_assertions(
+        conn: asyncpg.Connection, statement: str, rows: Iterable[tuple[AttributeState, str, int]]
+    ) -> None:
+        a_rows = [(st, st.assertions[source], partition) for st, source, partition in rows]
+        if a_rows:
+            await conn.execute(
+                statement,
+                [st.patient_id for st, _, _ in a_rows],
+                [st.attribute for st, _, _ in a_rows],
+                [a.source_system for _, a, _ in a_rows],
+                [p for _, _, p in a_rows],
+                [st.attribute_class for st, _, _ in a_rows],
+                [a.value for _, a, _ in a_rows],
+                [a.display for _, a, _ in a_rows],
+                [a.status for _, a, _ in a_rows],
+                [a.fact_id for _, a, _ in a_rows],
+                [a.provenance.event_time for _, a, _ in a_rows],
+                [a.provenance.received_time for _, a, _ in a_rows],
+                [_json(a.provenance) for _, a, _ in a_rows],
+            )
+
+
+async def _record(conn: asyncpg.Connection, facts: Sequence[ClinicalFact]) -> None:
+    """Keep every consumed fact, and note whose each source's subject is now (the newest
+    fact's patient), for an unmerge to rebuild from."""
+    if not facts:
+        return
+    await conn.execute(
+        _RECORD_HISTORY,
+        [f.fact_id for f in facts],
+        [f.patient_id for f in facts],
+        [f.attribute for f in facts],
+        [f.attribute_class for f in facts],
+        [f.provenance.source_system for f in facts],
+        [f.subject for f in facts],
+        [f.value for f in facts],
+        [f.display for f in facts],
+        [f.status for f in facts],
+        [f.provenance.event_time for f in facts],
+        [_json(f.provenance) for f in facts],
+    )
+    owners = {(f.provenance.source_system, f.subject): f.patient_id for f in facts if f.subject}
+    if owners:
+        await conn.execute(
+            _RECORD_OWNERS, [k[0] for k in owners], [k[1] for k in owners], list(owners.values())
+        )
+
+
+def _assertion(row: asyncpg.Record) -> Assertion:
+    return Assertion(
+        source_system=row["source_system"],
+        value=row["value"],
+        display=row["display"],
+        status=row["status"],
+        fact_id=row["fact_id"],
+        provenance=Provenance.model_validate_json(row["provenance"]),
+    )
+
+
+def _json(provenance: Provenance) -> str:
+    return orjson.dumps(provenance.model_dump(mode="json")).decode()
