@@ -163,59 +163,6 @@ def mllp_send(
 
 
 @main.group()
-def identity() -> None:
-    """The patient identity index: uncertain matches waiting for a reviewer."""
-
-
-@identity.command("reviews")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--limit", type=int, default=100, show_default=True)
-@state_dir_option
-def identity_reviews(as_json: bool, limit: int, state_dir: Path) -> None:
-    """Open identity review tasks, oldest first: the provisional id a record got, the known
-    patient it may be, the score and its breakdown (fields and levels, never values)."""
-    settings = client_settings(state_dir)
-    if settings.database_url is None:
-        raise click.ClickException(
-            "no database: set CONCORD_DATABASE_URL or run `concord stack up` first"
-        )
-    rows = asyncio.run(_fetch_reviews(settings.database_url.get_secret_value(), limit))
-    for row in rows:
-        breakdown = orjson.loads(row["breakdown"])
-        if as_json:
-            task = {k: row[k] for k in ("task_id", "source", "provisional_enterprise_id",
-                                         "candidate_enterprise_id", "score")}  # fmt: skip
-            task["created_at"] = row["created_at"].isoformat()
-            task["breakdown"] = breakdown
-            click.echo(orjson.dumps(task).decode())
-            continue
-        fields = " ".join(f"{w['field']}={w['level']}({w['weight']:+.1f})" for w in breakdown)
-        click.echo(
-            f"{row['created_at']:%Y-%m-%d %H:%M} {row['task_id'][:12]} {row['source']}: "
-            f"{row['provisional_enterprise_id']} may be {row['candidate_enterprise_id']} "
-            f"(score {row['score']:.1f}: {fields})"
-        )
-    click.echo(f"{len(rows)} open identity review tasks", err=True)
-
-
-async def _fetch_reviews(dsn: str, limit: int) -> list[Any]:
-    from concord.runtime.db import create_pool
-
-    pool = await create_pool(dsn, 1)
-    try:
-        return list(
-            await pool.fetch(
-                "SELECT task_id, source, provisional_enterprise_id, candidate_enterprise_id, "
-                "score, breakdown, created_at FROM identity_review_tasks WHERE status = 'OPEN' "
-                "ORDER BY created_at, task_id LIMIT $1",
-                limit,
-            )
-        )
-    finally:
-        await pool.close()
-
-
-@main.group()
 def alerts() -> None:
     """Read alerts: what is stored (list) or what fires (follow)."""
 
@@ -361,11 +308,13 @@ def demo(state_dir: Path, exit_after_check: bool) -> None:
 def _register_subcommands() -> None:
     from concord.deadletter_commands import deadletter
     from concord.generate.command import generate
+    from concord.identity_commands import identity
     from concord.stack.commands import stack
 
     main.add_command(stack)
     main.add_command(deadletter)
     main.add_command(generate)
+    main.add_command(identity)
 
 
 _register_subcommands()

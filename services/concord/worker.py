@@ -68,7 +68,14 @@ async def build_stage(
             review_threshold=settings.identity_review_threshold,
         )
         identities = PostgresIdentityStore(pool, thresholds=thresholds)
-        return NormalizationStage(settings, identities, Terminology.load()), pool.close
+        normalization = NormalizationStage(
+            settings,
+            identities,
+            Terminology.load(),
+            identity_outbox=identities.outbox,
+            producer=producer,
+        )
+        return normalization, pool.close
     if service == "ingestion":
         from concord.ingestion.app import IngestionStage
         from concord.ingestion.dedupe import PostgresSeenVersions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import uuid
 from datetime import UTC, datetime
@@ -19,10 +20,15 @@ from concord.alerting.store import AlertStore
 from concord.cli import main
 from concord.conflicts.policy import DEFAULT_POLICY
 from concord.conflicts.rules import AttributeState, apply_fact, evaluate
+from concord.events import codec
 from concord.events.models import ClinicalFact, Provenance
+from concord.normalization.identity.demographics import from_fhir_patient
+from concord.normalization.identity.resolution import IdentityRequest
+from concord.normalization.identity_store import PostgresIdentityStore
 from concord.runtime.outbox import Outbox
 from concord.stack.broker import BrokerInfo
 from concord.stack.postgres import PostgresInfo
+from concord.topics import FACTS
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -172,3 +178,158 @@ async def _store_alert(dsn: str, patient: str) -> None:
         )
     finally:
         await pool.close()
+
+
+# --- identity merges | unmerge --------------------------------------------------------------
+
+
+async def _merge(dsn: str, run: str) -> tuple[str, str]:
+    """Patient/1 (described) merged into Patient/2 by an A40-like record: (absorbed, survivor)."""
+    source = f"cli{run}"
+    described = from_fhir_patient(
+        {
+            "resourceType": "Patient",
+            "id": "1",
+            "name": [{"family": f"Merged{run}", "given": ["Zed"]}],
+            "birthDate": "1938-12-24",
+        },
+        source,
+    )
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        store = PostgresIdentityStore(pool)
+        [old] = await store.resolve_batch(
+            [IdentityRequest(source=source, local_ids=("Patient/1",), demographics=described)]
+        )
+        [merge] = await store.resolve_batch(
+            [IdentityRequest(source=source, local_ids=("Patient/2",), absorbs=("Patient/1",))]
+        )
+        assert merge.absorbed == (old.enterprise_id,)
+        return old.enterprise_id, merge.enterprise_id
+    finally:
+        await pool.close()
+
+
+async def _identity_outbox(dsn: str, absorbed: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return sum(
+            codec.CLINICAL_FACT.decode(row["value"]).value == absorbed
+            for row in await conn.fetch("SELECT value FROM outbox WHERE stage = 'identity'")
+        )
+    finally:
+        await conn.close()
+
+
+async def _unmerged_by(dsn: str, absorbed: str) -> str | None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        by: str | None = await conn.fetchval(
+            "SELECT unmerged_by FROM identity_merges WHERE absorbed_enterprise_id = $1", absorbed
+        )
+        return by
+    finally:
+        await conn.close()
+
+
+def _stack_env(tmp_path: Path, dsn: str, bootstrap: str) -> Path:
+    folder = tmp_path / f"stack-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    (folder / "stack.env").write_text(
+        f"CONCORD_DATABASE_URL={dsn}\nCONCORD_BOOTSTRAP_SERVERS={bootstrap}\n"
+    )
+    return folder
+
+
+def test_identity_merges_and_unmerge_publish_the_signal(
+    postgres: PostgresInfo, broker: BrokerInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("CONCORD_DATABASE_URL", "CONCORD_BOOTSTRAP_SERVERS"):
+        monkeypatch.delenv(variable, raising=False)
+    run = uuid.uuid4().hex[:6]
+    absorbed, survivor = asyncio.run(_merge(postgres.dsn, run))
+    stack = _stack_env(tmp_path, postgres.dsn, broker.bootstrap_servers)
+    cli = CliRunner()
+
+    listed = cli.invoke(main, ["identity", "merges", "--json", "--state-dir", str(stack)])
+    assert listed.exit_code == 0, listed.output
+    [entry] = [json.loads(line) for line in listed.output.splitlines() if absorbed in line]
+    assert (entry["survivor_enterprise_id"], entry["source"]) == (survivor, f"cli{run}")
+    assert (entry["links_moved"], entry["views_moved"], entry["unmerged_at"]) == (1, 1, None)
+    text = cli.invoke(main, ["identity", "merges", "--state-dir", str(stack)]).output
+    [line] = [line for line in text.splitlines() if absorbed in line]
+    assert line.endswith(
+        f" {absorbed} merged into {survivor} (source cli{run}; moved 1 local id, 1 view)"
+    )
+    assert f"Merged{run}" not in text and "1938" not in text
+
+    done = cli.invoke(
+        main,
+        ["identity", "unmerge", absorbed, "--reason", "two people", "--by", "qa",
+         "--state-dir", str(stack)],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert done.output == (
+        f"{absorbed} is a patient again: 1 local id and 1 view restored from {survivor}; "
+        "signal published to concord.facts\n"
+    )
+    assert asyncio.run(_identity_outbox(postgres.dsn, absorbed)) == 0
+    [(value, _)] = asyncio.run(_read(broker.bootstrap_servers, FACTS, absorbed.encode()))
+    signal = codec.CLINICAL_FACT.decode(value)
+    assert (signal.attribute, signal.patient_id, signal.value) == (
+        "Patient.unmergedFrom", survivor, absorbed,
+    )  # fmt: skip
+
+    active = cli.invoke(main, ["identity", "merges", "--state-dir", str(stack)]).output
+    assert absorbed not in active
+    undone = cli.invoke(main, ["identity", "merges", "--all", "--state-dir", str(stack)]).output
+    [line] = [line for line in undone.splitlines() if absorbed in line]
+    assert " by qa)" in line and "unmerged 20" in line and "two people" not in line
+
+    again = cli.invoke(
+        main, ["identity", "unmerge", absorbed, "--reason", "x", "--state-dir", str(stack)]
+    )
+    assert again.exit_code == 1
+    assert f"{absorbed} is not merged into another patient" in again.output
+
+
+def test_an_unmerge_without_kafka_is_committed_and_its_signal_waits(
+    postgres: PostgresInfo, broker: BrokerInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("CONCORD_DATABASE_URL", "CONCORD_BOOTSTRAP_SERVERS"):
+        monkeypatch.delenv(variable, raising=False)
+    run = uuid.uuid4().hex[:6]
+    absorbed, survivor = asyncio.run(_merge(postgres.dsn, run))
+    cli = CliRunner()
+    unreachable = _stack_env(tmp_path, postgres.dsn, "127.0.0.1:1")
+    failed = cli.invoke(
+        main, ["identity", "unmerge", absorbed, "--reason", "x", "--state-dir", str(unreachable)]
+    )
+    assert failed.exit_code == 1
+    assert f"{absorbed} is a patient again" in failed.output and "committed" in failed.output
+    assert "waits in the identity outbox" in failed.output
+    assert asyncio.run(_identity_outbox(postgres.dsn, absorbed)) == 1
+    by = asyncio.run(_unmerged_by(postgres.dsn, absorbed))
+    assert by == getpass.getuser()  # --by defaults to the OS user
+
+    # The same command once Kafka is back: the signal that waited is published.
+    stack = _stack_env(tmp_path, postgres.dsn, broker.bootstrap_servers)
+    again = cli.invoke(
+        main, ["identity", "unmerge", absorbed, "--reason", "x", "--state-dir", str(stack)]
+    )
+    assert again.exit_code == 0, again.output
+    assert "already unmerged" in again.output and "was published" in again.output
+    assert asyncio.run(_identity_outbox(postgres.dsn, absorbed)) == 0
+    [(value, _)] = asyncio.run(_read(broker.bootstrap_servers, FACTS, absorbed.encode()))
+    assert codec.CLINICAL_FACT.decode(value).patient_id == survivor
+
+
+def test_identity_commands_without_a_database_say_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONCORD_DATABASE_URL", raising=False)
+    for command in (["merges"], ["unmerge", "E1", "--reason", "x"]):
+        result = CliRunner().invoke(main, ["identity", *command, "--state-dir", str(tmp_path)])
+        assert result.exit_code == 1
+        assert "concord stack up" in result.output

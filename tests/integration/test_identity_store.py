@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,18 @@ import pytest_asyncio
 from click.testing import CliRunner
 
 from concord.cli import main
+from concord.events import codec
+from concord.events.models import ClinicalFact
 from concord.normalization.identity.demographics import from_fhir_patient
 from concord.normalization.identity.resolution import How, IdentityRequest, new_enterprise_id
-from concord.normalization.identity_store import PostgresIdentityStore
+from concord.normalization.identity_store import (
+    IDENTITY_OUTBOX,
+    NothingRecorded,
+    NotMerged,
+    PostgresIdentityStore,
+)
 from concord.stack.postgres import PostgresInfo
+from concord.topics import FACTS
 
 pytestmark = pytest.mark.integration
 
@@ -316,3 +326,272 @@ async def test_results_before_their_patient_are_merged_into_the_patient_it_match
                      phone="555-777-8888", postal="10001")  # fmt: skip
     [described] = await store.resolve_batch([nobody])
     assert (described.enterprise_id, described.absorbed) == (first.enterprise_id, ())
+
+
+# --- unmerges ---------------------------------------------------------------------------------
+
+T_UNMERGE = datetime(2026, 4, 1, 9, 30, tzinfo=UTC)
+
+
+async def _moves(pool: asyncpg.Pool, absorbed: str) -> set[tuple[str, str, str, str]]:
+    rows = await pool.fetch(
+        "SELECT survivor_enterprise_id, kind, source, local_id FROM identity_merge_moves "
+        "WHERE absorbed_enterprise_id = $1",
+        absorbed,
+    )
+    return {(r["survivor_enterprise_id"], r["kind"], r["source"], r["local_id"]) for r in rows}
+
+
+async def _signals(pool: asyncpg.Pool, absorbed: str) -> list[tuple[bytes, ClinicalFact]]:
+    """The identity outbox's (key, signal) about `absorbed`: other tests share the database."""
+    rows = await pool.fetch(
+        "SELECT topic, key, value FROM outbox WHERE stage = $1 ORDER BY seq", IDENTITY_OUTBOX
+    )
+    found = []
+    for row in rows:
+        fact = codec.CLINICAL_FACT.decode(row["value"])
+        if fact.value == absorbed:
+            assert row["topic"] == FACTS
+            found.append((row["key"], fact))
+    return found
+
+
+async def _eid(store: PostgresIdentityStore, source: str, local_id: str) -> str:
+    [resolution] = await store.resolve_batch(
+        [IdentityRequest(source=source, local_ids=(local_id,))]
+    )
+    assert resolution.how == How.CROSSWALK
+    return resolution.enterprise_id
+
+
+def _person(source: str, pid: str, run: str, family: str, given: str) -> IdentityRequest:
+    """A patient no other test's (the database is shared) resembles: birth date, phone and
+    postal code drawn from the run and the family name."""
+    n = int(hashlib.sha256(f"{run}{family}".encode()).hexdigest()[:12], 16)
+    return patient(
+        source, pid, family=f"{family}{run}", given=given,
+        birth=f"19{n % 90 + 10}-{n // 90 % 12 + 1:02d}-{n // 1080 % 28 + 1:02d}",
+        phone=f"555-{n // 30240 % 900 + 100}-{n // 27216000 % 9000 + 1000}",
+        postal=f"{n // 245_000_000 % 90000 + 10000}",
+    )  # fmt: skip
+
+
+async def _two_patients(
+    store: PostgresIdentityStore, run: str
+) -> tuple[IdentityRequest, IdentityRequest, str, str]:
+    """Patient/1 (known to sources a and b) and Patient/2 of source a: two people."""
+    source = f"a{run}"
+    old = _person(source, "1", run, "Olden", "Ivo")
+    elsewhere = _person(f"b{run}", "7", run, "Olden", "Ivo")
+    survivor = _person(source, "2", run, "Newer", "Ada")
+    [first], [same], [second] = [await store.resolve_batch([r]) for r in (old, elsewhere, survivor)]
+    assert same.enterprise_id == first.enterprise_id != second.enterprise_id
+    return old, survivor, first.enterprise_id, second.enterprise_id
+
+
+@pytest.mark.asyncio
+async def test_an_unmerge_gives_the_absorbed_patient_back_what_the_merge_moved(
+    pool: asyncpg.Pool,
+) -> None:
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    a, b = f"a{run}", f"b{run}"
+    old, survivor, absorbed_id, survivor_id = await _two_patients(store, run)
+    [merged] = await store.resolve_batch([survivor.model_copy(update={"absorbs": ("Patient/1",)})])
+    assert merged.absorbed == (absorbed_id,)
+    # Every link and view the merge re-pointed, MRG-1's own link (written by the batch) too.
+    assert await _moves(pool, absorbed_id) == {
+        (survivor_id, "LINK", a, "Patient/1"),
+        (survivor_id, "LINK", a, f"id:urn:{a}:mrn|1"),
+        (survivor_id, "LINK", b, "Patient/7"),
+        (survivor_id, "LINK", b, f"id:urn:{b}:mrn|7"),
+        (survivor_id, "VIEW", a, "Patient/1"),
+        (survivor_id, "VIEW", b, "Patient/7"),
+    }
+    assert await _eid(store, b, "Patient/7") == survivor_id
+
+    done = await store.unmerge(absorbed_id, by="qa", reason="two people", at=T_UNMERGE)
+    assert (done.absorbed, done.survivor, done.links_restored, done.views_restored) == (
+        absorbed_id, survivor_id, 4, 2,
+    )  # fmt: skip
+    # The absorbed patient's local ids lead to it again; the survivor's stay with the survivor.
+    assert await _eid(store, a, f"id:urn:{a}:mrn|1") == absorbed_id
+    assert await _eid(store, b, "Patient/7") == absorbed_id
+    assert await _eid(store, a, "Patient/2") == survivor_id
+    [again] = await store.resolve_batch([old])  # its Patient redelivered: no re-match
+    assert (again.how, again.enterprise_id) == (How.CROSSWALK, absorbed_id)
+    views = await pool.fetch(
+        "SELECT source, enterprise_id FROM identity_views WHERE source = ANY($1::text[])", [a, b]
+    )
+    assert sorted((v["source"], v["enterprise_id"]) for v in views) == sorted(
+        [(a, absorbed_id), (b, absorbed_id), (a, survivor_id)]
+    )
+    links = await pool.fetch(
+        "SELECT decided_by, provisional FROM identity_links WHERE enterprise_id = $1",
+        absorbed_id,
+    )
+    assert {(r["decided_by"], r["provisional"]) for r in links} == {("UNMERGED", False)}
+    merge = await pool.fetchrow(
+        "SELECT unmerged_at, unmerged_by, unmerge_reason FROM identity_merges "
+        "WHERE absorbed_enterprise_id = $1",
+        absorbed_id,
+    )
+    assert tuple(merge) == (T_UNMERGE, "qa", "two people")
+    assert await _moves(pool, absorbed_id) == set()
+    # One signal, keyed and addressed to the survivor, naming the restored patient.
+    [(key, fact)] = await _signals(pool, absorbed_id)
+    assert key == survivor_id.encode()
+    assert (fact.attribute, fact.value, fact.patient_id) == (
+        "Patient.unmergedFrom", absorbed_id, survivor_id,
+    )  # fmt: skip
+    assert fact == done.fact
+
+    # Twice: not merged any more, and nothing changes.
+    with pytest.raises(NotMerged, match="concord identity merges"):
+        await store.unmerge(absorbed_id, by="qa", reason="again", at=T_UNMERGE)
+    assert len(await _signals(pool, absorbed_id)) == 1
+    assert await _eid(store, b, "Patient/7") == absorbed_id
+
+
+@pytest.mark.asyncio
+async def test_a_merge_said_again_after_an_unmerge_is_a_new_merge(pool: asyncpg.Pool) -> None:
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    a = f"a{run}"
+    _, survivor, absorbed_id, survivor_id = await _two_patients(store, run)
+    merge = survivor.model_copy(update={"absorbs": ("Patient/1",)})
+    await store.resolve_batch([merge])
+    first = await store.unmerge(absorbed_id, by="qa", reason="error", at=T_UNMERGE)
+    undone_at = await pool.fetchval(
+        "SELECT merged_at FROM identity_merges WHERE absorbed_enterprise_id = $1", absorbed_id
+    )
+
+    [again] = await store.resolve_batch([merge])  # the A40 redelivered, or sent again
+    assert again.absorbed == (absorbed_id,)
+    row = await pool.fetchrow(
+        "SELECT merged_at, unmerged_at, unmerged_by, unmerge_reason FROM identity_merges "
+        "WHERE absorbed_enterprise_id = $1",
+        absorbed_id,
+    )
+    assert row["merged_at"] > undone_at
+    assert (row["unmerged_at"], row["unmerged_by"], row["unmerge_reason"]) == (None, None, None)
+    assert len(await _moves(pool, absorbed_id)) == 6  # recorded afresh
+    assert await _eid(store, a, "Patient/1") == survivor_id
+
+    second = await store.unmerge(absorbed_id, by="qa", reason="still wrong", at=T_UNMERGE)
+    assert (second.links_restored, second.views_restored) == (4, 2)
+    assert await _eid(store, a, "Patient/1") == absorbed_id
+    # Another merge undone: another signal (the first one's id is the first merge's).
+    assert second.fact.fact_id != first.fact.fact_id
+    assert [f.fact_id for _, f in await _signals(pool, absorbed_id)] == [
+        first.fact.fact_id, second.fact.fact_id,
+    ]  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_unmerging_a_patient_never_merged_changes_nothing(pool: asyncpg.Pool) -> None:
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    [alone] = await store.resolve_batch([_person(f"a{run}", "1", run, "Single", "Una")])
+    before = await pool.fetch(
+        "SELECT * FROM identity_links WHERE enterprise_id = $1 ORDER BY local_id",
+        alone.enterprise_id,
+    )
+    with pytest.raises(NotMerged) as raised:
+        await store.unmerge(alone.enterprise_id, by="qa", reason="typo", at=T_UNMERGE)
+    assert str(raised.value).startswith(f"{alone.enterprise_id} is not merged")
+    assert f"Single{run}" not in str(raised.value)
+    after = await pool.fetch(
+        "SELECT * FROM identity_links WHERE enterprise_id = $1 ORDER BY local_id",
+        alone.enterprise_id,
+    )
+    assert before == after
+    assert await _signals(pool, alone.enterprise_id) == []
+
+
+@pytest.mark.asyncio
+async def test_a_chain_of_merges_gives_back_the_first_patient_from_the_last_survivor(
+    pool: asyncpg.Pool,
+) -> None:
+    """A merged into B, then B into C: B's merge moved A's ids too. Unmerging A takes them
+    back from C; unmerging B later takes B's own ids only."""
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    a = f"a{run}"
+    people = [
+        _person(a, "1", run, "Alpha", "Abe"),
+        _person(a, "2", run, "Beta", "Bea"),
+        _person(a, "3", run, "Gamma", "Cy"),
+    ]
+    ids = [(await store.resolve_batch([p]))[0].enterprise_id for p in people]
+    eid_a, eid_b, eid_c = ids
+    assert len(set(ids)) == 3
+    await store.resolve_batch([people[1].model_copy(update={"absorbs": ("Patient/1",)})])
+    await store.resolve_batch([people[2].model_copy(update={"absorbs": ("Patient/2",)})])
+    assert await _eid(store, a, "Patient/1") == eid_c
+    b_moves = {(kind, local) for _, kind, _, local in await _moves(pool, eid_b)}
+    assert ("LINK", "Patient/1") in b_moves and ("VIEW", "Patient/1") in b_moves
+
+    done = await store.unmerge(eid_a, by="qa", reason="A is not B", at=T_UNMERGE)
+    assert (done.survivor, done.links_restored, done.views_restored) == (eid_c, 2, 1)
+    assert await _eid(store, a, "Patient/1") == eid_a
+    assert await _eid(store, a, f"id:urn:{a}:mrn|1") == eid_a
+    assert await _eid(store, a, "Patient/2") == eid_c
+    [(key, fact)] = await _signals(pool, eid_a)
+    assert (key, fact.patient_id, fact.value) == (eid_c.encode(), eid_c, eid_a)
+    assert {local for _, _, _, local in await _moves(pool, eid_b)} == {
+        "Patient/2", f"id:urn:{a}:mrn|2",
+    }  # fmt: skip
+
+    undone = await store.unmerge(eid_b, by="qa", reason="B is not C", at=T_UNMERGE)
+    assert (undone.survivor, undone.links_restored, undone.views_restored) == (eid_c, 2, 1)
+    assert await _eid(store, a, "Patient/2") == eid_b
+    assert await _eid(store, a, "Patient/1") == eid_a
+    assert await _eid(store, a, "Patient/3") == eid_c
+
+
+@pytest.mark.asyncio
+async def test_unmerging_a_provisional_id_gives_its_patient_back_its_ids_and_view(
+    pool: asyncpg.Pool,
+) -> None:
+    """Results came first (provisional id), their Patient then matched a known patient and
+    merged the provisional id into it: undone, the Patient and its results are one patient
+    of their own, and its Patient redelivered stays there."""
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    b = f"b{run}"
+    family = "Early"
+    [known] = await store.resolve_batch([_person(f"a{run}", "1", run, family, "Noor")])
+    [provisional] = await store.resolve_batch([IdentityRequest(source=b, local_ids=("Patient/9",))])
+    late = _person(b, "9", run, family, "Noor")
+    [placed] = await store.resolve_batch([late])
+    assert placed.absorbed == (provisional.enterprise_id,)
+
+    done = await store.unmerge(provisional.enterprise_id, by="qa", reason="x", at=T_UNMERGE)
+    assert (done.survivor, done.links_restored, done.views_restored) == (known.enterprise_id, 2, 1)
+    assert await _eid(store, b, f"id:urn:{b}:mrn|9") == provisional.enterprise_id
+    [again] = await store.resolve_batch([late])
+    assert (again.how, again.enterprise_id) == (How.CROSSWALK, provisional.enterprise_id)
+
+
+@pytest.mark.asyncio
+async def test_a_merge_that_kept_no_moves_is_not_unmerged_blindly(pool: asyncpg.Pool) -> None:
+    """A merge recorded before migration 0005 kept no moves: nothing to give back."""
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    await pool.execute(
+        "INSERT INTO identity_merges (absorbed_enterprise_id, survivor_enterprise_id, source) "
+        "VALUES ($1, $2, 'old-feed')",
+        f"EOLD{run}",
+        f"ENEW{run}",
+    )
+    with pytest.raises(NothingRecorded, match="migration 0005"):
+        await store.unmerge(f"EOLD{run}", by="qa", reason="x", at=T_UNMERGE)
+    assert (
+        await pool.fetchval(
+            "SELECT unmerged_at FROM identity_merges WHERE absorbed_enterprise_id = $1",
+            f"EOLD{run}",
+        )
+        is None
+    )
+    assert await _signals(pool, f"EOLD{run}") == []

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from concord.config import IngestionSettings, NormalizationSettings
 from concord.deadletters import Rejection
@@ -570,3 +570,32 @@ async def test_a_patient_link_replaces_publishes_the_merge_for_the_conflicts_sta
     new_id = next(f.patient_id for f in facts if f.record_id == "r-1")
     assert old_id != new_id
     assert (merge.patient_id, merge.value) == (new_id, old_id)
+
+
+class _FakeOutbox:
+    """The identity outbox: what an unmerge left behind, drained by whoever gets partitions."""
+
+    def __init__(self, pending: int) -> None:
+        self.pending = pending
+        self.drained_with: list[object] = []
+
+    async def drain(self, producer: object) -> int:
+        self.drained_with.append(producer)
+        drained, self.pending = self.pending, 0
+        return drained
+
+
+@pytest.mark.asyncio
+async def test_normalization_publishes_the_identity_outbox_when_it_gets_partitions() -> None:
+    settings = NormalizationSettings(enterprise_id_systems=[MPI], database_url=DSN)
+    outbox, producer = _FakeOutbox(pending=1), _FakeProducer()
+    stage = NormalizationStage(
+        settings,
+        _FakeIdentities(),
+        Terminology.load(),
+        identity_outbox=outbox,  # type: ignore[arg-type]
+        producer=producer,  # type: ignore[arg-type]
+    )
+    await stage.on_assigned({TopicPartition(INGESTED, 0)})
+    assert (outbox.pending, outbox.drained_with) == (0, [producer])
+    await _normalization().on_assigned({TopicPartition(INGESTED, 0)})  # none wired: no-op

@@ -1,12 +1,18 @@
 """The normalization worker's stage: decode ingested records, read them with the pure core,
-resolve the batch's patients in the identity index, publish the facts."""
+resolve the batch's patients in the identity index, publish the facts.
+
+It also publishes what an operator's identity change (`concord identity unmerge`) left in
+the identity outbox, when it gets partitions: the command publishes its own signal, and
+this covers a command that stopped between its commit and the broker's ack."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from aiokafka.structs import ConsumerRecord
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from concord import metrics
 from concord.config import NormalizationSettings
@@ -16,17 +22,20 @@ from concord.events.models import ClinicalFact, IngestedRecord
 from concord.events.raw import RawEvent
 from concord.normalization.facts.drafts import PROVISIONAL_PATIENT, merge_fact, to_fact
 from concord.normalization.identity_store import IdentityStore
+from concord.normalization.outbound import fact_record
 from concord.normalization.records import ReadRecord, read_record
 from concord.normalization.terminology import Terminology
-from concord.runtime.batch import Outbound, OutboundRecord
+from concord.runtime.batch import Outbound
+from concord.runtime.outbox import Outbox
 from concord.runtime.records import raw_event
 from concord.runtime.stage import BaseStage, core_failure, publish_dead_letter
-from concord.topics import FACTS, INGESTED
+from concord.topics import INGESTED
+
+log = logging.getLogger(__name__)
 
 
 def publish_fact(out: Outbound, *, fact: ClinicalFact) -> None:
-    # Keyed by enterprise patient id: all facts of one patient meet in one partition, in order.
-    out.add(OutboundRecord(FACTS, codec.CLINICAL_FACT.encode(fact), key=fact.patient_id.encode()))
+    out.add(fact_record(fact))
 
 
 class NormalizationStage(BaseStage):
@@ -34,11 +43,26 @@ class NormalizationStage(BaseStage):
     topics: tuple[str, ...] = (INGESTED,)
 
     def __init__(
-        self, settings: NormalizationSettings, identities: IdentityStore, terminology: Terminology
+        self,
+        settings: NormalizationSettings,
+        identities: IdentityStore,
+        terminology: Terminology,
+        *,
+        identity_outbox: Outbox | None = None,
+        producer: AIOKafkaProducer | None = None,
     ) -> None:
         self.systems = tuple(settings.enterprise_id_systems)
         self.identities = identities
         self.terminology = terminology
+        self.identity_outbox = identity_outbox
+        self.producer = producer
+
+    async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        if self.identity_outbox is None or self.producer is None:
+            return
+        drained = await self.identity_outbox.drain(self.producer)
+        if drained:
+            log.info("published %d identity signals left in the outbox", drained)
 
     async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:
         received = datetime.now(UTC)

@@ -7,17 +7,27 @@ goes, so two records of one new patient in one batch get one id —, then write 
 blocking keys and review tasks. Workers serialize on one advisory lock while they do: two
 workers deciding about the same new patient at once would otherwise both create one. The
 lock is held for one batch (tens of milliseconds); a finer lock is for when it shows.
+
+A merge re-points the absorbed patient's links and views to the survivor and keeps what it
+moved (identity_merge_moves, migration 0005), so that an operator can undo a merge made in
+error (`unmerge`): under the same lock, the moved rows go back, and the signal that tells
+the conflicts stage is written to the identity outbox in the same transaction.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 import asyncpg
 import orjson
+from pydantic import BaseModel, ConfigDict
 
+from concord.events import codec
+from concord.events.models import UNMERGE_ATTRIBUTE, ClinicalFact
+from concord.normalization.facts.drafts import unmerge_fact
 from concord.normalization.identity.blocking import blocking_keys
 from concord.normalization.identity.demographics import Demographics
 from concord.normalization.identity.index import InMemoryIdentityIndex, KnownPerson
@@ -32,12 +42,16 @@ from concord.normalization.identity.resolution import (
     resolve,
 )
 from concord.normalization.identity.scoring import Thresholds
+from concord.normalization.outbound import fact_record
+from concord.runtime.outbox import Outbox
 
 # Any fixed key: it only serializes identity decisions across workers.
 IDENTITY_LOCK = 0x6964656E
 # A blocking key shared by more known patients than this tells them apart no better than the
 # other keys do, and comparing with all of them would cost milliseconds a record.
 MAX_BLOCK_SIZE = 200
+# The outbox stage of identity signals: the normalization worker publishes what is left there.
+IDENTITY_OUTBOX = "identity"
 
 _CANDIDATES = """
 WITH wanted AS (
@@ -73,19 +87,49 @@ ON CONFLICT (source, local_id) DO UPDATE SET
 WHERE excluded.decided_by IN ('AUTHORITATIVE', 'MERGED')
 """
 _MERGE = """
-WITH m AS (SELECT * FROM unnest($1::text[], $2::text[]) AS m(absorbed, survivor)),
+WITH m AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS m(absorbed, survivor, source)
+),
 links AS (
     UPDATE identity_links l SET enterprise_id = m.survivor, decided_at = now()
     FROM m WHERE l.enterprise_id = m.absorbed
+    RETURNING m.absorbed, m.survivor, l.source, l.local_id
+),
+relinked AS (
+    -- Local ids of the absorbed patient the batch itself linked to the survivor (MRG-1, a
+    -- Patient placing its results' provisional id): the UPDATE above no longer sees them.
+    SELECT m.absorbed, m.survivor, r.source, r.local_id
+    FROM m JOIN unnest($4::text[], $5::text[], $6::text[]) AS r(absorbed, source, local_id)
+        ON r.absorbed = m.absorbed
 ),
 views AS (
     UPDATE identity_views v SET enterprise_id = m.survivor, updated_at = now()
     FROM m WHERE v.enterprise_id = m.absorbed
+    RETURNING m.absorbed, m.survivor, v.source, v.view_id
+),
+moved_links AS (SELECT * FROM links UNION SELECT * FROM relinked),
+views_of_moved_links AS (
+    -- A view is named by its record's first local id: it goes back with that id, even if
+    -- the batch wrote it under the survivor (a Patient placing its results' provisional id).
+    SELECT ml.absorbed, ml.survivor, v.source, v.view_id
+    FROM moved_links ml JOIN identity_views v
+        ON v.source = ml.source AND v.view_id = ml.local_id AND v.enterprise_id = ml.survivor
+),
+moves AS (
+    INSERT INTO identity_merge_moves (absorbed_enterprise_id, survivor_enterprise_id, kind,
+                                      source, local_id)
+    SELECT absorbed, survivor, 'LINK', source, local_id FROM moved_links
+    UNION SELECT absorbed, survivor, 'VIEW', source, view_id FROM views
+    UNION SELECT absorbed, survivor, 'VIEW', source, view_id FROM views_of_moved_links
+    ON CONFLICT DO NOTHING
 )
 INSERT INTO identity_merges (absorbed_enterprise_id, survivor_enterprise_id, source)
-SELECT m.absorbed, m.survivor, s.source FROM m JOIN unnest($1::text[], $3::text[])
-    AS s(absorbed, source) ON s.absorbed = m.absorbed
-ON CONFLICT DO NOTHING
+SELECT absorbed, survivor, source FROM m
+ON CONFLICT (absorbed_enterprise_id, survivor_enterprise_id) DO UPDATE SET
+    source = excluded.source, merged_at = now(),
+    unmerged_at = NULL, unmerged_by = NULL, unmerge_reason = NULL
+-- A merge undone and said again is a new merge; one still in force keeps its first time.
+WHERE identity_merges.unmerged_at IS NOT NULL
 """
 _WRITE_VIEWS = """
 INSERT INTO identity_views (source, view_id, enterprise_id, demographics)
@@ -109,11 +153,168 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                      $6::float8[], $7::jsonb[])
 ON CONFLICT (task_id) DO NOTHING
 """
+_ACTIVE_MERGE = """
+SELECT m.survivor_enterprise_id, m.merged_at,
+       (SELECT count(*) FROM identity_merge_moves mv
+        WHERE mv.absorbed_enterprise_id = m.absorbed_enterprise_id
+          AND mv.survivor_enterprise_id = m.survivor_enterprise_id) AS moves
+FROM identity_merges m
+WHERE m.absorbed_enterprise_id = $1 AND m.unmerged_at IS NULL
+ORDER BY m.merged_at DESC, m.survivor_enterprise_id LIMIT 1
+"""
+# The survivor and what it was merged into since, in order: the last holds the moved rows.
+_CHAIN = """
+WITH RECURSIVE chain(eid, path) AS (
+    SELECT $1::text, ARRAY[$1::text]
+    UNION ALL
+    SELECT m.survivor_enterprise_id, c.path || m.survivor_enterprise_id
+    FROM chain c JOIN identity_merges m
+        ON m.absorbed_enterprise_id = c.eid AND m.unmerged_at IS NULL
+    WHERE NOT m.survivor_enterprise_id = ANY(c.path)
+)
+SELECT path FROM chain ORDER BY cardinality(path) DESC, path LIMIT 1
+"""
+# $1 absorbed, $2 recorded survivor, $3 holder. Only rows still where the merges left them:
+# one decided again since (an MPI id, another merge) stays with that decision.
+_RESTORE_LINKS = """
+UPDATE identity_links l SET enterprise_id = $1, decided_by = $4, provisional = false,
+    decided_at = now()
+FROM identity_merge_moves mv
+WHERE mv.absorbed_enterprise_id = $1 AND mv.survivor_enterprise_id = $2 AND mv.kind = 'LINK'
+  AND l.source = mv.source AND l.local_id = mv.local_id AND l.enterprise_id = $3
+RETURNING l.source, l.local_id
+"""
+_RESTORE_VIEWS = """
+UPDATE identity_views v SET enterprise_id = $1, updated_at = now()
+FROM identity_merge_moves mv
+WHERE mv.absorbed_enterprise_id = $1 AND mv.survivor_enterprise_id = $2 AND mv.kind = 'VIEW'
+  AND v.source = mv.source AND v.view_id = mv.local_id AND v.enterprise_id = $3
+RETURNING v.source, v.view_id
+"""
+# The merge's own moves, and the restored rows from the moves of the later merges of the
+# chain (B into C moved A's ids too): unmerging B later must not take A's ids with it.
+_FORGET_MOVES = """
+DELETE FROM identity_merge_moves mv
+WHERE (mv.absorbed_enterprise_id = $1 AND mv.survivor_enterprise_id = $2)
+   OR (mv.absorbed_enterprise_id = ANY($3::text[])
+       AND (mv.kind, mv.source, mv.local_id) IN (
+           SELECT * FROM unnest($4::text[], $5::text[], $6::text[])))
+"""
+_MARK_UNMERGED = """
+UPDATE identity_merges SET unmerged_at = $3, unmerged_by = $4, unmerge_reason = $5
+WHERE absorbed_enterprise_id = $1 AND survivor_enterprise_id = $2
+"""
+_LIST_MERGES = """
+SELECT m.absorbed_enterprise_id, m.survivor_enterprise_id, m.source, m.merged_at,
+       m.unmerged_at, m.unmerged_by,
+       count(mv.kind) FILTER (WHERE mv.kind = 'LINK') AS links,
+       count(mv.kind) FILTER (WHERE mv.kind = 'VIEW') AS views
+FROM identity_merges m LEFT JOIN identity_merge_moves mv
+    ON mv.absorbed_enterprise_id = m.absorbed_enterprise_id
+   AND mv.survivor_enterprise_id = m.survivor_enterprise_id
+WHERE $2 OR m.unmerged_at IS NULL
+GROUP BY m.absorbed_enterprise_id, m.survivor_enterprise_id
+ORDER BY m.merged_at DESC, m.absorbed_enterprise_id
+LIMIT $1
+"""
 
 
 class IdentityStore(Protocol):
     async def resolve_batch(self, requests: Sequence[IdentityRequest]) -> list[Resolution]:
         """Each request's resolution, in order, decided and recorded durably."""
+
+
+class UnmergeError(Exception):
+    """An unmerge that cannot be done; names enterprise ids only, and changes nothing."""
+
+
+class NotMerged(UnmergeError):
+    def __init__(self, absorbed: str) -> None:
+        self.absorbed = absorbed
+        super().__init__(
+            f"{absorbed} is not merged into another patient; "
+            "`concord identity merges` lists merges (`--all` with those undone)"
+        )
+
+
+class NothingRecorded(UnmergeError):
+    """A merge from before migration 0005, which did not keep what it moved."""
+
+    def __init__(self, absorbed: str, survivor: str) -> None:
+        self.absorbed = absorbed
+        self.survivor = survivor
+        super().__init__(
+            f"the merge of {absorbed} into {survivor} predates the record of what merges "
+            "move (migration 0005): there is nothing to restore automatically"
+        )
+
+
+class Unmerge(BaseModel):
+    """What an unmerge did. `survivor` is the patient that held the restored rows: the merge's
+    survivor, or what that was merged into since."""
+
+    model_config = ConfigDict(frozen=True)
+
+    absorbed: str
+    survivor: str
+    links_restored: int
+    views_restored: int
+    fact: ClinicalFact  # the signal written to the identity outbox
+
+
+class MergeEntry(BaseModel):
+    """One merge as operators list it: enterprise ids, times, counts; never demographics."""
+
+    model_config = ConfigDict(frozen=True)
+
+    absorbed: str
+    survivor: str
+    source: str
+    merged_at: datetime
+    unmerged_at: datetime | None = None
+    unmerged_by: str | None = None
+    # What an unmerge would restore (0 once undone: the moves are forgotten).
+    links_moved: int = 0
+    views_moved: int = 0
+
+
+def unmerge_action_id(absorbed: str, merged_at: datetime) -> str:
+    """One id per merge instance, so that the signal of one unmerge, published twice, is one
+    signal, while undoing the same pair's later re-merge is another."""
+    return f"{absorbed}@{merged_at.isoformat()}"
+
+
+async def list_merges(
+    pool: asyncpg.Pool, *, limit: int = 100, include_undone: bool = False
+) -> list[MergeEntry]:
+    """Merges, newest first; those undone too with `include_undone`."""
+    rows = await pool.fetch(_LIST_MERGES, limit, include_undone)
+    return [
+        MergeEntry(
+            absorbed=row["absorbed_enterprise_id"],
+            survivor=row["survivor_enterprise_id"],
+            source=row["source"],
+            merged_at=row["merged_at"],
+            unmerged_at=row["unmerged_at"],
+            unmerged_by=row["unmerged_by"],
+            links_moved=row["links"],
+            views_moved=row["views"],
+        )
+        for row in rows
+    ]
+
+
+async def pending_unmerge(pool: asyncpg.Pool, absorbed: str) -> bool:
+    """Whether the signal of an unmerge of `absorbed` still waits in the identity outbox."""
+    rows = await pool.fetch("SELECT value FROM outbox WHERE stage = $1", IDENTITY_OUTBOX)
+    for row in rows:
+        try:
+            fact = codec.CLINICAL_FACT.decode(row["value"])
+        except codec.CodecError:
+            continue
+        if fact.attribute == UNMERGE_ATTRIBUTE and fact.value == absorbed:
+            return True
+    return False
 
 
 class _Writes:
@@ -126,6 +327,9 @@ class _Writes:
         self.views: dict[tuple[str, str], tuple[str, Demographics]] = {}
         self.reviews: dict[str, tuple[Any, ...]] = {}
         self.merges: dict[str, tuple[str, str]] = {}  # absorbed -> (survivor, source)
+        # Local ids of an absorbed patient the batch links to the survivor itself (the UPDATE
+        # of the merge does not see them) -> the absorbed id.
+        self.relinked: dict[LocalId, str] = {}
 
     def link(self, key: LocalId, resolution: Resolution, how: How) -> None:
         decision = resolution.match
@@ -169,10 +373,12 @@ class PostgresIdentityStore:
         *,
         thresholds: Thresholds = DEFAULT_THRESHOLDS,
         max_block_size: int = MAX_BLOCK_SIZE,
+        outbox: Outbox | None = None,
     ) -> None:
         self.pool = pool
         self.thresholds = thresholds
         self.max_block_size = max_block_size
+        self.outbox = outbox or Outbox(pool, IDENTITY_OUTBOX)
 
     async def resolve_batch(self, requests: Sequence[IdentityRequest]) -> list[Resolution]:
         if not requests:
@@ -197,6 +403,47 @@ class PostgresIdentityStore:
                 self._remember(request, resolution, crosswalk, index, writes)
             await self._write(conn, writes)
         return resolutions
+
+    async def unmerge(self, absorbed: str, *, by: str, reason: str, at: datetime) -> Unmerge:
+        """Undo the merge of `absorbed` (made in error): its moved links and views go back to
+        it, and the signal for the conflicts stage waits in the identity outbox, all in one
+        transaction. The caller publishes it (`Outbox.drain`) after commit.
+
+        Raises NotMerged when `absorbed` is not merged into anyone (now), NothingRecorded for
+        a merge that kept no moves; neither changes anything."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", IDENTITY_LOCK)
+            merge = await conn.fetchrow(_ACTIVE_MERGE, absorbed)
+            if merge is None:
+                raise NotMerged(absorbed)
+            survivor: str = merge["survivor_enterprise_id"]
+            if not merge["moves"]:
+                raise NothingRecorded(absorbed, survivor)
+            chain: list[str] = await conn.fetchval(_CHAIN, survivor)
+            holder, later = chain[-1], chain[:-1]
+            links = await conn.fetch(_RESTORE_LINKS, absorbed, survivor, holder, How.UNMERGED.value)
+            views = await conn.fetch(_RESTORE_VIEWS, absorbed, survivor, holder)
+            restored = [("LINK", r["source"], r["local_id"]) for r in links] + [
+                ("VIEW", r["source"], r["view_id"]) for r in views
+            ]
+            await conn.execute(
+                _FORGET_MOVES, absorbed, survivor, later, *_columns_or_empty(restored, 3)
+            )
+            await conn.execute(_MARK_UNMERGED, absorbed, survivor, at, by, reason)
+            fact = unmerge_fact(
+                survivor=holder,
+                absorbed=absorbed,
+                action_id=unmerge_action_id(absorbed, merge["merged_at"]),
+                at=at,
+            )
+            await self.outbox.write(conn, [fact_record(fact)])
+        return Unmerge(
+            absorbed=absorbed,
+            survivor=holder,
+            links_restored=len(links),
+            views_restored=len(views),
+            fact=fact,
+        )
 
     async def _crosswalk(
         self, conn: asyncpg.Connection, requests: Sequence[IdentityRequest]
@@ -241,6 +488,15 @@ class PostgresIdentityStore:
         writes: _Writes,
     ) -> None:
         """Apply the decision to the batch's snapshot, and note what to write."""
+        for key in request.absorbed_keys:
+            if crosswalk.get(key) in resolution.absorbed:
+                writes.relinked[key] = crosswalk[key]
+        if request.own_id in resolution.absorbed:
+            # A Patient placing the provisional id its results gave it: its own local ids
+            # are the absorbed patient's, though the batch links them to the survivor.
+            for key in request.keys:
+                if key[0] != AUTHORITATIVE_SOURCE:
+                    writes.relinked[key] = request.own_id
         for key, how in apply(request, resolution, crosswalk, index):
             writes.link(key, resolution, how)
         if resolution.how == How.REVIEW:
@@ -274,9 +530,17 @@ class PostgresIdentityStore:
             absorbed = list(writes.merges)
             survivors = [writes.merges[a][0] for a in absorbed]
             sources = [writes.merges[a][1] for a in absorbed]
-            await conn.execute(_MERGE, absorbed, survivors, sources)
+            relinked = [(eid, *key) for key, eid in writes.relinked.items()]
+            await conn.execute(
+                _MERGE, absorbed, survivors, sources, *_columns_or_empty(relinked, 3)
+            )
 
 
 def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
     """Rows as the columns unnest() takes."""
     return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _columns_or_empty(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Like _columns, also for no rows."""
+    return _columns(rows) if rows else [[] for _ in range(width)]

@@ -41,6 +41,7 @@ class How(StrEnum):
     NEW = "NEW"
     UNDESCRIBED = "UNDESCRIBED"
     MERGED = "MERGED"  # a local id re-linked because its patient was merged into another
+    UNMERGED = "UNMERGED"  # a local id given back to its patient: an operator undid a merge
 
 
 class IdentityRequest(BaseModel):
