@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections import Counter
 
 import orjson
@@ -203,11 +204,12 @@ async def test_sigkill_of_the_conflicts_worker_loses_and_duplicates_no_alert(
 
 
 @pytest.mark.asyncio
-async def test_a_merge_moves_the_absorbed_patients_disagreement_to_the_survivor(
+async def test_a_merge_and_its_undoing_move_the_disagreement_and_back(
     stack: StackInfo,
 ) -> None:
     """Two sources disagree about patient EPM-OLD; the hospital then merges EPM-OLD into
-    EPM-NEW (a Patient.link replaces): the alert moves with the facts."""
+    EPM-NEW (a Patient.link replaces): the alert moves with the facts. An operator's unmerge
+    moves them back."""
     old = [
         (HOSP, patient("EPM-OLD", "hm1", family="Mergeold", gender="female")),
         (LAB, patient("EPM-OLD", "lm1", family="Mergeold", gender="male")),
@@ -232,3 +234,26 @@ async def test_a_merge_moves_the_absorbed_patients_disagreement_to_the_survivor(
     ]
     rows = await eventually(lambda: _alert_rows(dsn, "EPM-"), lambda r: r == after, within=30)
     assert rows == after
+
+    # The merge was an error: the operator undoes it, and the alerts go back with the facts.
+    command = [sys.executable, "-m", "concord.cli", "identity", "unmerge", "EPM-OLD",
+               "--reason", "registered in error", "--by", "e2e",
+               "--state-dir", str(stack.state_dir)]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    assert "EPM-OLD is a patient again" in stdout.decode()
+    restored = [
+        ("EPM-NEW", GENDER, "RESOLVED"),
+        ("EPM-NEW", NAME, "RESOLVED"),
+        ("EPM-OLD", GENDER, "OPEN"),
+    ]
+    rows = await eventually(lambda: _alert_rows(dsn, "EPM-"), lambda r: r == restored, within=30)
+    assert rows == restored
+    # The absorbed patient's disagreement is the same conflict reopened: one alert, revised.
+    [reopened] = await fetch(
+        dsn, "SELECT conflict_revision FROM alerts WHERE patient_id = 'EPM-OLD'"
+    )
+    assert reopened["conflict_revision"] == 3
