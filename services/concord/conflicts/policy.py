@@ -1,23 +1,109 @@
-"""The source-of-truth policy: how bad a disagreement is and whose value should stand.
+"""The source-of-truth policy: per attribute class, how values compare, whose value should
+stand, how bad a disagreement is, and how old an assertion may grow.
 
 Policy is data, not code: a YAML file (CONCORD_POLICY_PATH) replaces the built-in default.
+A class the policy does not list is not compared: its facts are kept as assertions, and
+nothing is raised about them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from concord.events.models import Assertion, AttributeClass, Severity
 
+# How two sources' values of one attribute compare:
+# - exact: the normalized values are equal (demographics; codes already mapped to a standard);
+# - code: equal after the crosswalks (the fact's key holds the standard code, its value the
+#   status or the code the source used, compared as is);
+# - numeric: numbers within the tolerance (values are already in the canonical unit);
+# - status: what is asserted about the thing (active, resolved, refuted, entered in error):
+#   an allergy active in one source and refuted in another disagree.
+Compare = Literal["exact", "code", "numeric", "status"]
 
-class AttributeRule(BaseModel):
+
+class Tolerance(BaseModel):
+    """How far two numbers may be apart and still agree: the larger of the two bounds."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    severity: Severity = Field(description="Severity of a disagreement on this attribute")
+    absolute: float | None = Field(None, ge=0, description="In the canonical unit")
+    relative: float | None = Field(
+        None, ge=0, le=1, description="A fraction of the larger magnitude, e.g. 0.05 for 5%"
+    )
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Tolerance:
+        if self.absolute is None and self.relative is None:
+            raise ValueError("a tolerance needs `absolute`, `relative` or both")
+        return self
+
+    def agree(self, a: float, b: float) -> bool:
+        bound = max(self.absolute or 0.0, (self.relative or 0.0) * max(abs(a), abs(b)))
+        return abs(a - b) <= bound
+
+
+class ClassRule(BaseModel):
+    """What the policy says about one attribute class."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    compare: Compare = Field("exact", description="How values compare")
+    severity: Severity = Field("MEDIUM", description="Severity of a disagreement")
+    source_rank: tuple[str, ...] | None = Field(
+        None, description="Sources most trusted first for this class; the policy's when unset"
+    )
+    tolerance: Tolerance | None = Field(None, description="For `numeric`: how far apart agree")
+    specimen_window: timedelta | None = Field(
+        None,
+        description="For results: two sources' values are of the same specimen (and compared) "
+        "only when their effective times are at most this far apart",
+    )
+    max_age: timedelta | None = Field(
+        None,
+        description="An assertion older than this, while another source holds a newer, "
+        "different one, is stale",
+    )
+    reconfirm_within: timedelta | None = Field(
+        None,
+        description="An active assertion not confirmed again within this window is stale "
+        "(e.g. an active medication list)",
+    )
+    suppress_for: timedelta = Field(
+        timedelta(0),
+        description="A disagreement is raised only once it has lasted this long: sources "
+        "updating one after the other within the window raise nothing",
+    )
+
+    @model_validator(mode="after")
+    def _numeric_needs_tolerance(self) -> ClassRule:
+        if self.compare == "numeric" and self.tolerance is None:
+            raise ValueError("`compare: numeric` needs a `tolerance` (absolute: 0 for exact)")
+        return self
+
+
+class AttributeRule(BaseModel):
+    """Overrides for one attribute key (`Observation/2345-7`) or a prefix (`Observation/*`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    severity: Severity | None = None
+    source_rank: tuple[str, ...] | None = None
+    tolerance: Tolerance | None = None
+    specimen_window: timedelta | None = None
+    max_age: timedelta | None = None
+    reconfirm_within: timedelta | None = None
+    suppress_for: timedelta | None = None
+
+
+def _demographics_only() -> dict[AttributeClass, ClassRule]:
+    return {"DEMOGRAPHICS": ClassRule(compare="exact")}
 
 
 class SourcePolicy(BaseModel):
@@ -27,23 +113,62 @@ class SourcePolicy(BaseModel):
     source_rank: tuple[str, ...] = Field(
         (), description="Source systems, most trusted first; unlisted sources rank last"
     )
-    default_severity: Severity = "MEDIUM"
-    attributes: dict[str, AttributeRule] = Field(default_factory=dict)
-    compared_classes: tuple[AttributeClass, ...] = Field(
-        ("DEMOGRAPHICS",),
-        description="Attribute classes whose disagreements raise conflicts; the facts of the "
-        "others are kept as assertions until their comparison rules exist (issue 5)",
+    default_severity: Severity = Field(
+        "MEDIUM", description="Severity of a class listed without one"
+    )
+    classes: dict[AttributeClass, ClassRule] = Field(
+        default_factory=_demographics_only,
+        description="The attribute classes compared, and how; a class not listed raises nothing",
+    )
+    attributes: dict[str, AttributeRule] = Field(
+        default_factory=dict,
+        description="Overrides per attribute key, or per prefix ending in `*`; the longest "
+        "match wins",
     )
 
-    def severity(self, attribute: str) -> Severity:
-        rule = self.attributes.get(attribute)
-        return rule.severity if rule else self.default_severity
+    @property
+    def compared_classes(self) -> tuple[AttributeClass, ...]:
+        return tuple(self.classes)
 
-    def propose(self, assertions: Sequence[Assertion]) -> tuple[str | None, str | None]:
-        """The value that should stand and why: the best-ranked source, then the newest."""
+    def rule(self, attribute: str, attribute_class: AttributeClass) -> ClassRule | None:
+        """The class's rule with the attribute's overrides; None when the class is not
+        compared."""
+        base = self.classes.get(attribute_class)
+        if base is None:
+            return None
+        override = self._override(attribute)
+        if override is None:
+            return base
+        return base.model_copy(update=override.model_dump(exclude_none=True))
+
+    def _override(self, attribute: str) -> AttributeRule | None:
+        if attribute in self.attributes:
+            return self.attributes[attribute]
+        prefixes = [
+            key for key in self.attributes if key.endswith("*") and attribute.startswith(key[:-1])
+        ]
+        return self.attributes[max(prefixes, key=len)] if prefixes else None
+
+    def severity(
+        self, attribute: str, attribute_class: AttributeClass = "DEMOGRAPHICS"
+    ) -> Severity:
+        override = self._override(attribute)
+        if override is not None and override.severity is not None:
+            return override.severity
+        base = self.classes.get(attribute_class)
+        if base is not None and "severity" in base.model_fields_set:
+            return base.severity
+        return self.default_severity
+
+    def propose(
+        self, assertions: Sequence[Assertion], rule: ClassRule | None = None
+    ) -> tuple[str | None, str | None]:
+        """The value that should stand and why: the best-ranked source (by the rule's ranking,
+        else the policy's), then the newest."""
         if not assertions:
             return None, None
-        rank = {source: i for i, source in enumerate(self.source_rank)}
+        ranking = rule.source_rank if rule is not None and rule.source_rank else self.source_rank
+        rank = {source: i for i, source in enumerate(ranking)}
         unranked = len(rank)
 
         def order(a: Assertion) -> tuple[int, float]:
@@ -58,7 +183,7 @@ class SourcePolicy(BaseModel):
 
 
 DEFAULT_POLICY = SourcePolicy(
-    version="builtin-1",
+    version="builtin-2",
     attributes={
         "Patient.birthDate": AttributeRule(severity="HIGH"),
         "Patient.gender": AttributeRule(severity="HIGH"),

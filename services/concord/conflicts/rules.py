@@ -119,7 +119,8 @@ def evaluate(
     else:
         return None
     state.conflict = new
-    proposed, why = policy.propose(active) if disagree else (None, "the sources agree")
+    rule = policy.rule(state.attribute, state.attribute_class)
+    proposed, why = policy.propose(active, rule) if disagree else (None, "the sources agree")
     return ConflictEvent(
         conflict_id=new.conflict_id,
         revision=new.revision,
@@ -127,7 +128,7 @@ def evaluate(
         patient_id=state.patient_id,
         attribute=state.attribute,
         attribute_class=state.attribute_class,
-        severity=policy.severity(state.attribute),
+        severity=policy.severity(state.attribute, state.attribute_class),
         assertions=tuple(sorted(state.assertions.values(), key=lambda a: a.source_system)),
         proposed_value=proposed,
         proposed_reason=why,
