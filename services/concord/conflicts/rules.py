@@ -51,6 +51,8 @@ def as_assertion(fact: ClinicalFact) -> Assertion:
         status=fact.status,
         fact_id=fact.fact_id,
         provenance=fact.provenance,
+        unit=fact.unit,
+        effective_time=fact.effective_time,
     )
 
 
@@ -162,6 +164,8 @@ def merged_facts(absorbed: AttributeState, merge: ClinicalFact) -> list[Clinical
                 display=assertion.display,
                 status=assertion.status,
                 provenance=assertion.provenance,
+                unit=assertion.unit,
+                effective_time=assertion.effective_time,
                 **common,
             )
         )

@@ -31,15 +31,17 @@ JOIN unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
 """
 _UPSERT_ASSERTIONS_ANY_TIME = """
 INSERT INTO assertions (patient_id, attribute, source_system, kafka_partition, attribute_class,
-                        value, display, status, fact_id, event_time, received_time, provenance)
+                        value, display, status, fact_id, event_time, received_time, provenance,
+                        unit, effective_time)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[],
-                     $12::jsonb[])
+                     $12::jsonb[], $13::text[], $14::timestamptz[])
 ON CONFLICT (patient_id, attribute, source_system) DO UPDATE SET
     kafka_partition = excluded.kafka_partition, attribute_class = excluded.attribute_class,
     value = excluded.value, display = excluded.display, status = excluded.status,
     fact_id = excluded.fact_id, event_time = excluded.event_time,
-    received_time = excluded.received_time, provenance = excluded.provenance
+    received_time = excluded.received_time, provenance = excluded.provenance,
+    unit = excluded.unit, effective_time = excluded.effective_time
 """
 # A stale cache (another worker's, during a rebalance) must never put an older assertion back;
 # only an unmerge's rebuild does so on purpose (_UPSERT_ASSERTIONS_ANY_TIME).
@@ -60,9 +62,11 @@ ON CONFLICT (patient_id, attribute) DO UPDATE SET
 
 _RECORD_HISTORY = """
 INSERT INTO fact_history (fact_id, patient_id, attribute, attribute_class, source_system,
-                          subject, value, display, status, event_time, provenance)
+                          subject, value, display, status, event_time, provenance, unit,
+                          effective_time)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::jsonb[])
+                     $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::jsonb[],
+                     $12::text[], $13::timestamptz[])
 ON CONFLICT (fact_id) DO NOTHING
 """
 _RECORD_OWNERS = """
@@ -231,6 +235,8 @@ class ConflictStore:
                 [a.provenance.event_time for _, a, _ in a_rows],
                 [a.provenance.received_time for _, a, _ in a_rows],
                 [_json(a.provenance) for _, a, _ in a_rows],
+                [a.unit for _, a, _ in a_rows],
+                [a.effective_time for _, a, _ in a_rows],
             )
 
 
@@ -252,6 +258,8 @@ async def _record(conn: asyncpg.Connection, facts: Sequence[ClinicalFact]) -> No
         [f.status for f in facts],
         [f.provenance.event_time for f in facts],
         [_json(f.provenance) for f in facts],
+        [f.unit for f in facts],
+        [f.effective_time for f in facts],
     )
     owners = {(f.provenance.source_system, f.subject): f.patient_id for f in facts if f.subject}
     if owners:
@@ -268,6 +276,8 @@ def _assertion(row: asyncpg.Record) -> Assertion:
         status=row["status"],
         fact_id=row["fact_id"],
         provenance=Provenance.model_validate_json(row["provenance"]),
+        unit=row["unit"],
+        effective_time=row["effective_time"],
     )
 
 

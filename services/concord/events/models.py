@@ -97,6 +97,8 @@ class Assertion(Event):
     status: FactStatus
     fact_id: str
     provenance: Provenance
+    unit: str | None = None
+    effective_time: AwareDatetime | None = None
 
 
 class ConflictEvent(Event):
