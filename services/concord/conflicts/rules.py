@@ -12,7 +12,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-from concord.conflicts.policy import SourcePolicy
+from concord.conflicts.compare import disagree as disagreeing
+from concord.conflicts.compare import participants
+from concord.conflicts.policy import ClassRule, SourcePolicy
 from concord.events.models import Assertion, AttributeClass, ClinicalFact, ConflictEvent
 
 
@@ -84,12 +86,11 @@ def evaluate(
     now: datetime,
     trigger_received_time: datetime,
 ) -> ConflictEvent | None:
-    """Compare the sources' assertions; update state.conflict and return the event, if any."""
-    active = sorted(
-        (a for a in state.assertions.values() if a.status == "ASSERTED" and a.value is not None),
-        key=lambda a: a.source_system,
-    )
-    disagree = len({a.value for a in active}) > 1
+    """Compare the sources' assertions by the policy's rule for the attribute; update
+    state.conflict and return the event, if any."""
+    rule = policy.rule(state.attribute, state.attribute_class) or ClassRule()
+    active = participants(list(state.assertions.values()), rule)
+    disagree = disagreeing(active, rule)
     digest = _hash(*(f"{a.source_system}={a.value}" for a in active))
     current = state.conflict
     kind: Literal["OPENED", "UPDATED", "RESOLVED"]
@@ -121,7 +122,6 @@ def evaluate(
     else:
         return None
     state.conflict = new
-    rule = policy.rule(state.attribute, state.attribute_class)
     proposed, why = policy.propose(active, rule) if disagree else (None, "the sources agree")
     return ConflictEvent(
         conflict_id=new.conflict_id,
