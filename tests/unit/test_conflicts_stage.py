@@ -10,7 +10,8 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from concord.conflicts.app import ConflictsStage
-from concord.conflicts.policy import DEFAULT_POLICY
+from concord.conflicts.derive import Derivation, FactPattern
+from concord.conflicts.policy import DEFAULT_POLICY, ClassRule
 from concord.conflicts.rules import AttributeState
 from concord.events import codec
 from concord.events.models import MERGE_ATTRIBUTE, ClinicalFact, Provenance
@@ -215,3 +216,46 @@ async def test_a_merge_moves_the_absorbed_patients_assertions_to_the_survivor() 
     await stage.process(_records([merge]), again)  # redelivered
     assert again.pending == []
     assert sorted(store.saved[("NEW", "Patient.birthDate")].assertions) == ["a", "b", "c"]
+
+
+@pytest.mark.asyncio
+async def test_a_metastatic_claim_and_a_stage_one_condition_conflict_through_derivation() -> None:
+    icd10, sct = "http://hl7.org/fhir/sid/icd-10-cm", "http://snomed.info/sct"
+    policy = DEFAULT_POLICY.model_copy(
+        update={
+            "classes": {"ONCOLOGY": ClassRule(compare="exact", severity="HIGH")},
+            "derived": (
+                Derivation(
+                    attribute="Oncology.metastatic",
+                    value="true",
+                    when=(FactPattern(attribute=f"Condition/{icd10}|C7[7-9]*"),),
+                ),
+                Derivation(
+                    attribute="Oncology.metastatic",
+                    value="false",
+                    when=(FactPattern(attribute="*/stage", values=(f"{sct}|258215001",)),),
+                ),
+            ),
+        }
+    )
+    claim = _fact("P1", "claims", "active").model_copy(
+        update={"attribute": f"Condition/{icd10}|C78.00", "attribute_class": "ONCOLOGY"}
+    )
+    stage_one = _fact("P1", "ehr", f"{sct}|258215001", minutes=1).model_copy(
+        update={"attribute": f"Condition/{sct}|254637007/stage", "attribute_class": "ONCOLOGY"}
+    )
+    store = FakeStore()
+    stage = _stage(store)
+    stage.policy = policy
+    out = Outbound("conflicts")
+    await stage.process(_records([claim, stage_one]), out)
+    [event] = [codec.CONFLICT_EVENT.decode(r.value) for r in out.pending]
+    assert (event.attribute, event.kind, event.severity) == (
+        "Oncology.metastatic",
+        "OPENED",
+        "HIGH",
+    )
+    said = {a.source_system: a.value for a in event.assertions}
+    assert said == {"claims": "true", "ehr": "false"}
+    # The derived facts are kept in the history with the facts they come from.
+    assert sorted(f.attribute for f in store.recorded).count("Oncology.metastatic") == 2

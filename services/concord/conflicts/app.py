@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from concord.conflicts.derive import derive
 from concord.conflicts.policy import SourcePolicy
 from concord.conflicts.rules import (
     AttributeState,
@@ -92,6 +93,7 @@ class ConflictsStage(BaseStage):
                 publish_dead_letter(out, raw=raw_event(record), rejection=rejection)
         if not facts:
             return
+        facts = self._with_derived(facts)
         consumed = [fact for fact, _ in facts if fact.attribute not in IDENTITY_SIGNALS]
         try:
             facts = await self._expand_merges(facts)
@@ -106,6 +108,21 @@ class ConflictsStage(BaseStage):
             self.keys_by_partition.clear()
             raise
         self._evict(len(self.cache) - self.cache_max_keys)
+
+    def _with_derived(
+        self, facts: list[tuple[ClinicalFact, int]]
+    ) -> list[tuple[ClinicalFact, int]]:
+        """Each fact followed by what the policy derives from it (oncology: metastatic status
+        from a C78 claim or a stage)."""
+        derivations = self.policy.derived
+        if not derivations:
+            return facts
+        expanded: list[tuple[ClinicalFact, int]] = []
+        for fact, partition in facts:
+            expanded.append((fact, partition))
+            if fact.attribute not in IDENTITY_SIGNALS:
+                expanded += [(d, partition) for d in derive(fact, derivations)]
+        return expanded
 
     async def _expand_merges(
         self, facts: list[tuple[ClinicalFact, int]]

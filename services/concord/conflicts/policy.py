@@ -16,6 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from concord.conflicts.derive import Derivation
 from concord.events.models import Assertion, AttributeClass, Severity
 
 # How two sources' values of one attribute compare:
@@ -124,6 +125,11 @@ class SourcePolicy(BaseModel):
         default_factory=dict,
         description="Overrides per attribute key, or per prefix ending in `*`; the longest "
         "match wins",
+    )
+    derived: tuple[Derivation, ...] = Field(
+        (),
+        description="Attributes implied by other facts (metastatic status from a C78 claim or "
+        "a stage IV Condition), compared like the facts sources send",
     )
 
     @property
