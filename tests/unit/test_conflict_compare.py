@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from concord.conflicts.compare import disagree, participants
-from concord.conflicts.policy import ClassRule, SourcePolicy, Tolerance
+from concord.conflicts.policy import AttributeRule, ClassRule, SourcePolicy, Tolerance
 from concord.conflicts.rules import AttributeState, evaluate
 from concord.events.models import Assertion, FactStatus, Provenance
 
@@ -159,3 +159,20 @@ def test_a_corrected_result_within_tolerance_resolves_the_conflict() -> None:
     state.assertions["ehr"] = _said("ehr", "5.6", unit="mmol/L", minutes=5)  # corrected
     resolved = evaluate(state, policy, now=T0, trigger_received_time=T0)
     assert resolved is not None and resolved.kind == "RESOLVED"
+
+
+def test_a_dose_compares_as_a_number_where_the_medication_compares_by_status() -> None:
+    policy = SourcePolicy(
+        version="p",
+        classes={"MEDICATION": ClassRule(compare="status")},
+        attributes={
+            "Medication/*/dose": AttributeRule(compare="numeric", tolerance=Tolerance(absolute=0))
+        },
+    )
+    dose = policy.rule("Medication/1191/dose", "MEDICATION")
+    status = policy.rule("Medication/1191", "MEDICATION")
+    assert dose is not None and status is not None
+    assert (dose.compare, status.compare) == ("numeric", "status")
+    assert _disagree(dose, _said("ehr", "500", unit="mg"), _said("pharmacy", "1000", unit="mg"))
+    assert not _disagree(dose, _said("ehr", "500", unit="mg"), _said("pharmacy", "500", unit="mg"))
+    assert policy.rule("Observation/2345-7", "LABORATORY") is None  # not compared

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 
@@ -90,10 +91,12 @@ class ClassRule(BaseModel):
 
 
 class AttributeRule(BaseModel):
-    """Overrides for one attribute key (`Observation/2345-7`) or a prefix (`Observation/*`)."""
+    """Overrides for one attribute key (`Observation/2345-7`) or a pattern of keys
+    (`Observation/*`, `Medication/*/dose`: a dose compares as a number, not as a status)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    compare: Compare | None = None
     severity: Severity | None = None
     source_rank: tuple[str, ...] | None = None
     tolerance: Tolerance | None = None
@@ -123,8 +126,8 @@ class SourcePolicy(BaseModel):
     )
     attributes: dict[str, AttributeRule] = Field(
         default_factory=dict,
-        description="Overrides per attribute key, or per prefix ending in `*`; the longest "
-        "match wins",
+        description="Overrides per attribute key, or per pattern of keys with `*`; the "
+        "longest matching pattern wins",
     )
     derived: tuple[Derivation, ...] = Field(
         (),
@@ -150,10 +153,8 @@ class SourcePolicy(BaseModel):
     def _override(self, attribute: str) -> AttributeRule | None:
         if attribute in self.attributes:
             return self.attributes[attribute]
-        prefixes = [
-            key for key in self.attributes if key.endswith("*") and attribute.startswith(key[:-1])
-        ]
-        return self.attributes[max(prefixes, key=len)] if prefixes else None
+        patterns = [key for key in self.attributes if "*" in key and fnmatchcase(attribute, key)]
+        return self.attributes[max(patterns, key=len)] if patterns else None
 
     def severity(
         self, attribute: str, attribute_class: AttributeClass = "DEMOGRAPHICS"
