@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from concord.conflicts.derive import Derivation
 from concord.events.models import Assertion, AttributeClass, Severity
@@ -105,6 +105,12 @@ class AttributeRule(BaseModel):
     reconfirm_within: timedelta | None = None
     suppress_for: timedelta | None = None
 
+    @model_validator(mode="after")
+    def _numeric_needs_tolerance(self) -> AttributeRule:
+        if self.compare == "numeric" and self.tolerance is None:
+            raise ValueError("`compare: numeric` needs a `tolerance` (absolute: 0 for exact)")
+        return self
+
 
 def _demographics_only() -> dict[AttributeClass, ClassRule]:
     return {"DEMOGRAPHICS": ClassRule(compare="exact")}
@@ -129,6 +135,9 @@ class SourcePolicy(BaseModel):
         description="Overrides per attribute key, or per pattern of keys with `*`; the "
         "longest matching pattern wins",
     )
+    # Rules per (attribute, class), merged once: evaluation asks for one per changed fact.
+    _rules: dict[tuple[str, str], ClassRule | None] = PrivateAttr(default_factory=dict)
+    _rules_of: int = PrivateAttr(0)
     derived: tuple[Derivation, ...] = Field(
         (),
         description="Attributes implied by other facts (metastatic status from a C78 claim or "
@@ -142,13 +151,29 @@ class SourcePolicy(BaseModel):
     def rule(self, attribute: str, attribute_class: AttributeClass) -> ClassRule | None:
         """The class's rule with the attribute's overrides; None when the class is not
         compared."""
+        key = (attribute, attribute_class)
+        if self._rules_of != id(self):  # a model_copy shares the dict: never trust it
+            self._rules = {}
+            self._rules_of = id(self)
+        if key not in self._rules:
+            self._rules[key] = self._rule(attribute, attribute_class)
+        return self._rules[key]
+
+    def _rule(self, attribute: str, attribute_class: AttributeClass) -> ClassRule | None:
         base = self.classes.get(attribute_class)
         if base is None:
             return None
         override = self._override(attribute)
         if override is None:
             return base
-        return base.model_copy(update=override.model_dump(exclude_none=True))
+        changes = {
+            name: getattr(override, name)
+            for name in AttributeRule.model_fields
+            if getattr(override, name) is not None
+        }
+        # Validated again: an override may turn the class's comparison into one that needs more
+        # (numeric needs a tolerance).
+        return ClassRule.model_validate({**dict(base), **changes})
 
     def _override(self, attribute: str) -> AttributeRule | None:
         if attribute in self.attributes:
