@@ -248,6 +248,12 @@ class ConflictsSettings(DatabaseWorkerSettings):
     policy_path: Path | None = Field(
         None, description="Source-of-truth policy file (YAML); the built-in default when unset"
     )
+    policy_reload_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How often the policy file is checked for changes; a changed, valid file "
+        "replaces the policy in force without a restart (0: never)",
+    )
     cache_max_keys: int = Field(
         200_000,
         ge=1,

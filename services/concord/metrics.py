@@ -100,3 +100,15 @@ MLLP_ACK_SECONDS = Histogram(
     "From a complete frame received to its ACK written (includes the durable Kafka write)",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+# Source-of-truth policy (conflicts worker)
+
+POLICY_RELOADS = Counter(
+    "concord_policy_reloads",
+    "Changed policy files the conflicts worker found, by outcome: applied, or rejected "
+    "(invalid or unreadable; the policy in force stays)",
+    ["outcome"],
+)
+# One label value at a time: the previous version's series is removed when another applies.
+POLICY_INFO = Gauge(
+    "concord_policy_info", "1 for the version of the source-of-truth policy in force", ["version"]
+)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from aiokafka import AIOKafkaProducer
@@ -27,6 +27,10 @@ from concord.config import (
     WorkerSettings,
 )
 from concord.runtime.batch import BatchLoop, StageHandler
+
+if TYPE_CHECKING:
+    from concord.conflicts.policy import SourcePolicy
+    from concord.conflicts.policy_watcher import PolicyWatcher
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +52,16 @@ async def _no_cleanup() -> None:
 
 
 async def build_stage(
-    service: str, settings: WorkerSettings, producer: AIOKafkaProducer
+    service: str,
+    settings: WorkerSettings,
+    producer: AIOKafkaProducer,
+    *,
+    policy: SourcePolicy | None = None,
 ) -> tuple[StageHandler, Callable[[], Awaitable[None]]]:
-    """The service's stage handler and what closes its resources. Connects to PostgreSQL."""
+    """The service's stage handler and what closes its resources. Connects to PostgreSQL.
+
+    `policy`: the conflicts stage's, when already loaded (by its PolicyWatcher); else read
+    from settings.policy_path."""
     from concord.runtime.db import create_pool
     from concord.runtime.outbox import Outbox
 
@@ -93,7 +104,7 @@ async def build_stage(
             ConflictStore(pool, outbox),
             outbox,
             producer,
-            load_policy(settings.policy_path),
+            policy if policy is not None else load_policy(settings.policy_path),
             cache_max_keys=settings.cache_max_keys,
         )
     else:
@@ -120,7 +131,23 @@ def faust_credentials(settings: WorkerSettings) -> faust.types.auth.CredentialsT
     return None
 
 
+def policy_watcher(settings: WorkerSettings) -> PolicyWatcher | None:
+    """The conflicts worker's policy file, loaded now: an invalid one raises PolicyError
+    before anything starts. None for other services and for the built-in policy."""
+    if not isinstance(settings, ConflictsSettings):
+        return None
+    from concord.conflicts.policy import DEFAULT_POLICY
+    from concord.conflicts.policy_watcher import PolicyWatcher, show_version
+
+    if settings.policy_path is None:
+        show_version(DEFAULT_POLICY.version)
+        return None
+    return PolicyWatcher(settings.policy_path)
+
+
 def build_app(service: str, settings: WorkerSettings) -> faust.App:
+    """The worker's Faust app. Raises PolicyError when the conflicts policy file is invalid."""
+    watcher = policy_watcher(settings)
     app = faust.App(
         f"concord-{service}-control",
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
@@ -135,7 +162,7 @@ def build_app(service: str, settings: WorkerSettings) -> faust.App:
         store="memory://",
         consumer_auto_offset_reset="latest",
     )
-    state: dict[str, Any] = {"loop": None}
+    state: dict[str, Any] = {"loop": None, "stage": None}
     control = app.topic(topics.CONTROL, value_serializer="raw", partitions=1)
 
     @app.agent(control)
@@ -174,7 +201,10 @@ def build_app(service: str, settings: WorkerSettings) -> faust.App:
         await producer.start()
         cleanup: Callable[[], Awaitable[None]] = _no_cleanup
         try:
-            stage, cleanup = await build_stage(service, settings, producer)
+            stage, cleanup = await build_stage(
+                service, settings, producer, policy=watcher.policy if watcher else None
+            )
+            state["stage"] = stage
             loop = BatchLoop(stage, settings, producer=producer)
             state["loop"] = loop
             await loop.run()
@@ -190,7 +220,25 @@ def build_app(service: str, settings: WorkerSettings) -> faust.App:
             await producer.stop()
             await cleanup()
 
+    if watcher is not None and isinstance(settings, ConflictsSettings):
+        add_policy_reload(app, watcher, settings.policy_reload_seconds, state)
     return app
+
+
+def add_policy_reload(
+    app: faust.App, watcher: PolicyWatcher, interval: float, state: dict[str, Any]
+) -> None:
+    """A timer that applies a changed policy file to the running stage (none at interval 0)."""
+    if interval <= 0:
+        return
+
+    @app.timer(interval=interval)  # type: ignore[untyped-decorator]
+    async def reload_policy() -> None:
+        from concord.conflicts.policy_watcher import reload_into
+
+        # Until the stage exists, the policy it will be built with is the watcher's.
+        if state["stage"] is not None:
+            await reload_into(state["stage"], watcher)
 
 
 async def run_mllp_listener(app: faust.App, settings: IngestionSettings) -> None:
@@ -234,7 +282,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"usage: python -m concord.worker {{{'|'.join(SERVICES)}}}")
     service = argv[0]
     settings = settings_for(service)
-    app = build_app(service, settings)
+    from concord.conflicts.policy import PolicyError
+
+    try:
+        app = build_app(service, settings)
+    except PolicyError as exc:
+        sys.exit(f"the {service} worker does not start: its policy file is invalid\n{exc}")
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
 

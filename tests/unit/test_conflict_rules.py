@@ -100,7 +100,7 @@ def test_two_sources_disagreeing_open_a_conflict() -> None:
     assert event.patient_id == "E-1"
     assert event.attribute == BIRTH
     assert event.attribute_class == "DEMOGRAPHICS"
-    assert event.severity == "HIGH"
+    assert event.severity == "CRITICAL"
     assert event.policy_version == DEFAULT_POLICY.version
     assert event.detected_at == NOW
     assert event.trigger_received_time == NOW
@@ -327,7 +327,7 @@ def test_evaluate_proposes_by_policy_and_records_its_version() -> None:
 
 @pytest.mark.parametrize(
     ("attribute", "severity"),
-    [("Patient.birthDate", "HIGH"), ("Patient.gender", "HIGH"), ("Patient.name", "MEDIUM")],
+    [("Patient.birthDate", "CRITICAL"), ("Patient.gender", "HIGH"), ("Patient.name", "MEDIUM")],
 )
 def test_default_severity_per_attribute(attribute: str, severity: str) -> None:
     assert DEFAULT_POLICY.severity(attribute) == severity
@@ -337,15 +337,16 @@ def test_default_severity_per_attribute(attribute: str, severity: str) -> None:
     assert event is not None and event.severity == severity
 
 
-def test_unlisted_attributes_get_the_default_severity() -> None:
-    assert DEFAULT_POLICY.severity("Patient.maritalStatus") == DEFAULT_POLICY.default_severity
+def test_attributes_without_an_override_get_their_class_severity_else_the_default() -> None:
+    # The built-in policy gives demographics a severity of their own.
+    assert DEFAULT_POLICY.severity("Patient.maritalStatus") == "HIGH"
     custom = SourcePolicy(
         version="c",
         default_severity="LOW",
         attributes={"Patient.birthDate": AttributeRule(severity="CRITICAL")},
     )
     assert custom.severity("Patient.birthDate") == "CRITICAL"
-    assert custom.severity("Patient.gender") == "LOW"
+    assert custom.severity("Patient.gender") == "LOW"  # its class is listed without one
 
 
 # --- order independence (property) --------------------------------------------------------------

@@ -70,6 +70,8 @@ EXPORTED_METRICS = frozenset(
         "concord_mllp_oversize_frames_total",
         "concord_mllp_discarded_bytes_total",
         "concord_mllp_ack_seconds",
+        "concord_policy_reloads_total",
+        "concord_policy_info",
     }
 )
 # Labels that may appear in rules and dashboards: the metrics' own bounded labels, Prometheus'
@@ -373,7 +375,7 @@ def test_one_compose_worker_per_code_service(
 
 
 def test_workers_differ_only_in_command_and_environment(compose: dict[str, Any]) -> None:
-    allowed_to_differ = {"command", "environment", "depends_on", "ports"}
+    allowed_to_differ = {"command", "environment", "depends_on", "ports", "volumes"}
     shapes = {
         name: {key: value for key, value in service.items() if key not in allowed_to_differ}
         for name, service in worker_services(compose).items()
@@ -419,6 +421,22 @@ def test_worker_settings_load_from_the_compose_environment(
     settings: Any = SETTINGS[name](_env_file=None)  # type: ignore[call-arg]
     assert settings.web_host == "0.0.0.0"  # noqa: S104 - reachable by Prometheus and healthcheck
     assert settings.bootstrap_servers == "kafka:19092"
+
+
+def test_worker_mounts_are_read_only(compose: dict[str, Any]) -> None:
+    for name, service in worker_services(compose).items():
+        for volume in service.get("volumes", []):
+            assert isinstance(volume, str) and volume.endswith(":ro"), (name, volume)
+
+
+def test_conflicts_runs_the_example_policy_it_mounts(compose: dict[str, Any]) -> None:
+    from concord.conflicts.policy import DEFAULT_POLICY, load_policy
+
+    conflicts = compose["services"]["conflicts"]
+    target = mount_target(conflicts, "./services/concord/conflicts/default_policy.yaml")
+    assert environment(conflicts)["CONCORD_POLICY_PATH"] == target
+    built_in = load_policy(ROOT / "services/concord/conflicts/default_policy.yaml")
+    assert built_in.model_dump() == DEFAULT_POLICY.model_dump()
 
 
 def test_database_workers_wait_for_migrations(compose: dict[str, Any]) -> None:

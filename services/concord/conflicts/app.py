@@ -93,7 +93,9 @@ class ConflictsStage(BaseStage):
                 publish_dead_letter(out, raw=raw_event(record), rejection=rejection)
         if not facts:
             return
-        facts = self._with_derived(facts)
+        # One policy for the whole batch, even if a reload swaps it meanwhile.
+        policy = self.policy
+        facts = self._with_derived(facts, policy)
         consumed = [fact for fact, _ in facts if fact.attribute not in IDENTITY_SIGNALS]
         try:
             facts = await self._expand_merges(facts)
@@ -101,7 +103,7 @@ class ConflictsStage(BaseStage):
                 [(f, p) for f, p in facts if f.attribute == UNMERGE_ATTRIBUTE and f.value]
             )
             facts = [(f, p) for f, p in facts if f.attribute != UNMERGE_ATTRIBUTE]
-            await self._detect(facts, out, consumed=consumed, rebuilt=rebuilt)
+            await self._detect(facts, out, policy, consumed=consumed, rebuilt=rebuilt)
         except BaseException:
             # Memory may now be ahead of PostgreSQL: forget it, the store is the truth.
             self.cache.clear()
@@ -109,12 +111,13 @@ class ConflictsStage(BaseStage):
             raise
         self._evict(len(self.cache) - self.cache_max_keys)
 
+    @staticmethod
     def _with_derived(
-        self, facts: list[tuple[ClinicalFact, int]]
+        facts: list[tuple[ClinicalFact, int]], policy: SourcePolicy
     ) -> list[tuple[ClinicalFact, int]]:
         """Each fact followed by what the policy derives from it (oncology: metastatic status
         from a C78 claim or a stage)."""
-        derivations = self.policy.derived
+        derivations = policy.derived
         if not derivations:
             return facts
         expanded: list[tuple[ClinicalFact, int]] = []
@@ -173,6 +176,7 @@ class ConflictsStage(BaseStage):
         self,
         facts: list[tuple[ClinicalFact, int]],
         out: Outbound,
+        policy: SourcePolicy,
         *,
         consumed: Sequence[ClinicalFact],
         rebuilt: Sequence[tuple[AttributeState, str, int]],
@@ -184,9 +188,9 @@ class ConflictsStage(BaseStage):
         events: list[OutboundRecord] = []
 
         def check(state: AttributeState, partition: int, received: datetime) -> None:
-            if state.attribute_class not in self.policy.compared_classes:
+            if state.attribute_class not in policy.compared_classes:
                 return
-            event = evaluate(state, self.policy, now=now, trigger_received_time=received)
+            event = evaluate(state, policy, now=now, trigger_received_time=received)
             if event is not None:
                 changed_conflicts[(state.patient_id, state.attribute)] = (state, partition)
                 events.append(conflict_record(event))

@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 from fnmatch import fnmatchcase
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from concord.conflicts.derive import Derivation
+from concord.conflicts.policy_file import PolicyError as PolicyError
+from concord.conflicts.policy_file import unreadable, validate_document
 from concord.events.models import Assertion, AttributeClass, Severity
 
 # How two sources' values of one attribute compare:
@@ -214,17 +216,28 @@ class SourcePolicy(BaseModel):
         return best.value, why
 
 
-DEFAULT_POLICY = SourcePolicy(
-    version="builtin-2",
-    attributes={
-        "Patient.birthDate": AttributeRule(severity="HIGH"),
-        "Patient.gender": AttributeRule(severity="HIGH"),
-        "Patient.name": AttributeRule(severity="MEDIUM"),
-    },
-)
 
 
 def load_policy(path: Path | None) -> SourcePolicy:
+    """The policy in the YAML file at `path`, or the built-in one when there is none.
+
+    Raises PolicyError, naming the file and line of every problem."""
     if path is None:
         return DEFAULT_POLICY
-    return SourcePolicy.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    try:
+        document = path.read_bytes()
+    except OSError as exc:
+        raise unreadable(str(path), exc) from exc
+    return parse_policy(document, str(path))
+
+
+def parse_policy(document: str | bytes, source: str = "policy.yaml") -> SourcePolicy:
+    """A policy from YAML text; `source` names it in error messages (`source:LINE: ...`)."""
+    return validate_document(SourcePolicy, document, source)
+
+
+# The built-in policy, from the packaged file compose also mounts: one text for both.
+DEFAULT_POLICY = parse_policy(
+    resources.files("concord.conflicts").joinpath("default_policy.yaml").read_bytes(),
+    "default_policy.yaml",
+)
