@@ -216,8 +216,6 @@ class SourcePolicy(BaseModel):
         return best.value, why
 
 
-
-
 def load_policy(path: Path | None) -> SourcePolicy:
     """The policy in the YAML file at `path`, or the built-in one when there is none.
 
