@@ -1,5 +1,5 @@
 """An HL7 v2 message and its FHIR twin (the public converter samples), published as two
-sources to the running stack, are one patient with the same facts."""
+sources to the running stack, are one patient with the same facts, and raise no conflict."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from pipeline_tools import eventually, publish, read_topic
+from pipeline_tools import eventually, fetch, publish, read_topic
 
 from concord.events import codec
 from concord.events.models import ClinicalFact
 from concord.stack.stack import StackInfo
-from concord.topics import FACTS, RAW_FHIR, RAW_HL7V2
+from concord.topics import CONFLICTS, FACTS, RAW_FHIR, RAW_HL7V2
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_data]
 
@@ -63,3 +63,32 @@ def test_a_message_and_its_fhir_twin_normalize_to_the_same_facts(
     assert len({f.patient_id for f in v2 + fhir}) == 1
     assert {comparable(f) for f in v2} == {comparable(f) for f in fhir}
     print(f"\n{sample}: {len(v2)} facts from HL7 v2 equal {len(fhir)} from FHIR")
+
+    # Equivalent representations raise nothing, under the built-in policy's six classes.
+    [patient] = {f.patient_id for f in v2}
+    expected = {(f.attribute, f.provenance.source_system) for f in v2 + fhir}
+    conflicts = asyncio.run(_conflicts_once_compared(zoned_stack, patient, expected))
+    assert conflicts == []
+
+
+async def _conflicts_once_compared(
+    stack: StackInfo, patient: str, expected: set[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The conflict events about the patient, read once the conflicts stage holds every
+    expected (attribute, source) assertion."""
+
+    async def held() -> set[tuple[str, str]]:
+        rows = await fetch(
+            stack.database_url,
+            "SELECT attribute, source_system FROM assertions WHERE patient_id = $1",
+            patient,
+        )
+        return {(r["attribute"], r["source_system"]) for r in rows}
+
+    stored = await eventually(held, lambda found: expected <= found, within=30)
+    assert expected <= stored
+    events = [
+        codec.CONFLICT_EVENT.decode(record.value)
+        for record in await read_topic(stack.bootstrap_servers, CONFLICTS)
+    ]
+    return [(e.attribute, e.kind) for e in events if e.patient_id == patient]
