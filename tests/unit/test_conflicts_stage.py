@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from aiokafka.structs import ConsumerRecord
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from concord.conflicts.app import ConflictsStage
 from concord.conflicts.derive import Derivation, FactPattern
@@ -259,3 +262,89 @@ async def test_a_metastatic_claim_and_a_stage_one_condition_conflict_through_der
     assert said == {"claims": "true", "ehr": "false"}
     # The derived facts are kept in the history with the facts they come from.
     assert sorted(f.attribute for f in store.recorded).count("Oncology.metastatic") == 2
+
+
+# --- delivery order: shuffled and repeated facts end in the same state ----------------------
+
+_ICD10, _SCT = "http://hl7.org/fhir/sid/icd-10-cm", "http://snomed.info/sct"
+# (attribute, class, values): one of each comparison of the built-in policy, and facts that
+# derive metastatic status.
+_ATTRIBUTES = (
+    ("Patient.birthDate", "DEMOGRAPHICS", ("1970-01-01", "1970-01-02")),
+    ("AllergyIntolerance/7980", "ALLERGY", ("active", "resolved")),
+    ("Observation/2345-7", "LABORATORY", ("100", "103", "140")),
+    (f"Condition/{_ICD10}|C78.00", "ONCOLOGY", ("active", "resolved")),
+    (f"Condition/{_SCT}|254637007/stage", "ONCOLOGY", (f"{_SCT}|258215001", f"{_SCT}|258228008")),
+)
+
+
+@st.composite
+def _deliveries(draw: st.DrawFn) -> list[ClinicalFact]:
+    facts = []
+    for patient in ("P1", "P2"):
+        for source in ("hospital-ehr", "lab-system", "payer"):
+            for attribute, attribute_class, values in _ATTRIBUTES:
+                for version in range(draw(st.integers(0, 2))):
+                    minutes = draw(st.integers(0, 90))  # results an hour apart: two specimens
+                    fact = _fact(patient, source, draw(st.sampled_from(values)), minutes=minutes)
+                    facts.append(
+                        fact.model_copy(
+                            update={
+                                "fact_id": f"{patient}/{source}/{attribute}/{version}",
+                                "attribute": attribute,
+                                "attribute_class": attribute_class,
+                                "status": draw(st.sampled_from(["ASSERTED"] * 3 + ["REFUTED"])),
+                                "unit": "mg/dL" if attribute_class == "LABORATORY" else None,
+                                "effective_time": fact.provenance.event_time,
+                            }
+                        )
+                    )
+    return facts
+
+
+def _deliver(facts: list[ClinicalFact], batch_sizes: list[int]) -> FakeStore:
+    store = FakeStore()
+    stage = _stage(store, cache_max_keys=1000)
+    sizes = iter(batch_sizes)
+
+    async def run() -> None:
+        start = 0
+        while start < len(facts):
+            size = next(sizes, 7)
+            await stage.process(_records(facts[start : start + size]), Outbound("conflicts"))
+            start += size
+
+    asyncio.run(run())
+    return store
+
+
+def _final(store: FakeStore) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """Each attribute's assertions and the disagreement open on it, if any. A conflict that
+    opened and resolved on the way is no difference: which ones flash depends on the order
+    (suppression windows are for that), what stays open must not."""
+    return {
+        key: (
+            {source: a.fact_id for source, a in state.assertions.items()},
+            state.conflict.digest if state.conflict and state.conflict.status == "OPEN" else None,
+        )
+        for key, state in store.saved.items()
+    }
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(facts=_deliveries(), data=st.data())
+def test_shuffled_and_repeated_delivery_ends_in_the_same_conflicts(
+    facts: list[ClinicalFact], data: st.DataObject
+) -> None:
+    in_order = sorted(facts, key=lambda f: (f.provenance.event_time, f.fact_id))
+    # Any interleaving, and what a crash replays: some facts delivered again, later.
+    shuffled = data.draw(st.permutations(facts))
+    repeated = data.draw(st.lists(st.sampled_from(facts), max_size=10)) if facts else []
+    batches = data.draw(st.lists(st.integers(1, 12), max_size=20))
+
+    expected = _final(_deliver(in_order, [len(in_order) or 1]))
+    found = _final(_deliver([*shuffled, *repeated], batches))
+    assert found == expected
+    # Metastatic status was derived wherever a source sent a C78 code or a stage.
+    derives = any("/stage" in f.attribute or "C78" in f.attribute for f in facts)
+    assert any(k[1] == "Oncology.metastatic" for k in found) or not derives
