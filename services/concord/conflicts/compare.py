@@ -82,7 +82,7 @@ def disagree(taking_part: Sequence[Assertion], rule: ClassRule) -> bool:
         said = {a.value for a in taking_part}
         return ACTIVE in said and len(said) > 1
     return any(
-        _comparable(a, b, rule) and not _agree(a, b, rule) for a, b in combinations(taking_part, 2)
+        _comparable(a, b, rule) and not agree(a, b, rule) for a, b in combinations(taking_part, 2)
     )
 
 
@@ -95,7 +95,8 @@ def _comparable(a: Assertion, b: Assertion, rule: ClassRule) -> bool:
     return abs(a.effective_time - b.effective_time) <= window
 
 
-def _agree(a: Assertion, b: Assertion, rule: ClassRule) -> bool:
+def agree(a: Assertion, b: Assertion, rule: ClassRule) -> bool:
+    """Whether two participants (values: their positions) say the same, whatever their times."""
     if rule.compare == "numeric" and rule.tolerance is not None:
         numbers = _number(a.value), _number(b.value)
         if numbers[0] is not None and numbers[1] is not None:

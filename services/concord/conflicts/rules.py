@@ -39,6 +39,8 @@ class AttributeState:
     attribute_class: AttributeClass
     assertions: dict[str, Assertion] = field(default_factory=dict)
     conflict: ConflictState | None = None
+    # Each source's stale record on the attribute, if it had one (staleness.py).
+    stale: dict[str, ConflictState] = field(default_factory=dict)
 
 
 def _hash(*parts: str) -> str:
