@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -263,3 +264,53 @@ async def test_an_unmerge_rebuilds_both_patients_from_the_fact_history(
         [(absorbed, "Patient.birthDate")], {(absorbed, "Patient.birthDate"): "DEMOGRAPHICS"}
     )
     assert stored[(absorbed, "Patient.birthDate")].assertions["hosp"].fact_id == before[0].fact_id
+
+
+@pytest.mark.asyncio
+async def test_the_staleness_timer_raises_a_medication_nobody_reconfirmed(
+    pool: asyncpg.Pool,
+) -> None:
+    """Reconfirmation due a second from now: nothing at first, then the timer (an indexed read
+    of what is due on the owned partitions) raises it once, and clears its row."""
+    patient = patient_id()
+    outbox = Outbox(pool, "conflicts")
+    stage = ConflictsStage(
+        ConflictStore(pool, outbox), outbox, cast(AIOKafkaProducer, None), DEFAULT_POLICY
+    )
+    window = DEFAULT_POLICY.classes["MEDICATION"].reconfirm_within
+    assert window is not None
+    said = datetime.now(UTC) - window + timedelta(seconds=1)
+    medication = fact(patient, "clinic-ehr", "active", at=said).model_copy(
+        update={
+            "attribute": "Medication/6809",
+            "attribute_class": "MEDICATION",
+            "fact_id": f"{patient}-metformin",
+        }
+    )
+    assert await _run_stage(stage, [medication]) == []
+    due = await pool.fetchval("SELECT due_at FROM stale_timers WHERE patient_id = $1", patient)
+    assert due == said + window
+
+    partitions = {TopicPartition(FACTS, 0)}
+    await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.2)
+    out = Outbound("conflicts")
+    await stage.on_tick(partitions, out)
+    [stale] = [codec.CONFLICT_EVENT.decode(r.value) for r in out.pending]
+    assert (stale.kind, stale.patient_id, stale.attribute) == ("STALE", patient, "Medication/6809")
+    assert (
+        await pool.fetchval("SELECT count(*) FROM stale_timers WHERE patient_id = $1", patient) == 0
+    )
+    again = Outbound("conflicts")
+    await stage.on_tick(partitions, again)
+    assert again.pending == []
+
+    # The clinic confirms it: the stale record resolves, and a new window starts.
+    confirmed = medication.model_copy(
+        update={"fact_id": f"{patient}-metformin-2", "provenance": medication.provenance.model_copy(
+            update={"event_time": datetime.now(UTC)})}
+    )  # fmt: skip
+    [resolved] = await _run_stage(stage, [confirmed])
+    assert (resolved.kind, resolved.conflict_id) == ("RESOLVED", stale.conflict_id)
+    assert (
+        await pool.fetchval("SELECT count(*) FROM stale_timers WHERE patient_id = $1", patient) == 1
+    )

@@ -16,6 +16,7 @@ from concord.conflicts.app import ConflictsStage
 from concord.conflicts.derive import Derivation, FactPattern
 from concord.conflicts.policy import DEFAULT_POLICY, ClassRule
 from concord.conflicts.rules import AttributeState
+from concord.conflicts.store import Timer
 from concord.events import codec
 from concord.events.models import MERGE_ATTRIBUTE, ClinicalFact, Provenance
 from concord.runtime.batch import Outbound, OutboundRecord
@@ -33,6 +34,7 @@ class FakeStore:
         self.events: list[OutboundRecord] = []
         self.moved: list[tuple[str, str]] = []
         self.recorded: list[ClinicalFact] = []
+        self.timers: dict[tuple[str, str], Timer] = {}
 
     async def load(
         self, keys: Sequence[tuple[str, str]], classes: dict[tuple[str, str], str]
@@ -57,11 +59,22 @@ class FakeStore:
         *,
         facts: Sequence[ClinicalFact] = (),
         rebuilt: Iterable[tuple[AttributeState, str, int]] = (),
+        stale: Iterable[tuple[AttributeState, str, int]] = (),
+        timers: Sequence[Timer] = (),
     ) -> None:
-        for state, _, _ in [*assertions, *rebuilt]:
+        for state, _, _ in [*assertions, *rebuilt, *stale]:
             self.saved[(state.patient_id, state.attribute)] = state
         self.events += events
         self.recorded += facts
+        for key, attribute_class, partition, due in timers:
+            if due is None:
+                self.timers.pop(key, None)
+            else:
+                self.timers[key] = (key, attribute_class, partition, due)
+
+    async def due(self, partitions: Sequence[int], now: datetime, limit: int) -> list[Timer]:
+        found = [t for t in self.timers.values() if t[2] in partitions and t[3] <= now]
+        return sorted(found, key=lambda t: t[3])[:limit]
 
 
 class FakeOutbox:

@@ -23,7 +23,8 @@ from concord.conflicts.rules import (
     merged_facts,
     rebuild,
 )
-from concord.conflicts.store import ConflictStore, Key
+from concord.conflicts.staleness import next_due, staleness_events
+from concord.conflicts.store import ConflictStore, Key, Timer
 from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import (
@@ -182,41 +183,56 @@ class ConflictsStage(BaseStage):
         rebuilt: Sequence[tuple[AttributeState, str, int]],
     ) -> None:
         await self._load([fact for fact, _ in facts], [p for _, p in facts])
-        now = datetime.now(UTC)
-        changed_assertions: dict[tuple[Key, str], tuple[AttributeState, str, int]] = {}
-        changed_conflicts: dict[Key, tuple[AttributeState, int]] = {}
-        events: list[OutboundRecord] = []
-
-        def check(state: AttributeState, partition: int, received: datetime) -> None:
-            if state.attribute_class not in policy.compared_classes:
-                return
-            event = evaluate(state, policy, now=now, trigger_received_time=received)
-            if event is not None:
-                changed_conflicts[(state.patient_id, state.attribute)] = (state, partition)
-                events.append(conflict_record(event))
-
+        changes = _Changes(policy, datetime.now(UTC))
         for state, partition in {
             (s.patient_id, s.attribute): (s, p) for s, _, p in rebuilt
         }.values():
-            check(state, partition, now)
+            changes.check(state, partition, changes.now)
         for fact, partition in facts:
             key = (fact.patient_id, fact.attribute)
             state = self.cache[key]
             if not apply_fact(state, fact):
                 continue
             source = fact.provenance.source_system
-            changed_assertions[(key, source)] = (state, source, partition)
-            check(state, partition, fact.provenance.received_time)
-        if not (changed_assertions or consumed or rebuilt):
+            changes.assertions[(key, source)] = (state, source, partition)
+            changes.check(state, partition, fact.provenance.received_time)
+        if not (changes.assertions or consumed or rebuilt):
             return
+        await self._save(changes, out, consumed=consumed, rebuilt=rebuilt)
+
+    async def on_tick(self, partitions: set[TopicPartition], out: Outbound) -> None:
+        """The staleness timer: look again at the attributes of the owned partitions whose
+        time has come (an index read, not a scan), raise what became stale, re-arm."""
+        owned = sorted({tp.partition for tp in partitions if tp.topic in self.topics})
+        if not owned:
+            return
+        changes = _Changes(self.policy, datetime.now(UTC))
+        due = await self.store.due(owned, changes.now, TIMER_BATCH)
+        if not due:
+            return
+        await self._load_keys([(key, c, p) for key, c, p, _ in due])
+        for key, _, partition, _ in due:
+            changes.stale_check(self.cache[key], partition, changes.now, timer=True)
+        await self._save(changes, out)
+
+    async def _save(
+        self,
+        changes: _Changes,
+        out: Outbound,
+        *,
+        consumed: Sequence[ClinicalFact] = (),
+        rebuilt: Sequence[tuple[AttributeState, str, int]] = (),
+    ) -> None:
         await self.store.save(
-            changed_assertions.values(),
-            changed_conflicts.values(),
-            events,
+            changes.assertions.values(),
+            changes.conflicts.values(),
+            changes.events,
             facts=consumed,
             rebuilt=rebuilt,
+            stale=changes.stale.values(),
+            timers=list(changes.timers.values()),
         )
-        self.outbox.publish_written(out, events)
+        self.outbox.publish_written(out, changes.events)
 
     async def _load(self, facts: list[ClinicalFact], partitions: list[int]) -> None:
         wanted = [
@@ -242,3 +258,52 @@ class ConflictsStage(BaseStage):
             key, _state = self.cache.popitem(last=False)
             for keys in self.keys_by_partition.values():
                 keys.discard(key)
+
+
+# Attributes looked at per timer tick at most; the rest are due at the next tick.
+TIMER_BATCH = 1000
+
+
+class _Changes:
+    """What one batch (or one timer tick) changed, and the events it raises."""
+
+    def __init__(self, policy: SourcePolicy, now: datetime) -> None:
+        self.policy = policy
+        self.now = now
+        self.assertions: dict[tuple[Key, str], tuple[AttributeState, str, int]] = {}
+        self.conflicts: dict[Key, tuple[AttributeState, int]] = {}
+        self.stale: dict[tuple[Key, str], tuple[AttributeState, str, int]] = {}
+        self.timers: dict[Key, Timer] = {}
+        self.events: list[OutboundRecord] = []
+
+    def check(self, state: AttributeState, partition: int, received: datetime) -> None:
+        """Disagreement, then staleness, of a state that changed."""
+        if state.attribute_class not in self.policy.compared_classes:
+            return
+        event = evaluate(state, self.policy, now=self.now, trigger_received_time=received)
+        if event is not None:
+            self.conflicts[(state.patient_id, state.attribute)] = (state, partition)
+            self.events.append(conflict_record(event))
+        self.stale_check(state, partition, received)
+
+    def stale_check(
+        self, state: AttributeState, partition: int, received: datetime, *, timer: bool = False
+    ) -> None:
+        """Staleness of a state that changed, or whose timer fired (`timer`: its timer row
+        exists and must be re-armed or cleared)."""
+        key = (state.patient_id, state.attribute)
+        rule = self.policy.rule(state.attribute, state.attribute_class)
+        ages = rule is not None and (rule.max_age or rule.reconfirm_within)
+        if not ages and not state.stale:
+            # Most attributes never age: no timer row is written for them at all.
+            if timer:
+                self.timers[key] = (key, state.attribute_class, partition, None)
+            return
+        events = staleness_events(state, self.policy, now=self.now, trigger_received_time=received)
+        for event in events:
+            self.events.append(conflict_record(event))
+        if events:
+            for source in state.stale:
+                self.stale[(key, source)] = (state, source, partition)
+        due = next_due(state, rule, self.now) if rule is not None else None
+        self.timers[key] = (key, state.attribute_class, partition, due)

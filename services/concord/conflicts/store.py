@@ -8,6 +8,7 @@ holds the assertions, the conflict states and the outbox rows, so they always ag
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 import asyncpg
 import orjson
@@ -18,6 +19,8 @@ from concord.runtime.batch import OutboundRecord
 from concord.runtime.outbox import Outbox
 
 Key = tuple[str, str]  # (patient_id, attribute)
+# When to look at an attribute again for staleness (None: never), with its class and partition.
+Timer = tuple[Key, str, int, datetime | None]
 
 _LOAD_ASSERTIONS = """
 SELECT a.* FROM assertions a
@@ -113,6 +116,37 @@ SELECT h.*, coalesce(o.patient_id, h.patient_id) AS owner FROM fact_history h
 LEFT JOIN subject_owners o USING (source_system, subject)
 WHERE h.patient_id = ANY($1::text[])
 """
+_LOAD_STALE = """
+SELECT s.* FROM stale_state s
+JOIN unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
+  ON s.patient_id = k.patient_id AND s.attribute = k.attribute
+"""
+_UPSERT_STALE = """
+INSERT INTO stale_state (patient_id, attribute, source_system, conflict_id, revision, status,
+                         fact_id, kafka_partition, opened_at, updated_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
+                     $7::text[], $8::int[], $9::timestamptz[], $10::timestamptz[])
+ON CONFLICT (patient_id, attribute, source_system) DO UPDATE SET
+    conflict_id = excluded.conflict_id, revision = excluded.revision, status = excluded.status,
+    fact_id = excluded.fact_id, kafka_partition = excluded.kafka_partition,
+    opened_at = excluded.opened_at, updated_at = excluded.updated_at
+"""
+_SET_TIMERS = """
+INSERT INTO stale_timers (patient_id, attribute, attribute_class, kafka_partition, due_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[])
+ON CONFLICT (patient_id, attribute) DO UPDATE SET
+    attribute_class = excluded.attribute_class, kafka_partition = excluded.kafka_partition,
+    due_at = excluded.due_at
+"""
+_DROP_TIMERS = """
+DELETE FROM stale_timers t USING unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
+WHERE t.patient_id = k.patient_id AND t.attribute = k.attribute
+"""
+_DUE_TIMERS = """
+SELECT patient_id, attribute, attribute_class, kafka_partition FROM stale_timers
+WHERE kafka_partition = ANY($1::int[]) AND due_at <= $2
+ORDER BY due_at LIMIT $3
+"""
 _ATTRIBUTES_OF = """
 SELECT DISTINCT patient_id, attribute, attribute_class FROM assertions
 WHERE patient_id = ANY($1::text[])
@@ -160,6 +194,7 @@ class ConflictStore:
         async with self.pool.acquire() as conn:
             assertion_rows = await conn.fetch(_LOAD_ASSERTIONS, patients, attributes)
             conflict_rows = await conn.fetch(_LOAD_CONFLICTS, patients, attributes)
+            stale_rows = await conn.fetch(_LOAD_STALE, patients, attributes)
         states = {
             key: AttributeState(key[0], key[1], classes[key])  # type: ignore[arg-type]
             for key in keys
@@ -177,7 +212,26 @@ class ConflictStore:
                 opened_at=row["opened_at"],
                 updated_at=row["updated_at"],
             )
+        for row in stale_rows:
+            states[(row["patient_id"], row["attribute"])].stale[row["source_system"]] = (
+                ConflictState(
+                    conflict_id=row["conflict_id"],
+                    revision=row["revision"],
+                    status=row["status"],
+                    digest=row["fact_id"],
+                    opened_at=row["opened_at"],
+                    updated_at=row["updated_at"],
+                )
+            )
         return states
+
+    async def due(self, partitions: Sequence[int], now: datetime, limit: int) -> list[Timer]:
+        """The attributes of these partitions due for a staleness look by `now`."""
+        rows = await self.pool.fetch(_DUE_TIMERS, list(partitions), now, limit)
+        return [
+            ((r["patient_id"], r["attribute"]), r["attribute_class"], r["kafka_partition"], now)
+            for r in rows
+        ]
 
     async def save(
         self,
@@ -187,11 +241,14 @@ class ConflictStore:
         *,
         facts: Sequence[ClinicalFact] = (),
         rebuilt: Iterable[tuple[AttributeState, str, int]] = (),
+        stale: Iterable[tuple[AttributeState, str, int]] = (),
+        timers: Sequence[Timer] = (),
     ) -> None:
         """One transaction: changed assertions (state, source, partition), changed conflict
         states (state, partition), the outbox rows of the events they caused, the facts
         consumed (history, and who their subjects belong to), and the assertions an unmerge
-        rebuilt (written whatever their age)."""
+        rebuilt (written whatever their age), the stale records changed (state, source, partition)
+        and the staleness timers set or cleared."""
         c_rows: list[tuple[AttributeState, ConflictState, int]] = []
         for st, partition in conflicts:
             if st.conflict is not None:
@@ -200,6 +257,8 @@ class ConflictStore:
             await self._write_assertions(conn, _UPSERT_ASSERTIONS, assertions)
             await self._write_assertions(conn, _UPSERT_ASSERTIONS_ANY_TIME, rebuilt)
             await _record(conn, facts)
+            await _write_stale(conn, stale)
+            await _write_timers(conn, timers)
             if c_rows:
                 await conn.execute(
                     _UPSERT_CONFLICTS,
@@ -283,3 +342,40 @@ def _assertion(row: asyncpg.Record) -> Assertion:
 
 def _json(provenance: Provenance) -> str:
     return orjson.dumps(provenance.model_dump(mode="json")).decode()
+
+
+async def _write_stale(
+    conn: asyncpg.Connection, rows: Iterable[tuple[AttributeState, str, int]]
+) -> None:
+    changed = [(st, st.stale[source], source, p) for st, source, p in rows]
+    if not changed:
+        return
+    await conn.execute(
+        _UPSERT_STALE,
+        [st.patient_id for st, _, _, _ in changed],
+        [st.attribute for st, _, _, _ in changed],
+        [source for _, _, source, _ in changed],
+        [c.conflict_id for _, c, _, _ in changed],
+        [c.revision for _, c, _, _ in changed],
+        [c.status for _, c, _, _ in changed],
+        [c.digest for _, c, _, _ in changed],
+        [p for _, _, _, p in changed],
+        [c.opened_at for _, c, _, _ in changed],
+        [c.updated_at for _, c, _, _ in changed],
+    )
+
+
+async def _write_timers(conn: asyncpg.Connection, timers: Sequence[Timer]) -> None:
+    armed = [t for t in timers if t[3] is not None]
+    if armed:
+        await conn.execute(
+            _SET_TIMERS,
+            [key[0] for key, _, _, _ in armed],
+            [key[1] for key, _, _, _ in armed],
+            [c for _, c, _, _ in armed],
+            [p for _, _, p, _ in armed],
+            [due for _, _, _, due in armed],
+        )
+    cleared = [key for key, _, _, due in timers if due is None]
+    if cleared:
+        await conn.execute(_DROP_TIMERS, [k[0] for k in cleared], [k[1] for k in cleared])

@@ -61,6 +61,11 @@ class Outbound:
         return len(records)
 
 
+# How often the loop gives its handler time-driven work: staleness is raised within a minute of
+# becoming true with room to spare.
+TICK_SECONDS = 5.0
+
+
 class StageHandler(Protocol):
     """What a service plugs into the loop. Implementations live in each service's app.py."""
 
@@ -78,6 +83,11 @@ class StageHandler(Protocol):
 
     async def on_revoked(self, partitions: set[TopicPartition]) -> None:
         """This worker no longer owns these partitions: drop their cached state."""
+
+    async def on_tick(self, partitions: set[TopicPartition], out: Outbound) -> None:
+        """Every few seconds, between batches: time-driven work on the owned partitions (the
+        conflicts stage's staleness timers). What it adds to `out` is sent, then
+        on_produced is called, as after a batch."""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -103,6 +113,7 @@ class BatchLoop:
         *,
         group_id: str | None = None,
         producer: AIOKafkaProducer | None = None,
+        tick_seconds: float = TICK_SECONDS,
     ) -> None:
         self.handler = handler
         self.settings = settings
@@ -110,8 +121,10 @@ class BatchLoop:
         self.ready = asyncio.Event()
         self.assigned: set[TopicPartition] = set()
         self.producer = producer
+        self.tick_seconds = tick_seconds
         self._stopping = asyncio.Event()
         self._lag_refreshed = 0.0
+        self._next_tick = 0.0
 
     def make_producer(self) -> AIOKafkaProducer:
         return self.make_producer_for(self.settings)
@@ -172,6 +185,7 @@ class BatchLoop:
         records = [record for tp_records in batch.values() for record in tp_records]
         if not records:
             await self._refresh_idle_lag(consumer)
+            await self.tick(consumer, producer)
             return 0
         stage = self.handler.stage
         started = time.perf_counter()
@@ -193,7 +207,21 @@ class BatchLoop:
         metrics.BATCH_SIZE.labels(stage).observe(len(records))
         metrics.EVENT_SECONDS.labels(stage).observe(elapsed / len(records))
         self._record_lag(consumer, batch)
+        await self.tick(consumer, producer)
         return len(records)
+
+    async def tick(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+        """The handler's time-driven work, at most every tick_seconds, in the loop itself:
+        between batches, so it never races a batch over the same cached state."""
+        now = time.monotonic()
+        if now < self._next_tick:
+            return
+        self._next_tick = now + self.tick_seconds
+        out = Outbound(self.handler.stage)
+        await self.handler.on_tick(set(consumer.assignment()), out)
+        if out.pending:
+            await out.flush(producer)
+            await self.handler.on_produced()
 
     async def _refresh_idle_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Keep the lag gauge true while idle, so a stalled stage shows as lag, not silence."""

@@ -31,6 +31,9 @@ class BaseStage:
     async def on_revoked(self, partitions: set[TopicPartition]) -> None:
         return None
 
+    async def on_tick(self, partitions: set[TopicPartition], out: Outbound) -> None:
+        return None
+
 
 def core_failure(exc: Exception, raw: RawEvent, *, stage: str, reason_code: str) -> Rejection:
     """What a stage does when its pure core raises on a record (a bug): the record goes to the
