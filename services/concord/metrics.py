@@ -56,9 +56,14 @@ CONSUMER_LAG = Gauge(
 )
 RECORDS_NOT_NORMALIZED = Counter(
     "concord_records_not_normalized",
-    "Ingested records that assert no fact Concord compares (deletes, voids, encounters, "
-    "documents, records without a patient)",
+    "Ingested records that assert no fact Concord compares (encounters, documents, records "
+    "without a patient; deletes and voids of records whose upsert normalization never saw)",
     ["format", "operation"],
+)
+RECORDS_WITHDRAWN = Counter(
+    "concord_records_withdrawn",
+    "Deletes and voids that withdrew what their record's last upsert asserted (DELETED facts)",
+    ["format"],
 )
 IDENTITY_DECISIONS = Counter(
     "concord_identity_decisions",

@@ -71,6 +71,7 @@ async def build_stage(
         from concord.normalization.app import NormalizationStage
         from concord.normalization.identity.scoring import Thresholds
         from concord.normalization.identity_store import PostgresIdentityStore
+        from concord.normalization.record_facts import PostgresRecordFacts
         from concord.normalization.terminology import Terminology
 
         assert isinstance(settings, NormalizationSettings)  # noqa: S101
@@ -83,6 +84,7 @@ async def build_stage(
             settings,
             identities,
             Terminology.load(),
+            record_facts=PostgresRecordFacts(pool),
             identity_outbox=identities.outbox,
             producer=producer,
         )

@@ -61,6 +61,7 @@ EXPORTED_METRICS = frozenset(
         "concord_outbox_pending",
         "concord_consumer_lag",
         "concord_records_not_normalized_total",
+        "concord_records_withdrawn_total",
         "concord_ingestion_duplicates_total",
         "concord_identity_decisions_total",
         "concord_facts_flagged_total",

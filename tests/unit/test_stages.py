@@ -38,8 +38,9 @@ from concord.normalization.identity.resolution import (
     new_enterprise_id,
     resolve,
 )
+from concord.normalization.record_facts import InMemoryRecordFacts
 from concord.normalization.terminology import Terminology
-from concord.runtime.batch import Outbound, OutboundRecord
+from concord.runtime.batch import BatchLoop, Outbound, OutboundRecord
 from concord.topics import DEADLETTER, FACTS, INGESTED, RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 
 MPI = "urn:concord:enterprise-patient-id"
@@ -127,7 +128,9 @@ class _FakeIdentities:
 
 def _normalization() -> NormalizationStage:
     settings = NormalizationSettings(enterprise_id_systems=[MPI], database_url=DSN)
-    return NormalizationStage(settings, _FakeIdentities(), Terminology.load())
+    return NormalizationStage(
+        settings, _FakeIdentities(), Terminology.load(), record_facts=InMemoryRecordFacts()
+    )
 
 
 def _on(out: Outbound, topic: str) -> list[OutboundRecord]:
@@ -446,8 +449,8 @@ async def test_ingestion_reads_claim_lines_from_their_topic() -> None:
 
 @pytest.mark.asyncio
 async def test_normalization_passes_over_what_it_does_not_normalize_yet() -> None:
-    """Deletes, claims and encounters are valid records, not errors: they are neither
-    dead-lettered nor turned into facts until their normalization exists."""
+    """A delete of a record never seen, claims and encounters are valid records, not errors:
+    they are neither dead-lettered nor turned into facts."""
     patient = _ingested_record(_patient())
     encounter = {"resourceType": "Encounter", "id": "e1", "status": "finished"}
     others = [
@@ -593,9 +596,48 @@ async def test_normalization_publishes_the_identity_outbox_when_it_gets_partitio
         settings,
         _FakeIdentities(),
         Terminology.load(),
+        record_facts=InMemoryRecordFacts(),
         identity_outbox=outbox,  # type: ignore[arg-type]
         producer=producer,  # type: ignore[arg-type]
     )
     await stage.on_assigned({TopicPartition(INGESTED, 0)})
     assert (outbox.pending, outbox.drained_with) == (0, [producer])
     await _normalization().on_assigned({TopicPartition(INGESTED, 0)})  # none wired: no-op
+
+
+class _TickingStage:
+    stage = "ticking"
+    topics = (FACTS,)
+
+    def __init__(self) -> None:
+        self.ticks: list[set[TopicPartition]] = []
+        self.produced = 0
+
+    async def on_tick(self, partitions: set[TopicPartition], out: Outbound) -> None:
+        self.ticks.append(partitions)
+        out.add(OutboundRecord(FACTS, b"tick"))
+
+    async def on_produced(self) -> None:
+        self.produced += 1
+
+
+class _AssignedConsumer:
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(FACTS, 3)}
+
+
+@pytest.mark.asyncio
+async def test_the_loop_ticks_at_most_every_tick_seconds_and_sends_what_it_raised() -> None:
+    handler = _TickingStage()
+    settings = IngestionSettings(database_url=DSN)
+    loop = BatchLoop(handler, settings, tick_seconds=3600)  # type: ignore[arg-type]
+    producer = _FakeProducer()
+    await loop.tick(_AssignedConsumer(), producer)  # type: ignore[arg-type]
+    await loop.tick(_AssignedConsumer(), producer)  # type: ignore[arg-type]  # too soon
+    assert handler.ticks == [{TopicPartition(FACTS, 3)}]
+    assert [topic for topic, *_ in producer.sent] == [FACTS]
+    assert handler.produced == 1  # the outbox learns its events were acknowledged
+    every_call = BatchLoop(handler, settings, tick_seconds=0)  # type: ignore[arg-type]
+    for _ in range(2):
+        await every_call.tick(_AssignedConsumer(), producer)  # type: ignore[arg-type]
+    assert len(handler.ticks) == 3

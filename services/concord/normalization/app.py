@@ -1,6 +1,10 @@
 """The normalization worker's stage: decode ingested records, read them with the pure core,
 resolve the batch's patients in the identity index, publish the facts.
 
+A source's delete (a FHIR DELETE, a voided claim line) names only its record: the stage
+remembers what each record's upserts asserted (`record_facts.py`), and publishes a delete as
+that, withdrawn (`facts/withdrawals.py`).
+
 It also publishes what an operator's identity change (`concord identity unmerge`) left in
 the identity outbox, when it gets partitions: the command publishes its own signal, and
 this covers a command that stopped between its commit and the broker's ack."""
@@ -8,6 +12,7 @@ this covers a command that stopped between its commit and the broker's ack."""
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -21,8 +26,16 @@ from concord.events import codec
 from concord.events.models import ClinicalFact, IngestedRecord
 from concord.events.raw import RawEvent
 from concord.normalization.facts.drafts import PROVISIONAL_PATIENT, merge_fact, to_fact
+from concord.normalization.facts.withdrawals import (
+    RecordKey,
+    Remembered,
+    record_key,
+    remembered,
+    withdrawal_facts,
+)
 from concord.normalization.identity_store import IdentityStore
 from concord.normalization.outbound import fact_record
+from concord.normalization.record_facts import RecordFacts
 from concord.normalization.records import ReadRecord, read_record
 from concord.normalization.terminology import Terminology
 from concord.runtime.batch import Outbound
@@ -48,12 +61,14 @@ class NormalizationStage(BaseStage):
         identities: IdentityStore,
         terminology: Terminology,
         *,
+        record_facts: RecordFacts,
         identity_outbox: Outbox | None = None,
         producer: AIOKafkaProducer | None = None,
     ) -> None:
         self.systems = tuple(settings.enterprise_id_systems)
         self.identities = identities
         self.terminology = terminology
+        self.record_facts = record_facts
         self.identity_outbox = identity_outbox
         self.producer = producer
 
@@ -67,6 +82,7 @@ class NormalizationStage(BaseStage):
     async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:
         received = datetime.now(UTC)
         read: list[tuple[IngestedRecord, ReadRecord]] = []
+        deletes: list[IngestedRecord] = []
         for record in records:
             raw = raw_event(record, received)
             try:
@@ -74,6 +90,9 @@ class NormalizationStage(BaseStage):
             except codec.CodecError as exc:
                 rejection = Rejection("UNDECODABLE_EVENT", f"{exc} [{exc.reason_code}]")
                 publish_dead_letter(out, raw=raw, rejection=rejection)
+                continue
+            if ingested.operation == "DELETE":
+                deletes.append(ingested)
                 continue
             outcome = self._read(ingested, raw)
             if isinstance(outcome, Rejection):
@@ -83,6 +102,7 @@ class NormalizationStage(BaseStage):
             else:
                 read.append((ingested, outcome))
         resolutions = await self.identities.resolve_batch([r.request for _, r in read])
+        memories: list[Remembered] = []
         for (ingested, outcome), resolution in zip(read, resolutions, strict=True):
             flags = (PROVISIONAL_PATIENT,) if resolution.provisional else ()
             metrics.IDENTITY_DECISIONS.labels(resolution.how.value).inc()
@@ -91,16 +111,51 @@ class NormalizationStage(BaseStage):
                     survivor=resolution.enterprise_id, absorbed=absorbed, record=ingested
                 )
                 publish_fact(out, fact=merge)
-            for draft in outcome.drafts:
-                fact = to_fact(
+            facts = [
+                to_fact(
                     draft,
                     patient_id=resolution.enterprise_id,
                     record=ingested,
                     subject=outcome.request.local_ids[0],
                     extra_flags=flags,
                 )
+                for draft in outcome.drafts
+            ]
+            for fact in facts:
                 for flag in fact.flags:
                     metrics.FACTS_FLAGGED.labels(fact.attribute_class, flag).inc()
+                publish_fact(out, fact=fact)
+            memory = remembered(ingested, facts)
+            if memory is not None:
+                memories.append(memory)
+        await self._withdraw(deletes, memories, out)
+        # After the recall: a delete must see the memory from before this batch, not only
+        # the batch's own upserts (_withdraw adds those).
+        await self.record_facts.remember(memories)
+
+    async def _withdraw(
+        self, deletes: Sequence[IngestedRecord], upserts: Sequence[Remembered], out: Outbound
+    ) -> None:
+        """Publish each delete as what its record's upserts asserted, withdrawn: as
+        remembered, and as said by the batch itself (an upsert and its delete may share a
+        batch, in either order). A delete of a record never seen is counted, nothing more."""
+        if not deletes:
+            return
+        keys = [record_key(d) for d in deletes]
+        stored = await self.record_facts.recall([k for k in keys if k is not None])
+        in_batch: defaultdict[RecordKey, list[Remembered]] = defaultdict(list)
+        for memory in upserts:
+            in_batch[memory.key].append(memory)
+        for delete, key in zip(deletes, keys, strict=True):
+            memories = in_batch.get(key, []) if key is not None else []
+            if key is not None and key in stored:
+                memories = [stored[key], *memories]
+            facts = withdrawal_facts(delete, memories)
+            if not facts:
+                metrics.RECORDS_NOT_NORMALIZED.labels(delete.format, delete.operation).inc()
+                continue
+            metrics.RECORDS_WITHDRAWN.labels(delete.format).inc()
+            for fact in facts:
                 publish_fact(out, fact=fact)
 
     def _read(self, ingested: IngestedRecord, raw: RawEvent) -> ReadRecord | Rejection | None:

@@ -44,7 +44,8 @@ def read_record(
     record: IngestedRecord, terminology: Terminology, systems: Sequence[str]
 ) -> ReadRecord | None:
     """The identity request and fact drafts of a record; None when it asserts no fact
-    Concord compares yet (deletes and voids, encounters, documents...)."""
+    Concord compares yet (encounters, documents...), and for deletes and voids, which the
+    stage turns into what their record asserted, withdrawn (facts/withdrawals.py)."""
     if record.operation != "UPSERT":
         return None
     if record.format == "FHIR_R4":
