@@ -125,20 +125,33 @@ def evaluate(
         return None
     state.conflict = new
     proposed, why = policy.propose(active, rule) if disagree else (None, "the sources agree")
+    return conflict_event(state, new, kind, policy, now, trigger_received_time, (proposed, why))
+
+
+def conflict_event(
+    state: AttributeState,
+    record: ConflictState,
+    kind: Literal["OPENED", "UPDATED", "RESOLVED", "STALE"],
+    policy: SourcePolicy,
+    now: datetime,
+    received: datetime,
+    proposal: tuple[str | None, str | None],
+) -> ConflictEvent:
+    """The event of a conflict (or stale) record's new revision, with every assertion."""
     return ConflictEvent(
-        conflict_id=new.conflict_id,
-        revision=new.revision,
+        conflict_id=record.conflict_id,
+        revision=record.revision,
         kind=kind,
         patient_id=state.patient_id,
         attribute=state.attribute,
         attribute_class=state.attribute_class,
         severity=policy.severity(state.attribute, state.attribute_class),
         assertions=tuple(sorted(state.assertions.values(), key=lambda a: a.source_system)),
-        proposed_value=proposed,
-        proposed_reason=why,
+        proposed_value=proposal[0],
+        proposed_reason=proposal[1],
         policy_version=policy.version,
         detected_at=now,
-        trigger_received_time=trigger_received_time,
+        trigger_received_time=received,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Literal
 
 from concord.conflicts.compare import ACTIVE, agree, participants
 from concord.conflicts.policy import ClassRule, SourcePolicy
-from concord.conflicts.rules import AttributeState, ConflictState
+from concord.conflicts.rules import AttributeState, ConflictState, conflict_event
 from concord.events.models import Assertion, ConflictEvent
 
 Kind = Literal["MAX_AGE", "RECONFIRM"]
@@ -154,23 +154,9 @@ def _event(
     finding: Staleness | None,
 ) -> ConflictEvent:
     if finding is None:
-        proposed, why = None, "no longer stale"
+        proposal: tuple[str | None, str | None] = (None, "no longer stale")
     elif finding.newer is not None:
-        proposed, why = finding.newer.value, finding.reason
+        proposal = (finding.newer.value, finding.reason)
     else:
-        proposed, why = None, finding.reason
-    return ConflictEvent(
-        conflict_id=stale.conflict_id,
-        revision=stale.revision,
-        kind=kind,
-        patient_id=state.patient_id,
-        attribute=state.attribute,
-        attribute_class=state.attribute_class,
-        severity=policy.severity(state.attribute, state.attribute_class),
-        assertions=tuple(sorted(state.assertions.values(), key=lambda a: a.source_system)),
-        proposed_value=proposed,
-        proposed_reason=why,
-        policy_version=policy.version,
-        detected_at=now,
-        trigger_received_time=received,
-    )
+        proposal = (None, finding.reason)
+    return conflict_event(state, stale, kind, policy, now, received, proposal)
