@@ -7,6 +7,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,8 @@ def mllp_send(
 
 @main.group()
 def alerts() -> None:
-    """Read alerts: what is stored (list) or what fires (follow)."""
+    """Alerts: what is stored (list), what fires (follow), and a reviewer's decision
+    (resolve)."""
 
 
 @alerts.command("list")
@@ -202,6 +204,52 @@ def _print_alert(alert: Alert, as_json: bool) -> None:
         click.echo(orjson.dumps(alert_json(alert)).decode())
     else:
         click.echo(alert_line(alert))
+
+
+@alerts.command("resolve")
+@click.argument("alert_id")
+@click.option(
+    "--decision",
+    type=click.Choice(["accept", "choose", "dismiss"]),
+    required=True,
+    help="accept the policy's proposal, choose another value (--value), or dismiss: not a "
+    "real disagreement.",
+)
+@click.option("--value", "chosen_value", help="The value that should stand (with choose).")
+@click.option("--by", required=True, help="Who decides (a user id), for the record.")
+@state_dir_option
+def resolve_alert(
+    alert_id: str, decision: str, chosen_value: str | None, by: str, state_dir: Path
+) -> None:
+    """Decide an open conflict alert: the decision goes to concord.resolutions, the conflicts
+    stage resolves the conflict (it stays resolved until a source says something new) and
+    the alert follows."""
+    from concord.conflicts.resolutions import NotResolvable, decide
+
+    if (decision == "choose") != (chosen_value is not None):
+        raise click.UsageError("--value goes with --decision choose, and only with it")
+    settings = client_settings(state_dir)
+    if settings.database_url is None:
+        raise click.ClickException(
+            "no database: set CONCORD_DATABASE_URL or run `concord stack up` first"
+        )
+    decisions = {"accept": "ACCEPTED_PROPOSAL", "choose": "CHOSE_VALUE", "dismiss": "DISMISSED"}
+    work = decide(
+        settings.database_url.get_secret_value(),
+        settings.kafka_options(),
+        alert_id,
+        decisions[decision],  # type: ignore[arg-type]
+        chosen_value=chosen_value,
+        by=by,
+        at=datetime.now(UTC),
+    )
+    try:
+        resolution = asyncio.run(work)
+    except NotResolvable as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"decision {resolution.resolution_id} on alert {alert_id} published to {topics.RESOLUTIONS}"
+    )
 
 
 @alerts.command("follow")

@@ -117,3 +117,10 @@ POLICY_RELOADS = Counter(
 POLICY_INFO = Gauge(
     "concord_policy_info", "1 for the version of the source-of-truth policy in force", ["version"]
 )
+
+RESOLUTIONS = Counter(
+    "concord_resolutions",
+    "Reviewers' decisions consumed by the conflicts stage, by outcome: applied (resolved an "
+    "open conflict) or ignored (the conflict was already resolved, or replaced)",
+    ["outcome"],
+)

@@ -23,6 +23,7 @@ RAW_CLAIMS = "ehr.raw.claims"
 INGESTED = "concord.ingested"
 FACTS = "concord.facts"
 CONFLICTS = "concord.conflicts"
+RESOLUTIONS = "concord.resolutions"
 ALERTS = "concord.alerts"
 DEADLETTER = "concord.deadletter"
 CONTROL = "concord.control"
@@ -36,6 +37,11 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(INGESTED, PARTITIONS, "validated records with provenance (Avro IngestedRecord)"),
     TopicSpec(FACTS, PARTITIONS, "atomic facts keyed by enterprise patient id (Avro ClinicalFact)"),
     TopicSpec(CONFLICTS, PARTITIONS, "conflict lifecycle events (Avro ConflictEvent)"),
+    # Keyed by patient like concord.facts, and as many partitions: the conflicts worker that
+    # owns a patient's facts owns its resolutions too.
+    TopicSpec(
+        RESOLUTIONS, PARTITIONS, "reviewers' decisions on conflicts (Avro ConflictResolution)"
+    ),
     TopicSpec(ALERTS, PARTITIONS, "alerts for subscribers (Avro Alert)"),
     TopicSpec(DEADLETTER, PARTITIONS, "everything rejected, with reason and original bytes (Avro)"),
     TopicSpec(CONTROL, 1, "control messages for the workers' Faust apps (e.g. policy reload)"),

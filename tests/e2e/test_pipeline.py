@@ -257,3 +257,36 @@ async def test_a_merge_and_its_undoing_move_the_disagreement_and_back(
         dsn, "SELECT conflict_revision FROM alerts WHERE patient_id = 'EPM-OLD'"
     )
     assert reopened["conflict_revision"] == 3
+
+
+@pytest.mark.asyncio
+async def test_a_reviewers_decision_resolves_the_alert_until_a_source_changes(
+    stack: StackInfo,
+) -> None:
+    await publish(stack.bootstrap_servers, _pair(90, gender="male"))
+    dsn = stack.database_url
+    opened = [("EPX-090", GENDER, "OPEN")]
+    rows = await eventually(lambda: _alert_rows(dsn, "EPX-090"), lambda r: r == opened, within=30)
+    assert rows == opened
+    [alert] = await fetch(dsn, "SELECT alert_id FROM alerts WHERE patient_id = 'EPX-090'")
+
+    command = [sys.executable, "-m", "concord.cli", "alerts", "resolve", alert["alert_id"],
+               "--decision", "choose", "--value", "female", "--by", "reviewer-7",
+               "--state-dir", str(stack.state_dir)]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    assert "published to concord.resolutions" in stdout.decode()
+    resolved = [("EPX-090", GENDER, "RESOLVED")]
+    rows = await eventually(lambda: _alert_rows(dsn, "EPX-090"), lambda r: r == resolved, within=30)
+    assert rows == resolved
+
+    # The lab says something new: a new disagreement, a new alert.
+    update = patient("EPX-090", "l90", gender="other", version="2",
+                     last_updated="2026-02-01T00:00:00+00:00")  # fmt: skip
+    await publish(stack.bootstrap_servers, [(LAB, update)])
+    both = [("EPX-090", GENDER, "OPEN"), ("EPX-090", GENDER, "RESOLVED")]
+    rows = await eventually(lambda: _alert_rows(dsn, "EPX-090"), lambda r: r == both, within=30)
+    assert rows == both

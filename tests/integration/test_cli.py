@@ -336,3 +336,26 @@ def test_identity_commands_without_a_database_say_what_to_do(
         result = CliRunner().invoke(main, ["identity", *command, "--state-dir", str(tmp_path)])
         assert result.exit_code == 1
         assert "concord stack up" in result.output
+
+
+def test_resolving_an_alert_that_cannot_be_decided_says_why(
+    postgres: PostgresInfo, broker: BrokerInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("CONCORD_DATABASE_URL", "CONCORD_BOOTSTRAP_SERVERS"):
+        monkeypatch.delenv(variable, raising=False)
+    stack = _stack_env(tmp_path, postgres.dsn, broker.bootstrap_servers)
+    cli = CliRunner()
+    unknown = cli.invoke(
+        main,
+        ["alerts", "resolve", "no-such-alert", "--decision", "dismiss", "--by", "r7",
+         "--state-dir", str(stack)],
+    )  # fmt: skip
+    assert unknown.exit_code == 1
+    assert "no alert no-such-alert" in unknown.output
+    valueless = cli.invoke(
+        main,
+        ["alerts", "resolve", "a1", "--decision", "choose", "--by", "r7",
+         "--state-dir", str(stack)],
+    )  # fmt: skip
+    assert valueless.exit_code == 2
+    assert "--value goes with --decision choose" in valueless.output

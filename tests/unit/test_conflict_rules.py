@@ -15,11 +15,12 @@ from concord.conflicts.rules import (
     AttributeState,
     HistoricFact,
     apply_fact,
+    apply_resolution,
     as_assertion,
     evaluate,
     rebuild,
 )
-from concord.events.models import ClinicalFact, ConflictEvent, Provenance
+from concord.events.models import ClinicalFact, ConflictEvent, ConflictResolution, Provenance
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 NOW = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
@@ -417,3 +418,47 @@ def test_any_arrival_order_gives_the_same_final_state(
 
     _check_revisions(events)
     _check_revisions(expected_events)
+
+
+# --- reviewers' decisions ---------------------------------------------------------------------
+
+
+def _decision(conflict_id: str, decision: str = "CHOSE_VALUE") -> ConflictResolution:
+    return ConflictResolution(
+        resolution_id="r-1",
+        conflict_id=conflict_id,
+        patient_id="E-1",
+        attribute=BIRTH,
+        decision=decision,  # type: ignore[arg-type]
+        chosen_value="1980-01-01" if decision == "CHOSE_VALUE" else None,
+        resolved_by="reviewer-7",
+        resolved_at=NOW,
+    )
+
+
+def test_a_reviewers_decision_resolves_the_open_conflict_once() -> None:
+    state, [opened] = _run([_fact("a", "1980-01-01"), _fact("b", "1980-02-02", minutes=5)])
+    resolved = apply_resolution(state, _decision(opened.conflict_id), DEFAULT_POLICY, now=NOW)
+    assert resolved is not None
+    assert (resolved.conflict_id, resolved.kind, resolved.revision) == (
+        opened.conflict_id, "RESOLVED", 2,
+    )  # fmt: skip
+    assert resolved.proposed_value == "1980-01-01"
+    assert resolved.proposed_reason == "resolved by reviewer reviewer-7: chose_value"
+    assert apply_resolution(state, _decision(opened.conflict_id), DEFAULT_POLICY, now=NOW) is None
+
+
+def test_a_decision_on_another_conflict_changes_nothing() -> None:
+    state, [_opened] = _run([_fact("a", "1980-01-01"), _fact("b", "1980-02-02", minutes=5)])
+    assert apply_resolution(state, _decision("not-this-one"), DEFAULT_POLICY, now=NOW) is None
+    assert state.conflict is not None and state.conflict.status == "OPEN"
+
+
+def test_the_decided_disagreement_stays_resolved_until_a_source_says_something_new() -> None:
+    state, [opened] = _run([_fact("a", "1980-01-01"), _fact("b", "1980-02-02", minutes=5)])
+    apply_resolution(state, _decision(opened.conflict_id, "DISMISSED"), DEFAULT_POLICY, now=NOW)
+    # Source b sends the same value again: the reviewer already decided this disagreement.
+    assert _step(state, _fact("b", "1980-02-02", version=2, minutes=6)) is None
+    reopened = _step(state, _fact("b", "1980-03-03", version=3, minutes=7))
+    assert reopened is not None and reopened.kind == "OPENED"
+    assert reopened.conflict_id != opened.conflict_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,9 +19,9 @@ from concord.conflicts.policy import DEFAULT_POLICY, ClassRule
 from concord.conflicts.rules import AttributeState
 from concord.conflicts.store import Timer
 from concord.events import codec
-from concord.events.models import MERGE_ATTRIBUTE, ClinicalFact, Provenance
+from concord.events.models import MERGE_ATTRIBUTE, ClinicalFact, ConflictResolution, Provenance
 from concord.runtime.batch import Outbound, OutboundRecord
-from concord.topics import CONFLICTS, DEADLETTER, FACTS
+from concord.topics import CONFLICTS, DEADLETTER, FACTS, RESOLUTIONS
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
@@ -361,3 +362,36 @@ def test_shuffled_and_repeated_delivery_ends_in_the_same_conflicts(
     # Metastatic status was derived wherever a source sent a C78 code or a stage.
     derives = any("/stage" in f.attribute or "C78" in f.attribute for f in facts)
     assert any(k[1] == "Oncology.metastatic" for k in found) or not derives
+
+
+@pytest.mark.asyncio
+async def test_a_reviewers_decision_on_concord_resolutions_resolves_the_conflict() -> None:
+    store = FakeStore()
+    stage = _stage(store)
+    out = Outbound("conflicts")
+    await stage.process(
+        _records([_fact("P1", "a", "1970-01-01"), _fact("P1", "b", "1970-01-02")]), out
+    )
+    [opened] = [codec.CONFLICT_EVENT.decode(r.value) for r in out.pending]
+    stage.cache.clear()  # the decision may come long after: the store has the conflict
+    decision = ConflictResolution(
+        resolution_id="r-1",
+        conflict_id=opened.conflict_id,
+        patient_id="P1",
+        attribute="Patient.birthDate",
+        decision="ACCEPTED_PROPOSAL",
+        resolved_by="reviewer-7",
+        resolved_at=T0,
+    )
+    record = dataclasses.replace(
+        _records([b""])[0], topic=RESOLUTIONS, value=codec.CONFLICT_RESOLUTION.encode(decision)
+    )
+    decided = Outbound("conflicts")
+    await stage.process([record], decided)
+    [resolved] = [codec.CONFLICT_EVENT.decode(r.value) for r in decided.pending]
+    assert (resolved.conflict_id, resolved.kind) == (opened.conflict_id, "RESOLVED")
+    assert resolved.proposed_value == opened.proposed_value
+    assert store.saved[("P1", "Patient.birthDate")].conflict.reviewed  # type: ignore[union-attr]
+    again = Outbound("conflicts")
+    await stage.process([record], again)  # redelivered
+    assert again.pending == []

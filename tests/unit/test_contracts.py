@@ -45,6 +45,7 @@ RECORD_MODELS: dict[str, type[BaseModel]] = {
     "Alert": models.Alert,
     "Header": models.Header,
     "DeadLetter": models.DeadLetter,
+    "ConflictResolution": models.ConflictResolution,
 }
 SECRET = "SECRET-PHI-123"
 

@@ -73,6 +73,7 @@ EXPORTED_METRICS = frozenset(
         "concord_mllp_ack_seconds",
         "concord_policy_reloads_total",
         "concord_policy_info",
+        "concord_resolutions_total",
     }
 )
 # Labels that may appear in rules and dashboards: the metrics' own bounded labels, Prometheus'

@@ -14,11 +14,13 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from concord import metrics
 from concord.conflicts.derive import derive
 from concord.conflicts.policy import SourcePolicy
 from concord.conflicts.rules import (
     AttributeState,
     apply_fact,
+    apply_resolution,
     evaluate,
     merged_facts,
     rebuild,
@@ -33,12 +35,13 @@ from concord.events.models import (
     UNMERGE_ATTRIBUTE,
     ClinicalFact,
     ConflictEvent,
+    ConflictResolution,
 )
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.outbox import Outbox
 from concord.runtime.records import raw_event
 from concord.runtime.stage import BaseStage, publish_dead_letter
-from concord.topics import CONFLICTS, FACTS
+from concord.topics import CONFLICTS, FACTS, RESOLUTIONS
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ def conflict_record(conflict: ConflictEvent) -> OutboundRecord:
 
 class ConflictsStage(BaseStage):
     stage = "conflicts"
-    topics: tuple[str, ...] = (FACTS,)
+    topics: tuple[str, ...] = (FACTS, RESOLUTIONS)
 
     def __init__(
         self,
@@ -86,13 +89,18 @@ class ConflictsStage(BaseStage):
 
     async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:
         facts: list[tuple[ClinicalFact, int]] = []
+        resolutions: list[tuple[ConflictResolution, int]] = []
         for record in records:
             try:
-                facts.append((codec.CLINICAL_FACT.decode(record.value), record.partition))
+                if record.topic == RESOLUTIONS:
+                    decision = codec.CONFLICT_RESOLUTION.decode(record.value)
+                    resolutions.append((decision, record.partition))
+                else:
+                    facts.append((codec.CLINICAL_FACT.decode(record.value), record.partition))
             except codec.CodecError as exc:
                 rejection = Rejection("UNDECODABLE_EVENT", f"{exc} [{exc.reason_code}]")
                 publish_dead_letter(out, raw=raw_event(record), rejection=rejection)
-        if not facts:
+        if not (facts or resolutions):
             return
         # One policy for the whole batch, even if a reload swaps it meanwhile.
         policy = self.policy
@@ -104,7 +112,9 @@ class ConflictsStage(BaseStage):
                 [(f, p) for f, p in facts if f.attribute == UNMERGE_ATTRIBUTE and f.value]
             )
             facts = [(f, p) for f, p in facts if f.attribute != UNMERGE_ATTRIBUTE]
-            await self._detect(facts, out, policy, consumed=consumed, rebuilt=rebuilt)
+            await self._detect(
+                facts, out, policy, consumed=consumed, rebuilt=rebuilt, resolutions=resolutions
+            )
         except BaseException:
             # Memory may now be ahead of PostgreSQL: forget it, the store is the truth.
             self.cache.clear()
@@ -181,6 +191,7 @@ class ConflictsStage(BaseStage):
         *,
         consumed: Sequence[ClinicalFact],
         rebuilt: Sequence[tuple[AttributeState, str, int]],
+        resolutions: Sequence[tuple[ConflictResolution, int]] = (),
     ) -> None:
         await self._load([fact for fact, _ in facts], [p for _, p in facts])
         changes = _Changes(policy, datetime.now(UTC))
@@ -196,9 +207,36 @@ class ConflictsStage(BaseStage):
             source = fact.provenance.source_system
             changes.assertions[(key, source)] = (state, source, partition)
             changes.check(state, partition, fact.provenance.received_time)
-        if not (changes.assertions or consumed or rebuilt):
+        # After the facts: a decision names a conflict facts opened (in this batch, or before).
+        await self._load_decided(resolutions)
+        for resolution, partition in resolutions:
+            decided = self.cache.get((resolution.patient_id, resolution.attribute))
+            event = (
+                apply_resolution(decided, resolution, policy, now=changes.now)
+                if decided is not None
+                else None
+            )
+            metrics.RESOLUTIONS.labels("applied" if event else "ignored").inc()
+            if decided is not None and event is not None:
+                changes.conflicts[(decided.patient_id, decided.attribute)] = (decided, partition)
+                changes.events.append(conflict_record(event))
+        if not (changes.assertions or changes.conflicts or consumed or rebuilt):
             return
         await self._save(changes, out, consumed=consumed, rebuilt=rebuilt)
+
+    async def _load_decided(self, resolutions: Sequence[tuple[ConflictResolution, int]]) -> None:
+        """Cache the states the decisions name (a decision names no attribute class: the
+        stored assertions do; an attribute nobody asserted has no conflict to resolve)."""
+        if not resolutions:
+            return
+        classes = await self.store.attributes_of(sorted({r.patient_id for r, _ in resolutions}))
+        await self._load_keys(
+            [
+                ((r.patient_id, r.attribute), classes[(r.patient_id, r.attribute)], p)
+                for r, p in resolutions
+                if (r.patient_id, r.attribute) in classes
+            ]
+        )
 
     async def on_tick(self, partitions: set[TopicPartition], out: Outbound) -> None:
         """The staleness timer: look again at the attributes of the owned partitions whose

@@ -15,7 +15,13 @@ from typing import Literal
 from concord.conflicts.compare import disagree as disagreeing
 from concord.conflicts.compare import participants
 from concord.conflicts.policy import ClassRule, SourcePolicy
-from concord.events.models import Assertion, AttributeClass, ClinicalFact, ConflictEvent
+from concord.events.models import (
+    Assertion,
+    AttributeClass,
+    ClinicalFact,
+    ConflictEvent,
+    ConflictResolution,
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,8 @@ class ConflictState:
     digest: str
     opened_at: datetime
     updated_at: datetime
+    # Resolved by a reviewer: the same disagreement does not reopen it, a changed one does.
+    reviewed: bool = False
 
 
 @dataclass
@@ -96,6 +104,8 @@ def evaluate(
     digest = _hash(*(f"{a.source_system}={a.value}" for a in active))
     current = state.conflict
     kind: Literal["OPENED", "UPDATED", "RESOLVED"]
+    if disagree and current is not None and current.reviewed and current.digest == digest:
+        return None  # a reviewer decided this very disagreement
     if disagree and (current is None or current.status == "RESOLVED"):
         kind = "OPENED"
         conflict_id = _hash(
@@ -126,6 +136,32 @@ def evaluate(
     state.conflict = new
     proposed, why = policy.propose(active, rule) if disagree else (None, "the sources agree")
     return conflict_event(state, new, kind, policy, now, trigger_received_time, (proposed, why))
+
+
+def apply_resolution(
+    state: AttributeState, resolution: ConflictResolution, policy: SourcePolicy, *, now: datetime
+) -> ConflictEvent | None:
+    """A reviewer's decision resolves the open conflict it names; a decision on a conflict
+    already resolved, or since replaced by another, changes nothing (and so a redelivered one
+    neither)."""
+    current = state.conflict
+    if current is None or current.conflict_id != resolution.conflict_id:
+        return None
+    if current.status != "OPEN":
+        return None
+    new = replace(
+        current, revision=current.revision + 1, status="RESOLVED", updated_at=now, reviewed=True
+    )
+    state.conflict = new
+    if resolution.decision == "CHOSE_VALUE":
+        value = resolution.chosen_value
+    elif resolution.decision == "ACCEPTED_PROPOSAL":
+        rule = policy.rule(state.attribute, state.attribute_class) or ClassRule()
+        value = policy.propose(participants(list(state.assertions.values()), rule), rule)[0]
+    else:
+        value = None
+    why = f"resolved by reviewer {resolution.resolved_by}: {resolution.decision.lower()}"
+    return conflict_event(state, new, "RESOLVED", policy, now, resolution.resolved_at, (value, why))
 
 
 def conflict_event(

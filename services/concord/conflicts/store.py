@@ -53,13 +53,14 @@ _UPSERT_ASSERTIONS = (
 )
 _UPSERT_CONFLICTS = """
 INSERT INTO conflict_state (patient_id, attribute, conflict_id, revision, status,
-                            assertions_digest, kafka_partition, opened_at, updated_at)
+                            assertions_digest, kafka_partition, opened_at, updated_at, reviewed)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
-                     $7::int[], $8::timestamptz[], $9::timestamptz[])
+                     $7::int[], $8::timestamptz[], $9::timestamptz[], $10::boolean[])
 ON CONFLICT (patient_id, attribute) DO UPDATE SET
     conflict_id = excluded.conflict_id, revision = excluded.revision, status = excluded.status,
     assertions_digest = excluded.assertions_digest, kafka_partition = excluded.kafka_partition,
-    opened_at = excluded.opened_at, updated_at = excluded.updated_at
+    opened_at = excluded.opened_at, updated_at = excluded.updated_at,
+    reviewed = excluded.reviewed
 """
 
 
@@ -211,6 +212,7 @@ class ConflictStore:
                 digest=row["assertions_digest"],
                 opened_at=row["opened_at"],
                 updated_at=row["updated_at"],
+                reviewed=row["reviewed"],
             )
         for row in stale_rows:
             states[(row["patient_id"], row["attribute"])].stale[row["source_system"]] = (
@@ -271,6 +273,7 @@ class ConflictStore:
                     [p for _, _, p in c_rows],
                     [c.opened_at for _, c, _ in c_rows],
                     [c.updated_at for _, c, _ in c_rows],
+                    [c.reviewed for _, c, _ in c_rows],
                 )
             await self.outbox.write(conn, events)
 

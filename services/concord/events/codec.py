@@ -25,6 +25,7 @@ from concord.events.models import (
     Alert,
     ClinicalFact,
     ConflictEvent,
+    ConflictResolution,
     DeadLetter,
     Event,
     IngestedRecord,
@@ -40,6 +41,7 @@ _DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "conflict_event": ("provenance", "clinical_fact", "assertion"),
     "alert": ("provenance", "clinical_fact", "assertion", "conflict_event"),
     "dead_letter": (),
+    "conflict_resolution": (),
 }
 
 
@@ -213,6 +215,7 @@ CLINICAL_FACT = EventCodec("clinical_fact", ClinicalFact)
 CONFLICT_EVENT = EventCodec("conflict_event", ConflictEvent)
 ALERT = EventCodec("alert", Alert)
 DEAD_LETTER = EventCodec("dead_letter", DeadLetter)
+CONFLICT_RESOLUTION = EventCodec("conflict_resolution", ConflictResolution)
 
 ALL_CODECS: tuple[EventCodec[Any], ...] = (
     INGESTED_RECORD,
@@ -220,6 +223,7 @@ ALL_CODECS: tuple[EventCodec[Any], ...] = (
     CONFLICT_EVENT,
     ALERT,
     DEAD_LETTER,
+    CONFLICT_RESOLUTION,
 )
 
 

@@ -117,6 +117,20 @@ class ConflictEvent(Event):
     trigger_received_time: AwareDatetime
 
 
+ResolutionDecision = Literal["ACCEPTED_PROPOSAL", "CHOSE_VALUE", "DISMISSED"]
+
+
+class ConflictResolution(Event):
+    resolution_id: str
+    conflict_id: str
+    patient_id: str
+    attribute: str
+    decision: ResolutionDecision
+    chosen_value: str | None = None
+    resolved_by: str
+    resolved_at: AwareDatetime
+
+
 class Alert(Event):
     alert_id: str
     revision: int

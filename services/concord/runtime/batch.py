@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
@@ -152,6 +153,9 @@ class BatchLoop:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_interval_ms=300_000,
+            # Topics keyed alike (concord.facts and concord.resolutions) are assigned by
+            # partition number, so one worker owns all of a patient's records.
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
 
     def stop(self) -> None:
