@@ -248,10 +248,15 @@ class ConflictsStage(BaseStage):
         due = await self.store.due(owned, changes.now, TIMER_BATCH)
         if not due:
             return
-        await self._load_keys([(key, c, p) for key, c, p, _ in due])
-        for key, _, partition, _ in due:
-            changes.stale_check(self.cache[key], partition, changes.now, timer=True)
-        await self._save(changes, out)
+        try:
+            await self._load_keys([(key, c, p) for key, c, p, _ in due])
+            for key, _, partition, _ in due:
+                changes.stale_check(self.cache[key], partition, changes.now, timer=True)
+            await self._save(changes, out)
+        except BaseException:
+            self.cache.clear()  # as in process(): memory may be ahead of PostgreSQL
+            self.keys_by_partition.clear()
+            raise
 
     async def _save(
         self,
