@@ -4,12 +4,19 @@ status, so that the two can disagree."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from importlib import resources
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
 from concord.conflicts.derive import Derivation, FactPattern, derive
-from concord.events.models import ClinicalFact, FactStatus, Provenance
+from concord.conflicts.policy import DEFAULT_POLICY
+from concord.events.models import ClinicalFact, FactStatus, IngestedRecord, Provenance
+from concord.normalization.facts.claims import claim_drafts
+from concord.normalization.facts.drafts import FactDraft, to_fact
+from concord.normalization.facts.fhir import fhir_drafts
+from concord.normalization.terminology import Terminology
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -19,7 +26,7 @@ METASTATIC = (
         attribute="Oncology.metastatic",
         value="true",
         when=(
-            FactPattern(attribute=f"Condition/{ICD10}|C7[7-9]*", values=("active",)),
+            FactPattern(attribute="Condition/C7[7-9]*", values=("active",)),
             FactPattern(attribute="Condition/*/stage", values=(f"{SCT}|258228008",)),
         ),
     ),
@@ -64,7 +71,7 @@ def _fact(attribute: str, value: str, status: FactStatus = "ASSERTED") -> Clinic
 
 
 def test_a_secondary_neoplasm_code_implies_metastatic() -> None:
-    claim = _fact(f"Condition/{ICD10}|C78.00", "active")
+    claim = _fact("Condition/C78.00", "active")
     [derived] = derive(claim, METASTATIC)
     assert (derived.attribute, derived.value, derived.status) == (
         "Oncology.metastatic", "true", "ASSERTED",
@@ -83,8 +90,8 @@ def test_stage_one_implies_not_metastatic_and_its_stage_group() -> None:
 
 
 def test_a_resolved_or_unrelated_condition_implies_nothing() -> None:
-    assert derive(_fact(f"Condition/{ICD10}|C78.00", "resolved"), METASTATIC) == []
-    assert derive(_fact(f"Condition/{ICD10}|C34.90", "active"), METASTATIC) == []
+    assert derive(_fact("Condition/C78.00", "resolved"), METASTATIC) == []
+    assert derive(_fact("Condition/C34.90", "active"), METASTATIC) == []
 
 
 def test_an_unmapped_stage_implies_no_stage_group() -> None:
@@ -93,7 +100,7 @@ def test_an_unmapped_stage_implies_no_stage_group() -> None:
 
 
 def test_a_withdrawn_fact_withdraws_what_it_implied() -> None:
-    withdrawn = _fact(f"Condition/{ICD10}|C79.51", "active", "ENTERED_IN_ERROR")
+    withdrawn = _fact("Condition/C79.51", "active", "ENTERED_IN_ERROR")
     [derived] = derive(withdrawn, METASTATIC)
     assert derived.status == "ENTERED_IN_ERROR"
 
@@ -105,3 +112,46 @@ def test_a_derivation_needs_exactly_one_way_to_its_value() -> None:
         Derivation(
             attribute="x", value="1", value_map={"a": "b"}, when=(FactPattern(attribute="y"),)
         )
+
+
+# --- the built-in policy on facts as normalization makes them -------------------------------
+
+
+def _normalized(drafts: list[FactDraft], source: str) -> list[ClinicalFact]:
+    record = _fact("x", "y").model_copy(update={"record_id": f"{source}-record"})
+    provenance = record.provenance.model_copy(update={"source_system": source})
+    ingested = IngestedRecord(
+        record_id=f"{source}-record",
+        format="FHIR_R4",
+        resource_type="Observation",
+        payload=b"{}",
+        provenance=provenance,
+    )
+    return [to_fact(d, patient_id="E1", record=ingested, subject="Patient/1") for d in drafts]
+
+
+def _derived(facts: list[ClinicalFact]) -> dict[str, str | None]:
+    return {d.attribute: d.value for f in facts for d in derive(f, DEFAULT_POLICY.derived)}
+
+
+def test_the_built_in_policy_derives_from_a_normalized_claim_line() -> None:
+    line = orjson.loads(
+        resources.files("concord.demo").joinpath("claims-sample.ndjson").read_text().splitlines()[0]
+    )
+    line["diagnoses"].append({"code": "Z17.1", "system": ICD10, "sequence": 4})
+    facts = _normalized(list(claim_drafts(line, Terminology.load())), "payer")
+    assert _derived(facts) == {"Oncology.metastatic": "true", "Oncology.biomarker/ER": "negative"}
+
+
+def test_the_built_in_policy_derives_receptor_status_from_a_normalized_pathology_result() -> None:
+    observation = {
+        "resourceType": "Observation",
+        "id": "er-1",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "16112-5"}]},
+        "subject": {"reference": "Patient/1"},
+        "effectiveDateTime": "2026-05-01T10:00:00Z",
+        "valueCodeableConcept": {"coding": [{"system": SCT, "code": "10828004"}]},
+    }
+    facts = _normalized(list(fhir_drafts(observation, Terminology.load())), "pathology")
+    assert _derived(facts) == {"Oncology.biomarker/ER": "positive"}

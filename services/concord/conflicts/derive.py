@@ -21,7 +21,7 @@ from concord.events.models import AttributeClass, ClinicalFact
 
 class FactPattern(BaseModel):
     """Facts that imply a derivation: attribute keys matching `attribute` (shell-style
-    pattern: `Condition/http://hl7.org/fhir/sid/icd-10-cm|C78*`), and, when `values` is
+    pattern: `Condition/C78*`: standard codes key bare), and, when `values` is
     given, a value matching one of its patterns."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
