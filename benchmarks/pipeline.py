@@ -58,6 +58,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -853,7 +854,38 @@ async def _chain(
         "baseline": base_row,
         "stages": rows,
         "conflicts_facts_per_s": rows[2]["records_per_s"],
+        "conflicts_state": await state_per_patient(dsn),
         "pipeline_capacity_raw_events_per_s": min(r["raw_events_per_s"] for r in rows),
+    }
+
+
+# The conflicts service's state of record, per patient: what a restart reloads from, and what
+# the review page reads.
+STATE_TABLES = (
+    "assertions", "conflict_state", "fact_history", "subject_owners", "stale_state",
+    "stale_timers",
+)  # fmt: skip
+
+
+async def state_per_patient(dsn: str) -> dict[str, Any]:
+    """Bytes on disk (tables with their indexes and TOAST) of the conflicts state, per patient
+    the conflicts stage holds assertions of."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("VACUUM ANALYZE")  # settle free space left by upserts
+        sizes = {
+            table: await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", table)
+            for table in STATE_TABLES
+        }
+        patients = await conn.fetchval("SELECT count(DISTINCT patient_id) FROM assertions")
+    finally:
+        await conn.close()
+    total = sum(sizes.values())
+    return {
+        "patients": patients,
+        "bytes": total,
+        "bytes_per_patient": round(total / patients) if patients else None,
+        "tables": sizes,
     }
 
 
@@ -1381,6 +1413,15 @@ def print_throughput(t: dict[str, Any]) -> None:
     print(
         f"conflicts: {t['conflicts_facts_per_s']:,.0f} facts/s; pipeline capacity (slowest stage, "
         f"in raw events/s): {t['pipeline_capacity_raw_events_per_s']:,.0f}"
+    )
+    state = t["conflicts_state"]
+    biggest = ", ".join(
+        f"{name} {size / 1e6:.1f} MB"
+        for name, size in sorted(state["tables"].items(), key=lambda kv: -kv[1])[:3]
+    )
+    print(
+        f"conflicts state: {state['bytes_per_patient']:,} bytes per patient on disk "
+        f"({state['patients']:,} patients, {state['bytes'] / 1e6:.1f} MB; {biggest})"
     )
     print("(records/s in each stage's own input; 'raw ev/s' scales it to raw FHIR events;")
     print(" CPU = this process's CPU seconds per wall second while the stage ran)")
