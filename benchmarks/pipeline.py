@@ -1251,12 +1251,6 @@ async def population_part(args: argparse.Namespace, teardown: Teardown) -> dict[
         progress(f"population: normalization over {ingested} ingested records ...")
         timing, out = await run_stage("normalization", bootstrap, dsn, ingested, profile_dir)
     facts = out.get(FACTS, 0)
-    decisions = {
-        how: int(
-            REGISTRY.get_sample_value("concord_identity_decisions_total", {"outcome": how}) or 0
-        )
-        for how in ("AUTHORITATIVE", "CROSSWALK", "MATCHED", "REVIEW", "NEW", "UNDESCRIBED")
-    }
     return {
         "persons": args.population,
         "raw_events": sent,
@@ -1266,7 +1260,7 @@ async def population_part(args: argparse.Namespace, teardown: Teardown) -> dict[
         "facts": facts,
         "facts_per_second": round(facts / timing.seconds) if timing.seconds else 0,
         "cpu": round(timing.cpu_seconds / timing.seconds, 2) if timing.seconds else 0.0,
-        "identity_decisions": decisions,
+        "identity_decisions": identity_decisions(),
     }
 
 
@@ -1420,7 +1414,7 @@ def print_throughput(t: dict[str, Any]) -> None:
         for name, size in sorted(state["tables"].items(), key=lambda kv: -kv[1])[:3]
     )
     print(
-        f"conflicts state: {state['bytes_per_patient']:,} bytes per patient on disk "
+        f"conflicts state: {state['bytes_per_patient'] or 0:,} bytes per patient on disk "
         f"({state['patients']:,} patients, {state['bytes'] / 1e6:.1f} MB; {biggest})"
     )
     print("(records/s in each stage's own input; 'raw ev/s' scales it to raw FHIR events;")

@@ -217,7 +217,7 @@ class ConflictsStage(BaseStage):
                 else None
             )
             metrics.RESOLUTIONS.labels("applied" if event else "ignored").inc()
-            if decided is not None and event is not None:
+            if decided is not None and event is not None:  # (event implies decided)
                 changes.conflicts[(decided.patient_id, decided.attribute)] = (decided, partition)
                 changes.events.append(conflict_record(event))
         if not (changes.assertions or changes.conflicts or consumed or rebuilt):
@@ -257,6 +257,7 @@ class ConflictsStage(BaseStage):
             self.cache.clear()  # as in process(): memory may be ahead of PostgreSQL
             self.keys_by_partition.clear()
             raise
+        self._evict(len(self.cache) - self.cache_max_keys)  # an idle worker's cache stays bounded
 
     async def _save(
         self,

@@ -21,7 +21,11 @@ from itertools import combinations
 from concord.conflicts.policy import ClassRule
 from concord.events.models import Assertion
 
-SYNTHETIC_PREFIXES = ("merged:", "unmerged:")
+# Tombstones Concord writes itself: a merge's on the absorbed patient, an unmerge's where a
+# source no longer speaks of a patient. They sort after any fact id (hex) of the same time.
+MERGE_TOMBSTONE_PREFIX = "merged:"
+UNMERGE_TOMBSTONE_PREFIX = "unmerged:"
+SYNTHETIC_PREFIXES = (MERGE_TOMBSTONE_PREFIX, UNMERGE_TOMBSTONE_PREFIX)
 
 ACTIVE = "active"
 INACTIVE = "inactive"

@@ -12,8 +12,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
+from concord.conflicts.compare import (
+    MERGE_TOMBSTONE_PREFIX,
+    UNMERGE_TOMBSTONE_PREFIX,
+    participants,
+    said_by_a_source,
+)
 from concord.conflicts.compare import disagree as disagreeing
-from concord.conflicts.compare import participants
 from concord.conflicts.policy import ClassRule, SourcePolicy
 from concord.events.models import (
     Assertion,
@@ -51,7 +56,7 @@ class AttributeState:
     stale: dict[str, ConflictState] = field(default_factory=dict)
 
 
-def _hash(*parts: str) -> str:
+def hash_of(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
@@ -101,14 +106,14 @@ def evaluate(
     rule = policy.rule(state.attribute, state.attribute_class) or ClassRule()
     active = participants(list(state.assertions.values()), rule)
     disagree = disagreeing(active, rule)
-    digest = _hash(*(f"{a.source_system}={a.value}" for a in active))
+    digest = hash_of(*(f"{a.source_system}={a.value}" for a in active))
     current = state.conflict
     kind: Literal["OPENED", "UPDATED", "RESOLVED"]
     if disagree and current is not None and current.reviewed and current.digest == digest:
         return None  # a reviewer decided this very disagreement
     if disagree and (current is None or current.status == "RESOLVED"):
         kind = "OPENED"
-        conflict_id = _hash(
+        conflict_id = hash_of(
             state.patient_id, state.attribute, *(f"{a.source_system}:{a.fact_id}" for a in active)
         )
         new = ConflictState(
@@ -191,18 +196,14 @@ def conflict_event(
     )
 
 
-# Tombstones of a merge sort after any fact id (hex) of the same event time.
-TOMBSTONE_PREFIX = "merged:"
-
-
 def merged_facts(absorbed: AttributeState, merge: ClinicalFact) -> list[ClinicalFact]:
     """For one attribute of a patient merged into `merge.patient_id`: each source's assertion
     as a fact about the survivor, and a tombstone replacing it on the absorbed patient. A
     redelivered merge finds only tombstones, and adds nothing."""
     facts = []
     for source, assertion in sorted(absorbed.assertions.items()):
-        if assertion.fact_id.startswith(TOMBSTONE_PREFIX):
-            continue
+        if not said_by_a_source(assertion):
+            continue  # a tombstone moves nothing
         common = {
             "attribute": absorbed.attribute,
             "attribute_class": absorbed.attribute_class,
@@ -223,7 +224,7 @@ def merged_facts(absorbed: AttributeState, merge: ClinicalFact) -> list[Clinical
         when = max(assertion.provenance.event_time, merge.provenance.event_time)
         facts.append(
             ClinicalFact(
-                fact_id=TOMBSTONE_PREFIX + _hash(merge.fact_id, source, absorbed.attribute),
+                fact_id=MERGE_TOMBSTONE_PREFIX + hash_of(merge.fact_id, source, absorbed.attribute),
                 patient_id=absorbed.patient_id,
                 value=None,
                 status="DELETED",
@@ -232,9 +233,6 @@ def merged_facts(absorbed: AttributeState, merge: ClinicalFact) -> list[Clinical
             )
         )
     return facts
-
-
-UNMERGE_TOMBSTONE_PREFIX = "unmerged:"
 
 
 @dataclass(frozen=True)
@@ -276,7 +274,7 @@ def rebuild(
                 target = current.model_copy(
                     update={
                         "fact_id": UNMERGE_TOMBSTONE_PREFIX
-                        + _hash(current.fact_id, patient, attribute),
+                        + hash_of(current.fact_id, patient, attribute),
                         "value": None,
                         "display": None,
                         "status": "DELETED",

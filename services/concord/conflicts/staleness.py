@@ -14,24 +14,20 @@ here reads a clock: `now` is given, and `next_due` tells the timer when to look 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
 from concord.conflicts.compare import ACTIVE, agree, participants
 from concord.conflicts.policy import ClassRule, SourcePolicy
-from concord.conflicts.rules import AttributeState, ConflictState, conflict_event
+from concord.conflicts.rules import AttributeState, ConflictState, conflict_event, hash_of
 from concord.events.models import Assertion, ConflictEvent
-
-Kind = Literal["MAX_AGE", "RECONFIRM"]
 
 
 @dataclass(frozen=True)
 class Staleness:
     source: str
     fact_id: str
-    kind: Kind
     due: datetime  # since when it is stale
     reason: str
     newer: Assertion | None = None  # MAX_AGE: the newer, different assertion
@@ -63,7 +59,6 @@ def candidates(state: AttributeState, rule: ClassRule) -> list[Staleness]:
                     Staleness(
                         mine.source_system,
                         mine.fact_id,
-                        "MAX_AGE",
                         _time(mine) + rule.max_age,
                         f"{mine.source_system}'s assertion is older than {days} days while "
                         f"{newest.source_system} holds a newer, different one",
@@ -77,7 +72,6 @@ def candidates(state: AttributeState, rule: ClassRule) -> list[Staleness]:
                 Staleness(
                     mine.source_system,
                     mine.fact_id,
-                    "RECONFIRM",
                     mine.provenance.event_time + rule.reconfirm_within,
                     f"{mine.source_system} has not confirmed this active assertion within "
                     f"{days} days",
@@ -102,8 +96,7 @@ def next_due(state: AttributeState, rule: ClassRule, now: datetime) -> datetime 
 
 
 def stale_id(state: AttributeState, finding: Staleness) -> str:
-    parts = (state.patient_id, state.attribute, "stale", finding.source, finding.fact_id)
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+    return hash_of(state.patient_id, state.attribute, "stale", finding.source, finding.fact_id)
 
 
 def staleness_events(

@@ -205,25 +205,12 @@ class ConflictStore:
                 _assertion(row)
             )
         for row in conflict_rows:
-            states[(row["patient_id"], row["attribute"])].conflict = ConflictState(
-                conflict_id=row["conflict_id"],
-                revision=row["revision"],
-                status=row["status"],
-                digest=row["assertions_digest"],
-                opened_at=row["opened_at"],
-                updated_at=row["updated_at"],
-                reviewed=row["reviewed"],
+            states[(row["patient_id"], row["attribute"])].conflict = _conflict_state(
+                row, row["assertions_digest"], reviewed=row["reviewed"]
             )
         for row in stale_rows:
             states[(row["patient_id"], row["attribute"])].stale[row["source_system"]] = (
-                ConflictState(
-                    conflict_id=row["conflict_id"],
-                    revision=row["revision"],
-                    status=row["status"],
-                    digest=row["fact_id"],
-                    opened_at=row["opened_at"],
-                    updated_at=row["updated_at"],
-                )
+                _conflict_state(row, row["fact_id"])
             )
         return states
 
@@ -328,6 +315,19 @@ async def _record(conn: asyncpg.Connection, facts: Sequence[ClinicalFact]) -> No
         await conn.execute(
             _RECORD_OWNERS, [k[0] for k in owners], [k[1] for k in owners], list(owners.values())
         )
+
+
+def _conflict_state(row: asyncpg.Record, digest: str, *, reviewed: bool = False) -> ConflictState:
+    """A conflict_state or stale_state row (a stale record's digest is its stale fact's id)."""
+    return ConflictState(
+        conflict_id=row["conflict_id"],
+        revision=row["revision"],
+        status=row["status"],
+        digest=digest,
+        opened_at=row["opened_at"],
+        updated_at=row["updated_at"],
+        reviewed=reviewed,
+    )
 
 
 def _assertion(row: asyncpg.Record) -> Assertion:

@@ -67,7 +67,7 @@ def _fhir(
     drafts = tuple(fhir_drafts(resource, terminology))
     if not drafts:
         return None
-    patient = record.patient_ref or patient_of(resource)  # v2 records carry no patient_ref
+    patient = record.patient_ref or patient_of(resource)  # records ingested before v3 lack it
     if patient is None:
         return None  # ingestion requires one; a resource without it asserts nothing here
     return ReadRecord(IdentityRequest(source=source, local_ids=(patient,)), drafts)

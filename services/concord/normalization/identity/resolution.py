@@ -127,6 +127,8 @@ def resolve(
     authoritative identifier). A record with an MPI id of its own is never matched to one of
     them: the MPI says they are two people (twins, namesakes), whatever the demographics say."""
     resolution = _place(request, crosswalk, index, thresholds, authoritative_ids)
+    if not request.absorbs and not resolution.absorbed:
+        return resolution  # most records merge nothing: no copy
     absorbed = sorted(
         ({crosswalk[key] for key in request.absorbed_keys if key in crosswalk}
          | set(resolution.absorbed)) - {resolution.enterprise_id}
