@@ -87,6 +87,7 @@ async def _conflicts_once_compared(
 
     stored = await eventually(held, lambda found: expected <= found, within=30)
     assert expected <= stored
+    await _conflicts_published(stack)
     events = [
         codec.CONFLICT_EVENT.decode(record.value)
         for record in await read_topic(stack.bootstrap_servers, CONFLICTS)
@@ -147,7 +148,8 @@ async def _twin_conflicts(
         )
         return {(r["patient_id"], r["attribute"], r["source_system"]) for r in rows}
 
-    await eventually(held, lambda found: expected <= found, within=60)
+    assert expected <= await eventually(held, lambda found: expected <= found, within=60)
+    await _conflicts_published(stack)
     patients = {f.patient_id for f in facts}
     disagreeing = []
     for record in await read_topic(stack.bootstrap_servers, CONFLICTS):
@@ -157,3 +159,16 @@ async def _twin_conflicts(
             if len(samples) == 1:
                 disagreeing.append((samples.pop(), event.attribute))
     return len(facts), disagreeing
+
+
+async def _conflicts_published(stack: StackInfo) -> None:
+    """Wait until the conflicts stage's outbox is empty: its events, committed with the state,
+    are then on the topic."""
+
+    async def pending() -> int:
+        rows = await fetch(
+            stack.database_url, "SELECT count(*) AS n FROM outbox WHERE stage = 'conflicts'"
+        )
+        return int(rows[0]["n"])
+
+    assert await eventually(pending, lambda n: n == 0, within=30) == 0

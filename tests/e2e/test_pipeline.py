@@ -22,8 +22,8 @@ HOSP, LAB = "e2e-hospital", "e2e-lab"
 BIRTH, GENDER, NAME = "Patient.birthDate", "Patient.gender", "Patient.name"
 
 
-def _pair(n: int, **lab_overrides: str) -> list[tuple[str | None, bytes]]:
-    eid = f"EPX-{n:03d}"
+def _pair(n: int, prefix: str = "EPX", **lab_overrides: str) -> list[tuple[str | None, bytes]]:
+    eid = f"{prefix}-{n:03d}"
     return [
         (HOSP, patient(eid, f"h{n}", last_updated="2026-01-01T00:00:00+00:00")),
         (LAB, patient(eid, f"l{n}", last_updated="2026-01-02T00:00:00+01:00", **lab_overrides)),
@@ -263,12 +263,12 @@ async def test_a_merge_and_its_undoing_move_the_disagreement_and_back(
 async def test_a_reviewers_decision_resolves_the_alert_until_a_source_changes(
     stack: StackInfo,
 ) -> None:
-    await publish(stack.bootstrap_servers, _pair(90, gender="male"))
+    await publish(stack.bootstrap_servers, _pair(90, prefix="EPR", gender="male"))
     dsn = stack.database_url
-    opened = [("EPX-090", GENDER, "OPEN")]
-    rows = await eventually(lambda: _alert_rows(dsn, "EPX-090"), lambda r: r == opened, within=30)
+    opened = [("EPR-090", GENDER, "OPEN")]
+    rows = await eventually(lambda: _alert_rows(dsn, "EPR-090"), lambda r: r == opened, within=30)
     assert rows == opened
-    [alert] = await fetch(dsn, "SELECT alert_id FROM alerts WHERE patient_id = 'EPX-090'")
+    [alert] = await fetch(dsn, "SELECT alert_id FROM alerts WHERE patient_id = 'EPR-090'")
 
     command = [sys.executable, "-m", "concord.cli", "alerts", "resolve", alert["alert_id"],
                "--decision", "choose", "--value", "female", "--by", "reviewer-7",
@@ -279,14 +279,14 @@ async def test_a_reviewers_decision_resolves_the_alert_until_a_source_changes(
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0, stderr.decode()
     assert "published to concord.resolutions" in stdout.decode()
-    resolved = [("EPX-090", GENDER, "RESOLVED")]
-    rows = await eventually(lambda: _alert_rows(dsn, "EPX-090"), lambda r: r == resolved, within=30)
+    resolved = [("EPR-090", GENDER, "RESOLVED")]
+    rows = await eventually(lambda: _alert_rows(dsn, "EPR-090"), lambda r: r == resolved, within=30)
     assert rows == resolved
 
     # The lab says something new: a new disagreement, a new alert.
-    update = patient("EPX-090", "l90", gender="other", version="2",
+    update = patient("EPR-090", "l90", gender="other", version="2",
                      last_updated="2026-02-01T00:00:00+00:00")  # fmt: skip
     await publish(stack.bootstrap_servers, [(LAB, update)])
-    both = [("EPX-090", GENDER, "OPEN"), ("EPX-090", GENDER, "RESOLVED")]
-    rows = await eventually(lambda: _alert_rows(dsn, "EPX-090"), lambda r: r == both, within=30)
+    both = [("EPR-090", GENDER, "OPEN"), ("EPR-090", GENDER, "RESOLVED")]
+    rows = await eventually(lambda: _alert_rows(dsn, "EPR-090"), lambda r: r == both, within=30)
     assert rows == both

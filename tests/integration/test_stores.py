@@ -220,10 +220,10 @@ async def test_an_unmerge_rebuilds_both_patients_from_the_fact_history(
     )
     # The absorbed patient's two sources disagree; the survivor's agree.
     before = [
-        _subject_fact(absorbed, "hosp", "Patient/1", "1980-01-01", minutes=1),
-        _subject_fact(absorbed, "lab", "Patient/L1", "1980-01-02", minutes=1),
-        _subject_fact(survivor, "hosp", "Patient/2", "1990-02-02", minutes=2),
-        _subject_fact(survivor, "clinic", "Patient/C2", "1990-02-02", minutes=2),
+        _subject_fact(absorbed, "hosp", f"Patient/1-{absorbed}", "1980-01-01", minutes=1),
+        _subject_fact(absorbed, "lab", f"Patient/L1-{absorbed}", "1980-01-02", minutes=1),
+        _subject_fact(survivor, "hosp", f"Patient/2-{absorbed}", "1990-02-02", minutes=2),
+        _subject_fact(survivor, "clinic", f"Patient/C2-{absorbed}", "1990-02-02", minutes=2),
     ]
     [opened] = await _run_stage(stage, before)
     assert (opened.patient_id, opened.kind) == (absorbed, "OPENED")
@@ -232,7 +232,9 @@ async def test_an_unmerge_rebuilds_both_patients_from_the_fact_history(
         update={"attribute": MERGE_ATTRIBUTE, "fact_id": f"merge-{absorbed}"}
     )
     # After the merge, normalization files the lab's next result under the survivor.
-    later = _subject_fact(survivor, "lab", "Patient/L1", "1980-01-02", minutes=5, version="2")
+    later = _subject_fact(
+        survivor, "lab", f"Patient/L1-{absorbed}", "1980-01-02", minutes=5, version="2"
+    )
     merged = await _run_stage(stage, [merge, later])
     assert sorted((e.patient_id == survivor, e.kind) for e in merged) == [
         (False, "RESOLVED"),
@@ -254,8 +256,8 @@ async def test_an_unmerge_rebuilds_both_patients_from_the_fact_history(
     assert kept["hosp"] == ("ASSERTED", before[2].fact_id)
     assert kept["lab"][0] == "DELETED"
     owner = await pool.fetchval(
-        "SELECT patient_id FROM subject_owners WHERE source_system = 'lab' "
-        "AND subject = 'Patient/L1'"
+        "SELECT patient_id FROM subject_owners WHERE source_system = 'lab' AND subject = $1",
+        f"Patient/L1-{absorbed}",
     )
     assert owner == absorbed
     stage.cache.clear()
@@ -270,7 +272,7 @@ async def test_an_unmerge_rebuilds_both_patients_from_the_fact_history(
 async def test_the_staleness_timer_raises_a_medication_nobody_reconfirmed(
     pool: asyncpg.Pool,
 ) -> None:
-    """Reconfirmation due a second from now: nothing at first, then the timer (an indexed read
+    """Reconfirmation due three seconds from now: nothing at first, then the timer (an indexed read
     of what is due on the owned partitions) raises it once, and clears its row."""
     patient = patient_id()
     outbox = Outbox(pool, "conflicts")
@@ -279,7 +281,7 @@ async def test_the_staleness_timer_raises_a_medication_nobody_reconfirmed(
     )
     window = DEFAULT_POLICY.classes["MEDICATION"].reconfirm_within
     assert window is not None
-    said = datetime.now(UTC) - window + timedelta(seconds=1)
+    said = datetime.now(UTC) - window + timedelta(seconds=3)
     medication = fact(patient, "clinic-ehr", "active", at=said).model_copy(
         update={
             "attribute": "Medication/6809",
@@ -295,14 +297,18 @@ async def test_the_staleness_timer_raises_a_medication_nobody_reconfirmed(
     await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.2)
     out = Outbound("conflicts")
     await stage.on_tick(partitions, out)
-    [stale] = [codec.CONFLICT_EVENT.decode(r.value) for r in out.pending]
+    # Other tests' timers share the session database: this patient's events only.
+    decoded = [codec.CONFLICT_EVENT.decode(r.value) for r in out.pending]
+    [stale] = [e for e in decoded if e.patient_id == patient]
     assert (stale.kind, stale.patient_id, stale.attribute) == ("STALE", patient, "Medication/6809")
     assert (
         await pool.fetchval("SELECT count(*) FROM stale_timers WHERE patient_id = $1", patient) == 0
     )
     again = Outbound("conflicts")
     await stage.on_tick(partitions, again)
-    assert again.pending == []
+    assert [
+        r for r in again.pending if codec.CONFLICT_EVENT.decode(r.value).patient_id == patient
+    ] == []
 
     # The clinic confirms it: the stale record resolves, and a new window starts.
     confirmed = medication.model_copy(
