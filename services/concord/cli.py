@@ -233,10 +233,14 @@ def resolve_alert(
         raise click.ClickException(
             "no database: set CONCORD_DATABASE_URL or run `concord stack up` first"
         )
+    try:
+        kafka = settings.kafka_options()
+    except ValueError as error:  # SASL asked for without its settings
+        raise click.ClickException(str(error)) from None
     decisions = {"accept": "ACCEPTED_PROPOSAL", "choose": "CHOSE_VALUE", "dismiss": "DISMISSED"}
     work = decide(
         settings.database_url.get_secret_value(),
-        settings.kafka_options(),
+        kafka,
         alert_id,
         decisions[decision],  # type: ignore[arg-type]
         chosen_value=chosen_value,
