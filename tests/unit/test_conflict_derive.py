@@ -1,5 +1,6 @@
 """Derived attributes, pure: a claim's metastasis code and an EHR's stage imply metastatic
-status, so that the two can disagree."""
+status, so that the two can disagree; diagnoses imply the primary site, and pathology results
+biomarker status."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from pydantic import ValidationError
 
 from concord.conflicts.derive import Derivation, FactPattern, derive
 from concord.conflicts.policy import DEFAULT_POLICY
-from concord.events.models import ClinicalFact, FactStatus, IngestedRecord, Provenance
+from concord.conflicts.rules import AttributeState, apply_fact, evaluate
+from concord.events.models import (
+    ClinicalFact,
+    ConflictEvent,
+    FactStatus,
+    IngestedRecord,
+    Provenance,
+)
 from concord.normalization.facts.claims import claim_drafts
 from concord.normalization.facts.drafts import FactDraft, to_fact
 from concord.normalization.facts.fhir import fhir_drafts
@@ -21,6 +29,8 @@ from concord.normalization.terminology import Terminology
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
 SCT = "http://snomed.info/sct"
+LOINC_ANSWER = "http://loinc.org"
+CLINICAL_STATUS = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 METASTATIC = (
     Derivation(
         attribute="Oncology.metastatic",
@@ -140,7 +150,12 @@ def test_the_built_in_policy_derives_from_a_normalized_claim_line() -> None:
     )
     line["diagnoses"].append({"code": "Z17.1", "system": ICD10, "sequence": 4})
     facts = _normalized(list(claim_drafts(line, Terminology.load())), "payer")
-    assert _derived(facts) == {"Oncology.metastatic": "true", "Oncology.biomarker/ER": "negative"}
+    # C50.911 (breast), C78.00 (secondary, lung) and the added Z17.1.
+    assert _derived(facts) == {
+        "Oncology.primarySite": "C50",
+        "Oncology.metastatic": "true",
+        "Oncology.biomarker/ER": "negative",
+    }
 
 
 def test_the_built_in_policy_derives_receptor_status_from_a_normalized_pathology_result() -> None:
@@ -155,3 +170,170 @@ def test_the_built_in_policy_derives_receptor_status_from_a_normalized_pathology
     }
     facts = _normalized(list(fhir_drafts(observation, Terminology.load())), "pathology")
     assert _derived(facts) == {"Oncology.biomarker/ER": "positive"}
+
+
+def test_the_built_in_policy_derives_the_primary_site_from_a_normalized_snomed_condition() -> None:
+    condition = {
+        "resourceType": "Condition",
+        "id": "dx-1",
+        "clinicalStatus": {"coding": [{"system": CLINICAL_STATUS, "code": "active"}]},
+        "code": {"coding": [{"system": SCT, "code": "372137005"}]},  # primary, breast
+        "subject": {"reference": "Patient/1"},
+        "onsetDateTime": "2026-05-01T10:00:00Z",
+    }
+    facts = _normalized(list(fhir_drafts(condition, Terminology.load())), "hospital-ehr")
+    assert _derived(facts) == {"Oncology.primarySite": "C50"}
+
+
+def test_the_built_in_policy_derives_egfr_status_from_a_normalized_molecular_result() -> None:
+    observation = {
+        "resourceType": "Observation",
+        "id": "egfr-1",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "21665-5"}]},
+        "subject": {"reference": "Patient/1"},
+        "effectiveDateTime": "2026-05-01T10:00:00Z",
+        "valueCodeableConcept": {"coding": [{"system": SCT, "code": "260373001"}]},  # detected
+    }
+    facts = _normalized(list(fhir_drafts(observation, Terminology.load())), "lab-system")
+    assert _derived(facts) == {"Oncology.biomarker/EGFR": "positive"}
+
+
+# --- primary site and biomarkers in the built-in policy -------------------------------------
+
+
+def _built_in(fact: ClinicalFact) -> dict[str, str | None]:
+    return _derived([fact])
+
+
+@pytest.mark.parametrize(
+    ("attribute", "site"),
+    [
+        ("Condition/C50.911", "C50"),  # ICD-10-CM, right female breast
+        ("Condition/C50911", "C50"),  # as claims often send it, without the dot
+        ("Condition/C34.90", "C34"),
+        ("Condition/C18.7", "C18"),
+        ("Condition/C20", "C20"),
+        ("Condition/C61", "C61"),
+        ("Condition/372137005", "C50"),  # SNOMED CT |Primary malignant neoplasm of breast|
+        ("Condition/93880001", "C34"),  # |Primary malignant neoplasm of lung|
+        ("Condition/93761005", "C18"),  # |Primary malignant neoplasm of colon|
+        ("Condition/93974005", "C61"),  # |Primary malignant neoplasm of prostate|
+    ],
+)
+def test_an_active_primary_cancer_diagnosis_implies_its_site(attribute: str, site: str) -> None:
+    assert _built_in(_fact(attribute, "active")) == {"Oncology.primarySite": site}
+    assert _built_in(_fact(attribute, "recurrence")) == {"Oncology.primarySite": site}
+
+
+@pytest.mark.parametrize(
+    "attribute",
+    [
+        "Condition/C78.00",  # secondary malignant neoplasm of lung
+        "Condition/C79.51",  # secondary malignant neoplasm of bone
+        "Condition/C77.3",  # secondary malignant neoplasm of axillary lymph nodes
+        "Condition/D05.11",  # intraductal carcinoma in situ of right breast
+        "Condition/D02.20",  # carcinoma in situ of unspecified bronchus and lung
+        "Condition/94391008",  # SNOMED CT |Secondary malignant neoplasm of lung|
+        "Condition/92649001",  # |Carcinoma in situ of lung|
+        "Condition/254837009",  # |Malignant neoplasm of breast|: also holds secondaries
+    ],
+)
+def test_secondary_and_in_situ_neoplasms_imply_no_primary_site(attribute: str) -> None:
+    assert "Oncology.primarySite" not in _built_in(_fact(attribute, "active"))
+
+
+def test_a_resolved_primary_cancer_or_a_stage_implies_no_primary_site() -> None:
+    assert _built_in(_fact("Condition/C50.911", "resolved")) == {}
+    staged = _fact("Condition/C50.911/stage", f"{SCT}|258219007")
+    assert _built_in(staged) == {"Oncology.metastatic": "false", "Oncology.stageGroup": "2"}
+
+
+@pytest.mark.parametrize(
+    ("loinc", "value", "attribute", "status"),
+    [
+        ("21665-5", f"{SCT}|260373001", "Oncology.biomarker/EGFR", "positive"),  # detected
+        ("21665-5", f"{SCT}|260415000", "Oncology.biomarker/EGFR", "negative"),  # not detected
+        ("78205-2", f"{SCT}|10828004", "Oncology.biomarker/ALK", "positive"),
+        ("78205-2", f"{SCT}|260415000", "Oncology.biomarker/ALK", "negative"),
+        ("83052-1", f"{SCT}|260385009", "Oncology.biomarker/PD-L1", "negative"),  # 22C3
+        ("83055-4", f"{LOINC_ANSWER}|LA6576-8", "Oncology.biomarker/PD-L1", "positive"),  # 28-8
+        ("83057-0", f"{LOINC_ANSWER}|LA6577-6", "Oncology.biomarker/PD-L1", "negative"),  # SP142
+    ],
+)
+def test_a_molecular_or_immunostain_result_implies_biomarker_status(
+    loinc: str, value: str, attribute: str, status: str
+) -> None:
+    result = _fact(f"Observation/{loinc}", value).model_copy(
+        update={"attribute_class": "LABORATORY"}
+    )
+    assert _built_in(result) == {attribute: status}
+
+
+def test_an_equivocal_biomarker_result_implies_no_status() -> None:
+    equivocal = _fact("Observation/83052-1", f"{LOINC_ANSWER}|LA11884-6")
+    assert _built_in(equivocal) == {}
+
+
+# --- what the derived attributes raise, compared by the built-in policy ----------------------
+
+
+def _said(source: str, attribute: str, value: str) -> ClinicalFact:
+    fact = _fact(attribute, value)
+    return fact.model_copy(
+        update={
+            "fact_id": f"{source}:{attribute}={value}",
+            "provenance": fact.provenance.model_copy(update={"source_system": source}),
+        }
+    )
+
+
+def _compared(attribute: str, *facts: ClinicalFact) -> tuple[AttributeState, ConflictEvent | None]:
+    """Each source's derived assertion on `attribute`, and the conflict the policy raises."""
+    state = AttributeState("E1", attribute, "ONCOLOGY")
+    for fact in facts:
+        for derived in derive(fact, DEFAULT_POLICY.derived):
+            if derived.attribute == attribute:
+                apply_fact(state, derived)
+    return state, evaluate(state, DEFAULT_POLICY, now=T0, trigger_received_time=T0)
+
+
+def test_two_sources_naming_different_primary_cancers_conflict() -> None:
+    _, event = _compared(
+        "Oncology.primarySite",
+        _said("payer", "Condition/C50.911", "active"),  # breast, ICD-10-CM
+        _said("hospital-ehr", "Condition/93880001", "active"),  # lung, SNOMED CT
+    )
+    assert event is not None
+    assert (event.kind, event.severity) == ("OPENED", "HIGH")
+    assert {a.source_system: a.value for a in event.assertions} == {
+        "payer": "C50",
+        "hospital-ehr": "C34",
+    }
+    assert event.proposed_value == "C34"  # the hospital EHR ranks first
+
+
+def test_the_same_primary_coded_icd10_at_one_source_and_snomed_at_another_agrees() -> None:
+    state, event = _compared(
+        "Oncology.primarySite",
+        _said("payer", "Condition/C50.911", "active"),
+        _said("hospital-ehr", "Condition/372137005", "active"),
+    )
+    assert {s: a.value for s, a in state.assertions.items()} == {
+        "payer": "C50",
+        "hospital-ehr": "C50",
+    }
+    assert event is None
+
+
+def test_egfr_detected_at_one_source_and_not_detected_at_another_conflict() -> None:
+    _, event = _compared(
+        "Oncology.biomarker/EGFR",
+        _said("lab-system", "Observation/21665-5", f"{SCT}|260373001"),
+        _said("clinic-ehr", "Observation/21665-5", f"{SCT}|260415000"),
+    )
+    assert event is not None
+    assert {a.source_system: a.value for a in event.assertions} == {
+        "lab-system": "positive",
+        "clinic-ehr": "negative",
+    }
