@@ -358,6 +358,7 @@ def demo(state_dir: Path, exit_after_check: bool) -> None:
 
 
 def _register_subcommands() -> None:
+    from concord.conflicts.evaluate_command import evaluate
     from concord.deadletter_commands import deadletter
     from concord.generate.command import generate
     from concord.identity_commands import identity
@@ -366,6 +367,7 @@ def _register_subcommands() -> None:
     main.add_command(stack)
     main.add_command(deadletter)
     main.add_command(generate)
+    main.add_command(evaluate)
     main.add_command(identity)
 
 

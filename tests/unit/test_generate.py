@@ -93,6 +93,10 @@ def _persons(population: GeneratedSet) -> dict[str, dict[str, Any]]:
     return {p["person_id"]: p for p in population.answer_key["persons"]}
 
 
+def _cohort(population: GeneratedSet) -> set[str]:
+    return {entry["person_id"] for entry in population.answer_key["scenarios"]["conflicts"]}
+
+
 # --- determinism ---------------------------------------------------------------------------
 
 
@@ -150,6 +154,7 @@ def test_every_generated_record_is_accepted_by_ingestion_and_in_the_answer_key(
         "Observation",
         "Condition",
         "AllergyIntolerance",
+        "MedicationStatement",  # planted disagreements only
         "ADT^A04",
         "ADT^A08",
         "ORU^R01",
@@ -261,8 +266,8 @@ def test_each_variation_is_visible_in_the_record_and_nothing_else_differs(
         kinds = set(entry["variations"])
         name = patient["name"][0]
         family_differs = name["family"] != truth["family"]
-        assert family_differs == (variations.FAMILY_TYPO in kinds)
-        if family_differs:
+        assert family_differs == bool(kinds & {variations.FAMILY_TYPO, variations.PLANTED_NAME})
+        if variations.FAMILY_TYPO in kinds:
             assert _one_edit(name["family"], truth["family"])
         given, true_given = name["given"][0], truth["given"][0]
         assert (given != true_given) == bool(kinds & {variations.GIVEN_TYPO, variations.NICKNAME})
@@ -274,7 +279,7 @@ def test_each_variation_is_visible_in_the_record_and_nothing_else_differs(
         assert _birth_date_matches(patient["birthDate"], truth["birth_date"], kinds)
         assert ("gender" not in patient) == (variations.MISSING_SEX in kinds)
         if "gender" in patient:
-            assert patient["gender"] == truth["sex"]
+            assert (patient["gender"] != truth["sex"]) == (variations.PLANTED_SEX in kinds)
         assert ("telecom" not in patient) == (variations.MISSING_PHONE in kinds)
         assert ("address" not in patient) == (variations.MISSING_ADDRESS in kinds)
         if "address" in patient:
@@ -288,6 +293,8 @@ def test_each_variation_is_visible_in_the_record_and_nothing_else_differs(
 
 
 def _birth_date_matches(sent: str, truth: str, kinds: set[str]) -> bool:
+    if variations.PLANTED_BIRTH_DATE in kinds:
+        return sent != truth
     if variations.BIRTH_DATE_SWAPPED in kinds:
         true_date = date.fromisoformat(truth)
         return sent == date(true_date.year, true_date.day, true_date.month).isoformat()
@@ -377,7 +384,11 @@ def test_only_records_marked_shared_id_carry_the_shared_identifier(
     population: GeneratedSet,
 ) -> None:
     patients = {p["patient_key"]: p for p in population.answer_key["patients"]}
-    share = sum(p["shared_id"] for p in patients.values()) / len(patients)
+    cohort = _cohort(population)
+    # The planted-conflicts cohort carries it always (its identity must be certain).
+    assert all(p["shared_id"] for p in patients.values() if p["person_id"] in cohort)
+    others = [p for p in patients.values() if p["person_id"] not in cohort]
+    share = sum(p["shared_id"] for p in others) / len(others)
     assert share == pytest.approx(0.2, abs=0.05)
     fhir = [r for r in _key_records(population) if not r["resource_type"].startswith(("AD", "OR"))]
     for entry in fhir:

@@ -433,3 +433,11 @@ def test_the_worker_watches_only_a_configured_policy_file(tmp_path: Path) -> Non
     watcher = worker.policy_watcher(settings)
     assert watcher is not None and watcher.policy.version == "v1"
     assert settings.policy_reload_seconds == 5
+
+
+def test_an_override_of_null_clears_what_the_class_asks_for() -> None:
+    medication = DEFAULT_POLICY.rule("Medication/6809", "MEDICATION")
+    dose = DEFAULT_POLICY.rule("Medication/6809/dose", "MEDICATION")
+    assert medication is not None and medication.reconfirm_within == timedelta(days=90)
+    assert dose is not None and dose.reconfirm_within is None
+    assert dose.compare == "numeric" and medication.compare == "status"

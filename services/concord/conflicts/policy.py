@@ -168,11 +168,9 @@ class SourcePolicy(BaseModel):
         override = self._override(attribute)
         if override is None:
             return base
-        changes = {
-            name: getattr(override, name)
-            for name in AttributeRule.model_fields
-            if getattr(override, name) is not None
-        }
+        # A field the override names replaces the class's, even with null: `reconfirm_within:
+        # null` exempts an attribute from a reconfirmation its class asks for.
+        changes = {name: getattr(override, name) for name in override.model_fields_set}
         # Validated again: an override may turn the class's comparison into one that needs more
         # (numeric needs a tolerance).
         return ClassRule.model_validate({**dict(base), **changes})

@@ -177,6 +177,59 @@ SUBSTANCES: tuple[Substance, ...] = (
 
 
 @dataclass(frozen=True)
+class Drug:
+    """A medication by RxNorm ingredient, with the daily doses it is commonly given at."""
+
+    display: str
+    rxnorm: str
+    doses_mg: tuple[float, ...]
+
+
+# Only planted disagreements and stale records mention medications.
+DRUGS: tuple[Drug, ...] = (
+    Drug("Metformin", "6809", (500, 850, 1000)),
+    Drug("Lisinopril", "29046", (5, 10, 20, 40)),
+    Drug("Atorvastatin", "83367", (10, 20, 40, 80)),
+    Drug("Amlodipine", "17767", (2.5, 5, 10)),
+    Drug("Levothyroxine", "10582", (0.05, 0.075, 0.1)),
+    Drug("Metoprolol", "6918", (25, 50, 100)),
+    Drug("Omeprazole", "7646", (20, 40)),
+    Drug("Sertraline", "36437", (50, 100)),
+)
+
+
+@dataclass(frozen=True)
+class Cancer:
+    """A primary cancer (ICD-10-CM), for planted oncology disagreements."""
+
+    display: str
+    icd10: str
+
+
+CANCERS: tuple[Cancer, ...] = (
+    Cancer("Malignant neoplasm of unspecified site of right female breast", "C50.911"),
+    Cancer("Malignant neoplasm of unspecified part of unspecified bronchus or lung", "C34.90"),
+    Cancer("Malignant neoplasm of colon, unspecified", "C18.9"),
+    Cancer("Malignant neoplasm of prostate", "C61"),
+)
+# Secondary neoplasms (C77-C79): a claim coded so says the cancer has spread.
+METASTASES: tuple[Cancer, ...] = (
+    Cancer("Secondary malignant neoplasm of unspecified lung", "C78.00"),
+    Cancer("Secondary malignant neoplasm of liver and intrahepatic bile duct", "C78.7"),
+    Cancer("Secondary malignant neoplasm of bone", "C79.51"),
+)
+# SNOMED CT stage groups (DICOM CID 3778), by stage number.
+STAGES: dict[int, str] = {1: "258215001", 2: "258219007", 3: "258224005", 4: "258228008"}
+# Receptor status results: (LOINC, display); SNOMED CT 10828004 |Positive|, 260385009 |Negative|.
+RECEPTORS: tuple[tuple[str, str], ...] = (
+    ("16112-5", "Estrogen receptor [Interpretation] in Tissue"),
+    ("16113-3", "Progesterone receptor [Interpretation] in Tissue"),
+    ("48676-1", "HER2 [Interpretation] in Tissue"),
+)
+POSITIVE, NEGATIVE = "10828004", "260385009"
+
+
+@dataclass(frozen=True)
 class Reaction:
     display: str
     snomed: str

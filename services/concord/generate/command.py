@@ -85,6 +85,14 @@ from concord.generate.generator import write
     help="Share of persons made into twins or father/son pairs (must not link).",
 )
 @click.option(
+    "--conflict-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.1,
+    show_default=True,
+    help="Share of persons given a planted disagreement or stale record (as many again are "
+    "kept as controls); the answer key says what each must raise.",
+)
+@click.option(
     "--progress-every",
     type=click.IntRange(min=1),
     default=1000,
@@ -102,6 +110,7 @@ def generate(
     shared_id_rate: float,
     shared_id_system: str,
     hard_negative_rate: float,
+    conflict_rate: float,
     progress_every: int,
 ) -> None:
     """Write a synthetic population as FHIR R4 (.ndjson) and HL7 v2 (.hl7) files, one per
@@ -119,6 +128,7 @@ def generate(
             shared_id_rate=shared_id_rate,
             shared_id_system=shared_id_system,
             hard_negative_rate=hard_negative_rate,
+            conflict_rate=conflict_rate,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

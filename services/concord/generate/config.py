@@ -107,6 +107,9 @@ class GeneratorConfig:
     shared_id_system: str = DEFAULT_ENTERPRISE_ID_SYSTEM
     # Share of persons made into one side of a hard-negative pair (twins, father/son).
     hard_negative_rate: float = 0.04
+    # Share of persons given a planted disagreement or stale record (generate/planted.py); as
+    # many again are kept as controls. Both come from the persons held by two or more sources.
+    conflict_rate: float = 0.1
     # Clinical records are dated in the two years before this instant; birth dates before it.
     as_of: datetime = DEFAULT_AS_OF
 
@@ -119,6 +122,7 @@ class GeneratorConfig:
             "variation_rate",
             "shared_id_rate",
             "hard_negative_rate",
+            "conflict_rate",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -138,5 +142,6 @@ class GeneratorConfig:
             "shared_id_rate": self.shared_id_rate,
             "shared_id_system": self.shared_id_system,
             "hard_negative_rate": self.hard_negative_rate,
+            "conflict_rate": self.conflict_rate,
             "as_of": self.as_of.isoformat(),
         }

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Literal
 
-from concord.generate.catalogue import ConditionConcept, LabTest, Reaction, Substance
+from concord.generate.catalogue import ConditionConcept, Drug, LabTest, Reaction, Substance
 from concord.generate.config import GeneratorConfig, SourceSpec
 
 Sex = Literal["male", "female"]
@@ -54,6 +54,11 @@ class ConditionFact:
     onset: date
     status: Literal["active", "resolved"] = "active"
     abated: date | None = None
+    # Planted disagreements code both sources' copies alike ("icd10"); None: the source's style.
+    coding: Literal["snomed", "icd10"] | None = None
+
+
+AllergyStatus = Literal["active", "inactive", "refuted", "entered-in-error"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,39 @@ class AllergyFact:
     criticality: Literal["low", "high"]
     reaction: Reaction
     recorded: date
+    # What one source says of it: planted disagreements set the last three (FHIR only).
+    status: AllergyStatus = "active"
+
+
+@dataclass(frozen=True)
+class MedicationFact:
+    """A medication statement (FHIR MedicationStatement); only planted disagreements and
+    stale records hold these."""
+
+    drug: Drug
+    status: Literal["active", "stopped"]
+    dose_mg: float
+    asserted: datetime  # when the source last said it (meta.lastUpdated)
+
+
+@dataclass(frozen=True)
+class TumorFact:
+    """A cancer diagnosis as a FHIR Condition coded in ICD-10-CM, with a stage when staged."""
+
+    icd10: str
+    display: str
+    stage: str | None  # SNOMED CT stage code (258215001 |Stage 1| ...)
+    asserted: datetime
+
+
+@dataclass(frozen=True)
+class MarkerResult:
+    """A pathology result coded SNOMED CT (a FHIR Observation with valueCodeableConcept)."""
+
+    loinc: str
+    display: str
+    result: str  # SNOMED CT 10828004 |Positive| or 260385009 |Negative|
+    taken: datetime
 
 
 @dataclass
@@ -100,6 +138,9 @@ class Registration:
     draws: list[LabDraw] = field(default_factory=list)
     conditions: list[ConditionFact] = field(default_factory=list)
     allergies: list[AllergyFact] = field(default_factory=list)
+    medications: list[MedicationFact] = field(default_factory=list)
+    tumors: list[TumorFact] = field(default_factory=list)
+    markers: list[MarkerResult] = field(default_factory=list)
     # HL7 only: also send an ADT^A08 after the A04, as registration systems do on any edit.
     updated: datetime | None = None
 

@@ -18,10 +18,13 @@ from concord.generate.model import (
     Demographics,
     LabDraw,
     LabResult,
+    MarkerResult,
+    MedicationFact,
     Registration,
+    TumorFact,
     uuid_from,
 )
-from concord.ingestion.codes import ICD10_CM, SNOMED_CT
+from concord.ingestion.codes import ICD10_CM, LOINC, RXNORM, SNOMED_CT
 
 MR_TYPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}
 _REPORTED_AFTER = timedelta(hours=2)  # a result is filed this long after the draw
@@ -138,6 +141,15 @@ def _fhir_records(
     for allergy in registration.allergies:
         resource = _allergy(writer.next_id("alg"), patient_ref, allergy, registration)
         out.append(_rendered(resource, registration.registered, registration))
+    for medication in registration.medications:
+        resource = _medication(writer.next_id("med"), patient_ref, medication, source)
+        out.append(_rendered(resource, medication.asserted, registration))
+    for tumor in registration.tumors:
+        resource = _tumor(writer.next_id("cond"), patient_ref, tumor, source)
+        out.append(_rendered(resource, tumor.asserted, registration))
+    for marker in registration.markers:
+        resource = _marker(writer.next_id("obs"), patient_ref, marker, source)
+        out.append(_rendered(resource, marker.taken + _REPORTED_AFTER, registration))
     return out
 
 
@@ -258,7 +270,7 @@ def _condition(
 ) -> dict[str, Any]:
     source = registration.source
     concept = condition.concept
-    if source.style.condition_system == "snomed":
+    if (condition.coding or source.style.condition_system) == "snomed":
         coding = {"system": SNOMED_CT, "code": concept.snomed, "display": concept.display}
     else:
         coding = {"system": ICD10_CM, "code": concept.icd10, "display": concept.display}
@@ -302,10 +314,12 @@ def _allergy(
         "id": resource_id,
         "meta": _meta(registration.registered, source),
         "clinicalStatus": _coded(
-            "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "active"
+            "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+            "inactive" if allergy.status == "inactive" else "active",
         ),
         "verificationStatus": _coded(
-            "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification", "confirmed"
+            "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+            allergy.status if allergy.status in ("refuted", "entered-in-error") else "confirmed",
         ),
         "type": "allergy",
         "category": [substance.category],
@@ -333,6 +347,82 @@ def _allergy(
                 "severity": "severe" if allergy.criticality == "high" else "mild",
             }
         ],
+    }
+
+
+def _medication(
+    resource_id: str, patient_ref: str, medication: MedicationFact, source: SourceSpec
+) -> dict[str, Any]:
+    drug = medication.drug
+    return {
+        "resourceType": "MedicationStatement",
+        "id": resource_id,
+        "meta": _meta(medication.asserted, source),
+        "status": medication.status,
+        "medicationCodeableConcept": {
+            "coding": [{"system": RXNORM, "code": drug.rxnorm, "display": drug.display}]
+        },
+        "subject": {"reference": patient_ref},
+        "effectiveDateTime": _fhir_time(medication.asserted, source),
+        "dateAsserted": _fhir_time(medication.asserted, source),
+        "dosage": [
+            {
+                "text": f"{medication.dose_mg:g} mg daily",
+                "doseAndRate": [
+                    {
+                        "doseQuantity": {
+                            "value": medication.dose_mg,
+                            "unit": "mg",
+                            "system": UCUM,
+                            "code": "mg",
+                        }
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def _tumor(
+    resource_id: str, patient_ref: str, tumor: TumorFact, source: SourceSpec
+) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Condition",
+        "id": resource_id,
+        "meta": _meta(tumor.asserted, source),
+        "clinicalStatus": _coded(
+            "http://terminology.hl7.org/CodeSystem/condition-clinical", "active"
+        ),
+        "verificationStatus": _coded(
+            "http://terminology.hl7.org/CodeSystem/condition-ver-status", "confirmed"
+        ),
+        "code": {
+            "coding": [{"system": ICD10_CM, "code": tumor.icd10, "display": tumor.display}],
+            "text": tumor.display,
+        },
+        "subject": {"reference": patient_ref},
+        "recordedDate": _fhir_time(tumor.asserted, source),
+    }
+    if tumor.stage is not None:
+        resource["stage"] = [{"summary": _coded(SNOMED_CT, tumor.stage)}]
+    return resource
+
+
+def _marker(
+    resource_id: str, patient_ref: str, marker: MarkerResult, source: SourceSpec
+) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": resource_id,
+        "meta": _meta(marker.taken + _REPORTED_AFTER, source),
+        "status": "final",
+        "category": [
+            _coded("http://terminology.hl7.org/CodeSystem/observation-category", "laboratory")
+        ],
+        "code": {"coding": [{"system": LOINC, "code": marker.loinc, "display": marker.display}]},
+        "subject": {"reference": patient_ref},
+        "effectiveDateTime": _fhir_time(marker.taken, source),
+        "valueCodeableConcept": _coded(SNOMED_CT, marker.result),
     }
 
 

@@ -2,8 +2,7 @@
 
 A scenario edits the plan at two points: the population (before sources register anyone)
 and the registrations (before records are written). Each draws from its own random stream
-(World.rng), so adding one, as the conflict-detection work will for planted disagreements and
-stale records, leaves what the others generate for a seed unchanged. What a scenario returns
+(World.rng), so adding one leaves what the others draw for a seed unchanged. What a scenario returns
 from key_section goes into the answer key under "scenarios" -> its name.
 """
 
@@ -220,5 +219,8 @@ def _vary(registration: Registration, count: int, context: variations.Context) -
 
 
 def default_scenarios() -> Sequence[Scenario]:
-    """New instances each time: a scenario keeps what it planted until the key is written."""
-    return (HardNegatives(), WithinSourceDuplicates(), DemographicVariations())
+    """New instances each time: a scenario keeps what it planted until the key is written.
+    The planted conflicts come last: they undo the others' edits on the persons they choose."""
+    from concord.generate.planted import PlantedConflicts  # it builds on Scenario
+
+    return (HardNegatives(), WithinSourceDuplicates(), DemographicVariations(), PlantedConflicts())

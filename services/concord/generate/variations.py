@@ -25,6 +25,10 @@ MISSING_ADDRESS = "missing_address"
 MISSING_SEX = "missing_sex"
 # Only for the son of a father/son pair: some sources drop "Jr.".
 SUFFIX_DROPPED = "suffix_dropped"
+# Only planted disagreements (generate/planted.py) make these, on a person's second source.
+PLANTED_BIRTH_DATE = "planted_birth_date"
+PLANTED_SEX = "planted_sex"
+PLANTED_NAME = "planted_name"
 
 DESCRIPTIONS: dict[str, str] = {
     FAMILY_TYPO: "the family name has one edit (a letter changed, dropped, added, two "
@@ -39,6 +43,9 @@ DESCRIPTIONS: dict[str, str] = {
     MISSING_ADDRESS: "no address",
     MISSING_SEX: "no sex (FHIR gender and PID-8 absent)",
     SUFFIX_DROPPED: "the name suffix (Jr.) of the son of a father/son pair is not sent",
+    PLANTED_BIRTH_DATE: "a planted disagreement: another birth date, 1 to 400 days off",
+    PLANTED_SEX: "a planted disagreement: the other administrative sex",
+    PLANTED_NAME: "a planted disagreement: another family name",
 }
 
 # Kinds a varied registration draws from, with their relative weights.
