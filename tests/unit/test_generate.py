@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import unicodedata
 from collections import Counter, defaultdict
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,11 @@ from concord.generate import (
     catalogue,
     generate,
     parse_sources,
+    planted,
     variations,
     write,
 )
+from concord.generate.config import DEFAULT_AS_OF
 from concord.generate.model import World
 from concord.generate.scenarios import Scenario, default_scenarios
 from concord.hl7v2 import er7
@@ -533,3 +535,137 @@ def test_the_command_writes_the_files_publish_reads(tmp_path: Path) -> None:
     assert count == len(key["records"])
     bad = CliRunner().invoke(main, ["generate", "--out", str(out), "--sources", "x:csv"])
     assert bad.exit_code == 2 and "format must be one of" in bad.output
+
+
+# --- planted disagreements and stale records (issue 5) -----------------------------------
+
+
+def _plants(population: GeneratedSet) -> list[dict[str, Any]]:
+    return [e for e in population.answer_key["scenarios"]["conflicts"] if e["kind"] != "control"]
+
+
+def _planted_resources(
+    population: GeneratedSet, plant: dict[str, Any], resource_type: str
+) -> dict[str, list[dict[str, Any]]]:
+    """The plant's person's resources of one type, by source."""
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for entry in _key_records(population):
+        if entry["person_id"] == plant["person_id"] and entry["resource_type"] == resource_type:
+            found[entry["source"]].append(_resource(population, entry))
+    return found
+
+
+def test_every_kind_is_planted_and_as_many_persons_are_controls(population: GeneratedSet) -> None:
+    section = population.answer_key["scenarios"]["conflicts"]
+    kinds = Counter(e["kind"] for e in section)
+    controls = kinds.pop("control")
+    assert set(kinds) == set(planted.KINDS)
+    assert controls == sum(kinds.values()) == round(300 * 0.1)
+    assert len({e["person_id"] for e in section}) == len(section)  # one plant per person
+    for plant in _plants(population):
+        assert plant["expect"], plant
+        assert plant["kind"] in {e["kind"] for e in plant["expect"]} | {"stale_reconfirm"}
+
+
+def test_the_cohorts_identities_are_certain_and_its_sources_agree_but_for_the_plant(
+    population: GeneratedSet,
+) -> None:
+    cohort = _cohort(population)
+    persons = _persons(population)
+    held = [p for p in population.answer_key["patients"] if p["person_id"] in cohort]
+    for patient in held:
+        assert patient["registration"] == 1 and patient["shared_id"]
+        assert set(patient["variations"]) <= {
+            variations.PLANTED_BIRTH_DATE,
+            variations.PLANTED_SEX,
+            variations.PLANTED_NAME,
+        }
+    by_person = Counter(p["person_id"] for p in held)
+    assert all(by_person[person] == len(persons[person]["sources"]) for person in cohort)
+    # Controls: every source sends the same facts (the same number of records of each type).
+    for entry in population.answer_key["scenarios"]["conflicts"]:
+        if entry["kind"] != "control":
+            continue
+        counts = defaultdict(Counter)
+        for record in _key_records(population):
+            if record["person_id"] == entry["person_id"] and record["resource_type"] in (
+                "Observation",
+                "ORU^R01",
+            ):
+                counts[record["source"]][record["resource_type"]] += 1
+        fhir = [dict(c)["Observation"] for s, c in counts.items() if "Observation" in c]
+        assert len(set(fhir)) <= 1, (entry["person_id"], counts)
+
+
+def test_planted_medications_say_what_the_key_expects(population: GeneratedSet) -> None:
+    checked = Counter[str]()
+    for plant in _plants(population):
+        if plant["kind"] not in (
+            planted.MEDICATION_STATUS,
+            planted.MEDICATION_DOSE,
+            "stale_reconfirm",
+        ):
+            continue
+        statements = _planted_resources(population, plant, "MedicationStatement")
+        assert sorted(statements) == sorted(plant["sources"])
+        said = {s: r[0] for s, r in statements.items()}
+        statuses = sorted(r["status"] for r in said.values())
+        doses = {r["dosage"][0]["doseAndRate"][0]["doseQuantity"]["value"] for r in said.values()}
+        if plant["kind"] == planted.MEDICATION_STATUS:
+            assert statuses == ["active", "stopped"] and len(doses) == 1
+        elif plant["kind"] == planted.MEDICATION_DOSE:
+            assert statuses == ["active", "active"] and len(doses) == 2
+        for stale in (e for e in plant["expect"] if e["kind"] == "stale_reconfirm"):
+            resource = said[stale["stale_source"]]
+            asserted = datetime.fromisoformat(resource["meta"]["lastUpdated"])
+            assert datetime.fromisoformat(stale["due"]) - asserted == timedelta(days=90)
+            assert resource["status"] == "active"
+            code = resource["medicationCodeableConcept"]["coding"][0]["code"]
+            assert stale["attribute"] == f"Medication/{code}"
+        checked[plant["kind"]] += 1
+    assert len(checked) == 3
+
+
+def test_planted_results_and_diagnoses_differ_as_the_key_says(population: GeneratedSet) -> None:
+    checked = Counter[str]()
+    for plant in _plants(population):
+        kind = plant["kind"]
+        if kind == planted.ONCOLOGY_BIOMARKER:
+            markers = _planted_resources(population, plant, "Observation")
+            values = {
+                json_value
+                for source in plant["sources"]
+                for r in markers[source]
+                if (
+                    json_value := r.get("valueCodeableConcept", {})
+                    .get("coding", [{}])[0]
+                    .get("code")
+                )
+            }
+            assert values == {catalogue.POSITIVE, catalogue.NEGATIVE}
+        elif kind in (
+            planted.ONCOLOGY_STAGE,
+            planted.ONCOLOGY_METASTATIC,
+            planted.ONCOLOGY_PRIMARY,
+        ):
+            tumors = _planted_resources(population, plant, "Condition")
+            icd = [
+                {
+                    c["code"]["coding"][0]["code"]
+                    for c in tumors[source]
+                    if c["code"]["coding"][0]["code"].startswith("C")
+                }
+                for source in plant["sources"]
+            ]
+            assert all(len(codes) == 1 for codes in icd), icd
+            assert (icd[0] == icd[1]) == (kind == planted.ONCOLOGY_STAGE)
+        elif kind == planted.STALE_MAX_AGE:
+            dues = {e["due"] for e in plant["expect"]}
+            assert len(dues) == 1 and all(
+                e["stale_source"] == plant["sources"][0] for e in plant["expect"]
+            )
+            assert datetime.fromisoformat(dues.pop()) < DEFAULT_AS_OF
+        else:
+            continue
+        checked[kind] += 1
+    assert len(checked) == 5

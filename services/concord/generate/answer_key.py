@@ -32,7 +32,10 @@ DOC = (
     "all pairs of patient records of one person (each should link); 'hard_negative_pairs' "
     "are pairs of different persons built to look alike (none may link). person_id is also "
     "the value of the shared identifier (shared_id_system) on records with shared_id true. "
-    "'scenarios' holds each scenario's own section."
+    "'scenarios' holds each scenario's own section; 'scenarios.conflicts' lists planted "
+    "disagreements and stale records (kind, person_id, sources, and expect: what the stack must "
+    "raise, by attribute key, with stale_source and due for a stale record) and controls, "
+    "which must raise nothing (`concord evaluate` scores against it)."
 )
 
 
