@@ -167,7 +167,7 @@ def score(
     persons = {(r["source"], r["record_ref"]): r["person_id"] for r in answer_key["records"]}
     section = answer_key.get("scenarios", {}).get(SECTION, [])
     cohort = {entry["person_id"] for entry in section}
-    expected = _expected(section, scores, started=started, finished=finished)
+    expected, unscored = _expected(section, scores, started=started, finished=finished)
     found: set[Key] = set()
     for record in records(events):
         seen = [record.latest, *([record.raised] if record.raised is not None else [])]
@@ -183,7 +183,7 @@ def score(
             if record.raised is not None:
                 scores.outside_cohort[record.latest.attribute_class] += 1
         else:
-            _judge(record, owners, expected, found, scores)
+            _judge(record, owners, expected, unscored, found, scores)
     for key, kind in sorted(expected.items(), key=lambda item: (item[1], item[0][0])):
         if key not in found:
             person, attribute, source = key
@@ -199,32 +199,34 @@ def _expected(
     *,
     started: datetime,
     finished: datetime,
-) -> dict[Key, str]:
+) -> tuple[dict[Key, str], set[Key]]:
     """What the plants expect, by (person, attribute, stale source), with each one's kind;
-    stale records not due before the run are counted apart."""
+    and the stale records that fell due during the run, which count neither way."""
     expected: dict[Key, str] = {}
+    unscored: set[Key] = set()
     for entry in section:
         if entry["kind"] != CONTROL:
             scores.kind(entry["kind"])
         for item in entry["expect"]:
+            key = (entry["person_id"], item["attribute"], item.get("stale_source"))
             due = item.get("due")
             if due is not None and datetime.fromisoformat(due) > started:
                 if datetime.fromisoformat(due) <= finished:
                     scores.due_during_run += 1
+                    unscored.add(key)
                 else:
                     scores.not_yet_due += 1
                 continue
-            expected[(entry["person_id"], item["attribute"], item.get("stale_source"))] = item[
-                "kind"
-            ]
+            expected[key] = item["kind"]
             scores.kind(item["kind"]).expected += 1
-    return expected
+    return expected, unscored
 
 
 def _judge(
     record: Record,
     owners: set[str],
     expected: Mapping[Key, str],
+    unscored: set[Key],
     found: set[Key],
     scores: ConflictScores,
 ) -> None:
@@ -235,6 +237,8 @@ def _judge(
     source = stale_source(raised) if raised is not None and raised.kind == STALE else None
     (person,) = owners if len(owners) == 1 else (None,)
     key = (person, event.attribute, source) if person is not None else None
+    if key is not None and key in unscored:
+        return
     if key is not None and key in expected and key not in found:
         if record.still_open:
             found.add(key)
