@@ -162,13 +162,15 @@ async def _twin_conflicts(
 
 
 async def _conflicts_published(stack: StackInfo) -> None:
-    """Wait until the conflicts stage's outbox is empty: its events, committed with the state,
-    are then on the topic."""
+    """Wait until the conflicts stage holds nothing back (suppress_for: results are held 30 s)
+    and its outbox is empty: its events, committed with the state, are then on the topic."""
 
     async def pending() -> int:
         rows = await fetch(
-            stack.database_url, "SELECT count(*) AS n FROM outbox WHERE stage = 'conflicts'"
+            stack.database_url,
+            "SELECT (SELECT count(*) FROM outbox WHERE stage = 'conflicts') "
+            "+ (SELECT count(*) FROM held_records) AS n",
         )
         return int(rows[0]["n"])
 
-    assert await eventually(pending, lambda n: n == 0, within=30) == 0
+    assert await eventually(pending, lambda n: n == 0, within=90) == 0

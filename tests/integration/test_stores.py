@@ -320,3 +320,61 @@ async def test_the_staleness_timer_raises_a_medication_nobody_reconfirmed(
     assert (
         await pool.fetchval("SELECT count(*) FROM stale_timers WHERE patient_id = $1", patient) == 1
     )
+
+
+@pytest.mark.asyncio
+async def test_a_held_disagreement_is_raised_by_the_timer_or_dropped_unraised(
+    pool: asyncpg.Pool,
+) -> None:
+    """suppress_for through PostgreSQL: the hold is a row that survives the cache (a restart),
+    the timer raises what lasted, and what went away in time raises nothing at all."""
+    lasting, passing = patient_id(), patient_id()
+    demographics = DEFAULT_POLICY.classes["DEMOGRAPHICS"]
+    window = timedelta(seconds=1)
+    policy = DEFAULT_POLICY.model_copy(
+        update={
+            "classes": {"DEMOGRAPHICS": demographics.model_copy(update={"suppress_for": window})},
+            "attributes": {},
+        }
+    )
+    outbox = Outbox(pool, "conflicts")
+    stage = ConflictsStage(
+        ConflictStore(pool, outbox), outbox, cast(AIOKafkaProducer, None), policy
+    )
+    at = datetime.now(UTC)
+    first = [
+        fact(lasting, "hosp", "1980-01-01", at=at),
+        fact(lasting, "lab", "1980-01-02", at=at),
+        fact(passing, "hosp", "1990-02-02", at=at),
+        fact(passing, "lab", "1990-02-03", at=at),
+    ]
+    assert await _run_stage(stage, first) == []
+    held = await pool.fetch(
+        "SELECT patient_id, source_system FROM held_records WHERE patient_id = ANY($1::text[])",
+        [lasting, passing],
+    )
+    assert sorted((r["patient_id"], r["source_system"]) for r in held) == sorted(
+        [(lasting, ""), (passing, "")]
+    )
+    # The lab corrects itself within the window: the passing disagreement never fires.
+    correction = fact(passing, "lab", "1990-02-02", at=at + timedelta(seconds=1), version="2")
+    assert await _run_stage(stage, [correction]) == []
+    stage.cache.clear()  # as after a restart: the holds are in PostgreSQL
+
+    await asyncio.sleep(window.total_seconds() + 0.3)
+    out = Outbound("conflicts")
+    await stage.on_tick({TopicPartition(FACTS, 0)}, out)
+    mine = [
+        e
+        for e in (codec.CONFLICT_EVENT.decode(r.value) for r in out.pending)
+        if e.patient_id in (lasting, passing)
+    ]
+    assert [(e.patient_id, e.kind, e.revision) for e in mine] == [(lasting, "OPENED", 1)]
+    left = await pool.fetchval(
+        "SELECT count(*) FROM held_records WHERE patient_id = ANY($1::text[])", [lasting, passing]
+    )
+    assert left == 0
+    timers = await pool.fetchval(
+        "SELECT count(*) FROM stale_timers WHERE patient_id = ANY($1::text[])", [lasting, passing]
+    )
+    assert timers == 0

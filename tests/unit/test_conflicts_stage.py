@@ -61,9 +61,12 @@ class FakeStore:
         facts: Sequence[ClinicalFact] = (),
         rebuilt: Iterable[tuple[AttributeState, str, int]] = (),
         stale: Iterable[tuple[AttributeState, str, int]] = (),
+        held: Iterable[tuple[AttributeState, int]] = (),
         timers: Sequence[Timer] = (),
     ) -> None:
         for state, _, _ in [*assertions, *rebuilt, *stale]:
+            self.saved[(state.patient_id, state.attribute)] = state
+        for state, _ in held:
             self.saved[(state.patient_id, state.attribute)] = state
         self.events += events
         self.recorded += facts

@@ -239,8 +239,9 @@ class ConflictsStage(BaseStage):
         )
 
     async def on_tick(self, partitions: set[TopicPartition], out: Outbound) -> None:
-        """The staleness timer: look again at the attributes of the owned partitions whose
-        time has come (an index read, not a scan), raise what became stale, re-arm."""
+        """The timer: look again at the attributes of the owned partitions whose time has
+        come (an index read, not a scan), raise what became stale or has been held long
+        enough (suppress_for), re-arm."""
         owned = sorted({tp.partition for tp in partitions if tp.topic in self.topics})
         if not owned:
             return
@@ -251,7 +252,7 @@ class ConflictsStage(BaseStage):
         try:
             await self._load_keys([(key, c, p) for key, c, p, _ in due])
             for key, _, partition, _ in due:
-                changes.stale_check(self.cache[key], partition, changes.now, timer=True)
+                changes.check(self.cache[key], partition, changes.now, timer=True)
             await self._save(changes, out)
         except BaseException:
             self.cache.clear()  # as in process(): memory may be ahead of PostgreSQL
@@ -274,6 +275,7 @@ class ConflictsStage(BaseStage):
             facts=consumed,
             rebuilt=rebuilt,
             stale=changes.stale.values(),
+            held=changes.held.values(),
             timers=list(changes.timers.values()),
         )
         self.outbox.publish_written(out, changes.events)
@@ -317,29 +319,37 @@ class _Changes:
         self.assertions: dict[tuple[Key, str], tuple[AttributeState, str, int]] = {}
         self.conflicts: dict[Key, tuple[AttributeState, int]] = {}
         self.stale: dict[tuple[Key, str], tuple[AttributeState, str, int]] = {}
+        self.held: dict[Key, tuple[AttributeState, int]] = {}
         self.timers: dict[Key, Timer] = {}
         self.events: list[OutboundRecord] = []
 
-    def check(self, state: AttributeState, partition: int, received: datetime) -> None:
-        """Disagreement, then staleness, of a state that changed."""
-        if state.attribute_class not in self.policy.compared_classes:
-            return
-        event = evaluate(state, self.policy, now=self.now, trigger_received_time=received)
-        if event is not None:
-            self.conflicts[(state.patient_id, state.attribute)] = (state, partition)
-            self.events.append(conflict_record(event))
-        self.stale_check(state, partition, received)
-
-    def stale_check(
+    def check(
         self, state: AttributeState, partition: int, received: datetime, *, timer: bool = False
     ) -> None:
-        """Staleness of a state that changed, or whose timer fired (`timer`: its timer row
-        exists and must be re-armed or cleared)."""
+        """Disagreement, then staleness, of a state that changed, or whose timer fired
+        (`timer`: its timer row exists and must be re-armed or cleared)."""
+        key = (state.patient_id, state.attribute)
+        if state.attribute_class not in self.policy.compared_classes:
+            if timer:  # the policy stopped comparing the class while a timer was set
+                self.timers[key] = (key, state.attribute_class, partition, None)
+            return
+        held = dict(state.held)
+        event = evaluate(state, self.policy, now=self.now, trigger_received_time=received)
+        if event is not None:
+            self.conflicts[key] = (state, partition)
+            self.events.append(conflict_record(event))
+        self._stale_check(state, partition, received, timer=timer)
+        if state.held != held:
+            self.held[key] = (state, partition)
+
+    def _stale_check(
+        self, state: AttributeState, partition: int, received: datetime, *, timer: bool
+    ) -> None:
         key = (state.patient_id, state.attribute)
         rule = self.policy.rule(state.attribute, state.attribute_class)
         ages = rule is not None and (rule.max_age or rule.reconfirm_within)
-        if not ages and not state.stale:
-            # Most attributes never age: no timer row is written for them at all.
+        if not ages and not state.stale and not state.held:
+            # Most attributes never age nor wait: no timer row is written for them at all.
             if timer:
                 self.timers[key] = (key, state.attribute_class, partition, None)
             return
@@ -349,5 +359,5 @@ class _Changes:
         if events:
             for source in state.stale:
                 self.stale[(key, source)] = (state, source, partition)
-        due = next_due(state, rule, self.now) if rule is not None else None
+        due = next_due(state, rule, self.now)
         self.timers[key] = (key, state.attribute_class, partition, due)

@@ -1,7 +1,8 @@
 """`concord evaluate`: a generated set through the running stack, scored per kind.
 
 Publishes each source file of a folder written by `concord generate`, waits until the
-workers have consumed it all and gone quiet, reads every event on concord.conflicts, and
+workers have consumed it all and gone quiet, and the conflicts stage holds nothing back
+(suppress_for) and has published everything, reads every event on concord.conflicts, and
 prints precision and recall per kind of planted disagreement and stale record
 (conflicts/evaluation.py says how each is counted).
 """
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import click
 import orjson
 
@@ -29,8 +31,8 @@ from concord.stack.stack import load_state
 
 ANSWER_KEY = "answer_key.json"
 CONSUMED = b"concord_events_consumed_total"
-# Longer than the conflicts stage's staleness tick (5 s): a stale record due on arrival is
-# raised by the next tick at the latest.
+# Longer than the conflicts stage's timer tick (5 s): a stale record due on arrival, or a
+# hold just ended, is raised by the next tick at the latest.
 DEFAULT_QUIET_SECONDS = 8.0
 
 Progress = Callable[[str], None]
@@ -56,36 +58,52 @@ def consumed_by_worker(ports: Mapping[str, int]) -> dict[str, float]:
     return totals
 
 
+_WAITING = "SELECT (SELECT count(*) FROM held_records) + (SELECT count(*) FROM outbox)"
+
+
+async def waiting_in_database(dsn: str) -> int:
+    """Records the conflicts stage holds (suppress_for) or has not published yet (outbox)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(_WAITING))
+    finally:
+        await conn.close()
+
+
 async def settle(
     ports: Mapping[str, int],
     before: Mapping[str, float],
     published: int,
     *,
+    dsn: str,
     quiet_seconds: float,
     settle_within: float,
     progress: Progress,
 ) -> None:
-    """Returns once ingestion has consumed what was published and no worker has consumed
-    anything for quiet_seconds."""
+    """Returns once ingestion has consumed what was published, nothing is held or waiting in
+    an outbox, and no worker has consumed anything for quiet_seconds."""
     started = last_change = time.monotonic()
-    last: dict[str, float] = {}
+    last: tuple[dict[str, float], int] = ({}, -1)
     while True:
         now = time.monotonic()
         totals = await asyncio.to_thread(consumed_by_worker, ports)
-        if totals != last:
-            last, last_change = totals, now
+        waiting = await waiting_in_database(dsn)
+        if (totals, waiting) != last:
+            last, last_change = (totals, waiting), now
             moved = {n: int(totals.get(n, 0) - before.get(n, 0)) for n in sorted(ports)}
             progress(
-                "consumed since publishing: " + ", ".join(f"{n} {c}" for n, c in moved.items())
+                "consumed since publishing: "
+                + ", ".join(f"{n} {c}" for n, c in moved.items())
+                + f"; held or unpublished: {waiting}"
             )
         ingested = totals.get("ingestion", 0) - before.get("ingestion", 0)
-        if ingested >= published and now - last_change >= quiet_seconds:
+        if ingested >= published and not waiting and now - last_change >= quiet_seconds:
             return
         if now - started > settle_within:
             raise click.ClickException(
                 f"the stack did not settle within {settle_within:.0f} s (ingestion consumed "
-                f"{ingested:.0f} of {published} events): is every worker up? "
-                "(`concord stack status`)"
+                f"{ingested:.0f} of {published} events; {waiting} records held or "
+                "unpublished): is every worker up? (`concord stack status`)"
             )
         await asyncio.sleep(1.0)
 
@@ -95,6 +113,7 @@ async def run(
     kafka: str | dict[str, Any],
     ports: Mapping[str, int],
     *,
+    dsn: str,
     quiet_seconds: float,
     settle_within: float,
     progress: Progress,
@@ -113,6 +132,7 @@ async def run(
         ports,
         before,
         published,
+        dsn=dsn,
         quiet_seconds=quiet_seconds,
         settle_within=settle_within,
         progress=progress,
@@ -159,6 +179,10 @@ def evaluate(folder: Path, quiet_seconds: float, timeout: float, state_dir: Path
         )
     ports = {name: w.port for name, w in stack.workers.items() if w.port is not None}
     settings = client_settings(state_dir)
+    if settings.database_url is None:
+        raise click.ClickException(
+            "no database: set CONCORD_DATABASE_URL or run `concord stack up` first"
+        )
     try:
         kafka = settings.kafka_options()
     except ValueError as error:
@@ -168,6 +192,7 @@ def evaluate(folder: Path, quiet_seconds: float, timeout: float, state_dir: Path
             folder,
             kafka,
             ports,
+            dsn=settings.database_url.get_secret_value(),
             quiet_seconds=quiet_seconds,
             settle_within=timeout,
             progress=lambda line: click.echo(f"evaluate: {line}", err=True),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from concord.conflicts.compare import (
@@ -43,6 +43,21 @@ class ConflictState:
     reviewed: bool = False
 
 
+@dataclass(frozen=True)
+class Hold:
+    """A disagreement or stale record found but not raised yet: the policy's `suppress_for`
+    asks it to last until `until` (found at `since`). If it is gone before then, nothing was
+    ever raised: a backlog in which one source's newer record is processed a moment after
+    another's raises no alert that resolves seconds later."""
+
+    since: datetime
+    until: datetime
+
+
+# The key of the conflict's own hold in AttributeState.held (stale records' are sources).
+CONFLICT_HOLD = ""
+
+
 @dataclass
 class AttributeState:
     """What every source currently asserts about one patient attribute, and its conflict."""
@@ -54,6 +69,20 @@ class AttributeState:
     conflict: ConflictState | None = None
     # Each source's stale record on the attribute, if it had one (staleness.py).
     stale: dict[str, ConflictState] = field(default_factory=dict)
+    # What waits out suppress_for: CONFLICT_HOLD for the conflict, a source for its staleness.
+    held: dict[str, Hold] = field(default_factory=dict)
+
+    def hold(self, key: str, now: datetime, window: timedelta) -> Hold | None:
+        """The hold of `key`, started now if new; None once it has lasted `window` (and is
+        removed), or when there is no window: then the record is raised now."""
+        if window <= timedelta(0):
+            self.held.pop(key, None)
+            return None
+        hold = self.held.setdefault(key, Hold(now, now + window))
+        if hold.until > now:
+            return hold
+        del self.held[key]
+        return None
 
 
 def hash_of(*parts: str) -> str:
@@ -112,6 +141,8 @@ def evaluate(
     if disagree and current is not None and current.reviewed and current.digest == digest:
         return None  # a reviewer decided this very disagreement
     if disagree and (current is None or current.status == "RESOLVED"):
+        if state.hold(CONFLICT_HOLD, now, rule.suppress_for) is not None:
+            return None
         kind = "OPENED"
         conflict_id = hash_of(
             state.patient_id, state.attribute, *(f"{a.source_system}:{a.fact_id}" for a in active)
@@ -137,6 +168,8 @@ def evaluate(
             current, revision=current.revision + 1, status="RESOLVED", digest=digest, updated_at=now
         )
     else:
+        if not disagree:
+            state.held.pop(CONFLICT_HOLD, None)  # gone before it lasted: never raised
         return None
     state.conflict = new
     proposed, why = policy.propose(active, rule) if disagree else (None, "the sources agree")

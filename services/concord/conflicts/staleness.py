@@ -15,12 +15,18 @@ here reads a clock: `now` is given, and `next_due` tells the timer when to look 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from concord.conflicts.compare import ACTIVE, agree, participants
 from concord.conflicts.policy import ClassRule, SourcePolicy
-from concord.conflicts.rules import AttributeState, ConflictState, conflict_event, hash_of
+from concord.conflicts.rules import (
+    CONFLICT_HOLD,
+    AttributeState,
+    ConflictState,
+    conflict_event,
+    hash_of,
+)
 from concord.events.models import Assertion, ConflictEvent
 
 
@@ -89,9 +95,11 @@ def stale_now(state: AttributeState, rule: ClassRule, now: datetime) -> dict[str
     return stale
 
 
-def next_due(state: AttributeState, rule: ClassRule, now: datetime) -> datetime | None:
-    """When to look at the state again: the earliest staleness still to come."""
-    coming = [s.due for s in candidates(state, rule) if s.due > now]
+def next_due(state: AttributeState, rule: ClassRule | None, now: datetime) -> datetime | None:
+    """When to look at the state again: the earliest staleness still to come, or the end of
+    a hold."""
+    coming = [s.due for s in candidates(state, rule) if s.due > now] if rule is not None else []
+    coming += [hold.until for hold in state.held.values()]
     return min(coming, default=None)
 
 
@@ -121,9 +129,14 @@ def staleness_events(
             events.append(
                 _event(state, resolved, "RESOLVED", policy, now, trigger_received_time, None)
             )
+    for source in [s for s in state.held if s != CONFLICT_HOLD and s not in stale]:
+        del state.held[source]  # no longer stale before it lasted: never raised
+    window = rule.suppress_for if rule is not None else timedelta(0)
     for source, finding in sorted(stale.items()):
         before = state.stale.get(source)
         if before is not None and before.status == "OPEN":
+            continue
+        if state.hold(source, now, window) is not None:
             continue
         conflict_id = stale_id(state, finding)
         if before is not None and before.conflict_id == conflict_id:

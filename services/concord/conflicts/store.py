@@ -13,7 +13,7 @@ from datetime import datetime
 import asyncpg
 import orjson
 
-from concord.conflicts.rules import AttributeState, ConflictState, HistoricFact
+from concord.conflicts.rules import AttributeState, ConflictState, HistoricFact, Hold
 from concord.events.models import Assertion, ClinicalFact, Provenance
 from concord.runtime.batch import OutboundRecord
 from concord.runtime.outbox import Outbox
@@ -132,6 +132,22 @@ ON CONFLICT (patient_id, attribute, source_system) DO UPDATE SET
     fact_id = excluded.fact_id, kafka_partition = excluded.kafka_partition,
     opened_at = excluded.opened_at, updated_at = excluded.updated_at
 """
+_LOAD_HELD = """
+SELECT h.* FROM held_records h
+JOIN unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
+  ON h.patient_id = k.patient_id AND h.attribute = k.attribute
+"""
+# The holds of the changed attributes are replaced whole: what is not held any more goes.
+_DROP_HELD = """
+DELETE FROM held_records h USING unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
+WHERE h.patient_id = k.patient_id AND h.attribute = k.attribute
+"""
+_INSERT_HELD = """
+INSERT INTO held_records (patient_id, attribute, source_system, held_since, held_until,
+                          kafka_partition)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+                     $6::int[])
+"""
 _SET_TIMERS = """
 INSERT INTO stale_timers (patient_id, attribute, attribute_class, kafka_partition, due_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamptz[])
@@ -196,6 +212,7 @@ class ConflictStore:
             assertion_rows = await conn.fetch(_LOAD_ASSERTIONS, patients, attributes)
             conflict_rows = await conn.fetch(_LOAD_CONFLICTS, patients, attributes)
             stale_rows = await conn.fetch(_LOAD_STALE, patients, attributes)
+            held_rows = await conn.fetch(_LOAD_HELD, patients, attributes)
         states = {
             key: AttributeState(key[0], key[1], classes[key])  # type: ignore[arg-type]
             for key in keys
@@ -211,6 +228,10 @@ class ConflictStore:
         for row in stale_rows:
             states[(row["patient_id"], row["attribute"])].stale[row["source_system"]] = (
                 _conflict_state(row, row["fact_id"])
+            )
+        for row in held_rows:
+            states[(row["patient_id"], row["attribute"])].held[row["source_system"]] = Hold(
+                row["held_since"], row["held_until"]
             )
         return states
 
@@ -231,13 +252,15 @@ class ConflictStore:
         facts: Sequence[ClinicalFact] = (),
         rebuilt: Iterable[tuple[AttributeState, str, int]] = (),
         stale: Iterable[tuple[AttributeState, str, int]] = (),
+        held: Iterable[tuple[AttributeState, int]] = (),
         timers: Sequence[Timer] = (),
     ) -> None:
         """One transaction: changed assertions (state, source, partition), changed conflict
         states (state, partition), the outbox rows of the events they caused, the facts
         consumed (history, and who their subjects belong to), and the assertions an unmerge
-        rebuilt (written whatever their age), the stale records changed (state, source, partition)
-        and the staleness timers set or cleared."""
+        rebuilt (written whatever their age), the stale records changed (state, source, partition),
+        the holds of the states whose holds changed (state, partition), and the timers set or
+        cleared."""
         c_rows: list[tuple[AttributeState, ConflictState, int]] = []
         for st, partition in conflicts:
             if st.conflict is not None:
@@ -247,6 +270,7 @@ class ConflictStore:
             await self._write_assertions(conn, _UPSERT_ASSERTIONS_ANY_TIME, rebuilt)
             await _record(conn, facts)
             await _write_stale(conn, stale)
+            await _write_held(conn, held)
             await _write_timers(conn, timers)
             if c_rows:
                 await conn.execute(
@@ -366,6 +390,26 @@ async def _write_stale(
         [c.opened_at for _, c, _, _ in changed],
         [c.updated_at for _, c, _, _ in changed],
     )
+
+
+async def _write_held(conn: asyncpg.Connection, rows: Iterable[tuple[AttributeState, int]]) -> None:
+    changed = list(rows)
+    if not changed:
+        return
+    await conn.execute(
+        _DROP_HELD, [st.patient_id for st, _ in changed], [st.attribute for st, _ in changed]
+    )
+    holds = [(st, source, hold, p) for st, p in changed for source, hold in st.held.items()]
+    if holds:
+        await conn.execute(
+            _INSERT_HELD,
+            [st.patient_id for st, _, _, _ in holds],
+            [st.attribute for st, _, _, _ in holds],
+            [source for _, source, _, _ in holds],
+            [hold.since for _, _, hold, _ in holds],
+            [hold.until for _, _, hold, _ in holds],
+            [p for _, _, _, p in holds],
+        )
 
 
 async def _write_timers(conn: asyncpg.Connection, timers: Sequence[Timer]) -> None:
