@@ -254,3 +254,19 @@ def test_a_molar_loinc_term_meets_its_mass_twin() -> None:
     assert si.unit == conventional.unit == "mg/dL"
     assert si.original_code == (LOINC, "14749-6")
     assert si.code is not None and si.code.crosswalk == "loinc-molar-mass@2026-12-01"
+
+
+def test_a_snomed_disorder_and_its_icd10_code_key_one_condition() -> None:
+    """The packaged crosswalk keys a SNOMED CT disorder by its ICD-10-CM code, so that a
+    source coding SNOMED CT and one coding ICD-10-CM compare the same condition."""
+    packaged = Terminology.load()
+    keys = {}
+    for system, code in ((SNOMED_CT, "44054006"), (ICD10_CM, "E11.9")):
+        condition = {"resourceType": "Condition", "code": coding(system, code)}
+        [draft] = fhir_drafts(condition, packaged)
+        keys[system] = (draft.attribute, draft.attribute_class, draft.original_code)
+    assert keys[SNOMED_CT][:2] == keys[ICD10_CM][:2] == ("Condition/E11.9", "CONDITION")
+    assert keys[SNOMED_CT][2] == (SNOMED_CT, "44054006")  # what the source sent is kept
+    unknown = {"resourceType": "Condition", "code": coding(SNOMED_CT, "73211009")}
+    [draft] = fhir_drafts(unknown, packaged)
+    assert draft.attribute == "Condition/73211009"  # no row: keyed as sent

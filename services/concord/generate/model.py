@@ -54,8 +54,6 @@ class ConditionFact:
     onset: date
     status: Literal["active", "resolved"] = "active"
     abated: date | None = None
-    # Planted disagreements code both sources' copies alike ("icd10"); None: the source's style.
-    coding: Literal["snomed", "icd10"] | None = None
 
 
 AllergyStatus = Literal["active", "inactive", "refuted", "entered-in-error"]

@@ -362,8 +362,10 @@ def _condition_status(
     concept = rng.choice([c for c in CONDITIONS if c not in held])
     onset = (as_of - timedelta(days=rng.randrange(400, 3000))).date()
     abated = (as_of - timedelta(days=rng.randrange(30, 300))).date()
-    a.conditions.append(ConditionFact(concept, onset, coding="icd10"))
-    b.conditions.append(ConditionFact(concept, onset, "resolved", abated, coding="icd10"))
+    a.conditions.append(ConditionFact(concept, onset))
+    b.conditions.append(ConditionFact(concept, onset, "resolved", abated))
+    # Each source codes it its own way (SNOMED CT or ICD-10-CM): Concord keys both by
+    # ICD-10-CM through the snomed-icd10cm-conditions crosswalk.
     return [_conflict(CONDITION_STATUS, f"Condition/{concept.icd10}")]
 
 

@@ -270,7 +270,7 @@ def _condition(
 ) -> dict[str, Any]:
     source = registration.source
     concept = condition.concept
-    if (condition.coding or source.style.condition_system) == "snomed":
+    if source.style.condition_system == "snomed":
         coding = {"system": SNOMED_CT, "code": concept.snomed, "display": concept.display}
     else:
         coding = {"system": ICD10_CM, "code": concept.icd10, "display": concept.display}

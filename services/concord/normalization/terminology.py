@@ -1,7 +1,8 @@
 """Local codes → the standard codes Concord compares by, from versioned crosswalk files.
 
 Two sources can only disagree about a concept they both name the same way: laboratory tests
-by LOINC, conditions by SNOMED CT or ICD-10-CM, allergies by SNOMED CT (or an RxNorm
+by LOINC, conditions by ICD-10-CM (a SNOMED CT disorder through its crosswalk row, else as
+it is), allergies by SNOMED CT (or an RxNorm
 ingredient), medications by RxNorm ingredient. A code already in one of those systems is
 returned as it is; another is looked up in the crosswalks; a code no crosswalk knows comes
 back unchanged with `mapped=False`, so the caller keeps the fact and flags it (and counts it).
