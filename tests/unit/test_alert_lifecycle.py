@@ -142,6 +142,21 @@ def test_stale_events_make_a_stale_alert() -> None:
     assert stale.alert.status == "OPEN"
 
 
+def test_a_stale_records_alert_names_its_source_and_stays_stale_when_it_resolves() -> None:
+    raised = apply_conflict_event(None, _event("STALE", 1, stale_source="clinic"), now=_at(1))
+    assert raised is not None
+    assert (raised.alert.kind, raised.alert.stale_source) == ("STALE", "clinic")
+    resolved = apply_conflict_event(
+        raised, _event("RESOLVED", 2, stale_source="clinic"), now=_at(2)
+    )
+    assert resolved is not None
+    assert (resolved.alert.kind, resolved.alert.status) == ("STALE", "RESOLVED")
+    assert resolved.alert.stale_source == "clinic"
+    # An event written before ConflictEvent v4 names no source: the alert keeps its own.
+    older = apply_conflict_event(raised, _event("RESOLVED", 2), now=_at(2))
+    assert older is not None and (older.alert.kind, older.alert.stale_source) == ("STALE", "clinic")
+
+
 def test_change_reason_names_no_values() -> None:
     reason = change_reason(_event("UPDATED", 2))
     assert "updated" in reason

@@ -58,6 +58,7 @@ def test_an_old_result_against_a_newer_different_one_is_stale() -> None:
     assert set(stale_now(state, LAB, NOW)) == {"clinic"}
     [event] = staleness_events(state, POLICY, now=NOW, trigger_received_time=NOW)
     assert (event.kind, event.revision, event.proposed_value) == ("STALE", 1, "8.0")
+    assert event.stale_source == "clinic"  # whose assertion is stale, not only in the reason
     assert event.proposed_reason is not None and "clinic" in event.proposed_reason
     assert "6.1" not in event.proposed_reason  # values travel in the event's fields only
     assert staleness_events(state, POLICY, now=NOW, trigger_received_time=NOW) == []
@@ -84,6 +85,7 @@ def test_the_stale_source_speaking_again_resolves_its_stale_record() -> None:
     assert (resolved.conflict_id, resolved.kind, resolved.revision) == (
         stale.conflict_id, "RESOLVED", 2,
     )  # fmt: skip
+    assert resolved.stale_source == "clinic"
 
 
 def test_the_same_assertion_stale_again_reopens_its_record() -> None:

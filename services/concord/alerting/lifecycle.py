@@ -36,7 +36,7 @@ def apply_conflict_event(
     alert = Alert(
         alert_id=event.conflict_id,
         revision=1 if current is None else current.alert.revision + 1,
-        kind="STALE" if event.kind == "STALE" else "CONFLICT",
+        kind="STALE" if _stale(current, event) else "CONFLICT",
         status=status,
         patient_id=event.patient_id,
         attribute=event.attribute,
@@ -48,8 +48,15 @@ def apply_conflict_event(
         opened_at=event.detected_at if current is None else current.alert.opened_at,
         updated_at=now,
         resolved_at=now if status == "RESOLVED" else None,
+        stale_source=event.stale_source or (current.alert.stale_source if current else None),
     )
     return AlertRecord(alert=alert, conflict_revision=event.revision)
+
+
+def _stale(current: AlertRecord | None, event: ConflictEvent) -> bool:
+    """A stale record's alert stays one when it resolves (a RESOLVED event says no kind)."""
+    stale_before = current is not None and current.alert.kind == "STALE"
+    return event.kind == "STALE" or event.stale_source is not None or stale_before
 
 
 def change_reason(event: ConflictEvent) -> str:

@@ -54,8 +54,9 @@ def alert_line(alert: Alert) -> str:
         f"{a.provenance.event_time:%Y-%m-%d})"
         for a in alert.assertions
     )
+    stale = f" (stale at {_printable(alert.stale_source)})" if alert.stale_source else ""
     return (
         f"{alert.updated_at:%H:%M:%S} {alert.status:<8} {alert.severity:<6} "
-        f"{_printable(alert.patient_id)} {_printable(alert.attribute)}: {said}  "
+        f"{_printable(alert.patient_id)} {_printable(alert.attribute)}{stale}: {said}  "
         f"[{alert.alert_id[:12]} r{alert.revision}]"
     )

@@ -15,16 +15,16 @@ from concord.runtime.outbox import Outbox
 _UPSERT_ALERTS = """
 INSERT INTO alerts (alert_id, revision, conflict_revision, kind, status, patient_id, attribute,
                     attribute_class, severity, assertions, proposed_value, proposed_reason,
-                    opened_at, updated_at, resolved_at)
+                    opened_at, updated_at, resolved_at, stale_source)
 SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::text[], $12::text[],
-                     $13::timestamptz[], $14::timestamptz[], $15::timestamptz[])
+                     $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[])
 ON CONFLICT (alert_id) DO UPDATE SET
     revision = excluded.revision, conflict_revision = excluded.conflict_revision,
     kind = excluded.kind, status = excluded.status, severity = excluded.severity,
     assertions = excluded.assertions, proposed_value = excluded.proposed_value,
     proposed_reason = excluded.proposed_reason, updated_at = excluded.updated_at,
-    resolved_at = excluded.resolved_at
+    resolved_at = excluded.resolved_at, stale_source = excluded.stale_source
 WHERE alerts.conflict_revision < excluded.conflict_revision
 """
 _INSERT_HISTORY = """
@@ -54,6 +54,7 @@ def alert_from_row(row: asyncpg.Record) -> AlertRecord:
         opened_at=row["opened_at"],
         updated_at=row["updated_at"],
         resolved_at=row["resolved_at"],
+        stale_source=row["stale_source"],
     )
     return AlertRecord(alert=alert, conflict_revision=row["conflict_revision"])
 
@@ -109,6 +110,7 @@ class AlertStore:
                 [a.opened_at for a in alerts],
                 [a.updated_at for a in alerts],
                 [a.resolved_at for a in alerts],
+                [a.stale_source for a in alerts],
             )
             await conn.execute(
                 _INSERT_HISTORY,

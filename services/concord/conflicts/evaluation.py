@@ -146,7 +146,10 @@ def records(events: Iterable[ConflictEvent]) -> list[Record]:
 
 
 def stale_source(event: ConflictEvent) -> str | None:
-    """The source whose assertion a stale record is about: its id is derived from it."""
+    """The source whose assertion a stale record is about: the event says so (ConflictEvent
+    v4); an older event's id is derived from it."""
+    if event.stale_source is not None:
+        return event.stale_source
     for assertion in event.assertions:
         parts = (event.patient_id, event.attribute, "stale", assertion.source_system)
         if hash_of(*parts, assertion.fact_id) == event.conflict_id:

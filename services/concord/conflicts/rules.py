@@ -210,6 +210,7 @@ def conflict_event(
     now: datetime,
     received: datetime,
     proposal: tuple[str | None, str | None],
+    stale_source: str | None = None,
 ) -> ConflictEvent:
     """The event of a conflict (or stale) record's new revision, with every assertion."""
     return ConflictEvent(
@@ -226,6 +227,7 @@ def conflict_event(
         policy_version=policy.version,
         detected_at=now,
         trigger_received_time=received,
+        stale_source=stale_source,
     )
 
 

@@ -127,7 +127,7 @@ def staleness_events(
                                updated_at=now)  # fmt: skip
             state.stale[source] = resolved
             events.append(
-                _event(state, resolved, "RESOLVED", policy, now, trigger_received_time, None)
+                _event(state, source, resolved, "RESOLVED", policy, now, trigger_received_time)
             )
     for source in [s for s in state.held if s != CONFLICT_HOLD and s not in stale]:
         del state.held[source]  # no longer stale before it lasted: never raised
@@ -146,18 +146,21 @@ def staleness_events(
         else:
             opened = ConflictState(conflict_id, 1, "OPEN", finding.fact_id, now, now)
         state.stale[source] = opened
-        events.append(_event(state, opened, "STALE", policy, now, trigger_received_time, finding))
+        events.append(
+            _event(state, source, opened, "STALE", policy, now, trigger_received_time, finding)
+        )
     return events
 
 
 def _event(
     state: AttributeState,
+    source: str,
     stale: ConflictState,
     kind: Literal["STALE", "RESOLVED"],
     policy: SourcePolicy,
     now: datetime,
     received: datetime,
-    finding: Staleness | None,
+    finding: Staleness | None = None,
 ) -> ConflictEvent:
     if finding is None:
         proposal: tuple[str | None, str | None] = (None, "no longer stale")
@@ -165,4 +168,4 @@ def _event(
         proposal = (finding.newer.value, finding.reason)
     else:
         proposal = (None, finding.reason)
-    return conflict_event(state, stale, kind, policy, now, received, proposal)
+    return conflict_event(state, stale, kind, policy, now, received, proposal, source)

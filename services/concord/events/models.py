@@ -115,6 +115,7 @@ class ConflictEvent(Event):
     policy_version: str
     detected_at: AwareDatetime
     trigger_received_time: AwareDatetime
+    stale_source: str | None = None  # a stale record's: whose assertion is stale
 
 
 ResolutionDecision = Literal["ACCEPTED_PROPOSAL", "CHOSE_VALUE", "DISMISSED"]
@@ -146,6 +147,7 @@ class Alert(Event):
     opened_at: AwareDatetime
     updated_at: AwareDatetime
     resolved_at: AwareDatetime | None = None
+    stale_source: str | None = None  # kind STALE: whose assertion is stale
 
 
 class Header(Event):
