@@ -16,7 +16,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from concord import topics
-from concord.cli_options import client_settings, state_dir_option
+from concord.cli_options import (
+    client_settings,
+    database_dsn,
+    kafka_client_options,
+    state_dir_option,
+)
 from concord.config import DEFAULT_STATE_DIR
 from concord.events import codec
 from concord.events.models import Alert
@@ -45,11 +50,9 @@ def main() -> None:
 def publish(source: str, topic: str | None, state_dir: Path, paths: tuple[Path, ...]) -> None:
     """Publish EHR files as raw events: FHIR JSON (a resource, a Bundle, or NDJSON), HL7 v2
     (.hl7, one or many messages) and claim lines (JSON or NDJSON)."""
-    settings = client_settings(state_dir)
+    kafka = kafka_client_options(client_settings(state_dir))
     try:
-        count = asyncio.run(
-            publish_files(settings.kafka_options(), source, list(paths), topic=topic)
-        )
+        count = asyncio.run(publish_files(kafka, source, list(paths), topic=topic))
     except ValueError as exc:  # an .hl7 file with text before its first MSH
         raise click.UsageError(str(exc)) from None
     click.echo(f"published {count} events from {source}", err=True)
@@ -176,12 +179,8 @@ def alerts() -> None:
 @state_dir_option
 def list_alerts(as_json: bool, status: str | None, limit: int, state_dir: Path) -> None:
     """Print the alerts stored in PostgreSQL, oldest first."""
-    settings = client_settings(state_dir)
-    if settings.database_url is None:
-        raise click.ClickException(
-            "no database: set CONCORD_DATABASE_URL or run `concord stack up` first"
-        )
-    records = asyncio.run(_fetch_alerts(settings.database_url.get_secret_value(), status, limit))
+    dsn = database_dsn(client_settings(state_dir))
+    records = asyncio.run(_fetch_alerts(dsn, status, limit))
     for alert in records:
         _print_alert(alert, as_json)
 
@@ -229,17 +228,11 @@ def resolve_alert(
     if (decision == "choose") != (chosen_value is not None):
         raise click.UsageError("--value goes with --decision choose, and only with it")
     settings = client_settings(state_dir)
-    if settings.database_url is None:
-        raise click.ClickException(
-            "no database: set CONCORD_DATABASE_URL or run `concord stack up` first"
-        )
-    try:
-        kafka = settings.kafka_options()
-    except ValueError as error:  # SASL asked for without its settings
-        raise click.ClickException(str(error)) from None
+    dsn = database_dsn(settings)
+    kafka = kafka_client_options(settings)
     decisions = {"accept": "ACCEPTED_PROPOSAL", "choose": "CHOSE_VALUE", "dismiss": "DISMISSED"}
     work = decide(
-        settings.database_url.get_secret_value(),
+        dsn,
         kafka,
         alert_id,
         decisions[decision],  # type: ignore[arg-type]
@@ -262,11 +255,11 @@ def resolve_alert(
 @state_dir_option
 def follow_alerts(as_json: bool, from_beginning: bool, state_dir: Path) -> None:
     """Print alerts from concord.alerts as they are published, until Ctrl-C."""
-    settings = client_settings(state_dir)
+    kafka = kafka_client_options(client_settings(state_dir))
     try:
         asyncio.run(
             follow(
-                settings.kafka_options(),
+                kafka,
                 lambda alert: _print_alert(alert, as_json),
                 from_beginning=from_beginning,
             )
@@ -314,7 +307,7 @@ def topics_command(action: str, state_dir: Path) -> None:
         ensure_topics(
             settings.bootstrap_servers,
             replication_factor=settings.kafka_replication_factor,
-            client_options=settings.kafka_options(),
+            client_options=kafka_client_options(settings),
         )
     )
     click.echo(f"created {len(created)} topics; {len(topics.ALL_TOPICS)} expected exist")
@@ -327,10 +320,7 @@ def db_command(action: str, state_dir: Path) -> None:
     """Apply the database migrations not yet applied."""
     from concord.runtime.db import apply_migrations
 
-    settings = client_settings(state_dir)
-    if settings.database_url is None:
-        raise click.ClickException("set CONCORD_DATABASE_URL")
-    applied = asyncio.run(apply_migrations(settings.database_url.get_secret_value()))
+    applied = asyncio.run(apply_migrations(database_dsn(client_settings(state_dir))))
     click.echo(f"applied {len(applied)} migrations: {', '.join(applied) or 'none pending'}")
 
 

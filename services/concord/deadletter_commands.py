@@ -27,7 +27,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from concord.cli_options import client_settings, state_dir_option
+from concord.cli_options import client_settings, kafka_client_options, state_dir_option
 from concord.deadletters import REASON_CODES
 from concord.events import codec
 from concord.events.models import DeadLetter
@@ -390,10 +390,7 @@ def _selection(
 
 
 def _kafka_options(state_dir: Path) -> dict[str, Any]:
-    try:
-        return client_settings(state_dir).kafka_options()
-    except ValueError as error:  # SASL asked for without its settings
-        raise click.ClickException(str(error)) from None
+    return kafka_client_options(client_settings(state_dir))
 
 
 def _read(kafka: dict[str, Any]) -> DeadLetterTopic:

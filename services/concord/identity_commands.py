@@ -27,8 +27,12 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from concord.cli_options import client_settings, state_dir_option
-from concord.config import ClientSettings
+from concord.cli_options import (
+    client_settings,
+    database_dsn,
+    kafka_client_options,
+    state_dir_option,
+)
 from concord.runtime.reading import client_options
 from concord.topics import FACTS
 
@@ -192,14 +196,6 @@ async def _fetch_reviews(dsn: str, limit: int) -> list[Any]:
 # --- commands ---------------------------------------------------------------------------------
 
 
-def _dsn(settings: ClientSettings) -> str:
-    if settings.database_url is None:
-        raise click.ClickException(
-            "no database: set CONCORD_DATABASE_URL or run `concord stack up` first"
-        )
-    return settings.database_url.get_secret_value()
-
-
 def _run_on_database(work: Coroutine[Any, Any, T]) -> T:
     """asyncio.run, with what goes wrong with the database said plainly."""
     try:
@@ -230,7 +226,7 @@ def _os_user() -> str:
 def identity_reviews(as_json: bool, limit: int, state_dir: Path) -> None:
     """Open identity review tasks, oldest first: the provisional id a record got, the known
     patient it may be, the score and its breakdown (fields and levels, never values)."""
-    dsn = _dsn(client_settings(state_dir))
+    dsn = database_dsn(client_settings(state_dir))
     rows = _run_on_database(_fetch_reviews(dsn, limit))
     for row in rows:
         breakdown = orjson.loads(row["breakdown"])
@@ -258,7 +254,7 @@ def identity_reviews(as_json: bool, limit: int, state_dir: Path) -> None:
 def identity_merges(as_json: bool, limit: int, everything: bool, state_dir: Path) -> None:
     """Patient merges, newest first: the absorbed enterprise id, the survivor, the source that
     said so, and what the merge moved (or, with --all, who undid it and when)."""
-    dsn = _dsn(client_settings(state_dir))
+    dsn = database_dsn(client_settings(state_dir))
     merges = _run_on_database(_fetch_merges(dsn, limit, everything))
     for merge in merges:
         click.echo(orjson.dumps(merge_json(merge)).decode() if as_json else merge_line(merge))
@@ -281,11 +277,8 @@ def identity_unmerge(enterprise_id: str, reason: str, by: str | None, state_dir:
     if not reason.strip():
         raise click.UsageError("--reason must say why the merge was wrong")
     settings = client_settings(state_dir)
-    dsn = _dsn(settings)
-    try:
-        kafka = settings.kafka_options()
-    except ValueError as error:  # SASL asked for without its settings
-        raise click.ClickException(str(error)) from None
+    dsn = database_dsn(settings)
+    kafka = kafka_client_options(settings)
     from concord.normalization.identity_store import UnmergeError
 
     work = unmerge_and_publish(

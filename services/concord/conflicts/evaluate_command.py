@@ -22,7 +22,12 @@ import click
 import orjson
 
 from concord import topics
-from concord.cli_options import client_settings, state_dir_option
+from concord.cli_options import (
+    client_settings,
+    database_dsn,
+    kafka_client_options,
+    state_dir_option,
+)
 from concord.conflicts.evaluation import ConflictScores, score
 from concord.events import codec
 from concord.runtime.reading import read_topic
@@ -179,20 +184,12 @@ def evaluate(folder: Path, quiet_seconds: float, timeout: float, state_dir: Path
         )
     ports = {name: w.port for name, w in stack.workers.items() if w.port is not None}
     settings = client_settings(state_dir)
-    if settings.database_url is None:
-        raise click.ClickException(
-            "no database: set CONCORD_DATABASE_URL or run `concord stack up` first"
-        )
-    try:
-        kafka = settings.kafka_options()
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
     scores = asyncio.run(
         run(
             folder,
-            kafka,
+            kafka_client_options(settings),
             ports,
-            dsn=settings.database_url.get_secret_value(),
+            dsn=database_dsn(settings),
             quiet_seconds=quiet_seconds,
             settle_within=timeout,
             progress=lambda line: click.echo(f"evaluate: {line}", err=True),
