@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from concord.conflicts import app
 from concord.conflicts.app import ConflictsStage
 from concord.conflicts.derive import Derivation, FactPattern, derive
 from concord.conflicts.policy import DEFAULT_POLICY, ClassRule
@@ -400,3 +401,22 @@ async def test_a_reviewers_decision_on_concord_resolutions_resolves_the_conflict
     again = Outbound("conflicts")
     await stage.process([record], again)  # redelivered
     assert again.pending == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("budget", "left"), [(60.0, 0), (0.0, 3)])
+async def test_a_tick_reads_due_timers_again_while_they_come_full_within_its_budget(
+    monkeypatch: pytest.MonkeyPatch, budget: float, left: int
+) -> None:
+    """A backlog's holds end together: one tick takes them in several reads (here 2 at a
+    time) until none is left, unless its time budget runs out first."""
+    monkeypatch.setattr(app, "TIMER_BATCH", 2)
+    monkeypatch.setattr(app, "TIMER_BUDGET_SECONDS", budget)
+    store = FakeStore()
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    for n in range(5):
+        key = (f"E{n}", "Patient.birthDate")
+        store.timers[key] = (key, "DEMOGRAPHICS", 0, past)
+    stage = _stage(store)
+    await stage.on_tick({TopicPartition(FACTS, 0)}, Outbound("conflicts"))
+    assert len(store.timers) == left  # each timer looked at is cleared: nothing ages here

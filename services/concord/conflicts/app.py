@@ -7,6 +7,7 @@ cache is dropped, so a worker only ever trusts memory for partitions it owns.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -241,24 +242,29 @@ class ConflictsStage(BaseStage):
     async def on_tick(self, partitions: set[TopicPartition], out: Outbound) -> None:
         """The timer: look again at the attributes of the owned partitions whose time has
         come (an index read, not a scan), raise what became stale or has been held long
-        enough (suppress_for), re-arm."""
+        enough (suppress_for), re-arm. Reads TIMER_BATCH at a time, again while a batch
+        comes back full, for at most TIMER_BUDGET_SECONDS (a backlog's holds end together)."""
         owned = sorted({tp.partition for tp in partitions if tp.topic in self.topics})
         if not owned:
             return
-        changes = _Changes(self.policy, datetime.now(UTC))
-        due = await self.store.due(owned, changes.now, TIMER_BATCH)
-        if not due:
-            return
-        try:
-            await self._load_keys([(key, c, p) for key, c, p, _ in due])
-            for key, _, partition, _ in due:
-                changes.check(self.cache[key], partition, changes.now, timer=True)
-            await self._save(changes, out)
-        except BaseException:
-            self.cache.clear()  # as in process(): memory may be ahead of PostgreSQL
-            self.keys_by_partition.clear()
-            raise
-        self._evict(len(self.cache) - self.cache_max_keys)  # an idle worker's cache stays bounded
+        deadline = time.monotonic() + TIMER_BUDGET_SECONDS
+        while True:
+            changes = _Changes(self.policy, datetime.now(UTC))
+            due = await self.store.due(owned, changes.now, TIMER_BATCH)
+            if not due:
+                return
+            try:
+                await self._load_keys([(key, c, p) for key, c, p, _ in due])
+                for key, _, partition, _ in due:
+                    changes.check(self.cache[key], partition, changes.now, timer=True)
+                await self._save(changes, out)
+            except BaseException:
+                self.cache.clear()  # as in process(): memory may be ahead of PostgreSQL
+                self.keys_by_partition.clear()
+                raise
+            self._evict(len(self.cache) - self.cache_max_keys)  # an idle worker's stays bounded
+            if len(due) < TIMER_BATCH or time.monotonic() > deadline:
+                return
 
     async def _save(
         self,
@@ -306,8 +312,11 @@ class ConflictsStage(BaseStage):
                 keys.discard(key)
 
 
-# Attributes looked at per timer tick at most; the rest are due at the next tick.
+# Attributes looked at per timer read; reads go on while they come back full, for at most
+# TIMER_BUDGET_SECONDS a tick (the batch loop consumes nothing meanwhile); the rest wait for
+# the next tick.
 TIMER_BATCH = 1000
+TIMER_BUDGET_SECONDS = 2.0
 
 
 class _Changes:
