@@ -337,3 +337,44 @@ def test_egfr_detected_at_one_source_and_not_detected_at_another_conflict() -> N
         "lab-system": "positive",
         "clinic-ehr": "negative",
     }
+
+
+AJCC = "http://cancerstaging.org"
+
+
+@pytest.mark.parametrize(
+    ("loinc", "category", "metastatic"),
+    [
+        ("21907-1", "cM1", "true"),  # clinical
+        ("21901-4", "pM1a", "true"),  # pathological
+        ("21907-1", "cM0", "false"),
+        ("21901-4", "pM0(i+)", "false"),  # tumour cells found, no distant metastasis
+    ],
+)
+def test_a_tnm_distant_metastases_category_implies_metastatic_status(
+    loinc: str, category: str, metastatic: str
+) -> None:
+    observation = {
+        "resourceType": "Observation",
+        "id": "tnm-m",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "subject": {"reference": "Patient/1"},
+        "effectiveDateTime": "2026-05-01T10:00:00Z",
+        "valueCodeableConcept": {"coding": [{"system": AJCC, "code": category}]},
+    }
+    facts = _normalized(list(fhir_drafts(observation, Terminology.load())), "registry")
+    assert _derived(facts) == {"Oncology.metastatic": metastatic}
+
+
+def test_a_tnm_m1_and_a_stage_one_condition_conflict() -> None:
+    _, event = _compared(
+        "Oncology.metastatic",
+        _said("tumor-registry", "Observation/21907-1", f"{AJCC}|cM1"),
+        _said("hospital-ehr", "Condition/C50.911/stage", f"{SCT}|258215001"),
+    )
+    assert event is not None and event.kind == "OPENED"
+    assert {a.source_system: a.value for a in event.assertions} == {
+        "tumor-registry": "true",
+        "hospital-ehr": "false",
+    }
