@@ -222,6 +222,16 @@ def test_the_catalogue_codes_pass_concords_code_checks() -> None:
         codings += [(SNOMED_CT, concept.snomed), (ICD10_CM, concept.icd10)]
     codings += [(s.system, s.code) for s in catalogue.SUBSTANCES]
     codings += [(SNOMED_CT, r.snomed) for r in catalogue.REACTIONS]
+    # Planted disagreements' medications, cancers, stages and tumour markers.
+    codings += [(RXNORM, d.rxnorm) for d in catalogue.DRUGS]
+    codings += [(ICD10_CM, c.icd10) for c in (*catalogue.CANCERS, *catalogue.METASTASES)]
+    codings += [(SNOMED_CT, stage) for stage in catalogue.STAGES.values()]
+    for marker in catalogue.BIOMARKERS:
+        codings += [
+            (LOINC, marker.loinc),
+            (SNOMED_CT, marker.positive),
+            (SNOMED_CT, marker.negative),
+        ]
     for system, code in codings:
         assert check_coding({"system": system, "code": code}) is None, (system, code)
     assert {s.system for s in catalogue.SUBSTANCES} == {RXNORM, SNOMED_CT}
@@ -632,17 +642,20 @@ def test_planted_results_and_diagnoses_differ_as_the_key_says(population: Genera
         kind = plant["kind"]
         if kind == planted.ONCOLOGY_BIOMARKER:
             markers = _planted_resources(population, plant, "Observation")
-            values = {
-                json_value
+            coded = [
+                (r["code"]["coding"][0]["code"], r["valueCodeableConcept"]["coding"][0]["code"])
                 for source in plant["sources"]
                 for r in markers[source]
-                if (
-                    json_value := r.get("valueCodeableConcept", {})
-                    .get("coding", [{}])[0]
-                    .get("code")
-                )
+                if "valueCodeableConcept" in r
+            ]
+            [marker] = [m for m in catalogue.BIOMARKERS if m.loinc == coded[0][0]]
+            assert sorted(coded) == sorted(
+                [(marker.loinc, marker.positive), (marker.loinc, marker.negative)]
+            )
+            assert {e["attribute"] for e in plant["expect"]} == {
+                f"Observation/{marker.loinc}",
+                f"Oncology.biomarker/{marker.name}",
             }
-            assert values == {catalogue.POSITIVE, catalogue.NEGATIVE}
         elif kind in (
             planted.ONCOLOGY_STAGE,
             planted.ONCOLOGY_METASTATIC,

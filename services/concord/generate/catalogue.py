@@ -220,13 +220,47 @@ METASTASES: tuple[Cancer, ...] = (
 )
 # SNOMED CT stage groups (DICOM CID 3778), by stage number.
 STAGES: dict[int, str] = {1: "258215001", 2: "258219007", 3: "258224005", 4: "258228008"}
-# Receptor status results: (LOINC, display); SNOMED CT 10828004 |Positive|, 260385009 |Negative|.
-RECEPTORS: tuple[tuple[str, str], ...] = (
-    ("16112-5", "Estrogen receptor [Interpretation] in Tissue"),
-    ("16113-3", "Progesterone receptor [Interpretation] in Tissue"),
-    ("48676-1", "HER2 [Interpretation] in Tissue"),
+
+
+@dataclass(frozen=True)
+class Biomarker:
+    """A tumour marker result as pathology reports it: its LOINC test, the name Concord's
+    derived attribute gives it (Oncology.biomarker/<name>), and its SNOMED CT result codes."""
+
+    name: str
+    loinc: str
+    display: str
+    positive: str
+    negative: str
+
+
+POSITIVE, NEGATIVE = "10828004", "260385009"  # SNOMED CT |Positive|, |Negative|
+DETECTED, NOT_DETECTED = "260373001", "260415000"  # SNOMED CT |Detected|, |Not detected|
+BIOMARKERS: tuple[Biomarker, ...] = (
+    Biomarker("ER", "16112-5", "Estrogen receptor [Interpretation] in Tissue", POSITIVE, NEGATIVE),
+    Biomarker(
+        "PR", "16113-3", "Progesterone receptor [Interpretation] in Tissue", POSITIVE, NEGATIVE
+    ),
+    Biomarker("HER2", "48676-1", "HER2 [Interpretation] in Tissue", POSITIVE, NEGATIVE),
+    Biomarker(
+        "EGFR",
+        "21665-5",
+        "EGFR gene mutations found [Identifier] in Blood or Tissue by "
+        "Molecular genetics method Nominal",
+        DETECTED,
+        NOT_DETECTED,
+    ),
+    Biomarker(
+        "ALK", "78205-2", "ALK gene rearrangements in Tissue by FISH", DETECTED, NOT_DETECTED
+    ),
+    Biomarker(
+        "PD-L1",
+        "83052-1",
+        "PD-L1 by clone 22C3 [Presence] in Tissue by Immune stain",
+        POSITIVE,
+        NEGATIVE,
+    ),
 )
-POSITIVE, NEGATIVE = "10828004", "260385009"
 
 
 @dataclass(frozen=True)

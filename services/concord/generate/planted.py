@@ -28,15 +28,13 @@ from concord.conflicts.policy import DEFAULT_POLICY
 from concord.events.models import AttributeClass
 from concord.generate import variations
 from concord.generate.catalogue import (
+    BIOMARKERS,
     CANCERS,
     CONDITIONS,
     DRUGS,
     LAB_TESTS,
     METASTASES,
-    NEGATIVE,
-    POSITIVE,
     REACTIONS,
-    RECEPTORS,
     STAGES,
     SUBSTANCES,
 )
@@ -84,8 +82,8 @@ KINDS: dict[str, str] = {
     ONCOLOGY_METASTATIC: "a secondary neoplasm (ICD-10-CM C77-C79) in one source, a stage 1-3 "
     "cancer in another: metastatic and not",
     ONCOLOGY_STAGE: "one cancer staged differently by two sources (stage groups 1-3)",
-    ONCOLOGY_BIOMARKER: "one specimen's ER, PR or HER2 status positive in one source and "
-    "negative in another",
+    ONCOLOGY_BIOMARKER: "one specimen's ER, PR, HER2, EGFR, ALK or PD-L1 status positive in "
+    "one source and negative in another",
     ONCOLOGY_PRIMARY: "two sources name different primary cancers (ICD-10-CM categories)",
     STALE_MAX_AGE: "a source's result older than the maximum age while another source holds a "
     "newer, different one (one stale record per test of the panel)",
@@ -107,7 +105,6 @@ _FHIR_ONLY = frozenset(
     }
 )
 _ONE_SOURCE = frozenset({STALE_RECONFIRM})
-_RECEPTOR_NAMES = {"16112-5": "ER", "16113-3": "PR", "48676-1": "HER2"}
 _SURNAMES = ("Okafor", "Lindqvist", "Brennan", "Takahashi", "Moreau", "Castillo", "Novak")
 CONTROL = "control"
 
@@ -450,14 +447,14 @@ def _oncology_stage(
 def _oncology_biomarker(
     person: Person, regs: list[Registration], as_of: datetime, rng: random.Random
 ) -> list[Expected]:
-    loinc, display = rng.choice(RECEPTORS)
+    marker = rng.choice(BIOMARKERS)
     taken = _recent(as_of, rng, 20, 200)
-    results = rng.sample([POSITIVE, NEGATIVE], 2)
+    results = rng.sample([marker.positive, marker.negative], 2)
     for registration, result in zip(regs, results, strict=True):
-        registration.markers.append(MarkerResult(loinc, display, result, taken))
+        registration.markers.append(MarkerResult(marker.loinc, marker.display, result, taken))
     return [
-        _conflict(ONCOLOGY_BIOMARKER, f"Observation/{loinc}"),
-        _conflict(ONCOLOGY_BIOMARKER, f"Oncology.biomarker/{_RECEPTOR_NAMES[loinc]}"),
+        _conflict(ONCOLOGY_BIOMARKER, f"Observation/{marker.loinc}"),
+        _conflict(ONCOLOGY_BIOMARKER, f"Oncology.biomarker/{marker.name}"),
     ]
 
 
