@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import asyncpg
 import pytest
+import pytest_asyncio
 
 from concord.runtime.db import apply_migrations
 from concord.stack.broker import BrokerInfo, start_broker
@@ -49,3 +51,12 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresInfo]
     assert info.record is not None
     yield info
     stop_process(info.record)
+
+
+@pytest_asyncio.fixture
+async def pool(postgres: PostgresInfo) -> AsyncIterator[asyncpg.Pool]:
+    """A connection pool on the session's database, for one test."""
+    pool = await asyncpg.create_pool(postgres.dsn, min_size=1, max_size=4)
+    assert pool is not None
+    yield pool
+    await pool.close()

@@ -6,14 +6,12 @@ import asyncio
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-import pytest_asyncio
 from click.testing import CliRunner
 
 from concord.cli import main
@@ -31,14 +29,6 @@ from concord.stack.postgres import PostgresInfo
 from concord.topics import FACTS
 
 pytestmark = pytest.mark.integration
-
-
-@pytest_asyncio.fixture
-async def pool(postgres: PostgresInfo) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(postgres.dsn, min_size=1, max_size=4)
-    assert pool is not None
-    yield pool
-    await pool.close()
 
 
 def patient(

@@ -5,14 +5,12 @@ normalization stage on it and the identity index."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
-import pytest_asyncio
 from aiokafka.structs import ConsumerRecord
 
 from concord.config import NormalizationSettings
@@ -26,21 +24,12 @@ from concord.normalization.identity_store import PostgresIdentityStore
 from concord.normalization.record_facts import PostgresRecordFacts
 from concord.normalization.terminology import Terminology
 from concord.runtime.batch import Outbound
-from concord.stack.postgres import PostgresInfo
 from concord.topics import FACTS, INGESTED, RAW_FHIR
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
 MPI = "urn:concord:enterprise-patient-id"
-
-
-@pytest_asyncio.fixture
-async def pool(postgres: PostgresInfo) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(postgres.dsn, min_size=1, max_size=2)
-    assert pool is not None
-    yield pool
-    await pool.close()
 
 
 def _source() -> str:

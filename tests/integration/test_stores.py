@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import asyncpg
 import pytest
-import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
@@ -27,7 +25,6 @@ from concord.normalization.facts.drafts import unmerge_fact
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.outbox import Outbox
 from concord.stack.broker import BrokerInfo
-from concord.stack.postgres import PostgresInfo
 from concord.topics import FACTS
 
 pytestmark = pytest.mark.integration
@@ -58,14 +55,6 @@ def fact(
             payload_sha256="ab" * 32,
         ),
     )
-
-
-@pytest_asyncio.fixture
-async def pool(postgres: PostgresInfo) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(postgres.dsn, min_size=1, max_size=2)
-    assert pool is not None
-    yield pool
-    await pool.close()
 
 
 def patient_id() -> str:

@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from builders import assertion_at
 from concord.conflicts.compare import disagree, participants
 from concord.conflicts.policy import AttributeRule, ClassRule, SourcePolicy, Tolerance
 from concord.conflicts.rules import AttributeState, evaluate
-from concord.events.models import Assertion, FactStatus, Provenance
+from concord.events.models import Assertion, FactStatus
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
 STATUS = ClassRule(compare="status")
@@ -29,24 +30,13 @@ def _said(
     minutes: float = 0,
     fact_id: str | None = None,
 ) -> Assertion:
-    at = T0 + timedelta(minutes=minutes)
-    return Assertion(
-        source_system=source,
-        value=value,
-        status=status,
+    return assertion_at(
+        source,
+        value,
+        T0 + timedelta(minutes=minutes),
         fact_id=fact_id or f"{source}-{value}-{status}-{minutes}",
+        status=status,
         unit=unit,
-        effective_time=at,
-        provenance=Provenance(
-            source_system=source,
-            source_record_id="r",
-            event_time=at,
-            received_time=at,
-            raw_topic="ehr.raw.fhir",
-            raw_partition=0,
-            raw_offset=0,
-            payload_sha256="00" * 32,
-        ),
     )
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from builders import assertion_at
 from concord.conflicts.policy import ClassRule, SourcePolicy, Tolerance
 from concord.conflicts.rules import CONFLICT_HOLD, AttributeState, Hold, evaluate
 from concord.conflicts.staleness import next_due, staleness_events
-from concord.events.models import Assertion, ConflictEvent, Provenance
+from concord.events.models import Assertion, ConflictEvent
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 HOLD = timedelta(seconds=30)
@@ -27,23 +28,8 @@ IMMEDIATE = SourcePolicy(
 
 def _result(source: str, value: str, *, days_ago: float, n: int = 1) -> Assertion:
     at = NOW - timedelta(days=days_ago)
-    return Assertion(
-        source_system=source,
-        value=value,
-        unit="%",
-        status="ASSERTED",
-        fact_id=f"{source}-{n}",
-        effective_time=at,
-        provenance=Provenance(
-            source_system=source,
-            source_record_id=f"Observation/{source}-{n}",
-            event_time=at,
-            received_time=at,
-            raw_topic="ehr.raw.fhir",
-            raw_partition=0,
-            raw_offset=0,
-            payload_sha256="00" * 32,
-        ),
+    return assertion_at(
+        source, value, at, fact_id=f"{source}-{n}", unit="%", record=f"Observation/{source}-{n}"
     )
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from builders import assertion_at
 from concord.conflicts.policy import ClassRule, SourcePolicy, Tolerance
 from concord.conflicts.rules import AttributeState
 from concord.conflicts.staleness import next_due, stale_now, staleness_events
-from concord.events.models import Assertion, FactStatus, Provenance
+from concord.events.models import Assertion, FactStatus
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 LAB = ClassRule(compare="numeric", tolerance=Tolerance(relative=0.05), max_age=timedelta(days=365))
@@ -20,23 +21,7 @@ def _said(
     source: str, value: str, *, days_ago: float, status: FactStatus = "ASSERTED", n: int = 1
 ) -> Assertion:
     at = NOW - timedelta(days=days_ago)
-    return Assertion(
-        source_system=source,
-        value=value,
-        status=status,
-        fact_id=f"{source}-{n}",
-        effective_time=at,
-        provenance=Provenance(
-            source_system=source,
-            source_record_id="r",
-            event_time=at,
-            received_time=at,
-            raw_topic="ehr.raw.fhir",
-            raw_partition=0,
-            raw_offset=0,
-            payload_sha256="00" * 32,
-        ),
-    )
+    return assertion_at(source, value, at, fact_id=f"{source}-{n}", status=status)
 
 
 def _lab(*assertions: Assertion) -> AttributeState:

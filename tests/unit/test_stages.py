@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from builders import FakeIdentities
 from concord.config import IngestionSettings, NormalizationSettings
 from concord.deadletters import Rejection
 from concord.events import codec
@@ -29,14 +30,8 @@ from concord.events.models import (
 from concord.events.raw import RawEvent
 from concord.ingestion.app import IngestionStage, patient_key
 from concord.normalization.app import NormalizationStage
-from concord.normalization.identity.index import InMemoryIdentityIndex
 from concord.normalization.identity.resolution import (
-    IdentityRequest,
-    LocalId,
-    Resolution,
-    apply,
     new_enterprise_id,
-    resolve,
 )
 from concord.normalization.record_facts import InMemoryRecordFacts
 from concord.normalization.terminology import Terminology
@@ -110,26 +105,10 @@ def _ingestion(seen: _FakeSeenVersions | None = None, **settings: Any) -> Ingest
     return IngestionStage(IngestionSettings(**options), seen or _FakeSeenVersions())
 
 
-class _FakeIdentities:
-    """The identity port on the pure core, with the crosswalk and index in memory."""
-
-    def __init__(self) -> None:
-        self.crosswalk: dict[LocalId, str] = {}
-        self.index = InMemoryIdentityIndex()
-
-    async def resolve_batch(self, requests: Sequence[IdentityRequest]) -> list[Resolution]:
-        resolutions = []
-        for request in requests:
-            resolution = resolve(request, crosswalk=self.crosswalk, index=self.index)
-            apply(request, resolution, self.crosswalk, self.index)
-            resolutions.append(resolution)
-        return resolutions
-
-
 def _normalization() -> NormalizationStage:
     settings = NormalizationSettings(enterprise_id_systems=[MPI], database_url=DSN)
     return NormalizationStage(
-        settings, _FakeIdentities(), Terminology.load(), record_facts=InMemoryRecordFacts()
+        settings, FakeIdentities(), Terminology.load(), record_facts=InMemoryRecordFacts()
     )
 
 
@@ -594,7 +573,7 @@ async def test_normalization_publishes_the_identity_outbox_when_it_gets_partitio
     outbox, producer = _FakeOutbox(pending=1), _FakeProducer()
     stage = NormalizationStage(
         settings,
-        _FakeIdentities(),
+        FakeIdentities(),
         Terminology.load(),
         record_facts=InMemoryRecordFacts(),
         identity_outbox=outbox,  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import REGISTRY
 
+from builders import FakeIdentities
 from concord.config import NormalizationSettings
 from concord.events import codec
 from concord.events.models import MERGE_ATTRIBUTE, ClinicalFact, IngestedRecord
@@ -32,14 +33,6 @@ from concord.normalization.facts.withdrawals import (
     record_key,
     remembered,
     withdrawal_facts,
-)
-from concord.normalization.identity.index import InMemoryIdentityIndex
-from concord.normalization.identity.resolution import (
-    IdentityRequest,
-    LocalId,
-    Resolution,
-    apply,
-    resolve,
 )
 from concord.normalization.record_facts import InMemoryRecordFacts
 from concord.normalization.terminology import Terminology
@@ -125,27 +118,11 @@ def _claims(lines: Sequence[bytes]) -> list[IngestedRecord]:
     return records
 
 
-class _FakeIdentities:
-    """The identity port on the pure core, with the crosswalk and index in memory."""
-
-    def __init__(self) -> None:
-        self.crosswalk: dict[LocalId, str] = {}
-        self.index = InMemoryIdentityIndex()
-
-    async def resolve_batch(self, requests: Sequence[IdentityRequest]) -> list[Resolution]:
-        resolutions = []
-        for request in requests:
-            resolution = resolve(request, crosswalk=self.crosswalk, index=self.index)
-            apply(request, resolution, self.crosswalk, self.index)
-            resolutions.append(resolution)
-        return resolutions
-
-
 def _stage(memory: InMemoryRecordFacts | None = None) -> NormalizationStage:
     settings = NormalizationSettings(enterprise_id_systems=[MPI], database_url=DSN)
     return NormalizationStage(
         settings,
-        _FakeIdentities(),
+        FakeIdentities(),
         Terminology.load(),
         record_facts=memory if memory is not None else InMemoryRecordFacts(),
     )
@@ -359,7 +336,7 @@ async def test_a_voided_claim_line_withdraws_its_conditions_and_drug() -> None:
 
 @pytest.mark.asyncio
 async def test_deleting_a_patient_withdraws_its_demographics_and_keeps_its_links() -> None:
-    identities = _FakeIdentities()
+    identities = FakeIdentities()
     stage = NormalizationStage(
         NormalizationSettings(enterprise_id_systems=[MPI], database_url=DSN),
         identities,
