@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import cProfile
 import gc
-import http.client
 import json
 import os
 import platform
@@ -64,7 +63,6 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 
 from concord.cli import publish_files
 from concord.config import (
@@ -82,7 +80,7 @@ from concord.runtime.db import apply_migrations
 from concord.runtime.reading import assign_from_start, read_topic
 from concord.stack.broker import ensure_topics, start_broker
 from concord.stack.postgres import create_database, drop_database, start_postgres
-from concord.stack.processes import ProcessRecord, stop_process
+from concord.stack.processes import ProcessRecord, metric_samples, stop_process
 from concord.stack.stack import StackInfo, start_stack, stop_stack
 from concord.topics import (
     ALERTS,
@@ -996,17 +994,11 @@ def batch_metrics(info: StackInfo) -> dict[str, dict[str, float]]:
     """Each worker's batch counters from its /metrics (time in batches, batches, records)."""
     result: dict[str, dict[str, float]] = {}
     for name, record in info.workers.items():
-        conn = http.client.HTTPConnection("127.0.0.1", record.port, timeout=5)
-        try:
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-        finally:
-            conn.close()
+        assert record.port is not None, name
         values = dict.fromkeys(BATCH_METRICS, 0.0)
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name in values and sample.labels.get("stage") == name:
-                    values[sample.name] += sample.value
+        for sample in metric_samples(record.port):
+            if sample.name in values and sample.labels.get("stage") == name:
+                values[sample.name] += sample.value
         result[name] = values
     return result
 
@@ -1708,13 +1700,17 @@ def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_benchmark(
+    benchmark: Callable[[argparse.Namespace, Teardown], Awaitable[dict[str, Any]]],
+    args: argparse.Namespace,
+) -> dict[str, Any] | int:
+    """Run one benchmark, tearing down what it started whatever happens (SIGTERM included):
+    its results, or the exit code of its failure."""
     signal.signal(signal.SIGTERM, _sigterm)
     teardown = Teardown(keep_state=args.keep_state)
     failed = True
     try:
-        results = asyncio.run(run(args, teardown))
+        results = asyncio.run(benchmark(args, teardown))
         failed = False
     except KeyboardInterrupt:
         print("\ninterrupted: tearing down", file=sys.stderr)
@@ -1724,6 +1720,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         teardown.close(failed)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = run_benchmark(run, args)
+    if isinstance(results, int):
+        return results
     write_outputs(args, results)
     missing = results.get("latency", {}).get("missing", 0)
     return 1 if missing else 0

@@ -69,6 +69,7 @@ from pipeline import (
     batch_summary,
     bulk_producer,
     progress,
+    run_benchmark,
     state_per_patient,
 )
 
@@ -925,26 +926,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
-    teardown = Teardown(keep_state=args.keep_state)
-    failed = True
-    try:
-        results = asyncio.run(run(args, teardown))
-        failed = False
-    except KeyboardInterrupt:
-        print("\ninterrupted: tearing down", file=sys.stderr)
-        return 130
-    except BenchmarkError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        teardown.close(failed)
+    results = run_benchmark(run, args)
+    if isinstance(results, int):
+        return results
     print_results(results)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -574,7 +574,7 @@ def test_every_kind_is_planted_and_as_many_persons_are_controls(population: Gene
     assert len({e["person_id"] for e in section}) == len(section)  # one plant per person
     for plant in _plants(population):
         assert plant["expect"], plant
-        assert plant["kind"] in {e["kind"] for e in plant["expect"]} | {"stale_reconfirm"}
+        assert plant["kind"] in {e["kind"] for e in plant["expect"]}
 
 
 def test_the_cohorts_identities_are_certain_and_its_sources_agree_but_for_the_plant(

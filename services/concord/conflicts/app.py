@@ -26,7 +26,7 @@ from concord.conflicts.rules import (
     merged_facts,
     rebuild,
 )
-from concord.conflicts.staleness import next_due, staleness_events
+from concord.conflicts.staleness import check_staleness
 from concord.conflicts.store import ConflictStore, Key, Timer
 from concord.deadletters import Rejection
 from concord.events import codec
@@ -362,11 +362,12 @@ class _Changes:
             if timer:
                 self.timers[key] = (key, state.attribute_class, partition, None)
             return
-        events = staleness_events(state, self.policy, now=self.now, trigger_received_time=received)
+        events, due = check_staleness(
+            state, self.policy, now=self.now, trigger_received_time=received
+        )
         for event in events:
             self.events.append(conflict_record(event))
         if events:
             for source in state.stale:
                 self.stale[(key, source)] = (state, source, partition)
-        due = next_due(state, rule, self.now)
         self.timers[key] = (key, state.attribute_class, partition, due)

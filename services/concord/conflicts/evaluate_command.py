@@ -31,11 +31,11 @@ from concord.cli_options import (
 from concord.conflicts.evaluation import ConflictScores, score
 from concord.events import codec
 from concord.runtime.reading import read_topic
-from concord.stack.processes import LOOPBACK
+from concord.stack.processes import metric_samples
 from concord.stack.stack import load_state
 
 ANSWER_KEY = "answer_key.json"
-CONSUMED = b"concord_events_consumed_total"
+CONSUMED = "concord_events_consumed_total"
 # Longer than the conflicts stage's timer tick (5 s): a stale record due on arrival, or a
 # hold just ended, is raised by the next tick at the latest.
 DEFAULT_QUIET_SECONDS = 8.0
@@ -47,19 +47,11 @@ def consumed_by_worker(ports: Mapping[str, int]) -> dict[str, float]:
     """Each worker's records consumed so far (its concord_events_consumed_total, summed)."""
     totals: dict[str, float] = {}
     for name, port in ports.items():
-        connection = http.client.HTTPConnection(LOOPBACK, port, timeout=2)
         try:
-            connection.request("GET", "/metrics")
-            body = connection.getresponse().read()
-        except OSError:
+            samples = metric_samples(port, timeout=2)
+        except (OSError, http.client.HTTPException):
             continue  # a worker restarting: the next poll sees it again
-        finally:
-            connection.close()
-        totals[name] = sum(
-            float(line.rsplit(b" ", 1)[1])
-            for line in body.splitlines()
-            if line.startswith(CONSUMED)
-        )
+        totals[name] = sum(s.value for s in samples if s.name == CONSUMED)
     return totals
 
 

@@ -31,10 +31,10 @@ from typing import Any
 
 from concord.conflicts.rules import hash_of
 from concord.events.models import ConflictEvent
+from concord.generate.planted import CONTROL, PlantedConflicts
 
-SECTION = "conflicts"
+SECTION = PlantedConflicts.name  # the answer key's scenarios.<SECTION>
 STALE = "STALE"
-CONTROL = "control"
 # A record found but expected by no plant is counted against the kind its attribute suggests.
 _KIND_BY_PREFIX: tuple[tuple[str, str], ...] = (
     ("Patient.birthDate", "birth_date"),

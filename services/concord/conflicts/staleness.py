@@ -86,21 +86,38 @@ def candidates(state: AttributeState, rule: ClassRule) -> list[Staleness]:
     return found
 
 
-def stale_now(state: AttributeState, rule: ClassRule, now: datetime) -> dict[str, Staleness]:
-    """The stale assertions by source (the earliest kind, if both)."""
+def stale_now(
+    state: AttributeState,
+    rule: ClassRule,
+    now: datetime,
+    found: list[Staleness] | None = None,
+) -> dict[str, Staleness]:
+    """The stale assertions by source (the earliest kind, if both). `found`: candidates()
+    already computed for this state."""
     stale: dict[str, Staleness] = {}
-    for finding in sorted(candidates(state, rule), key=lambda s: s.due):
+    for finding in sorted(candidates(state, rule) if found is None else found, key=_due):
         if finding.due <= now:
             stale.setdefault(finding.source, finding)
     return stale
 
 
-def next_due(state: AttributeState, rule: ClassRule | None, now: datetime) -> datetime | None:
+def next_due(
+    state: AttributeState,
+    rule: ClassRule | None,
+    now: datetime,
+    found: list[Staleness] | None = None,
+) -> datetime | None:
     """When to look at the state again: the earliest staleness still to come, or the end of
-    a hold."""
-    coming = [s.due for s in candidates(state, rule) if s.due > now] if rule is not None else []
+    a hold. `found`: candidates() already computed for this state."""
+    if found is None:
+        found = candidates(state, rule) if rule is not None else []
+    coming = [s.due for s in found if s.due > now]
     coming += [hold.until for hold in state.held.values()]
     return min(coming, default=None)
+
+
+def _due(finding: Staleness) -> datetime:
+    return finding.due
 
 
 def stale_id(state: AttributeState, finding: Staleness) -> str:
@@ -117,8 +134,21 @@ def staleness_events(
     """Compare what is stale now with what was: a new stale assertion raises a STALE event,
     one no longer stale (its source spoke again, the newer one went away) resolves. Updates
     state.stale; doing it twice raises nothing twice."""
+    return check_staleness(state, policy, now=now, trigger_received_time=trigger_received_time)[0]
+
+
+def check_staleness(
+    state: AttributeState,
+    policy: SourcePolicy,
+    *,
+    now: datetime,
+    trigger_received_time: datetime,
+) -> tuple[list[ConflictEvent], datetime | None]:
+    """staleness_events(), and when to look again (next_due), from one pass over the
+    candidates."""
     rule = policy.rule(state.attribute, state.attribute_class)
-    stale = stale_now(state, rule, now) if rule is not None else {}
+    found = candidates(state, rule) if rule is not None else []
+    stale = stale_now(state, rule, now, found) if rule is not None else {}
     events: list[ConflictEvent] = []
     for source, current in sorted(state.stale.items()):
         finding = stale.get(source)
@@ -149,7 +179,7 @@ def staleness_events(
         events.append(
             _event(state, source, opened, "STALE", policy, now, trigger_received_time, finding)
         )
-    return events
+    return events, next_due(state, rule, now, found)
 
 
 def _event(

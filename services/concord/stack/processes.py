@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 LOOPBACK = "127.0.0.1"
 
@@ -119,6 +121,17 @@ def health_ok(port: int, host: str = LOOPBACK, timeout: float = 1.0) -> bool:
         return False
     finally:
         conn.close()
+
+
+def metric_samples(port: int, host: str = LOOPBACK, timeout: float = 5.0) -> list[Sample]:
+    """Every sample a worker's ``GET /metrics`` serves; OSError when it does not answer."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
 def tail(path: str | Path, lines: int = 20) -> str:
