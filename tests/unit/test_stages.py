@@ -28,7 +28,7 @@ from concord.events.models import (
     Provenance,
 )
 from concord.events.raw import RawEvent
-from concord.ingestion.app import IngestionStage, patient_key
+from concord.ingestion.app import PRUNE_EVERY_SECONDS, IngestionStage, patient_key
 from concord.normalization.app import NormalizationStage
 from concord.normalization.identity.resolution import (
     new_enterprise_id,
@@ -397,6 +397,27 @@ async def test_a_version_already_emitted_is_counted_not_emitted_again() -> None:
     await stage.process([again, other], out)
     [emitted] = [codec.INGESTED_RECORD.decode(r.value) for r in _on(out, INGESTED)]
     assert emitted.provenance.source_record_id == "Patient/p2"
+
+
+@pytest.mark.asyncio
+async def test_the_first_prune_does_not_wait_for_the_machine_uptime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """time.monotonic() counts from boot: on a machine up for 5 s, "never pruned" must still
+    mean "prune now", and the next prune waits PRUNE_EVERY_SECONDS from the first."""
+    clock = [5.0]
+    monkeypatch.setattr("concord.ingestion.app.time.monotonic", lambda: clock[0])
+    seen = _FakeSeenVersions()
+    stage = _ingestion(seen)
+    await stage.process([_record(orjson.dumps(_patient("p1")))], Outbound("ingestion"))
+    await stage.on_produced()
+    assert len(seen.pruned) == 1
+    clock[0] += PRUNE_EVERY_SECONDS / 2
+    await stage.on_produced()
+    assert len(seen.pruned) == 1
+    clock[0] += PRUNE_EVERY_SECONDS
+    await stage.on_produced()
+    assert len(seen.pruned) == 2
 
 
 @pytest.mark.asyncio

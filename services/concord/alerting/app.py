@@ -40,7 +40,7 @@ class AlertingStage(BaseStage):
         self.outbox = outbox
         self.producer = producer
         self._published: list[tuple[ConflictEvent, datetime]] = []
-        self._gauge_refreshed = 0.0
+        self._gauge_refreshed: float | None = None  # never; see IngestionStage.pruned_at
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
         drained = await self.outbox.drain(self.producer)
@@ -59,7 +59,10 @@ class AlertingStage(BaseStage):
             metrics.ALERT_LATENCY.labels("event").observe(
                 max(0.0, (published_at - latest_event).total_seconds())
             )
-        if self._published and time.monotonic() - self._gauge_refreshed > GAUGE_REFRESH_SECONDS:
+        refreshed = self._gauge_refreshed
+        if self._published and (
+            refreshed is None or time.monotonic() - refreshed > GAUGE_REFRESH_SECONDS
+        ):
             await self._refresh_open_gauge()
         self._published = []
 

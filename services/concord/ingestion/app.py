@@ -62,7 +62,9 @@ class IngestionStage(BaseStage):
     def __init__(self, settings: IngestionSettings, seen: SeenVersions) -> None:
         self.seen = seen
         self.window = timedelta(days=settings.dedupe_window_days)
-        self.pruned_at = 0.0
+        # None, not 0.0: time.monotonic() counts from boot, so 0.0 would mean "recently"
+        # on a machine up for less than PRUNE_EVERY_SECONDS.
+        self.pruned_at: float | None = None
         self.emitted: list[tuple[str, str]] = []
         self.ingest = ingest_functions(settings)
 
@@ -94,6 +96,7 @@ class IngestionStage(BaseStage):
     async def on_produced(self) -> None:
         emitted, self.emitted = self.emitted, []
         await self.seen.remember(emitted)
-        if time.monotonic() - self.pruned_at > PRUNE_EVERY_SECONDS:
-            self.pruned_at = time.monotonic()
+        now = time.monotonic()
+        if self.pruned_at is None or now - self.pruned_at > PRUNE_EVERY_SECONDS:
+            self.pruned_at = now
             await self.seen.prune(datetime.now(UTC) - self.window)

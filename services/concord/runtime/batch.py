@@ -124,7 +124,8 @@ class BatchLoop:
         self.producer = producer
         self.tick_seconds = tick_seconds
         self._stopping = asyncio.Event()
-        self._lag_refreshed = 0.0
+        # None is never: time.monotonic() counts from boot, so 0.0 would read as recent.
+        self._lag_refreshed: float | None = None
         self._next_tick = 0.0
 
     def make_producer(self) -> AIOKafkaProducer:
@@ -230,7 +231,7 @@ class BatchLoop:
     async def _refresh_idle_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Keep the lag gauge true while idle, so a stalled stage shows as lag, not silence."""
         now = time.monotonic()
-        if now - self._lag_refreshed < IDLE_LAG_REFRESH_SECONDS:
+        if self._lag_refreshed is not None and now - self._lag_refreshed < IDLE_LAG_REFRESH_SECONDS:
             return
         self._lag_refreshed = now
         for tp in consumer.assignment():
