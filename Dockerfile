@@ -28,7 +28,8 @@ WORKDIR /src
 COPY pyproject.toml README.md* ./
 COPY services ./services
 # A regular (not editable) install: the package, its SQL migrations and its package data
-# land in the venv's site-packages; the Avro schemas are copied separately below.
+# land in the venv's site-packages; the Avro schemas are copied separately below. No extras:
+# the `local` extra (the local stack's broker and PostgreSQL binaries, Faker) stays out.
 RUN pip install --upgrade pip setuptools wheel \
     && pip install .
 

@@ -5,12 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LINTED := services tests $(wildcard benchmarks)
 
-.PHONY: install demo test lint typecheck bench clean stack-up stack-down
+.PHONY: install tools demo test lint typecheck bench clean stack-up stack-down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,local]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,8 +18,21 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/concord demo
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) tools lint typecheck
 	$(BIN)/python -m pytest
+
+# What the tests need beyond Python: promtool (Debian's `prometheus` package) checks the alert
+# rules and the dashboards' PromQL. Root installs it; anyone else is told how, in one line.
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing promtool (Debian package prometheus) for the alert-rule tests"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "make test needs promtool: run 'sudo apt-get install prometheus' (Debian, Ubuntu) or put promtool from prometheus.io on PATH" >&2; \
+	    exit 1; \
+	  fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from concord.config import DEFAULT_ENTERPRISE_ID_SYSTEM
+from concord.extras import MissingExtra, require_local
 from concord.generate.config import DEFAULT_SOURCES, GeneratorConfig, parse_sources
 from concord.generate.generator import generate as generate_set
 from concord.generate.generator import write
@@ -117,6 +118,10 @@ def generate(
     source, with realistic duplicates and look-alikes, and its answer_key.json.
 
     Publish each file with `concord publish --source NAME OUT/NAME.ndjson` (or .hl7)."""
+    try:
+        require_local("faker", "concord generate")
+    except MissingExtra as missing:
+        raise click.ClickException(str(missing)) from None
     try:
         config = GeneratorConfig(
             patients=patients,

@@ -11,10 +11,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from faker import Faker
-
+from concord.extras import require_local
 from concord.generate.catalogue import CONDITIONS, LAB_TESTS, REACTIONS, SUBSTANCES
 from concord.generate.model import (
     Address,
@@ -27,6 +26,9 @@ from concord.generate.model import (
     Sex,
     World,
 )
+
+if TYPE_CHECKING:  # Faker is in the `local` extra: imported when first used
+    from faker import Faker
 
 # Mostly US English names; the rest bring accents (José, Françoise, Häring, Nguyễn), two
 # surnames (García López), particles (van der Berg), compound and hyphenated given names.
@@ -56,6 +58,9 @@ class Fakers:
     def __getitem__(self, locale: str) -> Faker:
         faker = self._fakers.get(locale)
         if faker is None:
+            require_local("faker", "concord generate")
+            from faker import Faker
+
             faker = Faker(locale)
             stream = random.Random(f"{self._seed}:faker:{self._purpose}:{locale}")  # noqa: S311
             faker.seed_instance(stream.getrandbits(64))

