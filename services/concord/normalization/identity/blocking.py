@@ -9,7 +9,9 @@ the patient by:
 - `yf`: birth year + NYSIIS of the family name (a day or month typo keeps it);
 - `gf`: NYSIIS of the first given name + NYSIIS of the family name (any birth date error);
 - `ph`: the phone number (a name change and a birth date error together);
-- `pf`: the postal code + NYSIIS of the family name (no birth date, no phone).
+- `pf`: the postal code + NYSIIS of the family name (no birth date, no phone);
+- `id`: an identifier of a system the identifier systems table names (an SSN): the same
+  value written in HL7 v2 and in FHIR finds its patient even when every demographic differs.
 
 `pf` uses the family name's sound rather than its first letter: a postal code holds
 thousands of patients, and a first letter splits them only ~20 ways (measured on 100k
@@ -44,4 +46,9 @@ def blocking_keys(record: Demographics) -> frozenset[str]:
         found.add(f"ph:{record.phone}")
     if record.postal_code and keys.family_nysiis:
         found.add(f"pf:{record.postal_code}:{keys.family_nysiis}")
+    # An identifier of a system named across formats (an SSN in PID-3 and in Identifier)
+    # finds its patient whatever the demographics say.
+    found.update(
+        f"id:{system}|{value}" for system, value in keys.identifiers if system in keys.named
+    )
     return frozenset(found)

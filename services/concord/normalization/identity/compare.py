@@ -53,6 +53,8 @@ class Level(StrEnum):
     LAST7 = "last7"  # phone numbers share the last seven digits (area code differs)
     SHARED = "shared"  # an identifier (system, value) in both
     CONFLICTING = "conflicting"  # an identifier system in both, never with the same value
+    # A system where one person holds one value (an SSN), in both, with different values.
+    CONTRADICTING = "contradicting"
     DIFFERENT = "different"
     MISSING = "missing"  # absent from at least one side: no evidence either way
 
@@ -174,6 +176,8 @@ def compare_phone(a: str | None, b: str | None) -> Level:
 def compare_identifiers(a: MatchKeys, b: MatchKeys) -> Level:
     if a.identifiers & b.identifiers:
         return Level.SHARED
+    if a.unique_systems & b.unique_systems:
+        return Level.CONTRADICTING
     if a.systems & b.systems:
         return Level.CONFLICTING
     return Level.MISSING

@@ -22,7 +22,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from concord.hl7v2 import er7
-from concord.normalization.identity import normalize
+from concord.normalization.identity import normalize, systems
+from concord.normalization.identity.systems import MatchSystem
 
 Sex = Literal["male", "female", "other", "unknown"]
 
@@ -31,6 +32,7 @@ LOCAL_SYSTEM_PREFIX = "urn:concord:local-identifier:"
 
 _BIRTH_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 _DTM_DATE = re.compile(r"^(\d{4})(\d{2})?(\d{2})?")
+_SEPARATORS = re.compile(r"[\s\-]")
 # HL7 table 0001 → FHIR administrative-gender, as the HL7 v2-to-FHIR ConceptMap maps it.
 V2_SEX: dict[str, Sex] = {
     "M": "male",
@@ -77,6 +79,14 @@ class Identifier(BaseModel):
     def pair(self) -> tuple[str, str]:
         return (self.system, self.value)
 
+    def match(self) -> tuple[MatchSystem, str]:
+        """The system this identifier is compared by across formats (identifier_systems), and
+        its value as compared: in a named system, without blanks and dashes (123-45-6789)."""
+        named = systems.active().match_system(self.system, self.type)
+        if not named.named:
+            return named, self.value
+        return named, _SEPARATORS.sub("", self.value).upper()
+
 
 @dataclass(frozen=True, slots=True)
 class MatchKeys:
@@ -90,8 +100,12 @@ class MatchKeys:
     given_nysiis: str
     given_metaphone: str
     birth_digits: str
+    # (system, value) as compared: the system named across formats (identifier_systems).
     identifiers: frozenset[tuple[str, str]]
     systems: frozenset[str]
+    # Systems where one person holds one value: a different value is evidence against.
+    unique_systems: frozenset[str]
+    named: frozenset[str]  # systems the identifier systems table names
 
 
 class Demographics(BaseModel):
@@ -166,6 +180,7 @@ class Demographics(BaseModel):
 
     @cached_property
     def keys(self) -> MatchKeys:
+        matched = [identifier.match() for identifier in self.identifiers]
         family = normalize.compact(self.family or "")
         given = normalize.compact(self.given[0]) if self.given else ""
         return MatchKeys(
@@ -177,8 +192,10 @@ class Demographics(BaseModel):
             given_nysiis=normalize.nysiis(given),
             given_metaphone=normalize.metaphone(given),
             birth_digits=(self.birth_date or "").replace("-", ""),
-            identifiers=frozenset(identifier.pair for identifier in self.identifiers),
-            systems=frozenset(identifier.system for identifier in self.identifiers),
+            identifiers=frozenset((named.system, value) for named, value in matched),
+            systems=frozenset(named.system for named, _ in matched),
+            unique_systems=frozenset(named.system for named, _ in matched if named.unique),
+            named=frozenset(named.system for named, _ in matched if named.named),
         )
 
 
@@ -388,7 +405,7 @@ def shares_identifier(a: Demographics, b: Demographics, systems: Collection[str]
     """Whether a and b carry the same value of an identifier of one of `systems` (of any
     system when None). The caller's deterministic step: an authoritative identifier, or the
     same source's own MRN, links without scoring."""
-    shared = a.keys.identifiers & b.keys.identifiers
+    shared = {i.pair for i in a.identifiers} & {i.pair for i in b.identifiers}
     if systems is None:
         return bool(shared)
     wanted = set(systems)

@@ -15,6 +15,7 @@ from concord.normalization.identity.compare import Field, Level, compare
 from concord.normalization.identity.demographics import Demographics
 from concord.normalization.identity.index import IdentityIndex, KnownPerson
 from concord.normalization.identity.scoring import (
+    VETOES_LINK,
     Decision,
     FieldWeight,
     Thresholds,
@@ -69,7 +70,12 @@ def match(
     runner_up = ranked[1] if len(ranked) > 1 else None
     runner_up_score = runner_up[1][0] if runner_up else None
     return MatchDecision(
-        kind=decide(best_total, runner_up_score, thresholds),
+        kind=decide(
+            best_total,
+            runner_up_score,
+            thresholds,
+            vetoed=any((field, level) in VETOES_LINK for field, level, _, _ in best_terms),
+        ),
         enterprise_id=best_id,
         score=best_total,
         breakdown=to_score(best_total, best_terms).breakdown,

@@ -91,6 +91,13 @@ _PERSONAL_DISAGREEMENT_PAIRS = frozenset(
 )
 
 
+# A unique identifier's values differ (two SSNs): outside the partition of levels above, as it
+# is about another kind of system than CONFLICTING's MRNs. m: about 1% of one person's records
+# carry a mistyped or borrowed SSN; u ≈ 1. A pair with it is never linked without a reviewer.
+CONTRADICTING_M = 0.01
+VETOES_LINK = frozenset({(Field.IDENTIFIERS, Level.CONTRADICTING)})
+
+
 def _weights() -> dict[tuple[Field, Level], float]:
     weights: dict[tuple[Field, Level], float] = {}
     for field, levels in M_U.items():
@@ -100,6 +107,7 @@ def _weights() -> dict[tuple[Field, Level], float]:
         rest_u = 1.0 - sum(u for _, u in levels.values())
         weights[field, DISAGREEMENT[field]] = math.log2(rest_m / rest_u)
         weights[field, Level.MISSING] = 0.0
+    weights[Field.IDENTIFIERS, Level.CONTRADICTING] = math.log2(CONTRADICTING_M)
     return weights
 
 
@@ -187,10 +195,19 @@ class Thresholds(BaseModel):
         return self
 
 
-def decide(best: float | None, runner_up: float | None, thresholds: Thresholds) -> Decision:
+def decide(
+    best: float | None,
+    runner_up: float | None,
+    thresholds: Thresholds,
+    *,
+    vetoed: bool = False,
+) -> Decision:
+    """`vetoed`: the best candidate's record holds a different value of a unique identifier,
+    so however well the rest agrees, a person decides (five people once shared a given name,
+    birth date, address and phone, and differed only in surname and SSN)."""
     if best is None or best < thresholds.review_threshold:
         return Decision.NEW
-    if best < thresholds.link_threshold:
+    if best < thresholds.link_threshold or vetoed:
         return Decision.REVIEW
     if runner_up is not None and best - runner_up < thresholds.ambiguity_margin:
         return Decision.REVIEW
