@@ -378,3 +378,51 @@ def test_a_tnm_m1_and_a_stage_one_condition_conflict() -> None:
         "tumor-registry": "true",
         "hospital-ehr": "false",
     }
+
+
+def test_a_dotless_icd10cm_claim_code_derives_exactly_what_its_dotted_form_does() -> None:
+    """X12 claims carry ICD-10-CM without the dot (C50911, Z171): the same facts, the same
+    derivations as C50.911 and Z17.1."""
+    line = orjson.loads(
+        resources.files("concord.demo").joinpath("claims-sample.ndjson").read_text().splitlines()[0]
+    )
+    dotted = {**line, "diagnoses": [*line["diagnoses"], {"code": "Z17.1", "system": ICD10}]}
+    dotless = {
+        **dotted,
+        "diagnoses": [{**d, "code": d["code"].replace(".", "")} for d in dotted["diagnoses"]],
+    }
+    assert {d["code"] for d in dotless["diagnoses"]} >= {"C50911", "Z171", "C7800"}
+    terminology = Terminology.load()
+    facts = {
+        form: _normalized(list(claim_drafts(claim, terminology)), "payer")
+        for form, claim in (("dotted", dotted), ("dotless", dotless))
+    }
+    assert [f.attribute for f in facts["dotless"]] == [f.attribute for f in facts["dotted"]]
+    assert "Condition/C50.911" in {f.attribute for f in facts["dotless"]}
+    assert (
+        _derived(facts["dotless"])
+        == _derived(facts["dotted"])
+        == {
+            "Oncology.primarySite": "C50",
+            "Oncology.metastatic": "true",
+            "Oncology.biomarker/ER": "negative",
+        }
+    )
+
+
+@pytest.mark.parametrize("code", ["C77.3", "C77.9", "C77.2"])
+def test_a_lymph_node_secondary_alone_never_derives_metastatic(code: str) -> None:
+    """C77: AJCC stages regional nodes as N, not M; a stage III patient's claim carries it."""
+    derived = {d.attribute: d.value for d in derive(_fact(f"Condition/{code}", "active"),
+                                                    DEFAULT_POLICY.derived)}  # fmt: skip
+    assert derived == {"Oncology.nodalInvolvement": "true"}
+
+
+def test_a_c77_claim_and_a_stage_three_condition_raise_no_metastatic_conflict() -> None:
+    state, event = _compared(
+        "Oncology.metastatic",
+        _said("payer", "Condition/C77.3", "active"),  # axillary nodes: N, not M
+        _said("hospital-ehr", "Condition/C50.911/stage", f"{SCT}|258224005"),  # stage III
+    )
+    assert {s: a.value for s, a in state.assertions.items()} == {"hospital-ehr": "false"}
+    assert event is None

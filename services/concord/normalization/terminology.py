@@ -110,8 +110,21 @@ def _system_uri(system: str) -> str:
     return system
 
 
+def icd10cm(code: str) -> str:
+    """An ICD-10-CM code as the code set writes it: X12 claims and many billing systems drop
+    the dot (C50911, Z171) and some lower-case it; the dot goes after the third character."""
+    code = code.strip().upper()
+    if "." not in code and len(code) > 3:
+        return f"{code[:3]}.{code[3:]}"
+    return code
+
+
 def _lookup_code(system: str, code: str) -> str:
-    return ndc11(code) if system == NDC else code.strip()
+    if system == NDC:
+        return ndc11(code)
+    if system == ICD10_CM:
+        return icd10cm(code)
+    return code.strip()
 
 
 class Terminology:
@@ -141,7 +154,7 @@ class Terminology:
         found = self._index.get((uri, _lookup_code(uri, code)))
         if found is None:
             if uri in STANDARD_SYSTEMS:
-                return MappedCode(system=uri, code=code.strip(), mapped=True)
+                return MappedCode(system=uri, code=_lookup_code(uri, code), mapped=True)
             return MappedCode(system=system, code=code, mapped=False)
         crosswalk, (to_system, to_code, to_display) = found
         return MappedCode(
