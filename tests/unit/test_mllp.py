@@ -302,6 +302,42 @@ async def test_a_frame_without_msh_is_rejected_without_calling_the_handle() -> N
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("payload", "code", "text", "location"),
+    [
+        (
+            b"hello, this is not HL7",
+            "100^Segment sequence error^HL70357",
+            "not an HL7 v2 message: the frame does not begin with an MSH segment",
+            "MSH^1",
+        ),
+        (b"", "100^Segment sequence error^HL70357", "not an HL7 v2 message", "MSH^1"),
+        (
+            b"MSH|^~|A|B\r",
+            "102^Data type error^HL70357",
+            "MSH-1 and MSH-2 do not define five distinct separators",
+            "MSH^1^2",
+        ),
+    ],
+)
+async def test_a_frame_that_is_not_hl7_is_rejected_in_hl7_terms_with_a_location(
+    payload: bytes, code: str, text: str, location: str
+) -> None:
+    kafka = FakeKafka()
+    async with server(kafka) as listener:
+        client = await RawClient.connect(listener.port)
+        await client.write(frame(payload))
+        ack = await client.ack()
+        await client.close()
+    parsed = parse_ack(ack)
+    assert parsed.code == "AR"
+    assert parsed.error is not None and parsed.error.startswith(text)
+    assert parsed.location == location
+    assert segments(ack)["ERR"][3] == code
+    assert kafka.calls == 0
+
+
+@pytest.mark.asyncio
 async def test_a_silent_connection_is_closed_after_the_idle_timeout() -> None:
     async with server(FakeKafka(), idle_timeout_seconds=0.2) as listener:
         client = await RawClient.connect(listener.port)

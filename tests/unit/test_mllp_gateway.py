@@ -14,7 +14,7 @@ from concord.events.raw import Headers
 from concord.hl7v2 import er7
 from concord.ingestion.gateway import MllpGateway, ack_for, error_location, sending_system
 from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
-from concord.ingestion.mllp import Hl7ErrorCode
+from concord.ingestion.mllp import Hl7ErrorCode, build_ack, parse_ack
 
 FAMILY = "Quorvatz"
 VALID = (
@@ -178,3 +178,90 @@ async def test_a_core_that_raises_dead_letters_the_message_and_answers_ae_207() 
     assert FAMILY not in decision.error.text
     [letter] = port.letters
     assert letter.reason_code == "INGESTION_FAILED" and FAMILY not in letter.reason
+
+
+# --- a sender's junk is answered in HL7 terms ---------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("change", "field", "location"),
+    [
+        ((b"|LAB-APP|GH|", b"|LAB\x07\x01APP|GH|"), "MSH-3.1 (sending application)", "MSH^1^3^^1"),
+        (
+            (b"|LAB-APP|GH|", b"|" + b"A" * 129 + b"|GH|"),
+            "MSH-3.1 (sending application)",
+            "MSH^1^3^^1",
+        ),
+        ((b"|LAB-APP|GH|", b"||G\x00H|"), "MSH-4.1 (sending facility)", "MSH^1^4^^1"),
+    ],
+)
+async def test_junk_where_the_source_is_read_is_rejected_naming_the_msh_field(
+    change: tuple[bytes, bytes], field: str, location: str
+) -> None:
+    """Not a Kafka "'source' header" (the sender never sees one) and not an empty ERR-2."""
+    port = FakePort()
+    decision = await gateway(port).handle(VALID.replace(*change), "peer")
+    assert decision.code == "AR"
+    assert decision.error is not None
+    assert decision.error.code == Hl7ErrorCode.DATA_TYPE_ERROR
+    assert decision.error.text.startswith(field)
+    assert "header" not in decision.error.text and "Kafka" not in decision.error.text
+    assert decision.error.location == location
+    [letter] = port.letters
+    assert letter.reason_code == "INVALID_SOURCE_HEADER"
+    assert letter.reason == decision.error.text
+    assert port.raw == []
+
+
+@pytest.mark.asyncio
+async def test_an_invalid_configured_source_is_named_as_the_listeners_setting() -> None:
+    port = FakePort()
+    decision = await gateway(port, source="lab\x01system").handle(VALID, "peer")
+    assert decision.code == "AR"
+    assert decision.error is not None
+    assert "CONCORD_MLLP_SOURCE" in decision.error.text
+    assert "header" not in decision.error.text
+    assert decision.error.location is None  # nothing in the message is wrong
+
+
+@pytest.mark.asyncio
+async def test_a_blank_sending_application_falls_back_to_the_facility() -> None:
+    port = FakePort()
+    decision = await gateway(port).handle(VALID.replace(b"|LAB-APP|GH|", b"|  |GH|"), "peer")
+    assert decision.code == "AA"
+    assert dict(port.raw[0][2])["source"] == b"GH"
+
+
+@pytest.mark.asyncio
+async def test_no_sending_application_or_facility_is_a_required_field_missing_at_msh_3() -> None:
+    port = FakePort()
+    decision = await gateway(port).handle(VALID.replace(b"|LAB-APP|GH|", b"| | |"), "peer")
+    assert decision.code == "AR"
+    assert decision.error is not None
+    assert decision.error.code == Hl7ErrorCode.REQUIRED_FIELD_MISSING
+    assert decision.error.location == "MSH^1^3"
+    assert "MSH-3" in decision.error.text and "MSH-4" in decision.error.text
+    assert "header" not in decision.error.text
+
+
+@pytest.mark.asyncio
+async def test_a_message_in_no_readable_character_set_is_located_at_msh_18() -> None:
+    port = FakePort()
+    decision = await gateway(port).handle(VALID.replace(FAMILY.encode(), b"\xff\xfe"), "peer")
+    assert decision.code == "AR"
+    assert decision.error is not None
+    assert decision.error.text.startswith("the message is not UTF-8")
+    assert decision.error.location == "MSH^1^18"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("version", [b"2.5.1", b"2.3"])
+async def test_the_sender_reads_the_reason_and_its_location_in_the_ack(version: bytes) -> None:
+    """v2.5+: ERR-2 and ERR-8; before v2.5: ERR-1 and MSA-3 (build_ack's layout)."""
+    junk = VALID.replace(b"|LAB-APP|", b"|\x1bLAB|").replace(b"|2.5.1", b"|" + version)
+    decision = await gateway(FakePort()).handle(junk, "peer")
+    ack = parse_ack(build_ack(junk, decision))
+    assert ack.code == "AR" and ack.control_id == "CTRL-1"
+    assert ack.error is not None and ack.error.startswith("MSH-3.1 (sending application)")
+    assert ack.location is not None and ack.location.startswith("MSH^1^3")

@@ -5,6 +5,10 @@ little-endian CRC-64-AVRO fingerprint of the writer schema's parsing canonical f
 Avro binary body. Each schema under schemas/ is parsed once, at import. A reader resolves data
 written with any schema version kept under schemas/history/ to the current schema, so a
 producer may run an older version during a rolling deploy.
+
+A consumer outside Concord loads one file per topic, schemas/topics/<topic>.avsc: the
+current schema with every named type written out (`self_contained`), whose parsing canonical
+form is what the header's fingerprint is taken of (docs/consumers.md).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from concord.events.models import (
     Event,
     IngestedRecord,
 )
+from concord.topics import ALERTS, CONFLICTS, DEADLETTER, FACTS, INGESTED, RESOLUTIONS
 
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 _HEADER_LEN = 10
@@ -226,11 +231,50 @@ ALL_CODECS: tuple[EventCodec[Any], ...] = (
     CONFLICT_RESOLUTION,
 )
 
+# The event each Avro topic carries (the raw topics carry what the sources send; the control
+# topic is Faust's).
+TOPIC_CODECS: dict[str, EventCodec[Any]] = {
+    INGESTED: INGESTED_RECORD,
+    FACTS: CLINICAL_FACT,
+    CONFLICTS: CONFLICT_EVENT,
+    RESOLUTIONS: CONFLICT_RESOLUTION,
+    ALERTS: ALERT,
+    DEADLETTER: DEAD_LETTER,
+}
+
+
+def schema_text(schema: Any) -> str:
+    """How a self-contained schema is written to a file (history snapshots, topic schemas)."""
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
+def topic_schema_path(topic: str, directory: Path | None = None) -> Path:
+    """schemas/topics/<topic>.avsc: the one file a consumer of `topic` loads."""
+    return (directory or schema_dir()) / "topics" / f"{topic}.avsc"
+
+
+def write_topic_schemas(directory: Path | None = None) -> list[Path]:
+    """Write each Avro topic's current schema, self-contained, to schemas/topics/<topic>.avsc
+    unless the file already says exactly that; tests/unit/test_topic_schemas.py fails until the
+    files agree with schemas/."""
+    directory = directory or schema_dir()
+    written = []
+    for topic, topic_codec in TOPIC_CODECS.items():
+        path = topic_schema_path(topic, directory)
+        text = schema_text(self_contained(topic_codec.name, directory))
+        if path.is_file() and path.read_text() == text:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+    return written
+
 
 def snapshot(directory: Path | None = None) -> list[Path]:
     """Keep each event's current schema under schemas/history/<event>/vN.avsc unless an
     identical one is kept already. Run after changing a schema: `python -m
-    concord.events.codec`; tests/unit/test_contracts.py fails until the change is kept."""
+    concord.events.codec` (which also rewrites schemas/topics/);
+    tests/unit/test_contracts.py fails until the change is kept."""
     directory = directory or schema_dir()
     written = []
     for codec in ALL_CODECS:
@@ -244,7 +288,7 @@ def snapshot(directory: Path | None = None) -> list[Path]:
         if schema_fingerprint(parse_schema(current, _write_hint=False)) in kept:
             continue
         path = history / f"v{len(list(history.glob('v*.avsc'))) + 1}.avsc"
-        path.write_text(json.dumps(current, indent=2, ensure_ascii=False) + "\n")
+        path.write_text(schema_text(current))
         written.append(path)
     return written
 
@@ -252,3 +296,5 @@ def snapshot(directory: Path | None = None) -> list[Path]:
 if __name__ == "__main__":
     for kept_path in snapshot():
         print(f"kept {kept_path}")
+    for topic_path in write_topic_schemas():
+        print(f"wrote {topic_path}")

@@ -194,11 +194,15 @@ def decode(data: bytes) -> str:
     charset = fields[17].split("~")[0].strip().upper() if len(fields) > 17 else ""
     encoding = CHARSETS.get(charset)
     if encoding is None or encoding == "utf-8":
-        raise Er7Error("the message is not UTF-8 and MSH-18 names no character set read here")
+        raise Er7Error(
+            "the message is not UTF-8 and MSH-18 names no character set read here", "MSH-18"
+        )
     try:
         return data.decode(encoding)
     except UnicodeDecodeError:
-        raise Er7Error("the message is not valid in the character set MSH-18 names") from None
+        raise Er7Error(
+            "the message is not valid in the character set MSH-18 names", "MSH-18"
+        ) from None
 
 
 def parse(data: bytes | str) -> Er7Message:

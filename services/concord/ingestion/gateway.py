@@ -31,7 +31,7 @@ from concord.events import codec
 from concord.events.models import DeadLetter, IngestedRecord
 from concord.events.raw import Headers, RawEvent
 from concord.hl7v2 import er7
-from concord.ingestion.common import SOURCE_HEADER
+from concord.ingestion.common import MAX_SOURCE_LENGTH, SOURCE_HEADER
 from concord.ingestion.hl7v2 import MESSAGE_TYPES
 from concord.ingestion.mllp import AckDecision, Hl7ErrorCode
 from concord.publishing import hl7_key
@@ -50,6 +50,8 @@ _NO_SOURCE = Rejection(
     "MSH-3 and MSH-4 are empty and the listener has no configured source",
     location="MSH-3",
 )
+# Where the source is read from (see sending_system), as the sender knows those fields.
+_SOURCE_FIELDS = {3: "sending application", 4: "sending facility"}
 
 Ingest = Callable[[RawEvent], list[IngestedRecord] | Rejection]
 
@@ -111,9 +113,39 @@ def _known_type(message: er7.Er7Message | None) -> bool:
 
 def sending_system(message: er7.Er7Message | None, configured: str | None) -> str | None:
     """The source a message is from: the listener's configured one, else MSH-3, else MSH-4."""
+    return _sending_system(message, configured)[0]
+
+
+def _sending_system(
+    message: er7.Er7Message | None, configured: str | None
+) -> tuple[str | None, int | None]:
+    """The source and the MSH field it was read from (None for the configured one). A blank
+    field counts as empty: the facility is read when the application is blank."""
     if configured or message is None:
-        return configured
-    return next((value for field in (3, 4) if (value := message.msh.value(field, 1))), None)
+        return configured, None
+    for field in _SOURCE_FIELDS:
+        value = message.msh.value(field, 1).strip()
+        if value:
+            return value, field
+    return None, None
+
+
+def _in_hl7_terms(rejection: Rejection, source_field: int | None) -> Rejection:
+    """The ingestion core checks a Kafka record's 'source' header; an MLLP sender sent none,
+    so say which MSH field (or the listener's setting) the source came from instead."""
+    if rejection.reason_code == "MISSING_SOURCE_HEADER":
+        return _NO_SOURCE
+    if rejection.reason_code != "INVALID_SOURCE_HEADER":
+        return rejection
+    rule = f"printable text of 1-{MAX_SOURCE_LENGTH} characters"
+    if source_field is None:
+        reason = f"the listener's configured source (CONCORD_MLLP_SOURCE) is not {rule}"
+        return Rejection(rejection.reason_code, reason)
+    location = f"MSH-{source_field}.1"
+    reason = (
+        f"{location} ({_SOURCE_FIELDS[source_field]}) names the sending system and must be {rule}"
+    )
+    return Rejection(rejection.reason_code, reason, location=location)
 
 
 class RawHl7Port(Protocol):
@@ -152,7 +184,7 @@ class MllpGateway:
             # Said before the source is looked for, which an unreadable MSH cannot give.
             parsed = None
             unreadable = Rejection("HL7_MALFORMED", exc.reason, location=exc.location)
-        source = sending_system(parsed, self.source)
+        source, source_field = _sending_system(parsed, self.source)
         headers: Headers = ((TRANSPORT_HEADER, b"mllp"),)
         key = None
         if source is not None:
@@ -164,8 +196,7 @@ class MllpGateway:
         # A timeout raises, and the listener answers AE 207: the sender keeps the message.
         async with asyncio.timeout(self.write_timeout_seconds):
             if isinstance(outcome, Rejection):
-                if outcome.reason_code == "MISSING_SOURCE_HEADER":
-                    outcome = _NO_SOURCE
+                outcome = _in_hl7_terms(outcome, source_field)
                 letter = dead_letter(raw, outcome, stage=STAGE, at=datetime.now(UTC))
                 await self.port.publish_dead_letter(letter=letter)
                 return ack_for(outcome, parsed)

@@ -140,8 +140,16 @@ _GENERIC_ERROR = AckError(Hl7ErrorCode.APPLICATION_INTERNAL_ERROR, "message not 
 _HANDLE_FAILED = AckDecision.application_error(
     Hl7ErrorCode.APPLICATION_INTERNAL_ERROR, "internal error while accepting the message"
 )
-_NO_MSH = AckDecision.application_reject(
-    Hl7ErrorCode.SEGMENT_SEQUENCE_ERROR, "message does not begin with a readable MSH segment"
+# A frame whose MSH cannot be read: the sender is told what is wrong in HL7 terms, and where.
+_NOT_HL7 = AckDecision.application_reject(
+    Hl7ErrorCode.SEGMENT_SEQUENCE_ERROR,
+    "not an HL7 v2 message: the frame does not begin with an MSH segment",
+    "MSH^1",
+)
+_NO_SEPARATORS = AckDecision.application_reject(
+    Hl7ErrorCode.DATA_TYPE_ERROR,
+    "MSH-1 and MSH-2 do not define five distinct separators",
+    "MSH^1^2",
 )
 
 # --- MSH reading (only what the ACK needs; no full parse) ---------------------------------------
@@ -191,6 +199,11 @@ def _read_msh(message: bytes) -> _Msh | None:
     if er7.separators_of(separator.decode("latin-1"), encoding.decode("latin-1")) is None:
         return None
     return _Msh(separator, encoding, fields)
+
+
+def _unreadable(message: bytes) -> AckDecision:
+    """Why `_read_msh` found no usable MSH: none at all, or one whose separators are unusable."""
+    return _NO_SEPARATORS if message.lstrip(_LEADING_SPACE).startswith(b"MSH") else _NOT_HL7
 
 
 def _version_tuple(version: bytes) -> tuple[int, ...]:
@@ -707,7 +720,10 @@ class MllpServer:
             msh = _read_msh(event.head)
         else:
             msh = _read_msh(event.payload)
-            decision = _NO_MSH if msh is None else await self._decide(event.payload, peer)
+            if msh is None:
+                decision = _unreadable(event.payload)
+            else:
+                decision = await self._decide(event.payload, peer)
         metrics.MLLP_MESSAGES.labels(outcome=decision.code).inc()
         return _ack_for(msh, decision)
 
