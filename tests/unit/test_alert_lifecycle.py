@@ -207,8 +207,7 @@ def test_alert_line_is_one_line() -> None:
     assert line.splitlines() == [line]
     assert "E-1" in line
     assert "Patient.birthDate" in line
-    assert "a=1980-01-01" in line
-    assert "b=1980-02-02" in line
+    assert "1980-01-01 (a) vs 1980-02-02 (b)" in line
 
 
 def test_alert_line_stays_one_line_when_values_hold_line_breaks() -> None:
