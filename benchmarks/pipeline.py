@@ -64,7 +64,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import REGISTRY
 
-from concord.cli import publish_files
 from concord.config import (
     DEFAULT_ENTERPRISE_ID_SYSTEM,
     AlertingSettings,
@@ -75,6 +74,7 @@ from concord.config import (
 )
 from concord.events import codec
 from concord.normalization.identity.resolution import How
+from concord.publisher import publish_files
 from concord.runtime.batch import BatchLoop, StageHandler
 from concord.runtime.db import apply_migrations
 from concord.runtime.reading import assign_from_start, read_topic

@@ -13,11 +13,13 @@ from typing import Any
 
 import click
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from concord import topics
+from concord.bulk_export import plan
 from concord.cli_options import (
     client_settings,
+    connections,
     database_dsn,
     kafka_client_options,
     state_dir_option,
@@ -25,10 +27,8 @@ from concord.cli_options import (
 from concord.config import DEFAULT_STATE_DIR
 from concord.events import codec
 from concord.events.models import Alert
-from concord.publishing import read_file
+from concord.publisher import publish_command
 from concord.runtime.reading import assign_from_start, client_options
-
-PROGRESS_EVERY = 10_000
 
 
 @click.group()
@@ -49,47 +49,21 @@ def main() -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def publish(source: str, topic: str | None, state_dir: Path, paths: tuple[Path, ...]) -> None:
     """Publish EHR files as raw events: FHIR JSON (a resource, a Bundle, or NDJSON), HL7 v2
-    (.hl7, one or many messages) and claim lines (JSON or NDJSON)."""
-    kafka = kafka_client_options(client_settings(state_dir))
+    (.hl7, one or many messages), claim lines (JSON or NDJSON), any of them gzipped (.gz),
+    and FHIR Bulk Data exports: a folder of Type.NNN.ndjson[.gz] files or its manifest JSON.
+
+    NDJSON is streamed; Patient files go first. Progress is shown on stderr, and at the end
+    the events per resource type and per outcome."""
+    settings = client_settings(state_dir)
+    kafka = kafka_client_options(settings)
     try:
-        count = asyncio.run(publish_files(kafka, source, list(paths), topic=topic))
-    except ValueError as exc:  # an .hl7 file with text before its first MSH
+        inputs = plan(paths)  # a manifest that cannot be published is said before connecting
+        with connections(settings, state_dir, broker=True):
+            summary = publish_command(kafka, source, inputs, topic=topic, stream=sys.stderr)
+    except ValueError as exc:  # an unreadable file or export; an .hl7 file with text before MSH
         raise click.UsageError(str(exc)) from None
-    click.echo(f"published {count} events from {source}", err=True)
-
-
-async def publish_files(
-    kafka: str | dict[str, Any],
-    source: str,
-    paths: list[Path],
-    *,
-    topic: str | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> int:
-    """Publish the files' events; `kafka` is bootstrap servers or KafkaSettings.kafka_options().
-
-    Returns once the broker has acknowledged every event."""
-    options = client_options(kafka)
-    producer = AIOKafkaProducer(**options, linger_ms=5, acks="all")
-    await producer.start()
-    try:
-        futures = []
-        for path in paths:
-            for message in read_file(path, source):
-                futures.append(
-                    await producer.send(
-                        topic or message.topic,
-                        message.value,
-                        key=message.key,
-                        headers=[("source", source.encode())],
-                    )
-                )
-                if progress and len(futures) % PROGRESS_EVERY == 0:
-                    progress(f"{len(futures)} events sent ({path.name})")
-        await asyncio.gather(*futures)
-        return len(futures)
-    finally:
-        await producer.stop()
+    for line in summary.lines():
+        click.echo(line, err=True)
 
 
 @main.group()
@@ -179,8 +153,10 @@ def alerts() -> None:
 @state_dir_option
 def list_alerts(as_json: bool, status: str | None, limit: int, state_dir: Path) -> None:
     """Print the alerts stored in PostgreSQL, oldest first."""
-    dsn = database_dsn(client_settings(state_dir))
-    records = asyncio.run(_fetch_alerts(dsn, status, limit))
+    settings = client_settings(state_dir)
+    dsn = database_dsn(settings)
+    with connections(settings, state_dir, database=True):
+        records = asyncio.run(_fetch_alerts(dsn, status, limit))
     for alert in records:
         _print_alert(alert, as_json)
 
@@ -231,17 +207,18 @@ def resolve_alert(
     dsn = database_dsn(settings)
     kafka = kafka_client_options(settings)
     decisions = {"accept": "ACCEPTED_PROPOSAL", "choose": "CHOSE_VALUE", "dismiss": "DISMISSED"}
-    work = decide(
-        dsn,
-        kafka,
-        alert_id,
-        decisions[decision],  # type: ignore[arg-type]
-        chosen_value=chosen_value,
-        by=by,
-        at=datetime.now(UTC),
-    )
     try:
-        resolution = asyncio.run(work)
+        with connections(settings, state_dir, broker=True, database=True):
+            work = decide(
+                dsn,
+                kafka,
+                alert_id,
+                decisions[decision],  # type: ignore[arg-type]
+                chosen_value=chosen_value,
+                by=by,
+                at=datetime.now(UTC),
+            )
+            resolution = asyncio.run(work)
     except NotResolvable as error:
         raise click.ClickException(str(error)) from None
     click.echo(
@@ -255,15 +232,17 @@ def resolve_alert(
 @state_dir_option
 def follow_alerts(as_json: bool, from_beginning: bool, state_dir: Path) -> None:
     """Print alerts from concord.alerts as they are published, until Ctrl-C."""
-    kafka = kafka_client_options(client_settings(state_dir))
+    settings = client_settings(state_dir)
+    kafka = kafka_client_options(settings)
     try:
-        asyncio.run(
-            follow(
-                kafka,
-                lambda alert: _print_alert(alert, as_json),
-                from_beginning=from_beginning,
+        with connections(settings, state_dir, broker=True):
+            asyncio.run(
+                follow(
+                    kafka,
+                    lambda alert: _print_alert(alert, as_json),
+                    from_beginning=from_beginning,
+                )
             )
-        )
     except KeyboardInterrupt:
         pass
 
@@ -279,8 +258,8 @@ async def follow(
     started_ms = int(time.time() * 1000)
     options = client_options(kafka)
     consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, fetch_max_wait_ms=50)
-    await consumer.start()
     try:
+        await consumer.start()  # stopped in finally also when it fails: it leaves a client open
         await assign_from_start(consumer, topics.ALERTS)
         stop = stop or asyncio.Event()
         while not stop.is_set():
@@ -303,13 +282,15 @@ def topics_command(action: str, state_dir: Path) -> None:
     from concord.stack.broker import ensure_topics
 
     settings = client_settings(state_dir)
-    created = asyncio.run(
-        ensure_topics(
-            settings.bootstrap_servers,
-            replication_factor=settings.kafka_replication_factor,
-            client_options=kafka_client_options(settings),
+    options = kafka_client_options(settings)
+    with connections(settings, state_dir, broker=True):
+        created = asyncio.run(
+            ensure_topics(
+                settings.bootstrap_servers,
+                replication_factor=settings.kafka_replication_factor,
+                client_options=options,
+            )
         )
-    )
     click.echo(f"created {len(created)} topics; {len(topics.ALL_TOPICS)} expected exist")
 
 
@@ -320,7 +301,10 @@ def db_command(action: str, state_dir: Path) -> None:
     """Apply the database migrations not yet applied."""
     from concord.runtime.db import apply_migrations
 
-    applied = asyncio.run(apply_migrations(database_dsn(client_settings(state_dir))))
+    settings = client_settings(state_dir)
+    dsn = database_dsn(settings)
+    with connections(settings, state_dir, database=True):
+        applied = asyncio.run(apply_migrations(dsn))
     click.echo(f"applied {len(applied)} migrations: {', '.join(applied) or 'none pending'}")
 
 
@@ -336,6 +320,7 @@ def db_command(action: str, state_dir: Path) -> None:
 def demo(state_dir: Path, exit_after_check: bool) -> None:
     """Run the pipeline on the local stack with the sample population; Ctrl-C stops it."""
     from concord.demo.run import run_demo
+    from concord.stack.stack import StackError
 
     try:
         checks = asyncio.run(
@@ -343,6 +328,8 @@ def demo(state_dir: Path, exit_after_check: bool) -> None:
         )
     except (KeyboardInterrupt, asyncio.CancelledError):
         return
+    except (StackError, RuntimeError, TimeoutError) as error:  # the stack did not start
+        raise click.ClickException(str(error)) from None
     if not all(check.ok for check in checks):
         sys.exit(1)
 

@@ -1,14 +1,39 @@
-"""What every `concord` command group shares: where the local stack is, and the client settings
-its stack.env gives."""
+"""What every `concord` command group shares: where the local stack is, the client settings
+its stack.env gives, and one line, not a traceback, when a setting is bad or the broker or
+PostgreSQL cannot be reached."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 import click
 
-from concord.config import DEFAULT_STATE_DIR, ClientSettings
+from concord.config import (
+    DEFAULT_STATE_DIR,
+    ENVIRONMENT,
+    EXAMPLE_DSN,
+    ClientSettings,
+    SettingsProblem,
+    env_name,
+    load_settings,
+    setting_source,
+)
+
+# How long a command waits for the broker or PostgreSQL to answer before it says which one
+# cannot be reached (a closed port is refused at once; a host that drops packets is not).
+CONNECT_TIMEOUT_SECONDS = 10.0
+# Finding out why the broker did not answer: connecting to each bootstrap server ourselves.
+PROBE_TIMEOUT_SECONDS = 3.0
+ENV_FILE = "stack.env"
+BROKER_SETTING = env_name(ClientSettings, "bootstrap_servers")
+DATABASE_SETTING = env_name(ClientSettings, "database_url")
 
 state_dir_option = click.option(
     "--state-dir",
@@ -19,25 +44,271 @@ state_dir_option = click.option(
 )
 
 
+class ConfigurationError(click.ClickException):
+    """A bad or missing CONCORD_* setting: one line per variable; exits 2, like a usage error."""
+
+    exit_code = 2
+
+
+def stack_env(state_dir: Path) -> Path | None:
+    """The state folder's stack.env, if `concord stack up` wrote one."""
+    path = state_dir / ENV_FILE
+    return path if path.is_file() else None
+
+
 def client_settings(state_dir: Path) -> ClientSettings:
     """CONCORD_* variables win; the stack's stack.env fills in the rest."""
-    env_file = state_dir / "stack.env"
-    return ClientSettings(_env_file=env_file if env_file.is_file() else None)
+    try:
+        return load_settings(ClientSettings, env_file=stack_env(state_dir))
+    except SettingsProblem as problem:
+        raise ConfigurationError(str(problem)) from None
 
 
 def database_dsn(settings: ClientSettings) -> str:
     """The stack's PostgreSQL DSN, or a clear error where there is none."""
     if settings.database_url is None:
-        raise click.ClickException(
-            "no database: set CONCORD_DATABASE_URL or run `concord stack up` first"
+        raise ConfigurationError(
+            f"{DATABASE_SETTING}: not set (e.g. {DATABASE_SETTING}={EXAMPLE_DSN}); "
+            f"`concord stack up` writes it to the state folder's {ENV_FILE}"
         )
     return settings.database_url.get_secret_value()
 
 
 def kafka_client_options(settings: ClientSettings) -> dict[str, Any]:
-    """aiokafka options, or a clear error where they cannot be used (SASL asked for without
-    its settings)."""
+    """aiokafka options, or a clear error where they cannot be used."""
     try:
         return settings.kafka_options()
     except ValueError as error:
-        raise click.ClickException(str(error)) from None
+        raise ConfigurationError(str(error)) from None
+
+
+# --- the broker and PostgreSQL, reachable or said plainly -------------------------------------
+
+
+Service = Literal["broker", "database"]
+
+
+class Unreachable(Exception):
+    """The broker or PostgreSQL did not answer; `reason` says how, naming no secret."""
+
+    def __init__(self, service: Service, reason: str) -> None:
+        self.service = service
+        self.reason = reason
+        super().__init__(f"{service}: {reason}")
+
+
+@contextmanager
+def connections(
+    settings: ClientSettings, state_dir: Path, *, broker: bool = False, database: bool = False
+) -> Iterator[None]:
+    """Check first that the broker and/or PostgreSQL a command needs answer, each within
+    CONNECT_TIMEOUT_SECONDS; then run the block. Either one not answering, before or during
+    the block, ends the command with one line (exit 1): what could not be reached, at which
+    host:port, and which setting said so, from the environment or the state folder's
+    stack.env. Never the DSN or a password."""
+    env_file = stack_env(state_dir)
+    try:
+        if broker:
+            asyncio.run(check_broker(kafka_client_options(settings)))
+        if database:
+            asyncio.run(check_database(database_dsn(settings)))
+        yield
+    except Unreachable as error:
+        raise click.ClickException(unreachable_line(error, settings, env_file)) from None
+    except Exception as error:
+        service = lost_service(error)
+        if service is None:
+            raise
+        if service == "broker":
+            reason = _probe_all(bootstrap_addresses(settings.bootstrap_servers))
+        else:
+            dsn = settings.database_url.get_secret_value() if settings.database_url else ""
+            reason = database_reason(error, dsn)
+        line = unreachable_line(Unreachable(service, reason), settings, env_file)
+        raise click.ClickException(line) from None
+
+
+def unreachable_line(error: Unreachable, settings: ClientSettings, env_file: Path | None) -> str:
+    """`cannot reach the Kafka broker at HOST:PORT (CONCORD_BOOTSTRAP_SERVERS, from
+    .concord/stack.env): connection refused`, or the same for PostgreSQL."""
+    if error.service == "broker":
+        what, where, setting = "the Kafka broker", settings.bootstrap_servers, BROKER_SETTING
+    else:
+        dsn = settings.database_url.get_secret_value() if settings.database_url else ""
+        what, where, setting = "PostgreSQL", database_address(dsn), DATABASE_SETTING
+    source = setting_source(setting, env_file)
+    if source is None:
+        origin = "the default"
+    else:
+        origin = "from the environment" if source[0] == ENVIRONMENT else f"from {source[0]}"
+    return f"cannot reach {what} at {where} ({setting}, {origin}): {error.reason}"
+
+
+def lost_service(error: BaseException) -> Service | None:
+    """'broker' or 'database' when `error` is a connection to either failing after the check
+    (the server went away), else None: the command's own error, not ours to rephrase."""
+    from aiokafka.errors import KafkaConnectionError
+
+    if isinstance(error, KafkaConnectionError):
+        return "broker"
+    import asyncpg
+
+    if isinstance(error, asyncpg.ConnectionDoesNotExistError | asyncpg.CannotConnectNowError):
+        return "database"
+    if isinstance(error, OSError | TimeoutError) and _raised_in(error, "asyncpg"):
+        return "database"
+    return None
+
+
+def _raised_in(error: BaseException, package: str) -> bool:
+    trace = error.__traceback__
+    while trace is not None:
+        if str(trace.tb_frame.f_globals.get("__name__", "")).startswith(f"{package}."):
+            return True
+        trace = trace.tb_next
+    return False
+
+
+# --- the broker ---------------------------------------------------------------------------------
+
+
+async def check_broker(options: dict[str, Any]) -> None:
+    """Return once a bootstrap server answers a metadata request; Unreachable if none does
+    within CONNECT_TIMEOUT_SECONDS."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    seconds = CONNECT_TIMEOUT_SECONDS
+    servers = bootstrap_addresses(str(options["bootstrap_servers"]))
+    # Each server gets its share of the time; the bound of the whole is the backstop.
+    per_server_ms = max(int(seconds * 1000 / max(len(servers), 1)), 100)
+    admin = AIOKafkaAdminClient(**options, request_timeout_ms=per_server_ms)
+    # aiokafka logs every failed attempt, and with no logging configured Python prints those
+    # records to stderr: the one line below says it all.
+    quiet = logging.NullHandler()
+    logging.getLogger("aiokafka").addHandler(quiet)
+    try:
+        await asyncio.wait_for(admin.start(), seconds + 1.0)
+    except TimeoutError:
+        raise Unreachable("broker", f"no answer within {seconds:g} s") from None
+    except (KafkaError, OSError):
+        reasons = await asyncio.to_thread(_probe_all, servers)
+        raise Unreachable("broker", reasons) from None
+    finally:
+        await admin.close()
+        logging.getLogger("aiokafka").removeHandler(quiet)
+
+
+def bootstrap_addresses(servers: str) -> list[tuple[str, int]]:
+    """(host, port) of each comma-separated bootstrap server; 9092 where none is given."""
+    addresses = []
+    for server in filter(None, (s.strip() for s in servers.split(","))):
+        host, port = host_port(server)
+        addresses.append((host, 9092 if port is None else port))
+    return addresses
+
+
+def _probe_all(servers: list[tuple[str, int]]) -> str:
+    no_kafka = "the port is open, but no Kafka broker answered there"
+    reasons = [probe(host, port) or no_kafka for host, port in servers]
+    if len(set(reasons)) == 1:
+        return reasons[0]
+    return ", ".join(f"{host}:{port} {r}" for (host, port), r in zip(servers, reasons, strict=True))
+
+
+def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT_SECONDS) -> str | None:
+    """Why a TCP connection to host:port fails, or None when it succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as error:
+        return os_reason(error)
+
+
+def os_reason(error: OSError) -> str:
+    """A socket error in words: "connection refused", "unknown host", "timed out"..."""
+    if isinstance(error, socket.gaierror):
+        return "unknown host"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    text = error.strerror or str(error) or type(error).__name__
+    return text[:1].lower() + text[1:]
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+
+async def check_database(dsn: str) -> None:
+    """Return once PostgreSQL accepts a connection with this DSN; Unreachable if it does not
+    within CONNECT_TIMEOUT_SECONDS."""
+    import asyncpg
+
+    seconds = CONNECT_TIMEOUT_SECONDS
+    try:
+        conn = await asyncpg.connect(dsn, timeout=seconds)
+    except (
+        OSError,
+        TimeoutError,
+        ValueError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+    ) as error:
+        raise Unreachable("database", database_reason(error, dsn, seconds)) from None
+    await conn.close()
+
+
+def database_reason(error: BaseException, dsn: str, seconds: float | None = None) -> str:
+    """Why PostgreSQL could not be used, without the DSN (it holds the password)."""
+    import asyncpg
+
+    if isinstance(error, TimeoutError):
+        return f"no answer within {seconds:g} s" if seconds else "timed out"
+    if isinstance(error, asyncpg.ConnectionDoesNotExistError):
+        return "the connection was lost"
+    if isinstance(error, asyncpg.PostgresError):
+        # The server's own words: 'database "x" does not exist', 'password authentication
+        # failed for user "y"'; they name no password.
+        return str(error)
+    if isinstance(error, asyncpg.InterfaceError | ValueError):
+        # asyncpg's words may quote the DSN, password included.
+        return f"{DATABASE_SETTING} is not a valid DSN (e.g. {EXAMPLE_DSN})"
+    if isinstance(error, ConnectionRefusedError | socket.gaierror):
+        return os_reason(error)
+    if isinstance(error, OSError):
+        # Several addresses (localhost: ::1 and 127.0.0.1) fail as one "Multiple exceptions"
+        # error: connecting to the first says why.
+        address = database_address(dsn)
+        host, port = host_port(address)
+        found = probe(host, port) if port is not None and "," not in address else None
+        return found or os_reason(error)
+    return type(error).__name__
+
+
+def database_address(dsn: str) -> str:
+    """HOST:PORT of a DSN (or its hosts, or its Unix socket folder), never its user, password
+    or options."""
+    try:
+        parts = urlsplit(dsn)
+        query = parse_qs(parts.query)
+    except ValueError:
+        return "the host in the DSN"
+    hosts = parts.netloc.rpartition("@")[2] or query.get("host", [""])[0] or "localhost"
+    if hosts.startswith("/") or "," in hosts:
+        return hosts
+    host, port = host_port(hosts)
+    if port is not None:
+        return hosts
+    if ":" in host and not hosts.startswith("["):
+        return hosts  # not HOST:PORT, as the error says
+    given = query.get("port", [""])[0]
+    return f"{hosts}:{given if given.isdigit() else 5432}"
+
+
+def host_port(text: str) -> tuple[str, int | None]:
+    """Host and port of "host", "host:port", "[v6]" or "[v6]:port" (None: no port given)."""
+    host, sep, port = text.rpartition(":")
+    if sep and port.isdigit() and (":" not in host or host.startswith("[")):
+        return host.strip("[]"), int(port)
+    return text.strip("[]"), None

@@ -1,21 +1,31 @@
 """One pydantic-settings object per service, read from CONCORD_* variables (and a stack.env file).
 
-Nothing here connects to anything: settings are built in each entry point's main().
+Nothing here connects to anything: settings are built in each entry point's main(), with
+load_settings, which says what is wrong with a bad value in one line per CONCORD_* variable.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shlex
 import ssl
+import typing
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticUndefined
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 DEFAULT_STATE_DIR = Path(".concord")
 DEFAULT_ENTERPRISE_ID_SYSTEM = "urn:concord:enterprise-patient-id"
 DEFAULT_MLLP_MAX_FRAME_BYTES = 1024 * 1024
+# No password: examples end up in error messages.
+EXAMPLE_DSN = "postgresql://user@host:5432/concord"
 
 
 class KafkaSettings(BaseSettings):
@@ -30,22 +40,44 @@ class KafkaSettings(BaseSettings):
         "PLAINTEXT", description="How clients talk to the brokers"
     )
     kafka_ssl_cafile: Path | None = Field(
-        None, description="CA bundle that signed the brokers' certificates (SSL, SASL_SSL)"
+        None,
+        description="CA bundle that signed the brokers' certificates (SSL, SASL_SSL)",
+        examples=["/etc/concord/kafka-ca.pem"],
     )
     kafka_ssl_certfile: Path | None = Field(
-        None, description="Client certificate, for brokers that require mutual TLS"
+        None,
+        description="Client certificate, for brokers that require mutual TLS",
+        examples=["/etc/concord/kafka-client.pem"],
     )
     kafka_ssl_keyfile: Path | None = Field(
-        None, description="Private key of the client certificate"
+        None,
+        description="Private key of the client certificate",
+        examples=["/etc/concord/kafka-client.key"],
     )
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL)"
+        None, description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL)", examples=["SCRAM-SHA-512"]
     )
-    kafka_sasl_username: str | None = Field(None, description="SASL user name")
-    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password")
+    kafka_sasl_username: str | None = Field(
+        None, description="SASL user name", examples=["concord"]
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password", examples=["change-me"]
+    )
     kafka_replication_factor: int = Field(
         1, ge=1, description="Replication factor of topics `concord topics create` makes"
     )
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Self:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username
+        ):
+            raise ValueError(
+                f"CONCORD_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "CONCORD_KAFKA_SASL_MECHANISM and CONCORD_KAFKA_SASL_USERNAME (e.g. "
+                "CONCORD_KAFKA_SASL_MECHANISM=SCRAM-SHA-512 CONCORD_KAFKA_SASL_USERNAME=concord)"
+            )
+        return self
 
     def kafka_options(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka clients: servers, TLS context, SASL credentials."""
@@ -93,13 +125,19 @@ class WorkerSettings(KafkaSettings):
     web_host: str = Field("127.0.0.1", description="Interface for /metrics and /health")
     web_port: int = Field(6066, ge=0, le=65535, description="Port for /metrics and /health")
     log_level: str = Field("info", description="Worker log level")
+    data_dir: Path = Field(
+        Path("."),
+        description="Folder for the worker's local files (Faust's data directory); the local "
+        "stack puts it under its state directory",
+    )
 
 
 class DatabaseWorkerSettings(WorkerSettings):
     """Workers that keep state of record in PostgreSQL."""
 
     database_url: SecretStr = Field(
-        description="PostgreSQL DSN, e.g. postgresql://user:pass@host:5432/concord"
+        description="PostgreSQL DSN, e.g. postgresql://user:pass@host:5432/concord",
+        examples=[EXAMPLE_DSN],
     )
     database_pool_size: int = Field(4, ge=1, description="asyncpg pool size")
 
@@ -130,6 +168,7 @@ class MllpSettings(BaseSettings):
         "interface); unset, a message's MSH-3 sending application, else its MSH-4 facility",
         min_length=1,
         max_length=128,
+        examples=["lab-system"],
     )
     mllp_write_timeout_seconds: float = Field(
         10.0,
@@ -138,15 +177,20 @@ class MllpSettings(BaseSettings):
         "AE and keeps the message",
     )
     mllp_tls_certfile: Path | None = Field(
-        None, description="Server certificate (PEM); setting it turns TLS on"
+        None,
+        description="Server certificate (PEM); setting it turns TLS on",
+        examples=["/etc/concord/mllp.pem"],
     )
     mllp_tls_keyfile: Path | None = Field(
-        None, description="Private key of the server certificate (PEM), if not in the certfile"
+        None,
+        description="Private key of the server certificate (PEM), if not in the certfile",
+        examples=["/etc/concord/mllp.key"],
     )
     mllp_tls_client_cafile: Path | None = Field(
         None,
         description="CA bundle for client certificates; when set, clients must present one "
         "(mutual TLS)",
+        examples=["/etc/concord/mllp-clients-ca.pem"],
     )
 
     @model_validator(mode="after")
@@ -155,7 +199,8 @@ class MllpSettings(BaseSettings):
             self.mllp_tls_keyfile is not None or self.mllp_tls_client_cafile is not None
         ):
             raise ValueError(
-                "CONCORD_MLLP_TLS_KEYFILE/CLIENT_CAFILE need CONCORD_MLLP_TLS_CERTFILE"
+                "CONCORD_MLLP_TLS_KEYFILE/CLIENT_CAFILE need CONCORD_MLLP_TLS_CERTFILE "
+                "(e.g. CONCORD_MLLP_TLS_CERTFILE=/etc/concord/mllp.pem)"
             )
         return self
 
@@ -177,7 +222,7 @@ class IngestionSettings(DatabaseWorkerSettings, MllpSettings):
     mllp_enabled, an MLLP listener writing HL7 v2 to ehr.raw.hl7v2 too."""
 
     mllp_enabled: bool = Field(
-        False, description="Run the MLLP listener (CONCORD_MLLP_*) in this worker"
+        False, description="Run the MLLP listener (CONCORD_MLLP_*) in this worker", examples=[True]
     )
 
     dedupe_window_days: float = Field(
@@ -194,11 +239,13 @@ class IngestionSettings(DatabaseWorkerSettings, MllpSettings):
         default_factory=dict,
         description="IANA time zone of each source system's HL7 v2 timestamps that carry no "
         'offset, as JSON: {"lab-system": "America/Chicago"}',
+        examples=[{"lab-system": "America/New_York"}],
     )
     default_time_zone: str | None = Field(
         None,
         description="Zone for sources not in source_time_zones; unset, a zone-less HL7 v2 "
         "timestamp from such a source is dead-lettered (HL7_TIME_ZONE_UNKNOWN), not guessed",
+        examples=["America/New_York"],
     )
 
     @field_validator("source_time_zones")
@@ -218,7 +265,7 @@ def _check_zone(name: str) -> str:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{name!r} is not an IANA time zone (e.g. America/Chicago)") from None
+        raise ValueError(f"{name!r} is not an IANA time zone") from None
     return name
 
 
@@ -240,13 +287,21 @@ class NormalizationSettings(DatabaseWorkerSettings):
         description="Identifier systems (e.g. an enterprise MPI) whose value is the enterprise "
         "patient id; the first one a Patient carries wins",
     )
+    identifier_systems_path: Path | None = Field(
+        None,
+        description="YAML table of the identifier systems that are one system across formats "
+        "(FHIR URIs, HL7 assigning authorities, types; docs/identity.md); unset: the built-in one",
+        examples=["/etc/concord/identifier_systems.yaml"],
+    )
 
 
 class ConflictsSettings(DatabaseWorkerSettings):
     """The conflicts service: facts in, conflict lifecycle events out."""
 
     policy_path: Path | None = Field(
-        None, description="Source-of-truth policy file (YAML); the built-in default when unset"
+        None,
+        description="Source-of-truth policy file (YAML); the built-in default when unset",
+        examples=["/etc/concord/policy.yaml"],
     )
     policy_reload_seconds: float = Field(
         5.0,
@@ -269,9 +324,193 @@ class AlertingSettings(DatabaseWorkerSettings):
 class ClientSettings(KafkaSettings):
     """What the `concord` command-line tools read: usually from the stack's stack.env."""
 
-    database_url: SecretStr | None = Field(None, description="PostgreSQL DSN of the stack")
-    api_url: str | None = Field(None, description="Base URL of the alerting worker's web API")
+    database_url: SecretStr | None = Field(
+        None, description="PostgreSQL DSN of the stack", examples=[EXAMPLE_DSN]
+    )
     mllp_host: str = Field("127.0.0.1", description="Host of the MLLP listener")
     mllp_port: int | None = Field(
-        None, ge=1, le=65535, description="Port of the MLLP listener (stack.env gives it)"
+        None,
+        ge=1,
+        le=65535,
+        description="Port of the MLLP listener (stack.env gives it)",
+        examples=[2575],
     )
+
+
+# --- what is wrong with a setting, in one line per variable -------------------------------------
+
+S = TypeVar("S", bound=BaseSettings)
+
+ENVIRONMENT = "the environment"
+
+
+class SettingsProblem(ValueError):
+    """Settings that cannot be built. `lines`: one per bad CONCORD_* variable, naming it, what
+    is wrong with its value and an example of a good one; never a secret's value."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+def load_settings(cls: type[S], *, env_file: Path | None = None) -> S:
+    """cls() from the CONCORD_* variables (and env_file, which they override); SettingsProblem
+    says what is wrong instead of pydantic's errors, which name fields, not variables."""
+    try:
+        return cls(_env_file=env_file)
+    except ValidationError as error:
+        raise SettingsProblem(validation_problems(cls, error)) from None
+    except SettingsError as error:  # a value that is not JSON, for a dict or list field
+        raise SettingsProblem([_unparsable(cls, error, env_file)]) from None
+
+
+def env_name(cls: type[BaseSettings], field: str) -> str:
+    """The variable a field is read from: CONCORD_ and its name, upper-cased."""
+    return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def setting_source(name: str, env_file: Path | None) -> tuple[str, str] | None:
+    """(where, raw value) of a variable as pydantic-settings finds it: the environment first
+    (names in any case), then env_file; None when neither sets it."""
+    for key, value in os.environ.items():
+        if key.upper() == name:
+            return ENVIRONMENT, value
+    if env_file is not None and env_file.is_file():
+        from dotenv import dotenv_values
+
+        for key, found in dotenv_values(env_file).items():
+            if key.upper() == name and found is not None:
+                return str(env_file), found
+    return None
+
+
+def validation_problems(cls: type[BaseSettings], error: ValidationError) -> list[str]:
+    """One line per variable with a bad value (its first error), then what concerns several
+    variables together (a model validator's message, which names them itself)."""
+    lines: dict[str, str] = {}
+    together: list[str] = []
+    for item in error.errors(include_url=False):
+        loc = item["loc"]
+        field = loc[0] if loc and isinstance(loc[0], str) else None
+        if field is None or field not in cls.model_fields:
+            together.append(_problem(item))
+        elif field not in lines:
+            lines[field] = _field_line(cls, field, item)
+    return [*lines.values(), *together]
+
+
+_SECRET_FIELD = re.compile(r"password|secret|token")
+
+
+def _is_secret(field: str, info: FieldInfo) -> bool:
+    annotation = info.annotation
+    return (
+        annotation is SecretStr
+        or SecretStr in typing.get_args(annotation)
+        or bool(_SECRET_FIELD.search(field))
+    )
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 60 else value[:57] + "...")
+
+
+def setting_example(cls: type[BaseSettings], field: str) -> str | None:
+    """NAME=value with the field's first example, else its default (shell-quoted); None when
+    it has neither."""
+    info = cls.model_fields[field]
+    value = info.examples[0] if info.examples else info.get_default(call_default_factory=True)
+    if value is None or value is PydanticUndefined or value in ({}, []):
+        return None
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, dict | list):
+        text = json.dumps(value)
+    else:
+        text = str(value)
+    return f"{env_name(cls, field)}={shlex.quote(text)}"
+
+
+def _example(cls: type[BaseSettings], field: str) -> str:
+    example = setting_example(cls, field)
+    return f" (e.g. {example})" if example else ""
+
+
+def _field_line(cls: type[BaseSettings], field: str, item: ErrorDetails) -> str:
+    name = env_name(cls, field)
+    problem = _problem(item)
+    nested = item["loc"][1:]
+    if nested:  # inside a JSON value: say where
+        problem = f"at {'.'.join(str(part) for part in nested)}: {problem}"
+    value = item.get("input")
+    shown = ""
+    if not nested and isinstance(value, str) and not _is_secret(field, cls.model_fields[field]):
+        shown = "=" + _shown(value)
+        if _shown(value) in problem:  # the problem quotes the value already
+            shown = ""
+    return f"{name}{shown}: {problem}{_example(cls, field)}"
+
+
+_PROBLEMS = {
+    "missing": "not set",
+    "int_parsing": "not an integer",
+    "int_type": "not an integer",
+    "int_from_float": "not an integer",
+    "float_parsing": "not a number",
+    "float_type": "not a number",
+    "finite_number": "not a finite number",
+    "bool_parsing": "not true or false",
+    "bool_type": "not true or false",
+    "string_type": "not a string",
+    "dict_type": "not a JSON object",
+    "list_type": "not a JSON list",
+    "path_type": "not a path",
+    "greater_than": "must be more than {gt}",
+    "greater_than_equal": "must be {ge} or more",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be {le} or less",
+    "literal_error": "must be {expected}",
+    "string_too_short": "must be at least {min_length} characters",
+    "string_too_long": "must be at most {max_length} characters",
+}
+
+
+def _problem(item: ErrorDetails) -> str:
+    """What is wrong, in words: pydantic's message without its "Input should be" and "Value
+    error," phrasing."""
+    context = {key: _number(value) for key, value in item.get("ctx", {}).items()}
+    if item["type"] == "string_too_short" and context.get("min_length") == "1":
+        return "must not be empty"
+    template = _PROBLEMS.get(item["type"])
+    if template is not None:
+        try:
+            return template.format(**context)
+        except (KeyError, IndexError):
+            pass
+    message = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if message[:2].istitle():  # a sentence's first word, not a variable's name
+        message = message[:1].lower() + message[1:]
+    return message
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+_UNPARSABLE_FIELD = re.compile(r'field "(?P<field>[^"]+)"')
+
+
+def _unparsable(cls: type[BaseSettings], error: SettingsError, env_file: Path | None) -> str:
+    match = _UNPARSABLE_FIELD.search(str(error))
+    if match is None or match["field"] not in cls.model_fields:
+        return f"the CONCORD_* settings cannot be read: {error}"
+    field = match["field"]
+    name = env_name(cls, field)
+    source = setting_source(name, env_file)
+    shown = ""
+    if source is not None and not _is_secret(field, cls.model_fields[field]):
+        shown = "=" + _shown(source[1])
+    problem = "not valid JSON" if "parsing" in str(error) else "cannot be read"
+    return f"{name}{shown}: {problem}{_example(cls, field)}"

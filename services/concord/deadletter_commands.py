@@ -27,7 +27,12 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from concord.cli_options import client_settings, kafka_client_options, state_dir_option
+from concord.cli_options import (
+    client_settings,
+    connections,
+    kafka_client_options,
+    state_dir_option,
+)
 from concord.deadletters import REASON_CODES
 from concord.events import codec
 from concord.events.models import DeadLetter
@@ -288,8 +293,8 @@ async def replay(kafka: str | dict[str, Any], letters: Sequence[StoredLetter]) -
     producer = AIOKafkaProducer(
         **client_options(kafka), acks="all", linger_ms=5, enable_idempotence=False
     )
-    await producer.start()
     try:
+        await producer.start()
         futures = []
         refused: KafkaError | None = None
         for stored in letters:
@@ -389,12 +394,13 @@ def _selection(
     )  # fmt: skip
 
 
-def _kafka_options(state_dir: Path) -> dict[str, Any]:
-    return kafka_client_options(client_settings(state_dir))
-
-
-def _read(kafka: dict[str, Any]) -> DeadLetterTopic:
-    topic = asyncio.run(read_dead_letters(kafka))
+def _read(state_dir: Path) -> tuple[DeadLetterTopic, dict[str, Any]]:
+    """The topic's dead letters, and the Kafka options it was read with; a broker that cannot
+    be reached is said in one line."""
+    settings = client_settings(state_dir)
+    kafka = kafka_client_options(settings)
+    with connections(settings, state_dir, broker=True):
+        topic = asyncio.run(read_dead_letters(kafka))
     if topic.undecodable:
         shown = ", ".join(f"{p}:{o}" for p, o in topic.undecodable[:10])
         more = " ..." if len(topic.undecodable) > 10 else ""
@@ -403,7 +409,7 @@ def _read(kafka: dict[str, Any]) -> DeadLetterTopic:
             f"this version can decode, skipped: {shown}{more}",
             err=True,
         )
-    return topic
+    return topic, kafka
 
 
 @deadletter.command("list")
@@ -431,7 +437,7 @@ def list_command(
     if with_payload and not as_json:
         raise click.UsageError("--with-payload needs --json (payloads are never printed as text)")
     selection = _selection(reasons, stages, topics, sources, positions)
-    topic = _read(_kafka_options(state_dir))
+    topic, _ = _read(state_dir)
     chosen = select(topic.letters, selection)
     for stored in chosen:
         if as_json:
@@ -472,8 +478,7 @@ def replay_command(
         )
     if everything and not selection.is_empty:
         raise click.UsageError("--all replays every dead letter: leave out the filters")
-    kafka = _kafka_options(state_dir)
-    topic = _read(kafka)
+    topic, kafka = _read(state_dir)
     missing = missing_positions(topic.letters, selection)
     if missing:
         raise click.ClickException(

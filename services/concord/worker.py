@@ -24,7 +24,9 @@ from concord.config import (
     DatabaseWorkerSettings,
     IngestionSettings,
     NormalizationSettings,
+    SettingsProblem,
     WorkerSettings,
+    load_settings,
 )
 from concord.runtime.batch import BatchLoop, StageHandler
 
@@ -38,13 +40,14 @@ SERVICES = ("ingestion", "normalization", "conflicts", "alerting")
 
 
 def settings_for(service: str) -> WorkerSettings:
+    """The service's settings from its CONCORD_* variables; SettingsProblem names the bad ones."""
     classes: dict[str, type[WorkerSettings]] = {
         "ingestion": IngestionSettings,
         "normalization": NormalizationSettings,
         "conflicts": ConflictsSettings,
         "alerting": AlertingSettings,
     }
-    return classes[service]()
+    return load_settings(classes[service])
 
 
 async def _no_cleanup() -> None:
@@ -150,6 +153,8 @@ def policy_watcher(settings: WorkerSettings) -> PolicyWatcher | None:
 def build_app(service: str, settings: WorkerSettings) -> faust.App:
     """The worker's Faust app. Raises PolicyError when the conflicts policy file is invalid."""
     watcher = policy_watcher(settings)
+    # Faust makes its data directory but not the folders above it.
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"concord-{service}-control",
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
@@ -162,6 +167,7 @@ def build_app(service: str, settings: WorkerSettings) -> faust.App:
         topic_partitions=1,
         topic_disable_leader=True,
         store="memory://",
+        datadir=settings.data_dir / f"concord-{service}-control-data",
         consumer_auto_offset_reset="latest",
     )
     state: dict[str, Any] = {"loop": None, "stage": None}
@@ -283,7 +289,14 @@ def main(argv: list[str] | None = None) -> None:
     if len(argv) != 1 or argv[0] not in SERVICES:
         sys.exit(f"usage: python -m concord.worker {{{'|'.join(SERVICES)}}}")
     service = argv[0]
-    settings = settings_for(service)
+    try:
+        settings = settings_for(service)
+    except SettingsProblem as problem:
+        # One line per bad variable, no traceback; 2, as for a usage error: restarting the
+        # worker cannot help until the configuration changes.
+        for line in problem.lines:
+            print(f"the {service} worker does not start: {line}", file=sys.stderr)
+        sys.exit(2)
     from concord.conflicts.policy import PolicyError
 
     try:

@@ -130,7 +130,7 @@ def test_alerts_list_json_prints_each_alert_with_its_assertions(
 
     text = CliRunner().invoke(main, ["alerts", "list", "--state-dir", str(tmp_path)])
     line = next(line for line in text.output.splitlines() if patient in line)
-    assert "clinic-ehr=male" in line and "hospital-ehr=female" in line
+    assert "male (clinic-ehr) vs female (hospital-ehr)" in line
 
 
 def test_alerts_list_without_a_database_says_what_to_do(
@@ -334,7 +334,8 @@ def test_identity_commands_without_a_database_say_what_to_do(
     monkeypatch.delenv("CONCORD_DATABASE_URL", raising=False)
     for command in (["merges"], ["unmerge", "E1", "--reason", "x"]):
         result = CliRunner().invoke(main, ["identity", *command, "--state-dir", str(tmp_path)])
-        assert result.exit_code == 1
+        assert result.exit_code == 2  # a missing setting, like any bad one
+        assert "CONCORD_DATABASE_URL: not set" in result.output
         assert "concord stack up" in result.output
 
 

@@ -160,7 +160,6 @@ def test_stack_up_status_down(tmp_path: Path) -> None:
     assert env == {
         "CONCORD_BOOTSTRAP_SERVERS": info.bootstrap_servers,
         "CONCORD_DATABASE_URL": info.database_url,
-        "CONCORD_API_URL": f"http://127.0.0.1:{info.workers['alerting'].port}",
         "CONCORD_MLLP_HOST": "127.0.0.1",
         "CONCORD_MLLP_PORT": str(info.mllp_port),
     }
@@ -170,6 +169,8 @@ def test_stack_up_status_down(tmp_path: Path) -> None:
     assert seen["CONCORD_DATABASE_URL"] == info.database_url
     assert seen["CONCORD_WEB_PORT"] == str(info.workers["conflicts"].port)
     assert seen["CONCORD_WEB_HOST"] == "127.0.0.1"
+    # Faust's data directories go under the state dir, not the caller's working directory.
+    assert seen["CONCORD_DATA_DIR"] == str(state_dir / "workers")
     assert "CONCORD_MLLP_ENABLED" not in seen  # only the ingestion worker listens
     ingestion = json.loads(_get(f"http://127.0.0.1:{info.workers['ingestion'].port}/env"))
     assert ingestion["CONCORD_MLLP_ENABLED"] == "true"

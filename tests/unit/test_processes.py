@@ -75,7 +75,6 @@ def test_stack_env_round_trip(tmp_path: Path) -> None:
     assert load_stack_env(tmp_path) == {
         "CONCORD_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
         "CONCORD_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/concord",
-        "CONCORD_API_URL": "http://127.0.0.1:7000",
         "CONCORD_MLLP_HOST": "127.0.0.1",
         "CONCORD_MLLP_PORT": "2575",
     }
@@ -91,7 +90,6 @@ def test_stack_info_survives_json(tmp_path: Path) -> None:
     info.mllp_port = 12575
     again = StackInfo.from_json(tmp_path, info.to_json())
     assert again == info
-    assert again.api_url is None  # no alerting worker, no API
 
 
 def test_with_database_keeps_the_server() -> None:

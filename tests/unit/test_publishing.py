@@ -1,14 +1,15 @@
-"""Reading EHR files into raw messages: one resource, a Bundle, or NDJSON."""
+"""Reading EHR files into raw messages: one resource, a Bundle, or NDJSON, gzipped or not."""
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from concord.publishing import RawMessage, read_file
+from concord.publishing import CLAIM_LINE, HL7_MESSAGE, FileReader, RawMessage, read_file
 from concord.topics import RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 
 
@@ -126,3 +127,44 @@ def test_fhir_resources_are_keyed_by_their_patient(tmp_path: Path) -> None:
     path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines))
     keys = [message.key for message in read_file(path, "ehr")]
     assert keys == [b"ehr/Patient/p1", b"ehr/Patient/p1", b"ehr/Encounter/e1"]
+
+
+def test_gzipped_ndjson_is_read_line_by_line_like_plain_ndjson(tmp_path: Path) -> None:
+    lines = [orjson.dumps(_patient(pid)) for pid in ("a", "b")]
+    data = lines[0] + b"\n\n" + lines[1] + b"\r\n"
+    plain = list(read_file(_write(tmp_path / "Patient.000.ndjson", data), "s"))
+    zipped = list(read_file(_write(tmp_path / "Patient.000.ndjson.gz", gzip.compress(data)), "s"))
+    assert zipped == plain
+    assert [m.value for m in zipped] == lines
+
+
+def test_a_gzipped_bundle_or_hl7_file_is_read_by_its_inner_suffix(tmp_path: Path) -> None:
+    bundle = orjson.dumps({"resourceType": "Bundle", "id": "b", "entry": []})
+    [message] = read_file(_write(tmp_path / "b.json.gz", gzip.compress(bundle)), "s")
+    assert (message.value, message.kind) == (bundle, "Bundle")
+    read = list(read_file(_write(tmp_path / "feed.hl7.gz", gzip.compress(HL7_TWO)), "lab"))
+    assert [(m.topic, m.kind) for m in read] == [(RAW_HL7V2, HL7_MESSAGE)] * 2
+
+
+def test_the_reader_counts_blank_lines_and_says_how_far_it_has_read(tmp_path: Path) -> None:
+    line = orjson.dumps(_patient("a"))
+    path = _write(tmp_path / "feed.ndjson", (line + b"\n \n") * 50_000)
+    reader = FileReader(path, "s")
+    assert reader.position() == 0
+    events = iter(reader)
+    next(events)
+    assert 0 < reader.position() < reader.size  # read as it goes, not all at once
+    assert sum(1 for _ in events) == 49_999
+    assert reader.position() == reader.size
+    assert reader.blank_lines == 50_000
+
+
+def test_each_message_says_what_it_is(tmp_path: Path) -> None:
+    lines = [
+        orjson.dumps(_patient("a")),
+        orjson.dumps({"claim_id": "C-1", "line_number": 1}),
+        b"not json",
+        b'{"resourceType": 7}',
+    ]
+    read = list(read_file(_write(tmp_path / "mixed.ndjson", b"\n".join(lines)), "s"))
+    assert [m.kind for m in read] == ["Patient", CLAIM_LINE, None, None]

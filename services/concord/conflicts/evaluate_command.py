@@ -24,6 +24,7 @@ import orjson
 from concord import topics
 from concord.cli_options import (
     client_settings,
+    connections,
     database_dsn,
     kafka_client_options,
     state_dir_option,
@@ -115,7 +116,7 @@ async def run(
     settle_within: float,
     progress: Progress,
 ) -> ConflictScores:
-    from concord.cli import publish_files
+    from concord.publisher import publish_files
 
     key = orjson.loads((folder / ANSWER_KEY).read_bytes())
     before = await asyncio.to_thread(consumed_by_worker, ports)
@@ -176,17 +177,20 @@ def evaluate(folder: Path, quiet_seconds: float, timeout: float, state_dir: Path
         )
     ports = {name: w.port for name, w in stack.workers.items() if w.port is not None}
     settings = client_settings(state_dir)
-    scores = asyncio.run(
-        run(
-            folder,
-            kafka_client_options(settings),
-            ports,
-            dsn=database_dsn(settings),
-            quiet_seconds=quiet_seconds,
-            settle_within=timeout,
-            progress=lambda line: click.echo(f"evaluate: {line}", err=True),
+    kafka, dsn = kafka_client_options(settings), database_dsn(settings)
+    # Both checked before anything is published: a set half published cannot be scored.
+    with connections(settings, state_dir, broker=True, database=True):
+        scores = asyncio.run(
+            run(
+                folder,
+                kafka,
+                ports,
+                dsn=dsn,
+                quiet_seconds=quiet_seconds,
+                settle_within=timeout,
+                progress=lambda line: click.echo(f"evaluate: {line}", err=True),
+            )
         )
-    )
     click.echo(scores.report())
     if not scores.perfect:
         raise SystemExit(1)

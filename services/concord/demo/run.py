@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from concord.alerting.render import alert_line
-from concord.cli import follow, publish_files
+from concord.cli import follow
 from concord.demo.sample import AnswerKey, ExpectedAlert, load_answer_key, sample_dir
 from concord.events.models import Alert
+from concord.publisher import publish_files
 from concord.stack.stack import running_processes, start_stack, stop_stack
 
 AlertKey = tuple[str, str]  # (patient_id, attribute)

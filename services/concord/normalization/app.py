@@ -33,6 +33,8 @@ from concord.normalization.facts.withdrawals import (
     remembered,
     withdrawal_facts,
 )
+from concord.normalization.identity import systems as naming
+from concord.normalization.identity.systems import IdentifierSystems
 from concord.normalization.identity_store import IdentityStore
 from concord.normalization.outbound import fact_record
 from concord.normalization.record_facts import RecordFacts
@@ -66,6 +68,8 @@ class NormalizationStage(BaseStage):
         producer: AIOKafkaProducer | None = None,
     ) -> None:
         self.systems = tuple(settings.enterprise_id_systems)
+        # Raises NamingError on a bad file: the worker does not start on it.
+        naming.configure(IdentifierSystems.load(settings.identifier_systems_path))
         self.identities = identities
         self.terminology = terminology
         self.record_facts = record_facts

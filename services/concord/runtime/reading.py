@@ -38,8 +38,8 @@ async def read_topic(
     consumer = AIOKafkaConsumer(
         **client_options(kafka), enable_auto_commit=False, fetch_max_wait_ms=fetch_max_wait_ms
     )
-    await consumer.start()
     try:
+        await consumer.start()
         await assign_from_start(consumer, topic)
         records: list[ConsumerRecord] = []
         last_new = time.monotonic()

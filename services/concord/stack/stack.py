@@ -39,7 +39,6 @@ from concord.stack.processes import (
 ALL_SERVICES: tuple[str, ...] = ("ingestion", "normalization", "conflicts", "alerting")
 # The real worker entry point; the service name is appended.
 WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "concord.worker")
-API_SERVICE = "alerting"  # its web port is the HTTP API (CONCORD_API_URL)
 MLLP_SERVICE = "ingestion"  # runs the MLLP listener (CONCORD_MLLP_PORT)
 STATE_FILE = "stack.json"
 ENV_FILE = "stack.env"
@@ -62,24 +61,18 @@ class StackInfo:
     mllp_port: int | None = None  # the ingestion worker's MLLP listener
 
     @property
-    def api_url(self) -> str | None:
-        api = self.workers.get(API_SERVICE)
-        return f"http://{LOOPBACK}:{api.port}" if api is not None else None
-
-    @property
     def processes(self) -> list[ProcessRecord]:
         """Every recorded process, workers last (the order they start in)."""
         infra = [r for r in (self.broker, self.postgres) if r is not None]
         return infra + list(self.workers.values())
 
     def settings(self) -> dict[str, str]:
-        """What stack.env holds: how clients reach the broker, the database and the API."""
+        """What stack.env holds: how clients reach the broker, the database and the MLLP
+        listener."""
         values = {
             "CONCORD_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             "CONCORD_DATABASE_URL": self.database_url,
         }
-        if self.api_url is not None:
-            values["CONCORD_API_URL"] = self.api_url
         if self.mllp_port is not None:
             values["CONCORD_MLLP_HOST"] = LOOPBACK
             values["CONCORD_MLLP_PORT"] = str(self.mllp_port)
@@ -148,7 +141,8 @@ def write_stack_env(info: StackInfo) -> Path:
 
 def load_stack_env(state_dir: Path | str) -> dict[str, str]:
     """The settings of the stack in `state_dir` (from stack.env): CONCORD_BOOTSTRAP_SERVERS,
-    CONCORD_DATABASE_URL, CONCORD_API_URL. Empty if no stack has been started there."""
+    CONCORD_DATABASE_URL and, with an ingestion worker, CONCORD_MLLP_HOST and CONCORD_MLLP_PORT.
+    Empty if no stack has been started there."""
     path = Path(state_dir) / ENV_FILE
     if not path.exists():
         return {}
@@ -187,8 +181,12 @@ def start_worker(
     STATE_DIR/logs/<name>.log. Does not wait: see `wait_worker_ready`."""
     port = port or free_port()
     log_path = Path(state_dir) / "logs" / f"{name}.log"
-    return spawn(name, "worker", [*command, name], log_path, env=worker_env(settings, port),
-                 port=port)  # fmt: skip
+    env = worker_env(settings, port)
+    # Faust's data directory, which would otherwise land in the caller's working directory.
+    data_dir = absolute(state_dir) / "workers"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env["CONCORD_DATA_DIR"] = str(data_dir)
+    return spawn(name, "worker", [*command, name], log_path, env=env, port=port)
 
 
 async def wait_worker_ready(record: ProcessRecord, *, startup_timeout: float = 60.0) -> None:
