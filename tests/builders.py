@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from concord.events.models import Assertion, FactStatus, Provenance
 from concord.normalization.identity.index import InMemoryIdentityIndex
@@ -62,3 +63,12 @@ class FakeIdentities:
             apply(request, resolution, self.crosswalk, self.index)
             resolutions.append(resolution)
         return resolutions
+
+
+def listify(value: Any) -> Any:
+    """A model_dump as an Avro reader returns it: tuples of array fields as lists."""
+    if isinstance(value, dict):
+        return {k: listify(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [listify(v) for v in value]
+    return value

@@ -46,16 +46,22 @@ async def _current_user(dsn: str) -> str:
         await conn.close()
 
 
-def test_root_starts_postgres_inside_a_private_directory(private_dir: Path) -> None:
-    state_dir = private_dir / "checkout" / ".concord"
-    state_dir.mkdir(parents=True)
-    before = _modes(state_dir)
+def _start_query_stop(state_dir: Path) -> list[str]:
+    """Start the server in `state_dir`, connect as its superuser, stop it; its argv."""
     info = asyncio.run(start_postgres(state_dir))
     assert info.record is not None
     try:
         assert asyncio.run(_current_user(info.dsn)) == "postgres"
     finally:
         stop_process(info.record)
+    return info.record.argv
+
+
+def test_root_starts_postgres_inside_a_private_directory(private_dir: Path) -> None:
+    state_dir = private_dir / "checkout" / ".concord"
+    state_dir.mkdir(parents=True)
+    before = _modes(state_dir)
+    _start_query_stop(state_dir)
     assert _modes(state_dir) == before  # no parent was opened up
     assert stat.S_IMODE(private_dir.stat().st_mode) == 0o700
 
@@ -70,13 +76,8 @@ def test_without_user_namespaces_the_system_user_runs_a_copy_of_the_binaries(
     reachable.mkdir(mode=0o755)
     private_dir.chmod(0o711)  # our own temporary directory: traversable, not listable
     state_dir = reachable / "state"
-    info = asyncio.run(start_postgres(state_dir))
-    assert info.record is not None
-    try:
-        assert asyncio.run(_current_user(info.dsn)) == "postgres"
-    finally:
-        stop_process(info.record)
-    assert info.record.argv[0].startswith(str(state_dir / "postgres-server"))
+    argv = _start_query_stop(state_dir)
+    assert argv[0].startswith(str(state_dir / "postgres-server"))
     pgdata = state_dir / "pgdata"
     assert pgdata.stat().st_uid == pwd.getpwnam(SYSTEM_USER).pw_uid
 

@@ -25,6 +25,7 @@ from fastavro.utils import generate_many
 from fastavro.validation import validate
 from pydantic import AwareDatetime, BaseModel
 
+from builders import listify
 from concord.events import codec, models
 from concord.events.codec import ALL_CODECS, CodecError, EventCodec, load_schema_file
 
@@ -89,15 +90,6 @@ def _single_object(schema: Any, record: Any) -> bytes:
     return b"\xc3\x01" + codec.schema_fingerprint(schema) + _write(schema, record)
 
 
-def _listify(value: Any) -> Any:
-    """model_dump gives tuples for array fields; readers give lists."""
-    if isinstance(value, dict):
-        return {k: _listify(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_listify(v) for v in value]
-    return value
-
-
 def _datetimes(value: Any) -> list[datetime]:
     if isinstance(value, datetime):
         return [value]
@@ -151,7 +143,7 @@ def test_records_generated_from_the_schema_validate_into_the_twin_and_dump_back(
     for record in _generated(c):
         model = c.model.model_validate(record)
         dumped = model.model_dump()
-        assert _listify(dumped) == record
+        assert listify(dumped) == record
         assert all(d.tzinfo is not None for d in _datetimes(dumped))
         # and the twin's output is valid data of the schema, so the agreement is both ways
         assert validate(dumped, c.schema, raise_errors=True)
@@ -265,7 +257,7 @@ def test_data_written_with_a_historic_schema_decodes_with_the_current_codec(
         as_written = _as_read(old, record)
         decoded = c.decode(_single_object(old, record))
         assert isinstance(decoded, c.model)
-        dumped = _listify(decoded.model_dump())
+        dumped = listify(decoded.model_dump())
         for field in old["fields"]:
             if field["name"] in dumped:
                 written = as_written[field["name"]]
@@ -487,7 +479,7 @@ def test_twin_fields_equal_the_schema_fields_in_order_with_the_same_types(name: 
             assert _python_shape(info.annotation) == _avro_shape(field["type"], named), where
             assert info.is_required() == ("default" not in field), where
             if "default" in field:
-                assert _listify(info.default) == field["default"], where
+                assert listify(info.default) == field["default"], where
 
 
 @pytest.mark.parametrize("name", sorted(CODECS))

@@ -16,6 +16,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, load_schema, parse_schema, to_parsing_canonical_form
 from fastavro.utils import generate_many
 
+from builders import listify
 from concord.events import codec
 from concord.events.codec import ALL_CODECS, TOPIC_CODECS, topic_schema_path
 from concord.topics import ALERTS, ALL_TOPICS, CONFLICTS, DEADLETTER, FACTS, INGESTED, RESOLUTIONS
@@ -35,14 +36,6 @@ def _alone(topic: str, tmp_path: Path) -> Path:
     copy = tmp_path / f"{topic}.avsc"
     shutil.copy(topic_schema_path(topic), copy)
     return copy
-
-
-def _listify(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _listify(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_listify(v) for v in value]
-    return value
 
 
 def _records(c: codec.EventCodec[Any], n: int) -> list[dict[str, Any]]:
@@ -92,7 +85,7 @@ def test_a_consumer_with_only_the_file_decodes_what_concord_writes(
         data = c.encode(event)
         assert data[:10] == b"\xc3\x01" + _fingerprint(schema)
         body = io.BytesIO(data[10:])
-        assert schemaless_reader(body, schema) == _listify(event.model_dump())
+        assert schemaless_reader(body, schema) == listify(event.model_dump())
         assert body.read() == b""
 
 
