@@ -80,6 +80,54 @@ async def test_conflict_state_round_trips_through_postgres(pool: asyncpg.Pool) -
     assert await store.attributes_of([patient, "nobody"]) == {key: "DEMOGRAPHICS"}
 
 
+def episode(
+    patient: str, record: str, status: str, *, at: datetime, version: str = "1"
+) -> ClinicalFact:
+    base = fact(patient, "ehr", status, at=at, version=version)
+    return base.model_copy(
+        update={
+            "fact_id": f"{patient}-{record}-{version}",
+            "attribute": "Condition/J45.909",
+            "attribute_class": "CONDITION",
+            "provenance": base.provenance.model_copy(update={"source_record_id": record}),
+        }
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_sources_records_of_one_concept_round_trip_and_its_belief_moves_forward(
+    pool: asyncpg.Pool,
+) -> None:
+    """Several records of one condition (issue 13, item 2) are stored with the belief; after
+    the newest, active, episode is withdrawn, the belief falls back to an older record and a
+    stale cache still cannot write what went before."""
+    store = ConflictStore(pool, Outbox(pool, f"test-{uuid.uuid4().hex[:6]}"))
+    patient = patient_id()
+    key = (patient, "Condition/J45.909")
+    state = AttributeState(patient, key[1], "CONDITION")
+    apply_fact(state, episode(patient, "Condition/1", "resolved", at=T0))
+    apply_fact(state, episode(patient, "Condition/2", "active", at=T0 + timedelta(days=9)))
+    await store.save([(state, "ehr", 0)], [], [])
+    loaded = (await store.load([key], {key: "CONDITION"}))[key]
+    assert loaded.assertions == state.assertions
+    assert loaded.records == state.records and set(loaded.records["ehr"]) == {
+        "Condition/1",
+        "Condition/2",
+    }
+
+    stale_cache = AttributeState(patient, key[1], "CONDITION")
+    apply_fact(stale_cache, episode(patient, "Condition/2", "active", at=T0 + timedelta(days=9)))
+    withdrawn = episode(patient, "Condition/2", "active", at=T0 + timedelta(days=20), version="2")
+    apply_fact(loaded, withdrawn.model_copy(update={"status": "ENTERED_IN_ERROR"}))
+    assert loaded.assertions["ehr"].provenance.source_record_id == "Condition/1"
+    await store.save([(loaded, "ehr", 0)], [], [])
+    await store.save([(stale_cache, "ehr", 0)], [], [])  # refused: the source moved on
+
+    again = (await store.load([key], {key: "CONDITION"}))[key]
+    assert again.assertions["ehr"].value == "resolved"
+    assert again.records_of("ehr")["Condition/2"].status == "ENTERED_IN_ERROR"
+
+
 @pytest.mark.asyncio
 async def test_an_older_assertion_never_overwrites_a_newer_one(pool: asyncpg.Pool) -> None:
     store = ConflictStore(pool, Outbox(pool, f"test-{uuid.uuid4().hex[:6]}"))

@@ -200,6 +200,9 @@ class ConflictsStage(BaseStage):
             (s.patient_id, s.attribute): (s, p) for s, _, p in rebuilt
         }.values():
             changes.check(state, partition, changes.now)
+        # Every fact first, then each changed state compared once: a source's records of one
+        # concept arriving in one batch are one belief, not a run of passing disagreements.
+        changed: dict[Key, tuple[AttributeState, int, datetime]] = {}
         for fact, partition in facts:
             key = (fact.patient_id, fact.attribute)
             state = self.cache[key]
@@ -207,7 +210,9 @@ class ConflictsStage(BaseStage):
                 continue
             source = fact.provenance.source_system
             changes.assertions[(key, source)] = (state, source, partition)
-            changes.check(state, partition, fact.provenance.received_time)
+            changed[key] = (state, partition, fact.provenance.received_time)
+        for state, partition, received in changed.values():
+            changes.check(state, partition, received)
         # After the facts: a decision names a conflict facts opened (in this batch, or before).
         await self._load_decided(resolutions)
         for resolution, partition in resolutions:

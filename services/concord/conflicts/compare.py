@@ -51,6 +51,11 @@ _STATUS_POSITIONS = {
 }
 
 
+def status_position(value: str | None) -> str | None:
+    """What a status value says: active, inactive, entered-in-error, or None (no position)."""
+    return _STATUS_POSITIONS.get((value or "").casefold())
+
+
 def said_by_a_source(assertion: Assertion) -> bool:
     return not assertion.fact_id.startswith(SYNTHETIC_PREFIXES)
 
@@ -64,7 +69,7 @@ def position(assertion: Assertion, rule: ClassRule) -> str | None:
             return REFUTED
         if assertion.status in ("ENTERED_IN_ERROR", "DELETED"):
             return WITHDRAWN
-        return _STATUS_POSITIONS.get((assertion.value or "").casefold())
+        return status_position(assertion.value)
     if assertion.status != "ASSERTED" or assertion.value is None:
         return None
     return assertion.value

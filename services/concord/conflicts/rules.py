@@ -12,6 +12,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
+from concord.conflicts.beliefs import (
+    TOMBSTONE_KEY,
+    believed,
+    is_tombstone,
+    keeps_records,
+    record_key,
+)
 from concord.conflicts.compare import (
     MERGE_TOMBSTONE_PREFIX,
     UNMERGE_TOMBSTONE_PREFIX,
@@ -65,12 +72,38 @@ class AttributeState:
     patient_id: str
     attribute: str
     attribute_class: AttributeClass
+    # Each source's belief (beliefs.py): what is compared.
     assertions: dict[str, Assertion] = field(default_factory=dict)
+    # Each source's current records by record key, for the classes a source may hold several
+    # records of (beliefs.RECORD_CLASSES); a source with one record may have none here.
+    records: dict[str, dict[str, Assertion]] = field(default_factory=dict)
     conflict: ConflictState | None = None
     # Each source's stale record on the attribute, if it had one (staleness.py).
     stale: dict[str, ConflictState] = field(default_factory=dict)
     # What waits out suppress_for: CONFLICT_HOLD for the conflict, a source for its staleness.
     held: dict[str, Hold] = field(default_factory=dict)
+
+    def records_of(self, source: str) -> dict[str, Assertion]:
+        """The source's current records: those kept, else its belief as its only record."""
+        kept = self.records.get(source)
+        if kept:
+            return kept
+        belief = self.assertions.get(source)
+        return {} if belief is None else {record_key(belief): belief}
+
+    def set_records(self, source: str, records: dict[str, Assertion]) -> None:
+        """Replace the source's records and derive its belief from them."""
+        belief = believed(records, self.attribute_class)
+        if belief is None:
+            self.records.pop(source, None)
+            self.assertions.pop(source, None)
+            return
+        self.assertions[source] = belief
+        # One record is its own belief: nothing more to keep (nor to store).
+        if len(records) > 1 and keeps_records(self.attribute_class):
+            self.records[source] = records
+        else:
+            self.records.pop(source, None)
 
     def hold(self, key: str, now: datetime, window: timedelta) -> Hold | None:
         """The hold of `key`, started now if new; None once it has lasted `window` (and is
@@ -115,11 +148,28 @@ def supersedes(fact: ClinicalFact, current: Assertion | None) -> bool:
 
 
 def apply_fact(state: AttributeState, fact: ClinicalFact) -> bool:
-    """Record the fact as its source's assertion if it is newer; return whether it was."""
+    """Record the fact as an assertion of its source's if it is newer than what it replaces
+    (the same record's earlier version; for a tombstone, or a class with one value at a time,
+    the source's belief), and derive the source's belief again; return whether it was."""
     source = fact.provenance.source_system
-    if not supersedes(fact, state.assertions.get(source)):
+    assertion = as_assertion(fact)
+    if not keeps_records(state.attribute_class) or is_tombstone(assertion):
+        if not supersedes(fact, state.assertions.get(source)):
+            return False
+        state.set_records(source, {record_key(assertion): assertion})
+        return True
+    records = dict(state.records_of(source))
+    tombstone = records.get(TOMBSTONE_KEY)
+    if tombstone is not None and is_tombstone(tombstone):
+        # The source stopped speaking of the patient (a merge, an unmerge) after this fact.
+        if not supersedes(fact, tombstone):
+            return False
+        del records[TOMBSTONE_KEY]
+    key = record_key(assertion)
+    if not supersedes(fact, records.get(key)):
         return False
-    state.assertions[source] = as_assertion(fact)
+    records[key] = assertion
+    state.set_records(source, records)
     return True
 
 
@@ -232,18 +282,17 @@ def conflict_event(
 
 
 def merged_facts(absorbed: AttributeState, merge: ClinicalFact) -> list[ClinicalFact]:
-    """For one attribute of a patient merged into `merge.patient_id`: each source's assertion
-    as a fact about the survivor, and a tombstone replacing it on the absorbed patient. A
+    """For one attribute of a patient merged into `merge.patient_id`: each source's records
+    as facts about the survivor, and a tombstone replacing them on the absorbed patient. A
     redelivered merge finds only tombstones, and adds nothing."""
-    facts = []
-    for source, assertion in sorted(absorbed.assertions.items()):
-        if not said_by_a_source(assertion):
+    common = {"attribute": absorbed.attribute, "attribute_class": absorbed.attribute_class}
+    facts: list[ClinicalFact] = []
+    for source in sorted(absorbed.assertions):
+        records = [a for _, a in sorted(absorbed.records_of(source).items())]
+        said = [a for a in records if said_by_a_source(a)]
+        if not said:
             continue  # a tombstone moves nothing
-        common = {
-            "attribute": absorbed.attribute,
-            "attribute_class": absorbed.attribute_class,
-        }
-        facts.append(
+        facts.extend(
             ClinicalFact(
                 fact_id=assertion.fact_id,
                 patient_id=merge.patient_id,
@@ -255,15 +304,17 @@ def merged_facts(absorbed: AttributeState, merge: ClinicalFact) -> list[Clinical
                 effective_time=assertion.effective_time,
                 **common,
             )
+            for assertion in said
         )
-        when = max(assertion.provenance.event_time, merge.provenance.event_time)
+        belief = absorbed.assertions[source]
+        when = max(*(a.provenance.event_time for a in said), merge.provenance.event_time)
         facts.append(
             ClinicalFact(
                 fact_id=MERGE_TOMBSTONE_PREFIX + hash_of(merge.fact_id, source, absorbed.attribute),
                 patient_id=absorbed.patient_id,
                 value=None,
                 status="DELETED",
-                provenance=assertion.provenance.model_copy(update={"event_time": when}),
+                provenance=belief.provenance.model_copy(update={"event_time": when}),
                 **common,
             )
         )
@@ -316,7 +367,8 @@ def rebuild(
                     }
                 )
             if target is not None and (current is None or current.fact_id != target.fact_id):
-                state.assertions[source] = target
+                # The newest fact stands for the source: its other records are not rebuilt.
+                state.set_records(source, {record_key(target): target})
                 changed.append((state, source))
     return changed
 

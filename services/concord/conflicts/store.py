@@ -13,6 +13,7 @@ from datetime import datetime
 import asyncpg
 import orjson
 
+from concord.conflicts.beliefs import record_key
 from concord.conflicts.rules import AttributeState, ConflictState, HistoricFact, Hold
 from concord.events.models import Assertion, ClinicalFact, Provenance
 from concord.runtime.batch import OutboundRecord
@@ -35,16 +36,16 @@ JOIN unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
 _UPSERT_ASSERTIONS_ANY_TIME = """
 INSERT INTO assertions (patient_id, attribute, source_system, kafka_partition, attribute_class,
                         value, display, status, fact_id, event_time, received_time, provenance,
-                        unit, effective_time)
+                        unit, effective_time, records)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[],
-                     $12::jsonb[], $13::text[], $14::timestamptz[])
+                     $12::jsonb[], $13::text[], $14::timestamptz[], $15::jsonb[])
 ON CONFLICT (patient_id, attribute, source_system) DO UPDATE SET
     kafka_partition = excluded.kafka_partition, attribute_class = excluded.attribute_class,
     value = excluded.value, display = excluded.display, status = excluded.status,
     fact_id = excluded.fact_id, event_time = excluded.event_time,
     received_time = excluded.received_time, provenance = excluded.provenance,
-    unit = excluded.unit, effective_time = excluded.effective_time
+    unit = excluded.unit, effective_time = excluded.effective_time, records = excluded.records
 """
 # A stale cache (another worker's, during a rebalance) must never put an older assertion back;
 # only an unmerge's rebuild does so on purpose (_UPSERT_ASSERTIONS_ANY_TIME).
@@ -218,9 +219,10 @@ class ConflictStore:
             for key in keys
         }
         for row in assertion_rows:
-            states[(row["patient_id"], row["attribute"])].assertions[row["source_system"]] = (
-                _assertion(row)
-            )
+            state = states[(row["patient_id"], row["attribute"])]
+            state.assertions[row["source_system"]] = _assertion(row)
+            if row["records"] is not None:
+                state.records[row["source_system"]] = _records(row["records"])
         for row in conflict_rows:
             states[(row["patient_id"], row["attribute"])].conflict = _conflict_state(
                 row, row["assertions_digest"], reviewed=row["reviewed"]
@@ -293,6 +295,7 @@ class ConflictStore:
         conn: asyncpg.Connection, statement: str, rows: Iterable[tuple[AttributeState, str, int]]
     ) -> None:
         a_rows = [(st, st.assertions[source], partition) for st, source, partition in rows]
+        kept = [st.records.get(a.source_system) for st, a, _ in a_rows]
         if a_rows:
             await conn.execute(
                 statement,
@@ -305,11 +308,12 @@ class ConflictStore:
                 [a.display for _, a, _ in a_rows],
                 [a.status for _, a, _ in a_rows],
                 [a.fact_id for _, a, _ in a_rows],
-                [a.provenance.event_time for _, a, _ in a_rows],
+                [_newest_time(a, records) for (_, a, _), records in zip(a_rows, kept, strict=True)],
                 [a.provenance.received_time for _, a, _ in a_rows],
                 [_json(a.provenance) for _, a, _ in a_rows],
                 [a.unit for _, a, _ in a_rows],
                 [a.effective_time for _, a, _ in a_rows],
+                [_records_json(records) for records in kept],
             )
 
 
@@ -365,6 +369,27 @@ def _assertion(row: asyncpg.Record) -> Assertion:
         unit=row["unit"],
         effective_time=row["effective_time"],
     )
+
+
+def _newest_time(belief: Assertion, records: dict[str, Assertion] | None) -> datetime:
+    """The row's event time: the newest of the source's records (a belief may fall back to an
+    older record when a newer one is withdrawn; the source's state still moved forward)."""
+    if not records:
+        return belief.provenance.event_time
+    return max(a.provenance.event_time for a in records.values())
+
+
+def _records_json(records: dict[str, Assertion] | None) -> str | None:
+    if not records:
+        return None
+    return orjson.dumps(
+        [a.model_dump(mode="json", exclude_defaults=True) for _, a in sorted(records.items())]
+    ).decode()
+
+
+def _records(document: str) -> dict[str, Assertion]:
+    records = (Assertion.model_validate(item) for item in orjson.loads(document))
+    return {record_key(a): a for a in records}
 
 
 def _json(provenance: Provenance) -> str:
