@@ -426,3 +426,37 @@ def test_a_c77_claim_and_a_stage_three_condition_raise_no_metastatic_conflict() 
     )
     assert {s: a.value for s, a in state.assertions.items()} == {"hospital-ehr": "false"}
     assert event is None
+
+
+def test_equal_answers_in_loinc_and_snomed_for_one_specimen_raise_nothing() -> None:
+    """A pathology lab answers LOINC LA6576-8 Positive, the EHR holds SNOMED CT 10828004: the
+    same result of the same specimen, so neither the result nor the derived status conflicts."""
+
+    def pd_l1(source: str, answer: dict[str, str]) -> list[ClinicalFact]:
+        observation = {
+            "resourceType": "Observation",
+            "id": f"pdl1-{source}",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "83052-1"}]},
+            "subject": {"reference": "Patient/1"},
+            "effectiveDateTime": "2026-05-01T10:00:00Z",
+            "valueCodeableConcept": {"coding": [answer]},
+        }
+        facts = _normalized(list(fhir_drafts(observation, Terminology.load())), source)
+        return [
+            f.model_copy(update={"provenance": f.provenance.model_copy(
+                update={"source_system": source})})
+            for f in facts
+        ]  # fmt: skip
+
+    lab = pd_l1("pathology-lab", {"system": LOINC_ANSWER, "code": "LA6576-8"})
+    ehr = pd_l1("hospital-ehr", {"system": SCT, "code": "10828004"})
+    assert [f.value for f in lab] == [f.value for f in ehr] == [f"{SCT}|10828004"]
+    state = AttributeState("E1", "Observation/83052-1", "LABORATORY")
+    for fact in [*lab, *ehr]:
+        apply_fact(state, fact)
+    assert len(state.assertions) == 2
+    assert evaluate(state, DEFAULT_POLICY, now=T0, trigger_received_time=T0) is None
+    _, event = _compared("Oncology.biomarker/PD-L1", *lab, *ehr)
+    assert event is None
+    assert _derived(lab) == _derived(ehr) == {"Oncology.biomarker/PD-L1": "positive"}
