@@ -4,7 +4,7 @@ biomarker status."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 
 import orjson
@@ -460,3 +460,33 @@ def test_equal_answers_in_loinc_and_snomed_for_one_specimen_raise_nothing() -> N
     _, event = _compared("Oncology.biomarker/PD-L1", *lab, *ehr)
     assert event is None
     assert _derived(lab) == _derived(ehr) == {"Oncology.biomarker/PD-L1": "positive"}
+
+
+def test_unranked_sources_propose_the_pathology_report_over_the_chart_and_the_claim() -> None:
+    """The report: a site that had not named its sources in source_rank saw the payer's value
+    proposed over the pathology report's."""
+    path = _said("path-lab", "Observation/21907-1", f"{AJCC}|cM0").model_copy(
+        update={"provenance": _said("path-lab", "x", "y").provenance.model_copy(
+            update={"source_record_id": "ORU^R01/88231", "raw_topic": "ehr.raw.hl7v2"})}
+    )  # fmt: skip
+    claim = _said("acme-health-plan", "Condition/C78.00", "active").model_copy(
+        update={"provenance": _said("acme-health-plan", "x", "y").provenance.model_copy(
+            update={"source_record_id": "Claim/77/1", "raw_topic": "ehr.raw.claims",
+                    "event_time": T0 + timedelta(days=30)})}
+    )  # fmt: skip
+    _, event = _compared("Oncology.metastatic", path, claim)
+    assert event is not None
+    assert event.proposed_value == "false"
+    assert event.proposed_reason == ("path-lab's pathology or laboratory result outranks a claim")
+
+
+def test_a_ranked_source_still_outranks_better_evidence() -> None:
+    """The site's own ranking decides first: the built-in policy ranks hospital-ehr first."""
+    path = _said("path-lab", "Observation/21907-1", f"{AJCC}|cM0").model_copy(
+        update={"provenance": _said("path-lab", "x", "y").provenance.model_copy(
+            update={"source_record_id": "Observation/9"})}
+    )  # fmt: skip
+    chart = _said("hospital-ehr", "Condition/C50.911/stage", f"{SCT}|258228008")
+    _, event = _compared("Oncology.metastatic", path, chart)
+    assert event is not None and event.proposed_value == "true"
+    assert event.proposed_reason == "hospital-ehr ranks highest among the disagreeing sources"

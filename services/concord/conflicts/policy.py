@@ -21,6 +21,7 @@ from concord.conflicts.derive import Derivation
 from concord.conflicts.policy_file import PolicyError as PolicyError
 from concord.conflicts.policy_file import unreadable, validate_document
 from concord.events.models import Assertion, AttributeClass, Severity
+from concord.topics import RAW_CLAIMS
 
 # How two sources' values of one attribute compare:
 # - exact: the normalized values are equal (demographics; codes already mapped to a standard);
@@ -53,6 +54,27 @@ class Tolerance(BaseModel):
         return abs(a - b) <= bound
 
 
+Evidence = Literal["result", "record", "claim"]
+EVIDENCE_NAMES: dict[str, str] = {
+    "result": "pathology or laboratory result",
+    "record": "clinical record",
+    "claim": "claim",
+}
+_RESULT_RECORDS = ("Observation/", "DiagnosticReport/", "ORU", "OUL", "MDM")
+
+
+def evidence_of(assertion: Assertion) -> Evidence:
+    """What kind of evidence an assertion rests on, from the record it came from: a claim
+    line, a result (an Observation, a DiagnosticReport, an HL7 v2 result message), or a
+    clinical record (anything else: a Condition, an ADT message)."""
+    provenance = assertion.provenance
+    if provenance.raw_topic == RAW_CLAIMS:
+        return "claim"
+    if provenance.source_record_id.startswith(_RESULT_RECORDS):
+        return "result"
+    return "record"
+
+
 class ClassRule(BaseModel):
     """What the policy says about one attribute class."""
 
@@ -62,6 +84,12 @@ class ClassRule(BaseModel):
     severity: Severity = Field("MEDIUM", description="Severity of a disagreement")
     source_rank: tuple[str, ...] | None = Field(
         None, description="Sources most trusted first for this class; the policy's when unset"
+    )
+    evidence_rank: tuple[Evidence, ...] | None = Field(
+        None,
+        description="Kinds of evidence most trusted first (result: a pathology or laboratory "
+        "report; record: a clinical record such as a Condition or an ADT message; claim: a "
+        "claim line), for sources the ranking does not tell apart",
     )
     tolerance: Tolerance | None = Field(None, description="For `numeric`: how far apart agree")
     specimen_window: timedelta | None = Field(
@@ -101,6 +129,7 @@ class AttributeRule(BaseModel):
     compare: Compare | None = None
     severity: Severity | None = None
     source_rank: tuple[str, ...] | None = None
+    evidence_rank: tuple[Evidence, ...] | None = None
     tolerance: Tolerance | None = None
     specimen_window: timedelta | None = None
     max_age: timedelta | None = None
@@ -202,12 +231,28 @@ class SourcePolicy(BaseModel):
         ranking = rule.source_rank if rule is not None and rule.source_rank else self.source_rank
         rank = {source: i for i, source in enumerate(ranking)}
         unranked = len(rank)
+        kinds = {kind: i for i, kind in enumerate(rule.evidence_rank or ())} if rule else {}
 
-        def order(a: Assertion) -> tuple[int, float]:
-            return rank.get(a.source_system, unranked), -a.provenance.event_time.timestamp()
+        def order(a: Assertion) -> tuple[int, int, float]:
+            return (
+                rank.get(a.source_system, unranked),
+                kinds.get(evidence_of(a), len(kinds)),
+                -a.provenance.event_time.timestamp(),
+            )
 
         best = min(assertions, key=order)
-        if best.source_system in rank:
+        # The sources the ranking does not tell from the best one (all of them, unranked).
+        peers = [a for a in assertions if order(a)[0] == order(best)[0]]
+        other_kinds = {evidence_of(a) for a in peers} - {evidence_of(best)}
+        if kinds and other_kinds:
+            outranked = " and ".join(
+                EVIDENCE_NAMES[k]
+                for k in sorted(other_kinds, key=lambda k: kinds.get(k, len(kinds)))
+            )
+            why = (
+                f"{best.source_system}'s {EVIDENCE_NAMES[evidence_of(best)]} outranks a {outranked}"
+            )
+        elif best.source_system in rank:
             why = f"{best.source_system} ranks highest among the disagreeing sources"
         else:
             why = f"no ranked source; {best.source_system} asserted most recently"
