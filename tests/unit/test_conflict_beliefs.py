@@ -257,3 +257,13 @@ def _tied(history: list[tuple[int, str, int, str]]) -> bool:
     """Two records of one day: ids decide between them, and the sources' ids differ."""
     days = [day for _, _, day, _ in history]
     return len(days) != len(set(days))
+
+
+def test_a_later_version_of_a_record_with_no_newer_time_still_replaces_it() -> None:
+    """A status change that carries no later time of its own (no meta.lastUpdated, the same
+    recordedDate): the record's version says which is newer, whatever the arrival order."""
+    first = _fact("ehr-a", "Condition/1", "active", days=0, version=1)
+    second = _fact("ehr-a", "Condition/1", "resolved", days=0, version=2)
+    for order in ([first, second], [second, first]):
+        state, _ = _run(order)
+        assert state.assertions["ehr-a"].value == "resolved"

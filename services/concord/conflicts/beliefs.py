@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from concord.conflicts.compare import ACTIVE, SYNTHETIC_PREFIXES, status_position
-from concord.events.models import Assertion, AttributeClass
+from concord.events.models import Assertion, AttributeClass, Provenance
 from concord.topics import RAW_HL7V2
 
 # Classes whose attributes a source may hold several records of. Results and demographics are
@@ -38,9 +38,17 @@ WITHDRAWN_STATUSES = frozenset({"ENTERED_IN_ERROR", "DELETED"})
 TOMBSTONE_KEY = ""
 
 
-def order(assertion: Assertion) -> tuple[datetime, str]:
-    """Newer first by event time, ties by fact id: the same order whatever the arrival."""
-    return assertion.provenance.event_time, assertion.fact_id
+def precedence(provenance: Provenance, fact_id: str) -> tuple[datetime, int, str]:
+    """Which of two assertions is newer: the later event time; on a tie, the higher numeric
+    version (a status change that carries no newer time of its own), then the fact id. A
+    total order, so the outcome never depends on arrival."""
+    version = provenance.source_record_version
+    number = int(version) if version is not None and version.isdigit() else -1
+    return provenance.event_time, number, fact_id
+
+
+def order(assertion: Assertion) -> tuple[datetime, int, str]:
+    return precedence(assertion.provenance, assertion.fact_id)
 
 
 def is_tombstone(assertion: Assertion) -> bool:

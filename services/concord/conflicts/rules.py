@@ -17,6 +17,7 @@ from concord.conflicts.beliefs import (
     believed,
     is_tombstone,
     keeps_records,
+    precedence,
     record_key,
 )
 from concord.conflicts.compare import (
@@ -136,14 +137,13 @@ def as_assertion(fact: ClinicalFact) -> Assertion:
 
 
 def supersedes(fact: ClinicalFact, current: Assertion | None) -> bool:
-    """Whether a fact replaces its source's current assertion (ties broken by fact id)."""
+    """Whether a fact replaces its source's current assertion, by `precedence`."""
     if current is None:
         return True
     if fact.fact_id == current.fact_id:
         return False
-    return (fact.provenance.event_time, fact.fact_id) > (
-        current.provenance.event_time,
-        current.fact_id,
+    return precedence(fact.provenance, fact.fact_id) > precedence(
+        current.provenance, current.fact_id
     )
 
 
@@ -373,5 +373,5 @@ def rebuild(
     return changed
 
 
-def _order(assertion: Assertion) -> tuple[datetime, str]:
-    return assertion.provenance.event_time, assertion.fact_id
+def _order(assertion: Assertion) -> tuple[datetime, int, str]:
+    return precedence(assertion.provenance, assertion.fact_id)
