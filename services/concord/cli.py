@@ -340,9 +340,11 @@ def _register_subcommands() -> None:
     from concord.generate.command import generate
     from concord.identity_commands import identity
     from concord.stack.commands import stack
+    from concord.warning_commands import warnings_group
 
     main.add_command(stack)
     main.add_command(deadletter)
+    main.add_command(warnings_group)
     main.add_command(generate)
     main.add_command(evaluate)
     main.add_command(identity)

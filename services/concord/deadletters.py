@@ -2,7 +2,9 @@
 
 Reason codes are a closed catalogue (docs/deadletters.md): metrics label by code, and the
 reason text names fields and rules, never values, so no PHI reaches the dead-letter topic's
-reason or the logs.
+reason or the logs. The same codes name the warnings a record is accepted with when only an
+element of it is at fault (`IngestionWarning`): whether a code rejects the record or warns is
+the rule docs/deadletters.md states per code.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from concord.events.models import DeadLetter, Header
+from concord.events.models import DeadLetter, Header, IngestionWarning
 from concord.events.raw import RawEvent
 
 REASON_CODES: dict[str, str] = {
@@ -21,7 +23,7 @@ REASON_CODES: dict[str, str] = {
     "EMPTY_BUNDLE": "A Bundle with no entries: nothing to ingest.",
     "MALFORMED_JSON": "The value is not UTF-8 JSON.",
     "NOT_FHIR": "The JSON is not a FHIR resource (no resourceType, or not an object).",
-    "UNSUPPORTED_RESOURCE_TYPE": "A FHIR resource type this deployment does not ingest yet.",
+    "UNSUPPORTED_RESOURCE_TYPE": "A resourceType that is not a FHIR R4 resource type.",
     "FHIR_INVALID": "The resource breaks FHIR R4 rules; location names the element.",
     "MISSING_RESOURCE_ID": "The resource has no id, so its versions cannot be told apart.",
     "MISSING_PATIENT_REFERENCE": "A clinical resource does not reference the Patient it is about.",
@@ -53,6 +55,20 @@ class Rejection:
     def __post_init__(self) -> None:
         if self.reason_code not in REASON_CODES:
             raise ValueError(f"unknown dead-letter reason code {self.reason_code!r}")
+
+
+def warning(reason_code: str, message: str, location: str | None = None) -> IngestionWarning:
+    """An element-level problem a record is accepted with. message must not contain input
+    values: it names the rule and what became of the element."""
+    if reason_code not in REASON_CODES:
+        raise ValueError(f"unknown reason code {reason_code!r}")
+    return IngestionWarning(reason_code=reason_code, location=location, message=message)
+
+
+def as_warning(problem: Rejection, outcome: str) -> IngestionWarning:
+    """A problem that would have rejected a record, as a warning on the record that is accepted
+    anyway: same code and location, the reason followed by what became of the element."""
+    return warning(problem.reason_code, f"{problem.reason}: {outcome}", problem.location)
 
 
 def dead_letter(raw: RawEvent, rejection: Rejection, *, stage: str, at: datetime) -> DeadLetter:

@@ -1,7 +1,8 @@
 """Prometheus metrics: module-level constants with bounded labels only.
 
-Labels are stage, topic, partition, reason_code, severity and since: never an identifier,
-a value or anything else that could carry PHI.
+Labels are stage, topic, partition, reason_code, severity, since and the like: never an
+identifier, a value or anything else that could carry PHI. resource_type only ever holds the
+name of a FHIR R4 resource type (ingestion refuses any other), a bounded set.
 """
 
 from __future__ import annotations
@@ -74,8 +75,20 @@ IDENTITY_DECISIONS = Counter(
 FACTS_FLAGGED = Counter(
     "concord_facts_flagged",
     "Facts published with what normalization could not do (UNMAPPED_CODE, UNIT_UNKNOWN, "
-    "NOT_CONVERTIBLE, PROVISIONAL_PATIENT), one count per flag",
+    "NOT_CONVERTIBLE, PROVISIONAL_PATIENT, EVENT_TIME_IS_ARRIVAL), one count per flag",
     ["attribute_class", "flag"],
+)
+RECORD_WARNINGS = Counter(
+    "concord_record_warnings",
+    "Warnings on the records a stage published: element-level problems a record was accepted "
+    "with (the element left out, or kept as sent and flagged), by reason code",
+    ["stage", "reason_code"],
+)
+RECORDS_NOT_COMPARED = Counter(
+    "concord_records_not_compared",
+    "Records ingestion accepted, for provenance only, of a FHIR resource type Concord neither "
+    "checks nor compares (Immunization, Procedure, ...; a Bundle holding only such types)",
+    ["format", "resource_type"],
 )
 INGESTION_DUPLICATES = Counter(
     "concord_ingestion_duplicates",

@@ -56,7 +56,8 @@ async def test_two_sources_raise_exactly_the_expected_alerts(stack: StackInfo) -
         (None, patient("EPX-013", "h13")),
         (LAB, b'{"hello": "world"}'),
         (LAB, patient("EPX-014", "l14", birth_date="1970-13-45")),
-        (LAB, b'{"resourceType": "Organization", "id": "o1", "name": "Lab"}'),
+        # Not a FHIR R4 type (an Organization, which is one, is kept for provenance).
+        (LAB, b'{"resourceType": "Laboratory", "id": "o1", "name": "Lab"}'),
     ]
     no_enterprise_id = [(HOSP, patient(None, "h15"))]
     sent = await publish(stack.bootstrap_servers, good + malformed + no_enterprise_id)

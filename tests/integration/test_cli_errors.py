@@ -88,6 +88,7 @@ def _commands(tmp_path: Path) -> dict[str, list[str]]:
         "topics create": ["topics", "create"],
         "deadletter list": ["deadletter", "list"],
         "deadletter replay": ["deadletter", "replay", "--all"],
+        "warnings list": ["warnings", "list"],
         "evaluate": ["evaluate", str(evaluation)],
         "db migrate": ["db", "migrate"],
     }
@@ -100,6 +101,7 @@ BROKER_COMMANDS = [
     "topics create",
     "deadletter list",
     "deadletter replay",
+    "warnings list",
     "evaluate",
 ]
 DATABASE_COMMANDS = ["alerts list", "alerts resolve", "evaluate", "db migrate"]

@@ -328,3 +328,42 @@ def test_list_shows_where_and_why_and_the_payload_only_when_asked(
 
     nothing = concord("deadletter", "replay", "--source", source, "--reason", "NOT_FHIR")
     assert nothing.exit_code == 1 and "no dead letter matches" in nothing.output
+
+
+def test_a_message_accepted_with_warnings_is_ingested_and_listed_with_them(
+    broker: BrokerInfo, postgres: PostgresInfo, concord: Callable[..., Result]
+) -> None:
+    """Partial acceptance (issue 13): an ADT whose allergen has no coding system and which
+    carries no EVN is ingested, not dead-lettered, and `concord warnings list` names both
+    warnings with where the message came from, never its content."""
+    bootstrap = broker.bootstrap_servers
+    uid = uuid.uuid4().hex[:8]
+    source = f"ward-{uid}"
+    message = (
+        f"MSH|^~\\&|WARD|GH|CONCORD|GH|20240301090000+0000||ADT^A08^ADT_A01|C-{uid}|P|2.5\r"
+        f"PID|1||M-{uid}^^^GH^MR||Zyxwvut^Ana||19700101|F\r"
+        f"AL1|1|DA|allergen-{uid}|SV|Hives\r"
+    ).encode()
+    asyncio.run(_publish(bootstrap, RAW_HL7V2, [(message, None)], [("source", source.encode())]))
+    settings = IngestionSettings(
+        bootstrap_servers=bootstrap, database_url=postgres.dsn, fetch_max_wait_ms=20
+    )
+    with StageThread(settings, f"test-warnings-{uid}"):
+        [ingested] = eventually(lambda: ingested_from(bootstrap, source))
+    assert letters_from(bootstrap, source) == []
+    assert [(w.reason_code, w.location) for w in ingested.warnings] == [
+        ("HL7_INVALID", "EVN"),
+        ("CODE_WITHOUT_SYSTEM", "AL1-3.3"),
+    ]
+
+    listed = concord("warnings", "list", "--source", source)
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert [line.split("  ")[2:4] for line in lines] == [
+        ["HL7_INVALID", "at=EVN"],
+        ["CODE_WITHOUT_SYSTEM", "at=AL1-3.3"],
+    ]
+    assert all(f"from={RAW_HL7V2}[" in line and "type=ADT^A08" in line for line in lines)
+    assert f"M-{uid}" not in listed.output and f"allergen-{uid}" not in listed.output
+    only = concord("warnings", "list", "--source", source, "--reason", "CODE_WITHOUT_SYSTEM")
+    assert len(only.stdout.splitlines()) == 1 and only.stderr.startswith("1 of ")

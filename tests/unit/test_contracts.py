@@ -40,6 +40,7 @@ HISTORY = sorted(
 RECORD_MODELS: dict[str, type[BaseModel]] = {
     "Provenance": models.Provenance,
     "IngestedRecord": models.IngestedRecord,
+    "IngestionWarning": models.IngestionWarning,
     "ClinicalFact": models.ClinicalFact,
     "Assertion": models.Assertion,
     "ConflictEvent": models.ConflictEvent,

@@ -63,6 +63,8 @@ EXPORTED_METRICS = frozenset(
         "concord_records_not_normalized_total",
         "concord_records_withdrawn_total",
         "concord_ingestion_duplicates_total",
+        "concord_record_warnings_total",
+        "concord_records_not_compared_total",
         "concord_identity_decisions_total",
         "concord_facts_flagged_total",
         "concord_mllp_messages_total",

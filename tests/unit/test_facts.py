@@ -88,6 +88,21 @@ def test_a_local_code_is_mapped_and_an_unknown_one_kept_and_flagged(
     assert unmapped.flags == ("UNMAPPED_CODE",)
 
 
+def test_a_code_without_a_system_is_kept_as_an_unmapped_code(terminology: Terminology) -> None:
+    """FHIR allows a Coding without `system`: the fact is kept, keyed by its code, flagged."""
+    condition = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "subject": {"reference": "Patient/p1"},
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+        "code": {"coding": [{"code": "ASTHMA-7", "display": "Asthma"}]},
+    }
+    [draft] = fhir_drafts(condition, terminology)
+    assert draft.attribute == "Condition/urn:concord:code-without-system|ASTHMA-7"
+    assert draft.flags == ("UNMAPPED_CODE",)
+    assert draft.value == "active"  # a status coding without its system is read too
+
+
 def test_an_unconvertible_unit_keeps_the_value_as_sent_and_is_flagged(
     terminology: Terminology,
 ) -> None:

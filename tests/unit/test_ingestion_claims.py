@@ -161,6 +161,7 @@ def test_a_valid_line_becomes_one_record_with_provenance() -> None:
     assert p.source_record_id == "ClaimLine/CLM-1001/2"
     assert p.source_record_version == "3"
     assert p.event_time == datetime(2026, 9, 22, 20, 5, 10, tzinfo=UTC)
+    assert p.event_time_basis == "claim.adjudicated_at"
     assert p.event_time.utcoffset() is not None and not p.event_time.utcoffset()
     assert p.received_time == RECEIVED
     assert (p.raw_topic, p.raw_partition, p.raw_offset) == ("ehr.raw.claims", 3, 4242)
@@ -172,6 +173,7 @@ def test_a_valid_line_becomes_one_record_with_provenance() -> None:
 def test_without_adjudication_the_event_time_is_the_submission_time() -> None:
     record = _accepted(_without(_line(), "adjudicated_at"))
     assert record.provenance.event_time == datetime(2026, 9, 15, 12, 12, 44, tzinfo=UTC)
+    assert record.provenance.event_time_basis == "claim.submitted_at"
 
 
 def test_the_record_id_is_deterministic_and_changes_with_the_version() -> None:

@@ -111,6 +111,7 @@ def test_a_valid_patient_becomes_one_record_with_provenance() -> None:
     assert p.source_record_version == "3"
     assert p.event_time == datetime(2024, 1, 2, 1, 4, 5, tzinfo=UTC)
     assert p.event_time.utcoffset() is not None
+    assert p.event_time_basis == "meta.lastUpdated"
     assert p.received_time == RECEIVED
     assert (p.raw_topic, p.raw_partition, p.raw_offset) == ("ehr.raw.fhir", 2, 117)
     assert raw.value is not None
@@ -131,9 +132,11 @@ def test_z_suffix_and_offsets_give_the_same_instant() -> None:
     assert zulu[0].provenance.event_time.tzinfo is not None
 
 
-def test_without_last_updated_the_event_time_is_the_received_time() -> None:
+def test_a_patient_without_last_updated_is_as_of_its_arrival_and_says_so() -> None:
+    # A Patient carries no time of its own (docs/event-time.md).
     [record] = _accepted(_patient(meta={"versionId": "1"}))
     assert record.provenance.event_time == RECEIVED
+    assert record.provenance.event_time_basis == "arrival"
 
 
 def test_a_bundle_of_three_patients_gives_three_records_sharing_the_raw_event() -> None:
@@ -223,11 +226,12 @@ def test_not_fhir(value: Any) -> None:
     assert _rejected(value).reason_code == "NOT_FHIR"
 
 
-def test_unsupported_type() -> None:
+def test_a_fhir_type_concord_does_not_compare_is_kept_for_provenance() -> None:
     organization = {"resourceType": "Organization", "id": "o1", "name": FAMILY}
-    outcome = _rejected(organization)
-    assert outcome.reason_code == "UNSUPPORTED_RESOURCE_TYPE"
-    assert "Organization" in outcome.reason
+    [record] = _accepted(organization)
+    assert record.resource_type == "Organization"
+    assert record.provenance.source_record_id == "Organization/o1"
+    assert record.warnings == ()
 
 
 def test_unsupported_type_reason_does_not_echo_the_input() -> None:
@@ -279,30 +283,40 @@ def test_last_updated_without_a_zone(last_updated: str) -> None:
     assert outcome.location == "Patient.meta.lastUpdated"
 
 
-def test_a_bundle_with_one_bad_entry_is_rejected_whole() -> None:
-    outcome = _rejected(
+def _left_out(records: list[IngestedRecord]) -> list[tuple[str, str | None]]:
+    """The entries a Bundle left out, as its first record's warnings name them."""
+    assert all(not record.warnings for record in records[1:])
+    return [(w.reason_code, w.location) for w in records[0].warnings]
+
+
+def test_a_bundle_with_one_bad_entry_keeps_the_others_and_names_the_entry() -> None:
+    records = _accepted(
         _bundle(_patient("a"), _patient("b", birthDate="1980-13-45"), _patient("c"))
     )
-    assert outcome.reason_code == "FHIR_INVALID"
-    assert outcome.location is not None
-    assert outcome.location.startswith("Bundle.entry[1]")
-    assert outcome.location == "Bundle.entry[1].resource.birthDate"
+    assert [r.provenance.source_record_id for r in records] == ["Patient/a", "Patient/c"]
+    assert _left_out(records) == [("FHIR_INVALID", "Bundle.entry[1].resource.birthDate")]
 
 
 def test_a_bundle_entry_without_an_id_names_the_entry() -> None:
     nameless = _patient("b")
     del nameless["id"]
-    outcome = _rejected(_bundle(_patient("a"), nameless))
-    assert outcome.reason_code == "MISSING_RESOURCE_ID"
-    assert outcome.location == "Bundle.entry[1].resource.id"
+    records = _accepted(_bundle(_patient("a"), nameless))
+    assert _left_out(records) == [("MISSING_RESOURCE_ID", "Bundle.entry[1].resource.id")]
 
 
 def test_a_bundle_entry_without_a_resource() -> None:
-    outcome = _rejected(
+    records = _accepted(
         {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": _patient()}, {"x": 1}]}
     )
-    assert outcome.reason_code == "NOT_FHIR"
-    assert outcome.location == "Bundle.entry[1].resource"
+    assert _left_out(records) == [("NOT_FHIR", "Bundle.entry[1].resource")]
+
+
+def test_a_bundle_none_of_whose_entries_passes_is_rejected_whole() -> None:
+    nameless = _patient("b")
+    del nameless["id"]
+    outcome = _rejected(_bundle(_patient("a", birthDate="1980-13-45"), nameless))
+    assert outcome.reason_code == "FHIR_INVALID"
+    assert outcome.location == "Bundle.entry[0].resource.birthDate"
 
 
 def test_bundle_entries_of_types_not_ingested_are_skipped() -> None:
@@ -311,10 +325,16 @@ def test_bundle_entries_of_types_not_ingested_are_skipped() -> None:
     assert record.provenance.raw_location == "Bundle.entry[0]"
 
 
-def test_a_bundle_of_only_types_not_ingested_is_dead_lettered() -> None:
-    outcome = _rejected(_bundle({"resourceType": "Organization", "id": "o"}))
+def test_a_bundle_of_only_types_not_ingested_is_kept_as_one_bundle_record() -> None:
+    [record] = _accepted(_bundle({"resourceType": "Organization", "id": "o"}))
+    assert record.resource_type == "Bundle"
+    assert record.warnings == ()
+
+
+def test_a_bundle_of_only_resources_that_are_not_fhir_is_dead_lettered() -> None:
+    outcome = _rejected(_bundle({"resourceType": FAMILY, "id": "o"}))
     assert outcome.reason_code == "UNSUPPORTED_RESOURCE_TYPE"
-    assert outcome.location == "Bundle.entry"
+    assert outcome.location == "Bundle.entry[0].resource.resourceType"
 
 
 def test_a_bundle_whose_entry_is_not_an_array() -> None:
@@ -342,12 +362,17 @@ def test_no_rejection_reason_quotes_the_input() -> None:
         _patient(name=[{"family": FAMILY, "given": GIVEN}]),
         _patient(telecom=[{"system": "phone", "value": 5550199}]),
         _patient(birthDate=BIRTH + "T10:00:00Z"),
-        _bundle(_patient("a"), _patient("b", gender=FAMILY)),
+        _bundle(_patient("b", gender=FAMILY)),
         orjson.dumps(_patient())[:-5],
     ]
     for case in cases:
         outcome = _rejected(case)  # asserts no secret in the reason
         assert FAMILY not in (outcome.location or "")
+    # ... and in the warning that names an entry left out of a Bundle
+    [record] = _accepted(_bundle(_patient("a"), _patient("b", gender=FAMILY)))
+    [warning] = record.warnings
+    for secret in (FAMILY, GIVEN, BIRTH, PHONE, ENTERPRISE):
+        assert secret not in warning.message and secret not in str(warning.location)
 
 
 # --- never raises -------------------------------------------------------------------------------

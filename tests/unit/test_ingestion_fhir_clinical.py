@@ -176,10 +176,18 @@ def test_a_logical_patient_reference_by_identifier_is_accepted() -> None:
     assert _accepted(_observation(subject=subject))
 
 
-def test_a_clinical_code_without_a_system_is_rejected() -> None:
-    outcome = _rejected(_observation(code={"coding": [{"code": "2345-7"}]}))
-    assert outcome.reason_code == "CODE_WITHOUT_SYSTEM"
-    assert outcome.location == "Observation.code.coding[0]"
+def _warned(document: Any) -> tuple[IngestedRecord, list[tuple[str, str | None]]]:
+    """The one record a resource became, and its warnings' codes and locations."""
+    [record] = _accepted(document)
+    for warning in record.warnings:
+        assert warning.reason_code in REASON_CODES and SECRET not in warning.message
+    return record, [(w.reason_code, w.location) for w in record.warnings]
+
+
+def test_a_clinical_code_without_a_system_is_kept_with_a_warning() -> None:
+    record, warnings = _warned(_observation(code={"coding": [{"code": "2345-7"}]}))
+    assert warnings == [("CODE_WITHOUT_SYSTEM", "Observation.code.coding[0]")]
+    assert orjson.loads(record.payload)["code"] == {"coding": [{"code": "2345-7"}]}
 
 
 def test_a_code_without_a_system_outside_the_compared_codes_is_accepted() -> None:
@@ -199,10 +207,10 @@ def test_a_code_without_a_system_outside_the_compared_codes_is_accepted() -> Non
         ("http://hl7.org/fhir/sid/ndc", "0002-1433"),
     ],
 )
-def test_malformed_codes_are_rejected(system: str, code: str) -> None:
-    outcome = _rejected(_observation(code={"coding": [{"system": system, "code": code}]}))
-    assert outcome.reason_code == "INVALID_CODE"
-    assert code not in outcome.reason
+def test_malformed_codes_are_kept_with_a_warning(system: str, code: str) -> None:
+    record, warnings = _warned(_observation(code={"coding": [{"system": system, "code": code}]}))
+    assert warnings == [("INVALID_CODE", "Observation.code.coding[0]")]
+    assert code not in record.warnings[0].message
 
 
 @pytest.mark.parametrize(
@@ -222,10 +230,10 @@ def test_well_formed_codes_pass(system: str, code: str) -> None:
     assert check_coding({"system": system, "code": code}) is None
 
 
-def test_a_date_time_without_a_zone_is_rejected_with_its_path() -> None:
-    outcome = _rejected(_observation(effectiveDateTime="2024-03-01T07:30:00"))
-    assert outcome.reason_code == "DATETIME_WITHOUT_ZONE"
-    assert outcome.location == "Observation.effectiveDateTime"
+def test_a_date_time_without_a_zone_is_left_out_with_its_path() -> None:
+    record, warnings = _warned(_observation(effectiveDateTime="2024-03-01T07:30:00"))
+    assert warnings == [("DATETIME_WITHOUT_ZONE", "Observation.effectiveDateTime")]
+    assert "effectiveDateTime" not in orjson.loads(record.payload)
 
 
 def test_a_date_without_a_time_needs_no_zone() -> None:
@@ -238,10 +246,9 @@ def test_a_status_outside_its_value_set_is_rejected() -> None:
     assert outcome.location == "Observation.status"
 
 
-def test_a_contained_reference_must_resolve() -> None:
-    outcome = _rejected(_observation(specimen={"reference": "#sp1"}))
-    assert outcome.reason_code == "UNRESOLVED_REFERENCE"
-    assert outcome.location == "Observation.specimen.reference"
+def test_a_contained_reference_that_names_nothing_is_a_warning() -> None:
+    _, warnings = _warned(_observation(specimen={"reference": "#sp1"}))
+    assert warnings == [("UNRESOLVED_REFERENCE", "Observation.specimen.reference")]
 
 
 def test_an_unknown_element_is_not_named_because_its_key_is_input() -> None:
@@ -290,11 +297,17 @@ def test_urn_uuid_references_are_rewritten_to_the_resources_they_name() -> None:
     assert orjson.loads(record.payload)["subject"] == {"reference": "Patient/p9"}
 
 
-def test_an_unresolved_urn_uuid_reference_rejects_the_bundle() -> None:
+def test_an_unresolved_urn_uuid_patient_reference_leaves_the_entry_out() -> None:
     observation = _observation(subject={"reference": "urn:uuid:9999"})
-    outcome = _rejected(_bundle("transaction", {"resource": _patient()}, {"resource": observation}))
+    [patient] = _accepted(
+        _bundle("transaction", {"resource": _patient()}, {"resource": observation})
+    )
+    [warning] = patient.warnings
+    assert warning.reason_code == "UNRESOLVED_REFERENCE"
+    assert warning.location == "Bundle.entry[1].resource.subject.reference"
+    outcome = _rejected(_bundle("transaction", {"resource": observation}))
     assert outcome.reason_code == "UNRESOLVED_REFERENCE"
-    assert outcome.location == "Bundle.entry[1].resource.subject.reference"
+    assert outcome.location == "Bundle.entry[0].resource.subject.reference"
 
 
 def test_a_referenced_medication_travels_contained_in_the_request() -> None:
@@ -327,6 +340,7 @@ def test_a_history_delete_without_a_resource_becomes_a_delete_record() -> None:
     assert record.provenance.source_record_id == "Observation/o1"
     assert record.provenance.source_record_version == "4"
     assert record.provenance.event_time == datetime(2024, 4, 1, 10, tzinfo=UTC)
+    assert record.provenance.event_time_basis == "Bundle.entry.response.lastModified"
 
 
 def test_a_delete_must_name_its_record() -> None:
@@ -345,13 +359,24 @@ def test_a_delete_and_the_upsert_of_the_same_version_are_different_records() -> 
     assert upsert.record_id != delete.record_id
 
 
-def test_entry_times_fill_in_when_the_resource_has_no_last_updated() -> None:
+def test_the_bundle_timestamp_fills_in_when_the_resource_carries_no_time() -> None:
+    observation = _observation()
+    del observation["meta"], observation["effectiveDateTime"]
+    bundle = _bundle("collection", {"resource": observation})
+    bundle["timestamp"] = "2024-02-02T02:02:02+01:00"
+    [record] = _accepted(bundle)
+    assert record.provenance.event_time == datetime(2024, 2, 2, 1, 2, 2, tzinfo=UTC)
+    assert record.provenance.event_time_basis == "Bundle.timestamp"
+
+
+def test_the_resources_own_time_comes_before_the_bundle_timestamp() -> None:
     observation = _observation()
     del observation["meta"]
     bundle = _bundle("collection", {"resource": observation})
     bundle["timestamp"] = "2024-02-02T02:02:02+01:00"
     [record] = _accepted(bundle)
-    assert record.provenance.event_time == datetime(2024, 2, 2, 1, 2, 2, tzinfo=UTC)
+    assert record.provenance.event_time == datetime(2024, 3, 1, 12, 30, tzinfo=UTC)
+    assert record.provenance.event_time_basis == "Observation.effectiveDateTime"
 
 
 # --- the public samples ------------------------------------------------------------------------

@@ -164,6 +164,7 @@ def test_an_adt_becomes_one_record_with_provenance() -> None:
     assert p.source_record_id == "ADT^A08/CTRL-1"
     assert p.source_record_version == "20240301083000-0500"
     assert p.event_time == datetime(2024, 3, 1, 13, 25, tzinfo=UTC)  # EVN-2 with its offset
+    assert p.event_time_basis == "EVN-2"
     assert (p.raw_topic, p.raw_partition, p.raw_offset) == ("ehr.raw.hl7v2", 1, 44)
     assert record.source_time_zone == "America/Chicago"
 
@@ -172,6 +173,24 @@ def test_a_timestamp_without_offset_is_in_the_sources_zone() -> None:
     record = _accepted(ORU)
     # MSH-7 09:00 in Chicago (CST, UTC-6, on 1 March) is 15:00 UTC.
     assert record.provenance.event_time == datetime(2024, 3, 1, 15, 0, tzinfo=UTC)
+    assert record.provenance.event_time_basis == "MSH-7"  # an ORU carries no EVN
+
+
+def test_the_event_occurred_time_comes_before_the_recorded_time() -> None:
+    record = _accepted(
+        ADT.replace(
+            "EVN|A08|20240301082500-0500", "EVN|A08|20240301082500-0500||||20240301080000-0500"
+        )
+    )
+    assert record.provenance.event_time == datetime(2024, 3, 1, 13, 0, tzinfo=UTC)
+    assert record.provenance.event_time_basis == "EVN-6"
+
+
+@pytest.mark.parametrize("value", ["2024-3000", "20240301090000+2400"])
+def test_an_offset_of_a_day_or_more_is_no_timestamp(value: str) -> None:
+    assert er7.parse_timestamp(value) is None
+    outcome = _rejected(ORU.replace("20240301090000", value, 1))
+    assert (outcome.reason_code, outcome.location) == ("HL7_INVALID", "MSH-7")
 
 
 def test_a_source_without_a_zone_cannot_send_zone_less_times() -> None:
@@ -245,8 +264,19 @@ def test_pharmacy_messages() -> None:
         (ADT.replace("ADT^A08^ADT_A01", "ADT"), "HL7_INVALID", "MSH-9"),
         (ADT.replace("|CTRL-1|", "||"), "HL7_INVALID", "MSH-10"),
         (ADT.replace("20240301083000-0500||", "||"), "HL7_INVALID", "MSH-7"),
-        (ADT.replace("EVN|A08|20240301082500-0500\r", ""), "HL7_INVALID", "EVN"),
+        (ADT.replace("ADT^A08^ADT_A01", "ADT^A40^ADT_A39"), "HL7_INVALID", "MRG"),
         (ADT.replace(f"{MRN}^^^GH^MR~E-77^^^MPI^PI", ""), "HL7_INVALID", "PID-3"),
+    ],
+)
+def test_rejections_name_the_rule_and_the_location(message: str, code: str, location: str) -> None:
+    outcome = _rejected(message)
+    assert (outcome.reason_code, outcome.location) == (code, location)
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "location"),
+    [
+        (ADT.replace("EVN|A08|20240301082500-0500\r", ""), "HL7_INVALID", "EVN"),
         (ADT.replace("19700512", "1970-05-12"), "HL7_INVALID", "PID-7"),
         (ADT.replace("^RXNORM|", "^|"), "CODE_WITHOUT_SYSTEM", "AL1-3.3"),
         (ADT.replace("C50.911", "50.911"), "INVALID_CODE", "DG1-3.1"),
@@ -257,9 +287,15 @@ def test_pharmacy_messages() -> None:
         (ORU.replace("OBX|2|ST|", "OBX|2||"), "HL7_INVALID", "OBX[2]-2"),
     ],
 )
-def test_rejections_name_the_rule_and_the_location(message: str, code: str, location: str) -> None:
-    outcome = _rejected(message)
-    assert (outcome.reason_code, outcome.location) == (code, location)
+def test_a_field_at_fault_is_a_warning_that_names_the_rule_and_the_location(
+    message: str, code: str, location: str
+) -> None:
+    """The message is ingested (issue 13): the field at fault is named as a rejection would
+    have named it, and the message's other content still flows."""
+    record = _accepted(message)
+    assert [(w.reason_code, w.location) for w in record.warnings] == [(code, location)]
+    assert FAMILY not in record.warnings[0].message and MRN not in record.warnings[0].message
+    assert record.payload == message.rstrip("\r").encode()
 
 
 def test_not_utf8_and_no_charset_named() -> None:

@@ -61,6 +61,15 @@ async def test_an_accepted_message_is_written_with_its_source_and_key_before_aa(
 
 
 @pytest.mark.asyncio
+async def test_a_message_accepted_with_a_warning_is_written_and_answered_aa() -> None:
+    """A missing EVN is a warning the ingestion stage records, not a reason to refuse."""
+    port = FakePort()
+    without_evn = VALID.replace(b"EVN|A08|20240301082500-0500\r", b"")
+    assert (await gateway(port).handle(without_evn, "peer")).code == "AA"
+    assert [message for message, _, _ in port.raw] == [without_evn] and port.letters == []
+
+
+@pytest.mark.asyncio
 async def test_a_configured_source_wins_over_msh_3() -> None:
     port = FakePort()
     assert (await gateway(port, source="lab-system").handle(VALID, "peer")).code == "AA"
@@ -101,7 +110,7 @@ async def test_the_same_message_passes_once_the_source_has_a_zone() -> None:
     [
         ((b"|2.5.1", b"|2.1"), "AR", Hl7ErrorCode.UNSUPPORTED_VERSION_ID),
         ((b"ADT^A08^ADT_A01", b"MDM^T02^MDM_T02"), "AR", Hl7ErrorCode.UNSUPPORTED_MESSAGE_TYPE),
-        ((b"EVN|A08|20240301082500-0500\r", b""), "AE", Hl7ErrorCode.SEGMENT_SEQUENCE_ERROR),
+        ((b"ADT^A08^ADT_A01", b"ADT^A40^ADT_A39"), "AE", Hl7ErrorCode.SEGMENT_SEQUENCE_ERROR),
         ((b"|CTRL-1|", b"||"), "AE", Hl7ErrorCode.REQUIRED_FIELD_MISSING),
         ((b"MSH|^~\\&|LAB-APP|GH|", b"MSH|^~\\&|||"), "AR", Hl7ErrorCode.REQUIRED_FIELD_MISSING),
     ],

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka.structs import ConsumerRecord, TopicPartition
+from prometheus_client import REGISTRY
 
 from builders import FakeIdentities
 from concord.config import IngestionSettings, NormalizationSettings
@@ -219,6 +220,60 @@ async def test_ingestion_splits_a_bundle() -> None:
     assert [r.key for r in out.pending] == [b"ehr-alpha/Patient/a", b"ehr-alpha/Patient/b"]
     decoded = [codec.INGESTED_RECORD.decode(r.value) for r in out.pending]
     assert {d.provenance.raw_offset for d in decoded} == {5}
+
+
+def _count(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.mark.asyncio
+async def test_a_record_accepted_with_warnings_is_published_marked_and_counted_by_reason() -> None:
+    """Partial acceptance (issue 13): the Bundle is published, not dead-lettered; the record
+    that carries the warnings says so in a header, and each warning is counted by reason."""
+    allergy = {
+        "resourceType": "AllergyIntolerance",
+        "id": "a1",
+        "patient": {"reference": "Patient/a"},
+        "code": {"coding": [{"code": "local-allergen"}]},
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": _patient("a")}, {"resource": allergy}],
+    }
+    counted = "concord_record_warnings_total"
+    labels = {"stage": "ingestion", "reason_code": "CODE_WITHOUT_SYSTEM"}
+    before = _count(counted, **labels)
+    out = Outbound("ingestion")
+    await _ingestion().process([_record(orjson.dumps(bundle), offset=6)], out)
+    patient, marked = _on(out, INGESTED)
+    assert (patient.headers, marked.headers) == ((), (("concord-warnings", b"1"),))
+    [warning] = codec.INGESTED_RECORD.decode(marked.value).warnings
+    assert (warning.reason_code, warning.location) == (
+        "CODE_WITHOUT_SYSTEM",
+        "Bundle.entry[1].resource.code.coding[0]",
+    )
+    assert _letters(out) == []
+    assert _count(counted, **labels) == before + 1
+
+
+@pytest.mark.asyncio
+async def test_a_type_kept_for_provenance_is_published_and_counted_by_type() -> None:
+    immunization = {
+        "resourceType": "Immunization",
+        "id": "i1",
+        "status": "completed",
+        "patient": {"reference": "Patient/p1"},
+    }
+    counted = "concord_records_not_compared_total"
+    labels = {"format": "FHIR_R4", "resource_type": "Immunization"}
+    before = _count(counted, **labels)
+    out = Outbound("ingestion")
+    await _ingestion().process([_record(orjson.dumps(immunization), offset=7)], out)
+    [published] = _on(out, INGESTED)
+    assert published.key == b"ehr-alpha/Patient/p1" and published.headers == ()
+    assert codec.INGESTED_RECORD.decode(published.value).resource_type == "Immunization"
+    assert _count(counted, **labels) == before + 1
 
 
 @pytest.mark.asyncio

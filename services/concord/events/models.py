@@ -39,6 +39,19 @@ class Provenance(Event):
     raw_offset: int
     payload_sha256: str
     raw_location: str | None = None
+    # The element event_time was read from (docs/event-time.md); "arrival" when the record
+    # carried no time and received_time stands in for one.
+    event_time_basis: str | None = None
+
+
+class IngestionWarning(Event):
+    """An element-level problem a record was accepted with: the element was left out or kept
+    as sent and flagged (docs/deadletters.md says which, per reason code). The message names
+    fields and rules, never values, like a dead letter's reason."""
+
+    reason_code: str  # from the dead-letter catalogue (concord.deadletters.REASON_CODES)
+    location: str | None = None
+    message: str
 
 
 class IngestedRecord(Event):
@@ -50,6 +63,7 @@ class IngestedRecord(Event):
     operation: RecordOperation = "UPSERT"
     source_time_zone: str | None = None
     patient_ref: str | None = None
+    warnings: tuple[IngestionWarning, ...] = ()
 
 
 # A ClinicalFact with this attribute is no clinical statement: it says that the enterprise id

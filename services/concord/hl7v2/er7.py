@@ -266,10 +266,11 @@ def parse_timestamp(value: str) -> datetime | None:
         return None
     try:
         parsed = hl7.parse_datetime(value)
+        # An offset of a day or more (-3000) parses, but no datetime can hold it.
+        offset = parsed.utcoffset() if isinstance(parsed, datetime) else None
     except (ValueError, TypeError):
         return None
     if not isinstance(parsed, datetime):
         return None
-    offset = parsed.utcoffset()
     # The library's own tzinfo class is swapped for the standard one, the offset kept.
     return parsed if offset is None else parsed.replace(tzinfo=timezone(offset))

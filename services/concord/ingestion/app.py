@@ -16,8 +16,9 @@ from concord.events import codec
 from concord.events.models import IngestedRecord
 from concord.events.raw import RawEvent
 from concord.ingestion.claims import ingest_claim
+from concord.ingestion.common import WARNINGS_HEADER
 from concord.ingestion.dedupe import SeenVersions
-from concord.ingestion.fhir import ingest_fhir
+from concord.ingestion.fhir import SUPPORTED_TYPES, ingest_fhir
 from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
 from concord.runtime.batch import Outbound, OutboundRecord
 from concord.runtime.records import raw_event
@@ -37,7 +38,17 @@ def patient_key(record: IngestedRecord) -> bytes:
 
 
 def publish_ingested(out: Outbound, *, record: IngestedRecord) -> None:
-    out.add(OutboundRecord(INGESTED, codec.INGESTED_RECORD.encode(record), key=patient_key(record)))
+    """The record on concord.ingested; one that carries warnings says how many in a header, so
+    that `concord warnings list` need not decode every record. Counted by warning reason, and
+    by type when it is kept for provenance only."""
+    headers = ((WARNINGS_HEADER, str(len(record.warnings)).encode()),) if record.warnings else ()
+    value = codec.INGESTED_RECORD.encode(record)
+    out.add(OutboundRecord(INGESTED, value, key=patient_key(record), headers=headers))
+    for warning in record.warnings:
+        metrics.RECORD_WARNINGS.labels(out.stage, warning.reason_code).inc()
+    if record.format == "FHIR_R4" and record.resource_type not in SUPPORTED_TYPES:
+        # A FHIR R4 type name (ingestion refuses any other) or Bundle: a bounded label.
+        metrics.RECORDS_NOT_COMPARED.labels(record.format, record.resource_type).inc()
 
 
 Ingest = Callable[[RawEvent], list[IngestedRecord] | Rejection]

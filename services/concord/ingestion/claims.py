@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, date
+from datetime import date
 from typing import Any
 
 import orjson
@@ -24,11 +24,12 @@ from concord.events.codec import schema_dir
 from concord.events.models import IngestedRecord, RecordOperation
 from concord.events.raw import RawEvent
 from concord.ingestion.common import ingested_record, instant, load_json
+from concord.ingestion.record_time import ARRIVAL, CLAIM_TIME_FIELDS, RecordTime, claim_record_time
 
 SCHEMA_FILE = ("raw", "claim-line.schema.json")
 RESOURCE_TYPE = "ClaimLine"
 LOCATION_ROOT = "Claim"
-EVENT_TIME_FIELDS = ("adjudicated_at", "submitted_at")  # in order of preference
+EVENT_TIME_FIELDS = CLAIM_TIME_FIELDS  # in order of preference (record_time.py)
 # A dead-letter reason is read in logs and consoles; the full bytes travel with it anyway.
 MAX_PROBLEMS_NAMED = 50
 # Property names that are not in the schema are input, and a key can be a surname or a member
@@ -93,7 +94,8 @@ def ingest_claim(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecor
     problems += _rule_problems(line)
     if problems:
         return _rejection(problems)
-    event_time = next(t for t in times.values() if t is not None).astimezone(UTC)
+    # The schema requires one of the times, so arrival never stands in; it is there for safety.
+    when = claim_record_time(line) or RecordTime(raw.received_time, ARRIVAL)
     record_ref = f"{RESOURCE_TYPE}/{line['claim_id']}/{int(line['line_number'])}"
     version = str(line["claim_version"])
     operation: RecordOperation = "DELETE" if line["status"] == "void" else "UPSERT"
@@ -106,7 +108,8 @@ def ingest_claim(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecor
             record_ref=record_ref,
             version=version,
             payload=orjson.dumps(line, option=orjson.OPT_SORT_KEYS),
-            event_time=event_time,
+            event_time=when.moment,
+            event_time_basis=when.basis,
             operation=operation,
         )
     ]

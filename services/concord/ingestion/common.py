@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 
 from concord.deadletters import Rejection
-from concord.events.models import IngestedRecord, Provenance, RecordFormat, RecordOperation
+from concord.events.models import (
+    IngestedRecord,
+    IngestionWarning,
+    Provenance,
+    RecordFormat,
+    RecordOperation,
+)
 from concord.events.raw import RawEvent
 
 SOURCE_HEADER = "source"
+# On a concord.ingested record that carries warnings: how many, so that `concord warnings list`
+# decodes only those records.
+WARNINGS_HEADER = "concord-warnings"
 MAX_SOURCE_LENGTH = 128
 
 
@@ -85,12 +95,15 @@ def ingested_record(
     version: str | None,
     payload: bytes,
     event_time: datetime,
+    event_time_basis: str,
     operation: RecordOperation = "UPSERT",
     location: str | None = None,
     source_time_zone: str | None = None,
     patient_ref: str | None = None,
+    warnings: Sequence[IngestionWarning] = (),
 ) -> IngestedRecord:
-    """The record with its provenance. Without a source version, the content stands for it."""
+    """The record with its provenance. Without a source version, the content stands for it.
+    `event_time_basis` names the element `event_time` was read from (record_time.py)."""
     identity = version or hashlib.sha256(payload).hexdigest()
     return IngestedRecord(
         record_id=record_id(source, record_ref, identity, operation),
@@ -100,6 +113,7 @@ def ingested_record(
         operation=operation,
         source_time_zone=source_time_zone,
         patient_ref=patient_ref,
+        warnings=tuple(warnings),
         provenance=Provenance(
             source_system=source,
             source_record_id=record_ref,
@@ -111,5 +125,6 @@ def ingested_record(
             raw_offset=raw.offset,
             payload_sha256=hashlib.sha256(raw.value or b"").hexdigest(),
             raw_location=location,
+            event_time_basis=event_time_basis,
         ),
     )

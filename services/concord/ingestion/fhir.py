@@ -8,19 +8,28 @@ it, the rules that matter clinically: an id, a reference to the patient, every c
 system (and check digits or format for LOINC, SNOMED CT, ICD-10-CM, RxNorm, NDC, CPT),
 date-times with a zone, and references that resolve inside their Bundle.
 
-A raw event is all or nothing: a Bundle with one bad entry is dead-lettered whole, with the
-entry named in the location, so a replay after the fix re-sends everything and
-de-duplication drops what had passed. Bundle entries of types Concord does not ingest
-(Organization, Practitioner, MessageHeader, ...) are skipped; a resource that one of ours
-references and needs to be understood alone (a Medication, a Specimen) travels with it as a
-contained resource.
+A record is rejected whole only when it cannot be read, cannot be tied to a patient, or is
+not the format it claims (docs/deadletters.md gives the rule per reason code). An element at
+fault is a warning the record carries: a date-time without a zone is left out of the stored
+resource, a code without a system or malformed for its system and a reference that names
+nothing are kept as sent. In a Bundle, an entry at fault is left out and the others are
+ingested, its warning carried by the Bundle's first record; a Bundle none of whose entries
+could be ingested is dead-lettered whole, with the first entry's reason and location.
+
+A FHIR R4 resource of a type Concord neither checks nor compares (Immunization, Procedure,
+...) is kept for provenance, unchecked: alone, as a record of its own; in a Bundle beside
+types Concord checks, it is skipped (those records' provenance points at the raw event); a
+Bundle of nothing else is kept as one Bundle record. A resource that one of ours references
+and needs to be understood alone (a Medication, a Specimen) travels with it as a contained
+resource.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -28,13 +37,21 @@ import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from concord.deadletters import Rejection
-from concord.events.models import IngestedRecord, RecordOperation
+from concord.deadletters import Rejection, as_warning
+from concord.events.models import IngestedRecord, IngestionWarning, RecordOperation
 from concord.events.raw import RawEvent
 from concord.ingestion.codes import check_coding
 from concord.ingestion.common import ingested_record, instant, load_json
+from concord.ingestion.fhir_types import is_r4_type
+from concord.ingestion.record_time import (
+    ARRIVAL,
+    RecordTime,
+    bundle_record_time,
+    fhir_record_time,
+)
 from concord.ingestion.subjects import PATIENT_REFERENCE, patient_of
 
+# The types Concord checks and ingests; any other FHIR R4 type is kept for provenance only.
 SUPPORTED_TYPES = frozenset(PATIENT_REFERENCE)
 # The codes Concord compares across sources: without a system they cannot be compared.
 # Codings elsewhere (identifier types, admit sources) are checked only for well-formed codes.
@@ -114,7 +131,8 @@ class _Entry:
     where: str  # the location prefix for rejections, e.g. Bundle.entry[3].resource
     operation: RecordOperation = "UPSERT"
     version: str | None = None
-    event_time: datetime | None = None  # from the entry or the Bundle when meta has none
+    last_modified: datetime | None = None  # the entry's response.lastModified
+    bundle_time: RecordTime | None = None  # the Bundle's, for a resource without times
 
 
 class _Bundle:
@@ -138,7 +156,7 @@ class _Bundle:
 
 
 def ingest_fhir(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecord] | Rejection:
-    """Validate one raw FHIR event: a resource, or a Bundle of them (all or nothing)."""
+    """Validate one raw FHIR event: a resource, or a Bundle of them, keeping what can be kept."""
     loaded = load_json(raw, max_payload_bytes=max_payload_bytes)
     if isinstance(loaded, Rejection):
         return loaded
@@ -148,9 +166,9 @@ def ingest_fhir(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecord
     if document["resourceType"] == "Bundle":
         return _ingest_bundle(raw, source, document)
     resource_type = document["resourceType"]
-    if resource_type not in SUPPORTED_TYPES:
+    if not is_r4_type(resource_type):
         return _unsupported(resource_type)
-    outcome = _ingest_entry(raw, source, _Entry(document, resource_type), None)
+    outcome = _accept(raw, source, _Entry(document, resource_type), None)
     return [outcome] if isinstance(outcome, IngestedRecord) else outcome
 
 
@@ -168,42 +186,83 @@ def _ingest_bundle(
         )
     if not entries:
         return Rejection("EMPTY_BUNDLE", "the Bundle has no entries", location="Bundle.entry")
-    bundle_time = instant(bundle.get("timestamp")) or instant(
-        _object(bundle.get("meta")).get("lastUpdated")
-    )
+    assembled = bundle_record_time(bundle)
     index = _Bundle(entries)
     records: list[IngestedRecord] = []
-    skipped: set[str] = set()
+    refused: list[Rejection] = []  # entries left out
     for position, entry in enumerate(entries):
-        item = _bundle_entry(entry, f"Bundle.entry[{position}]", bundle_time)
-        if isinstance(item, Rejection):
-            return item
-        resource_type = item.resource.get("resourceType")
-        if resource_type not in SUPPORTED_TYPES:
-            skipped.add(str(resource_type))
-            continue
-        outcome = _ingest_entry(raw, source, item, index)
+        item = _bundle_entry(entry, f"Bundle.entry[{position}]", assembled)
+        outcome = item if isinstance(item, Rejection) else _bundle_member(raw, source, item, index)
         if isinstance(outcome, Rejection):
-            return outcome
-        records.append(outcome)
-    if not records:
-        return Rejection(
-            "UNSUPPORTED_RESOURCE_TYPE",
-            f"the Bundle holds no resource of the types ingested ({len(skipped)} other types)",
-            location="Bundle.entry",
-        )
-    return records
+            refused.append(outcome)
+        elif outcome is not None:
+            records.append(outcome)
+    if records:
+        return _with_refused(records, refused)
+    if refused:
+        return refused[0]  # nothing could be ingested: the Bundle waits whole for a fix
+    return [_bundle_record(raw, source, bundle, assembled)]
+
+
+def _bundle_member(
+    raw: RawEvent, source: str, item: _Entry, index: _Bundle
+) -> IngestedRecord | Rejection | None:
+    """An entry's record; None for a type kept only in the raw event (not checked)."""
+    resource_type = str(item.resource.get("resourceType"))
+    if resource_type in SUPPORTED_TYPES:
+        return _accept(raw, source, item, index)
+    if is_r4_type(resource_type):
+        return None
+    return Rejection(
+        "UNSUPPORTED_RESOURCE_TYPE",
+        "the entry's resourceType is not a FHIR R4 resource type",
+        location=f"{item.where}.resourceType",
+    )
+
+
+def _with_refused(records: list[IngestedRecord], refused: list[Rejection]) -> list[IngestedRecord]:
+    """The Bundle's records, the first carrying a warning for each entry left out."""
+    if not refused:
+        return records
+    first = records[0]
+    left_out = [as_warning(entry, "the entry is not ingested") for entry in refused]
+    return [first.model_copy(update={"warnings": (*first.warnings, *left_out)}), *records[1:]]
+
+
+def _bundle_record(
+    raw: RawEvent, source: str, bundle: Mapping[str, Any], assembled: RecordTime | None
+) -> IngestedRecord:
+    """A Bundle of types Concord neither checks nor compares (an A40 message's MessageHeader,
+    Linkage, Provenance, Organizations): kept for provenance as one record of the Bundle,
+    named by its id or, without one, by its content."""
+    payload = orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)
+    bundle_id = bundle.get("id")
+    if not isinstance(bundle_id, str) or not bundle_id:
+        bundle_id = hashlib.sha256(payload).hexdigest()[:32]
+    version = _object(bundle.get("meta")).get("versionId")
+    when = assembled or RecordTime(raw.received_time, ARRIVAL)
+    return ingested_record(
+        raw,
+        source=source,
+        record_format="FHIR_R4",
+        resource_type="Bundle",
+        record_ref=f"Bundle/{bundle_id}",
+        version=version if isinstance(version, str) else None,
+        payload=payload,
+        event_time=when.moment,
+        event_time_basis=when.basis,
+    )
 
 
 def _bundle_entry(
-    entry: Mapping[str, Any], where: str, bundle_time: datetime | None
+    entry: Mapping[str, Any], where: str, assembled: RecordTime | None
 ) -> _Entry | Rejection:
     request = _object(entry.get("request"))
     response = _object(entry.get("response"))
     resource = entry.get("resource")
     operation: RecordOperation = "DELETE" if request.get("method") == "DELETE" else "UPSERT"
     version = _etag_version(response.get("etag"))
-    event_time = instant(response.get("lastModified")) or bundle_time
+    last_modified = instant(response.get("lastModified"))
     if resource is None and operation == "DELETE":
         # A history DELETE carries no resource: the request URL names what was deleted.
         match = _HISTORY_URL.match(str(request.get("url", "")))
@@ -219,7 +278,26 @@ def _bundle_entry(
         return Rejection(
             "NOT_FHIR", "a Bundle entry holds no FHIR resource", location=f"{where}.resource"
         )
-    return _Entry(resource, f"{where}.resource", operation, version, event_time)
+    return _Entry(resource, f"{where}.resource", operation, version, last_modified, assembled)
+
+
+def _accept(
+    raw: RawEvent, source: str, entry: _Entry, bundle: _Bundle | None
+) -> IngestedRecord | Rejection:
+    """One resource with the warnings it is accepted with, or what rejects it. Only the types
+    Concord checks are checked element by element; any other is kept as sent."""
+    warnings: list[IngestionWarning] = []
+    resource_type = str(entry.resource["resourceType"])
+    if resource_type in SUPPORTED_TYPES:
+        checked = _check_elements(entry.resource, resource_type, entry.where, bundle)
+        if isinstance(checked, Rejection):
+            return checked
+        resource, warnings = checked
+        entry = replace(entry, resource=resource)
+    outcome = _ingest_entry(raw, source, entry, bundle)
+    if isinstance(outcome, Rejection) or not warnings:
+        return outcome
+    return outcome.model_copy(update={"warnings": tuple(warnings)})
 
 
 def _ingest_entry(
@@ -237,18 +315,19 @@ def _ingest_entry(
             "MISSING_RESOURCE_ID", f"the {resource_type} has no id", location=f"{entry.where}.id"
         )
     meta = _object(resource.get("meta"))
-    event_time = raw.received_time
-    if "lastUpdated" in meta:
-        parsed = instant(meta["lastUpdated"])
-        if parsed is None:
-            return Rejection(
-                "DATETIME_WITHOUT_ZONE",
-                "meta.lastUpdated must be an instant with a time zone",
-                location=f"{entry.where}.meta.lastUpdated",
-            )
-        event_time = parsed
-    elif entry.event_time is not None:
-        event_time = entry.event_time
+    if "lastUpdated" in meta and instant(meta["lastUpdated"]) is None:
+        return Rejection(
+            "DATETIME_WITHOUT_ZONE",
+            "meta.lastUpdated must be an instant with a time zone",
+            location=f"{entry.where}.meta.lastUpdated",
+        )
+    when = fhir_record_time(
+        resource,
+        arrival=raw.received_time,
+        last_modified=entry.last_modified,
+        bundle=entry.bundle_time,
+        deleted=entry.operation == "DELETE",
+    )
     version = meta.get("versionId") if isinstance(meta.get("versionId"), str) else entry.version
     stored = _self_contained(resource, bundle) if bundle else resource
     payload = orjson.dumps(stored, option=orjson.OPT_SORT_KEYS)
@@ -260,7 +339,8 @@ def _ingest_entry(
         record_ref=f"{resource_type}/{resource_id}",
         version=version,
         payload=payload,
-        event_time=event_time,
+        event_time=when.moment,
+        event_time_basis=when.basis,
         operation=entry.operation,
         location=entry.where.removesuffix(".resource") if bundle else None,
         patient_ref=patient_of(stored),
@@ -268,12 +348,12 @@ def _ingest_entry(
 
 
 def _validate(resource: Mapping[str, Any], where: str, bundle: _Bundle | None) -> Rejection | None:
-    # The element-level rules run first: their reasons say exactly what to fix, where the
-    # model library's would only say that an element failed.
+    # The element-level rules have run first (_accept): their reasons say exactly what to fix,
+    # where the model library's would only say that an element failed.
     resource_type = str(resource["resourceType"])
-    rejection = _check_elements(resource, resource_type, where, bundle)
-    if rejection is None:
-        rejection = _validate_structure(resource, where)
+    if resource_type not in SUPPORTED_TYPES:
+        return None  # kept for provenance as sent: Concord reads nothing of it
+    rejection = _validate_structure(resource, where)
     if rejection is None:
         rejection = _check_required_codes(resource, resource_type, where)
     if rejection is None:
@@ -283,8 +363,15 @@ def _validate(resource: Mapping[str, Any], where: str, bundle: _Bundle | None) -
 
 def _check_elements(
     resource: Mapping[str, Any], resource_type: str, where: str, bundle: _Bundle | None
-) -> Rejection | None:
-    """Zoned date-times, resolvable references and well-formed codes, at any depth."""
+) -> tuple[Mapping[str, Any], list[IngestionWarning]] | Rejection:
+    """Zoned date-times, resolvable references and well-formed codes, at any depth: the
+    resource to store, with a warning per element at fault, or what rejects it.
+
+    A date-time without a zone is left out of the stored resource (FHIR requires the zone and
+    Concord does not guess it; what is stored stays valid R4); a code without a system or
+    malformed for its system, and a reference that names nothing here, are kept as sent. What
+    the whole resource relies on rejects it: meta.lastUpdated, the version's own time, and the
+    reference to the patient."""
     listed = resource.get("contained")
     contained = {
         f"#{c['id']}"
@@ -294,28 +381,75 @@ def _check_elements(
     clinical = tuple(
         f"{where}.{element}.coding[" for element in CLINICAL_CODES.get(resource_type, ())
     )
+    patient = PATIENT_REFERENCE.get(resource_type)
+    fatal = {f"{where}.meta.lastUpdated"} | ({f"{where}.{patient}.reference"} if patient else set())
+    warnings: list[IngestionWarning] = []
+    unzoned: set[str] = set()
     for path, node in _walk(resource, where):
-        if isinstance(node, str):
-            if _NAIVE_DATETIME.match(node):
-                return Rejection(
-                    "DATETIME_WITHOUT_ZONE",
-                    "a date-time with a time of day must carry a time-zone offset",
-                    location=path,
-                )
-            continue
-        reference = node.get("reference")
-        if isinstance(reference, str) and not _resolves(reference, contained, bundle):
-            return Rejection(
-                "UNRESOLVED_REFERENCE",
-                "the reference names no resource of its Bundle or contained resources",
-                location=f"{path}.reference",
+        for problem in _element_problems(path, node, contained, clinical, bundle):
+            if problem.location in fatal:
+                return problem
+            if problem.reason_code == "DATETIME_WITHOUT_ZONE":
+                unzoned.add(path)
+            warnings.append(as_warning(problem, _OUTCOMES[problem.reason_code]))
+    return (_without(resource, where, unzoned) if unzoned else resource), warnings
+
+
+# What becomes of an element at fault, per reason (the warning says it).
+_OUTCOMES = {
+    "DATETIME_WITHOUT_ZONE": "the element is left out",
+    "UNRESOLVED_REFERENCE": "kept as sent",
+    "CODE_WITHOUT_SYSTEM": "kept as sent, an unmapped code",
+    "INVALID_CODE": "kept as sent, an unmapped code",
+}
+
+
+def _element_problems(
+    path: str, node: Any, contained: set[str], clinical: tuple[str, ...], bundle: _Bundle | None
+) -> Iterator[Rejection]:
+    if isinstance(node, str):
+        if _NAIVE_DATETIME.match(node):
+            yield Rejection(
+                "DATETIME_WITHOUT_ZONE",
+                "a date-time with a time of day must carry a time-zone offset",
+                location=path,
             )
-        if path.endswith("]") and ".coding[" in path:
-            problem = check_coding(node, system_required=path.startswith(clinical))
-            if problem is not None:
-                code, reason = problem
-                return Rejection(code, reason, location=path)
-    return None
+        return
+    reference = node.get("reference")
+    if isinstance(reference, str) and not _resolves(reference, contained, bundle):
+        yield Rejection(
+            "UNRESOLVED_REFERENCE",
+            "the reference names no resource of its Bundle or contained resources",
+            location=f"{path}.reference",
+        )
+    if path.endswith("]") and ".coding[" in path:
+        problem = check_coding(node, system_required=path.startswith(clinical))
+        if problem is not None:
+            code, reason = problem
+            yield Rejection(code, reason, location=path)
+
+
+_LEFT_OUT = object()
+
+
+def _without(node: Any, path: str, paths: set[str]) -> Any:
+    """node without the strings at `paths` (as _walk names them), and without the objects and
+    arrays that leaves empty: FHIR allows no empty element."""
+    if isinstance(node, dict):
+        kept = {
+            key: child
+            for key, value in node.items()
+            if (child := _without(value, f"{path}.{key}", paths)) is not _LEFT_OUT
+        }
+        return kept if kept or not node else _LEFT_OUT
+    if isinstance(node, list):
+        items = [
+            child
+            for position, item in enumerate(node)
+            if (child := _without(item, f"{path}[{position}]", paths)) is not _LEFT_OUT
+        ]
+        return items if items or not node else _LEFT_OUT
+    return _LEFT_OUT if path in paths else node
 
 
 def _check_required_codes(
@@ -463,14 +597,6 @@ def _object(value: object) -> Mapping[str, Any]:
 
 
 def _unsupported(resource_type: str) -> Rejection:
-    # Name the type only when it is one FHIR defines: anything else is arbitrary input.
-    named = resource_type if _is_fhir_type(resource_type) else "an unknown resource type"
-    return Rejection("UNSUPPORTED_RESOURCE_TYPE", f"{named} is not ingested")
-
-
-def _is_fhir_type(name: str) -> bool:
-    try:
-        get_fhir_model_class(name)
-    except (KeyError, ValueError, AttributeError, ImportError):
-        return False
-    return True
+    # Every FHIR R4 type is accepted, so this one is arbitrary input: it is not repeated.
+    del resource_type
+    return Rejection("UNSUPPORTED_RESOURCE_TYPE", "the resourceType is not a FHIR R4 resource type")

@@ -12,6 +12,13 @@ fields (OBX-3, AL1-3, DG1-3, RXE-2, RXA-5) with a coding system and well-formed 
 systems Concord knows, numeric results that are numbers, and every timestamp read. A
 timestamp without an offset is in the source's configured zone; a source without one is
 rejected rather than guessed.
+
+A message is rejected only for what it relies on as a whole: its header, a segment its type
+must carry, the patient identifier, the source's zone. A field at fault is a warning the record
+carries (docs/deadletters.md): a code without a coding system is kept as a local, unmapped
+code, a malformed one as sent (unmapped); a result, timestamp or coded segment that cannot be
+read is not read; a missing EVN leaves the event time to MSH-7. PID and the other segments'
+facts still flow.
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo
 
-from concord.deadletters import Rejection
-from concord.events.models import IngestedRecord
+from concord.deadletters import Rejection, warning
+from concord.events.models import IngestedRecord, IngestionWarning
 from concord.events.raw import RawEvent
 from concord.hl7v2 import er7
 from concord.ingestion.codes import CPT, ICD10_CM, LOINC, NDC, RXNORM, SNOMED_CT, check_coding
 from concord.ingestion.common import check_envelope, ingested_record
+from concord.ingestion.record_time import HL7V2_TIME_FIELDS, RecordTime, hl7v2_basis
 from concord.ingestion.subjects import hl7_patient
 
 VERSIONS = frozenset(
@@ -34,7 +42,7 @@ VERSIONS = frozenset(
 )
 # Message type -> accepted triggers (None: every trigger) and the segments it must carry.
 MESSAGE_TYPES: dict[str, tuple[frozenset[str] | None, tuple[str, ...]]] = {
-    "ADT": (None, ("EVN", "PID")),
+    "ADT": (None, ("PID",)),
     "ORU": (frozenset({"R01"}), ("PID", "OBR", "OBX")),
     "RDE": (frozenset({"O11", "O25"}), ("PID", "ORC", "RXE")),
     "RAS": (frozenset({"O17"}), ("PID", "ORC", "RXA")),
@@ -54,6 +62,9 @@ CODING_SYSTEMS = {
 }
 # Segments a trigger must carry besides those of its message type.
 TRIGGER_SEGMENTS: dict[str, tuple[str, ...]] = {"ADT^A40": ("MRG",)}
+# Segments a type should carry but can be read without (a warning when absent): ADT's EVN
+# gives the event time, which MSH-7 gives too.
+EXPECTED_SEGMENTS: dict[str, tuple[str, ...]] = {"ADT": ("EVN",)}
 # (segment, field) of the coded element each segment is about.
 CODED_FIELDS = {"OBX": 3, "AL1": 3, "DG1": 3, "RXE": 2, "RXA": 5}
 # Of those, the ones that must be coded: AL1/DG1 may name an allergen or diagnosis by text.
@@ -97,9 +108,9 @@ def ingest_hl7v2(
     event_time = _event_time(message, zone)
     if isinstance(event_time, Rejection):
         return event_time
-    rejection = _check_content(message, zone)
-    if rejection is not None:
-        return rejection
+    warnings = _check_content(message, zone)
+    if isinstance(warnings, Rejection):
+        return warnings
     return [
         ingested_record(
             raw,
@@ -109,9 +120,11 @@ def ingest_hl7v2(
             record_ref=f"{message_type}/{control_id}",
             version=message.msh.raw(7).strip(),
             payload=message.text.encode("utf-8"),
-            event_time=event_time,
+            event_time=event_time.moment,
+            event_time_basis=event_time.basis,
             source_time_zone=zone.key if zone is not None else None,
             patient_ref=hl7_patient(message),
+            warnings=warnings,
         )
     ]
 
@@ -149,95 +162,144 @@ def _check_header(message: er7.Er7Message) -> tuple[str, str] | Rejection:
     return message_type, control_id
 
 
-def _event_time(message: er7.Er7Message, zone: ZoneInfo | None) -> datetime | Rejection:
-    """When the source says the change happened: EVN-6, else EVN-2, else MSH-7."""
+def _event_time(message: er7.Er7Message, zone: ZoneInfo | None) -> RecordTime | Rejection:
+    """When the source says the change happened: EVN-6, else EVN-2, else MSH-7
+    (record_time.HL7V2_TIME_FIELDS), with the field it came from."""
     msh = message.msh
     if not msh.raw(7).strip():
         return Rejection("HL7_INVALID", "MSH-7, the message date/time, is empty", location="MSH-7")
-    evn = message.first("EVN")
-    candidates = [(evn, 6), (evn, 2)] if evn is not None else []
-    for segment, field in [*candidates, (msh, 7)]:
+    for name, field in HL7V2_TIME_FIELDS:
+        segment = msh if name == "MSH" else message.first(name)
         if segment is None or not segment.value(field).strip():
             continue
         moment = _timestamp(segment, field, zone)
-        if isinstance(moment, Rejection) or moment is not None:
+        if isinstance(moment, Rejection):
             return moment
+        if moment is not None:
+            return RecordTime(moment, hl7v2_basis(name, field))
     return Rejection("HL7_INVALID", "MSH-7 is not a timestamp", location="MSH-7")
 
 
-def _check_content(message: er7.Er7Message, zone: ZoneInfo | None) -> Rejection | None:
+def _check_content(
+    message: er7.Er7Message, zone: ZoneInfo | None
+) -> list[IngestionWarning] | Rejection:
+    """The warnings the message is accepted with, or what rejects it: a PID without an
+    identifier (the message is about nobody Concord can name), or a local time the source's
+    zone is needed for (every local time of the message would be guessed)."""
     pid = message.first("PID")
     if pid is not None and not any(value.strip() for value in pid.values(3)):
         return Rejection(
             "HL7_INVALID", "PID-3 holds no patient identifier", location=pid.location(3)
         )
+    kind = message.msh.value(9, 1)
+    warnings = [
+        warning(
+            "HL7_INVALID",
+            f"{kind} must carry the {name} segment: the event time is MSH-7's",
+            location=name,
+        )
+        for name in EXPECTED_SEGMENTS.get(kind, ())
+        if message.first(name) is None
+    ]
     for segment in message.segments:
         field = CODED_FIELDS.get(segment.name)
         if field is not None:
-            rejection = _check_coded(segment, field)
-            if rejection is not None:
-                return rejection
+            warnings += _check_coded(segment, field)
         if segment.name == "OBX":
-            rejection = _check_result(segment)
-            if rejection is not None:
-                return rejection
+            warnings += _check_result(segment)
         for ts_field in TIMESTAMP_FIELDS.get(segment.name, ()):
-            value = segment.value(ts_field).strip()
-            if value:
-                # A date (birth date, YYYYMMDD or shorter) is not an instant: it needs no zone.
-                moment = _timestamp(segment, ts_field, zone if len(value) > 8 else UTC)
-                if isinstance(moment, Rejection):
-                    return moment
-                if moment is None:
-                    return Rejection(
-                        "HL7_INVALID",
-                        "the field is not an HL7 timestamp",
-                        location=segment.location(ts_field),
-                    )
+            problem = _check_timestamp(segment, ts_field, zone)
+            if isinstance(problem, Rejection):
+                return problem
+            if problem is not None:
+                warnings.append(problem)
+    return warnings
+
+
+def _check_timestamp(
+    segment: er7.Segment, field: int, zone: ZoneInfo | None
+) -> IngestionWarning | Rejection | None:
+    value = segment.value(field).strip()
+    if not value:
+        return None
+    # A date (birth date, YYYYMMDD or shorter) is not an instant: it needs no zone.
+    moment = _timestamp(segment, field, zone if len(value) > 8 else UTC)
+    if isinstance(moment, Rejection):
+        return moment
+    if moment is None:
+        return warning(
+            "HL7_INVALID",
+            "the field is not an HL7 timestamp: it is not read",
+            location=segment.location(field),
+        )
     return None
 
 
-def _check_coded(segment: er7.Segment, field: int) -> Rejection | None:
+def _check_coded(segment: er7.Segment, field: int) -> list[IngestionWarning]:
     code = segment.value(field, 1).strip()
+    name = f"{segment.name}-{field}"
     if not code:
         if segment.name not in CODE_REQUIRED:
-            return None
-        return Rejection(
-            "HL7_INVALID",
-            f"{segment.name}-{field} must carry a code",
-            location=segment.location(field, 1),
-        )
+            return []
+        return [
+            warning(
+                "HL7_INVALID",
+                f"{name} must carry a code: the {segment.name} segment is not read",
+                location=segment.location(field, 1),
+            )
+        ]
     system = segment.value(field, 3).strip()
     if not system:
-        return Rejection(
-            "CODE_WITHOUT_SYSTEM",
-            f"{segment.name}-{field} has a code but no coding system (component 3)",
-            location=segment.location(field, 3),
-        )
+        return [
+            warning(
+                "CODE_WITHOUT_SYSTEM",
+                f"{name} has a code but no coding system (component 3): kept as a local, "
+                "unmapped code",
+                location=segment.location(field, 3),
+            )
+        ]
     known = CODING_SYSTEMS.get(system.upper())
-    if known is not None:
-        problem = check_coding({"system": known, "code": code})
-        if problem is not None:
-            return Rejection(problem[0], problem[1], location=segment.location(field, 1))
-    return None
+    problem = check_coding({"system": known, "code": code}) if known is not None else None
+    if problem is None:
+        return []
+    return [
+        warning(
+            problem[0],
+            f"{name}: {problem[1]}: kept as sent, an unmapped code",
+            location=segment.location(field, 1),
+        )
+    ]
 
 
-def _check_result(obx: er7.Segment) -> Rejection | None:
+def _check_result(obx: er7.Segment) -> list[IngestionWarning]:
     value_type = obx.value(2).strip()
     values = obx.values(5)
+    warnings = []
     if any(v.strip() for v in values) and not value_type:
-        return Rejection(
-            "HL7_INVALID", "OBX-2 must give the value type of OBX-5", location=obx.location(2)
+        warnings.append(
+            warning(
+                "HL7_INVALID",
+                "OBX-2 must give the value type of OBX-5: the result is not read",
+                location=obx.location(2),
+            )
         )
     if value_type == "NM" and not all(_NUMBER.fullmatch(v.strip()) for v in values if v.strip()):
-        return Rejection(
-            "HL7_INVALID", "OBX-5 of value type NM is not a number", location=obx.location(5)
+        warnings.append(
+            warning(
+                "HL7_INVALID",
+                "OBX-5 of value type NM is not a number: the result is not read",
+                location=obx.location(5),
+            )
         )
     if not obx.value(11).strip():
-        return Rejection(
-            "HL7_INVALID", "OBX-11, the result status, is empty", location=obx.location(11)
+        warnings.append(
+            warning(
+                "HL7_INVALID",
+                "OBX-11, the result status, is empty: the result is read without a status",
+                location=obx.location(11),
+            )
         )
-    return None
+    return warnings
 
 
 def _timestamp(

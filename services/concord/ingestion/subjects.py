@@ -28,6 +28,8 @@ SUBJECT_ELEMENT = {
     "Encounter": "subject",
     "DocumentReference": "subject",
 }
+# Where the other FHIR types (kept for provenance: Immunization, Procedure, ...) usually do.
+USUAL_SUBJECT_ELEMENTS = ("subject", "patient")
 
 
 def patient_of(resource: Mapping[str, Any]) -> str | None:
@@ -38,7 +40,10 @@ def patient_of(resource: Mapping[str, Any]) -> str | None:
         rid = resource.get("id")
         return f"Patient/{rid}" if isinstance(rid, str) and rid else None
     element = SUBJECT_ELEMENT.get(str(resource.get("resourceType")))
-    return patient_in(resource.get(element) if element else None)
+    if element is not None:
+        return patient_in(resource.get(element))
+    found = (patient_in(resource.get(usual)) for usual in USUAL_SUBJECT_ELEMENTS)
+    return next((patient for patient in found if patient is not None), None)
 
 
 def patient_in(reference: object) -> str | None:

@@ -4,9 +4,10 @@ Two sources can only disagree about a concept they both name the same way: labor
 by LOINC, conditions by ICD-10-CM (a SNOMED CT disorder through its crosswalk row, else as
 it is), allergies by SNOMED CT (or an RxNorm
 ingredient), medications by RxNorm ingredient. A code already in one of those systems is
-returned as it is; another is looked up in the crosswalks; a code no crosswalk knows comes
-back unchanged with `mapped=False`, so the caller keeps the fact and flags it (and counts it).
-Nothing here raises on a code or drops one.
+returned as it is (unless it fails that system's format or check digit: then it is no code of
+it); another is looked up in the crosswalks; a code no crosswalk knows comes back unchanged
+with `mapped=False`, so the caller keeps the fact and flags it (and counts it). Nothing here
+raises on a code or drops one.
 
 Crosswalk files (data/crosswalks/*.csv) start with `# key: value` lines naming the
 crosswalk, its version, its source and its licence, then a CSV header and rows:
@@ -153,13 +154,19 @@ class Terminology:
         # twin), so the crosswalks are asked before a standard code passes through.
         found = self._index.get((uri, _lookup_code(uri, code)))
         if found is None:
-            if uri in STANDARD_SYSTEMS:
+            # A code that fails its standard system's format or check digit (ingestion kept it
+            # with an INVALID_CODE warning) is not that system's code: it stays unmapped.
+            if uri in STANDARD_SYSTEMS and _well_formed(uri, _lookup_code(uri, code)):
                 return MappedCode(system=uri, code=_lookup_code(uri, code), mapped=True)
             return MappedCode(system=system, code=code, mapped=False)
         crosswalk, (to_system, to_code, to_display) = found
         return MappedCode(
             system=to_system, code=to_code, display=to_display, mapped=True, crosswalk=crosswalk.ref
         )
+
+
+def _well_formed(system: str, code: str) -> bool:
+    return check_coding({"system": system, "code": code}) is None
 
 
 def _name(file: Traversable) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -30,8 +31,10 @@ async def read_topic(
     *,
     idle_seconds: float = 1.5,
     fetch_max_wait_ms: int = 50,
+    keep: Callable[[ConsumerRecord], bool] | None = None,
 ) -> list[ConsumerRecord]:
-    """Every record of a topic, read until nothing new arrives for `idle_seconds`.
+    """Every record of a topic (those `keep` accepts, if given: the others are not held in
+    memory), read until nothing new arrives for `idle_seconds`.
 
     `kafka` is bootstrap servers, or KafkaSettings.kafka_options() where TLS or SASL is needed.
     (Not up to the end offsets: the local broker's ListOffsets(latest) is off by a batch.)"""
@@ -46,7 +49,7 @@ async def read_topic(
         while time.monotonic() - last_new < idle_seconds:
             batch = await consumer.getmany(timeout_ms=100, max_records=10_000)
             for recs in batch.values():
-                records.extend(recs)
+                records.extend(recs if keep is None else filter(keep, recs))
                 last_new = time.monotonic()
         return records
     finally:

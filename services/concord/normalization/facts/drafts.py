@@ -19,6 +19,7 @@ from concord.events.models import (
     IngestedRecord,
     Provenance,
 )
+from concord.ingestion.record_time import ARRIVAL
 from concord.normalization.terminology import MappedCode
 from concord.normalization.timing import Moment
 from concord.normalization.units import NormalizedQuantity
@@ -27,6 +28,10 @@ UNMAPPED_CODE = "UNMAPPED_CODE"
 # Doses read best in the units prescribers write, not in the SI kind's (kg, L).
 DOSE_UNITS = ("mg", "mL")
 PROVISIONAL_PATIENT = "PROVISIONAL_PATIENT"
+# The record carried no time of its own, so its event time is when Concord received it
+# (provenance.event_time_basis "arrival", docs/event-time.md): it says when the source
+# published, not when the fact became true, and orders poorly against other sources.
+EVENT_TIME_IS_ARRIVAL = "EVENT_TIME_IS_ARRIVAL"
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,11 @@ def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
+def provenance_flags(provenance: Provenance) -> tuple[str, ...]:
+    """The flags a fact takes from its record's provenance."""
+    return (EVENT_TIME_IS_ARRIVAL,) if provenance.event_time_basis == ARRIVAL else ()
+
+
 def to_fact(
     draft: FactDraft,
     *,
@@ -111,7 +121,7 @@ def to_fact(
         effective_text=draft.effective_text,
         effective_precision=effective.precision if effective is not None else None,
         effective_offset_minutes=effective.original_offset_minutes if effective else None,
-        flags=tuple(sorted({*draft.flags, *extra_flags})),
+        flags=tuple(sorted({*draft.flags, *extra_flags, *provenance_flags(record.provenance)})),
         subject=subject,
     )
 

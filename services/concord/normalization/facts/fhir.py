@@ -58,12 +58,20 @@ def _object(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+# FHIR allows a Coding without a system; its code is kept as an unmapped code of this system
+# (flagged UNMAPPED_CODE), as HL7 v2 keeps a CWE without its coding system.
+NO_SYSTEM = "urn:concord:code-without-system"
+
+
 def _codings(concept: object) -> Iterator[tuple[str, str, str | None]]:
     for coding in _objects(_object(concept).get("coding")):
         system, code = coding.get("system"), coding.get("code")
-        if isinstance(system, str) and isinstance(code, str) and code.strip():
-            display = coding.get("display")
-            yield system, code.strip(), display if isinstance(display, str) else None
+        if not isinstance(code, str) or not code.strip():
+            continue
+        if not isinstance(system, str) or not system.strip():
+            system = NO_SYSTEM
+        display = coding.get("display")
+        yield system, code.strip(), display if isinstance(display, str) else None
 
 
 def best_code(

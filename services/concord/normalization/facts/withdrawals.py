@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from concord.events.models import IDENTITY_SIGNALS, AttributeClass, ClinicalFact, IngestedRecord
+from concord.normalization.facts.drafts import provenance_flags
 
 # (source system, the source's own id of the record without its version): Observation/123,
 # ClaimLine/<claim>/<line>. Every version of a record, and its delete, share it.
@@ -114,6 +115,7 @@ def withdrawal_facts(record: IngestedRecord, memories: Sequence[Remembered]) -> 
                 status="DELETED",
                 provenance=record.provenance,
                 record_id=record.record_id,
+                flags=provenance_flags(record.provenance),
                 subject=memory.subject,
             )
         )
