@@ -78,6 +78,7 @@ from concord.publisher import publish_files
 from concord.runtime.batch import BatchLoop, StageHandler
 from concord.runtime.db import apply_migrations
 from concord.runtime.reading import assign_from_start, read_topic
+from concord.runtime.records import partition_numbers
 from concord.stack.broker import ensure_topics, start_broker
 from concord.stack.postgres import create_database, drop_database, start_postgres
 from concord.stack.processes import ProcessRecord, metric_samples, stop_process
@@ -554,11 +555,11 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if self.handler is not None:
-            await self.handler.on_revoked(set(revoked))
+            await self.handler.on_revoked(partition_numbers(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if self.handler is not None:
-            await self.handler.on_assigned(set(assigned))
+            await self.handler.on_assigned(partition_numbers(assigned))
         self.ready.set()
 
 

@@ -3,11 +3,14 @@ tests/ on the path, as for mllp_client and pipeline_tools)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from concord.events.models import Assertion, FactStatus, Provenance
+from concord.events.raw import RawEvent
+from concord.ingestion.ports import SeenVersions
 from concord.normalization.identity.index import InMemoryIdentityIndex
 from concord.normalization.identity.resolution import (
     IdentityRequest,
@@ -16,6 +19,9 @@ from concord.normalization.identity.resolution import (
     apply,
     resolve,
 )
+from concord.normalization.ports import IdentityStore
+from concord.runtime.batch import Outbound, OutboundRecord, Producer
+from concord.runtime.ports import OutboxPort
 
 
 def assertion_at(
@@ -49,7 +55,29 @@ def assertion_at(
     )
 
 
-class FakeIdentities:
+def raw(
+    value: bytes | None,
+    *,
+    topic: str,
+    partition: int = 0,
+    offset: int = 0,
+    key: bytes | None = None,
+    headers: Sequence[tuple[str, bytes | None]] = (),
+    received_time: datetime | None = None,
+) -> RawEvent:
+    """A consumed record as the batch loop hands it to a stage (received now, by default)."""
+    return RawEvent(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key,
+        value=value,
+        headers=tuple(headers),
+        received_time=received_time or datetime.now(UTC),
+    )
+
+
+class FakeIdentities(IdentityStore):
     """The identity port on the pure core, with the crosswalk and index in memory."""
 
     def __init__(self) -> None:
@@ -63,6 +91,66 @@ class FakeIdentities:
             apply(request, resolution, self.crosswalk, self.index)
             resolutions.append(resolution)
         return resolutions
+
+
+class FakeSeenVersions(SeenVersions):
+    """The de-duplication window in memory, with a log of when it was pruned."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+        self.pruned: list[datetime] = []
+
+    async def unseen(self, record_ids: Sequence[str]) -> set[str]:
+        return set(record_ids) - set(self.seen)
+
+    async def remember(self, records: Sequence[tuple[str, str]]) -> None:
+        self.seen.update(records)
+
+    async def prune(self, before: datetime) -> int:
+        self.pruned.append(before)
+        return 0
+
+
+class FakeProducer(Producer):
+    """Every send acknowledged at once, and kept: (topic, value, key, headers)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None, Sequence[tuple[str, bytes]] | None]] = []
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, value, key, headers))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+class FakeOutbox(OutboxPort):
+    """The outbox without a database: what a store wrote goes to the batch at once, and
+    `pending` is what an earlier owner left for drain() to publish."""
+
+    def __init__(self, pending: int = 0) -> None:
+        self.pending = pending
+        self.acknowledged = 0
+        self.drained_with: list[Producer] = []
+
+    def publish_written(self, out: Outbound, records: Sequence[OutboundRecord]) -> None:
+        for record in records:
+            out.add(record)
+
+    async def acknowledge(self) -> None:
+        self.acknowledged += 1
+
+    async def drain(self, producer: Producer) -> int:
+        self.drained_with.append(producer)
+        drained, self.pending = self.pending, 0
+        return drained
 
 
 def listify(value: Any) -> Any:

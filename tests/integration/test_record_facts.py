@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from aiokafka.structs import ConsumerRecord
 
+from builders import raw
 from concord.config import NormalizationSettings
 from concord.events import codec
 from concord.events.models import ClinicalFact, IngestedRecord
@@ -23,7 +23,7 @@ from concord.normalization.facts.withdrawals import Remembered, RememberedFact
 from concord.normalization.identity_store import PostgresIdentityStore
 from concord.normalization.record_facts import PostgresRecordFacts
 from concord.normalization.terminology import Terminology
-from concord.runtime.batch import Outbound
+from concord.runtime.batch import run_batch
 from concord.topics import FACTS, INGESTED, RAW_FHIR
 
 pytestmark = pytest.mark.integration
@@ -188,19 +188,6 @@ def _fhir(document: dict[str, Any], source: str) -> IngestedRecord:
 
 
 async def _facts(stage: NormalizationStage, record: IngestedRecord) -> list[ClinicalFact]:
-    consumed = ConsumerRecord(
-        topic=INGESTED,
-        partition=0,
-        offset=0,
-        timestamp=0,
-        timestamp_type=0,
-        key=None,
-        value=codec.INGESTED_RECORD.encode(record),
-        checksum=None,
-        serialized_key_size=-1,
-        serialized_value_size=-1,
-        headers=[],
-    )
-    out = Outbound("normalization")
-    await stage.process([consumed], out)
+    consumed = raw(codec.INGESTED_RECORD.encode(record), topic=INGESTED)
+    out = await run_batch(stage, [consumed])
     return [codec.CLINICAL_FACT.decode(r.value) for r in out.pending if r.topic == FACTS]

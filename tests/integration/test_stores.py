@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import cast
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.structs import ConsumerRecord
 
+from builders import FakeProducer, raw
 from concord.alerting.lifecycle import apply_conflict_event
 from concord.alerting.store import AlertStore, list_alerts
 from concord.conflicts.app import ConflictsStage
@@ -22,7 +21,7 @@ from concord.events import codec
 from concord.events.models import MERGE_ATTRIBUTE, ClinicalFact, ConflictEvent, Provenance
 from concord.ingestion.dedupe import PostgresSeenVersions
 from concord.normalization.facts.drafts import unmerge_fact
-from concord.runtime.batch import Outbound, OutboundRecord
+from concord.runtime.batch import Outbound, OutboundRecord, run_batch
 from concord.runtime.outbox import Outbox
 from concord.stack.broker import BrokerInfo
 from concord.topics import FACTS
@@ -236,13 +235,8 @@ def _subject_fact(
 
 
 async def _run_stage(stage: ConflictsStage, facts: list[ClinicalFact]) -> list[ConflictEvent]:
-    records = [
-        ConsumerRecord(FACTS, 0, i, 0, 0, None, codec.CLINICAL_FACT.encode(f), 0, 0, 0, [])
-        for i, f in enumerate(facts)
-    ]
-    out = Outbound("conflicts")
-    await stage.process(records, out)
-    await stage.on_produced()
+    encoded = [codec.CLINICAL_FACT.encode(f) for f in facts]
+    out = await run_batch(stage, [raw(v, topic=FACTS, offset=i) for i, v in enumerate(encoded)])
     return [codec.CONFLICT_EVENT.decode(r.value) for r in out.pending]
 
 
@@ -252,9 +246,7 @@ async def test_an_unmerge_rebuilds_both_patients_from_the_fact_history(
 ) -> None:
     absorbed, survivor = patient_id(), patient_id()
     outbox = Outbox(pool, "conflicts")
-    stage = ConflictsStage(
-        ConflictStore(pool, outbox), outbox, cast(AIOKafkaProducer, None), DEFAULT_POLICY
-    )
+    stage = ConflictsStage(ConflictStore(pool, outbox), outbox, FakeProducer(), DEFAULT_POLICY)
     # The absorbed patient's two sources disagree; the survivor's agree.
     before = [
         _subject_fact(absorbed, "hosp", f"Patient/1-{absorbed}", "1980-01-01", minutes=1),
@@ -313,9 +305,7 @@ async def test_the_staleness_timer_raises_a_medication_nobody_reconfirmed(
     of what is due on the owned partitions) raises it once, and clears its row."""
     patient = patient_id()
     outbox = Outbox(pool, "conflicts")
-    stage = ConflictsStage(
-        ConflictStore(pool, outbox), outbox, cast(AIOKafkaProducer, None), DEFAULT_POLICY
-    )
+    stage = ConflictsStage(ConflictStore(pool, outbox), outbox, FakeProducer(), DEFAULT_POLICY)
     window = DEFAULT_POLICY.classes["MEDICATION"].reconfirm_within
     assert window is not None
     said = datetime.now(UTC) - window + timedelta(seconds=3)
@@ -330,7 +320,7 @@ async def test_the_staleness_timer_raises_a_medication_nobody_reconfirmed(
     due = await pool.fetchval("SELECT due_at FROM stale_timers WHERE patient_id = $1", patient)
     assert due == said + window
 
-    partitions = {TopicPartition(FACTS, 0)}
+    partitions = {0}
     await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.2)
     out = Outbound("conflicts")
     await stage.on_tick(partitions, out)
@@ -375,9 +365,7 @@ async def test_a_held_disagreement_is_raised_by_the_timer_or_dropped_unraised(
         }
     )
     outbox = Outbox(pool, "conflicts")
-    stage = ConflictsStage(
-        ConflictStore(pool, outbox), outbox, cast(AIOKafkaProducer, None), policy
-    )
+    stage = ConflictsStage(ConflictStore(pool, outbox), outbox, FakeProducer(), policy)
     at = datetime.now(UTC)
     first = [
         fact(lasting, "hosp", "1980-01-01", at=at),
@@ -400,7 +388,7 @@ async def test_a_held_disagreement_is_raised_by_the_timer_or_dropped_unraised(
 
     await asyncio.sleep(window.total_seconds() + 0.3)
     out = Outbound("conflicts")
-    await stage.on_tick({TopicPartition(FACTS, 0)}, out)
+    await stage.on_tick({0}, out)
     mine = [
         e
         for e in (codec.CONFLICT_EVENT.decode(r.value) for r in out.pending)

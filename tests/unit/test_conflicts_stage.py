@@ -4,54 +4,65 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiokafka.structs import ConsumerRecord, TopicPartition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from builders import FakeOutbox, FakeProducer, raw
 from concord.conflicts import app
 from concord.conflicts.app import ConflictsStage
 from concord.conflicts.derive import Derivation, FactPattern, derive
 from concord.conflicts.policy import DEFAULT_POLICY, ClassRule
-from concord.conflicts.rules import AttributeState
-from concord.conflicts.store import Timer
+from concord.conflicts.ports import ConflictStorePort, Key, Timer
+from concord.conflicts.rules import AttributeState, HistoricFact
 from concord.events import codec
-from concord.events.models import MERGE_ATTRIBUTE, ClinicalFact, ConflictResolution, Provenance
-from concord.runtime.batch import Outbound, OutboundRecord
+from concord.events.models import (
+    MERGE_ATTRIBUTE,
+    AttributeClass,
+    ClinicalFact,
+    ConflictResolution,
+    Provenance,
+)
+from concord.events.raw import RawEvent
+from concord.runtime.batch import Outbound, OutboundRecord, run_batch
 from concord.topics import CONFLICTS, DEADLETTER, FACTS, RESOLUTIONS
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
 
-class FakeStore:
-    """Keeps saved state in memory, as PostgreSQL would; counts loads."""
+class FakeStore(ConflictStorePort):
+    """Keeps saved state in memory, as PostgreSQL would; counts loads. Without subject owners:
+    unmerges are tested against PostgreSQL (tests/integration/test_stores.py)."""
 
     def __init__(self) -> None:
-        self.saved: dict[tuple[str, str], AttributeState] = {}
-        self.loaded: list[tuple[str, str]] = []
+        self.saved: dict[Key, AttributeState] = {}
+        self.loaded: list[Key] = []
         self.events: list[OutboundRecord] = []
         self.moved: list[tuple[str, str]] = []
         self.recorded: list[ClinicalFact] = []
-        self.timers: dict[tuple[str, str], Timer] = {}
+        self.timers: dict[Key, Timer] = {}
 
     async def load(
-        self, keys: Sequence[tuple[str, str]], classes: dict[tuple[str, str], str]
-    ) -> dict[tuple[str, str], AttributeState]:
+        self, keys: Sequence[Key], classes: Mapping[Key, AttributeClass]
+    ) -> dict[Key, AttributeState]:
         self.loaded += keys
-        return {
-            k: self.saved.get(k) or AttributeState(k[0], k[1], classes[k])  # type: ignore[arg-type]
-            for k in keys
-        }
+        return {k: self.saved.get(k) or AttributeState(k[0], k[1], classes[k]) for k in keys}
 
-    async def attributes_of(self, patient_ids: Sequence[str]) -> dict[tuple[str, str], str]:
+    async def attributes_of(self, patient_ids: Sequence[str]) -> dict[Key, AttributeClass]:
         return {k: st.attribute_class for k, st in self.saved.items() if k[0] in patient_ids}
 
     async def move_subjects(self, merges: Sequence[tuple[str, str]]) -> None:
         self.moved += merges
+
+    async def restore_subjects(self, absorbed: str) -> set[str]:
+        raise NotImplementedError
+
+    async def history_of(self, patient_ids: Sequence[str]) -> list[HistoricFact]:
+        raise NotImplementedError
 
     async def save(
         self,
@@ -78,20 +89,12 @@ class FakeStore:
                 self.timers[key] = (key, attribute_class, partition, due)
 
     async def due(self, partitions: Sequence[int], now: datetime, limit: int) -> list[Timer]:
-        found = [t for t in self.timers.values() if t[2] in partitions and t[3] <= now]
-        return sorted(found, key=lambda t: t[3])[:limit]
-
-
-class FakeOutbox:
-    def __init__(self) -> None:
-        self.acknowledged = 0
-
-    def publish_written(self, out: Outbound, records: Sequence[OutboundRecord]) -> None:
-        for record in records:
-            out.add(record)
-
-    async def acknowledge(self) -> None:
-        self.acknowledged += 1
+        found = [
+            (due, t)
+            for t in self.timers.values()
+            if (due := t[3]) is not None and t[2] in partitions and due <= now
+        ]
+        return [t for _, t in sorted(found, key=lambda d: d[0])][:limit]
 
 
 def _fact(patient: str, source: str, value: str, minutes: int = 0) -> ClinicalFact:
@@ -116,22 +119,13 @@ def _fact(patient: str, source: str, value: str, minutes: int = 0) -> ClinicalFa
     )
 
 
-def _records(
-    facts: Sequence[ClinicalFact | bytes], partition: int = 0
-) -> list[ConsumerRecord[Any, Any]]:
+def _records(facts: Sequence[ClinicalFact | bytes], partition: int = 0) -> list[RawEvent]:
     return [
-        ConsumerRecord(
+        raw(
+            f if isinstance(f, bytes) else codec.CLINICAL_FACT.encode(f),
             topic=FACTS,
             partition=partition,
             offset=i,
-            timestamp=0,
-            timestamp_type=0,
-            key=None,
-            value=f if isinstance(f, bytes) else codec.CLINICAL_FACT.encode(f),
-            checksum=None,
-            serialized_key_size=-1,
-            serialized_value_size=0,
-            headers=[],
         )
         for i, f in enumerate(facts)
     ]
@@ -139,9 +133,9 @@ def _records(
 
 def _stage(store: FakeStore, cache_max_keys: int = 100) -> ConflictsStage:
     return ConflictsStage(
-        store,  # type: ignore[arg-type]
-        FakeOutbox(),  # type: ignore[arg-type]
-        producer=None,  # type: ignore[arg-type]
+        store,
+        FakeOutbox(),
+        producer=FakeProducer(),
         policy=DEFAULT_POLICY,
         cache_max_keys=cache_max_keys,
     )
@@ -150,9 +144,8 @@ def _stage(store: FakeStore, cache_max_keys: int = 100) -> ConflictsStage:
 @pytest.mark.asyncio
 async def test_a_disagreement_is_saved_and_published_as_one_conflict_event() -> None:
     store = FakeStore()
-    out = Outbound("conflicts")
-    await _stage(store).process(
-        _records([_fact("P1", "a", "1970-01-01"), _fact("P1", "b", "1970-01-02")]), out
+    out = await run_batch(
+        _stage(store), _records([_fact("P1", "a", "1970-01-01"), _fact("P1", "b", "1970-01-02")])
     )
     assert [r.topic for r in out.pending] == [CONFLICTS]
     event = codec.CONFLICT_EVENT.decode(out.pending[0].value)
@@ -165,13 +158,11 @@ async def test_redelivery_of_a_batch_publishes_nothing_more() -> None:
     store = FakeStore()
     stage = _stage(store)
     batch = _records([_fact("P1", "a", "1970-01-01"), _fact("P1", "b", "1970-01-02")])
-    await stage.process(batch, Outbound("conflicts"))
-    again = Outbound("conflicts")
-    await stage.process(batch, again)
+    await run_batch(stage, batch)
+    again = await run_batch(stage, batch)
     assert again.pending == []
     # A restarted worker (empty cache) reloads the saved state and stays quiet too.
-    fresh = Outbound("conflicts")
-    await _stage(store).process(batch, fresh)
+    fresh = await run_batch(_stage(store), batch)
     assert fresh.pending == []
 
 
@@ -180,11 +171,10 @@ async def test_the_cache_is_bounded_and_evicted_state_reloads_from_the_store() -
     store = FakeStore()
     stage = _stage(store, cache_max_keys=2)
     for n, patient in enumerate(("P1", "P2", "P3")):
-        await stage.process(_records([_fact(patient, "a", "1970-01-01", n)]), Outbound("conflicts"))
+        await run_batch(stage, _records([_fact(patient, "a", "1970-01-01", n)]))
     assert list(stage.cache) == [("P2", "Patient.birthDate"), ("P3", "Patient.birthDate")]
     store.loaded.clear()
-    out = Outbound("conflicts")
-    await stage.process(_records([_fact("P1", "b", "1999-09-09", 9)]), out)
+    out = await run_batch(stage, _records([_fact("P1", "b", "1999-09-09", 9)]))
     assert store.loaded == [("P1", "Patient.birthDate")]
     assert codec.CONFLICT_EVENT.decode(out.pending[0].value).kind == "OPENED"
 
@@ -192,8 +182,7 @@ async def test_the_cache_is_bounded_and_evicted_state_reloads_from_the_store() -
 @pytest.mark.asyncio
 async def test_undecodable_facts_are_dead_lettered_and_the_rest_go_on() -> None:
     store = FakeStore()
-    out = Outbound("conflicts")
-    await _stage(store).process(_records([b"not avro", _fact("P1", "a", "1970-01-01")]), out)
+    out = await run_batch(_stage(store), _records([b"not avro", _fact("P1", "a", "1970-01-01")]))
     assert [r.topic for r in out.pending] == [DEADLETTER]
     letter = codec.DEAD_LETTER.decode(out.pending[0].value)
     assert (letter.reason_code, letter.original_value) == ("UNDECODABLE_EVENT", b"not avro")
@@ -204,7 +193,8 @@ async def test_undecodable_facts_are_dead_lettered_and_the_rest_go_on() -> None:
 async def test_a_merge_moves_the_absorbed_patients_assertions_to_the_survivor() -> None:
     store = FakeStore()
     stage = _stage(store)
-    await stage.process(
+    await run_batch(
+        stage,
         _records(
             [
                 _fact("OLD", "a", "1970-01-01"),
@@ -212,13 +202,11 @@ async def test_a_merge_moves_the_absorbed_patients_assertions_to_the_survivor() 
                 _fact("NEW", "c", "1970-01-01"),
             ]
         ),
-        Outbound("conflicts"),
     )
     merge = _fact("NEW", "mpi", "OLD", minutes=30).model_copy(
         update={"attribute": MERGE_ATTRIBUTE, "fact_id": "merge-1"}
     )
-    out = Outbound("conflicts")
-    await stage.process(_records([merge]), out)
+    out = await run_batch(stage, _records([merge]))
     events = sorted(
         (
             (e.patient_id, e.kind)
@@ -233,8 +221,7 @@ async def test_a_merge_moves_the_absorbed_patients_assertions_to_the_survivor() 
     assert sorted(survivor.assertions) == ["a", "b", "c"]
     absorbed = store.saved[("OLD", "Patient.birthDate")]
     assert {a.status for a in absorbed.assertions.values()} == {"DELETED"}
-    again = Outbound("conflicts")
-    await stage.process(_records([merge]), again)  # redelivered
+    again = await run_batch(stage, _records([merge]))  # redelivered
     assert again.pending == []
     assert sorted(store.saved[("NEW", "Patient.birthDate")].assertions) == ["a", "b", "c"]
 
@@ -268,8 +255,7 @@ async def test_a_metastatic_claim_and_a_stage_one_condition_conflict_through_der
     store = FakeStore()
     stage = _stage(store)
     stage.policy = policy
-    out = Outbound("conflicts")
-    await stage.process(_records([claim, stage_one]), out)
+    out = await run_batch(stage, _records([claim, stage_one]))
     [event] = [codec.CONFLICT_EVENT.decode(r.value) for r in out.pending]
     assert (event.attribute, event.kind, event.severity) == (
         "Oncology.metastatic",
@@ -329,7 +315,7 @@ def _deliver(facts: list[ClinicalFact], batch_sizes: list[int]) -> FakeStore:
         start = 0
         while start < len(facts):
             size = next(sizes, 7)
-            await stage.process(_records(facts[start : start + size]), Outbound("conflicts"))
+            await run_batch(stage, _records(facts[start : start + size]))
             start += size
 
     asyncio.run(run())
@@ -374,9 +360,8 @@ def test_shuffled_and_repeated_delivery_ends_in_the_same_conflicts(
 async def test_a_reviewers_decision_on_concord_resolutions_resolves_the_conflict() -> None:
     store = FakeStore()
     stage = _stage(store)
-    out = Outbound("conflicts")
-    await stage.process(
-        _records([_fact("P1", "a", "1970-01-01"), _fact("P1", "b", "1970-01-02")]), out
+    out = await run_batch(
+        stage, _records([_fact("P1", "a", "1970-01-01"), _fact("P1", "b", "1970-01-02")])
     )
     [opened] = [codec.CONFLICT_EVENT.decode(r.value) for r in out.pending]
     stage.cache.clear()  # the decision may come long after: the store has the conflict
@@ -392,14 +377,12 @@ async def test_a_reviewers_decision_on_concord_resolutions_resolves_the_conflict
     record = dataclasses.replace(
         _records([b""])[0], topic=RESOLUTIONS, value=codec.CONFLICT_RESOLUTION.encode(decision)
     )
-    decided = Outbound("conflicts")
-    await stage.process([record], decided)
+    decided = await run_batch(stage, [record])
     [resolved] = [codec.CONFLICT_EVENT.decode(r.value) for r in decided.pending]
     assert (resolved.conflict_id, resolved.kind) == (opened.conflict_id, "RESOLVED")
     assert resolved.proposed_value == opened.proposed_value
     assert store.saved[("P1", "Patient.birthDate")].conflict.reviewed  # type: ignore[union-attr]
-    again = Outbound("conflicts")
-    await stage.process([record], again)  # redelivered
+    again = await run_batch(stage, [record])  # redelivered
     assert again.pending == []
 
 
@@ -418,5 +401,5 @@ async def test_a_tick_reads_due_timers_again_while_they_come_full_within_its_bud
         key = (f"E{n}", "Patient.birthDate")
         store.timers[key] = (key, "DEMOGRAPHICS", 0, past)
     stage = _stage(store)
-    await stage.on_tick({TopicPartition(FACTS, 0)}, Outbound("conflicts"))
+    await stage.on_tick({0}, Outbound("conflicts"))
     assert len(store.timers) == left  # each timer looked at is cleared: nothing ages here

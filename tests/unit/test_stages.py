@@ -1,11 +1,11 @@
-"""The ingestion and normalization stage adapters: consumer records in, outbound records out.
+"""The stage adapters (ingestion, normalization, alerting): raw events in, outbound records out.
 
-No broker: ConsumerRecords are built by hand and the stages write into a real Outbound.
+No broker: RawEvents are built by hand and run through the stages by run_batch, as the batch
+loop would run them.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import resources
@@ -13,15 +13,21 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import TopicPartition
 from prometheus_client import REGISTRY
 
-from builders import FakeIdentities
+from builders import FakeIdentities, FakeOutbox, FakeProducer, FakeSeenVersions, raw
+from concord.alerting.app import AlertingStage
+from concord.alerting.lifecycle import AlertRecord
+from concord.alerting.ports import AlertStorePort
 from concord.config import IngestionSettings, NormalizationSettings
+from concord.conflicts.policy import DEFAULT_POLICY
+from concord.conflicts.rules import AttributeState, apply_fact, evaluate
 from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import (
     MERGE_ATTRIBUTE,
+    Alert,
     ClinicalFact,
     DeadLetter,
     Header,
@@ -36,8 +42,18 @@ from concord.normalization.identity.resolution import (
 )
 from concord.normalization.record_facts import InMemoryRecordFacts
 from concord.normalization.terminology import Terminology
-from concord.runtime.batch import BatchLoop, Outbound, OutboundRecord
-from concord.topics import DEADLETTER, FACTS, INGESTED, RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
+from concord.runtime.batch import BatchLoop, Outbound, OutboundRecord, run_batch
+from concord.runtime.stage import BaseStage
+from concord.topics import (
+    ALERTS,
+    CONFLICTS,
+    DEADLETTER,
+    FACTS,
+    INGESTED,
+    RAW_CLAIMS,
+    RAW_FHIR,
+    RAW_HL7V2,
+)
 
 MPI = "urn:concord:enterprise-patient-id"
 
@@ -64,46 +80,16 @@ def _record(
     partition: int = 1,
     offset: int = 0,
     key: bytes | None = None,
-) -> ConsumerRecord[Any, Any]:
-    return ConsumerRecord(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        timestamp=1_700_000_000_000,
-        timestamp_type=0,
-        key=key,
-        value=value,
-        checksum=None,
-        serialized_key_size=len(key) if key else -1,
-        serialized_value_size=len(value) if value else -1,
-        headers=list(headers),  # type: ignore[arg-type]
-    )
-
-
-class _FakeSeenVersions:
-    """The de-duplication window in memory, with a log of what was remembered when."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, str] = {}
-        self.pruned: list[datetime] = []
-
-    async def unseen(self, record_ids: Sequence[str]) -> set[str]:
-        return set(record_ids) - set(self.seen)
-
-    async def remember(self, records: Sequence[tuple[str, str]]) -> None:
-        self.seen.update(records)
-
-    async def prune(self, before: datetime) -> int:
-        self.pruned.append(before)
-        return 0
+) -> RawEvent:
+    return raw(value, topic=topic, partition=partition, offset=offset, key=key, headers=headers)
 
 
 DSN = "postgresql://unused@127.0.0.1:1/none"
 
 
-def _ingestion(seen: _FakeSeenVersions | None = None, **settings: Any) -> IngestionStage:
-    options = {"max_payload_bytes": 64 * 1024, "database_url": DSN} | settings
-    return IngestionStage(IngestionSettings(**options), seen or _FakeSeenVersions())
+def _ingestion(seen: FakeSeenVersions | None = None, **settings: Any) -> IngestionStage:
+    options: dict[str, Any] = {"max_payload_bytes": 64 * 1024, "database_url": DSN} | settings
+    return IngestionStage(IngestionSettings(**options), seen or FakeSeenVersions())
 
 
 def _normalization() -> NormalizationStage:
@@ -172,8 +158,7 @@ async def test_ingestion_publishes_valid_records_and_dead_letters_the_rest() -> 
         ),
         _record(sourceless, offset=12, headers=[("trace", b"t-3")]),
     ]
-    out = Outbound("ingestion")
-    await _ingestion().process(batch, out)
+    out = await run_batch(_ingestion(), batch)
 
     assert len(out.pending) == 3
     [ingested] = _on(out, INGESTED)
@@ -215,8 +200,7 @@ async def test_ingestion_splits_a_bundle() -> None:
         "type": "collection",
         "entry": [{"resource": _patient("a")}, {"resource": _patient("b")}],
     }
-    out = Outbound("ingestion")
-    await _ingestion().process([_record(orjson.dumps(bundle), offset=5)], out)
+    out = await run_batch(_ingestion(), [_record(orjson.dumps(bundle), offset=5)])
     assert [r.key for r in out.pending] == [b"ehr-alpha/Patient/a", b"ehr-alpha/Patient/b"]
     decoded = [codec.INGESTED_RECORD.decode(r.value) for r in out.pending]
     assert {d.provenance.raw_offset for d in decoded} == {5}
@@ -244,8 +228,7 @@ async def test_a_record_accepted_with_warnings_is_published_marked_and_counted_b
     counted = "concord_record_warnings_total"
     labels = {"stage": "ingestion", "reason_code": "CODE_WITHOUT_SYSTEM"}
     before = _count(counted, **labels)
-    out = Outbound("ingestion")
-    await _ingestion().process([_record(orjson.dumps(bundle), offset=6)], out)
+    out = await run_batch(_ingestion(), [_record(orjson.dumps(bundle), offset=6)])
     patient, marked = _on(out, INGESTED)
     assert (patient.headers, marked.headers) == ((), (("concord-warnings", b"1"),))
     [warning] = codec.INGESTED_RECORD.decode(marked.value).warnings
@@ -268,8 +251,7 @@ async def test_a_type_kept_for_provenance_is_published_and_counted_by_type() -> 
     counted = "concord_records_not_compared_total"
     labels = {"format": "FHIR_R4", "resource_type": "Immunization"}
     before = _count(counted, **labels)
-    out = Outbound("ingestion")
-    await _ingestion().process([_record(orjson.dumps(immunization), offset=7)], out)
+    out = await run_batch(_ingestion(), [_record(orjson.dumps(immunization), offset=7)])
     [published] = _on(out, INGESTED)
     assert published.key == b"ehr-alpha/Patient/p1" and published.headers == ()
     assert codec.INGESTED_RECORD.decode(published.value).resource_type == "Immunization"
@@ -278,8 +260,7 @@ async def test_a_type_kept_for_provenance_is_published_and_counted_by_type() -> 
 
 @pytest.mark.asyncio
 async def test_ingestion_dead_letters_a_tombstone() -> None:
-    out = Outbound("ingestion")
-    await _ingestion().process([_record(None, offset=3, key=b"k")], out)
+    out = await run_batch(_ingestion(), [_record(None, offset=3, key=b"k")])
     [letter] = _letters(out)
     assert letter.reason_code == "EMPTY_PAYLOAD"
     assert letter.original_value is None
@@ -290,8 +271,8 @@ async def test_ingestion_dead_letters_a_tombstone() -> None:
 async def test_a_null_source_header_is_dead_lettered_not_a_crash() -> None:
     """Kafka header values may be null, and aiokafka hands them over as None. Such a record
     has no source: it must be dead-lettered, not crash the batch (and so the worker, forever)."""
-    out = Outbound("ingestion")
-    await _ingestion().process([_record(orjson.dumps(_patient()), headers=[("source", None)])], out)
+    nameless = _record(orjson.dumps(_patient()), headers=[("source", None)])
+    out = await run_batch(_ingestion(), [nameless])
     [letter] = _letters(out)
     assert letter.reason_code == "MISSING_SOURCE_HEADER"
     assert letter.original_headers == (Header(key="source", value=None),)
@@ -301,8 +282,7 @@ async def test_a_null_source_header_is_dead_lettered_not_a_crash() -> None:
 async def test_dead_letters_keep_repeated_headers() -> None:
     """Kafka headers are a list and may repeat a key; the dead letter keeps the original."""
     headers = [("source", b"ehr-alpha"), ("hop", b"1"), ("hop", b"2")]
-    out = Outbound("ingestion")
-    await _ingestion().process([_record(b"not json", headers=headers)], out)
+    out = await run_batch(_ingestion(), [_record(b"not json", headers=headers)])
     [letter] = _letters(out)
     assert letter.original_headers == tuple(Header(key=k, value=v) for k, v in headers)
 
@@ -313,9 +293,8 @@ async def test_dead_letters_keep_repeated_headers() -> None:
 @pytest.mark.asyncio
 async def test_normalization_turns_an_ingested_record_into_three_facts() -> None:
     ingested = _ingested_record(_patient())
-    out = Outbound("normalization")
     record = _record(codec.INGESTED_RECORD.encode(ingested), topic=INGESTED, offset=4)
-    await _normalization().process([record], out)
+    out = await run_batch(_normalization(), [record])
 
     facts_out = _on(out, FACTS)
     assert len(facts_out) == len(out.pending) == 3
@@ -329,13 +308,12 @@ async def test_normalization_turns_an_ingested_record_into_three_facts() -> None
 @pytest.mark.asyncio
 async def test_normalization_dead_letters_undecodable_bytes() -> None:
     garbage = b"\xc3\x01 not an ingested record"
-    out = Outbound("normalization")
     batch = [
         _record(garbage, topic=INGESTED, partition=2, offset=7, key=b"k", headers=[]),
         _record(None, topic=INGESTED, offset=8, headers=[]),
         _record(codec.CLINICAL_FACT.encode(_fact()), topic=INGESTED, offset=9, headers=[]),
     ]
-    await _normalization().process(batch, out)
+    out = await run_batch(_normalization(), batch)
     letters = _letters(out)
     assert len(letters) == len(out.pending) == 3
     assert {letter.reason_code for letter in letters} == {"UNDECODABLE_EVENT"}
@@ -354,8 +332,7 @@ async def test_normalization_dead_letters_undecodable_bytes() -> None:
 @pytest.mark.asyncio
 async def test_a_patient_without_enterprise_id_is_placed_by_matching() -> None:
     encoded = codec.INGESTED_RECORD.encode(_ingested_record(_patient(enterprise=None)))
-    out = Outbound("normalization")
-    await _normalization().process([_record(encoded, topic=INGESTED)], out)
+    out = await run_batch(_normalization(), [_record(encoded, topic=INGESTED)])
     assert _letters(out) == []
     facts = [codec.CLINICAL_FACT.decode(r.value) for r in _on(out, FACTS)]
     assert len(facts) == 3
@@ -396,12 +373,11 @@ async def test_clinical_records_and_hl7_follow_their_patient() -> None:
             b"EVN|A08|20240301082500-0500\rPID|1||M-9^^^GH^MR||Doe^Jo||19700101|F\r",
         }
     )
-    out = Outbound("normalization")
     records = [
         _record(codec.INGESTED_RECORD.encode(r), topic=INGESTED, offset=n)
         for n, r in enumerate([patient, observation, orphan, adt])
     ]
-    await _normalization().process(records, out)
+    out = await run_batch(_normalization(), records)
     facts = [codec.CLINICAL_FACT.decode(r.value) for r in _on(out, FACTS)]
     by_record = {f.record_id: f for f in facts if f.record_id != "r-4"}
     assert by_record["r-2"].patient_id == "E-100"  # the crosswalk of Patient/p1
@@ -420,12 +396,11 @@ async def test_ingestion_reads_hl7v2_from_its_topic_in_the_sources_zone() -> Non
         b"EVN|A04|20240301090000\rPID|1||M-1^^^GH^MR||Doe^Jo||19700101|F\r"
     )
     stage = _ingestion(source_time_zones={"lab": "America/Chicago"})
-    out = Outbound("ingestion")
     records = [
         _record(message, topic=RAW_HL7V2, headers=(("source", b"lab"),)),
         _record(message, topic=RAW_HL7V2, headers=(("source", b"clinic"),), offset=1),
     ]
-    await stage.process(records, out)
+    out = await run_batch(stage, records)
     [ingested] = [codec.INGESTED_RECORD.decode(r.value) for r in _on(out, INGESTED)]
     assert ingested.format == "HL7V2" and ingested.source_time_zone == "America/Chicago"
     assert ingested.provenance.event_time == datetime(2024, 3, 1, 15, tzinfo=UTC)
@@ -435,21 +410,19 @@ async def test_ingestion_reads_hl7v2_from_its_topic_in_the_sources_zone() -> Non
 
 @pytest.mark.asyncio
 async def test_a_version_already_emitted_is_counted_not_emitted_again() -> None:
-    seen = _FakeSeenVersions()
+    seen = FakeSeenVersions()
     stage = _ingestion(seen)
     first = _record(orjson.dumps(_patient("p1")), offset=0)
     again = _record(orjson.dumps(_patient("p1")), offset=1)  # the same version, re-sent
     other = _record(orjson.dumps(_patient("p2")), offset=2)
 
-    out = Outbound("ingestion")
-    await stage.process([first, again], out)
+    out = await run_batch(stage, [first, again], acknowledged=False)
     assert len(_on(out, INGESTED)) == 1  # a repeat inside one batch is a duplicate too
     assert seen.seen == {}  # nothing is remembered before Kafka acknowledged it
     await stage.on_produced()
     assert len(seen.seen) == 1 and seen.pruned  # remembered after the acks; window pruned
 
-    out = Outbound("ingestion")
-    await stage.process([again, other], out)
+    out = await run_batch(stage, [again, other])
     [emitted] = [codec.INGESTED_RECORD.decode(r.value) for r in _on(out, INGESTED)]
     assert emitted.provenance.source_record_id == "Patient/p2"
 
@@ -462,10 +435,9 @@ async def test_the_first_prune_does_not_wait_for_the_machine_uptime(
     mean "prune now", and the next prune waits PRUNE_EVERY_SECONDS from the first."""
     clock = [5.0]
     monkeypatch.setattr("concord.ingestion.app.time.monotonic", lambda: clock[0])
-    seen = _FakeSeenVersions()
+    seen = FakeSeenVersions()
     stage = _ingestion(seen)
-    await stage.process([_record(orjson.dumps(_patient("p1")))], Outbound("ingestion"))
-    await stage.on_produced()
+    await run_batch(stage, [_record(orjson.dumps(_patient("p1")))])  # then on_produced
     assert len(seen.pruned) == 1
     clock[0] += PRUNE_EVERY_SECONDS / 2
     await stage.on_produced()
@@ -479,11 +451,10 @@ async def test_the_first_prune_does_not_wait_for_the_machine_uptime(
 async def test_a_batch_that_failed_to_produce_is_emitted_again() -> None:
     """A crash between produce and acknowledgement must not lose the records: they are only
     remembered in on_produced, so redelivery emits them again."""
-    seen = _FakeSeenVersions()
+    seen = FakeSeenVersions()
     record = _record(orjson.dumps(_patient("p1")))
-    await _ingestion(seen).process([record], Outbound("ingestion"))
-    out = Outbound("ingestion")
-    await _ingestion(seen).process([record], out)  # a restarted worker, same window
+    await run_batch(_ingestion(seen), [record], acknowledged=False)
+    out = await run_batch(_ingestion(seen), [record])  # a restarted worker, same window
     assert len(_on(out, INGESTED)) == 1
 
 
@@ -491,9 +462,8 @@ async def test_a_batch_that_failed_to_produce_is_emitted_again() -> None:
 async def test_ingestion_reads_claim_lines_from_their_topic() -> None:
     sample = resources.files("concord") / "demo" / "claims-sample.ndjson"
     lines = [line for line in sample.read_bytes().splitlines() if line.strip()]
-    out = Outbound("ingestion")
     records = [_record(line, topic=RAW_CLAIMS, offset=n) for n, line in enumerate(lines)]
-    await _ingestion().process([*records, _record(b'{"claim_id": 7}', topic=RAW_CLAIMS)], out)
+    out = await run_batch(_ingestion(), [*records, _record(b'{"claim_id": 7}', topic=RAW_CLAIMS)])
     ingested = [codec.INGESTED_RECORD.decode(r.value) for r in _on(out, INGESTED)]
     assert len(ingested) == len(lines)
     assert {r.format for r in ingested} == {"CLAIM"}
@@ -515,26 +485,12 @@ async def test_normalization_passes_over_what_it_does_not_normalize_yet() -> Non
             update={"resource_type": "Encounter", "payload": orjson.dumps(encounter)}
         ),
     ]
-    out = Outbound("normalization")
     records = [_record(codec.INGESTED_RECORD.encode(r), topic=INGESTED) for r in others]
-    await _normalization().process(records, out)
+    out = await run_batch(_normalization(), records)
     assert out.pending == []
 
 
 # --- Outbound -----------------------------------------------------------------------------------
-
-
-class _FakeProducer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]] = []
-
-    async def send(
-        self, topic: str, value: bytes, *, key: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> asyncio.Future[None]:
-        self.sent.append((topic, value, key, headers))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        future.set_result(None)
-        return future
 
 
 @pytest.mark.asyncio
@@ -542,8 +498,8 @@ async def test_outbound_flush_sends_everything_in_order_and_empties() -> None:
     out = Outbound("ingestion")
     out.add(OutboundRecord(INGESTED, b"1", key=b"a"))
     out.add(OutboundRecord(DEADLETTER, b"2", headers=[("h", b"v")]))
-    producer = _FakeProducer()
-    assert await out.flush(producer) == 2  # type: ignore[arg-type]
+    producer = FakeProducer()
+    assert await out.flush(producer) == 2
     assert producer.sent == [
         (INGESTED, b"1", b"a", []),
         (DEADLETTER, b"2", None, [("h", b"v")]),
@@ -560,9 +516,8 @@ async def test_a_core_that_raises_dead_letters_the_record_and_the_batch_goes_on(
         raise ValueError(f"bad value {secret}")
 
     stage.ingest[RAW_CLAIMS] = broken
-    out = Outbound("ingestion")
-    await stage.process(
-        [_record(b"{}", topic=RAW_CLAIMS), _record(orjson.dumps(_patient()), offset=1)], out
+    out = await run_batch(
+        stage, [_record(b"{}", topic=RAW_CLAIMS), _record(orjson.dumps(_patient()), offset=1)]
     )
     [letter] = _letters(out)
     assert letter.reason_code == "INGESTION_FAILED"
@@ -599,8 +554,7 @@ async def test_the_cores_name_the_patient_of_each_record() -> None:
             }},
         ],
     }  # fmt: skip
-    out = Outbound("ingestion")
-    await _ingestion().process([_record(orjson.dumps(bundle))], out)
+    out = await run_batch(_ingestion(), [_record(orjson.dumps(bundle))])
     ingested = [codec.INGESTED_RECORD.decode(r.value) for r in _on(out, INGESTED)]
     assert [r.patient_ref for r in ingested] == ["Patient/p7", "Patient/p7"]
     assert {r.key for r in _on(out, INGESTED)} == {b"ehr-alpha/Patient/p7"}
@@ -616,11 +570,10 @@ async def test_a_patient_link_replaces_publishes_the_merge_for_the_conflicts_sta
         _ingested_record(doc).model_copy(update={"record_id": f"r-{n}"})
         for n, doc in enumerate([old, survivor, merged])
     ]
-    out = Outbound("normalization")
-    await stage.process(
+    out = await run_batch(
+        stage,
         [_record(codec.INGESTED_RECORD.encode(r), topic=INGESTED, offset=n)
          for n, r in enumerate(records)],
-        out,
     )  # fmt: skip
     facts = [codec.CLINICAL_FACT.decode(r.value) for r in _on(out, FACTS)]
     [merge] = [f for f in facts if f.attribute == MERGE_ATTRIBUTE]
@@ -630,45 +583,36 @@ async def test_a_patient_link_replaces_publishes_the_merge_for_the_conflicts_sta
     assert (merge.patient_id, merge.value) == (new_id, old_id)
 
 
-class _FakeOutbox:
-    """The identity outbox: what an unmerge left behind, drained by whoever gets partitions."""
-
-    def __init__(self, pending: int) -> None:
-        self.pending = pending
-        self.drained_with: list[object] = []
-
-    async def drain(self, producer: object) -> int:
-        self.drained_with.append(producer)
-        drained, self.pending = self.pending, 0
-        return drained
-
-
 @pytest.mark.asyncio
 async def test_normalization_publishes_the_identity_outbox_when_it_gets_partitions() -> None:
     settings = NormalizationSettings(enterprise_id_systems=[MPI], database_url=DSN)
-    outbox, producer = _FakeOutbox(pending=1), _FakeProducer()
+    # The identity outbox: what an unmerge left behind, drained by whoever gets partitions.
+    outbox, producer = FakeOutbox(pending=1), FakeProducer()
     stage = NormalizationStage(
         settings,
         FakeIdentities(),
         Terminology.load(),
         record_facts=InMemoryRecordFacts(),
-        identity_outbox=outbox,  # type: ignore[arg-type]
-        producer=producer,  # type: ignore[arg-type]
+        identity_outbox=outbox,
+        producer=producer,
     )
-    await stage.on_assigned({TopicPartition(INGESTED, 0)})
+    await stage.on_assigned({0})
     assert (outbox.pending, outbox.drained_with) == (0, [producer])
-    await _normalization().on_assigned({TopicPartition(INGESTED, 0)})  # none wired: no-op
+    await _normalization().on_assigned({0})  # none wired: no-op
 
 
-class _TickingStage:
+class _TickingStage(BaseStage):
     stage = "ticking"
     topics = (FACTS,)
 
     def __init__(self) -> None:
-        self.ticks: list[set[TopicPartition]] = []
+        self.ticks: list[set[int]] = []
         self.produced = 0
 
-    async def on_tick(self, partitions: set[TopicPartition], out: Outbound) -> None:
+    async def process(self, events: Sequence[RawEvent], out: Outbound) -> None:
+        return None
+
+    async def on_tick(self, partitions: set[int], out: Outbound) -> None:
         self.ticks.append(partitions)
         out.add(OutboundRecord(FACTS, b"tick"))
 
@@ -677,6 +621,8 @@ class _TickingStage:
 
 
 class _AssignedConsumer:
+    """Where aiokafka's types stop: the loop hands the stage partition numbers."""
+
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(FACTS, 3)}
 
@@ -685,14 +631,76 @@ class _AssignedConsumer:
 async def test_the_loop_ticks_at_most_every_tick_seconds_and_sends_what_it_raised() -> None:
     handler = _TickingStage()
     settings = IngestionSettings(database_url=DSN)
-    loop = BatchLoop(handler, settings, tick_seconds=3600)  # type: ignore[arg-type]
-    producer = _FakeProducer()
-    await loop.tick(_AssignedConsumer(), producer)  # type: ignore[arg-type]
-    await loop.tick(_AssignedConsumer(), producer)  # type: ignore[arg-type]  # too soon
-    assert handler.ticks == [{TopicPartition(FACTS, 3)}]
+    loop = BatchLoop(handler, settings, tick_seconds=3600)
+    producer = FakeProducer()
+    await loop.tick(_AssignedConsumer(), producer)
+    await loop.tick(_AssignedConsumer(), producer)  # too soon
+    assert handler.ticks == [{3}]
     assert [topic for topic, *_ in producer.sent] == [FACTS]
     assert handler.produced == 1  # the outbox learns its events were acknowledged
-    every_call = BatchLoop(handler, settings, tick_seconds=0)  # type: ignore[arg-type]
+    every_call = BatchLoop(handler, settings, tick_seconds=0)
     for _ in range(2):
-        await every_call.tick(_AssignedConsumer(), producer)  # type: ignore[arg-type]
+        await every_call.tick(_AssignedConsumer(), producer)
     assert len(handler.ticks) == 3
+
+
+@pytest.mark.asyncio
+async def test_the_harness_hands_a_stage_only_the_topics_it_consumes() -> None:
+    with pytest.raises(ValueError, match=r"ingestion does not consume concord\.facts"):
+        await run_batch(_ingestion(), [_record(b"{}", topic=FACTS)])
+
+
+# --- alerting -----------------------------------------------------------------------------------
+
+
+class _FakeAlerts(AlertStorePort):
+    """Alerts and their history in memory, as PostgreSQL keeps them."""
+
+    def __init__(self) -> None:
+        self.alerts: dict[str, AlertRecord] = {}
+        self.history: list[tuple[Alert, str]] = []
+
+    async def load(self, alert_ids: Sequence[str]) -> dict[str, AlertRecord]:
+        return {i: self.alerts[i] for i in alert_ids if i in self.alerts}
+
+    async def save(
+        self,
+        changes: Sequence[tuple[AlertRecord, str]],
+        history: Sequence[tuple[Alert, str]],
+        events: Sequence[OutboundRecord],
+    ) -> None:
+        self.alerts.update((record.alert.alert_id, record) for record, _ in changes)
+        self.history += history
+
+    async def open_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self.alerts.values():
+            if record.alert.status in ("OPEN", "ACKNOWLEDGED"):
+                counts[record.alert.severity] = counts.get(record.alert.severity, 0) + 1
+        return counts
+
+
+@pytest.mark.asyncio
+async def test_alerting_stores_and_publishes_a_conflict_once_and_dead_letters_garbage() -> None:
+    state = AttributeState("E-100", "Patient.gender", "DEMOGRAPHICS")
+    apply_fact(state, _fact())
+    other = _fact().provenance.model_copy(update={"source_system": "ehr-beta"})
+    apply_fact(
+        state, _fact().model_copy(update={"fact_id": "f2", "value": "male", "provenance": other})
+    )
+    at = datetime(2024, 1, 2, 4, tzinfo=UTC)
+    opened = evaluate(state, DEFAULT_POLICY, now=at, trigger_received_time=at)
+    assert opened is not None
+    store, outbox = _FakeAlerts(), FakeOutbox()
+    stage = AlertingStage(store, outbox, FakeProducer())
+    event = raw(codec.CONFLICT_EVENT.encode(opened), topic=CONFLICTS)
+    out = await run_batch(stage, [event, raw(b"not avro", topic=CONFLICTS, offset=1)])
+
+    [alert] = [codec.ALERT.decode(r.value) for r in _on(out, ALERTS)]
+    assert (alert.alert_id, alert.status, alert.patient_id) == (opened.conflict_id, "OPEN", "E-100")
+    assert [letter.reason_code for letter in _letters(out)] == ["UNDECODABLE_EVENT"]
+    assert outbox.acknowledged == 1  # the outbox rows go once the broker acknowledged them
+    assert await store.open_counts() == {alert.severity: 1}
+    again = await run_batch(stage, [event])  # redelivered: no second alert, no second revision
+    assert again.pending == []
+    assert len(store.history) == 1

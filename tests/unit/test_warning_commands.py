@@ -10,11 +10,12 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from click.testing import CliRunner
 
+from builders import FakeSeenVersions, raw
 from concord import warning_commands
 from concord.cli import main
 from concord.config import IngestionSettings
 from concord.ingestion.app import IngestionStage
-from concord.runtime.batch import Outbound
+from concord.runtime.batch import run_batch
 from concord.topics import INGESTED, RAW_FHIR, RAW_HL7V2
 from concord.warning_commands import (
     WarningSelection,
@@ -44,37 +45,23 @@ CLEAN = {
 }
 
 
-class _Unseen:
-    async def unseen(self, record_ids: Any) -> set[str]:
-        return set(record_ids)
-
-
-def _consumer_record(topic: str, offset: int, value: bytes) -> ConsumerRecord[Any, Any]:
-    return ConsumerRecord(
-        topic=topic, partition=0, offset=offset, timestamp=0, timestamp_type=0, key=None,
-        value=value, checksum=None, serialized_key_size=-1, serialized_value_size=len(value),
-        headers=[("source", b"lab")],  # type: ignore[arg-type]
-    )  # fmt: skip
-
-
 async def _published() -> list[ConsumerRecord[Any, Any]]:
     """What the ingestion stage puts on concord.ingested for the ADT and a clean Patient, as a
     consumer of the topic reads it back (positions 3:10 and 3:11)."""
     settings = IngestionSettings(
         max_payload_bytes=65536, database_url="postgresql://u@127.0.0.1:1/x"
     )
-    stage = IngestionStage(settings, _Unseen())  # type: ignore[arg-type]
-    out = Outbound("ingestion")
+    stage = IngestionStage(settings, FakeSeenVersions())
     batch = [
-        _consumer_record(RAW_HL7V2, 5, ADT),
-        _consumer_record(RAW_FHIR, 6, orjson.dumps(CLEAN)),
+        raw(ADT, topic=RAW_HL7V2, offset=5, headers=[("source", b"lab")]),
+        raw(orjson.dumps(CLEAN), topic=RAW_FHIR, offset=6, headers=[("source", b"lab")]),
     ]
-    await stage.process(batch, out)
+    out = await run_batch(stage, batch)
     return [
         ConsumerRecord(
             topic=INGESTED, partition=3, offset=10 + n, timestamp=0, timestamp_type=0,
             key=r.key, value=r.value, checksum=None, serialized_key_size=-1,
-            serialized_value_size=len(r.value), headers=list(r.headers),  # type: ignore[arg-type]
+            serialized_value_size=len(r.value), headers=list(r.headers),
         )
         for n, r in enumerate(out.pending)
     ]  # fmt: skip

@@ -14,10 +14,9 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka.structs import ConsumerRecord
 from prometheus_client import REGISTRY
 
-from builders import FakeIdentities
+from builders import FakeIdentities, raw
 from concord.config import NormalizationSettings
 from concord.events import codec
 from concord.events.models import MERGE_ATTRIBUTE, ClinicalFact, IngestedRecord
@@ -36,7 +35,7 @@ from concord.normalization.facts.withdrawals import (
 )
 from concord.normalization.record_facts import InMemoryRecordFacts
 from concord.normalization.terminology import Terminology
-from concord.runtime.batch import Outbound
+from concord.runtime.batch import run_batch
 from concord.topics import FACTS, INGESTED, RAW_CLAIMS, RAW_FHIR
 
 MPI = "urn:concord:enterprise-patient-id"
@@ -128,28 +127,15 @@ def _stage(memory: InMemoryRecordFacts | None = None) -> NormalizationStage:
     )
 
 
-def _consumed(records: Sequence[IngestedRecord]) -> list[ConsumerRecord[Any, Any]]:
+def _consumed(records: Sequence[IngestedRecord]) -> list[RawEvent]:
     return [
-        ConsumerRecord(
-            topic=INGESTED,
-            partition=0,
-            offset=n,
-            timestamp=1_700_000_000_000,
-            timestamp_type=0,
-            key=None,
-            value=codec.INGESTED_RECORD.encode(r),
-            checksum=None,
-            serialized_key_size=-1,
-            serialized_value_size=-1,
-            headers=[],
-        )
+        raw(codec.INGESTED_RECORD.encode(r), topic=INGESTED, offset=n)
         for n, r in enumerate(records)
     ]
 
 
 async def _run(stage: NormalizationStage, *records: IngestedRecord) -> list[ClinicalFact]:
-    out = Outbound("normalization")
-    await stage.process(_consumed(records), out)
+    out = await run_batch(stage, _consumed(records))
     assert all(r.topic == FACTS for r in out.pending)
     return [codec.CLINICAL_FACT.decode(r.value) for r in out.pending]
 

@@ -7,18 +7,15 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.structs import ConsumerRecord, TopicPartition
-
 from concord import metrics
 from concord.alerting.lifecycle import AlertRecord, apply_conflict_event, change_reason
-from concord.alerting.store import AlertStore
+from concord.alerting.ports import AlertStorePort
 from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import Alert, ConflictEvent
-from concord.runtime.batch import Outbound, OutboundRecord
-from concord.runtime.outbox import Outbox
-from concord.runtime.records import raw_event
+from concord.events.raw import RawEvent
+from concord.runtime.batch import Outbound, OutboundRecord, Producer
+from concord.runtime.ports import OutboxPort
 from concord.runtime.stage import BaseStage, publish_dead_letter
 from concord.topics import ALERTS, CONFLICTS
 
@@ -35,14 +32,14 @@ class AlertingStage(BaseStage):
     stage = "alerting"
     topics: tuple[str, ...] = (CONFLICTS,)
 
-    def __init__(self, store: AlertStore, outbox: Outbox, producer: AIOKafkaProducer) -> None:
+    def __init__(self, store: AlertStorePort, outbox: OutboxPort, producer: Producer) -> None:
         self.store = store
         self.outbox = outbox
         self.producer = producer
         self._published: list[tuple[ConflictEvent, datetime]] = []
         self._gauge_refreshed: float | None = None  # never; see IngestionStage.pruned_at
 
-    async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+    async def on_assigned(self, partitions: set[int]) -> None:
         drained = await self.outbox.drain(self.producer)
         if drained:
             log.info("published %d outbox alerts left by an earlier owner", drained)
@@ -66,21 +63,21 @@ class AlertingStage(BaseStage):
             await self._refresh_open_gauge()
         self._published = []
 
-    async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:
-        events: list[ConflictEvent] = []
-        for record in records:
+    async def process(self, events: Sequence[RawEvent], out: Outbound) -> None:
+        decoded: list[ConflictEvent] = []
+        for raw in events:
             try:
-                events.append(codec.CONFLICT_EVENT.decode(record.value))
+                decoded.append(codec.CONFLICT_EVENT.decode(raw.value))
             except codec.CodecError as exc:
                 rejection = Rejection("UNDECODABLE_EVENT", f"{exc} [{exc.reason_code}]")
-                publish_dead_letter(out, raw=raw_event(record), rejection=rejection)
-        if not events:
+                publish_dead_letter(out, raw=raw, rejection=rejection)
+        if not decoded:
             return
-        current = await self.store.load([e.conflict_id for e in events])
+        current = await self.store.load([e.conflict_id for e in decoded])
         now = datetime.now(UTC)
         history: list[tuple[Alert, str]] = []
         to_publish: list[OutboundRecord] = []
-        for event in events:
+        for event in decoded:
             updated = apply_conflict_event(current.get(event.conflict_id), event, now=now)
             if updated is None:
                 continue

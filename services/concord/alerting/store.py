@@ -8,6 +8,7 @@ import asyncpg
 import orjson
 
 from concord.alerting.lifecycle import AlertRecord
+from concord.alerting.ports import AlertStorePort
 from concord.events.models import Alert, Assertion
 from concord.runtime.batch import OutboundRecord
 from concord.runtime.outbox import Outbox
@@ -72,7 +73,7 @@ async def list_alerts(
     return [alert_from_row(row) for row in rows]
 
 
-class AlertStore:
+class AlertStore(AlertStorePort):
     def __init__(self, pool: asyncpg.Pool, outbox: Outbox) -> None:
         self.pool = pool
         self.outbox = outbox
@@ -89,8 +90,6 @@ class AlertStore:
         history: Sequence[tuple[Alert, str]],
         events: Sequence[OutboundRecord],
     ) -> None:
-        """One transaction: each alert's latest state, every revision's history row, and the
-        outbox rows of the alerts to publish."""
         alerts = [record.alert for record, _ in changes]
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(

@@ -12,12 +12,10 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.structs import ConsumerRecord, TopicPartition
-
 from concord import metrics
 from concord.conflicts.derive import derive
 from concord.conflicts.policy import SourcePolicy
+from concord.conflicts.ports import ConflictStorePort, Key, Timer
 from concord.conflicts.rules import (
     AttributeState,
     apply_fact,
@@ -27,20 +25,20 @@ from concord.conflicts.rules import (
     rebuild,
 )
 from concord.conflicts.staleness import check_staleness
-from concord.conflicts.store import ConflictStore, Key, Timer
 from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import (
     IDENTITY_SIGNALS,
     MERGE_ATTRIBUTE,
     UNMERGE_ATTRIBUTE,
+    AttributeClass,
     ClinicalFact,
     ConflictEvent,
     ConflictResolution,
 )
-from concord.runtime.batch import Outbound, OutboundRecord
-from concord.runtime.outbox import Outbox
-from concord.runtime.records import raw_event
+from concord.events.raw import RawEvent
+from concord.runtime.batch import Outbound, OutboundRecord, Producer
+from concord.runtime.ports import OutboxPort
 from concord.runtime.stage import BaseStage, publish_dead_letter
 from concord.topics import CONFLICTS, FACTS, RESOLUTIONS
 
@@ -59,9 +57,9 @@ class ConflictsStage(BaseStage):
 
     def __init__(
         self,
-        store: ConflictStore,
-        outbox: Outbox,
-        producer: AIOKafkaProducer,
+        store: ConflictStorePort,
+        outbox: OutboxPort,
+        producer: Producer,
         policy: SourcePolicy,
         *,
         cache_max_keys: int = 200_000,
@@ -75,32 +73,32 @@ class ConflictsStage(BaseStage):
         self.cache: OrderedDict[Key, AttributeState] = OrderedDict()
         self.keys_by_partition: dict[int, set[Key]] = defaultdict(set)
 
-    async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+    async def on_assigned(self, partitions: set[int]) -> None:
         drained = await self.outbox.drain(self.producer)
         if drained:
             log.info("published %d outbox events left by an earlier owner", drained)
 
-    async def on_revoked(self, partitions: set[TopicPartition]) -> None:
-        for tp in partitions:
-            for key in self.keys_by_partition.pop(tp.partition, set()):
+    async def on_revoked(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            for key in self.keys_by_partition.pop(partition, set()):
                 self.cache.pop(key, None)
 
     async def on_produced(self) -> None:
         await self.outbox.acknowledge()
 
-    async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:
+    async def process(self, events: Sequence[RawEvent], out: Outbound) -> None:
         facts: list[tuple[ClinicalFact, int]] = []
         resolutions: list[tuple[ConflictResolution, int]] = []
-        for record in records:
+        for raw in events:
             try:
-                if record.topic == RESOLUTIONS:
-                    decision = codec.CONFLICT_RESOLUTION.decode(record.value)
-                    resolutions.append((decision, record.partition))
+                if raw.topic == RESOLUTIONS:
+                    decision = codec.CONFLICT_RESOLUTION.decode(raw.value)
+                    resolutions.append((decision, raw.partition))
                 else:
-                    facts.append((codec.CLINICAL_FACT.decode(record.value), record.partition))
+                    facts.append((codec.CLINICAL_FACT.decode(raw.value), raw.partition))
             except codec.CodecError as exc:
                 rejection = Rejection("UNDECODABLE_EVENT", f"{exc} [{exc.reason_code}]")
-                publish_dead_letter(out, raw=raw_event(record), rejection=rejection)
+                publish_dead_letter(out, raw=raw, rejection=rejection)
         if not (facts or resolutions):
             return
         # One policy for the whole batch, even if a reload swaps it meanwhile.
@@ -244,12 +242,12 @@ class ConflictsStage(BaseStage):
             ]
         )
 
-    async def on_tick(self, partitions: set[TopicPartition], out: Outbound) -> None:
+    async def on_tick(self, partitions: set[int], out: Outbound) -> None:
         """The timer: look again at the attributes of the owned partitions whose time has
         come (an index read, not a scan), raise what became stale or has been held long
         enough (suppress_for), re-arm. Reads TIMER_BATCH at a time, again while a batch
         comes back full, for at most TIMER_BUDGET_SECONDS (a backlog's holds end together)."""
-        owned = sorted({tp.partition for tp in partitions if tp.topic in self.topics})
+        owned = sorted(partitions)
         if not owned:
             return
         deadline = time.monotonic() + TIMER_BUDGET_SECONDS
@@ -298,9 +296,9 @@ class ConflictsStage(BaseStage):
         ]
         await self._load_keys(wanted)
 
-    async def _load_keys(self, wanted: Sequence[tuple[Key, str, int]]) -> None:
+    async def _load_keys(self, wanted: Sequence[tuple[Key, AttributeClass, int]]) -> None:
         """Cache the state of each (key, class, partition), loading what is not cached."""
-        missing: dict[Key, str] = {}
+        missing: dict[Key, AttributeClass] = {}
         for key, attribute_class, partition in wanted:
             self.keys_by_partition[partition].add(key)
             if key in self.cache:

@@ -7,21 +7,18 @@ holds the assertions, the conflict states and the outbox rows, so they always ag
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 import asyncpg
 import orjson
 
 from concord.conflicts.beliefs import record_key
+from concord.conflicts.ports import ConflictStorePort, Key, Timer
 from concord.conflicts.rules import AttributeState, ConflictState, HistoricFact, Hold
-from concord.events.models import Assertion, ClinicalFact, Provenance
+from concord.events.models import Assertion, AttributeClass, ClinicalFact, Provenance
 from concord.runtime.batch import OutboundRecord
 from concord.runtime.outbox import Outbox
-
-Key = tuple[str, str]  # (patient_id, attribute)
-# When to look at an attribute again for staleness (None: never), with its class and partition.
-Timer = tuple[Key, str, int, datetime | None]
 
 _LOAD_ASSERTIONS = """
 SELECT a.* FROM assertions a
@@ -171,20 +168,19 @@ WHERE patient_id = ANY($1::text[])
 """
 
 
-class ConflictStore:
+class ConflictStore(ConflictStorePort):
+    """The state of record in PostgreSQL; every save is one transaction with its outbox rows."""
+
     def __init__(self, pool: asyncpg.Pool, outbox: Outbox) -> None:
         self.pool = pool
         self.outbox = outbox
 
     async def move_subjects(self, merges: Sequence[tuple[str, str]]) -> None:
-        """(absorbed, survivor) pairs: the absorbed patients' subjects now belong to the
-        survivors, and each move is kept until an unmerge undoes it."""
         await self.pool.execute(
             _MOVE_SUBJECTS, [a for a, _ in merges], [survivor for _, survivor in merges]
         )
 
     async def restore_subjects(self, absorbed: str) -> set[str]:
-        """Undo the move of the absorbed patient's subjects; return who held them."""
         rows = await self.pool.fetch(_RESTORE_SUBJECTS, absorbed)
         return {row["patient_id"] for row in rows}
 
@@ -200,13 +196,13 @@ class ConflictStore:
             for row in rows
         ]
 
-    async def attributes_of(self, patient_ids: Sequence[str]) -> dict[Key, str]:
-        """Every attribute any source asserted of these patients, with its class."""
+    async def attributes_of(self, patient_ids: Sequence[str]) -> dict[Key, AttributeClass]:
         rows = await self.pool.fetch(_ATTRIBUTES_OF, list(patient_ids))
         return {(row["patient_id"], row["attribute"]): row["attribute_class"] for row in rows}
 
-    async def load(self, keys: Sequence[Key], classes: dict[Key, str]) -> dict[Key, AttributeState]:
-        """The stored state of each key; a fresh, empty state for keys never seen."""
+    async def load(
+        self, keys: Sequence[Key], classes: Mapping[Key, AttributeClass]
+    ) -> dict[Key, AttributeState]:
         patients = [k[0] for k in keys]
         attributes = [k[1] for k in keys]
         async with self.pool.acquire() as conn:
@@ -214,10 +210,7 @@ class ConflictStore:
             conflict_rows = await conn.fetch(_LOAD_CONFLICTS, patients, attributes)
             stale_rows = await conn.fetch(_LOAD_STALE, patients, attributes)
             held_rows = await conn.fetch(_LOAD_HELD, patients, attributes)
-        states = {
-            key: AttributeState(key[0], key[1], classes[key])  # type: ignore[arg-type]
-            for key in keys
-        }
+        states = {key: AttributeState(key[0], key[1], classes[key]) for key in keys}
         for row in assertion_rows:
             state = states[(row["patient_id"], row["attribute"])]
             state.assertions[row["source_system"]] = _assertion(row)
@@ -238,7 +231,6 @@ class ConflictStore:
         return states
 
     async def due(self, partitions: Sequence[int], now: datetime, limit: int) -> list[Timer]:
-        """The attributes of these partitions due for a staleness look by `now`."""
         rows = await self.pool.fetch(_DUE_TIMERS, list(partitions), now, limit)
         return [
             ((r["patient_id"], r["attribute"]), r["attribute_class"], r["kafka_partition"], now)
@@ -257,12 +249,6 @@ class ConflictStore:
         held: Iterable[tuple[AttributeState, int]] = (),
         timers: Sequence[Timer] = (),
     ) -> None:
-        """One transaction: changed assertions (state, source, partition), changed conflict
-        states (state, partition), the outbox rows of the events they caused, the facts
-        consumed (history, and who their subjects belong to), and the assertions an unmerge
-        rebuilt (written whatever their age), the stale records changed (state, source, partition),
-        the holds of the states whose holds changed (state, partition), and the timers set or
-        cleared."""
         c_rows: list[tuple[AttributeState, ConflictState, int]] = []
         for st, partition in conflicts:
             if st.conflict is not None:

@@ -7,8 +7,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from aiokafka.structs import ConsumerRecord
-
 from concord import metrics
 from concord.config import IngestionSettings
 from concord.deadletters import Rejection
@@ -17,11 +15,10 @@ from concord.events.models import IngestedRecord
 from concord.events.raw import RawEvent
 from concord.ingestion.claims import ingest_claim
 from concord.ingestion.common import WARNINGS_HEADER
-from concord.ingestion.dedupe import SeenVersions
 from concord.ingestion.fhir import SUPPORTED_TYPES, ingest_fhir
 from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
+from concord.ingestion.ports import SeenVersions
 from concord.runtime.batch import Outbound, OutboundRecord
-from concord.runtime.records import raw_event
 from concord.runtime.stage import BaseStage, core_failure, publish_dead_letter
 from concord.topics import INGESTED, RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 
@@ -79,11 +76,9 @@ class IngestionStage(BaseStage):
         self.emitted: list[tuple[str, str]] = []
         self.ingest = ingest_functions(settings)
 
-    async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:
-        received = datetime.now(UTC)
+    async def process(self, events: Sequence[RawEvent], out: Outbound) -> None:
         accepted: list[IngestedRecord] = []
-        for record in records:
-            raw = raw_event(record, received)
+        for raw in events:
             outcome = self._ingest(raw)
             if isinstance(outcome, Rejection):
                 publish_dead_letter(out, raw=raw, rejection=outcome)

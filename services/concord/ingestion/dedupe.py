@@ -10,23 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
 
 import asyncpg
 
-
-class SeenVersions(Protocol):
-    async def unseen(self, record_ids: Sequence[str]) -> set[str]:
-        """Which of these record ids were never emitted (within the window)."""
-
-    async def remember(self, records: Sequence[tuple[str, str]]) -> None:
-        """(record id, source system) pairs now emitted and acknowledged."""
-
-    async def prune(self, before: datetime) -> int:
-        """Forget what was first seen before this instant; return how many were forgotten."""
+from concord.ingestion.ports import SeenVersions
 
 
-class PostgresSeenVersions:
+class PostgresSeenVersions(SeenVersions):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 

@@ -14,10 +14,6 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime
-
-from aiokafka import AIOKafkaProducer
-from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from concord import metrics
 from concord.config import NormalizationSettings
@@ -35,14 +31,11 @@ from concord.normalization.facts.withdrawals import (
 )
 from concord.normalization.identity import systems as naming
 from concord.normalization.identity.systems import IdentifierSystems
-from concord.normalization.identity_store import IdentityStore
 from concord.normalization.outbound import fact_record
-from concord.normalization.record_facts import RecordFacts
+from concord.normalization.ports import IdentityOutbox, IdentityStore, RecordFacts
 from concord.normalization.records import ReadRecord, read_record
 from concord.normalization.terminology import Terminology
-from concord.runtime.batch import Outbound
-from concord.runtime.outbox import Outbox
-from concord.runtime.records import raw_event
+from concord.runtime.batch import Outbound, Producer
 from concord.runtime.stage import BaseStage, core_failure, publish_dead_letter
 from concord.topics import INGESTED
 
@@ -64,8 +57,8 @@ class NormalizationStage(BaseStage):
         terminology: Terminology,
         *,
         record_facts: RecordFacts,
-        identity_outbox: Outbox | None = None,
-        producer: AIOKafkaProducer | None = None,
+        identity_outbox: IdentityOutbox | None = None,
+        producer: Producer | None = None,
     ) -> None:
         self.systems = tuple(settings.enterprise_id_systems)
         # Raises NamingError on a bad file: the worker does not start on it.
@@ -76,21 +69,19 @@ class NormalizationStage(BaseStage):
         self.identity_outbox = identity_outbox
         self.producer = producer
 
-    async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+    async def on_assigned(self, partitions: set[int]) -> None:
         if self.identity_outbox is None or self.producer is None:
             return
         drained = await self.identity_outbox.drain(self.producer)
         if drained:
             log.info("published %d identity signals left in the outbox", drained)
 
-    async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:
-        received = datetime.now(UTC)
+    async def process(self, events: Sequence[RawEvent], out: Outbound) -> None:
         read: list[tuple[IngestedRecord, ReadRecord]] = []
         deletes: list[IngestedRecord] = []
-        for record in records:
-            raw = raw_event(record, received)
+        for raw in events:
             try:
-                ingested = codec.INGESTED_RECORD.decode(record.value)
+                ingested = codec.INGESTED_RECORD.decode(raw.value)
             except codec.CodecError as exc:
                 rejection = Rejection("UNDECODABLE_EVENT", f"{exc} [{exc.reason_code}]")
                 publish_dead_letter(out, raw=raw, rejection=rejection)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 import orjson
@@ -43,6 +43,7 @@ from concord.normalization.identity.resolution import (
 )
 from concord.normalization.identity.scoring import Thresholds
 from concord.normalization.outbound import fact_record
+from concord.normalization.ports import IdentityStore
 from concord.runtime.outbox import Outbox
 
 # Any fixed key: it only serializes identity decisions across workers.
@@ -219,11 +220,6 @@ LIMIT $1
 """
 
 
-class IdentityStore(Protocol):
-    async def resolve_batch(self, requests: Sequence[IdentityRequest]) -> list[Resolution]:
-        """Each request's resolution, in order, decided and recorded durably."""
-
-
 class UnmergeError(Exception):
     """An unmerge that cannot be done; names enterprise ids only, and changes nothing."""
 
@@ -366,7 +362,7 @@ class _Writes:
         )
 
 
-class PostgresIdentityStore:
+class PostgresIdentityStore(IdentityStore):
     def __init__(
         self,
         pool: asyncpg.Pool,

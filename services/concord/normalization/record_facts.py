@@ -1,5 +1,6 @@
 """What each source record's last upsert asserted, so that its delete can withdraw it
-(migration 0008): the port, its PostgreSQL adapter, and an in-memory one for tests.
+(migration 0008): the PostgreSQL adapter of the port `ports.RecordFacts`, and an in-memory one
+for tests.
 
 One row per source record (not per fact): a record's upsert replaces everything remembered of
 it at once, and a delete asks for a record, never for a fact; a record asserts a handful of
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 import orjson
@@ -23,6 +24,7 @@ from concord.normalization.facts.withdrawals import (
     RememberedFact,
     latest,
 )
+from concord.normalization.ports import RecordFacts
 
 _REMEMBER = """
 INSERT INTO record_facts (source, source_record_id, patient_id, subject, event_time, facts)
@@ -45,15 +47,7 @@ LEFT JOIN identity_links l ON l.source = r.source AND l.local_id = r.subject
 """
 
 
-class RecordFacts(Protocol):
-    async def remember(self, batch: Sequence[Remembered]) -> None:
-        """Keep each record's memory, replacing an older (by event time) one of the record."""
-
-    async def recall(self, keys: Sequence[RecordKey]) -> dict[RecordKey, Remembered]:
-        """The memories of the records that have one."""
-
-
-class PostgresRecordFacts:
+class PostgresRecordFacts(RecordFacts):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
@@ -80,7 +74,7 @@ class PostgresRecordFacts:
         return {(row["source"], row["source_record_id"]): _remembered(row) for row in rows}
 
 
-class InMemoryRecordFacts:
+class InMemoryRecordFacts(RecordFacts):
     """The same contract in a dict. `links`: the identity index's (source, local id) →
     enterprise id, as far as a test needs it."""
 

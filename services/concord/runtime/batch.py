@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -25,11 +26,28 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from concord import metrics
 from concord.config import WorkerSettings
+from concord.events.raw import RawEvent
+from concord.runtime.records import partition_numbers, raw_event
 
 log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, bytes]]
 IDLE_LAG_REFRESH_SECONDS = 5.0
+
+
+class Producer(Protocol):
+    """What the loop and the outbox need of a Kafka producer (aiokafka's AIOKafkaProducer is
+    one), so that a stage holds no aiokafka type and a test can hand it a fake."""
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[object]:
+        """Queue the record; what it returns completes once the broker acknowledged it."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +68,7 @@ class Outbound:
     def add(self, record: OutboundRecord) -> None:
         self.pending.append(record)
 
-    async def flush(self, producer: AIOKafkaProducer) -> int:
+    async def flush(self, producer: Producer) -> int:
         records, self.pending = self.pending, []
         futures = [
             await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
@@ -68,27 +86,49 @@ TICK_SECONDS = 5.0
 
 
 class StageHandler(Protocol):
-    """What a service plugs into the loop. Implementations live in each service's app.py."""
+    """What a service plugs into the loop. Implementations live in each service's app.py.
+
+    A stage sees RawEvents and partition numbers, never an aiokafka type: the loop converts
+    each consumed record once. The numbers are those of every topic the stage consumes: topics
+    keyed alike are assigned by number, so a stage's state is per number, not per topic."""
 
     stage: str
     topics: tuple[str, ...]
 
-    async def process(self, records: Sequence[ConsumerRecord], out: Outbound) -> None:
-        """Turn consumed records into outbound records (and state changes)."""
+    async def process(self, events: Sequence[RawEvent], out: Outbound) -> None:
+        """Turn consumed events into outbound records (and state changes)."""
 
     async def on_produced(self) -> None:
         """Called after every outbound record of the batch was acknowledged, before commit."""
 
-    async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+    async def on_assigned(self, partitions: set[int]) -> None:
         """This worker now owns these partitions: load or prepare their state."""
 
-    async def on_revoked(self, partitions: set[TopicPartition]) -> None:
+    async def on_revoked(self, partitions: set[int]) -> None:
         """This worker no longer owns these partitions: drop their cached state."""
 
-    async def on_tick(self, partitions: set[TopicPartition], out: Outbound) -> None:
+    async def on_tick(self, partitions: set[int], out: Outbound) -> None:
         """Every few seconds, between batches: time-driven work on the owned partitions (the
         conflicts stage's staleness timers). What it adds to `out` is sent, then
         on_produced is called, as after a batch."""
+
+
+async def run_batch(
+    stage: StageHandler, events: Iterable[RawEvent], *, acknowledged: bool = True
+) -> Outbound:
+    """One batch through a stage as BatchLoop.run_once drives it, without a broker: what the
+    stage would produce. `acknowledged=False` is a batch whose records the broker never
+    acknowledged (on_produced is not called; the loop would not commit either)."""
+    batch = list(events)
+    foreign = sorted({e.topic for e in batch} - set(stage.topics))
+    if foreign:
+        # The loop only ever hands a stage records of the topics it subscribes to.
+        raise ValueError(f"{stage.stage} does not consume {', '.join(foreign)}")
+    out = Outbound(stage.stage)
+    await stage.process(batch, out)
+    if acknowledged:
+        await stage.on_produced()
+    return out
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -96,10 +136,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._loop = loop
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._loop.handler.on_revoked(set(revoked))
+        await self._loop.handler.on_revoked(partition_numbers(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._loop.handler.on_assigned(set(assigned))
+        await self._loop.handler.on_assigned(partition_numbers(assigned))
         self._loop.assigned = set(assigned)
         self._loop.ready.set()
 
@@ -181,7 +221,7 @@ class BatchLoop:
                 await producer.stop()
 
     async def run_once(
-        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, *, timeout_ms: int
+        self, consumer: AIOKafkaConsumer, producer: Producer, *, timeout_ms: int
     ) -> int:
         """One batch, end to end. Returns the number of records consumed."""
         batch = await consumer.getmany(
@@ -197,7 +237,8 @@ class BatchLoop:
         for tp, tp_records in batch.items():
             metrics.EVENTS_CONSUMED.labels(stage, tp.topic).inc(len(tp_records))
         out = Outbound(stage)
-        await self.handler.process(records, out)
+        received = datetime.now(UTC)
+        await self.handler.process([raw_event(r, received) for r in records], out)
         await out.flush(producer)
         await self.handler.on_produced()
         offsets = {tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batch.items()}
@@ -215,7 +256,7 @@ class BatchLoop:
         await self.tick(consumer, producer)
         return len(records)
 
-    async def tick(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+    async def tick(self, consumer: AIOKafkaConsumer, producer: Producer) -> None:
         """The handler's time-driven work, at most every tick_seconds, in the loop itself:
         between batches, so it never races a batch over the same cached state."""
         now = time.monotonic()
@@ -223,7 +264,7 @@ class BatchLoop:
             return
         self._next_tick = now + self.tick_seconds
         out = Outbound(self.handler.stage)
-        await self.handler.on_tick(set(consumer.assignment()), out)
+        await self.handler.on_tick(partition_numbers(consumer.assignment()), out)
         if out.pending:
             await out.flush(producer)
             await self.handler.on_produced()

@@ -12,13 +12,13 @@ import asyncio
 from collections.abc import Sequence
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 
 from concord import metrics
-from concord.runtime.batch import Outbound, OutboundRecord
+from concord.runtime.batch import Outbound, OutboundRecord, Producer
+from concord.runtime.ports import OutboxPort
 
 
-class Outbox:
+class Outbox(OutboxPort):
     def __init__(self, pool: asyncpg.Pool, stage: str) -> None:
         self.pool = pool
         self.stage = stage
@@ -55,7 +55,7 @@ class Outbox:
         await self.pool.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", seqs)
         metrics.OUTBOX_PENDING.labels(self.stage).set(0)
 
-    async def drain(self, producer: AIOKafkaProducer) -> int:
+    async def drain(self, producer: Producer) -> int:
         """Publish what an earlier owner committed but did not get acknowledged."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(

@@ -1,10 +1,12 @@
-"""Kafka records become RawEvents here, so no aiokafka type reaches a service's core."""
+"""Kafka records become RawEvents here, and topic partitions their numbers, so no aiokafka
+type reaches a service's stage or core."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from concord.events.raw import RawEvent
 
@@ -19,3 +21,7 @@ def raw_event(record: ConsumerRecord, received_time: datetime | None = None) -> 
         headers=tuple((key, value) for key, value in (record.headers or ())),
         received_time=received_time or datetime.now(UTC),
     )
+
+
+def partition_numbers(partitions: Iterable[TopicPartition]) -> set[int]:
+    return {tp.partition for tp in partitions}

@@ -6,32 +6,33 @@ import logging
 import traceback
 from datetime import UTC, datetime
 
-from aiokafka.structs import TopicPartition
-
 from concord import metrics
 from concord.deadletters import Rejection, dead_letter
 from concord.events import codec
 from concord.events.raw import RawEvent
-from concord.runtime.batch import Outbound, OutboundRecord
+from concord.runtime.batch import Outbound, OutboundRecord, StageHandler
 from concord.topics import DEADLETTER
 
 log = logging.getLogger(__name__)
 
 
-class BaseStage:
+class BaseStage(StageHandler):
+    """A StageHandler whose lifecycle hooks do nothing; a stage writes process() and the hooks
+    it needs."""
+
     stage: str
     topics: tuple[str, ...]
 
     async def on_produced(self) -> None:
         return None
 
-    async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+    async def on_assigned(self, partitions: set[int]) -> None:
         return None
 
-    async def on_revoked(self, partitions: set[TopicPartition]) -> None:
+    async def on_revoked(self, partitions: set[int]) -> None:
         return None
 
-    async def on_tick(self, partitions: set[TopicPartition], out: Outbound) -> None:
+    async def on_tick(self, partitions: set[int], out: Outbound) -> None:
         return None
 
 
