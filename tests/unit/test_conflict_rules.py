@@ -392,7 +392,7 @@ def _check_revisions(events: list[ConflictEvent]) -> None:
 def test_any_arrival_order_gives_the_same_final_state(
     facts: list[ClinicalFact], data: st.DataObject
 ) -> None:
-    in_order = sorted(facts, key=lambda f: precedence(f.provenance, f.fact_id))
+    in_order = sorted(facts, key=precedence)
     shuffled = data.draw(st.permutations(facts))
 
     expected_state, expected_events = _run(in_order)
@@ -402,9 +402,7 @@ def test_any_arrival_order_gives_the_same_final_state(
     for fact in facts:
         source = fact.provenance.source_system
         best = newest.get(source)
-        if best is None or precedence(fact.provenance, fact.fact_id) > precedence(
-            best.provenance, best.fact_id
-        ):
+        if best is None or precedence(fact) > precedence(best):
             newest[source] = fact
     assert {s: a.fact_id for s, a in state.assertions.items()} == {
         s: f.fact_id for s, f in newest.items()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Protocol
 
 from concord.conflicts.compare import ACTIVE, SYNTHETIC_PREFIXES, status_position
 from concord.events.models import Assertion, AttributeClass, Provenance
@@ -38,17 +39,29 @@ WITHDRAWN_STATUSES = frozenset({"ENTERED_IN_ERROR", "DELETED"})
 TOMBSTONE_KEY = ""
 
 
-def precedence(provenance: Provenance, fact_id: str) -> tuple[datetime, int, str]:
+class Said(Protocol):
+    """What precedence reads of a fact or an assertion."""
+
+    @property
+    def provenance(self) -> Provenance: ...
+    @property
+    def fact_id(self) -> str: ...
+    @property
+    def value(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+
+
+def precedence(said: Said) -> tuple[datetime, int, str, str, str]:
     """Which of two assertions is newer: the later event time; on a tie, the higher numeric
-    version (a status change that carries no newer time of its own), then the fact id. A
-    total order, so the outcome never depends on arrival."""
+    version (a status change that carries no newer time of its own), then the content (the
+    status, the value), and only then the fact id. A total order, so the outcome never depends
+    on arrival; and two sources holding the same records pick the same one among records of one
+    time (several symptoms observed at one visit), whatever their ids."""
+    provenance = said.provenance
     version = provenance.source_record_version
     number = int(version) if version is not None and version.isdigit() else -1
-    return provenance.event_time, number, fact_id
-
-
-def order(assertion: Assertion) -> tuple[datetime, int, str]:
-    return precedence(assertion.provenance, assertion.fact_id)
+    return provenance.event_time, number, said.status, said.value or "", said.fact_id
 
 
 def is_tombstone(assertion: Assertion) -> bool:
@@ -68,12 +81,12 @@ def believed(records: Mapping[str, Assertion], attribute_class: AttributeClass) 
         return None
     standing = [a for a in records.values() if a.status not in WITHDRAWN_STATUSES]
     if not standing:
-        return max(records.values(), key=order)  # every record withdrawn: so is the belief
+        return max(records.values(), key=precedence)  # every record withdrawn: so is the belief
     if attribute_class in ANY_ACTIVE_CLASSES:
         active = [a for a in standing if status_position(a.value) == ACTIVE]
         if active:
-            return max(active, key=order)
-    return max(standing, key=order)
+            return max(active, key=precedence)
+    return max(standing, key=precedence)
 
 
 def keeps_records(attribute_class: AttributeClass) -> bool:

@@ -142,9 +142,7 @@ def supersedes(fact: ClinicalFact, current: Assertion | None) -> bool:
         return True
     if fact.fact_id == current.fact_id:
         return False
-    return precedence(fact.provenance, fact.fact_id) > precedence(
-        current.provenance, current.fact_id
-    )
+    return precedence(fact) > precedence(current)
 
 
 def apply_fact(state: AttributeState, fact: ClinicalFact) -> bool:
@@ -346,7 +344,7 @@ def rebuild(
     for fact in facts:
         key = (fact.owner, fact.attribute, fact.assertion.source_system)
         best = newest.get(key)
-        if best is None or _order(fact.assertion) > _order(best):
+        if best is None or precedence(fact.assertion) > precedence(best):
             newest[key] = fact.assertion
     changed: list[tuple[AttributeState, str]] = []
     for (patient, attribute), state in states.items():
@@ -371,7 +369,3 @@ def rebuild(
                 state.set_records(source, {record_key(target): target})
                 changed.append((state, source))
     return changed
-
-
-def _order(assertion: Assertion) -> tuple[datetime, int, str]:
-    return precedence(assertion.provenance, assertion.fact_id)
