@@ -9,10 +9,10 @@ ingestion throughput per raw format against a pass-through.
 Part 1, throughput (a fresh broker and PostgreSQL, everything in this one process):
   * baseline: a raw aiokafka loop (getmany up to 1,000 records, fetch_max_wait_ms=20 → Avro
     decode → encode → produce → await acks → commit) over N IngestedRecords on `bench.in`;
-  * each stage's real handler (built by concord.worker.build_stage, as a worker builds it) in a
-    BatchLoop on one consumer group: what one worker runs. The stages are chained: N raw FHIR
-    Patients → ingestion → normalization → conflicts (PostgreSQL) → alerting, each over the
-    previous stage's real output, one stage at a time.
+  * each stage's real handler (built by concord.composition.build_stage, as a worker builds
+    it) in a BatchLoop on one consumer group: what one worker runs. The stages are chained:
+    N raw FHIR Patients → ingestion → normalization → conflicts (PostgreSQL) → alerting, each
+    over the previous stage's real output, one stage at a time.
   Each is timed from the batch that brings its first record until its known input count is
   consumed, processed, produced, acknowledged and committed.
 
@@ -64,14 +64,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import REGISTRY
 
-from concord.config import (
-    DEFAULT_ENTERPRISE_ID_SYSTEM,
-    AlertingSettings,
-    ConflictsSettings,
-    IngestionSettings,
-    NormalizationSettings,
-    WorkerSettings,
-)
+from concord.composition import SERVICES, build_stage
+from concord.config import DEFAULT_ENTERPRISE_ID_SYSTEM, DatabaseWorkerSettings, WorkerSettings
 from concord.events import codec
 from concord.normalization.identity.resolution import How
 from concord.publisher import publish_files
@@ -94,7 +88,6 @@ from concord.topics import (
     RAW_HL7V2,
     TopicSpec,
 )
-from concord.worker import build_stage
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_IN, BENCH_OUT = "bench.in", "bench.out"
@@ -694,19 +687,14 @@ def produced(stage: str) -> dict[str, int]:
     return counts
 
 
-def stage_settings(service: str, bootstrap: str, dsn: str) -> WorkerSettings:
-    common: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
-        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
-        "max_batch_records": MAX_RECORDS,
-    }
-    if service == "ingestion":
-        return IngestionSettings(**common, database_url=dsn)
-    if service == "normalization":
-        return NormalizationSettings(**common, database_url=dsn)
-    if service == "conflicts":
-        return ConflictsSettings(**common, database_url=dsn)
-    return AlertingSettings(**common, database_url=dsn)
+def stage_settings(service: str, bootstrap: str, dsn: str) -> DatabaseWorkerSettings:
+    settings: DatabaseWorkerSettings = SERVICES[service].settings(
+        bootstrap_servers=bootstrap,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        max_batch_records=MAX_RECORDS,
+        database_url=dsn,
+    )
+    return settings
 
 
 async def run_stage(

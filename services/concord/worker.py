@@ -17,108 +17,26 @@ import faust
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from concord import topics
+from concord import composition, topics
 from concord.config import (
-    AlertingSettings,
     ConflictsSettings,
     DatabaseWorkerSettings,
     IngestionSettings,
-    NormalizationSettings,
     SettingsProblem,
     WorkerSettings,
-    load_settings,
 )
-from concord.runtime.batch import BatchLoop, StageHandler
+from concord.runtime.batch import BatchLoop
 
 if TYPE_CHECKING:
-    from concord.conflicts.policy import SourcePolicy
     from concord.conflicts.policy_watcher import PolicyWatcher
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("ingestion", "normalization", "conflicts", "alerting")
-
-
-def settings_for(service: str) -> WorkerSettings:
-    """The service's settings from its CONCORD_* variables; SettingsProblem names the bad ones."""
-    classes: dict[str, type[WorkerSettings]] = {
-        "ingestion": IngestionSettings,
-        "normalization": NormalizationSettings,
-        "conflicts": ConflictsSettings,
-        "alerting": AlertingSettings,
-    }
-    return load_settings(classes[service])
+SERVICES = tuple(composition.SERVICES)
 
 
 async def _no_cleanup() -> None:
     return None
-
-
-async def build_stage(
-    service: str,
-    settings: WorkerSettings,
-    producer: AIOKafkaProducer,
-    *,
-    policy: SourcePolicy | None = None,
-) -> tuple[StageHandler, Callable[[], Awaitable[None]]]:
-    """The service's stage handler and what closes its resources. Connects to PostgreSQL.
-
-    `policy`: the conflicts stage's, when already loaded (by its PolicyWatcher); else read
-    from settings.policy_path."""
-    from concord.runtime.db import create_pool
-    from concord.runtime.outbox import Outbox
-
-    assert isinstance(settings, DatabaseWorkerSettings)  # noqa: S101
-    pool = await create_pool(settings.database_url.get_secret_value(), settings.database_pool_size)
-    if service == "normalization":
-        from concord.normalization.app import NormalizationStage
-        from concord.normalization.identity.scoring import Thresholds
-        from concord.normalization.identity_store import PostgresIdentityStore
-        from concord.normalization.record_facts import PostgresRecordFacts
-        from concord.normalization.terminology import Terminology
-
-        assert isinstance(settings, NormalizationSettings)  # noqa: S101
-        thresholds = Thresholds(
-            link_threshold=settings.identity_link_threshold,
-            review_threshold=settings.identity_review_threshold,
-        )
-        identities = PostgresIdentityStore(pool, thresholds=thresholds)
-        normalization = NormalizationStage(
-            settings,
-            identities,
-            Terminology.load(),
-            record_facts=PostgresRecordFacts(pool),
-            identity_outbox=identities.outbox,
-            producer=producer,
-        )
-        return normalization, pool.close
-    if service == "ingestion":
-        from concord.ingestion.app import IngestionStage
-        from concord.ingestion.dedupe import PostgresSeenVersions
-
-        assert isinstance(settings, IngestionSettings)  # noqa: S101
-        return IngestionStage(settings, PostgresSeenVersions(pool)), pool.close
-    if service == "conflicts":
-        from concord.conflicts.app import ConflictsStage
-        from concord.conflicts.policy import load_policy
-        from concord.conflicts.store import ConflictStore
-
-        assert isinstance(settings, ConflictsSettings)  # noqa: S101
-        outbox = Outbox(pool, "conflicts")
-        stage: StageHandler = ConflictsStage(
-            ConflictStore(pool, outbox),
-            outbox,
-            producer,
-            policy if policy is not None else load_policy(settings.policy_path),
-            cache_max_keys=settings.cache_max_keys,
-        )
-    else:
-        from concord.alerting.app import AlertingStage
-        from concord.alerting.store import AlertStore
-
-        outbox = Outbox(pool, "alerting")
-        stage = AlertingStage(AlertStore(pool, outbox), outbox, producer)
-    return stage, pool.close
 
 
 def faust_credentials(settings: WorkerSettings) -> faust.types.auth.CredentialsT | None:
@@ -150,7 +68,7 @@ def policy_watcher(settings: WorkerSettings) -> PolicyWatcher | None:
     return PolicyWatcher(settings.policy_path)
 
 
-def build_app(service: str, settings: WorkerSettings) -> faust.App:
+def build_app(service: str, settings: DatabaseWorkerSettings) -> faust.App:
     """The worker's Faust app. Raises PolicyError when the conflicts policy file is invalid."""
     watcher = policy_watcher(settings)
     # Faust makes its data directory but not the folders above it.
@@ -209,7 +127,7 @@ def build_app(service: str, settings: WorkerSettings) -> faust.App:
         await producer.start()
         cleanup: Callable[[], Awaitable[None]] = _no_cleanup
         try:
-            stage, cleanup = await build_stage(
+            stage, cleanup = await composition.build_stage(
                 service, settings, producer, policy=watcher.policy if watcher else None
             )
             state["stage"] = stage
@@ -290,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"usage: python -m concord.worker {{{'|'.join(SERVICES)}}}")
     service = argv[0]
     try:
-        settings = settings_for(service)
+        settings = composition.settings_for(service)
     except SettingsProblem as problem:
         # One line per bad variable, no traceback; 2, as for a usage error: restarting the
         # worker cannot help until the configuration changes.

@@ -21,11 +21,10 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from click.testing import CliRunner
 
-from concord import cli_options
-from concord.cli import main
-from concord.cli_options import (
+from concord.cli import main, reachability
+from concord.cli.options import client_settings
+from concord.cli.reachability import (
     Unreachable,
-    client_settings,
     connections,
     database_address,
     unreachable_line,
@@ -202,7 +201,7 @@ def silent_port() -> Iterator[int]:
 def test_a_server_that_never_answers_fails_within_the_timeout(
     silent_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli_options, "CONNECT_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(reachability, "CONNECT_TIMEOUT_SECONDS", 1.0)
     for key in list(os.environ):
         if key.upper().startswith("CONCORD_"):
             monkeypatch.delenv(key)

@@ -26,8 +26,7 @@ from click.testing import CliRunner, Result
 from prometheus_client import REGISTRY
 
 from concord.cli import main
-from concord.config import IngestionSettings
-from concord.deadletter_commands import (
+from concord.cli.deadletters import (
     REPLAY_HEADER,
     Selection,
     StoredLetter,
@@ -35,6 +34,7 @@ from concord.deadletter_commands import (
     replay_of,
     select,
 )
+from concord.config import IngestionSettings
 from concord.events import codec
 from concord.events.models import DeadLetter, Header, IngestedRecord
 from concord.ingestion.app import IngestionStage

@@ -19,8 +19,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from click.testing import CliRunner
 
+from concord.cli.stack import stack as stack_cli
 from concord.stack.broker import BrokerInfo
-from concord.stack.commands import stack as stack_cli
 from concord.stack.postgres import PostgresInfo
 from concord.stack.processes import ProcessDied, is_alive, spawn, stop_process
 from concord.stack.stack import (

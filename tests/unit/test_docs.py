@@ -176,12 +176,12 @@ def test_every_setting_has_a_reader() -> None:
 
 
 def test_the_readers_are_the_worker_services(monkeypatch: pytest.MonkeyPatch) -> None:
-    from concord import worker
+    from concord import composition, worker
 
     assert set(WORKERS) == set(worker.SERVICES)
     monkeypatch.setenv("CONCORD_DATABASE_URL", "postgresql://concord@localhost/concord")
     for name, cls in WORKERS.items():
-        assert type(worker.settings_for(name)) is cls, name
+        assert type(composition.settings_for(name)) is cls, name
 
 
 def test_the_settings_reference_is_generated_from_the_settings() -> None:

@@ -11,13 +11,9 @@ from aiokafka.structs import ConsumerRecord
 from click.testing import CliRunner
 
 from builders import FakeSeenVersions, raw
-from concord import warning_commands
 from concord.cli import main
-from concord.config import IngestionSettings
-from concord.ingestion.app import IngestionStage
-from concord.runtime.batch import run_batch
-from concord.topics import INGESTED, RAW_FHIR, RAW_HL7V2
-from concord.warning_commands import (
+from concord.cli import warnings as warning_commands
+from concord.cli.warnings import (
     WarningSelection,
     decode_warnings,
     has_warnings,
@@ -26,6 +22,10 @@ from concord.warning_commands import (
     warning_json,
     warning_line,
 )
+from concord.config import IngestionSettings
+from concord.ingestion.app import IngestionStage
+from concord.runtime.batch import run_batch
+from concord.topics import INGESTED, RAW_FHIR, RAW_HL7V2
 
 MRN = "MRN-4471"
 FAMILY = "Zyxwvut"
@@ -132,7 +132,7 @@ def test_list_prints_a_line_per_warning_and_counts_by_reason(
 
 
 class _NoConnections:
-    """Stands in for cli_options.connections: no broker to check."""
+    """Stands in for cli.reachability.connections: no broker to check."""
 
     def __init__(self, *_: Any, **__: Any) -> None: ...
 

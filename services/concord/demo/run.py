@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from concord.alerting.render import alert_line
-from concord.cli import follow
 from concord.demo.sample import AnswerKey, ExpectedAlert, load_answer_key, sample_dir
 from concord.events.models import Alert
 from concord.publisher import publish_files
+from concord.runtime.reading import follow_alerts
 from concord.stack.stack import running_processes, start_stack, stop_stack
 
 AlertKey = tuple[str, str]  # (patient_id, attribute)
@@ -141,7 +141,7 @@ async def run_demo(
             echo(alert_line(alert))
 
     follower = asyncio.create_task(
-        follow(info.bootstrap_servers, on_alert, from_beginning=True, stop=stop)
+        follow_alerts(info.bootstrap_servers, on_alert, from_beginning=True, stop=stop)
     )
     checks: list[Check] = []
     try:

@@ -1,7 +1,9 @@
-"""Reading a topic from its start, as the CLI, the tests and the benchmark need it."""
+"""Reading a topic from its start, as the CLI, the tests and the benchmark need it, and
+following the alerts as they are published, as `concord alerts follow` and the demo do."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +11,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from concord.topics import PARTITIONS
+from concord.events import codec
+from concord.events.models import Alert
+from concord.topics import ALERTS, PARTITIONS
 
 
 async def assign_from_start(consumer: AIOKafkaConsumer, topic: str) -> None:
@@ -52,5 +56,32 @@ async def read_topic(
                 records.extend(recs if keep is None else filter(keep, recs))
                 last_new = time.monotonic()
         return records
+    finally:
+        await consumer.stop()
+
+
+async def follow_alerts(
+    kafka: str | dict[str, Any],
+    on_alert: Callable[[Alert], None],
+    *,
+    from_beginning: bool = False,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Call on_alert for every alert published (since now, or since the topic's start)."""
+    started_ms = int(time.time() * 1000)
+    options = client_options(kafka)
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, fetch_max_wait_ms=50)
+    try:
+        await consumer.start()  # stopped in finally also when it fails: it leaves a client open
+        await assign_from_start(consumer, ALERTS)
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    # Reading from the start and skipping by timestamp: the local broker's
+                    # end offsets are unreliable, so seek_to_end could skip or repeat.
+                    if from_beginning or record.timestamp >= started_ms:
+                        on_alert(codec.ALERT.decode(record.value))
     finally:
         await consumer.stop()

@@ -1,6 +1,6 @@
 """The local stack: Tansu broker, PostgreSQL and the workers as separate processes.
 
-Programmatic API (the CLI in `commands.py` is a thin layer over it):
+Programmatic API (`concord stack`, in `concord/cli/stack.py`, is a thin layer over it):
 
 - ``await start_stack(state_dir, workers=..., progress=print, worker_command=...) -> StackInfo``
 - ``stop_stack(state_dir) -> list[StopResult]``

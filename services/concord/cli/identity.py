@@ -27,7 +27,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from concord.cli_options import (
+from concord.cli.options import (
     client_settings,
     database_dsn,
     kafka_client_options,

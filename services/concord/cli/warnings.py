@@ -25,13 +25,9 @@ import click
 import orjson
 from aiokafka.structs import ConsumerRecord
 
-from concord.cli_options import (
-    client_settings,
-    connections,
-    kafka_client_options,
-    state_dir_option,
-)
-from concord.deadletter_commands import check_reason_codes
+from concord.cli.deadletters import OnTopic, reason_option
+from concord.cli.options import client_settings, kafka_client_options, state_dir_option
+from concord.cli.reachability import connections
 from concord.events import codec
 from concord.events.models import IngestedRecord, IngestionWarning
 from concord.ingestion.common import WARNINGS_HEADER
@@ -45,18 +41,12 @@ def warnings_group() -> None:
 
 
 @dataclass(frozen=True)
-class StoredWarning:
+class StoredWarning(OnTopic):
     """One warning, with the record that carries it and that record's place on
     concord.ingested."""
 
-    partition: int
-    offset: int
     record: IngestedRecord
     warning: IngestionWarning
-
-    @property
-    def position(self) -> str:
-        return f"{self.partition}:{self.offset}"
 
 
 @dataclass(frozen=True)
@@ -166,24 +156,8 @@ async def read_warnings(kafka: str | dict[str, Any], *, idle_seconds: float = 1.
     return decode_warnings((r.partition, r.offset, r.value) for r in records)
 
 
-def _reason_option(
-    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
-) -> tuple[str, ...]:
-    try:
-        return check_reason_codes(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-
-
 @warnings_group.command("list")
-@click.option(
-    "--reason",
-    "reasons",
-    multiple=True,
-    metavar="CODE",
-    callback=_reason_option,
-    help="Only this reason code (repeatable; catalogue: docs/deadletters.md).",
-)
+@reason_option
 @click.option(
     "--source",
     "sources",

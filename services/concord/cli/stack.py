@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from concord.cli_options import state_dir_option
+from concord.cli.options import state_dir_option
 from concord.stack.stack import (
     ALL_SERVICES,
     StackError,

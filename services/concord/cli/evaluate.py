@@ -22,13 +22,13 @@ import click
 import orjson
 
 from concord import topics
-from concord.cli_options import (
+from concord.cli.options import (
     client_settings,
-    connections,
     database_dsn,
     kafka_client_options,
     state_dir_option,
 )
+from concord.cli.reachability import connections
 from concord.conflicts.evaluation import ConflictScores, score
 from concord.events import codec
 from concord.runtime.reading import read_topic

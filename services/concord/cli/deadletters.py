@@ -27,12 +27,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from concord.cli_options import (
-    client_settings,
-    connections,
-    kafka_client_options,
-    state_dir_option,
-)
+from concord.cli.options import client_settings, kafka_client_options, state_dir_option
+from concord.cli.reachability import connections
 from concord.deadletters import REASON_CODES
 from concord.events import codec
 from concord.events.models import DeadLetter
@@ -54,16 +50,23 @@ def deadletter() -> None:
 
 
 @dataclass(frozen=True)
-class StoredLetter:
-    """A dead letter and its own place on concord.deadletter, which is how it is named."""
+class OnTopic:
+    """A record's own place on the topic it was read from, which is how commands name it."""
 
     partition: int
     offset: int
-    letter: DeadLetter
 
     @property
     def position(self) -> str:
+        """PARTITION:OFFSET, as parse_position reads it."""
         return f"{self.partition}:{self.offset}"
+
+
+@dataclass(frozen=True)
+class StoredLetter(OnTopic):
+    """A dead letter and its own place on concord.deadletter."""
+
+    letter: DeadLetter
 
 
 @dataclass(frozen=True)
@@ -331,15 +334,6 @@ async def replay(kafka: str | dict[str, Any], letters: Sequence[StoredLetter]) -
 # --- commands ---------------------------------------------------------------------------------
 
 
-def _reason_option(
-    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
-) -> tuple[str, ...]:
-    try:
-        return check_reason_codes(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-
-
 def _position_option(
     _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
 ) -> tuple[tuple[int, int], ...]:
@@ -349,11 +343,23 @@ def _position_option(
         raise click.BadParameter(str(error)) from None
 
 
+def _reason_codes(
+    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    try:
+        return check_reason_codes(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+# `concord warnings list` selects by the same catalogue.
+reason_option = click.option(
+    "--reason", "reasons", multiple=True, metavar="CODE", callback=_reason_codes,
+    help="Only this reason code (repeatable; catalogue: docs/deadletters.md).",
+)  # fmt: skip
+
 _SELECTION_OPTIONS = (
-    click.option(
-        "--reason", "reasons", multiple=True, metavar="CODE", callback=_reason_option,
-        help="Only this reason code (repeatable; catalogue: docs/deadletters.md).",
-    ),
+    reason_option,
     click.option(
         "--stage", "stages", multiple=True, metavar="STAGE",
         help="Only letters from this stage, as `list` prints it: ingestion, normalization, "
