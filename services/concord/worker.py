@@ -25,6 +25,7 @@ from concord.config import (
     SettingsProblem,
     WorkerSettings,
 )
+from concord.failures import failure_site
 from concord.runtime.batch import BatchLoop
 
 if TYPE_CHECKING:
@@ -136,8 +137,9 @@ def build_app(service: str, settings: DatabaseWorkerSettings) -> faust.App:
             await loop.run()
         except asyncio.CancelledError:
             raise
-        except BaseException:
-            log.exception("the %s batch loop failed; stopping the worker", service)
+        except BaseException as exc:
+            log.error("the %s batch loop failed (%s); stopping the worker", service,
+                      failure_site(exc))  # fmt: skip
             # A stage that cannot go on must not look healthy: end the process, let the
             # supervisor (stack, compose, k8s) restart it from the last committed offsets.
             await app.crash(RuntimeError(f"{service} batch loop failed"))
@@ -192,8 +194,8 @@ async def run_mllp_listener(app: faust.App, settings: IngestionSettings) -> None
         await server.serve_forever()
     except asyncio.CancelledError:
         raise
-    except BaseException:
-        log.exception("the MLLP listener failed; stopping the worker")
+    except BaseException as exc:
+        log.error("the MLLP listener failed (%s); stopping the worker", failure_site(exc))
         await app.crash(RuntimeError("MLLP listener failed"))
         raise
     finally:

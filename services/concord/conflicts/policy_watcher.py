@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 
 from concord.conflicts.policy import PolicyError, SourcePolicy, parse_policy
 from concord.conflicts.policy_file import unreadable
+from concord.failures import failure_site
 from concord.metrics import POLICY_INFO, POLICY_RELOADS
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,13 @@ async def reload_into(holder: PolicyHolder, watcher: PolicyWatcher) -> ReloadOut
     handed to the holder on it (the stage reads `policy` from the loop only)."""
     try:
         outcome = await asyncio.to_thread(watcher.poll)
-    except Exception:
+    except Exception as exc:
         # A reload must never stop the worker: the policy in force is still a valid one.
-        log.exception("checking the policy file failed; policy %s stays", watcher.policy.version)
+        log.error(
+            "checking the policy file failed (%s); policy %s stays",
+            failure_site(exc),
+            watcher.policy.version,
+        )
         POLICY_RELOADS.labels(outcome="rejected").inc()
         return "rejected"
     if holder.policy is not watcher.policy:

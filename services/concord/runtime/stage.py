@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import traceback
 from datetime import UTC, datetime
 
 from concord import metrics
 from concord.deadletters import Rejection, dead_letter
 from concord.events import codec
 from concord.events.raw import RawEvent
+from concord.failures import failure_site
 from concord.runtime.batch import Outbound, OutboundRecord, StageHandler
 from concord.topics import DEADLETTER
 
@@ -40,16 +40,8 @@ def core_failure(exc: Exception, raw: RawEvent, *, stage: str, reason_code: str)
     """What a stage does when its pure core raises on a record (a bug): the record goes to the
     dead-letter topic, to be replayed once fixed, instead of crashing the worker on it at every
     restart; the log names the code line, never the exception text, which may quote PHI."""
-    where = traceback.extract_tb(exc.__traceback__)[-1]
     log.error(
-        "%s failed on %s[%d]@%d: %s at %s:%s",
-        stage,
-        raw.topic,
-        raw.partition,
-        raw.offset,
-        type(exc).__name__,
-        where.filename,
-        where.lineno,
+        "%s failed on %s[%d]@%d: %s", stage, raw.topic, raw.partition, raw.offset, failure_site(exc)
     )
     return Rejection(reason_code, f"{type(exc).__name__} in the {stage} core")
 
