@@ -33,8 +33,9 @@ from concord.generate import (
     write,
 )
 from concord.generate.config import DEFAULT_AS_OF
+from concord.generate.generator import default_scenarios
 from concord.generate.model import World
-from concord.generate.scenarios import Scenario, default_scenarios
+from concord.generate.scenarios import Scenario
 from concord.hl7v2 import er7
 from concord.ingestion.codes import ICD10_CM, LOINC, RXNORM, SNOMED_CT, check_coding
 from concord.ingestion.fhir import ingest_fhir

@@ -41,13 +41,6 @@ PURE_CORES = (
     "concord.deadletters",
 )
 
-# Known cycles, each being removed; every other cycle fails the test.
-KNOWN_CYCLES = {
-    # generate/ is being reworked by its owner, who removes this one there.
-    frozenset({"concord.generate.planted", "concord.generate.scenarios"}),
-}
-
-
 @cache
 def modules() -> dict[str, Path]:
     """Every module of the package by dotted name (a package by its own name)."""
@@ -208,7 +201,7 @@ def _names(components: Iterable[frozenset[str]]) -> list[str]:
 
 def test_no_two_modules_import_each_other() -> None:
     found = set(cycles(package_graph()))
-    assert not found - KNOWN_CYCLES, "import cycles: " + "; ".join(_names(found - KNOWN_CYCLES))
+    assert not found, "import cycles: " + "; ".join(_names(found))
 
 
 def test_the_cycle_check_finds_an_indirect_cycle() -> None:

@@ -11,10 +11,16 @@ from typing import Any
 from concord.generate import answer_key
 from concord.generate.config import GeneratorConfig
 from concord.generate.model import World
+from concord.generate.planted import PlantedConflicts
 from concord.generate.population import make_persons
 from concord.generate.registry import assign_sources, register_all
 from concord.generate.render import RecordInfo, Rendered, SourceWriter
-from concord.generate.scenarios import Scenario, default_scenarios
+from concord.generate.scenarios import (
+    DemographicVariations,
+    HardNegatives,
+    Scenario,
+    WithinSourceDuplicates,
+)
 
 Progress = Callable[[str], None]
 
@@ -39,6 +45,12 @@ def plan(config: GeneratorConfig, scenarios: Sequence[Scenario]) -> World:
     for scenario in scenarios:
         scenario.shape_registrations(world)
     return world
+
+
+def default_scenarios() -> Sequence[Scenario]:
+    """New instances each time: a scenario keeps what it planted until the key is written.
+    The planted conflicts come last: they undo the others' edits on the persons they choose."""
+    return (HardNegatives(), WithinSourceDuplicates(), DemographicVariations(), PlantedConflicts())
 
 
 def generate(

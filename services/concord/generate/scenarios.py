@@ -9,7 +9,7 @@ from key_section goes into the answer key under "scenarios" -> its name.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -216,11 +216,3 @@ def _vary(registration: Registration, count: int, context: variations.Context) -
                 registration.variations.append(kind)
                 break
             candidates.remove(kind)
-
-
-def default_scenarios() -> Sequence[Scenario]:
-    """New instances each time: a scenario keeps what it planted until the key is written.
-    The planted conflicts come last: they undo the others' edits on the persons they choose."""
-    from concord.generate.planted import PlantedConflicts  # it builds on Scenario
-
-    return (HardNegatives(), WithinSourceDuplicates(), DemographicVariations(), PlantedConflicts())
