@@ -22,6 +22,8 @@ from pydantic_core import ErrorDetails, PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 DEFAULT_STATE_DIR = Path(".concord")
+# In the state folder: the client settings `concord stack up` leaves for the commands to read.
+ENV_FILE = "stack.env"
 DEFAULT_ENTERPRISE_ID_SYSTEM = "urn:concord:enterprise-patient-id"
 DEFAULT_MLLP_MAX_FRAME_BYTES = 1024 * 1024
 # No password: examples end up in error messages.

@@ -305,8 +305,15 @@ async def test_the_staleness_timer_raises_a_medication_nobody_reconfirmed(
     of what is due on the owned partitions) raises it once, and clears its row."""
     patient = patient_id()
     outbox = Outbox(pool, "conflicts")
-    stage = ConflictsStage(ConflictStore(pool, outbox), outbox, FakeProducer(), DEFAULT_POLICY)
-    window = DEFAULT_POLICY.classes["MEDICATION"].reconfirm_within
+    # Without the class's hold, which the held-disagreement test below covers.
+    medications = DEFAULT_POLICY.classes["MEDICATION"].model_copy(
+        update={"suppress_for": timedelta(0)}
+    )
+    policy = DEFAULT_POLICY.model_copy(
+        update={"classes": {**DEFAULT_POLICY.classes, "MEDICATION": medications}}
+    )
+    stage = ConflictsStage(ConflictStore(pool, outbox), outbox, FakeProducer(), policy)
+    window = policy.classes["MEDICATION"].reconfirm_within
     assert window is not None
     said = datetime.now(UTC) - window + timedelta(seconds=3)
     medication = fact(patient, "clinic-ehr", "active", at=said).model_copy(

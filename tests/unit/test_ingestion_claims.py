@@ -21,7 +21,7 @@ from concord.events.codec import schema_dir
 from concord.events.models import IngestedRecord
 from concord.events.raw import RawEvent
 from concord.ingestion.claims import MAX_PROBLEMS_NAMED, ingest_claim
-from concord.ingestion.codes import CPT, ICD10_CM
+from concord.ingestion.codes import CPT, CPT_PATTERN, ICD10_CM, ICD10_CM_PATTERN, NDC_PATTERN
 from concord.ingestion.common import record_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,6 +123,13 @@ def test_the_schema_is_a_valid_2020_12_schema_with_anchored_patterns() -> None:
     # for anchored ones.
     for pattern in patterns:
         assert pattern.startswith("^") and pattern.endswith("$"), pattern
+
+
+def test_the_schema_checks_codes_as_the_fhir_checks_do() -> None:
+    """The schema restates ingestion/codes.py's formats: they must not drift apart."""
+    patterns = set(re.findall(r'"pattern": "((?:[^"\\]|\\.)*)"', SCHEMA.read_text()))
+    for pattern in (ICD10_CM_PATTERN, NDC_PATTERN, CPT_PATTERN):
+        assert json.dumps(pattern)[1:-1] in patterns, pattern
 
 
 def test_every_example_line_validates_and_is_ingested() -> None:

@@ -10,13 +10,12 @@ from datetime import UTC, datetime
 from concord import metrics
 from concord.alerting.lifecycle import AlertRecord, apply_conflict_event, change_reason
 from concord.alerting.ports import AlertStorePort
-from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import Alert, ConflictEvent
 from concord.events.raw import RawEvent
 from concord.runtime.batch import Outbound, OutboundRecord, Producer
 from concord.runtime.ports import OutboxPort
-from concord.runtime.stage import BaseStage, publish_dead_letter
+from concord.runtime.stage import BaseStage, decode_or_dead_letter
 from concord.topics import ALERTS, CONFLICTS
 
 log = logging.getLogger(__name__)
@@ -64,13 +63,11 @@ class AlertingStage(BaseStage):
         self._published = []
 
     async def process(self, events: Sequence[RawEvent], out: Outbound) -> None:
-        decoded: list[ConflictEvent] = []
-        for raw in events:
-            try:
-                decoded.append(codec.CONFLICT_EVENT.decode(raw.value))
-            except codec.CodecError as exc:
-                rejection = Rejection("UNDECODABLE_EVENT", f"{exc} [{exc.reason_code}]")
-                publish_dead_letter(out, raw=raw, rejection=rejection)
+        decoded = [
+            event
+            for raw in events
+            if (event := decode_or_dead_letter(out, raw, codec.CONFLICT_EVENT)) is not None
+        ]
         if not decoded:
             return
         current = await self.store.load([e.conflict_id for e in decoded])

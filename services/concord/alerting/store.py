@@ -11,6 +11,7 @@ from concord.alerting.lifecycle import AlertRecord
 from concord.alerting.ports import AlertStorePort
 from concord.events.models import Alert, Assertion
 from concord.runtime.batch import OutboundRecord
+from concord.runtime.db import unnest_columns
 from concord.runtime.outbox import Outbox
 
 _UPSERT_ALERTS = """
@@ -90,35 +91,11 @@ class AlertStore(AlertStorePort):
         history: Sequence[tuple[Alert, str]],
         events: Sequence[OutboundRecord],
     ) -> None:
-        alerts = [record.alert for record, _ in changes]
+        alerts = [_alert_columns(record) for record, _ in changes]
+        past = [(a.alert_id, a.revision, a.status, a.updated_at, reason) for a, reason in history]
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                _UPSERT_ALERTS,
-                [a.alert_id for a in alerts],
-                [a.revision for a in alerts],
-                [r.conflict_revision for r, _ in changes],
-                [a.kind for a in alerts],
-                [a.status for a in alerts],
-                [a.patient_id for a in alerts],
-                [a.attribute for a in alerts],
-                [a.attribute_class for a in alerts],
-                [a.severity for a in alerts],
-                [assertions_json(a.assertions) for a in alerts],
-                [a.proposed_value for a in alerts],
-                [a.proposed_reason for a in alerts],
-                [a.opened_at for a in alerts],
-                [a.updated_at for a in alerts],
-                [a.resolved_at for a in alerts],
-                [a.stale_source for a in alerts],
-            )
-            await conn.execute(
-                _INSERT_HISTORY,
-                [a.alert_id for a, _ in history],
-                [a.revision for a, _ in history],
-                [a.status for a, _ in history],
-                [a.updated_at for a, _ in history],
-                [reason for _, reason in history],
-            )
+            await conn.execute(_UPSERT_ALERTS, *unnest_columns(alerts, 16))
+            await conn.execute(_INSERT_HISTORY, *unnest_columns(past, 5))
             await self.outbox.write(conn, events)
 
     async def open_counts(self) -> dict[str, int]:
@@ -127,3 +104,26 @@ class AlertStore(AlertStorePort):
             "GROUP BY severity"
         )
         return {row["severity"]: row["n"] for row in rows}
+
+
+def _alert_columns(record: AlertRecord) -> tuple[object, ...]:
+    """One alerts row, in the table's column order."""
+    a = record.alert
+    return (
+        a.alert_id,
+        a.revision,
+        record.conflict_revision,
+        a.kind,
+        a.status,
+        a.patient_id,
+        a.attribute,
+        a.attribute_class,
+        a.severity,
+        assertions_json(a.assertions),
+        a.proposed_value,
+        a.proposed_reason,
+        a.opened_at,
+        a.updated_at,
+        a.resolved_at,
+        a.stale_source,
+    )

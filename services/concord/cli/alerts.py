@@ -45,13 +45,10 @@ def list_alerts(as_json: bool, status: str | None, limit: int, state_dir: Path) 
 
 async def _fetch_alerts(dsn: str, status: str | None, limit: int) -> list[Alert]:
     from concord.alerting.store import list_alerts
-    from concord.runtime.db import create_pool
+    from concord.runtime.db import pooled
 
-    pool = await create_pool(dsn, 1)
-    try:
+    async with pooled(dsn, 1) as pool:
         return [r.alert for r in await list_alerts(pool, status=status, limit=limit)]
-    finally:
-        await pool.close()
 
 
 def _print_alert(alert: Alert, as_json: bool) -> None:

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import click
 import orjson
 
@@ -31,6 +30,7 @@ from concord.cli.options import (
 from concord.cli.reachability import connections
 from concord.conflicts.evaluation import ConflictScores, score
 from concord.events import codec
+from concord.runtime.db import pooled
 from concord.runtime.reading import read_topic
 from concord.stack.processes import metric_samples
 from concord.stack.stack import load_state
@@ -61,11 +61,8 @@ _WAITING = "SELECT (SELECT count(*) FROM held_records) + (SELECT count(*) FROM o
 
 async def waiting_in_database(dsn: str) -> int:
     """Records the conflicts stage holds (suppress_for) or has not published yet (outbox)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval(_WAITING))
-    finally:
-        await conn.close()
+    async with pooled(dsn, 1) as pool:
+        return int(await pool.fetchval(_WAITING))
 
 
 async def settle(

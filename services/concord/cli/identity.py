@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ from concord.cli.options import (
     kafka_client_options,
     state_dir_option,
 )
+from concord.runtime.db import pooled
 from concord.runtime.reading import client_options
 from concord.topics import FACTS
 
@@ -125,17 +125,6 @@ class UnmergeOutcome:
     published: int
 
 
-@asynccontextmanager
-async def _pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    from concord.runtime.db import create_pool
-
-    pool = await create_pool(dsn, 2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
 async def _publish_outbox(store: PostgresIdentityStore, kafka: dict[str, Any]) -> int:
     # Idempotence off, as for replays: the local broker cannot hand out producer ids, and the
     # signal's id is deterministic, so a duplicate is one unmerge to the conflicts stage.
@@ -158,7 +147,7 @@ async def unmerge_and_publish(
         pending_unmerge,
     )
 
-    async with _pool(dsn) as pool:
+    async with pooled(dsn, 2) as pool:
         store = PostgresIdentityStore(pool)
         done: Unmerge | None
         try:
@@ -177,12 +166,12 @@ async def unmerge_and_publish(
 async def _fetch_merges(dsn: str, limit: int, include_undone: bool) -> list[MergeEntry]:
     from concord.normalization.identity_store import list_merges
 
-    async with _pool(dsn) as pool:
+    async with pooled(dsn, 2) as pool:
         return await list_merges(pool, limit=limit, include_undone=include_undone)
 
 
 async def _fetch_reviews(dsn: str, limit: int) -> list[Any]:
-    async with _pool(dsn) as pool:
+    async with pooled(dsn, 2) as pool:
         return list(
             await pool.fetch(
                 "SELECT task_id, source, provisional_enterprise_id, candidate_enterprise_id, "

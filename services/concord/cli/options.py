@@ -10,6 +10,7 @@ import click
 
 from concord.config import (
     DEFAULT_STATE_DIR,
+    ENV_FILE,
     EXAMPLE_DSN,
     ClientSettings,
     SettingsProblem,
@@ -17,7 +18,6 @@ from concord.config import (
     load_settings,
 )
 
-ENV_FILE = "stack.env"
 BROKER_SETTING = env_name(ClientSettings, "bootstrap_servers")
 DATABASE_SETTING = env_name(ClientSettings, "database_url")
 

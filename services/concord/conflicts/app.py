@@ -25,7 +25,6 @@ from concord.conflicts.rules import (
     rebuild,
 )
 from concord.conflicts.staleness import check_staleness
-from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import (
     IDENTITY_SIGNALS,
@@ -39,7 +38,7 @@ from concord.events.models import (
 from concord.events.raw import RawEvent
 from concord.runtime.batch import Outbound, OutboundRecord, Producer
 from concord.runtime.ports import OutboxPort
-from concord.runtime.stage import BaseStage, publish_dead_letter
+from concord.runtime.stage import BaseStage, decode_or_dead_letter
 from concord.topics import CONFLICTS, FACTS, RESOLUTIONS
 
 log = logging.getLogger(__name__)
@@ -90,15 +89,12 @@ class ConflictsStage(BaseStage):
         facts: list[tuple[ClinicalFact, int]] = []
         resolutions: list[tuple[ConflictResolution, int]] = []
         for raw in events:
-            try:
-                if raw.topic == RESOLUTIONS:
-                    decision = codec.CONFLICT_RESOLUTION.decode(raw.value)
+            if raw.topic == RESOLUTIONS:
+                decision = decode_or_dead_letter(out, raw, codec.CONFLICT_RESOLUTION)
+                if decision is not None:
                     resolutions.append((decision, raw.partition))
-                else:
-                    facts.append((codec.CLINICAL_FACT.decode(raw.value), raw.partition))
-            except codec.CodecError as exc:
-                rejection = Rejection("UNDECODABLE_EVENT", f"{exc} [{exc.reason_code}]")
-                publish_dead_letter(out, raw=raw, rejection=rejection)
+            elif (fact := decode_or_dead_letter(out, raw, codec.CLINICAL_FACT)) is not None:
+                facts.append((fact, raw.partition))
         if not (facts or resolutions):
             return
         # One policy for the whole batch, even if a reload swaps it meanwhile.

@@ -18,6 +18,7 @@ from concord.conflicts.ports import ConflictStorePort, Key, Timer
 from concord.conflicts.rules import AttributeState, ConflictState, HistoricFact, Hold
 from concord.events.models import Assertion, AttributeClass, ClinicalFact, Provenance
 from concord.runtime.batch import OutboundRecord
+from concord.runtime.db import unnest_columns
 from concord.runtime.outbox import Outbox
 
 _LOAD_ASSERTIONS = """
@@ -261,46 +262,42 @@ class ConflictStore(ConflictStorePort):
             await _write_held(conn, held)
             await _write_timers(conn, timers)
             if c_rows:
-                await conn.execute(
-                    _UPSERT_CONFLICTS,
-                    [st.patient_id for st, _, _ in c_rows],
-                    [st.attribute for st, _, _ in c_rows],
-                    [c.conflict_id for _, c, _ in c_rows],
-                    [c.revision for _, c, _ in c_rows],
-                    [c.status for _, c, _ in c_rows],
-                    [c.digest for _, c, _ in c_rows],
-                    [p for _, _, p in c_rows],
-                    [c.opened_at for _, c, _ in c_rows],
-                    [c.updated_at for _, c, _ in c_rows],
-                    [c.reviewed for _, c, _ in c_rows],
-                )
+                columns = [
+                    (st.patient_id, st.attribute, *_conflict_columns(c, p), c.reviewed)
+                    for st, c, p in c_rows
+                ]
+                await conn.execute(_UPSERT_CONFLICTS, *unnest_columns(columns, 10))
             await self.outbox.write(conn, events)
 
     @staticmethod
     async def _write_assertions(
         conn: asyncpg.Connection, statement: str, rows: Iterable[tuple[AttributeState, str, int]]
     ) -> None:
-        a_rows = [(st, st.assertions[source], partition) for st, source, partition in rows]
-        kept = [st.records.get(a.source_system) for st, a, _ in a_rows]
-        if a_rows:
-            await conn.execute(
-                statement,
-                [st.patient_id for st, _, _ in a_rows],
-                [st.attribute for st, _, _ in a_rows],
-                [a.source_system for _, a, _ in a_rows],
-                [p for _, _, p in a_rows],
-                [st.attribute_class for st, _, _ in a_rows],
-                [a.value for _, a, _ in a_rows],
-                [a.display for _, a, _ in a_rows],
-                [a.status for _, a, _ in a_rows],
-                [a.fact_id for _, a, _ in a_rows],
-                [_newest_time(a, records) for (_, a, _), records in zip(a_rows, kept, strict=True)],
-                [a.provenance.received_time for _, a, _ in a_rows],
-                [_json(a.provenance) for _, a, _ in a_rows],
-                [a.unit for _, a, _ in a_rows],
-                [a.effective_time for _, a, _ in a_rows],
-                [_records_json(records) for records in kept],
+        columns: list[tuple[object, ...]] = []
+        for st, source, p in rows:
+            a = st.assertions[source]
+            records = st.records.get(a.source_system)
+            columns.append(
+                (
+                    st.patient_id,
+                    st.attribute,
+                    a.source_system,
+                    p,
+                    st.attribute_class,
+                    a.value,
+                    a.display,
+                    a.status,
+                    a.fact_id,
+                    _newest_time(a, records),
+                    a.provenance.received_time,
+                    _json(a.provenance),
+                    a.unit,
+                    a.effective_time,
+                    _records_json(records),
+                )
             )
+        if columns:
+            await conn.execute(statement, *unnest_columns(columns, 15))
 
 
 async def _record(conn: asyncpg.Connection, facts: Sequence[ClinicalFact]) -> None:
@@ -308,27 +305,29 @@ async def _record(conn: asyncpg.Connection, facts: Sequence[ClinicalFact]) -> No
     fact's patient), for an unmerge to rebuild from."""
     if not facts:
         return
-    await conn.execute(
-        _RECORD_HISTORY,
-        [f.fact_id for f in facts],
-        [f.patient_id for f in facts],
-        [f.attribute for f in facts],
-        [f.attribute_class for f in facts],
-        [f.provenance.source_system for f in facts],
-        [f.subject for f in facts],
-        [f.value for f in facts],
-        [f.display for f in facts],
-        [f.status for f in facts],
-        [f.provenance.event_time for f in facts],
-        [_json(f.provenance) for f in facts],
-        [f.unit for f in facts],
-        [f.effective_time for f in facts],
-    )
+    history = [
+        (
+            f.fact_id,
+            f.patient_id,
+            f.attribute,
+            f.attribute_class,
+            f.provenance.source_system,
+            f.subject,
+            f.value,
+            f.display,
+            f.status,
+            f.provenance.event_time,
+            _json(f.provenance),
+            f.unit,
+            f.effective_time,
+        )
+        for f in facts
+    ]
+    await conn.execute(_RECORD_HISTORY, *unnest_columns(history, 13))
     owners = {(f.provenance.source_system, f.subject): f.patient_id for f in facts if f.subject}
     if owners:
-        await conn.execute(
-            _RECORD_OWNERS, [k[0] for k in owners], [k[1] for k in owners], list(owners.values())
-        )
+        columns = ((source, subject, eid) for (source, subject), eid in owners.items())
+        await conn.execute(_RECORD_OWNERS, *unnest_columns(columns, 3))
 
 
 def _conflict_state(row: asyncpg.Record, digest: str, *, reviewed: bool = False) -> ConflictState:
@@ -385,22 +384,17 @@ def _json(provenance: Provenance) -> str:
 async def _write_stale(
     conn: asyncpg.Connection, rows: Iterable[tuple[AttributeState, str, int]]
 ) -> None:
-    changed = [(st, st.stale[source], source, p) for st, source, p in rows]
-    if not changed:
-        return
-    await conn.execute(
-        _UPSERT_STALE,
-        [st.patient_id for st, _, _, _ in changed],
-        [st.attribute for st, _, _, _ in changed],
-        [source for _, _, source, _ in changed],
-        [c.conflict_id for _, c, _, _ in changed],
-        [c.revision for _, c, _, _ in changed],
-        [c.status for _, c, _, _ in changed],
-        [c.digest for _, c, _, _ in changed],
-        [p for _, _, _, p in changed],
-        [c.opened_at for _, c, _, _ in changed],
-        [c.updated_at for _, c, _, _ in changed],
-    )
+    changed = [
+        (st.patient_id, st.attribute, source, *_conflict_columns(st.stale[source], p))
+        for st, source, p in rows
+    ]
+    if changed:
+        await conn.execute(_UPSERT_STALE, *unnest_columns(changed, 10))
+
+
+def _conflict_columns(c: ConflictState, partition: int) -> tuple[object, ...]:
+    """The columns conflict_state and stale_state share, in their order."""
+    return (c.conflict_id, c.revision, c.status, c.digest, partition, c.opened_at, c.updated_at)
 
 
 async def _write_held(conn: asyncpg.Connection, rows: Iterable[tuple[AttributeState, int]]) -> None:
@@ -410,30 +404,20 @@ async def _write_held(conn: asyncpg.Connection, rows: Iterable[tuple[AttributeSt
     await conn.execute(
         _DROP_HELD, [st.patient_id for st, _ in changed], [st.attribute for st, _ in changed]
     )
-    holds = [(st, source, hold, p) for st, p in changed for source, hold in st.held.items()]
+    holds = [
+        (st.patient_id, st.attribute, source, hold.since, hold.until, p)
+        for st, p in changed
+        for source, hold in st.held.items()
+    ]
     if holds:
-        await conn.execute(
-            _INSERT_HELD,
-            [st.patient_id for st, _, _, _ in holds],
-            [st.attribute for st, _, _, _ in holds],
-            [source for _, source, _, _ in holds],
-            [hold.since for _, _, hold, _ in holds],
-            [hold.until for _, _, hold, _ in holds],
-            [p for _, _, _, p in holds],
-        )
+        await conn.execute(_INSERT_HELD, *unnest_columns(holds, 6))
 
 
 async def _write_timers(conn: asyncpg.Connection, timers: Sequence[Timer]) -> None:
     armed = [t for t in timers if t[3] is not None]
     if armed:
-        await conn.execute(
-            _SET_TIMERS,
-            [key[0] for key, _, _, _ in armed],
-            [key[1] for key, _, _, _ in armed],
-            [c for _, c, _, _ in armed],
-            [p for _, _, p, _ in armed],
-            [due for _, _, _, due in armed],
-        )
+        columns = ((*key, c, p, due) for key, c, p, due in armed)
+        await conn.execute(_SET_TIMERS, *unnest_columns(columns, 5))
     cleared = [key for key, _, _, due in timers if due is None]
     if cleared:
         await conn.execute(_DROP_TIMERS, [k[0] for k in cleared], [k[1] for k in cleared])

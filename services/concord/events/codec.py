@@ -17,7 +17,6 @@ import io
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -145,12 +144,6 @@ def self_contained(
 
 
 E = TypeVar("E", bound=Event)
-
-
-@dataclass(frozen=True)
-class _Writer:
-    schema: Any
-    fingerprint: bytes
 
 
 class EventCodec(Generic[E]):

@@ -20,12 +20,21 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 NDC = "http://hl7.org/fhir/sid/ndc"
 CPT = "http://www.ama-assn.org/go/cpt"
 
+# The claim-line schema states these formats as JSON Schema patterns; written here in the
+# schema's own spelling, so a test can hold the two equal.
+ICD10_CM_PATTERN = r"^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$"
+NDC_PATTERN = (
+    r"^([0-9]{4}-[0-9]{4}-[0-9]{2}|[0-9]{5}-[0-9]{3}-[0-9]{2}|[0-9]{5}-[0-9]{4}-[0-9]{1,2}"
+    r"|[0-9]{10,11})$"
+)
+CPT_PATTERN = r"^[0-9]{4}[0-9FTU]$"
+
 _LOINC = re.compile(r"(?a)^(?:L[APG])?(\d{1,8})-(\d)$")
 _SNOMED = re.compile(r"(?a)^\d{6,18}$")
-_ICD10_CM = re.compile(r"(?a)^[A-Z]\d[0-9A-Z](?:\.?[0-9A-Z]{1,4})?$")
+_ICD10_CM = re.compile(ICD10_CM_PATTERN, re.ASCII)
 _RXNORM = re.compile(r"(?a)^\d{1,9}$")
-_NDC = re.compile(r"(?a)^(?:\d{4}-\d{4}-\d{2}|\d{5}-\d{3}-\d{2}|\d{5}-\d{4}-\d{1,2}|\d{10,11})$")
-_CPT = re.compile(r"(?a)^\d{4}[0-9FTU]$")
+_NDC = re.compile(NDC_PATTERN, re.ASCII)
+_CPT = re.compile(CPT_PATTERN, re.ASCII)
 
 
 def _loinc(code: str) -> bool:

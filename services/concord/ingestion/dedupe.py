@@ -14,6 +14,7 @@ from datetime import datetime
 import asyncpg
 
 from concord.ingestion.ports import SeenVersions
+from concord.runtime.db import unnest_columns
 
 
 class PostgresSeenVersions(SeenVersions):
@@ -32,12 +33,10 @@ class PostgresSeenVersions(SeenVersions):
     async def remember(self, records: Sequence[tuple[str, str]]) -> None:
         if not records:
             return
-        ids, sources = zip(*records, strict=True)
         await self.pool.execute(
             "INSERT INTO ingested_versions (record_id, source_system) "
             "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
-            list(ids),
-            list(sources),
+            *unnest_columns(records, 2),
         )
 
     async def prune(self, before: datetime) -> int:

@@ -36,7 +36,12 @@ from concord.normalization.ports import IdentityOutbox, IdentityStore, RecordFac
 from concord.normalization.records import ReadRecord, read_record
 from concord.normalization.terminology import Terminology
 from concord.runtime.batch import Outbound, Producer
-from concord.runtime.stage import BaseStage, core_failure, publish_dead_letter
+from concord.runtime.stage import (
+    BaseStage,
+    core_failure,
+    decode_or_dead_letter,
+    publish_dead_letter,
+)
 from concord.topics import INGESTED
 
 log = logging.getLogger(__name__)
@@ -80,11 +85,8 @@ class NormalizationStage(BaseStage):
         read: list[tuple[IngestedRecord, ReadRecord]] = []
         deletes: list[IngestedRecord] = []
         for raw in events:
-            try:
-                ingested = codec.INGESTED_RECORD.decode(raw.value)
-            except codec.CodecError as exc:
-                rejection = Rejection("UNDECODABLE_EVENT", f"{exc} [{exc.reason_code}]")
-                publish_dead_letter(out, raw=raw, rejection=rejection)
+            ingested = decode_or_dead_letter(out, raw, codec.INGESTED_RECORD)
+            if ingested is None:
                 continue
             if ingested.operation == "DELETE":
                 deletes.append(ingested)

@@ -17,7 +17,7 @@ the conflicts stage is written to the identity outbox in the same transaction.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +44,7 @@ from concord.normalization.identity.resolution import (
 from concord.normalization.identity.scoring import Thresholds
 from concord.normalization.outbound import fact_record
 from concord.normalization.ports import IdentityStore
+from concord.runtime.db import unnest_columns
 from concord.runtime.outbox import Outbox
 
 # Any fixed key: it only serializes identity decisions across workers.
@@ -423,7 +424,7 @@ class PostgresIdentityStore(IdentityStore):
                 ("VIEW", r["source"], r["view_id"]) for r in views
             ]
             await conn.execute(
-                _FORGET_MOVES, absorbed, survivor, later, *_columns_or_empty(restored, 3)
+                _FORGET_MOVES, absorbed, survivor, later, *unnest_columns(restored, 3)
             )
             await conn.execute(_MARK_UNMERGED, absorbed, survivor, at, by, reason)
             fact = unmerge_fact(
@@ -505,12 +506,15 @@ class PostgresIdentityStore(IdentityStore):
 
     async def _write(self, conn: asyncpg.Connection, writes: _Writes) -> None:
         if writes.links:
-            await conn.execute(_WRITE_LINKS, *_columns(writes.links.values()))
+            await conn.execute(_WRITE_LINKS, *unnest_columns(writes.links.values(), 7))
         if writes.views:
-            sources = [key[0] for key in writes.views]
-            view_ids = [key[1] for key in writes.views]
-            eids = [value[0] for value in writes.views.values()]
-            documents = [value[1].model_dump_json() for value in writes.views.values()]
+            sources, view_ids, eids, documents = unnest_columns(
+                (
+                    (source, view_id, eid, demographics.model_dump_json())
+                    for (source, view_id), (eid, demographics) in writes.views.items()
+                ),
+                4,
+            )
             await conn.execute(_WRITE_VIEWS, sources, view_ids, eids, documents)
             await conn.execute(_DROP_KEYS, sources, view_ids)
             rows = [
@@ -519,24 +523,12 @@ class PostgresIdentityStore(IdentityStore):
                 for key in sorted(blocking_keys(demographics))
             ]
             if rows:
-                await conn.execute(_WRITE_KEYS, *_columns(rows))
+                await conn.execute(_WRITE_KEYS, *unnest_columns(rows, 3))
         if writes.reviews:
-            await conn.execute(_WRITE_REVIEWS, *_columns(writes.reviews.values()))
+            await conn.execute(_WRITE_REVIEWS, *unnest_columns(writes.reviews.values(), 7))
         if writes.merges:
             absorbed = list(writes.merges)
             survivors = [writes.merges[a][0] for a in absorbed]
             sources = [writes.merges[a][1] for a in absorbed]
             relinked = [(eid, *key) for key, eid in writes.relinked.items()]
-            await conn.execute(
-                _MERGE, absorbed, survivors, sources, *_columns_or_empty(relinked, 3)
-            )
-
-
-def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows as the columns unnest() takes."""
-    return [list(column) for column in zip(*rows, strict=True)]
-
-
-def _columns_or_empty(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Like _columns, also for no rows."""
-    return _columns(rows) if rows else [[] for _ in range(width)]
+            await conn.execute(_MERGE, absorbed, survivors, sources, *unnest_columns(relinked, 3))

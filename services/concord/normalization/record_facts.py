@@ -25,6 +25,7 @@ from concord.normalization.facts.withdrawals import (
     latest,
 )
 from concord.normalization.ports import RecordFacts
+from concord.runtime.db import unnest_columns
 
 _REMEMBER = """
 INSERT INTO record_facts (source, source_record_id, patient_id, subject, event_time, facts)
@@ -56,15 +57,10 @@ class PostgresRecordFacts(RecordFacts):
         rows = list(latest(batch).values())
         if not rows:
             return
-        await self.pool.execute(
-            _REMEMBER,
-            [m.key[0] for m in rows],
-            [m.key[1] for m in rows],
-            [m.patient_id for m in rows],
-            [m.subject for m in rows],
-            [m.event_time for m in rows],
-            [_facts_document(m.facts) for m in rows],
+        columns = (
+            (*m.key, m.patient_id, m.subject, m.event_time, _facts_document(m.facts)) for m in rows
         )
+        await self.pool.execute(_REMEMBER, *unnest_columns(columns, 6))
 
     async def recall(self, keys: Sequence[RecordKey]) -> dict[RecordKey, Remembered]:
         wanted = sorted(set(keys))

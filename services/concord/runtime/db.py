@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 
 import asyncpg
 
@@ -14,6 +17,13 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 # Any fixed key works: it only serializes concurrent migrators of one database.
 _MIGRATION_LOCK = 0x636F6E63
+
+
+def unnest_columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as the parallel arrays unnest() takes, so a batch is one statement; width gives the
+    empty arrays that no rows still need, as the statement's parameter count is fixed."""
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    return columns or [[] for _ in range(width)]
 
 
 def migration_files() -> list[tuple[str, str]]:
@@ -50,3 +60,13 @@ async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size)
     assert pool is not None  # create_pool returns None only when awaited lazily  # noqa: S101
     return pool
+
+
+@asynccontextmanager
+async def pooled(dsn: str, size: int) -> AsyncIterator[asyncpg.Pool]:
+    """A pool for one command's work: closed after it, also when the work fails."""
+    pool = await create_pool(dsn, size)
+    try:
+        yield pool
+    finally:
+        await pool.close()

@@ -1,19 +1,24 @@
-"""What the services' stage handlers share: no-op lifecycle hooks and the dead-letter port."""
+"""What the services' stage handlers share: no-op lifecycle hooks, decoding, and the dead-letter
+port."""
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from concord import metrics
 from concord.deadletters import Rejection, dead_letter
 from concord.events import codec
+from concord.events.models import Event
 from concord.events.raw import RawEvent
 from concord.failures import failure_site
 from concord.runtime.batch import Outbound, OutboundRecord, StageHandler
 from concord.topics import DEADLETTER
 
 log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
 
 
 class BaseStage(StageHandler):
@@ -59,3 +64,16 @@ def publish_dead_letter(out: Outbound, *, raw: RawEvent, rejection: Rejection) -
         raw.offset,
         rejection.reason_code,
     )
+
+
+def decode_or_dead_letter(
+    out: Outbound, raw: RawEvent, event_codec: codec.EventCodec[E]
+) -> E | None:
+    """The event a raw record holds, or None once the record has gone to the dead-letter topic:
+    one undecodable record must not stop the batch, and is kept to be replayed."""
+    try:
+        return event_codec.decode(raw.value)
+    except codec.CodecError as exc:
+        rejection = Rejection("UNDECODABLE_EVENT", f"{exc} [{exc.reason_code}]")
+        publish_dead_letter(out, raw=raw, rejection=rejection)
+        return None

@@ -7,9 +7,7 @@ topics would get 4 partitions while Faust assumes 8, and Faust crash-loops on th
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +19,11 @@ from aiokafka.errors import KafkaError
 from concord.extras import require_local
 from concord.stack.processes import (
     LOOPBACK,
-    ProcessDied,
     ProcessRecord,
     free_port,
-    is_alive,
-    port_open,
     spawn,
     stop_process,
-    tail,
+    wait_until_ready,
 )
 from concord.topics import ALL_TOPICS, TopicSpec
 
@@ -87,30 +82,20 @@ async def start_broker(
 
 
 async def wait_for_broker(record: ProcessRecord, bootstrap: str, *, startup_timeout: float) -> None:
-    """Return once the broker answers Kafka requests; raise if it dies or `startup_timeout` passes.
+    """Return once the broker answers Kafka requests; raise if it dies or `startup_timeout`
+    passes."""
 
-    The TCP port is polled first so aiokafka does not log a connection error per attempt."""
-    deadline = time.monotonic() + startup_timeout
-    assert record.port is not None  # noqa: S101 - spawn() got a port above
-    while True:
-        if not is_alive(record):
-            raise ProcessDied(
-                f"broker exited during startup; {record.log_path}:\n{tail(record.log_path)}"
-            )
-        if port_open(record.port):
-            with contextlib.suppress(KafkaError, OSError):
-                admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
-                try:
-                    await admin.start()
-                    return
-                finally:
-                    await admin.close()
-        if time.monotonic() >= deadline:
-            raise TimeoutError(
-                f"broker not ready after {startup_timeout:.0f}s; {record.log_path}:\n"
-                f"{tail(record.log_path)}"
-            )
-        await asyncio.sleep(0.05)
+    async def answers() -> bool:
+        with contextlib.suppress(KafkaError, OSError):
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+            try:
+                await admin.start()
+                return True
+            finally:
+                await admin.close()
+        return False
+
+    await wait_until_ready(record, "broker", answers, startup_timeout=startup_timeout)
 
 
 async def ensure_topics(

@@ -21,7 +21,6 @@ import pwd
 import shutil
 import stat
 import subprocess
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +33,13 @@ from concord.extras import require_local
 from concord.runtime.db import apply_migrations
 from concord.stack.processes import (
     LOOPBACK,
-    ProcessDied,
     ProcessRecord,
     absolute,
     free_port,
-    is_alive,
-    port_open,
     spawn,
     stop_process,
     tail,
+    wait_until_ready,
 )
 
 DATABASE = "concord"
@@ -271,27 +268,16 @@ async def drop_database(server_dsn: str, database: str) -> None:
 async def wait_for_postgres(record: ProcessRecord, dsn: str, *, startup_timeout: float) -> None:
     """Return once the server accepts a connection; raise if it exits or `startup_timeout` passes.
     ("the database system is starting up" is a refused connection too: we retry it.)"""
-    deadline = time.monotonic() + startup_timeout
-    assert record.port is not None  # noqa: S101 - start_postgres gave it a port
-    while True:
-        if not is_alive(record):
-            raise ProcessDied(
-                f"postgres exited during startup; {record.log_path}:\n{tail(record.log_path)}"
-            )
-        if port_open(record.port):
-            try:
-                conn = await _connect(dsn, connect_timeout=2.0)
-            except (TimeoutError, OSError, asyncpg.PostgresError):
-                pass
-            else:
-                await conn.close()
-                return
-        if time.monotonic() >= deadline:
-            raise TimeoutError(
-                f"postgres not ready after {startup_timeout:.0f}s; {record.log_path}:\n"
-                f"{tail(record.log_path)}"
-            )
-        await asyncio.sleep(0.05)
+
+    async def accepts() -> bool:
+        try:
+            conn = await _connect(dsn, connect_timeout=2.0)
+        except (TimeoutError, OSError, asyncpg.PostgresError):
+            return False
+        await conn.close()
+        return True
+
+    await wait_until_ready(record, "postgres", accepts, startup_timeout=startup_timeout)
 
 
 async def start_postgres(

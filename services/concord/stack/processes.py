@@ -12,6 +12,7 @@ hung for minutes on SIGTERM; the escalation is what bounds ``concord stack down`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import os
@@ -20,7 +21,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,35 @@ def find_process(record: ProcessRecord) -> psutil.Process | None:
 def is_alive(record: ProcessRecord) -> bool:
     """Whether the very process `record` describes is still running (zombies count as dead)."""
     return find_process(record) is not None
+
+
+async def wait_until_ready(
+    record: ProcessRecord,
+    what: str,
+    ready: Callable[[], Awaitable[bool]],
+    *,
+    startup_timeout: float,
+) -> None:
+    """Return once `ready()` says so; raise ProcessDied if the process exits, TimeoutError after
+    `startup_timeout`, both naming `what` and showing its log tail.
+
+    `ready` is only asked once the TCP port is open, so a client does not log a connection error
+    per attempt."""
+    deadline = time.monotonic() + startup_timeout
+    assert record.port is not None  # noqa: S101 - the services waited for all listen on a port
+    while True:
+        if not is_alive(record):
+            raise ProcessDied(
+                f"{what} exited during startup; {record.log_path}:\n{tail(record.log_path)}"
+            )
+        if port_open(record.port) and await ready():
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"{what} not ready after {startup_timeout:.0f}s; {record.log_path}:\n"
+                f"{tail(record.log_path)}"
+            )
+        await asyncio.sleep(0.05)
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from concord.config import ENV_FILE
 from concord.stack.broker import start_broker
 from concord.stack.postgres import start_postgres, use_external_postgres
 from concord.stack.processes import (
@@ -41,7 +42,6 @@ ALL_SERVICES: tuple[str, ...] = ("ingestion", "normalization", "conflicts", "ale
 WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "concord.worker")
 MLLP_SERVICE = "ingestion"  # runs the MLLP listener (CONCORD_MLLP_PORT)
 STATE_FILE = "stack.json"
-ENV_FILE = "stack.env"
 
 
 class StackError(RuntimeError):
