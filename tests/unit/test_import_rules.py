@@ -41,6 +41,7 @@ PURE_CORES = (
     "concord.deadletters",
 )
 
+
 @cache
 def modules() -> dict[str, Path]:
     """Every module of the package by dotted name (a package by its own name)."""
