@@ -490,3 +490,41 @@ def test_a_ranked_source_still_outranks_better_evidence() -> None:
     _, event = _compared("Oncology.metastatic", path, chart)
     assert event is not None and event.proposed_value == "true"
     assert event.proposed_reason == "hospital-ehr ranks highest among the disagreeing sources"
+
+
+@pytest.mark.parametrize(
+    ("code", "metastatic", "group"),
+    [
+        ("258215001", "false", "1"),  # Stage 1, as a stage group Observation carries it
+        ("1222724007", "false", "1"),  # AJCC stage IA
+        ("1222766008", "false", "2"),  # AJCC stage IIA
+        ("1222769001", "false", "2"),  # AJCC stage IIB
+        ("258228008", "true", "4"),  # Stage 4
+    ],
+)
+@pytest.mark.parametrize("loinc", ["21908-9", "21902-2"])
+def test_a_stage_group_observation_implies_its_group_and_metastatic_status(
+    loinc: str, code: str, metastatic: str, group: str
+) -> None:
+    """Synthea and mCODE state the stage as an Observation, not on the Condition."""
+    derived = _built_in(_fact(f"Observation/{loinc}", f"{SCT}|{code}"))
+    assert derived == {"Oncology.metastatic": metastatic, "Oncology.stageGroup": group}
+
+
+@pytest.mark.parametrize(("code", "metastatic"), [("1229903009", "true"), ("1229901006", "false")])
+def test_a_snomed_coded_distant_metastases_category_implies_metastatic_status(
+    code: str, metastatic: str
+) -> None:
+    """SNOMED CT's AJCC qualifiers cM1 / cM0, as Synthea codes TNM M."""
+    assert _built_in(_fact("Observation/21907-1", f"{SCT}|{code}")) == {
+        "Oncology.metastatic": metastatic
+    }
+
+
+def test_stage_groups_that_differ_between_an_ehr_and_a_registry_conflict() -> None:
+    _, event = _compared(
+        "Oncology.stageGroup",
+        _said("hospital-ehr", "Observation/21908-9", f"{SCT}|1222724007"),  # IA
+        _said("tumor-registry", "Observation/21908-9", f"{SCT}|258224005"),  # 3
+    )
+    assert event is not None and event.kind == "OPENED"
