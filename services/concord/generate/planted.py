@@ -117,12 +117,18 @@ class Expected:
     attribute: str
     stale_source: str | None = None
     due: datetime | None = None
+    record_ref: str | None = None  # a stale assertion's record, where the set names it
+    why: str | None = None  # why the record falls stale, where the set explains it
 
     def as_json(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"kind": self.kind, "attribute": self.attribute}
         if self.stale_source is not None and self.due is not None:
             entry["stale_source"] = self.stale_source
             entry["due"] = self.due.isoformat()
+        if self.record_ref is not None:
+            entry["record_ref"] = self.record_ref
+        if self.why is not None:
+            entry["why"] = self.why
         return entry
 
 

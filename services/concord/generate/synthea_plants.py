@@ -109,29 +109,6 @@ _RESULT_DISPLAYS = {
 Path = tuple[str | int, ...]
 
 
-@dataclass(frozen=True)
-class Expect:
-    """One conflict (stale_source None) or stale record the stack must raise."""
-
-    kind: str
-    attribute: str
-    stale_source: str | None = None
-    due: datetime | None = None
-    record_ref: str | None = None  # the stale assertion's record
-    why: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"kind": self.kind, "attribute": self.attribute}
-        if self.stale_source is not None and self.due is not None:
-            entry["stale_source"] = self.stale_source
-            entry["due"] = self.due.isoformat()
-        if self.record_ref is not None:
-            entry["record_ref"] = self.record_ref
-        if self.why is not None:
-            entry["why"] = self.why
-        return entry
-
-
 @dataclass
 class Plant:
     """B's copy of `record_ref` (A's reference) has `b_value` at `path` where A has `a_value`."""
@@ -142,7 +119,7 @@ class Plant:
     path: Path
     a_value: Any
     b_value: Any
-    expect: list[Expect] = field(default_factory=list)
+    expect: list[planted.Expected] = field(default_factory=list)
 
     @property
     def element(self) -> str:
@@ -523,7 +500,13 @@ def plant(person: PersonIndex, kind: str, seed: int) -> Plant:
 
 def _made(path: Path, a_value: Any, b_value: Any, *expect: tuple[str, str]) -> Plant:
     return Plant(
-        "", "", "", path, a_value, b_value, [Expect(kind, attribute) for kind, attribute in expect]
+        "",
+        "",
+        "",
+        path,
+        a_value,
+        b_value,
+        [planted.Expected(kind, attribute) for kind, attribute in expect],
     )
 
 
@@ -696,7 +679,7 @@ class StaleCounts:
 
 def baseline_stale(
     person: PersonIndex, source: str, refs: Callable[[str], str], counts: StaleCounts
-) -> list[Expect]:
+) -> list[planted.Expected]:
     """Each active medication (its latest MedicationRequest/Statement) is stale at `source`
     once the reconfirmation window has passed since it was stated. `refs` maps A's record
     reference to this source's."""
@@ -718,7 +701,7 @@ def baseline_stale(
         record = ref_of(at_newest[0].resource)
         days = rule.reconfirm_within.days
         found.append(
-            Expect(
+            planted.Expected(
                 planted.STALE_RECONFIRM,
                 attribute,
                 source,
