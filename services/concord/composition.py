@@ -137,7 +137,11 @@ async def build_stage(
     from settings.policy_path."""
     from concord.runtime.db import create_pool
 
-    pool = await create_pool(settings.database_url.get_secret_value(), settings.database_pool_size)
+    pool = await create_pool(
+        settings.database_url.get_secret_value(),
+        settings.database_pool_size,
+        command_timeout=settings.database_command_timeout_seconds,
+    )
     try:
         stage = SERVICES[service].build(settings, Resources(pool, producer, policy))
     except BaseException:

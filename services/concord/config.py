@@ -124,6 +124,17 @@ class WorkerSettings(KafkaSettings):
     max_batch_records: int = Field(
         1000, ge=1, description="Most records one batch consumes, processes and produces"
     )
+    retry_initial_seconds: float = Field(
+        0.2, gt=0, description="First wait before a batch is retried after a transient failure"
+    )
+    retry_max_seconds: float = Field(
+        30.0, gt=0, description="Longest wait between retries (the backoff doubles up to it)"
+    )
+    liveness_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="/health/live fails when the batch loop has not gone round for this long",
+    )
     web_host: str = Field("127.0.0.1", description="Interface for /metrics and /health")
     web_port: int = Field(6066, ge=0, le=65535, description="Port for /metrics and /health")
     log_level: str = Field("info", description="Worker log level")
@@ -142,6 +153,11 @@ class DatabaseWorkerSettings(WorkerSettings):
         examples=[EXAMPLE_DSN],
     )
     database_pool_size: int = Field(4, ge=1, description="asyncpg pool size")
+    database_command_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A statement still running after this long fails and its batch is retried",
+    )
 
 
 class MllpSettings(BaseSettings):

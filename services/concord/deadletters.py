@@ -41,6 +41,8 @@ REASON_CODES: dict[str, str] = {
     "MISSING_ENTERPRISE_ID": "Before identity matching: a Patient without an enterprise id.",
     "NORMALIZATION_FAILED": "Normalization raised an unexpected error (a Concord bug); kept.",
     "UNDECODABLE_EVENT": "An Avro event between stages could not be decoded.",
+    "CONFLICTS_FAILED": "The conflicts stage failed on this record alone, not transiently; kept.",
+    "ALERTING_FAILED": "The alerting stage failed on this record alone, not transiently; kept.",
 }
 
 

@@ -45,6 +45,17 @@ ALERT_LATENCY = Histogram(
     ["since"],
     buckets=_LATENCY_BUCKETS,
 )
+TRANSIENT_FAILURES = Counter(
+    "concord_transient_failures",
+    "Transient failures the batch loop retried with backoff (database or broker away, a "
+    "serialization failure, a timeout), by step: process, produce, after produce, tick",
+    ["stage", "step"],
+)
+STAGE_READY = Gauge(
+    "concord_stage_ready",
+    "1 while the stage makes progress: partitions assigned and no transient failure retried",
+    ["stage"],
+)
 ALERTS_OPEN = Gauge("concord_alerts_open", "Open alerts in PostgreSQL", ["severity"])
 OUTBOX_PENDING = Gauge(
     "concord_outbox_pending", "Outbox events written but not yet acknowledged", ["stage"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -100,16 +101,32 @@ def build_app(service: str, settings: DatabaseWorkerSettings) -> faust.App:
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
+        # Readiness: 503 until partitions are assigned, and while a transient failure (the
+        # database or broker away) is being retried.
         loop: BatchLoop | None = state["loop"]
-        ready = loop is not None and loop.ready.is_set()
+        ready = loop is not None and loop.is_ready
         body = {
             "service": service,
             "ready": ready,
+            "stalled": loop.stalled if loop else None,
             "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in loop.assigned)
             if loop
             else [],
         }
         return web.json(body, status=200 if ready else 503)
+
+    @app.page("/health/live")
+    async def live(web: Any, request: Any) -> Any:
+        # Liveness: 503 once the batch loop has not gone round for liveness_timeout_seconds
+        # (a wedged await), so a supervisor restarts the worker; waiting out a backoff counts
+        # as going round.
+        loop: BatchLoop | None = state["loop"]
+        idle = time.monotonic() - loop.last_turn if loop else 0.0
+        alive = idle < settings.liveness_timeout_seconds
+        return web.json(
+            {"service": service, "alive": alive, "seconds_since_turn": round(idle, 1)},
+            status=200 if alive else 503,
+        )
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:

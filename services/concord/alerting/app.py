@@ -74,6 +74,7 @@ class AlertingStage(BaseStage):
         now = datetime.now(UTC)
         history: list[tuple[Alert, str]] = []
         to_publish: list[OutboundRecord] = []
+        published: list[tuple[ConflictEvent, datetime]] = []
         for event in decoded:
             updated = apply_conflict_event(current.get(event.conflict_id), event, now=now)
             if updated is None:
@@ -81,7 +82,7 @@ class AlertingStage(BaseStage):
             current[event.conflict_id] = updated
             history.append((updated.alert, change_reason(event)))
             to_publish.append(alert_record(updated.alert))
-            self._published.append((event, now))
+            published.append((event, now))
         if not history:
             return
         latest: dict[str, tuple[AlertRecord, str]] = {}
@@ -89,6 +90,8 @@ class AlertingStage(BaseStage):
             latest[alert.alert_id] = (current[alert.alert_id], reason)
         await self.store.save(list(latest.values()), history, to_publish)
         self.outbox.publish_written(out, to_publish)
+        # Only once saved: a pass that fails (and is retried or split) leaves no trace here.
+        self._published += published
 
     async def _refresh_open_gauge(self) -> None:
         # A count over every open alert: seconds-old is fresh enough for a dashboard.

@@ -18,8 +18,8 @@ from concord.ingestion.common import WARNINGS_HEADER
 from concord.ingestion.fhir import SUPPORTED_TYPES, ingest_fhir
 from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
 from concord.ingestion.ports import SeenVersions
-from concord.runtime.batch import Outbound, OutboundRecord
-from concord.runtime.stage import BaseStage, core_failure, publish_dead_letter
+from concord.runtime.batch import Outbound, OutboundRecord, publish_dead_letter
+from concord.runtime.stage import BaseStage, core_failure
 from concord.topics import INGESTED, RAW_CLAIMS, RAW_FHIR, RAW_HL7V2
 
 PRUNE_EVERY_SECONDS = 600.0

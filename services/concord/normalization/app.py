@@ -35,13 +35,8 @@ from concord.normalization.outbound import fact_record
 from concord.normalization.ports import IdentityOutbox, IdentityStore, RecordFacts
 from concord.normalization.records import ReadRecord, read_record
 from concord.normalization.terminology import Terminology
-from concord.runtime.batch import Outbound, Producer
-from concord.runtime.stage import (
-    BaseStage,
-    core_failure,
-    decode_or_dead_letter,
-    publish_dead_letter,
-)
+from concord.runtime.batch import Outbound, Producer, publish_dead_letter
+from concord.runtime.stage import BaseStage, core_failure, decode_or_dead_letter
 from concord.topics import INGESTED
 
 log = logging.getLogger(__name__)

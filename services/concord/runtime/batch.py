@@ -7,17 +7,23 @@ what it is good at: the app's lifecycle, web views, signals, timers.
 
 Delivery is at least once (the local broker cannot do transactions): offsets are committed
 only after every record produced for the batch is acknowledged, and every sink is idempotent.
+
+Faults (runtime/faults.py): a transient failure is retried with backoff, the same batch again,
+while the loop reports not ready; any other failure is the record's. The batch is split until
+the record that fails is alone, and that record goes to the dead-letter topic, so one record
+never stops a partition.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -26,12 +32,18 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from concord import metrics
 from concord.config import WorkerSettings
+from concord.deadletters import Rejection, dead_letter
+from concord.events import codec
 from concord.events.raw import RawEvent
+from concord.failures import failure_site
+from concord.runtime.faults import Backoff, is_transient
 from concord.runtime.records import partition_numbers, raw_event
+from concord.topics import DEADLETTER
 
 log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, bytes]]
+T = TypeVar("T")
 IDLE_LAG_REFRESH_SECONDS = 5.0
 
 
@@ -69,15 +81,36 @@ class Outbound:
         self.pending.append(record)
 
     async def flush(self, producer: Producer) -> int:
-        records, self.pending = self.pending, []
+        """Send every pending record and await every ack. On failure the records stay
+        pending, to be sent again (consumers dedupe, so a repeat costs nothing)."""
+        records = self.pending
         futures = [
             await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers))
             for r in records
         ]
         await asyncio.gather(*futures)
+        self.pending = []
         for record in records:
             metrics.EVENTS_PRODUCED.labels(self.stage, record.topic).inc()
         return len(records)
+
+    def extend(self, other: Outbound) -> None:
+        self.pending.extend(other.pending)
+
+
+def publish_dead_letter(out: Outbound, *, raw: RawEvent, rejection: Rejection) -> None:
+    """The dead-letter port: the original bytes, the reason code, and where it failed."""
+    letter = dead_letter(raw, rejection, stage=out.stage, at=datetime.now(UTC))
+    out.add(OutboundRecord(DEADLETTER, codec.DEAD_LETTER.encode(letter), key=raw.key))
+    metrics.EVENTS_DEADLETTERED.labels(out.stage, rejection.reason_code).inc()
+    # Topic coordinates identify the record for an operator; the reason carries no PHI.
+    log.info(
+        "dead-lettered %s[%d]@%d: %s",
+        raw.topic,
+        raw.partition,
+        raw.offset,
+        rejection.reason_code,
+    )
 
 
 # How often the loop gives its handler time-driven work: staleness is raised within a minute of
@@ -113,6 +146,38 @@ class StageHandler(Protocol):
         on_produced is called, as after a batch."""
 
 
+async def process_isolating(stage: StageHandler, events: Sequence[RawEvent]) -> Outbound:
+    """What the stage produces for the events; a record on which it fails for a reason that is
+    not transient goes to the dead-letter topic instead, found by halving the batch (log2 n
+    extra passes over a batch with one such record). A transient failure is raised, for the
+    caller to retry the whole batch. A failed pass's output is dropped, never sent: a stage
+    that raises keeps nothing from the pass in memory (it rolls back or forgets its cache)."""
+    out = Outbound(stage.stage)
+    try:
+        await stage.process(events, out)
+        return out
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        if len(events) > 1:
+            half = len(events) // 2
+            out = await process_isolating(stage, events[:half])
+            out.extend(await process_isolating(stage, events[half:]))
+            return out
+        raw = events[0]
+        log.error(
+            "%s failed on %s[%d]@%d: %s; dead-lettered",
+            stage.stage, raw.topic, raw.partition, raw.offset, failure_site(exc),
+        )  # fmt: skip
+        out = Outbound(stage.stage)
+        rejection = Rejection(
+            f"{stage.stage.upper()}_FAILED",
+            f"{type(exc).__name__} while the {stage.stage} stage processed the record",
+        )
+        publish_dead_letter(out, raw=raw, rejection=rejection)
+        return out
+
+
 async def run_batch(
     stage: StageHandler, events: Iterable[RawEvent], *, acknowledged: bool = True
 ) -> Outbound:
@@ -124,8 +189,7 @@ async def run_batch(
     if foreign:
         # The loop only ever hands a stage records of the topics it subscribes to.
         raise ValueError(f"{stage.stage} does not consume {', '.join(foreign)}")
-    out = Outbound(stage.stage)
-    await stage.process(batch, out)
+    out = await process_isolating(stage, batch)
     if acknowledged:
         await stage.on_produced()
     return out
@@ -142,6 +206,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._loop.handler.on_assigned(partition_numbers(assigned))
         self._loop.assigned = set(assigned)
         self._loop.ready.set()
+        metrics.STAGE_READY.labels(self._loop.handler.stage).set(int(self._loop.is_ready))
 
 
 class BatchLoop:
@@ -167,6 +232,46 @@ class BatchLoop:
         # None is never: time.monotonic() counts from boot, so 0.0 would read as recent.
         self._lag_refreshed: float | None = None
         self._next_tick = 0.0
+        self.backoff = Backoff(settings.retry_initial_seconds, settings.retry_max_seconds)
+        # Why the loop cannot make progress now (the kind of the transient failure it is
+        # retrying), or None: /health reports not ready while it is set.
+        self.stalled: str | None = None
+        # When the loop last went round (monotonic): /health/live fails when it stops turning.
+        self.last_turn = time.monotonic()
+
+    @property
+    def is_ready(self) -> bool:
+        """Partitions assigned and no transient failure being retried."""
+        return self.ready.is_set() and self.stalled is None
+
+    async def retrying(self, what: str, work: Callable[[], Awaitable[T]]) -> T:
+        """`work` until it succeeds: a transient failure is retried after a backoff, the loop
+        reporting not ready meanwhile; any other failure is raised. Stopping ends the wait."""
+        while True:
+            self.last_turn = time.monotonic()
+            try:
+                result = await work()
+            except Exception as exc:
+                if not is_transient(exc) or self._stopping.is_set():
+                    raise
+                delay = self.backoff.next_delay()
+                if self.stalled is None:
+                    log.warning(
+                        "%s: %s failed (%s); retrying with backoff, not ready meanwhile",
+                        self.handler.stage, what, failure_site(exc),
+                    )  # fmt: skip
+                self.stalled = type(exc).__name__
+                metrics.STAGE_READY.labels(self.handler.stage).set(0)
+                metrics.TRANSIENT_FAILURES.labels(self.handler.stage, what).inc()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                continue
+            if self.stalled is not None:
+                log.info("%s: %s succeeded again; ready", self.handler.stage, what)
+                metrics.STAGE_READY.labels(self.handler.stage).set(1)
+            self.stalled = None
+            self.backoff.reset()
+            return result
 
     def make_producer(self) -> AIOKafkaProducer:
         return self.make_producer_for(self.settings)
@@ -224,6 +329,7 @@ class BatchLoop:
         self, consumer: AIOKafkaConsumer, producer: Producer, *, timeout_ms: int
     ) -> int:
         """One batch, end to end. Returns the number of records consumed."""
+        self.last_turn = time.monotonic()
         batch = await consumer.getmany(
             timeout_ms=timeout_ms, max_records=self.settings.max_batch_records
         )
@@ -236,11 +342,11 @@ class BatchLoop:
         started = time.perf_counter()
         for tp, tp_records in batch.items():
             metrics.EVENTS_CONSUMED.labels(stage, tp.topic).inc(len(tp_records))
-        out = Outbound(stage)
         received = datetime.now(UTC)
-        await self.handler.process([raw_event(r, received) for r in records], out)
-        await out.flush(producer)
-        await self.handler.on_produced()
+        events = [raw_event(r, received) for r in records]
+        out = await self.retrying("process", lambda: process_isolating(self.handler, events))
+        await self.retrying("produce", lambda: out.flush(producer))
+        await self.retrying("after produce", self.handler.on_produced)
         offsets = {tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batch.items()}
         try:
             await consumer.commit(offsets)
@@ -264,10 +370,11 @@ class BatchLoop:
             return
         self._next_tick = now + self.tick_seconds
         out = Outbound(self.handler.stage)
-        await self.handler.on_tick(partition_numbers(consumer.assignment()), out)
+        owned = partition_numbers(consumer.assignment())
+        await self.retrying("tick", lambda: self.handler.on_tick(owned, out))
         if out.pending:
-            await out.flush(producer)
-            await self.handler.on_produced()
+            await self.retrying("produce", lambda: out.flush(producer))
+            await self.retrying("after produce", self.handler.on_produced)
 
     async def _refresh_idle_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Keep the lag gauge true while idle, so a stalled stage shows as lag, not silence."""

@@ -56,8 +56,12 @@ async def apply_migrations(dsn: str) -> list[str]:
     return applied
 
 
-async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size)
+async def create_pool(dsn: str, size: int, *, command_timeout: float | None = None) -> asyncpg.Pool:
+    """A pool whose statements fail with a timeout after `command_timeout` seconds (None:
+    never), so a worker waiting on a lost server retries instead of hanging."""
+    pool = await asyncpg.create_pool(
+        dsn, min_size=1, max_size=size, command_timeout=command_timeout
+    )
     assert pool is not None  # create_pool returns None only when awaited lazily  # noqa: S101
     return pool
 

@@ -1,20 +1,17 @@
 """What the services' stage handlers share: no-op lifecycle hooks, decoding, and the dead-letter
-port."""
+port (publish_dead_letter, from the batch loop, which isolates failing records with it)."""
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import TypeVar
 
-from concord import metrics
-from concord.deadletters import Rejection, dead_letter
+from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import Event
 from concord.events.raw import RawEvent
 from concord.failures import failure_site
-from concord.runtime.batch import Outbound, OutboundRecord, StageHandler
-from concord.topics import DEADLETTER
+from concord.runtime.batch import Outbound, StageHandler, publish_dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +46,6 @@ def core_failure(exc: Exception, raw: RawEvent, *, stage: str, reason_code: str)
         "%s failed on %s[%d]@%d: %s", stage, raw.topic, raw.partition, raw.offset, failure_site(exc)
     )
     return Rejection(reason_code, f"{type(exc).__name__} in the {stage} core")
-
-
-def publish_dead_letter(out: Outbound, *, raw: RawEvent, rejection: Rejection) -> None:
-    """The dead-letter port: the original bytes, the reason code, and where it failed."""
-    letter = dead_letter(raw, rejection, stage=out.stage, at=datetime.now(UTC))
-    out.add(OutboundRecord(DEADLETTER, codec.DEAD_LETTER.encode(letter), key=raw.key))
-    metrics.EVENTS_DEADLETTERED.labels(out.stage, rejection.reason_code).inc()
-    # Topic coordinates identify the record for an operator; the reason carries no PHI.
-    log.info(
-        "dead-lettered %s[%d]@%d: %s",
-        raw.topic,
-        raw.partition,
-        raw.offset,
-        rejection.reason_code,
-    )
 
 
 def decode_or_dead_letter(
