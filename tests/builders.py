@@ -19,7 +19,7 @@ from concord.normalization.identity.resolution import (
     apply,
     resolve,
 )
-from concord.normalization.ports import IdentityStore
+from concord.normalization.ports import IdentityStore, MergeSignal
 from concord.runtime.batch import Outbound, OutboundRecord, Producer
 from concord.runtime.ports import OutboxPort
 
@@ -83,13 +83,20 @@ class FakeIdentities(IdentityStore):
     def __init__(self) -> None:
         self.crosswalk: dict[LocalId, str] = {}
         self.index = InMemoryIdentityIndex()
+        self.signals: list[OutboundRecord] = []  # as the outbox would hold them
 
-    async def resolve_batch(self, requests: Sequence[IdentityRequest]) -> list[Resolution]:
+    async def resolve_batch(
+        self, requests: Sequence[IdentityRequest], merge_signal: MergeSignal | None = None
+    ) -> list[Resolution]:
         resolutions = []
-        for request in requests:
+        for index, request in enumerate(requests):
             resolution = resolve(request, crosswalk=self.crosswalk, index=self.index)
             apply(request, resolution, self.crosswalk, self.index)
             resolutions.append(resolution)
+            if merge_signal is not None:
+                self.signals += [
+                    merge_signal(index, resolution.enterprise_id, a) for a in resolution.absorbed
+                ]
         return resolutions
 
 
@@ -147,7 +154,7 @@ class FakeOutbox(OutboxPort):
     async def acknowledge(self) -> None:
         self.acknowledged += 1
 
-    async def drain(self, producer: Producer) -> int:
+    async def drain(self, producer: Producer, *, older_than: float = 0.0) -> int:
         self.drained_with.append(producer)
         drained, self.pending = self.pending, 0
         return drained

@@ -58,7 +58,9 @@ STAGE_READY = Gauge(
 )
 ALERTS_OPEN = Gauge("concord_alerts_open", "Open alerts in PostgreSQL", ["severity"])
 OUTBOX_PENDING = Gauge(
-    "concord_outbox_pending", "Outbox events written but not yet acknowledged", ["stage"]
+    "concord_outbox_pending",
+    "Rows in the outbox table, written but not yet acknowledged (counted at each drain)",
+    ["stage"],
 )
 CONSUMER_LAG = Gauge(
     "concord_consumer_lag",

@@ -14,7 +14,7 @@ from concord.events import codec
 from concord.events.models import Alert, ConflictEvent
 from concord.events.raw import RawEvent
 from concord.runtime.batch import Outbound, OutboundRecord, Producer
-from concord.runtime.ports import OutboxPort
+from concord.runtime.ports import LEFT_BEHIND_SECONDS, OutboxPort
 from concord.runtime.stage import BaseStage, decode_or_dead_letter
 from concord.topics import ALERTS, CONFLICTS
 
@@ -43,6 +43,11 @@ class AlertingStage(BaseStage):
         if drained:
             log.info("published %d outbox alerts left by an earlier owner", drained)
         await self._refresh_open_gauge()
+
+    async def on_tick(self, partitions: set[int], out: Outbound) -> None:
+        drained = await self.outbox.drain(self.producer, older_than=LEFT_BEHIND_SECONDS)
+        if drained:
+            log.info("published %d outbox alerts left behind", drained)
 
     async def on_produced(self) -> None:
         await self.outbox.acknowledge()

@@ -37,7 +37,7 @@ from concord.events.models import (
 )
 from concord.events.raw import RawEvent
 from concord.runtime.batch import Outbound, OutboundRecord, Producer
-from concord.runtime.ports import OutboxPort
+from concord.runtime.ports import LEFT_BEHIND_SECONDS, OutboxPort
 from concord.runtime.stage import BaseStage, decode_or_dead_letter
 from concord.topics import CONFLICTS, FACTS, RESOLUTIONS
 
@@ -243,6 +243,9 @@ class ConflictsStage(BaseStage):
         come (an index read, not a scan), raise what became stale or has been held long
         enough (suppress_for), re-arm. Reads TIMER_BATCH at a time, again while a batch
         comes back full, for at most TIMER_BUDGET_SECONDS (a backlog's holds end together)."""
+        drained = await self.outbox.drain(self.producer, older_than=LEFT_BEHIND_SECONDS)
+        if drained:
+            log.info("published %d outbox events left behind", drained)
         owned = sorted(partitions)
         if not owned:
             return

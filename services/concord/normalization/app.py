@@ -30,12 +30,14 @@ from concord.normalization.facts.withdrawals import (
     withdrawal_facts,
 )
 from concord.normalization.identity import systems as naming
+from concord.normalization.identity.resolution import Resolution
 from concord.normalization.identity.systems import IdentifierSystems
 from concord.normalization.outbound import fact_record
 from concord.normalization.ports import IdentityOutbox, IdentityStore, RecordFacts
 from concord.normalization.records import ReadRecord, read_record
 from concord.normalization.terminology import Terminology
-from concord.runtime.batch import Outbound, Producer, publish_dead_letter
+from concord.runtime.batch import Outbound, OutboundRecord, Producer, publish_dead_letter
+from concord.runtime.ports import LEFT_BEHIND_SECONDS
 from concord.runtime.stage import BaseStage, core_failure, decode_or_dead_letter
 from concord.topics import INGESTED
 
@@ -70,39 +72,34 @@ class NormalizationStage(BaseStage):
         self.producer = producer
 
     async def on_assigned(self, partitions: set[int]) -> None:
+        await self._drain(older_than=0.0)
+
+    async def on_tick(self, partitions: set[int], out: Outbound) -> None:
+        await self._drain(older_than=LEFT_BEHIND_SECONDS)
+
+    async def on_produced(self) -> None:
+        if self.identity_outbox is not None:
+            await self.identity_outbox.acknowledge()
+
+    async def _drain(self, *, older_than: float) -> None:
         if self.identity_outbox is None or self.producer is None:
             return
-        drained = await self.identity_outbox.drain(self.producer)
+        drained = await self.identity_outbox.drain(self.producer, older_than=older_than)
         if drained:
             log.info("published %d identity signals left in the outbox", drained)
 
     async def process(self, events: Sequence[RawEvent], out: Outbound) -> None:
-        read: list[tuple[IngestedRecord, ReadRecord]] = []
-        deletes: list[IngestedRecord] = []
-        for raw in events:
-            ingested = decode_or_dead_letter(out, raw, codec.INGESTED_RECORD)
-            if ingested is None:
-                continue
-            if ingested.operation == "DELETE":
-                deletes.append(ingested)
-                continue
-            outcome = self._read(ingested, raw)
-            if isinstance(outcome, Rejection):
-                publish_dead_letter(out, raw=raw, rejection=outcome)
-            elif outcome is None:
-                metrics.RECORDS_NOT_NORMALIZED.labels(ingested.format, ingested.operation).inc()
-            else:
-                read.append((ingested, outcome))
-        resolutions = await self.identities.resolve_batch([r.request for _, r in read])
+        read, deletes = self._read_all(events, out)
+        resolutions, merges = await self._resolve(read)
         memories: list[Remembered] = []
-        for (ingested, outcome), resolution in zip(read, resolutions, strict=True):
+        for index, ((ingested, outcome), resolution) in enumerate(
+            zip(read, resolutions, strict=True)
+        ):
             flags = (PROVISIONAL_PATIENT,) if resolution.provisional else ()
             metrics.IDENTITY_DECISIONS.labels(resolution.how.value).inc()
-            for absorbed in resolution.absorbed:
-                merge = merge_fact(
-                    survivor=resolution.enterprise_id, absorbed=absorbed, record=ingested
-                )
-                publish_fact(out, fact=merge)
+            # Written to the identity outbox with the decision; published in the batch's
+            # order, and left to a drain if the batch never gets this far.
+            self._publish_signals(out, [merges[(index, a)] for a in resolution.absorbed])
             facts = [
                 to_fact(
                     draft,
@@ -124,6 +121,53 @@ class NormalizationStage(BaseStage):
         # After the recall: a delete must see the memory from before this batch, not only
         # the batch's own upserts (_withdraw adds those).
         await self.record_facts.remember(memories)
+
+    def _read_all(
+        self, events: Sequence[RawEvent], out: Outbound
+    ) -> tuple[list[tuple[IngestedRecord, ReadRecord]], list[IngestedRecord]]:
+        """The upserts read by the core, and the deletes; what cannot be read is
+        dead-lettered."""
+        read: list[tuple[IngestedRecord, ReadRecord]] = []
+        deletes: list[IngestedRecord] = []
+        for raw in events:
+            ingested = decode_or_dead_letter(out, raw, codec.INGESTED_RECORD)
+            if ingested is None:
+                continue
+            if ingested.operation == "DELETE":
+                deletes.append(ingested)
+                continue
+            outcome = self._read(ingested, raw)
+            if isinstance(outcome, Rejection):
+                publish_dead_letter(out, raw=raw, rejection=outcome)
+            elif outcome is None:
+                metrics.RECORDS_NOT_NORMALIZED.labels(ingested.format, ingested.operation).inc()
+            else:
+                read.append((ingested, outcome))
+        return read, deletes
+
+    async def _resolve(
+        self, read: Sequence[tuple[IngestedRecord, ReadRecord]]
+    ) -> tuple[list[Resolution], dict[tuple[int, str], OutboundRecord]]:
+        """Each record's resolution, and the merge signals (by record and absorbed id) the
+        identity store wrote to its outbox with the decisions."""
+        merges: dict[tuple[int, str], OutboundRecord] = {}
+
+        def merge_signal(index: int, survivor: str, absorbed: str) -> OutboundRecord:
+            fact = merge_fact(survivor=survivor, absorbed=absorbed, record=read[index][0])
+            merges[(index, absorbed)] = record = fact_record(fact)
+            return record
+
+        requests = [outcome.request for _, outcome in read]
+        return await self.identities.resolve_batch(requests, merge_signal), merges
+
+    def _publish_signals(self, out: Outbound, signals: Sequence[OutboundRecord]) -> None:
+        """The merge signals, in the batch's order; the outbox's rows are deleted once they
+        are acknowledged, or published by a drain if the batch never gets that far."""
+        if self.identity_outbox is not None:
+            self.identity_outbox.publish_written(out, signals)
+        else:
+            for signal in signals:
+                out.add(signal)
 
     async def _withdraw(
         self, deletes: Sequence[IngestedRecord], upserts: Sequence[Remembered], out: Outbound

@@ -10,8 +10,10 @@ lock is held for one batch (tens of milliseconds); a finer lock is for when it s
 
 A merge re-points the absorbed patient's links and views to the survivor and keeps what it
 moved (identity_merge_moves, migration 0005), so that an operator can undo a merge made in
-error (`unmerge`): under the same lock, the moved rows go back, and the signal that tells
-the conflicts stage is written to the identity outbox in the same transaction.
+error (`unmerge`): under the same lock, the moved rows go back. The signal that tells the
+conflicts stage of a merge or an unmerge is written to the identity outbox in the
+transaction that decides it: a redelivered batch finds the merge done and decides nothing,
+so a signal kept only in memory would be lost with the worker.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from concord.normalization.identity.resolution import (
 )
 from concord.normalization.identity.scoring import Thresholds
 from concord.normalization.outbound import fact_record
-from concord.normalization.ports import IdentityStore
+from concord.normalization.ports import IdentityStore, MergeSignal
 from concord.runtime.db import unnest_columns
 from concord.runtime.outbox import Outbox
 
@@ -377,7 +379,11 @@ class PostgresIdentityStore(IdentityStore):
         self.max_block_size = max_block_size
         self.outbox = outbox or Outbox(pool, IDENTITY_OUTBOX)
 
-    async def resolve_batch(self, requests: Sequence[IdentityRequest]) -> list[Resolution]:
+    async def resolve_batch(
+        self, requests: Sequence[IdentityRequest], merge_signal: MergeSignal | None = None
+    ) -> list[Resolution]:
+        """Each request's resolution, recorded; with the signal of each merge decided
+        (`merge_signal`) in the identity outbox, in the same transaction."""
         if not requests:
             return []
         async with self.pool.acquire() as conn, conn.transaction():
@@ -399,6 +405,13 @@ class PostgresIdentityStore(IdentityStore):
                     authoritative.add(resolution.enterprise_id)
                 self._remember(request, resolution, crosswalk, index, writes)
             await self._write(conn, writes)
+            if merge_signal is not None:
+                signals = [
+                    merge_signal(i, resolution.enterprise_id, absorbed)
+                    for i, resolution in enumerate(resolutions)
+                    for absorbed in resolution.absorbed
+                ]
+                await self.outbox.write(conn, signals)
         return resolutions
 
     async def unmerge(self, absorbed: str, *, by: str, reason: str, at: datetime) -> Unmerge:

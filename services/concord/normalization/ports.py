@@ -3,19 +3,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from concord.normalization.facts.withdrawals import RecordKey, Remembered
 from concord.normalization.identity.resolution import IdentityRequest, Resolution
-from concord.runtime.batch import Producer
+from concord.runtime.batch import OutboundRecord
+from concord.runtime.ports import OutboxPort
+
+# The record that tells other stages of a merge: (index of the request, survivor, absorbed).
+MergeSignal = Callable[[int, str, str], OutboundRecord]
 
 
 class IdentityStore(Protocol):
     """The identity index (identity_store.py)."""
 
-    async def resolve_batch(self, requests: Sequence[IdentityRequest]) -> list[Resolution]:
-        """Each request's resolution, in order, decided and recorded durably."""
+    async def resolve_batch(
+        self, requests: Sequence[IdentityRequest], merge_signal: MergeSignal | None = None
+    ) -> list[Resolution]:
+        """Each request's resolution, in order, decided and recorded durably; the signal
+        `merge_signal` makes of each merge decided is written to the identity outbox in the
+        same transaction."""
 
 
 class RecordFacts(Protocol):
@@ -28,9 +36,6 @@ class RecordFacts(Protocol):
         """The memories of the records that have one."""
 
 
-class IdentityOutbox(Protocol):
-    """The identity signals an operator's unmerge left unpublished (all the stage does with the
-    identity store's outbox)."""
-
-    async def drain(self, producer: Producer) -> int:
-        """Publish what was committed but not acknowledged; how many."""
+# The identity store's outbox: merge signals written with the decision, and unmerges an
+# operator made, published by the normalization stage.
+IdentityOutbox = OutboxPort

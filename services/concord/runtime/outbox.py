@@ -2,8 +2,10 @@
 published after commit, and deleted once the broker acknowledged them.
 
 A crash between commit and publish leaves rows behind; the next owner publishes them before
-processing anything else (drain()). Consumers dedupe on the events' deterministic ids and
-revisions, so a crash between ack and delete costs a duplicate message, never a lost one.
+processing anything else (drain()), and every worker publishes, on its timer, rows left
+behind longer than runtime.ports.LEFT_BEHIND_SECONDS (a pass that failed after its commit).
+Consumers dedupe on the events' deterministic ids and revisions, so a crash between ack and
+delete costs a duplicate message, never a lost one.
 """
 
 from __future__ import annotations
@@ -17,11 +19,21 @@ from concord import metrics
 from concord.runtime.batch import Outbound, OutboundRecord, Producer
 from concord.runtime.ports import OutboxPort
 
+_Identity = tuple[str, bytes | None, bytes]
+
+
+def _identity(record: OutboundRecord) -> _Identity:
+    return (record.topic, record.key, record.value)
+
 
 class Outbox(OutboxPort):
     def __init__(self, pool: asyncpg.Pool, stage: str) -> None:
         self.pool = pool
         self.stage = stage
+        # Rows this worker wrote whose records were not yet handed to a batch, and rows whose
+        # records were: only the latter are deleted on acknowledge. A pass that fails after
+        # its commit leaves its rows staged, and so in the table, for a drain to publish.
+        self._staged: dict[_Identity, int] = {}
         self._written: list[int] = []
 
     async def write(self, conn: asyncpg.Connection, records: Sequence[OutboundRecord]) -> None:
@@ -31,7 +43,9 @@ class Outbox(OutboxPort):
         rows = await conn.fetch(
             """
             INSERT INTO outbox (stage, topic, key, value)
-            SELECT $1, t, k, v FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS u(t, k, v)
+            SELECT $1, t, k, v
+            FROM unnest($2::text[], $3::bytea[], $4::bytea[]) WITH ORDINALITY AS u(t, k, v, n)
+            ORDER BY n
             RETURNING seq
             """,
             self.stage,
@@ -39,39 +53,50 @@ class Outbox(OutboxPort):
             [r.key for r in records],
             [r.value for r in records],
         )
-        self._written.extend(row["seq"] for row in rows)
+        for record, row in zip(records, rows, strict=True):
+            self._staged[_identity(record)] = row["seq"]
 
     def publish_written(self, out: Outbound, records: Sequence[OutboundRecord]) -> None:
         """After commit: hand the records to the batch loop, which sends and awaits acks."""
         for record in records:
             out.add(record)
-        metrics.OUTBOX_PENDING.labels(self.stage).set(len(self._written))
+            seq = self._staged.pop(_identity(record), None)
+            if seq is not None:
+                self._written.append(seq)
 
     async def acknowledge(self) -> None:
         """The batch's records are acknowledged: forget them."""
+        self._staged.clear()  # never handed over: they stay in the table for a drain
         if not self._written:
             return
         seqs, self._written = self._written, []
         await self.pool.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", seqs)
-        metrics.OUTBOX_PENDING.labels(self.stage).set(0)
 
-    async def drain(self, producer: Producer) -> int:
-        """Publish what an earlier owner committed but did not get acknowledged."""
+    async def drain(self, producer: Producer, *, older_than: float = 0.0) -> int:
+        """Publish what was committed but not acknowledged: on a new owner everything
+        (`older_than` 0), else what was left behind longer than `older_than` seconds. Then
+        set concord_outbox_pending to the rows still in the table."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT seq, topic, key, value FROM outbox WHERE stage = $1 "
+                "AND created_at <= now() - make_interval(secs => $2) "
                 "ORDER BY seq FOR UPDATE SKIP LOCKED",
                 self.stage,
+                older_than,
             )
-            if not rows:
-                return 0
-            futures = [
-                await producer.send(row["topic"], row["value"], key=row["key"]) for row in rows
-            ]
-            await asyncio.gather(*futures)
-            await conn.execute(
-                "DELETE FROM outbox WHERE seq = ANY($1::bigint[])", [row["seq"] for row in rows]
+            if rows:
+                futures = [
+                    await producer.send(row["topic"], row["value"], key=row["key"]) for row in rows
+                ]
+                await asyncio.gather(*futures)
+                await conn.execute(
+                    "DELETE FROM outbox WHERE seq = ANY($1::bigint[])",
+                    [row["seq"] for row in rows],
+                )
+            pending = await conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE stage = $1", self.stage
             )
         for row in rows:
             metrics.EVENTS_PRODUCED.labels(self.stage, row["topic"]).inc()
+        metrics.OUTBOX_PENDING.labels(self.stage).set(pending)
         return len(rows)

@@ -8,6 +8,11 @@ from typing import Protocol
 
 from concord.runtime.batch import Outbound, OutboundRecord, Producer
 
+# Outbox rows older than this are taken to be left behind (by a worker that died, or by a pass
+# that failed after its commit) and published by the stages' timers; a batch's own rows are
+# acknowledged and deleted within seconds.
+LEFT_BEHIND_SECONDS = 60.0
+
 
 class OutboxPort(Protocol):
     def publish_written(self, out: Outbound, records: Sequence[OutboundRecord]) -> None:
@@ -16,5 +21,6 @@ class OutboxPort(Protocol):
     async def acknowledge(self) -> None:
         """The broker acknowledged what publish_written handed over: forget it."""
 
-    async def drain(self, producer: Producer) -> int:
-        """Publish what an earlier owner committed but did not get acknowledged; how many."""
+    async def drain(self, producer: Producer, *, older_than: float = 0.0) -> int:
+        """Publish what was committed but not acknowledged (by an earlier owner, or left
+        behind longer than `older_than` seconds); how many."""
