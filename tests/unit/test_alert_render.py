@@ -220,6 +220,16 @@ def test_the_line_is_one_line_whatever_the_sources_send() -> None:
     assert line.splitlines() == [line]
 
 
+def test_only_the_control_characters_a_source_sent_are_escaped() -> None:
+    alert = _alert(
+        _said(HOSPITAL, "x", display="José Núñez\tJr."),
+        _said(LAB, "y", display="José Núñez"),
+        attribute="Patient.name",
+    )
+    line = alert_line(alert)
+    assert "José Núñez\\tJr. (hospital-ehr) vs José Núñez (lab-system)" in line
+
+
 def test_the_line_leaves_provenance_to_the_json() -> None:
     alert = _the_demos_one_of_three()
     assert "Patient/" not in alert_line(alert)

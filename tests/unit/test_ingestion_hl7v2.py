@@ -123,6 +123,47 @@ def test_not_timestamps(value: str) -> None:
     assert er7.parse_timestamp(value) is None
 
 
+@pytest.mark.parametrize(
+    ("value", "parts"),
+    [
+        ("1980", ("1980", None, None, None, None, None, None, None)),
+        (" 19800512-0500\n", ("1980", "05", "12", None, None, None, None, "-0500")),
+        ("2024030109", ("2024", "03", "01", "09", None, None, None, None)),
+        ("20240301093005.1234+0575", ("2024", "03", "01", "09", "30", "05", "1234", "+0575")),
+        ("20241399", ("2024", "13", "99", None, None, None, None, None)),  # the grammar only
+    ],
+)
+def test_a_dtm_splits_into_its_parts_as_written(value: str, parts: tuple[str | None, ...]) -> None:
+    assert er7.split_dtm(value) == parts
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "198",
+        "19800",
+        "1980-05-12",
+        "20240301093005.12345",  # at most four digits of a second
+        "202403010930.5",  # a fraction of no seconds
+        "20240301+05",
+        "\uff12\uff10\uff12\uff140301",  # digits, but not ASCII ones (fullwidth)
+    ],
+)
+def test_what_is_no_dtm_does_not_split(value: str) -> None:
+    assert er7.split_dtm(value) is None
+    assert er7.parse_timestamp(value) is None
+
+
+def test_a_prefix_splits_the_longest_dtm_the_value_starts_with() -> None:
+    assert er7.split_dtm("1980051", prefix=True) == ("1980", "05") + (None,) * 6
+    assert er7.split_dtm("19800512120000.123456", prefix=True) == (
+        ("1980", "05", "12", "12", "00", "00", "1234", None)
+    )
+    assert er7.split_dtm("1980-05-12", prefix=True) == ("1980",) + (None,) * 7
+    assert er7.split_dtm("x1980", prefix=True) is None
+
+
 # --- files of messages ---------------------------------------------------------------------------
 
 TWO_MESSAGES = [

@@ -3,7 +3,8 @@
 The line is for a reviewer: each value asserted once, with the sources asserting it, so that
 sources that agree read as one side of the disagreement; when every source but one agrees,
 that one is marked the odd one out. The provenance of each assertion (record, version, times,
-raw offset) is in the JSON.
+raw offset) is in the JSON. Whatever a source sent is shown through concord.text.printable,
+control characters escaped, so that one alert is always one line of a terminal or a log.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from concord.conflicts.compare import MERGE_TOMBSTONE_PREFIX, UNMERGE_TOMBSTONE_PREFIX
 from concord.events.models import Alert, Assertion
+from concord.text import printable
 
 ODD_ONE_OUT = "odd one out"
 
@@ -50,12 +52,6 @@ def alert_json(alert: Alert) -> dict[str, Any]:
     }
 
 
-def _printable(text: object) -> str:
-    """Control characters escaped, so one alert is always one line of a terminal or log."""
-    value = str(text)
-    return value if value.isprintable() else value.encode("unicode_escape").decode("ascii")
-
-
 # What an assertion says, as grouped: sources whose keys are equal say the same thing.
 _Key = tuple[str | None, ...]
 _MOVED: _Key = ("moved",)
@@ -71,7 +67,7 @@ class Side:
     note: str | None = None
 
     def show(self) -> str:
-        who = ", ".join(_printable(s) for s in self.sources)
+        who = ", ".join(printable(s) for s in self.sources)
         note = f", {self.note}" if self.note else ""
         return f"{' / '.join(self.labels)} ({who}{note})"
 
@@ -86,9 +82,9 @@ def _said(assertion: Assertion) -> tuple[_Key, str]:
         return ("status", assertion.status), assertion.status.lower().replace("_", " ")
     if assertion.value is None:
         return ("value", None, assertion.unit), "no value"
-    label = _printable(assertion.display or assertion.value)
+    label = printable(assertion.display or assertion.value)
     if assertion.unit:
-        label = f"{label} {_printable(assertion.unit)}"
+        label = f"{label} {printable(assertion.unit)}"
     return ("value", assertion.value, assertion.unit), label
 
 
@@ -119,16 +115,16 @@ def sides(alert: Alert) -> list[Side]:
 
 def _outcome(alert: Alert, said: list[Side]) -> str:
     """The policy's proposal (or a reviewer's decision) and why, as the line ends it."""
-    reason = f" ({_printable(alert.proposed_reason)})" if alert.proposed_reason else ""
+    reason = f" ({printable(alert.proposed_reason)})" if alert.proposed_reason else ""
     if alert.proposed_value is None:
-        return f"; {_printable(alert.proposed_reason)}" if alert.proposed_reason else ""
+        return f"; {printable(alert.proposed_reason)}" if alert.proposed_reason else ""
     shown = next(
         (
             " / ".join(side.labels)
             for side in said
             if side.key[:2] == ("value", alert.proposed_value)
         ),
-        _printable(alert.proposed_value),
+        printable(alert.proposed_value),
     )
     verb = "decided" if alert.status == "RESOLVED" else "proposed"
     return f"; {verb} {shown}{reason}"
@@ -136,10 +132,10 @@ def _outcome(alert: Alert, said: list[Side]) -> str:
 
 def alert_line(alert: Alert) -> str:
     said = sides(alert)
-    stale = f" (stale at {_printable(alert.stale_source)})" if alert.stale_source else ""
+    stale = f" (stale at {printable(alert.stale_source)})" if alert.stale_source else ""
     return (
         f"{alert.updated_at:%H:%M:%S} {alert.status:<8} {alert.severity:<6} "
-        f"{_printable(alert.patient_id)} {_printable(alert.attribute)}{stale}: "
+        f"{printable(alert.patient_id)} {printable(alert.attribute)}{stale}: "
         f"{' vs '.join(side.show() for side in said)}{_outcome(alert, said)}  "
         f"[{alert.alert_id[:12]} r{alert.revision}]"
     )

@@ -34,6 +34,7 @@ from concord.events import codec
 from concord.events.models import DeadLetter
 from concord.ingestion.common import SOURCE_HEADER
 from concord.runtime.reading import client_options, read_topic
+from concord.text import printable
 from concord.topics import DEADLETTER
 
 REPLAY_HEADER = "concord-replay-of"
@@ -159,23 +160,18 @@ def _header(letter: DeadLetter, key: str) -> bytes | None:
     return next((h.value for h in letter.original_headers if h.key == key), None)
 
 
-def _printable(value: bytes) -> str:
-    # A malformed header (INVALID_SOURCE_HEADER) must not put control characters on a
-    # terminal, so anything unprintable is shown escaped.
-    text = value.decode("utf-8", errors="backslashreplace")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-
-
 def source_of(letter: DeadLetter) -> str | None:
     """The original 'source' header (the sending system), printable; None when absent."""
+    # A malformed header (INVALID_SOURCE_HEADER) must not put control characters on a
+    # terminal, so anything unprintable is shown escaped.
     value = _header(letter, SOURCE_HEADER)
-    return _printable(value) if value is not None else None
+    return printable(value) if value is not None else None
 
 
 def replay_of(letter: DeadLetter) -> str | None:
     """Which dead letter this letter's record replayed, if it was a replay."""
     value = _header(letter, REPLAY_HEADER)
-    return _printable(value) if value is not None else None
+    return printable(value) if value is not None else None
 
 
 def _on_topic(letter: DeadLetter) -> bool:

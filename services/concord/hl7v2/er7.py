@@ -14,12 +14,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import hl7
 
 _BOM = b"\xef\xbb\xbf"
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
-_DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2}(\.\d{1,4})?)?([+-]\d{4})?$")
+# HL7 v2 DTM (TS.1 where the version uses TS), in ASCII digits:
+# YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]. The one statement of the grammar: every
+# caller reads it through split_dtm.
+_DTM = re.compile(
+    r"(?a)(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,4}))?)?)?)?)?)?"
+    r"([+-]\d{4})?"
+)
 # MSH-18 names the character set; these are the ones HL7 table 0211 defines that Python reads.
 CHARSETS = {
     "": "utf-8",
@@ -258,11 +265,34 @@ def split_messages(data: bytes) -> list[bytes]:
     return [b"".join(segment + b"\r" for segment in segments) for segments in messages]
 
 
+class DtmParts(NamedTuple):
+    """An HL7 DTM's parts as written (digits, leading zeros kept); None for each one left out.
+    Nothing is checked beyond the grammar: month 13 or an offset of +0575 is still split."""
+
+    year: str
+    month: str | None
+    day: str | None
+    hour: str | None
+    minute: str | None
+    second: str | None
+    fraction: str | None  # the 1-4 digits after the seconds' point
+    offset: str | None  # +HHMM or -HHMM
+
+
+def split_dtm(value: str, *, prefix: bool = False) -> DtmParts | None:
+    """An HL7 DTM/TS split into its parts, white space around it ignored; None when it is not
+    one. With prefix, the longest DTM the value starts with, whatever follows it (`1980051`
+    splits as 1980, 05); None only when it does not start with four digits."""
+    text = value.strip()
+    found = _DTM.match(text) if prefix else _DTM.fullmatch(text)
+    return DtmParts(*found.groups()) if found is not None else None
+
+
 def parse_timestamp(value: str) -> datetime | None:
-    """An HL7 DTM/TS (YYYY[MM[DD[HH[MM[SS[.S+]]]]]][+/-ZZZZ]); naive when it has no offset.
-    None when it is not a timestamp at all."""
+    """An HL7 DTM/TS (split_dtm); naive when it has no offset. None when it is not a
+    timestamp at all."""
     value = value.strip()
-    if not _DTM.match(value):
+    if split_dtm(value) is None:
         return None
     try:
         parsed = hl7.parse_datetime(value)

@@ -27,6 +27,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict
 
+from concord.hl7v2 import er7
+
 Precision = Literal["year", "month", "day", "hour", "minute", "second", "millisecond"]
 PRECISIONS: tuple[Precision, ...] = (
     "year",
@@ -53,11 +55,6 @@ _MAX_OFFSET_MINUTES = 14 * 60
 _FHIR = re.compile(
     r"(?a)^(\d{4})(?:-(\d{2})(?:-(\d{2})"
     r"(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
-)
-# HL7 v2 DTM: YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]
-_HL7 = re.compile(
-    r"(?a)^(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,4}))?)?)?)?)?)?"
-    r"([+-]\d{4})?$"
 )
 
 
@@ -123,17 +120,17 @@ def normalize_time(text: str, *, zone: ZoneInfo | None = None) -> Moment | None:
 def from_hl7(text: str, *, zone: ZoneInfo | None) -> Moment | None:
     """An HL7 v2 DTM (or TS.1) → Moment; None when `text` is not one, or is a date-time
     without offset and no `zone` was given."""
-    match = _HL7.fullmatch(text.strip())
-    if match is None:
+    parts = er7.split_dtm(text)
+    if parts is None:
         return None
-    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    year, month, day, hour, minute, second, fraction, offset = parts
     offset_minutes: int | None = None
     if offset is not None:
         sign = -1 if offset.startswith("-") else 1
         offset_minutes = sign * (int(offset[1:3]) * 60 + int(offset[3:5]))
         if int(offset[3:5]) >= 60:
             return None
-    if hour is None:
+    if hour is None or month is None or day is None:  # a date (the grammar: an hour has a day)
         moment = _date(year, month, day)
         if moment is None or offset_minutes is None:
             return moment
