@@ -354,6 +354,24 @@ def test_from_pid_first_name_suffix_and_unstructured_phone() -> None:
     assert d.postal_code is None and d.address_line is None
 
 
+@pytest.mark.parametrize(
+    ("pid7", "birth_date"),
+    [
+        (" 19620315 ", "1962-03-15"),
+        ("1962031", "1962-03"),  # the date a PID-7 starts with, whatever follows it
+        ("19620315120000.123456", "1962-03-15"),
+        ("19620315xyz", "1962-03-15"),
+        ("19620230", None),  # no calendar day
+        ("196", None),
+        ("", None),
+    ],
+)
+def test_from_pid_reads_the_birth_date_a_pid7_starts_with(
+    pid7: str, birth_date: str | None
+) -> None:
+    assert from_pid(_pid(f"PID|||1||Doe^Jo||{pid7}|F"), "adt").birth_date == birth_date
+
+
 def test_shares_identifier_of_given_systems() -> None:
     a = view(identifiers=(Identifier(system="urn:mpi", value="E1"),))
     b = view(

@@ -1,7 +1,7 @@
 """Identity across formats on the public samples (issue 13, item 3): each HL7 v2 message and
-its FHIR twin that carry the same MRN or SSN are linked by that identifier, shown in the
-score's breakdown, even when the twin's birth date is planted apart; and the two birth dates
-then disagree under one patient."""
+its FHIR twin that carry the same MRN or SSN (PID-3 or PID-19) or driver's licence (PID-20)
+are linked by that identifier, shown in the score's breakdown, even when the twin's birth
+date is planted apart; and the two birth dates then disagree under one patient."""
 
 from __future__ import annotations
 
@@ -99,3 +99,23 @@ def test_twins_sharing_an_identifier_link_by_it_when_the_birth_date_is_planted_a
         linked += 1
     print(f"\n{linked} of {len(pairs)} sample pairs share an identifier and link by it")
     assert linked >= len(pairs) // 2
+
+
+def test_pid_19_and_pid_20_tie_twins_that_pid_3_does_not() -> None:
+    """MDM-T01-01 sends its SSN only in PID-19 (111-22-3333: the twin's us-ssn), and
+    ORU-R01-RMGEAD its licence only in PID-20 (67-A4335^OH: the twin's .../CodeSystem/OH);
+    neither's PID-3 has a system the twin shares. OUL-R22-01's PID-19 is 000-00-0000, the
+    twin's us-ssn too: a placeholder, which ties nothing."""
+    pairs = {name: (pid, patient) for name, pid, patient in _twins()}
+    if not pairs:
+        pytest.skip(f"NOT RUN: the public samples are absent ({SAMPLES} not found)")
+    expected = {
+        "MDM-T01-01": {("http://hl7.org/fhir/sid/us-ssn", "111223333")},
+        "ORU-R01-RMGEAD": {("OH", "67-A4335")},
+        "OUL-R22-01": set(),
+    }
+    for name, shared in expected.items():
+        pid, patient = pairs[name]
+        hl7 = from_pid(pid, "v2-source")
+        fhir = from_fhir_patient(patient, "fhir-source")
+        assert hl7.keys.identifiers & fhir.keys.identifiers == shared, name

@@ -31,8 +31,6 @@ Sex = Literal["male", "female", "other", "unknown"]
 LOCAL_SYSTEM_PREFIX = "urn:concord:local-identifier:"
 
 _BIRTH_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
-_DTM_DATE = re.compile(r"^(\d{4})(\d{2})?(\d{2})?")
-_SEPARATORS = re.compile(r"[\s\-]")
 # HL7 table 0001 → FHIR administrative-gender, as the HL7 v2-to-FHIR ConceptMap maps it.
 V2_SEX: dict[str, Sex] = {
     "M": "male",
@@ -85,7 +83,15 @@ class Identifier(BaseModel):
         named = systems.active().match_system(self.system, self.type)
         if not named.named:
             return named, self.value
-        return named, _SEPARATORS.sub("", self.value).upper()
+        return named, systems.compared_value(self.value)
+
+    @property
+    def placeholder(self) -> bool:
+        """Whether the identifier systems table says the value is no one's (an SSN of
+        000-00-0000): extraction leaves such an identifier out, and so do the match keys of
+        a view stored before the table said so."""
+        named, value = self.match()
+        return not named.accepts(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +186,8 @@ class Demographics(BaseModel):
 
     @cached_property
     def keys(self) -> MatchKeys:
-        matched = [identifier.match() for identifier in self.identifiers]
+        compared = (identifier.match() for identifier in self.identifiers)
+        matched = [(named, value) for named, value in compared if named.accepts(value)]
         family = normalize.compact(self.family or "")
         given = normalize.compact(self.given[0]) if self.given else ""
         return MatchKeys(
@@ -232,13 +239,13 @@ def _fhir_identifiers(resource: Mapping[str, Any], source: str) -> tuple[Identif
         type_ = item.get("type") if isinstance(item.get("type"), Mapping) else {}
         codings = _dicts(type_.get("coding")) if type_ else []
         type_code = _text(codings[0].get("code")) if codings else ""
-        found.append(
-            Identifier(
-                system=_text(item.get("system")) or _local_system(source),
-                value=value,
-                type=type_code or None,
-            )
+        identifier = Identifier(
+            system=_text(item.get("system")) or _local_system(source),
+            value=value,
+            type=type_code or None,
         )
+        if not identifier.placeholder:
+            found.append(identifier)
     return tuple(found)
 
 
@@ -298,7 +305,8 @@ def from_fhir_patient(resource: Mapping[str, Any], source: str) -> Demographics:
 
 
 def cx_identifiers(segment: er7.Segment, field: int, source: str) -> tuple[Identifier, ...]:
-    """The identifiers of a CX field (PID-3, MRG-1), with the system PID-3's would have."""
+    """The identifiers of a CX field (PID-3, MRG-1), with the system PID-3's would have;
+    placeholders (an SSN of 000-00-0000) left out."""
     found: list[Identifier] = []
     for rep in range(len(segment.repetitions(field))):
         value = segment.value(field, 1, rep).strip()
@@ -309,13 +317,52 @@ def cx_identifiers(segment: er7.Segment, field: int, source: str) -> tuple[Ident
             segment.value(field, 4, rep).strip()
             or segment.value(field, 4, rep, subcomponent=2).strip()
         )
-        found.append(
-            Identifier(
-                system=authority or _local_system(source),
-                value=value,
-                type=segment.value(field, 5, rep).strip() or None,
-            )
+        identifier = Identifier(
+            system=authority or _local_system(source),
+            value=value,
+            type=segment.value(field, 5, rep).strip() or None,
         )
+        if not identifier.placeholder:
+            found.append(identifier)
+    return tuple(found)
+
+
+def _pid_ssn(pid: er7.Segment, source: str) -> Identifier | None:
+    """PID-19, SSN Number - Patient (an ST; v2.3 to v2.6, kept for backward compatibility
+    since v2.7, which puts the SSN in PID-3): an identifier of type SS in the system the
+    identifier systems table names for SS, the one an SSN in PID-3 or a FHIR us-ssn
+    Identifier is compared by. Without such an entry, as PID-3's `<value>^^^^SS` is read."""
+    value = pid.value(19).strip()
+    if not value:
+        return None
+    system = systems.active().system_of_type("SS") or _local_system(source)
+    return Identifier(system=system, value=value, type="SS")
+
+
+def _pid_licence(pid: er7.Segment, source: str) -> Identifier | None:
+    """PID-20, Driver's License Number - Patient (DLN: number ^ issuing state, province or
+    country ^ expiration date): read as PID-3's `<number>^^^<state>^DL` is, the issuing
+    state as the assigning authority; the expiration date is not kept."""
+    value = pid.value(20).strip()
+    if not value:
+        return None
+    state = pid.value(20, 2).strip()
+    return Identifier(system=state or _local_system(source), value=value, type="DL")
+
+
+def pid_identifiers(pid: er7.Segment, source: str) -> tuple[Identifier, ...]:
+    """PID-3's identifiers, then PID-19's SSN and PID-20's driver's licence when PID-3 does
+    not already hold them (compared as the matcher compares: 123-45-6789 in PID-3 and
+    123456789 in PID-19 are one SSN). Placeholders are left out."""
+    found = list(cx_identifiers(pid, 3, source))
+    compared = {(named.system, value) for named, value in (i.match() for i in found)}
+    for identifier in (_pid_ssn(pid, source), _pid_licence(pid, source)):
+        if identifier is None:
+            continue
+        named, value = identifier.match()
+        if named.accepts(value) and (named.system, value) not in compared:
+            found.append(identifier)
+            compared.add((named.system, value))
     return tuple(found)
 
 
@@ -331,10 +378,11 @@ def _pid_name(pid: er7.Segment) -> dict[str, Any]:
 
 
 def _pid_birth_date(pid: er7.Segment) -> str | None:
-    found = _DTM_DATE.match(pid.value(7).strip())
+    # The date a PID-7 starts with, even when what follows it is no valid time.
+    found = er7.split_dtm(pid.value(7), prefix=True)
     if found is None:
         return None
-    text = "-".join(part for part in found.groups() if part)
+    text = "-".join(part for part in (found.year, found.month, found.day) if part)
     return text if _valid_birth_date(text) else None
 
 
@@ -386,12 +434,13 @@ def _pid_phone(pid: er7.Segment) -> str | None:
 
 def from_pid(pid: er7.Segment, source: str) -> Demographics:
     """The demographics of an HL7 v2 PID segment: PID-3 identifiers (CX.4 assigning
-    authority as the system, CX.5 as the type), PID-5 legal name, PID-7 birth date, PID-8
-    sex, PID-11 home address, PID-13 home phone. Never raises on content."""
+    authority as the system, CX.5 as the type), PID-19 SSN and PID-20 driver's licence
+    (`pid_identifiers`), PID-5 legal name, PID-7 birth date, PID-8 sex, PID-11 home address,
+    PID-13 home phone. Never raises on content."""
     postal_code, line = _pid_address(pid)
     return Demographics(
         source=source,
-        identifiers=cx_identifiers(pid, 3, source),
+        identifiers=pid_identifiers(pid, source),
         **_pid_name(pid),
         birth_date=_pid_birth_date(pid),
         sex=V2_SEX.get(pid.value(8).strip().upper()),
@@ -404,8 +453,11 @@ def from_pid(pid: er7.Segment, source: str) -> Demographics:
 def shares_identifier(a: Demographics, b: Demographics, systems: Collection[str] | None) -> bool:
     """Whether a and b carry the same value of an identifier of one of `systems` (of any
     system when None). The caller's deterministic step: an authoritative identifier, or the
-    same source's own MRN, links without scoring."""
-    shared = {i.pair for i in a.identifiers} & {i.pair for i in b.identifiers}
+    same source's own MRN, links without scoring. A placeholder (an SSN of 000-00-0000, in
+    a view stored before the table said so) is no one's and links nothing."""
+    shared = {i.pair for i in a.identifiers if not i.placeholder} & {
+        i.pair for i in b.identifiers if not i.placeholder
+    }
     if systems is None:
         return bool(shared)
     wanted = set(systems)

@@ -53,7 +53,7 @@ class IdentityRequest(BaseModel):
     source: str
     # The record's own handles on its patient, most specific first: for a FHIR Patient its
     # reference (Patient/123) and identifiers, for a clinical resource its subject reference,
-    # for HL7 v2 the PID-3 identifiers.
+    # for HL7 v2 the PID-3 identifiers, then PID-19's SSN and PID-20's driver's licence.
     local_ids: tuple[str, ...] = Field(min_length=1, repr=False)
     demographics: Demographics | None = None
     authoritative_id: str | None = Field(default=None, repr=False)

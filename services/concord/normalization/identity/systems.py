@@ -1,6 +1,7 @@
 """Identifier systems across formats: which FHIR system URIs, HL7 v2 assigning authorities
-(CX.4 namespace id or OID) and identifier types name one system, and whether one person holds
-one value of it. Like FHIR's NamingSystem; the table is data (data/identifier_systems.yaml,
+(CX.4 namespace id or OID) and identifier types name one system, whether one person holds
+one value of it, and which values of it are placeholders rather than anyone's (an SSN of
+000-00-0000). Like FHIR's NamingSystem; the table is data (data/identifier_systems.yaml,
 or a site's own file), and the matcher compares identifiers by the system it names."""
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 _OID_PREFIX = "urn:oid:"
+_SEPARATORS = re.compile(r"[\s\-]")
 
 
 class NamingError(ValueError):
@@ -31,6 +33,20 @@ class SystemEntry(BaseModel):
     aliases: tuple[str, ...] = ()
     types: tuple[str, ...] = ()
     unique: bool = False
+    # What a value that can be someone's looks like (a regular expression the whole value,
+    # as compared, must match), and values that look like one but are no one's.
+    pattern: str | None = None
+    placeholders: tuple[str, ...] = ()
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a regular expression ({error})") from None
+        return value
 
 
 class NamingFile(BaseModel):
@@ -44,11 +60,41 @@ class NamingFile(BaseModel):
 @dataclass(frozen=True)
 class MatchSystem:
     """The system an identifier is compared by; whether the table names it (its values then
-    compare without blanks and dashes) and whether one person holds one value of it."""
+    compare without blanks and dashes), whether one person holds one value of it, and
+    which of its values are someone's (`accepts`)."""
 
     system: str
     named: bool = False
     unique: bool = False
+    pattern: re.Pattern[str] | None = None
+    placeholders: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, entry: SystemEntry) -> MatchSystem:
+        return cls(
+            entry.system,
+            named=True,
+            unique=entry.unique,
+            pattern=re.compile(entry.pattern) if entry.pattern is not None else None,
+            placeholders=frozenset(map(compared_value, entry.placeholders)),
+        )
+
+    def accepts(self, value: str) -> bool:
+        """Whether `value` (as compared, see `compared_value`) can be a person's identifier:
+        not a placeholder ("unknown" written as 000-00-0000), so that it neither links two
+        people who share it nor sets apart two records of one person. Values of a system
+        the table does not name are taken as they are."""
+        if not self.named:
+            return True
+        if value in self.placeholders:
+            return False
+        return self.pattern is None or self.pattern.fullmatch(value) is not None
+
+
+def compared_value(value: str) -> str:
+    """A value of a named system as compared: without blanks and dashes, upper case
+    (123-45-6789 and 123456789 are one SSN)."""
+    return _SEPARATORS.sub("", value).upper()
 
 
 def alias_key(name: str) -> str:
@@ -70,6 +116,8 @@ class IdentifierSystems:
     by_alias: Mapping[str, SystemEntry]
     by_type: Mapping[str, SystemEntry]
     templates: tuple[re.Pattern[str], ...] = field(default=())
+    # Each entry's MatchSystem, by its system: built once, shared by every identifier.
+    matched: Mapping[str, MatchSystem] = field(default_factory=dict)
 
     @classmethod
     def from_file(cls, content: NamingFile) -> IdentifierSystems:
@@ -85,7 +133,8 @@ class IdentifierSystems:
                 if taken is not entry:
                     raise NamingError(f"type {type_code} names {taken.system} and {entry.system}")
         templates = tuple(_template_pattern(t) for t in content.uri_templates)
-        return cls(content.version, by_alias, by_type, templates)
+        matched = {entry.system: MatchSystem.of(entry) for entry in content.systems}
+        return cls(content.version, by_alias, by_type, templates, matched)
 
     @classmethod
     def load(cls, path: Path | None = None) -> IdentifierSystems:
@@ -122,11 +171,17 @@ class IdentifierSystems:
         if entry is None and type_code:
             entry = self.by_type.get(type_code.strip().upper())
         if entry is not None:
-            return MatchSystem(entry.system, named=True, unique=entry.unique)
+            return self.matched.get(entry.system) or MatchSystem.of(entry)
         stripped = system.strip()
         if stripped.lower().startswith(_OID_PREFIX):
             stripped = stripped[len(_OID_PREFIX) :]
         return MatchSystem(stripped)
+
+    def system_of_type(self, type_code: str) -> str | None:
+        """The system an identifier type names by itself (SS → the SSN's), if the table
+        says: what a field that holds only one type of identifier (PID-19) is read as."""
+        entry = self.by_type.get(type_code.strip().upper())
+        return entry.system if entry is not None else None
 
     def _namespace(self, system: str) -> str | None:
         for template in self.templates:
