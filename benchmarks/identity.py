@@ -24,18 +24,16 @@ import asyncio
 import gc
 import os
 import random
-import shutil
 import statistics
 import string
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
-from pathlib import Path
 
 import asyncpg
+from benchlib.runner import Teardown, database
 
 from concord.normalization.identity import (
     Decision,
@@ -50,9 +48,6 @@ from concord.normalization.identity.blocking import blocking_keys
 from concord.normalization.identity.resolution import IdentityRequest
 from concord.normalization.identity.scoring import decide
 from concord.normalization.identity_store import PostgresIdentityStore
-from concord.runtime.db import apply_migrations
-from concord.stack.postgres import create_database, drop_database, start_postgres
-from concord.stack.processes import stop_process
 
 FAMILY = """smith johnson williams brown jones garcia miller davis rodriguez martinez hernandez
 lopez gonzalez wilson anderson thomas taylor moore jackson martin lee perez thompson white
@@ -421,31 +416,19 @@ async def _load(pool: asyncpg.Pool, persons: list[Person]) -> None:
         await conn.execute("ANALYZE identity_views, identity_block_keys, identity_links")
 
 
-async def store_part(args: argparse.Namespace, thresholds: Thresholds) -> list[StoreResult]:
-    folder = Path(tempfile.mkdtemp(prefix="concord-bench-identity-"))
-    server = os.environ.get("CONCORD_DATABASE_URL")
-    record = None
-    if server:
-        dsn = await create_database(server, f"concord_bench_{os.getpid()}")
-        await apply_migrations(dsn)
-    else:
+async def store_part(
+    args: argparse.Namespace, thresholds: Thresholds, teardown: Teardown
+) -> list[StoreResult]:
+    """Each size through the store, in a fresh migrated database (the benchmarks' runner: on
+    CONCORD_DATABASE_URL's server, else an embedded PostgreSQL) that `teardown` removes."""
+    if not os.environ.get("CONCORD_DATABASE_URL"):
         print("starting an embedded PostgreSQL", file=sys.stderr)
-        postgres = await start_postgres(folder)
-        record, dsn = postgres.record, postgres.dsn
-    try:
-        results = []
-        for size in args.sizes:
-            print(f"PostgreSQL: loading {size} known patients", file=sys.stderr)
-            results.append(
-                await run_store(size, args.queries, args.seed, thresholds, dsn, args.batch)
-            )
-        return results
-    finally:
-        if record is not None:
-            stop_process(record)
-        if server:
-            await drop_database(server, f"concord_bench_{os.getpid()}")
-        shutil.rmtree(folder, ignore_errors=True)
+    dsn = await database(teardown.tempdir("identity"), teardown)
+    results = []
+    for size in args.sizes:
+        print(f"PostgreSQL: loading {size} known patients", file=sys.stderr)
+        results.append(await run_store(size, args.queries, args.seed, thresholds, dsn, args.batch))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -480,7 +463,12 @@ def main(argv: list[str] | None = None) -> int:
             f"candidates/record x{last.candidates_per_record / first.candidates_per_record:.2f}"
         )
     if args.store:
-        stored = asyncio.run(store_part(args, thresholds))
+        teardown, failed = Teardown(), True
+        try:
+            stored = asyncio.run(store_part(args, thresholds, teardown))
+            failed = False
+        finally:
+            teardown.close(failed)  # a failed run keeps its temp dir, with PostgreSQL's log
         print(f"PostgreSQL identity index, {args.batch} records a transaction:")
         print(f"{'known':>8} {'load s':>8} {'µs/record':>10}  decisions")
         for st in stored:

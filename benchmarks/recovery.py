@@ -38,9 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import re
 import signal
 import statistics
@@ -49,41 +47,38 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import psutil
-from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.structs import TopicPartition
-from pipeline import (
-    REPO,
-    SOURCES,
+from aiokafka.structs import ConsumerRecord, TopicPartition
+from benchlib.backend import TopicReader, bulk_producing
+from benchlib.metrics import batch_metrics, batch_summary, state_per_patient
+from benchlib.patients import SOURCES
+from benchlib.runner import (
     BenchmarkError,
     Teardown,
-    batch_metrics,
-    batch_summary,
-    bulk_producer,
+    add_output_arguments,
     progress,
     run_benchmark,
-    state_per_patient,
+    run_info,
+    write_json,
 )
 
 from concord.config import ConflictsSettings
 from concord.conflicts.rules import hash_of
 from concord.events import codec
 from concord.events.models import ClinicalFact, ConflictEvent, Provenance
-from concord.runtime.reading import assign_from_start
 from concord.stack.processes import ProcessRecord, is_alive, stop_process
 from concord.stack.stack import (
     StackInfo,
     load_state,
     save_state,
-    start_stack,
     start_worker,
     wait_worker_ready,
 )
@@ -224,16 +219,12 @@ def keyed(facts: Iterable[ClinicalFact]) -> list[tuple[bytes, bytes]]:
 
 async def publish(bootstrap: str, records: Sequence[tuple[bytes, bytes]]) -> dict[int, int]:
     """Send (key, value) pairs to concord.facts; returns the next offset per partition."""
-    producer = bulk_producer(bootstrap)
-    await producer.start()
-    try:
+    async with bulk_producing(bootstrap) as producer:
         futures = [await producer.send(FACTS, value, key=key) for key, value in records]
         ends: dict[int, int] = {}
         for meta in await asyncio.gather(*futures):
             ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
         return ends
-    finally:
-        await producer.stop()
 
 
 def merge_ends(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
@@ -306,53 +297,33 @@ class Arrival:
     value: bytes
 
 
-@dataclass
-class ConflictWatcher:
+class ConflictWatcher(TopicReader):
     """Reads concord.conflicts from the start (no group) and keeps the events about the
     watched patients that a revision (a source's version 2) raised, with when each arrived."""
 
-    bootstrap: str
-    watched: set[bytes] = field(default_factory=set)
-    arrivals: dict[str, list[Arrival]] = field(default_factory=lambda: defaultdict(list))
-    _task: asyncio.Task[None] | None = None
+    def __init__(self, bootstrap: str) -> None:
+        super().__init__(bootstrap, CONFLICTS, max_records=10_000)
+        self.watched: set[bytes] = set()
+        self.arrivals: dict[str, list[Arrival]] = defaultdict(list)
 
-    async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
-        )
-        await self.consumer.start()
-        await assign_from_start(self.consumer, CONFLICTS)
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            batch = await self.consumer.getmany(timeout_ms=100, max_records=10_000)
-            now = time.perf_counter()
-            for records in batch.values():
-                for r in records:
-                    if r.key in self.watched:
-                        event = codec.CONFLICT_EVENT.decode(r.value)
-                        if any(a.provenance.source_record_version == "2" for a in event.assertions):
-                            self.arrivals[event.patient_id].append(Arrival(now, event, r.value))
+    def take(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+        now = time.perf_counter()
+        for records in batch.values():
+            for r in records:
+                if r.key in self.watched:
+                    event = codec.CONFLICT_EVENT.decode(r.value)
+                    if any(a.provenance.source_record_version == "2" for a in event.assertions):
+                        self.arrivals[event.patient_id].append(Arrival(now, event, r.value))
 
     async def wait_for(self, patients: Sequence[str], count: int, within: float) -> None:
         """Until the patients have `count` distinct (id, revision) events between them."""
         deadline = time.monotonic() + within
         while distinct(self, patients) < count:
-            if self._task is not None and self._task.done():
-                self._task.result()
+            self.check()
             if time.monotonic() > deadline:
                 got = distinct(self, patients)
                 raise BenchmarkError(f"{got} of {count} conflict events after {within:.0f}s")
             await asyncio.sleep(0.02)
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await self.consumer.stop()
 
 
 def distinct(watcher: ConflictWatcher, patients: Iterable[str]) -> int:
@@ -588,27 +559,23 @@ async def run(args: argparse.Namespace, teardown: Teardown) -> dict[str, Any]:
     cap = int(os.environ.get("CONCORD_CACHE_MAX_KEYS", default))
     keys = pop.patients * 3
     results: dict[str, Any] = {
-        "run": {
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-            "python": platform.python_version(),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "patients": pop.patients,
-            "facts": pop.patients * FACTS_PER_PATIENT,
-            "backlog_facts": 2 * per_backlog,
-            "cache_max_keys": cap,
-            "state_keys": keys,
-        }
+        "run": run_info(
+            patients=pop.patients,
+            facts=pop.patients * FACTS_PER_PATIENT,
+            backlog_facts=2 * per_backlog,
+            cache_max_keys=cap,
+            state_keys=keys,
+        )
     }
     progress(
         f"{pop.patients:,} patients: {keys:,} patient attributes, worker cache cap "
         f"{cap:,} keys (CONCORD_CACHE_MAX_KEYS)"
     )
 
-    state_dir = teardown.tempdir("recovery")
     progress("starting broker, PostgreSQL and the conflicts worker (concord.stack)")
-    teardown.stacks.append(state_dir)
-    info = await start_stack(state_dir, workers=(SERVICE,), progress=lambda line: None)
+    state_dir, info = await teardown.stack(
+        "recovery", workers=(SERVICE,), progress=lambda line: None
+    )
     bootstrap, dsn = info.bootstrap_servers, info.database_url
     committed = Committed(bootstrap)
     await committed.start()
@@ -916,9 +883,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--restarts", type=int, default=3, help="restarts timed without a backlog (part a)"
     )
-    parser.add_argument("--out", help="write the results as JSON to this file")
-    parser.add_argument("--img-dir", default=str(REPO / "docs" / "img"), help="where the plot goes")
-    parser.add_argument("--no-plots", action="store_true", help="do not draw the plot")
+    add_output_arguments(
+        parser, img_help="where the plot goes", no_plots_help="do not draw the plot"
+    )
     parser.add_argument("--keep-state", action="store_true", help="keep temp dirs and logs")
     args = parser.parse_args(argv)
     if args.backlog < 2 * PARTITIONS or args.patients < 3 * args.backlog:
@@ -932,9 +899,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(results, int):
         return results
     print_results(results)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        progress(f"results written to {args.out}")
+    write_json(args.out, results)
     if not args.no_plots:
         try:
             import matplotlib  # noqa: F401

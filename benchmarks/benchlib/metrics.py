@@ -1,0 +1,114 @@
+"""What the benchmarks read off a running stack and its database: each process's CPU, the
+workers' batch counters, latency percentiles, and the size of the conflicts state per
+patient."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import psutil
+
+from concord.stack.processes import metric_samples
+from concord.stack.stack import StackInfo
+
+
+def cpu_seconds(info: StackInfo) -> dict[str, float]:
+    """CPU seconds so far of each stack process and its children, and of this process."""
+    usage: dict[str, float] = {}
+    records = [r for r in (info.broker, info.postgres) if r is not None]
+    for record in [*records, *info.workers.values()]:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(record.pid)
+            total = 0.0
+            for p in [proc, *proc.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    total += times.user + times.system
+            usage[record.name] = total
+    own = psutil.Process().cpu_times()
+    usage["benchmark (publisher + alert reader)"] = own.user + own.system
+    return usage
+
+
+BATCH_METRICS = (
+    "concord_batch_seconds_sum",
+    "concord_batch_seconds_count",
+    "concord_batch_size_sum",
+)
+
+
+def batch_metrics(info: StackInfo) -> dict[str, dict[str, float]]:
+    """Each worker's batch counters from its /metrics (time in batches, batches, records)."""
+    result: dict[str, dict[str, float]] = {}
+    for name, record in info.workers.items():
+        assert record.port is not None, name
+        values = dict.fromkeys(BATCH_METRICS, 0.0)
+        for sample in metric_samples(record.port):
+            if sample.name in values and sample.labels.get("stage") == name:
+                values[sample.name] += sample.value
+        result[name] = values
+    return result
+
+
+def batch_summary(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], wall: float
+) -> dict[str, dict[str, float]]:
+    summary = {}
+    for name, values in after.items():
+        busy, batches, records = (values[m] - before[name][m] for m in BATCH_METRICS)
+        summary[name] = {
+            "batches": int(batches),
+            "records_per_batch": round(records / batches, 1) if batches else 0.0,
+            "ms_per_batch": round(busy / batches * 1000, 2) if batches else 0.0,
+            "busy_share": round(busy / wall, 3),
+        }
+    return summary
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    cuts = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else []
+
+    def pick(p: int) -> float:
+        return cuts[p - 1] if cuts else ordered[0]
+
+    return {
+        "p50_ms": round(pick(50) * 1000, 1),
+        "p95_ms": round(pick(95) * 1000, 1),
+        "p99_ms": round(pick(99) * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 1),
+    }
+
+
+# the review page reads.
+STATE_TABLES = (
+    "assertions", "conflict_state", "fact_history", "subject_owners", "stale_state",
+    "stale_timers",
+)  # fmt: skip
+
+
+async def state_per_patient(dsn: str) -> dict[str, Any]:
+    """Bytes on disk (tables with their indexes and TOAST) of the conflicts state, per patient
+    the conflicts stage holds assertions of."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("VACUUM ANALYZE")  # settle free space left by upserts
+        sizes = {
+            table: await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", table)
+            for table in STATE_TABLES
+        }
+        patients = await conn.fetchval("SELECT count(DISTINCT patient_id) FROM assertions")
+    finally:
+        await conn.close()
+    total = sum(sizes.values())
+    return {
+        "patients": patients,
+        "bytes": total,
+        "bytes_per_patient": round(total / patients) if patients else None,
+        "tables": sizes,
+    }

@@ -1,0 +1,268 @@
+"""One stage as one worker runs it (build_stage's handler in a BatchLoop, one consumer
+group), timed over a known input, and the raw aiokafka loop it is compared with: parts 1, 3
+and 4 of pipeline.py."""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import gc
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from prometheus_client import REGISTRY
+
+from concord.composition import SERVICES, build_stage
+from concord.config import DatabaseWorkerSettings, WorkerSettings
+from concord.events import codec
+from concord.runtime.batch import BatchLoop, StageHandler
+from concord.runtime.reading import assign_from_start
+from concord.runtime.records import partition_numbers
+from concord.topics import ALERTS, CONFLICTS, DEADLETTER, FACTS, INGESTED
+
+from .backend import BENCH_IN, BENCH_OUT, bulk_producer
+from .runner import BenchmarkError
+
+MAX_RECORDS, FETCH_MAX_WAIT_MS = 1000, 20  # the baseline's and the stages' consumer settings
+OUTPUT_TOPICS = (INGESTED, FACTS, CONFLICTS, ALERTS, DEADLETTER)
+IDLE_TIMEOUT_S = 15.0  # a stage that gets nothing new for this long has lost records
+
+
+async def copy_topic(bootstrap: str, source: str, target: str, count: int) -> None:
+    """Copy the first `count` records of `source` (key and value) to `target`."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=FETCH_MAX_WAIT_MS
+    )
+    producer = bulk_producer(bootstrap)
+    await consumer.start()
+    await producer.start()
+    try:
+        await assign_from_start(consumer, source)
+        copied, futures, last_new = 0, [], time.monotonic()
+        while copied < count:
+            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+            if not batch and time.monotonic() - last_new > IDLE_TIMEOUT_S:
+                raise BenchmarkError(f"copy {source} → {target}: only {copied} of {count}")
+            for records in batch.values():
+                last_new = time.monotonic()
+                for r in records:
+                    futures.append(await producer.send(target, r.value, key=r.key))
+                copied += len(records)
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+# --- timing a batch loop over a known input ---------------------------------------------------
+
+
+class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    """What BatchLoop.run subscribes with: the stage's partition hooks, then 'ready'."""
+
+    def __init__(self, handler: StageHandler | None = None) -> None:
+        self.handler = handler
+        self.ready = asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self.handler is not None:
+            await self.handler.on_revoked(partition_numbers(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self.handler is not None:
+            await self.handler.on_assigned(partition_numbers(assigned))
+        self.ready.set()
+
+
+@dataclass
+class Timing:
+    consumed: int
+    seconds: float
+    cpu_seconds: float  # this process's CPU time over the same window
+    batches: int
+
+    @property
+    def rate(self) -> float:
+        return self.consumed / self.seconds if self.seconds > 0 else 0.0
+
+
+async def timed_batches(
+    consumer: AIOKafkaConsumer,
+    topics: Sequence[str],
+    step: Callable[[], Awaitable[int]],
+    expected: int,
+    *,
+    handler: StageHandler | None = None,
+    profile: cProfile.Profile | None = None,
+) -> Timing:
+    """Join the group, then run `step` (one batch end to end; returns records consumed) until
+    `expected` records are consumed. The clock starts with the call that returns the first
+    records (the group join is not timed) and stops when the last batch is committed."""
+    # The previous stage's clients and state are garbage now, partly in reference cycles: collect
+    # them here, or this stage's timing pays for a full collection of that stage's objects.
+    gc.collect()
+    listener = _Assignment(handler)
+    consumer.subscribe(list(topics), listener=listener)
+    await consumer.start()
+    try:
+        # Nothing is fetched before the group is joined; once joined, the first fetch returns
+        # the pre-produced records at once.
+        await asyncio.wait_for(listener.ready.wait(), timeout=60)
+        return await _run_until(step, expected, profile)
+    finally:
+        await consumer.stop()
+
+
+async def _run_until(
+    step: Callable[[], Awaitable[int]], expected: int, profile: cProfile.Profile | None
+) -> Timing:
+    consumed = batches = 0
+    started = cpu_started = None
+    last_new = now = time.perf_counter()
+    if profile is not None:
+        profile.enable()
+    try:
+        while consumed < expected:
+            call, cpu = time.perf_counter(), time.process_time()
+            n = await step()
+            now = time.perf_counter()
+            if n:
+                if started is None:
+                    started, cpu_started = call, cpu
+                consumed, batches, last_new = consumed + n, batches + 1, now
+            elif now - last_new > IDLE_TIMEOUT_S:
+                raise BenchmarkError(
+                    f"only {consumed} of {expected} records arrived (nothing new for "
+                    f"{IDLE_TIMEOUT_S:.0f}s): a stage lost or dead-lettered records"
+                )
+    finally:
+        if profile is not None:
+            profile.disable()
+    assert started is not None and cpu_started is not None
+    return Timing(consumed, now - started, time.process_time() - cpu_started, batches)
+
+
+def group_consumer(bootstrap: str, group_id: str) -> AIOKafkaConsumer:
+    """The baseline's consumer: the settings of BatchLoop.make_consumer."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=2000,
+        max_poll_interval_ms=300_000,
+    )
+
+
+async def baseline(
+    bootstrap: str,
+    expected: int,
+    *,
+    topic: str = BENCH_IN,
+    group_id: str = "bench-baseline",
+    recode: bool = True,
+) -> Timing:
+    """The raw loop: consume → decode → encode → produce → await acks → commit. Without
+    `recode`, a pass-through: the consumed bytes are produced as they are, no parsing."""
+    settings = WorkerSettings(bootstrap_servers=bootstrap)
+    producer = BatchLoop.make_producer_for(settings)  # the stages' producer settings
+    consumer = group_consumer(bootstrap, group_id)
+    await producer.start()
+
+    async def once() -> int:
+        batch = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
+        if not batch:
+            return 0
+        futures = []
+        for records in batch.values():
+            for r in records:
+                value = r.value
+                if recode:
+                    value = codec.INGESTED_RECORD.encode(codec.INGESTED_RECORD.decode(value))
+                futures.append(await producer.send(BENCH_OUT, value, key=r.key))
+        await asyncio.gather(*futures)
+        await consumer.commit(
+            {tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batch.items()}
+        )
+        return sum(len(records) for records in batch.values())
+
+    try:
+        return await timed_batches(consumer, [topic], once, expected)
+    finally:
+        await producer.stop()
+
+
+def produced(stage: str) -> dict[str, int]:
+    """What the stage has produced so far (its Prometheus counters, this process)."""
+    counts = {}
+    for topic in OUTPUT_TOPICS:
+        value = REGISTRY.get_sample_value(
+            "concord_events_produced_total", {"stage": stage, "topic": topic}
+        )
+        counts[topic] = int(value or 0)
+    return counts
+
+
+def stage_settings(service: str, bootstrap: str, dsn: str) -> DatabaseWorkerSettings:
+    settings: DatabaseWorkerSettings = SERVICES[service].settings(
+        bootstrap_servers=bootstrap,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        max_batch_records=MAX_RECORDS,
+        database_url=dsn,
+    )
+    return settings
+
+
+async def run_stage(
+    service: str, bootstrap: str, dsn: str, expected: int, profile_dir: Path | None
+) -> tuple[Timing, dict[str, int]]:
+    """One stage as one worker runs it: build_stage's handler in a BatchLoop, one group."""
+    settings = stage_settings(service, bootstrap, dsn)
+    producer = BatchLoop.make_producer_for(settings)
+    await producer.start()
+    try:
+        handler, close = await build_stage(service, settings, producer)
+        try:
+            loop = BatchLoop(handler, settings, producer=producer)
+            consumer = loop.make_consumer()
+            before = produced(service)
+            profile = cProfile.Profile() if profile_dir else None
+            timing = await timed_batches(
+                consumer,
+                handler.topics,
+                lambda: loop.run_once(consumer, producer, timeout_ms=200),
+                expected,
+                handler=handler,
+                profile=profile,
+            )
+            if profile is not None and profile_dir is not None:
+                profile.dump_stats(profile_dir / f"{service}.pstats")
+            after = produced(service)
+            return timing, {t: after[t] - before[t] for t in OUTPUT_TOPICS if after[t] > before[t]}
+        finally:
+            await close()
+    finally:
+        await producer.stop()
+
+
+def stage_row(
+    name: str, topic: str, timing: Timing, out: dict[str, int], per_raw: float
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "input_topic": topic,
+        "records": timing.consumed,
+        "seconds": round(timing.seconds, 3),
+        "records_per_s": round(timing.rate, 1),
+        "raw_events_per_s": round(timing.rate * per_raw, 1),
+        "cpu_share": round(timing.cpu_seconds / timing.seconds, 2) if timing.seconds else None,
+        "batches": timing.batches,
+        "produced": out,
+    }
