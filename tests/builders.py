@@ -8,8 +8,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from concord.events.models import Assertion, FactStatus, Provenance
+import orjson
+
+from concord.events.models import Assertion, FactStatus, IngestedRecord, Provenance
 from concord.events.raw import RawEvent
+from concord.ingestion.fhir import ingest_fhir
 from concord.ingestion.ports import SeenVersions
 from concord.normalization.identity.index import InMemoryIdentityIndex
 from concord.normalization.identity.resolution import (
@@ -75,6 +78,23 @@ def raw(
         headers=tuple(headers),
         received_time=received_time or datetime.now(UTC),
     )
+
+
+def ingested_fhir(document: dict[str, Any], source: str) -> IngestedRecord:
+    """One FHIR resource as ingestion makes it a record (it must ingest as exactly one)."""
+    consumed = RawEvent(
+        topic="ehr.raw.fhir",
+        partition=0,
+        offset=0,
+        key=None,
+        value=orjson.dumps(document),
+        headers=(("source", source.encode()),),
+        received_time=datetime(2024, 3, 9, tzinfo=UTC),
+    )
+    records = ingest_fhir(consumed, max_payload_bytes=1 << 20)
+    assert isinstance(records, list), records
+    [record] = records
+    return record
 
 
 class FakeIdentities(IdentityStore):

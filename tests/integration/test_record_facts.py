@@ -6,25 +6,21 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
-import orjson
 import pytest
 
-from builders import raw
+from builders import ingested_fhir, raw
 from concord.config import NormalizationSettings
 from concord.events import codec
 from concord.events.models import ClinicalFact, IngestedRecord
-from concord.events.raw import RawEvent
-from concord.ingestion.fhir import ingest_fhir
 from concord.normalization.app import NormalizationStage
 from concord.normalization.facts.withdrawals import Remembered, RememberedFact
 from concord.normalization.identity_store import PostgresIdentityStore
 from concord.normalization.record_facts import PostgresRecordFacts
 from concord.normalization.terminology import Terminology
 from concord.runtime.batch import run_batch
-from concord.topics import FACTS, INGESTED, RAW_FHIR
+from concord.topics import FACTS, INGESTED
 
 pytestmark = pytest.mark.integration
 
@@ -161,30 +157,14 @@ async def test_the_stage_withdraws_a_result_from_the_patient_that_placed_it(
         Terminology.load(),
         record_facts=PostgresRecordFacts(pool),
     )
-    [result] = await _facts(stage, _fhir(glucose, source))
+    [result] = await _facts(stage, ingested_fhir(glucose, source))
     assert "PROVISIONAL_PATIENT" in result.flags
-    await _facts(stage, _fhir(patient, source))
-    [withdrawn] = await _facts(stage, _fhir(delete, source))
+    await _facts(stage, ingested_fhir(patient, source))
+    [withdrawn] = await _facts(stage, ingested_fhir(delete, source))
     assert (withdrawn.attribute, withdrawn.status) == (result.attribute, "DELETED")
     assert withdrawn.patient_id == enterprise != result.patient_id
-    again = await _facts(stage, _fhir(delete, source))
+    again = await _facts(stage, ingested_fhir(delete, source))
     assert again == [withdrawn]  # redelivered: the same fact
-
-
-def _fhir(document: dict[str, Any], source: str) -> IngestedRecord:
-    raw = RawEvent(
-        topic=RAW_FHIR,
-        partition=0,
-        offset=0,
-        key=None,
-        value=orjson.dumps(document),
-        headers=(("source", source.encode()),),
-        received_time=datetime(2024, 3, 9, tzinfo=UTC),
-    )
-    records = ingest_fhir(raw, max_payload_bytes=1 << 20)
-    assert isinstance(records, list), records
-    [record] = records
-    return record
 
 
 async def _facts(stage: NormalizationStage, record: IngestedRecord) -> list[ClinicalFact]:
