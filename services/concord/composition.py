@@ -74,12 +74,13 @@ def build_conflicts(settings: ConflictsSettings, resources: Resources) -> StageH
     from concord.conflicts.app import ConflictsStage
     from concord.conflicts.policy import load_policy
     from concord.conflicts.store import ConflictStore
+    from concord.runtime.leases import PartitionLeases
     from concord.runtime.outbox import Outbox
 
     outbox = Outbox(resources.pool, "conflicts")
     policy = resources.policy
     return ConflictsStage(
-        ConflictStore(resources.pool, outbox),
+        ConflictStore(resources.pool, outbox, PartitionLeases(resources.pool, "conflicts")),
         outbox,
         resources.producer,
         policy if policy is not None else load_policy(settings.policy_path),

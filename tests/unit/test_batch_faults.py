@@ -14,13 +14,14 @@ from aiokafka.errors import (
     MessageSizeTooLargeError,
     UnknownTopicOrPartitionError,
 )
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from builders import FakeProducer, raw
 from concord import metrics
 from concord.config import IngestionSettings
 from concord.events import codec
 from concord.events.raw import RawEvent
-from concord.runtime.batch import BatchLoop, Outbound, OutboundRecord, run_batch
+from concord.runtime.batch import BatchLoop, Outbound, OutboundRecord, _Rebalance, run_batch
 from concord.runtime.faults import Backoff, is_transient
 from concord.runtime.stage import BaseStage
 from concord.topics import CONFLICTS, DEADLETTER, FACTS
@@ -207,3 +208,75 @@ async def test_a_failed_produce_keeps_its_records_to_send_again() -> None:
 
     assert [value for _, value, *_ in producer.sent] == [b"one", b"two"]
     assert out.pending == []
+
+
+class _SlowStage(BaseStage):
+    """A batch that waits for `release` (a PostgreSQL write in flight)."""
+
+    stage = "conflicts"
+    topics = (FACTS,)
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        self.log: list[str] = []
+
+    async def process(self, events: Sequence[RawEvent], out: Outbound) -> None:
+        self.log.append("process started")
+        self.started.set()
+        await self.release.wait()
+        self.log.append("process finished")
+
+    async def on_revoked(self, partitions: set[int]) -> None:
+        self.log.append(f"revoked {sorted(partitions)}")
+
+
+class _OneBatchConsumer:
+    """Where aiokafka's types stop: one batch of one record on partition 0, then nothing."""
+
+    def __init__(self) -> None:
+        self.batches = [
+            {TopicPartition(FACTS, 0): [_consumed(0)]},
+        ]
+        self.committed: list[dict[TopicPartition, int]] = []
+
+    async def getmany(self, **_: object) -> dict[TopicPartition, list[ConsumerRecord]]:
+        return self.batches.pop(0) if self.batches else {}
+
+    async def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        self.committed.append({tp: o.offset for tp, o in offsets.items()})
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(FACTS, 0)}
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 1
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.sought = (tp, offset)
+
+
+def _consumed(offset: int) -> ConsumerRecord:
+    return ConsumerRecord(
+        topic=FACTS, partition=0, offset=offset, timestamp=0, timestamp_type=0, key=None,
+        value=b"x", checksum=None, serialized_key_size=0, serialized_value_size=1, headers=(),
+    )  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_a_revocation_waits_for_the_batch_in_flight() -> None:
+    stage = _SlowStage()
+    loop = _loop(stage)
+    consumer = _OneBatchConsumer()
+    producer = FakeProducer()
+    batch = asyncio.create_task(loop.run_once(consumer, producer, timeout_ms=0))  # type: ignore[arg-type]
+    await asyncio.wait_for(stage.started.wait(), 5)
+    # aiokafka calls the listener from its coordinator task while the batch awaits.
+    revoked = {TopicPartition(FACTS, 0)}
+    revoke = asyncio.create_task(_Rebalance(loop).on_partitions_revoked(revoked))
+    await asyncio.sleep(0.05)
+    assert stage.log == ["process started"]  # the revocation waits
+    stage.release.set()
+    await asyncio.wait_for(asyncio.gather(batch, revoke), 5)
+    assert stage.log == ["process started", "process finished", "revoked [0]"]
+    assert consumer.committed == [{TopicPartition(FACTS, 0): 1}]  # committed before revoked

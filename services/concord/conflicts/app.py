@@ -73,11 +73,13 @@ class ConflictsStage(BaseStage):
         self.keys_by_partition: dict[int, set[Key]] = defaultdict(set)
 
     async def on_assigned(self, partitions: set[int]) -> None:
+        await self.store.claim(partitions)
         drained = await self.outbox.drain(self.producer)
         if drained:
             log.info("published %d outbox events left by an earlier owner", drained)
 
     async def on_revoked(self, partitions: set[int]) -> None:
+        await self.store.release(partitions)
         for partition in partitions:
             for key in self.keys_by_partition.pop(partition, set()):
                 self.cache.pop(key, None)

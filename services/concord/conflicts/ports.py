@@ -21,6 +21,12 @@ class ConflictStorePort(Protocol):
     """The state of record: each source's assertions per patient attribute, the conflicts they
     are in, the fact history an unmerge rebuilds from, and the staleness timers."""
 
+    async def claim(self, partitions: set[int]) -> None:
+        """This worker was assigned the partitions: fence off the writes of earlier owners."""
+
+    async def release(self, partitions: set[int]) -> None:
+        """This worker no longer owns the partitions."""
+
     async def move_subjects(self, merges: Sequence[tuple[str, str]]) -> None:
         """(absorbed, survivor) pairs: the absorbed patients' subjects now belong to the
         survivors, and each move is kept until an unmerge undoes it."""

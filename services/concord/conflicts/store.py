@@ -19,6 +19,7 @@ from concord.conflicts.rules import AttributeState, ConflictState, HistoricFact,
 from concord.events.models import Assertion, AttributeClass, ClinicalFact, Provenance
 from concord.runtime.batch import OutboundRecord
 from concord.runtime.db import unnest_columns
+from concord.runtime.leases import PartitionLeases
 from concord.runtime.outbox import Outbox
 
 _LOAD_ASSERTIONS = """
@@ -60,6 +61,9 @@ ON CONFLICT (patient_id, attribute) DO UPDATE SET
     assertions_digest = excluded.assertions_digest, kafka_partition = excluded.kafka_partition,
     opened_at = excluded.opened_at, updated_at = excluded.updated_at,
     reviewed = excluded.reviewed
+-- A conflict's revisions only go forward (a late write of an older revision changes nothing).
+WHERE conflict_state.conflict_id <> excluded.conflict_id
+   OR conflict_state.revision <= excluded.revision
 """
 
 
@@ -130,6 +134,8 @@ ON CONFLICT (patient_id, attribute, source_system) DO UPDATE SET
     conflict_id = excluded.conflict_id, revision = excluded.revision, status = excluded.status,
     fact_id = excluded.fact_id, kafka_partition = excluded.kafka_partition,
     opened_at = excluded.opened_at, updated_at = excluded.updated_at
+WHERE stale_state.conflict_id <> excluded.conflict_id
+   OR stale_state.revision <= excluded.revision
 """
 _LOAD_HELD = """
 SELECT h.* FROM held_records h
@@ -172,9 +178,21 @@ WHERE patient_id = ANY($1::text[])
 class ConflictStore(ConflictStorePort):
     """The state of record in PostgreSQL; every save is one transaction with its outbox rows."""
 
-    def __init__(self, pool: asyncpg.Pool, outbox: Outbox) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, outbox: Outbox, leases: PartitionLeases | None = None
+    ) -> None:
         self.pool = pool
         self.outbox = outbox
+        # The worker wires them (composition); without them nothing is fenced.
+        self.leases = leases
+
+    async def claim(self, partitions: set[int]) -> None:
+        if self.leases is not None:
+            await self.leases.claim(partitions)
+
+    async def release(self, partitions: set[int]) -> None:
+        if self.leases is not None:
+            self.leases.release(partitions)
 
     async def move_subjects(self, merges: Sequence[tuple[str, str]]) -> None:
         await self.pool.execute(
@@ -250,11 +268,18 @@ class ConflictStore(ConflictStorePort):
         held: Iterable[tuple[AttributeState, int]] = (),
         timers: Sequence[Timer] = (),
     ) -> None:
+        assertions, rebuilt, stale = list(assertions), list(rebuilt), list(stale)
+        conflicts, held = list(conflicts), list(held)
         c_rows: list[tuple[AttributeState, ConflictState, int]] = []
         for st, partition in conflicts:
             if st.conflict is not None:
                 c_rows.append((st, st.conflict, partition))
+        partitions = {p for rows in (assertions, rebuilt, stale) for _, _, p in rows}
+        partitions |= {p for rows in (conflicts, held) for _, p in rows}
+        partitions |= {timer[2] for timer in timers}
         async with self.pool.acquire() as conn, conn.transaction():
+            if self.leases is not None:
+                await self.leases.check(conn, partitions)
             await self._write_assertions(conn, _UPSERT_ASSERTIONS, assertions)
             await self._write_assertions(conn, _UPSERT_ASSERTIONS_ANY_TIME, rebuilt)
             await _record(conn, facts)

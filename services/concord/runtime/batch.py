@@ -36,7 +36,7 @@ from concord.deadletters import Rejection, dead_letter
 from concord.events import codec
 from concord.events.raw import RawEvent
 from concord.failures import failure_site
-from concord.runtime.faults import Backoff, is_transient
+from concord.runtime.faults import Backoff, PartitionLost, is_transient
 from concord.runtime.records import partition_numbers, raw_event
 from concord.topics import DEADLETTER
 
@@ -157,7 +157,7 @@ async def process_isolating(stage: StageHandler, events: Sequence[RawEvent]) -> 
         await stage.process(events, out)
         return out
     except Exception as exc:
-        if is_transient(exc):
+        if is_transient(exc) or isinstance(exc, PartitionLost):
             raise
         if len(events) > 1:
             half = len(events) // 2
@@ -196,14 +196,21 @@ async def run_batch(
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka calls these from its coordinator task, which runs beside the batch loop: each
+    waits for the batch in flight (the loop's lock), so a stage never has its cache dropped
+    or loaded under a running batch, and the batch's offsets are committed before its
+    partitions go."""
+
     def __init__(self, loop: BatchLoop) -> None:
         self._loop = loop
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._loop.handler.on_revoked(partition_numbers(revoked))
+        async with self._loop.batch_lock:
+            await self._loop.handler.on_revoked(partition_numbers(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._loop.handler.on_assigned(partition_numbers(assigned))
+        async with self._loop.batch_lock:
+            await self._loop.handler.on_assigned(partition_numbers(assigned))
         self._loop.assigned = set(assigned)
         self._loop.ready.set()
         metrics.STAGE_READY.labels(self._loop.handler.stage).set(int(self._loop.is_ready))
@@ -229,6 +236,9 @@ class BatchLoop:
         self.producer = producer
         self.tick_seconds = tick_seconds
         self._stopping = asyncio.Event()
+        # Held from a batch's consumption to its commit, and by ticks: rebalance callbacks
+        # wait for it.
+        self.batch_lock = asyncio.Lock()
         # None is never: time.monotonic() counts from boot, so 0.0 would read as recent.
         self._lag_refreshed: float | None = None
         self._next_tick = 0.0
@@ -338,6 +348,29 @@ class BatchLoop:
             await self._refresh_idle_lag(consumer)
             await self.tick(consumer, producer)
             return 0
+        async with self.batch_lock:
+            try:
+                await self._process_batch(consumer, producer, batch, records)
+            except PartitionLost as lost:
+                # Another worker owns these partitions now: nothing of the batch was kept
+                # or sent; if they come back to this worker, it reads the batch again.
+                log.warning("%s: %s; the batch is dropped", self.handler.stage, lost)
+                for tp, tp_records in batch.items():
+                    if tp in consumer.assignment():
+                        consumer.seek(tp, tp_records[0].offset)
+                return len(records)
+        await self.tick(consumer, producer)
+        return len(records)
+
+    async def _process_batch(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: Producer,
+        batch: dict[TopicPartition, list[ConsumerRecord]],
+        records: list[ConsumerRecord],
+    ) -> None:
+        """Process, produce, await the acks, commit: a transient failure at any step is
+        retried; a record that fails otherwise is dead-lettered (process_isolating)."""
         stage = self.handler.stage
         started = time.perf_counter()
         for tp, tp_records in batch.items():
@@ -359,8 +392,6 @@ class BatchLoop:
         metrics.BATCH_SIZE.labels(stage).observe(len(records))
         metrics.EVENT_SECONDS.labels(stage).observe(elapsed / len(records))
         self._record_lag(consumer, batch)
-        await self.tick(consumer, producer)
-        return len(records)
 
     async def tick(self, consumer: AIOKafkaConsumer, producer: Producer) -> None:
         """The handler's time-driven work, at most every tick_seconds, in the loop itself:
@@ -370,11 +401,16 @@ class BatchLoop:
             return
         self._next_tick = now + self.tick_seconds
         out = Outbound(self.handler.stage)
-        owned = partition_numbers(consumer.assignment())
-        await self.retrying("tick", lambda: self.handler.on_tick(owned, out))
-        if out.pending:
-            await self.retrying("produce", lambda: out.flush(producer))
-            await self.retrying("after produce", self.handler.on_produced)
+        async with self.batch_lock:
+            owned = partition_numbers(consumer.assignment())
+            try:
+                await self.retrying("tick", lambda: self.handler.on_tick(owned, out))
+            except PartitionLost as lost:
+                log.warning("%s: %s; the tick is dropped", self.handler.stage, lost)
+                return
+            if out.pending:
+                await self.retrying("produce", lambda: out.flush(producer))
+                await self.retrying("after produce", self.handler.on_produced)
 
     async def _refresh_idle_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Keep the lag gauge true while idle, so a stalled stage shows as lag, not silence."""

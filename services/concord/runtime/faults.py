@@ -37,6 +37,16 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError)
 
 
+class PartitionLost(Exception):
+    """A write was fenced off: another worker has claimed a partition this one still wrote
+    for (it lost the partition in a rebalance it has not heard of yet). Not the record's
+    fault, and not to retry: the batch is dropped, uncommitted, for the new owner."""
+
+    def __init__(self, stage: str, partitions: set[int]) -> None:
+        self.partitions = partitions
+        super().__init__(f"{stage} lost partitions {sorted(partitions)} to another worker")
+
+
 class Backoff:
     """Capped exponential backoff, jittered so that workers failing together do not retry
     together: about initial, 2·initial, 4·initial, … up to cap seconds, each less up to half."""
