@@ -10,7 +10,9 @@ from typing import Any
 
 import orjson
 
-from concord.events.models import Assertion, FactStatus, IngestedRecord, Provenance
+from concord.alerting.lifecycle import AlertRecord
+from concord.alerting.ports import AlertStorePort
+from concord.events.models import Alert, Assertion, FactStatus, IngestedRecord, Provenance
 from concord.events.raw import RawEvent
 from concord.ingestion.fhir import ingest_fhir
 from concord.ingestion.ports import SeenVersions
@@ -156,6 +158,37 @@ class FakeProducer(Producer):
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future
+
+
+class FakeAlerts(AlertStorePort):
+    """Alerts and their history in memory, as PostgreSQL keeps them; `refuse` names conflict
+    ids whose save fails as a value PostgreSQL refuses would."""
+
+    def __init__(self, refuse: Sequence[str] = ()) -> None:
+        self.alerts: dict[str, AlertRecord] = {}
+        self.history: list[tuple[Alert, str]] = []
+        self.refuse = set(refuse)
+
+    async def load(self, alert_ids: Sequence[str]) -> dict[str, AlertRecord]:
+        return {i: self.alerts[i] for i in alert_ids if i in self.alerts}
+
+    async def save(
+        self,
+        changes: Sequence[tuple[AlertRecord, str]],
+        history: Sequence[tuple[Alert, str]],
+        events: Sequence[OutboundRecord],
+    ) -> None:
+        if self.refuse & {record.alert.alert_id for record, _ in changes}:
+            raise ValueError("a value the database refuses")  # nothing saved: a rollback
+        self.alerts.update((record.alert.alert_id, record) for record, _ in changes)
+        self.history += history
+
+    async def open_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self.alerts.values():
+            if record.alert.status in ("OPEN", "ACKNOWLEDGED"):
+                counts[record.alert.severity] = counts.get(record.alert.severity, 0) + 1
+        return counts
 
 
 class FakeOutbox(OutboxPort):

@@ -16,10 +16,8 @@ import pytest
 from aiokafka.structs import TopicPartition
 from prometheus_client import REGISTRY
 
-from builders import FakeIdentities, FakeOutbox, FakeProducer, FakeSeenVersions, raw
+from builders import FakeAlerts, FakeIdentities, FakeOutbox, FakeProducer, FakeSeenVersions, raw
 from concord.alerting.app import AlertingStage
-from concord.alerting.lifecycle import AlertRecord
-from concord.alerting.ports import AlertStorePort
 from concord.config import IngestionSettings, NormalizationSettings
 from concord.conflicts.policy import DEFAULT_POLICY
 from concord.conflicts.rules import AttributeState, apply_fact, evaluate
@@ -27,7 +25,6 @@ from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import (
     MERGE_ATTRIBUTE,
-    Alert,
     ClinicalFact,
     DeadLetter,
     Header,
@@ -35,7 +32,7 @@ from concord.events.models import (
     Provenance,
 )
 from concord.events.raw import RawEvent
-from concord.ingestion.app import PRUNE_EVERY_SECONDS, IngestionStage, patient_key
+from concord.ingestion.app import IngestionStage, patient_key
 from concord.normalization.app import NormalizationStage
 from concord.normalization.identity.resolution import (
     new_enterprise_id,
@@ -420,31 +417,11 @@ async def test_a_version_already_emitted_is_counted_not_emitted_again() -> None:
     assert len(_on(out, INGESTED)) == 1  # a repeat inside one batch is a duplicate too
     assert seen.seen == {}  # nothing is remembered before Kafka acknowledged it
     await stage.on_produced()
-    assert len(seen.seen) == 1 and seen.pruned  # remembered after the acks; window pruned
+    assert len(seen.seen) == 1  # remembered after the acks
 
     out = await run_batch(stage, [again, other])
     [emitted] = [codec.INGESTED_RECORD.decode(r.value) for r in _on(out, INGESTED)]
     assert emitted.provenance.source_record_id == "Patient/p2"
-
-
-@pytest.mark.asyncio
-async def test_the_first_prune_does_not_wait_for_the_machine_uptime(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """time.monotonic() counts from boot: on a machine up for 5 s, "never pruned" must still
-    mean "prune now", and the next prune waits PRUNE_EVERY_SECONDS from the first."""
-    clock = [5.0]
-    monkeypatch.setattr("concord.ingestion.app.time.monotonic", lambda: clock[0])
-    seen = FakeSeenVersions()
-    stage = _ingestion(seen)
-    await run_batch(stage, [_record(orjson.dumps(_patient("p1")))])  # then on_produced
-    assert len(seen.pruned) == 1
-    clock[0] += PRUNE_EVERY_SECONDS / 2
-    await stage.on_produced()
-    assert len(seen.pruned) == 1
-    clock[0] += PRUNE_EVERY_SECONDS
-    await stage.on_produced()
-    assert len(seen.pruned) == 2
 
 
 @pytest.mark.asyncio
@@ -653,33 +630,6 @@ async def test_the_harness_hands_a_stage_only_the_topics_it_consumes() -> None:
 # --- alerting -----------------------------------------------------------------------------------
 
 
-class _FakeAlerts(AlertStorePort):
-    """Alerts and their history in memory, as PostgreSQL keeps them."""
-
-    def __init__(self) -> None:
-        self.alerts: dict[str, AlertRecord] = {}
-        self.history: list[tuple[Alert, str]] = []
-
-    async def load(self, alert_ids: Sequence[str]) -> dict[str, AlertRecord]:
-        return {i: self.alerts[i] for i in alert_ids if i in self.alerts}
-
-    async def save(
-        self,
-        changes: Sequence[tuple[AlertRecord, str]],
-        history: Sequence[tuple[Alert, str]],
-        events: Sequence[OutboundRecord],
-    ) -> None:
-        self.alerts.update((record.alert.alert_id, record) for record, _ in changes)
-        self.history += history
-
-    async def open_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for record in self.alerts.values():
-            if record.alert.status in ("OPEN", "ACKNOWLEDGED"):
-                counts[record.alert.severity] = counts.get(record.alert.severity, 0) + 1
-        return counts
-
-
 @pytest.mark.asyncio
 async def test_alerting_stores_and_publishes_a_conflict_once_and_dead_letters_garbage() -> None:
     state = AttributeState("E-100", "Patient.gender", "DEMOGRAPHICS")
@@ -691,7 +641,7 @@ async def test_alerting_stores_and_publishes_a_conflict_once_and_dead_letters_ga
     at = datetime(2024, 1, 2, 4, tzinfo=UTC)
     opened = evaluate(state, DEFAULT_POLICY, now=at, trigger_received_time=at)
     assert opened is not None
-    store, outbox = _FakeAlerts(), FakeOutbox()
+    store, outbox = FakeAlerts(), FakeOutbox()
     stage = AlertingStage(store, outbox, FakeProducer())
     event = raw(codec.CONFLICT_EVENT.encode(opened), topic=CONFLICTS)
     out = await run_batch(stage, [event, raw(b"not avro", topic=CONFLICTS, offset=1)])

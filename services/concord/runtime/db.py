@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -56,20 +57,62 @@ async def apply_migrations(dsn: str) -> list[str]:
     return applied
 
 
+@dataclass(frozen=True)
+class SchemaSkew:
+    """How a database's applied migrations differ from the ones this release ships."""
+
+    # Shipped here, not applied: the database is older than the code (run the migrations).
+    missing: tuple[str, ...]
+    # Applied, not shipped here: a newer release migrated the database (a rollback).
+    unknown: tuple[str, ...]
+
+
+async def applied_migrations(conn: asyncpg.Connection) -> set[str]:
+    """The migrations the database records as applied; none before its first migration."""
+    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return set()
+    return {row["name"] for row in await conn.fetch("SELECT name FROM schema_migrations")}
+
+
+async def schema_skew(dsn: str, *, connect_timeout: float = 60.0) -> SchemaSkew:
+    """Compare the database's applied migrations with this release's; `connect_timeout` bounds the
+    connection attempt. Changes nothing."""
+    conn = await asyncpg.connect(dsn, timeout=connect_timeout)
+    try:
+        applied = await applied_migrations(conn)
+    finally:
+        await conn.close()
+    shipped = {name for name, _ in migration_files()}
+    return SchemaSkew(tuple(sorted(shipped - applied)), tuple(sorted(applied - shipped)))
+
+
 async def create_pool(dsn: str, size: int, *, command_timeout: float | None = None) -> asyncpg.Pool:
     """A pool whose statements fail with a timeout after `command_timeout` seconds (None:
-    never), so a worker waiting on a lost server retries instead of hanging."""
+    never), so a worker waiting on a lost server retries instead of hanging. The server ends
+    a session left idle inside a transaction as long (a worker frozen while it held the
+    identity lock would otherwise block every other normalization worker)."""
+    settings = (
+        {"idle_in_transaction_session_timeout": str(int(command_timeout * 1000))}
+        if command_timeout is not None
+        else None
+    )
     pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=size, command_timeout=command_timeout
+        dsn,
+        min_size=1,
+        max_size=size,
+        command_timeout=command_timeout,
+        server_settings=settings,
     )
     assert pool is not None  # create_pool returns None only when awaited lazily  # noqa: S101
     return pool
 
 
 @asynccontextmanager
-async def pooled(dsn: str, size: int) -> AsyncIterator[asyncpg.Pool]:
+async def pooled(
+    dsn: str, size: int, *, command_timeout: float | None = None
+) -> AsyncIterator[asyncpg.Pool]:
     """A pool for one command's work: closed after it, also when the work fails."""
-    pool = await create_pool(dsn, size)
+    pool = await create_pool(dsn, size, command_timeout=command_timeout)
     try:
         yield pool
     finally:
