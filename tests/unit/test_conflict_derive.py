@@ -499,6 +499,10 @@ def test_a_ranked_source_still_outranks_better_evidence() -> None:
         ("1222724007", "false", "1"),  # AJCC stage IA
         ("1222766008", "false", "2"),  # AJCC stage IIA
         ("1222769001", "false", "2"),  # AJCC stage IIB
+        ("1222728005", "false", "1"),  # AJCC stage IB
+        ("1222802001", "false", "3"),  # AJCC stage IIIA
+        ("1222805004", "false", "3"),  # AJCC stage IIIB
+        ("1222806003", "false", "3"),  # AJCC stage IIIC
         ("258228008", "true", "4"),  # Stage 4
     ],
 )
@@ -519,6 +523,31 @@ def test_a_snomed_coded_distant_metastases_category_implies_metastatic_status(
     assert _built_in(_fact("Observation/21907-1", f"{SCT}|{code}")) == {
         "Oncology.metastatic": metastatic
     }
+
+
+@pytest.mark.parametrize(
+    ("code", "metastatic", "group"),
+    [
+        ("424132000", "false", "1"),  # Non-small cell carcinoma of lung, TNM stage 1
+        ("425048006", "false", "2"),
+        ("422968005", "false", "3"),
+        ("423121009", "true", "4"),
+        ("67811000119102", "false", "1"),  # Primary small cell neoplasm of lung, stage 1
+        ("67821000119109", "false", "2"),
+        ("67831000119107", "false", "3"),
+        ("67841000119103", "true", "4"),
+    ],
+)
+def test_a_diagnosis_staged_in_its_code_implies_its_group_while_current(
+    code: str, metastatic: str, group: str
+) -> None:
+    """Synthea's lung cancer module, like many problem lists, names the stage in the
+    diagnosis itself."""
+    assert _built_in(_fact(f"Condition/{code}", "active")) == {
+        "Oncology.metastatic": metastatic,
+        "Oncology.stageGroup": group,
+    }
+    assert _built_in(_fact(f"Condition/{code}", "resolved")) == {}
 
 
 def test_stage_groups_that_differ_between_an_ehr_and_a_registry_conflict() -> None:
