@@ -123,21 +123,34 @@ class FakeIdentities(IdentityStore):
 
 
 class FakeSeenVersions(SeenVersions):
-    """The de-duplication window in memory, with a log of when it was pruned."""
+    """The de-duplication window in memory: (version key, record id) -> when first seen, with a
+    log of each prune's instant and limit."""
 
     def __init__(self) -> None:
-        self.seen: dict[str, str] = {}
+        self.seen: dict[tuple[str, str], datetime] = {}
         self.pruned: list[datetime] = []
+        self.limits: list[int] = []
 
-    async def unseen(self, record_ids: Sequence[str]) -> set[str]:
-        return set(record_ids) - set(self.seen)
+    async def emitted(self, version_keys: Sequence[str]) -> dict[str, set[str]]:
+        wanted = set(version_keys)
+        found: dict[str, set[str]] = {}
+        for key, record_id in self.seen:
+            if key in wanted:
+                found.setdefault(key, set()).add(record_id)
+        return found
 
-    async def remember(self, records: Sequence[tuple[str, str]]) -> None:
-        self.seen.update(records)
+    async def remember(self, records: Sequence[tuple[str, str, str]]) -> None:
+        now = datetime.now(UTC)
+        for key, record_id, _source in records:
+            self.seen.setdefault((key, record_id), now)
 
-    async def prune(self, before: datetime) -> int:
+    async def prune(self, before: datetime, limit: int) -> int:
         self.pruned.append(before)
-        return 0
+        self.limits.append(limit)
+        old = [row for row, first_seen in self.seen.items() if first_seen < before][:limit]
+        for row in old:
+            del self.seen[row]
+        return len(old)
 
 
 class FakeProducer(Producer):

@@ -8,7 +8,7 @@ import argparse
 import asyncio
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from concord.runtime.reading import read_topic
-from concord.stack.stack import StackInfo
+from concord.stack.stack import ALL_SERVICES, StackInfo
 from concord.topics import ALERTS, CONFLICTS, FACTS, INGESTED, RAW_FHIR
 
 from .backend import TopicReader
@@ -83,13 +83,26 @@ async def offer(
     return sent, elapsed
 
 
-async def latency_part(args: argparse.Namespace, teardown: Teardown, token: str) -> dict[str, Any]:
-    progress("latency: starting the stack (broker, PostgreSQL, 4 Faust workers)")
+async def latency_part(
+    args: argparse.Namespace,
+    teardown: Teardown,
+    token: str,
+    *,
+    replicas: Mapping[str, int] | None = None,
+    after: Callable[[StackInfo], Awaitable[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """Part 2 on a stack of its own: `replicas` workers of a service (one each by default);
+    `after(stack)`, if given, measures more on the same stack, its result under "after"."""
+    workers = sum((replicas or {}).get(service, 1) for service in ALL_SERVICES)
+    progress(f"latency: starting the stack (broker, PostgreSQL, {workers} Faust workers)")
     state_dir, info = await teardown.stack(
-        "stack", progress=lambda line: progress(f"latency: stack: {line}")
+        "stack", progress=lambda line: progress(f"latency: stack: {line}"), replicas=replicas
     )
     try:
-        return await _measure_latency(args, info, token)
+        result = await _measure_latency(args, info, token)
+        if after is not None:
+            result["after"] = await after(info)
+        return result
     finally:
         progress("latency: stopping the stack")
         teardown.stop_stack(state_dir)

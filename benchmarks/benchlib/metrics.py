@@ -13,7 +13,7 @@ import asyncpg
 import psutil
 
 from concord.stack.processes import metric_samples
-from concord.stack.stack import StackInfo
+from concord.stack.stack import StackInfo, worker_service
 
 
 def cpu_seconds(info: StackInfo) -> dict[str, float]:
@@ -42,13 +42,15 @@ BATCH_METRICS = (
 
 
 def batch_metrics(info: StackInfo) -> dict[str, dict[str, float]]:
-    """Each worker's batch counters from its /metrics (time in batches, batches, records)."""
+    """Each worker's batch counters from its /metrics (time in batches, batches, records),
+    by the worker's name (``conflicts``, ``conflicts-2``...)."""
     result: dict[str, dict[str, float]] = {}
     for name, record in info.workers.items():
         assert record.port is not None, name
         values = dict.fromkeys(BATCH_METRICS, 0.0)
+        stage = worker_service(record)
         for sample in metric_samples(record.port):
-            if sample.name in values and sample.labels.get("stage") == name:
+            if sample.name in values and sample.labels.get("stage") == stage:
                 values[sample.name] += sample.value
         result[name] = values
     return result

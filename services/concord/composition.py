@@ -54,7 +54,10 @@ def build_normalization(settings: NormalizationSettings, resources: Resources) -
     from concord.normalization.identity_store import PostgresIdentityStore
     from concord.normalization.record_facts import PostgresRecordFacts
     from concord.normalization.terminology import Terminology
+    from concord.normalization.units import warm
 
+    # Before the batch loop joins its group: see warm().
+    warm()
     thresholds = Thresholds(
         link_threshold=settings.identity_link_threshold,
         review_threshold=settings.identity_review_threshold,

@@ -6,6 +6,7 @@ load_settings, which says what is wrong with a bad value in one line per CONCORD
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -26,6 +27,9 @@ DEFAULT_STATE_DIR = Path(".concord")
 ENV_FILE = "stack.env"
 DEFAULT_ENTERPRISE_ID_SYSTEM = "urn:concord:enterprise-patient-id"
 DEFAULT_MLLP_MAX_FRAME_BYTES = 1024 * 1024
+# The longest source name ingestion accepts (concord.ingestion.common.MAX_SOURCE_LENGTH, which
+# imports Kafka-side code this module must not).
+MAX_SOURCE_NAME = 128
 # No password: examples end up in error messages.
 EXAMPLE_DSN = "postgresql://user@host:5432/concord"
 
@@ -158,6 +162,13 @@ class DatabaseWorkerSettings(WorkerSettings):
         gt=0,
         description="A statement still running after this long fails and its batch is retried",
     )
+    migrate_on_start: bool = Field(
+        False,
+        description="Apply the migrations the database lacks when the worker starts "
+        "(advisory-locked: workers starting together are safe); unset, such a worker refuses "
+        "to start until `concord db migrate` has run",
+        examples=[True],
+    )
 
 
 class MllpSettings(BaseSettings):
@@ -165,7 +176,11 @@ class MllpSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CONCORD_", extra="ignore")
 
-    mllp_host: str = Field("127.0.0.1", description="Interface the MLLP listener binds")
+    mllp_host: str = Field(
+        "127.0.0.1",
+        description="Interface the MLLP listener binds; any but a loopback address needs TLS "
+        "(CONCORD_MLLP_TLS_CERTFILE) or CONCORD_MLLP_INSECURE_PLAINTEXT",
+    )
     mllp_port: int = Field(
         2575, ge=0, le=65535, description="MLLP port (2575 is HL7's registered port; 0 = any)"
     )
@@ -182,11 +197,25 @@ class MllpSettings(BaseSettings):
     )
     mllp_source: str | None = Field(
         None,
-        description="Source system of every message on this listener (one listener per "
-        "interface); unset, a message's MSH-3 sending application, else its MSH-4 facility",
+        description="Source every message on this listener is recorded as (one listener per "
+        "port), unless its client certificate is in CONCORD_MLLP_CLIENT_SOURCES; never taken "
+        "from the message",
         min_length=1,
-        max_length=128,
+        max_length=MAX_SOURCE_NAME,
         examples=["lab-system"],
+    )
+    mllp_client_sources: dict[str, str] = Field(
+        default_factory=dict,
+        description="Source per client certificate, as JSON: a subject CN or subjectAltName "
+        "(DNS, URI, e-mail) of the verified certificate -> the source its messages are recorded "
+        "as; needs CONCORD_MLLP_TLS_CLIENT_CAFILE",
+        examples=[{"lab-engine.example.org": "lab-system"}],
+    )
+    mllp_source_from_msh: bool = Field(
+        False,
+        description="Development only (the local stack sets it), refused unless "
+        "CONCORD_MLLP_HOST is loopback: a connection with no configured source names its own, "
+        "in MSH-3 (else MSH-4)",
     )
     mllp_write_timeout_seconds: float = Field(
         10.0,
@@ -210,6 +239,27 @@ class MllpSettings(BaseSettings):
         "(mutual TLS)",
         examples=["/etc/concord/mllp-clients-ca.pem"],
     )
+    mllp_insecure_plaintext: bool = Field(
+        False,
+        description="Let a listener on a non-loopback address run without TLS: HL7 (PHI) "
+        "crosses the network in clear text and any host that reaches the port can send",
+    )
+
+    @field_validator("mllp_client_sources")
+    @classmethod
+    def _source_names(cls, sources: dict[str, str]) -> dict[str, str]:
+        for name, source in sources.items():
+            if not name.strip():
+                raise ValueError("a certificate name is empty")
+            # The rule ingestion applies to a record's source, so no record is refused for it.
+            if not (0 < len(source) <= MAX_SOURCE_NAME and source.strip() == source):
+                raise ValueError(
+                    f"the source for {name!r} must be 1-{MAX_SOURCE_NAME} characters, "
+                    "without spaces around them"
+                )
+            if not source.isprintable():
+                raise ValueError(f"the source for {name!r} must be printable")
+        return sources
 
     @model_validator(mode="after")
     def _tls_needs_a_certificate(self) -> Self:
@@ -220,7 +270,41 @@ class MllpSettings(BaseSettings):
                 "CONCORD_MLLP_TLS_KEYFILE/CLIENT_CAFILE need CONCORD_MLLP_TLS_CERTFILE "
                 "(e.g. CONCORD_MLLP_TLS_CERTFILE=/etc/concord/mllp.pem)"
             )
+        # A certificate's names say who the client is only once the listener has verified it.
+        if self.mllp_client_sources and self.mllp_tls_client_cafile is None:
+            raise ValueError(
+                "CONCORD_MLLP_CLIENT_SOURCES needs CONCORD_MLLP_TLS_CLIENT_CAFILE: a client "
+                "certificate's names are trusted only when the listener verifies it "
+                "(e.g. CONCORD_MLLP_TLS_CLIENT_CAFILE=/etc/concord/mllp-clients-ca.pem)"
+            )
         return self
+
+    def listener_problem(self) -> str | None:
+        """Why a listener with these settings must not start, in one line naming the variables
+        to change; None when it may. Checked when the worker's settings load (with
+        CONCORD_MLLP_ENABLED) and again by MllpServer.from_settings (TLS only)."""
+        exposed = plaintext_exposure(
+            self.mllp_host, tls=self.mllp_tls_certfile is not None,
+            allowed=self.mllp_insecure_plaintext,
+        )  # fmt: skip
+        if exposed:
+            return exposed
+        if self.mllp_source_from_msh and not is_loopback(self.mllp_host):
+            # No opt-out: over TLS or not, anyone who reaches the port could name any source.
+            return (
+                f"CONCORD_MLLP_SOURCE_FROM_MSH=true lets each sender name its own source, so it "
+                f"is refused unless CONCORD_MLLP_HOST is a loopback address, not "
+                f"{self.mllp_host!r}: set CONCORD_MLLP_SOURCE or CONCORD_MLLP_CLIENT_SOURCES "
+                "instead"
+            )
+        if not (self.mllp_source or self.mllp_client_sources or self.mllp_source_from_msh):
+            return (
+                "the MLLP listener has no source to record messages as: set "
+                "CONCORD_MLLP_SOURCE (every message on this listener, e.g. "
+                "CONCORD_MLLP_SOURCE=lab-system) or CONCORD_MLLP_CLIENT_SOURCES (per client "
+                "certificate, with CONCORD_MLLP_TLS_CLIENT_CAFILE)"
+            )
+        return None
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The listener's TLS context (TLS 1.2 or later), or None for plain TCP."""
@@ -235,6 +319,31 @@ class MllpSettings(BaseSettings):
         return context
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listener on ``host`` is reachable from this machine only: 127.0.0.0/8, ::1 or
+    "localhost". Other names are not looked up (the answer could change after the check), so
+    they count as reachable from the network, as do "" and 0.0.0.0 (every interface)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def plaintext_exposure(host: str, *, tls: bool, allowed: bool) -> str | None:
+    """The one-line refusal for a plain-TCP MLLP listener on a non-loopback address; None
+    when it is loopback, has TLS, or the insecure opt-out is set."""
+    if tls or allowed or is_loopback(host):
+        return None
+    return (
+        f"CONCORD_MLLP_HOST={host!r} is not a loopback address and TLS is off: set "
+        "CONCORD_MLLP_TLS_CERTFILE (and CONCORD_MLLP_TLS_CLIENT_CAFILE for mutual TLS), or bind "
+        "CONCORD_MLLP_HOST=127.0.0.1, or accept HL7 in clear text from anyone who reaches the "
+        "port with CONCORD_MLLP_INSECURE_PLAINTEXT=true"
+    )
+
+
 class IngestionSettings(DatabaseWorkerSettings, MllpSettings):
     """The ingestion service: raw topics in, ingested records and dead letters out; with
     mllp_enabled, an MLLP listener writing HL7 v2 to ehr.raw.hl7v2 too."""
@@ -242,6 +351,14 @@ class IngestionSettings(DatabaseWorkerSettings, MllpSettings):
     mllp_enabled: bool = Field(
         False, description="Run the MLLP listener (CONCORD_MLLP_*) in this worker", examples=[True]
     )
+
+    @model_validator(mode="after")
+    def _listener_may_start(self) -> Self:
+        # Only a listener that runs is checked: the host or a source alone expose nothing.
+        problem = self.listener_problem() if self.mllp_enabled else None
+        if problem:
+            raise ValueError(problem)
+        return self
 
     dedupe_window_days: float = Field(
         30,

@@ -31,6 +31,7 @@ REASON_CODES: dict[str, str] = {
     "DATETIME_WITHOUT_ZONE": "A date-time with a time of day has no time-zone offset.",
     "CODE_WITHOUT_SYSTEM": "A coding carries a code but no code system.",
     "INVALID_CODE": "A LOINC, SNOMED CT, ICD-10-CM, RxNorm, NDC or CPT code is malformed.",
+    "CONTROL_CHARACTER": "A string held NUL or another C0 control character (not tab, LF, CR).",
     "HL7_MALFORMED": "The bytes are not an HL7 v2 message (no MSH, bad separators or charset).",
     "HL7_UNSUPPORTED_VERSION": "MSH-12 is not an HL7 v2 version from 2.3 to 2.8.2.",
     "HL7_UNSUPPORTED_MESSAGE_TYPE": "A message type or trigger Concord does not ingest (MSH-9).",

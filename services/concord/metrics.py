@@ -105,7 +105,14 @@ RECORDS_NOT_COMPARED = Counter(
 )
 INGESTION_DUPLICATES = Counter(
     "concord_ingestion_duplicates",
-    "Records ingestion had already emitted (same source, record and version), not re-emitted",
+    "Records ingestion had already emitted (same source, record, version and content), not "
+    "re-emitted",
+    ["topic"],
+)
+INGESTION_REUSED_VERSIONS = Counter(
+    "concord_ingestion_reused_versions",
+    "Records whose source, record and version had been emitted with other content (an HL7 v2 "
+    "control id or a FHIR version id re-used): emitted as records of their own",
     ["topic"],
 )
 # MLLP listener (outcome is AA, AE or AR)

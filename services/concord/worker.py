@@ -202,6 +202,8 @@ async def run_mllp_listener(app: faust.App, settings: IngestionSettings) -> None
         KafkaRawHl7Port(producer),
         ingest,
         source=settings.mllp_source,
+        client_sources=settings.mllp_client_sources,
+        source_from_msh=settings.mllp_source_from_msh,
         write_timeout_seconds=settings.mllp_write_timeout_seconds,
     )
     server = MllpServer.from_settings(gateway.handle, settings)
@@ -240,8 +242,31 @@ def main(argv: list[str] | None = None) -> None:
         app = build_app(service, settings)
     except PolicyError as exc:
         sys.exit(f"the {service} worker does not start: its policy file is invalid\n{exc}")
+    check_schema_or_exit(service, settings)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
+
+
+def check_schema_or_exit(service: str, settings: DatabaseWorkerSettings) -> None:
+    """Before Faust starts: wait for PostgreSQL, then refuse (one line, exit 1) a database
+    whose migrations are not this release's, unless CONCORD_MIGRATE_ON_START lets the worker
+    apply the missing ones. Exit 1, not 2: the fix is the database's, not this worker's
+    configuration, and a supervisor retrying later may well find it done."""
+    from concord.runtime.startup import StartRefused, check_schema
+
+    def say(line: str) -> None:
+        print(f"the {service} worker {line}", file=sys.stderr, flush=True)
+
+    # A loop of its own, never set as current: Faust makes and keeps its own afterwards.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(check_schema(settings, say))
+    except StartRefused as refused:
+        sys.exit(f"the {service} worker does not start: {refused}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    finally:
+        loop.close()
 
 
 if __name__ == "__main__":

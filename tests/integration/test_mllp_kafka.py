@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,16 +16,18 @@ import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 
+from concord.config import MllpSettings
 from concord.events import codec
 from concord.hl7v2 import er7
 from concord.ingestion.gateway import KafkaRawHl7Port, MllpGateway
 from concord.ingestion.hl7v2 import ingest_hl7v2
-from concord.ingestion.mllp import Ack, MllpServer, frame, parse_ack, send_messages
+from concord.ingestion.mllp import Ack, MllpError, MllpServer, frame, parse_ack, send_messages
 from concord.runtime.reading import read_topic
 from concord.stack.broker import BrokerInfo, start_broker
 from concord.stack.processes import stop_process
 from concord.topics import DEADLETTER, RAW_HL7V2
 from mllp_client import HOST, RawClient
+from throwaway_ca import ThrowawayCa, need_openssl
 
 pytestmark = pytest.mark.integration
 
@@ -33,9 +36,11 @@ CLIENTS = 20
 PER_CLIENT = 10
 
 
-def adt(control_id: str) -> bytes:
+def adt(control_id: str, sending_application: str = "ADT-APP") -> bytes:
     return (
-        b"MSH|^~\\&|ADT-APP|GH|CONCORD|GH|20240301083000-0500||ADT^A08^ADT_A01|"
+        b"MSH|^~\\&|"
+        + sending_application.encode()
+        + b"|GH|CONCORD|GH|20240301083000-0500||ADT^A08^ADT_A01|"
         + control_id.encode()
         + b"|P|2.5.1\rEVN|A08|20240301082500-0500\rPID|1||MRN-"
         + control_id.encode()
@@ -176,3 +181,59 @@ async def test_without_the_broker_nothing_is_acknowledged(tmp_path: Path) -> Non
     assert [ack.code for ack in before] == ["AA"]
     assert [(ack.code, ack.control_id) for ack in after] == [("AE", "DOWN-1"), ("AE", "DOWN-2")]
     assert all(ack.error == "internal error while accepting the message" for ack in after)
+
+
+@pytest.mark.asyncio
+async def test_over_mutual_tls_each_record_is_its_certificates_source_whatever_msh_3_says(
+    broker: BrokerInfo, tmp_path: Path
+) -> None:
+    """Two senders, each claiming the other in MSH-3: Kafka records each under the source its
+    client certificate is configured for. A client without a certificate gets no ACK."""
+    need_openssl()
+    run = uuid.uuid4().hex[:8]
+    ca = ThrowawayCa(tmp_path / "ca")
+    server_cert = ca.issue("mllp-server", server=True)
+    lab, ehr = f"lab-{run}", f"ehr-{run}"
+    settings = MllpSettings(
+        mllp_host=HOST, mllp_port=0, mllp_tls_certfile=server_cert.cert,
+        mllp_tls_keyfile=server_cert.key, mllp_tls_client_cafile=ca.cert,
+        mllp_client_sources={"lab-engine": lab, "ehr-engine": ehr},
+    )  # fmt: skip
+
+    def client(name: str | None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=ca.cert)
+        if name is not None:
+            issued = ca.issue(name)
+            context.load_cert_chain(issued.cert, issued.key)
+        return context
+
+    producer = producer_for(broker.bootstrap_servers)
+    await producer.start()
+    ingest = partial(ingest_hl7v2, max_payload_bytes=1_000_000)
+    gateway = MllpGateway(
+        KafkaRawHl7Port(producer), ingest, client_sources=settings.mllp_client_sources
+    )
+    try:
+        async with MllpServer.from_settings(gateway.handle, settings) as server:
+            port = server.port
+            from_lab = await send_messages(
+                HOST, port, [adt(f"L{run}-{n}", ehr) for n in range(3)], ssl=client("lab-engine")
+            )
+            from_ehr = await send_messages(
+                HOST, port, [adt(f"E{run}-{n}", lab) for n in range(2)], ssl=client("ehr-engine")
+            )
+            with pytest.raises(MllpError):
+                await send_messages(HOST, port, [adt(f"X{run}", lab)], ssl=client(None), timeout=2)
+    finally:
+        await producer.stop()
+    assert [ack.code for ack in from_lab + from_ehr] == ["AA"] * 5
+    on_kafka = {
+        source: sorted(
+            control_id(v) for v in await written(broker.bootstrap_servers, RAW_HL7V2, source)
+        )
+        for source in (lab, ehr)
+    }
+    assert on_kafka == {
+        lab: [f"L{run}-{n}" for n in range(3)],
+        ehr: [f"E{run}-{n}" for n in range(2)],
+    }

@@ -22,13 +22,17 @@ from click.testing import CliRunner
 from concord.cli.stack import stack as stack_cli
 from concord.stack.broker import BrokerInfo
 from concord.stack.postgres import PostgresInfo
-from concord.stack.processes import ProcessDied, is_alive, spawn, stop_process
+from concord.stack.processes import ProcessDied, ProcessRecord, is_alive, spawn, stop_process
 from concord.stack.stack import (
     ALL_SERVICES,
     StackError,
+    add_worker,
     load_stack_env,
+    load_state,
+    remove_worker,
     restart_worker,
     start_stack,
+    worker_service,
 )
 from concord.topics import ALL_TOPICS, RAW_FHIR
 
@@ -216,6 +220,71 @@ def test_stack_up_status_down(tmp_path: Path) -> None:
     assert load_stack_env(state_dir) == {}
     status = runner.invoke(stack_cli, ["status", "--state-dir", str(state_dir)])
     assert status.exit_code == 1
+
+
+def test_stack_runs_replicas_and_adds_and_removes_workers(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    stand_in = tmp_path / "stand_in_worker.py"
+    stand_in.write_text(STAND_IN_WORKER)
+    command = [sys.executable, str(stand_in)]
+
+    info = asyncio.run(
+        start_stack(
+            state_dir,
+            workers=["ingestion", "conflicts"],
+            worker_command=command,
+            progress=lambda line: None,
+            replicas={"conflicts": 2},
+        )
+    )
+    runner = CliRunner()
+    added: list[ProcessRecord] = []
+    try:
+        assert set(info.workers) == {"ingestion", "conflicts", "conflicts-2"}
+        second = info.workers["conflicts-2"]
+        # The same service (and so consumer group), its own port, log and Faust data dir.
+        assert second.argv == [*command, "conflicts"]
+        assert worker_service(second) == "conflicts"
+        assert second.port != info.workers["conflicts"].port
+        assert second.log_path.endswith("conflicts-2.log")
+        seen = json.loads(_get(f"http://127.0.0.1:{second.port}/env"))
+        assert seen["CONCORD_DATA_DIR"] == str(state_dir / "workers" / "conflicts-2")
+
+        # A third conflicts worker joins, a second ingestion worker too (without the MLLP
+        # listener, which the first keeps); both are recorded for status and down.
+        added.append(asyncio.run(add_worker(state_dir, "conflicts")))
+        added.append(asyncio.run(add_worker(state_dir, "ingestion")))
+        assert [r.name for r in added] == ["conflicts-3", "ingestion-2"]
+        assert added[1].argv == [*command, "ingestion"]
+        env = json.loads(_get(f"http://127.0.0.1:{added[1].port}/env"))
+        assert "CONCORD_MLLP_ENABLED" not in env
+        status = runner.invoke(stack_cli, ["status", "--state-dir", str(state_dir)])
+        assert status.exit_code == 0, status.output
+        assert "conflicts-3" in status.output and "ingestion-2" in status.output
+
+        # One leaves: stopped and forgotten; its name is free again.
+        result = remove_worker(state_dir, "conflicts-2")
+        assert result.outcome == "stopped"
+        assert not is_alive(second)
+        recorded = load_state(state_dir)
+        assert recorded is not None
+        assert set(recorded.workers) == {"ingestion", "ingestion-2", "conflicts", "conflicts-3"}
+        status = runner.invoke(stack_cli, ["status", "--state-dir", str(state_dir)])
+        assert status.exit_code == 0, status.output
+        with pytest.raises(StackError, match="no worker 'conflicts-2'"):
+            remove_worker(state_dir, "conflicts-2")
+
+        # A restarted replica runs its service again.
+        restarted = asyncio.run(restart_worker(state_dir, "conflicts-3"))
+        assert restarted.argv == [*command, "conflicts"]
+        assert worker_service(restarted) == "conflicts"
+        added.append(restarted)
+    finally:
+        down = runner.invoke(stack_cli, ["down", "--state-dir", str(state_dir)])
+    assert down.exit_code == 0, down.output
+    assert "conflicts-3" in down.output and "ingestion-2" in down.output
+    for record in [*info.processes, *added]:
+        assert not is_alive(record), f"{record.name} survived `stack down`"
 
 
 def _wait_for_ready_line(log: Path) -> list[int]:

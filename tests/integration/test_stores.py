@@ -19,7 +19,6 @@ from concord.conflicts.rules import AttributeState, apply_fact, evaluate
 from concord.conflicts.store import ConflictStore
 from concord.events import codec
 from concord.events.models import MERGE_ATTRIBUTE, ClinicalFact, ConflictEvent, Provenance
-from concord.ingestion.dedupe import PostgresSeenVersions
 from concord.normalization.facts.drafts import unmerge_fact
 from concord.runtime.batch import Outbound, OutboundRecord, run_batch
 from concord.runtime.outbox import Outbox
@@ -205,24 +204,6 @@ async def test_alerts_and_their_history_are_stored_once_per_revision(pool: async
         "SELECT count(*) FROM alert_history WHERE alert_id = $1", opened.conflict_id
     )
     assert history == 1
-
-
-@pytest.mark.asyncio
-async def test_the_dedupe_window_remembers_forgets_and_ignores_repeats(pool: asyncpg.Pool) -> None:
-    seen = PostgresSeenVersions(pool)
-    mine = [f"dedupe-{uuid.uuid4().hex}" for _ in range(3)]
-    assert await seen.unseen(mine) == set(mine)
-    await seen.remember([(mine[0], "ehr-a"), (mine[1], "ehr-b")])
-    await seen.remember([(mine[0], "ehr-a")])  # remembering twice is harmless
-    assert await seen.unseen(mine) == {mine[2]}
-    assert await seen.unseen([]) == set()
-
-    await pool.execute(
-        "UPDATE ingested_versions SET first_seen = now() - interval '40 days' WHERE record_id = $1",
-        mine[0],
-    )
-    assert await seen.prune(datetime.now(UTC) - timedelta(days=30)) >= 1
-    assert await seen.unseen(mine) == {mine[0], mine[2]}
 
 
 def _subject_fact(

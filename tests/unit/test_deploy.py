@@ -63,6 +63,7 @@ EXPORTED_METRICS = frozenset(
         "concord_records_not_normalized_total",
         "concord_records_withdrawn_total",
         "concord_ingestion_duplicates_total",
+        "concord_ingestion_reused_versions_total",
         "concord_record_warnings_total",
         "concord_records_not_compared_total",
         "concord_identity_decisions_total",
@@ -76,6 +77,8 @@ EXPORTED_METRICS = frozenset(
         "concord_policy_reloads_total",
         "concord_policy_info",
         "concord_resolutions_total",
+        "concord_transient_failures_total",
+        "concord_stage_ready",
     }
 )
 # Labels that may appear in rules and dashboards: the metrics' own bounded labels, Prometheus'
@@ -425,6 +428,62 @@ def test_worker_settings_load_from_the_compose_environment(
     settings: Any = SETTINGS[name](_env_file=None)  # type: ignore[call-arg]
     assert settings.web_host == "0.0.0.0"  # noqa: S104 - reachable by Prometheus and healthcheck
     assert settings.bootstrap_servers == "kafka:19092"
+
+
+def published(service: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(host interface, host port, container port) of each `ports:` entry; "" for no
+    interface, which Docker reads as every interface."""
+    mappings = []
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            mappings.append(
+                (str(entry.get("host_ip", "")), str(entry["published"]), str(entry["target"]))
+            )
+            continue
+        parts = str(entry).rsplit(":", 2)
+        interface, host, target = ["", *parts] if len(parts) == 2 else parts
+        mappings.append((interface, host, target))
+    return mappings
+
+
+def test_every_published_port_binds_loopback_by_default(compose: dict[str, Any]) -> None:
+    """Nothing is reachable from another machine until a variable names an interface: MLLP
+    included, whose port accepts PHI and writes records as the source it is configured for."""
+    for name, service in compose["services"].items():
+        for interface, host, target in published(service):
+            assert interface == "127.0.0.1", f"{name} publishes {host}->{target} on {interface!r}"
+
+
+def test_mllp_is_published_where_its_variables_say() -> None:
+    env = {**TEST_ENV, "MLLP_BIND": "10.0.0.5", "MLLP_PORT": "12575"}
+    ingestion = load_compose(env)["services"]["ingestion"]
+    assert published(ingestion) == [("10.0.0.5", "12575", "2575")]
+
+
+def test_mllp_is_off_in_compose_until_configured(compose: dict[str, Any]) -> None:
+    """The listener needs a source to record messages under and TLS (its container address is
+    not loopback): neither can be shipped, so compose leaves it off."""
+    assert environment(compose["services"]["ingestion"])["CONCORD_MLLP_ENABLED"] == "false"
+
+
+def test_mllp_enabled_in_compose_without_tls_does_not_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key in list(os.environ):
+        if key.startswith("CONCORD_"):
+            monkeypatch.delenv(key)
+    compose = load_compose({**TEST_ENV, "MLLP_ENABLED": "true"})
+    for key, value in environment(compose["services"]["ingestion"]).items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(config.SettingsProblem) as caught:
+        config.load_settings(config.IngestionSettings)
+    [line] = caught.value.lines
+    for variable in (
+        "CONCORD_MLLP_HOST",
+        "CONCORD_MLLP_TLS_CERTFILE",
+        "CONCORD_MLLP_INSECURE_PLAINTEXT",
+    ):
+        assert variable in line
 
 
 def test_worker_mounts_are_read_only(compose: dict[str, Any]) -> None:

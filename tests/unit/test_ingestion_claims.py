@@ -22,7 +22,7 @@ from concord.events.models import IngestedRecord
 from concord.events.raw import RawEvent
 from concord.ingestion.claims import MAX_PROBLEMS_NAMED, ingest_claim
 from concord.ingestion.codes import CPT, CPT_PATTERN, ICD10_CM, ICD10_CM_PATTERN, NDC_PATTERN
-from concord.ingestion.common import record_id
+from concord.ingestion.common import record_id, version_key
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "services" / "concord" / "demo" / "claims-sample.ndjson"
@@ -162,7 +162,8 @@ def test_a_valid_line_becomes_one_record_with_provenance() -> None:
     assert record.operation == "UPSERT"
     assert record.source_time_zone is None
     assert record.payload == orjson.dumps(_line(), option=orjson.OPT_SORT_KEYS)
-    assert record.record_id == record_id("payer-gateway", "ClaimLine/CLM-1001/2", "3")
+    key = version_key("payer-gateway", "ClaimLine/CLM-1001/2", "3")
+    assert record.record_id == record_id(key, record.payload)
     p = record.provenance
     assert p.source_system == "payer-gateway"
     assert p.source_record_id == "ClaimLine/CLM-1001/2"

@@ -410,6 +410,8 @@ def test_every_public_hl7v2_message_is_ingested_or_dead_lettered_with_a_reason()
         ("a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f", "a|b^c&d~e\\f"),
         ("a\\P\\b", "a#b"),
         ("\\X414243\\", "ABC"),
+        ("Quor\\X00\\vatz\\X0741\\", "QuorvatzA"),  # control characters are not read
+        ("a\\X09\\b\\X0D0A\\c", "a\tb\r\nc"),  # but tab and line breaks are
         ("one\\.br\\two", "one\ntwo"),
         ("one\\.sp2\\two", "one\n\ntwo"),
         ("x\\.spZ\\y", "x\ny"),  # a malformed count: python-hl7 raised here
@@ -435,3 +437,14 @@ def test_a_bad_escape_is_neither_logged_nor_fatal(caplog: pytest.LogCaptureFixtu
 
 def test_the_record_names_its_patient_by_pid_3() -> None:
     assert _accepted(ADT).patient_ref == f"PID/{MRN}"
+
+
+def test_a_timestamp_past_year_9999_in_utc_is_not_a_timestamp() -> None:
+    """Found by the fault suite: the conversion to UTC overflowed, and the message was
+    dead-lettered as INGESTION_FAILED, the code of a Concord bug."""
+    message = ADT.replace("20240301083000-0500", "99991231235959-1400").replace(
+        "EVN|A08|20240301082500-0500", "EVN|A08|99991231235959-1400"
+    )
+    outcome = _ingest(message)
+    assert isinstance(outcome, Rejection)
+    assert (outcome.reason_code, outcome.location) == ("HL7_INVALID", "MSH-7")

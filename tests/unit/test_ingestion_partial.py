@@ -7,6 +7,7 @@ Concord does not compare is kept for provenance. The rule per reason code: docs/
 from __future__ import annotations
 
 import collections
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from fhir.resources.R4B import get_fhir_model_class
 from concord.deadletters import REASON_CODES, Rejection
 from concord.events.models import IngestedRecord, IngestionWarning
 from concord.events.raw import RawEvent
+from concord.hl7v2 import er7
+from concord.ingestion.claims import ingest_claim
 from concord.ingestion.fhir import ingest_fhir
 from concord.ingestion.fhir_types import R4_RESOURCE_TYPES, R4B_ONLY_TYPES
 from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
@@ -463,3 +466,157 @@ def test_the_public_samples_are_ingested_whole_partly_or_dead_lettered() -> None
         "ingested with warnings",
         "dead-lettered HL7_UNSUPPORTED_MESSAGE_TYPE",
     }
+
+
+# --- NUL and other control characters (issue 15) ------------------------------------------------
+# PostgreSQL's text and jsonb cannot hold NUL: a name carrying one was accepted here and refused
+# later by normalization's identity store and the conflicts store, so the record was lost. What
+# ingestion reads is cleaned of C0 control characters (but tab, line feed, carriage return),
+# with a located warning; the raw bytes, kept for provenance, are not touched.
+
+CONTROLS = "".join(chr(c) for c in range(0x20) if chr(c) not in "\t\n\r")
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in (key, *_strings(value))]
+    if isinstance(node, list):
+        return [s for item in node for s in _strings(item)]
+    return [node] if isinstance(node, str) else []
+
+
+def _controls_left(record: IngestedRecord) -> set[str]:
+    payload = record.payload.decode()
+    text = _strings(orjson.loads(payload)) if record.format != "HL7V2" else [payload]
+    return {c for s in text for c in s if c in CONTROLS}
+
+
+def test_a_nul_in_a_fhir_name_is_removed_with_a_warning() -> None:
+    patient = _patient(name=[{"family": "Quor\u0000vatz", "given": ["A\u0001nn\tMarie"]}])
+    raw_bytes = orjson.dumps(patient)
+    assert b"\\u0000" in raw_bytes
+    [record] = _accepted(ingest_fhir(_raw(raw_bytes), max_payload_bytes=10_000_000))
+    assert orjson.loads(record.payload)["name"] == [{"family": "Quorvatz", "given": ["Ann\tMarie"]}]
+    assert _located(record) == [
+        ("CONTROL_CHARACTER", "Patient.name[0].family"),
+        ("CONTROL_CHARACTER", "Patient.name[0].given[0]"),
+    ]
+    assert "removed" in record.warnings[0].message
+    # Provenance still names the bytes as sent: they are on the raw topic, unchanged.
+    assert record.provenance.payload_sha256 == hashlib.sha256(raw_bytes).hexdigest()
+    assert _controls_left(record) == set()
+    assert _fact_values(record)["Patient.name"] == "quorvatz|ann marie"
+
+
+def test_every_c0_control_but_tab_lf_and_cr_is_removed_from_fhir_strings() -> None:
+    note = "".join(f"{c}x" for c in CONTROLS) + "\t\n\r"
+    observation = _observation(valueString=note)
+    observation.pop("valueQuantity")
+    [record] = _accepted(_fhir(observation))
+    assert orjson.loads(record.payload)["valueString"] == "x" * len(CONTROLS) + "\t\n\r"
+    assert _located(record) == [("CONTROL_CHARACTER", "Observation.valueString")]
+
+
+def test_json_short_escapes_for_controls_are_found_too() -> None:
+    raw_bytes = orjson.dumps(_patient()).replace(b'"Testperson"', b'"Test\\bper\\fson"')
+    [record] = _accepted(ingest_fhir(_raw(raw_bytes), max_payload_bytes=10_000_000))
+    assert orjson.loads(record.payload)["name"][0]["family"] == "Testperson"
+    assert _located(record) == [("CONTROL_CHARACTER", "Patient.name[0].family")]
+
+
+def test_a_control_in_a_bundle_entry_warns_on_that_entrys_record() -> None:
+    bundle = _bundle(_patient(), _observation(valueQuantity={"value": 99, "unit": "mg/\u0000dL"}))
+    bundle["id"] = "b\u00001"
+    patient, observation = _accepted(_fhir(bundle))
+    assert _located(observation) == [
+        ("CONTROL_CHARACTER", "Bundle.entry[1].resource.valueQuantity.unit")
+    ]
+    # What is outside every entry is the Bundle's, told on its first record.
+    assert _located(patient) == [("CONTROL_CHARACTER", "Bundle.id")]
+
+
+def test_a_fhir_document_without_escaped_controls_is_not_walked_for_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hot path: a cheap look at the raw bytes decides; most documents have none."""
+
+    def walked(*args: Any) -> Any:
+        raise AssertionError("walked a document without control characters")
+
+    monkeypatch.setattr("concord.ingestion.common.without_controls", walked)
+    plain = _patient(name=[{"family": "Tab\tand\u00e9 new\nline", "given": ["Alex"]}])
+    [record] = _accepted(_fhir(plain))
+    assert record.warnings == ()
+
+
+def test_an_escaped_nul_in_an_hl7_name_is_removed_with_a_warning() -> None:
+    """`\\X00\\` decodes to NUL: what is read of PID-5 must not carry it."""
+    [record] = _accepted(_hl7(ADT.replace("Quorvatz^Ann", "Quor\\X00\\vatz^Ann\\X0741\\")))
+    assert _located(record) == [
+        ("CONTROL_CHARACTER", "PID-5.1"),
+        ("CONTROL_CHARACTER", "PID-5.2"),
+    ]
+    assert "removed" in record.warnings[0].message
+    pid = er7.parse(record.payload).first("PID")
+    assert pid is not None
+    assert (pid.value(5, 1), pid.value(5, 2)) == ("Quorvatz", "AnnA")
+    assert _fact_values(record)["Patient.name"] is not None
+    assert "\x00" not in str(_fact_values(record))
+
+
+def test_a_raw_nul_in_an_hl7_message_is_removed_with_a_warning() -> None:
+    message = ADT.replace("Quorvatz^Ann", "Quor\x00vatz^Ann").replace("Hives", "Hi\x1bves")
+    raw_bytes = message.encode()
+    [record] = _accepted(_hl7(message))
+    assert _located(record) == [
+        ("CONTROL_CHARACTER", "PID-5.1"),
+        ("CONTROL_CHARACTER", "AL1-5.1"),
+    ]
+    assert _controls_left(record) == set()
+    assert record.provenance.payload_sha256 == hashlib.sha256(raw_bytes).hexdigest()
+
+
+def test_a_control_character_in_the_header_rejects_rather_than_changing_the_id() -> None:
+    """MSH is the message's identity and source: read as sent, and refused when it holds one."""
+    rejection = _rejected(_hl7(ADT.replace("|CTRL-1|", "|CTRL\x01-1|")))
+    assert (rejection.reason_code, rejection.location) == ("HL7_INVALID", "MSH-10")
+    escaped = _accepted(_hl7(ADT.replace("|CTRL-1|", "|CTRL\\X00\\-1|")))
+    assert escaped[0].provenance.source_record_id == "ADT^A08/CTRL\\X00\\-1"  # as sent
+
+
+def test_hl7_tab_and_line_breaks_are_not_controls_to_remove() -> None:
+    [record] = _accepted(_hl7(ADT.replace("Quorvatz^Ann", "Quor\\X09\\vatz^A\\.br\\nn")))
+    assert record.warnings == ()
+
+
+def test_a_nul_in_a_claim_is_removed_with_a_warning() -> None:
+    line = {
+        "claim_id": "CLM-1\u0000",
+        "line_number": 1,
+        "claim_version": "2",
+        "status": "original",
+        "patient": {
+            "identifiers": [{"system": "urn:example:member", "value": MRN}],
+            "family": "Quor\u0000vatz",
+        },
+        "payer": {"id": "PAYER1"},
+        "service_date_from": "2024-01-02",
+        "submitted_at": "2024-01-05T10:00:00Z",
+        "diagnoses": [
+            {"code": "E11.9", "system": "http://hl7.org/fhir/sid/icd-10-cm", "sequence": 1}
+        ],
+    }
+    raw = _raw(orjson.dumps(line), topic="ehr.raw.claims")
+    [record] = _accepted(ingest_claim(raw, max_payload_bytes=1_000_000))
+    assert _located(record) == [
+        ("CONTROL_CHARACTER", "Claim.claim_id"),
+        ("CONTROL_CHARACTER", "Claim.patient.family"),
+    ]
+    assert record.provenance.source_record_id == "ClaimLine/CLM-1/1"
+    assert _controls_left(record) == set()
+
+
+def _fact_values(record: IngestedRecord) -> dict[str, str | None]:
+    read = read_record(record, TERMINOLOGY, ())
+    assert read is not None
+    return {draft.attribute: draft.value for draft in read.drafts}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import shutil
 import ssl
@@ -17,7 +18,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from concord.config import MllpSettings
+from concord.config import IngestionSettings, MllpSettings, SettingsProblem, load_settings
 from concord.ingestion.mllp import (
     Ack,
     AckDecision,
@@ -27,12 +28,15 @@ from concord.ingestion.mllp import (
     MllpFramer,
     MllpServer,
     OversizeFrame,
+    Peer,
     build_ack,
     frame,
     parse_ack,
     send_messages,
 )
 from mllp_client import HOST, RawClient
+from throwaway_ca import Certificate as TlsCertificate
+from throwaway_ca import ThrowawayCa, need_openssl
 
 # A marker that stands for PHI: it must never reach a log line or an ACK.
 PATIENT_NAME = b"ZZSECRETNAME"
@@ -71,9 +75,9 @@ class FakeKafka:
     calls: int = 0
     in_flight: int = 0
     most_in_flight: int = 0
-    peers: set[str] = field(default_factory=set)
+    peers: set[Peer] = field(default_factory=set)
 
-    async def __call__(self, msg: bytes, peer: str) -> AckDecision:
+    async def __call__(self, msg: bytes, peer: Peer) -> AckDecision:
         self.calls += 1
         self.peers.add(peer)
         if self.reject(msg):
@@ -97,7 +101,9 @@ async def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> Non
             await asyncio.sleep(0.01)
 
 
-def server(handle: Callable[[bytes, str], Awaitable[AckDecision]], **options: object) -> MllpServer:
+def server(
+    handle: Callable[[bytes, Peer], Awaitable[AckDecision]], **options: object
+) -> MllpServer:
     return MllpServer(handle, host=HOST, port=0, **options)  # type: ignore[arg-type]
 
 
@@ -108,7 +114,7 @@ def server(handle: Callable[[bytes, str], Awaitable[AckDecision]], **options: ob
 async def test_twenty_concurrent_clients_get_every_ack_in_order() -> None:
     kafka = FakeKafka()
 
-    async def jittery(msg: bytes, peer: str) -> AckDecision:
+    async def jittery(msg: bytes, peer: Peer) -> AckDecision:
         kafka.delay = random.uniform(0, 0.005)
         return await kafka(msg, peer)
 
@@ -230,7 +236,7 @@ async def test_a_handle_that_returns_ae_yields_an_err_segment() -> None:
 async def test_a_handle_that_raises_yields_ae_and_the_server_keeps_serving(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def explode(msg: bytes, peer: str) -> AckDecision:
+    async def explode(msg: bytes, peer: Peer) -> AckDecision:
         if b"BOOM" in msg:
             raise ValueError(f"cannot store {msg!r}")  # the text quotes PHI
         if b"NONE" in msg:
@@ -261,7 +267,7 @@ async def test_aa_only_after_the_slow_durable_write_and_never_for_a_naked_messag
     entered, gate = asyncio.Event(), asyncio.Event()
     records: list[bytes] = []
 
-    async def gated(msg: bytes, peer: str) -> AckDecision:
+    async def gated(msg: bytes, peer: Peer) -> AckDecision:
         entered.set()
         await gate.wait()
         records.append(msg)
@@ -367,7 +373,7 @@ async def test_close_finishes_the_message_in_flight_and_stops_accepting() -> Non
     gate = asyncio.Event()
     started = asyncio.Event()
 
-    async def gated(msg: bytes, peer: str) -> AckDecision:
+    async def gated(msg: bytes, peer: Peer) -> AckDecision:
         started.set()
         await gate.wait()
         return AckDecision.accept()
@@ -462,13 +468,196 @@ async def test_mutual_tls_requires_a_client_certificate(
         acks = await send_messages(HOST, listener.port, [message("MTLS")], ssl=identified)
     assert acks == [Ack("AA", "MTLS")]
     assert kafka.records == [message("MTLS")]
-    assert any("(CN=test-client)" in peer for peer in kafka.peers)
+    assert any("(CN=test-client)" in str(peer) for peer in kafka.peers)
 
 
 def test_tls_settings_need_a_certificate(tmp_path: Path) -> None:
     assert MllpSettings().ssl_context() is None
     with pytest.raises(ValueError, match="CERTFILE"):
         MllpSettings(mllp_tls_keyfile=tmp_path / "server.key")
+
+
+# --- exposure: TLS before the network, and who the client is ------------------------------------
+
+# Every interface: what an exposed listener binds, and what these tests refuse or opt into.
+EVERYWHERE = "0.0.0.0"  # noqa: S104
+_EXPOSURE_VARIABLES = (
+    "CONCORD_MLLP_HOST",
+    "CONCORD_MLLP_TLS_CERTFILE",
+    "CONCORD_MLLP_INSECURE_PLAINTEXT",
+)
+
+
+@pytest.mark.parametrize("host", [EVERYWHERE, "::", "", "10.1.2.3", "mllp.example.org"])
+def test_a_listener_on_the_network_without_tls_refuses_to_start(host: str) -> None:
+    with pytest.raises(ValueError, match="not a loopback address") as caught:
+        MllpServer(FakeKafka(), host=host, port=0)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert all(variable in message for variable in _EXPOSURE_VARIABLES)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "::1", "localhost"])
+def test_a_loopback_listener_may_be_plain_tcp(host: str) -> None:
+    assert MllpServer(FakeKafka(), host=host, port=0).ssl is None
+
+
+@pytest.mark.asyncio
+async def test_the_loud_opt_out_lets_plain_tcp_bind_the_network() -> None:
+    kafka = FakeKafka()
+    listener = MllpServer(kafka, host=EVERYWHERE, port=0, allow_plaintext=True)
+    async with listener:
+        acks = await send_messages(HOST, listener.port, [message("OPEN")])
+    assert acks == [Ack("AA", "OPEN")]
+
+
+def test_from_settings_refuses_an_exposed_plain_listener_unless_opted_out() -> None:
+    exposed = MllpSettings(mllp_host=EVERYWHERE, mllp_port=0)
+    with pytest.raises(ValueError, match="CONCORD_MLLP_INSECURE_PLAINTEXT"):
+        MllpServer.from_settings(FakeKafka(), exposed)
+    opted_out = MllpSettings(
+        mllp_host=EVERYWHERE,
+        mllp_port=0,
+        mllp_insecure_plaintext=True,
+    )
+    assert MllpServer.from_settings(FakeKafka(), opted_out).ssl is None
+
+
+def _clear_concord_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.upper().startswith("CONCORD_"):
+            monkeypatch.delenv(key)
+
+
+def _ingestion_problems(monkeypatch: pytest.MonkeyPatch, **env: str) -> list[str]:
+    """What stops the ingestion worker with these CONCORD_MLLP_* variables ([] if nothing)."""
+    _clear_concord_env(monkeypatch)
+    monkeypatch.setenv("CONCORD_DATABASE_URL", "postgresql://concord@localhost/concord")
+    for key, value in env.items():
+        monkeypatch.setenv(f"CONCORD_MLLP_{key.upper()}", value)
+    try:
+        load_settings(IngestionSettings)
+    except SettingsProblem as problem:
+        return problem.lines
+    return []
+
+
+def test_the_worker_does_not_start_an_exposed_listener_without_tls(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    exposed = {"enabled": "true", "host": EVERYWHERE, "source": "lab-system"}
+    [line] = _ingestion_problems(monkeypatch, **exposed)
+    assert all(variable in line for variable in _EXPOSURE_VARIABLES), line
+    cert = str(tmp_path / "server.pem")
+    assert _ingestion_problems(monkeypatch, **exposed, tls_certfile=cert) == []
+    assert _ingestion_problems(monkeypatch, **exposed, insecure_plaintext="true") == []
+    # No listener, nothing exposed: the host alone stops nothing.
+    assert _ingestion_problems(monkeypatch, host=EVERYWHERE) == []
+    assert _ingestion_problems(monkeypatch, enabled="true", source="lab-system") == []
+
+
+def test_the_worker_does_not_start_a_listener_with_no_source_to_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    [line] = _ingestion_problems(monkeypatch, enabled="true")
+    assert "CONCORD_MLLP_SOURCE" in line and "CONCORD_MLLP_CLIENT_SOURCES" in line
+
+
+def test_a_source_named_by_the_message_is_for_a_loopback_listener_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """MSH-3 names whatever the sender likes: trusted only where nobody else can connect."""
+    local = {"enabled": "true", "source_from_msh": "true"}
+    assert _ingestion_problems(monkeypatch, **local) == []
+    cert = str(tmp_path / "server.pem")
+    [line] = _ingestion_problems(
+        monkeypatch, **local, host=EVERYWHERE, tls_certfile=cert, insecure_plaintext="true"
+    )  # TLS and the plain-TCP opt-out change nothing: anyone could still claim any source
+    assert "CONCORD_MLLP_SOURCE_FROM_MSH" in line and "CONCORD_MLLP_HOST" in line
+
+
+def test_client_sources_need_verified_client_certificates(tmp_path: Path) -> None:
+    cert = tmp_path / "server.pem"
+    with pytest.raises(ValueError, match="CONCORD_MLLP_TLS_CLIENT_CAFILE"):
+        MllpSettings(mllp_tls_certfile=cert, mllp_client_sources={"lab-engine": "lab-system"})
+    with pytest.raises(ValueError, match="printable"):
+        MllpSettings(
+            mllp_tls_certfile=cert,
+            mllp_tls_client_cafile=cert,
+            mllp_client_sources={"lab-engine": "lab\x01system"},
+        )
+
+
+@pytest.fixture(scope="module")
+def client_ca(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TlsCertificate]:
+    """A CA for clients, its server certificate and two clients; and a client of another CA."""
+    need_openssl()
+    directory = tmp_path_factory.mktemp("client-ca")
+    ca = ThrowawayCa(directory / "ca")
+    stranger = ThrowawayCa(directory / "other", name="other-ca")
+    return {
+        "ca": TlsCertificate(ca.cert, ca.key),
+        "server": ca.issue("mllp-server", server=True),
+        "lab": ca.issue("lab-engine", alt_names=("DNS:lab.example.org", "URI:urn:example:lab")),
+        "stranger": stranger.issue("lab-engine"),
+    }
+
+
+def _mutual_tls(certs: dict[str, TlsCertificate]) -> MllpSettings:
+    return MllpSettings(
+        mllp_host=HOST, mllp_port=0, mllp_tls_certfile=certs["server"].cert,
+        mllp_tls_keyfile=certs["server"].key, mllp_tls_client_cafile=certs["ca"].cert,
+    )  # fmt: skip
+
+
+def _client_context(certs: dict[str, TlsCertificate], name: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=certs["ca"].cert)
+    if name is not None:
+        context.load_cert_chain(certs[name].cert, certs[name].key)
+    return context
+
+
+@pytest.mark.asyncio
+async def test_under_mutual_tls_a_client_without_a_certificate_of_the_ca_is_refused(
+    client_ca: dict[str, TlsCertificate],
+) -> None:
+    kafka = FakeKafka()
+    async with MllpServer.from_settings(kafka, _mutual_tls(client_ca)) as listener:
+        for who in (None, "stranger"):  # no certificate; one the client CA did not sign
+            with pytest.raises(MllpError):
+                await send_messages(
+                    HOST, listener.port, [message("NOPE")],
+                    ssl=_client_context(client_ca, who), timeout=2,
+                )  # fmt: skip
+        acks = await send_messages(
+            HOST, listener.port, [message("LAB1")], ssl=_client_context(client_ca, "lab")
+        )
+    assert acks == [Ack("AA", "LAB1")]
+    assert kafka.records == [message("LAB1")]  # the refused clients never reached the handle
+
+
+@pytest.mark.asyncio
+async def test_the_handle_is_told_the_names_of_the_verified_client_certificate(
+    client_ca: dict[str, TlsCertificate],
+) -> None:
+    kafka = FakeKafka()
+    async with MllpServer.from_settings(kafka, _mutual_tls(client_ca)) as listener:
+        await send_messages(
+            HOST, listener.port, [message("WHO")], ssl=_client_context(client_ca, "lab")
+        )
+    [peer] = kafka.peers
+    assert peer.common_name == "lab-engine"
+    assert peer.identities == ("lab.example.org", "urn:example:lab", "lab-engine")
+    assert str(peer).startswith("127.0.0.1:") and str(peer).endswith("(CN=lab-engine)")
+
+
+@pytest.mark.asyncio
+async def test_a_plain_connection_has_no_certificate_names() -> None:
+    kafka = FakeKafka()
+    async with server(kafka) as listener:
+        await send_messages(HOST, listener.port, [message("ANON")])
+    [peer] = kafka.peers
+    assert peer.identities == () and peer.common_name is None
 
 
 # --- build_ack ----------------------------------------------------------------------------------

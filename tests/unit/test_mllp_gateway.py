@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -14,7 +15,7 @@ from concord.events.raw import Headers
 from concord.hl7v2 import er7
 from concord.ingestion.gateway import MllpGateway, ack_for, error_location, sending_system
 from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
-from concord.ingestion.mllp import Hl7ErrorCode, build_ack, parse_ack
+from concord.ingestion.mllp import Hl7ErrorCode, Peer, build_ack, parse_ack
 
 FAMILY = "Quorvatz"
 VALID = (
@@ -42,10 +43,26 @@ class FakePort:
 
 
 def gateway(
-    port: FakePort, *, source: str | None = None, zones: dict[str, str] | None = None
+    port: FakePort,
+    *,
+    source: str | None = None,
+    zones: dict[str, str] | None = None,
+    client_sources: dict[str, str] | None = None,
+    source_from_msh: bool | None = None,
 ) -> MllpGateway:
+    """Without a configured source, the source is read from MSH (a loopback listener's opt-in),
+    which is what most of these tests are about."""
     ingest = partial(ingest_hl7v2, max_payload_bytes=100_000, zone_of=zones_from(zones or {}, None))
-    return MllpGateway(port, ingest, source=source, write_timeout_seconds=0.2)
+    if source_from_msh is None:
+        source_from_msh = source is None and not client_sources
+    return MllpGateway(
+        port,
+        ingest,
+        source=source,
+        client_sources=client_sources or {},
+        source_from_msh=source_from_msh,
+        write_timeout_seconds=0.2,
+    )
 
 
 @pytest.mark.asyncio
@@ -179,7 +196,7 @@ async def test_a_core_that_raises_dead_letters_the_message_and_answers_ae_207() 
     def broken(raw: object) -> list[object]:
         raise ValueError(f"bad {FAMILY}")
 
-    failing = MllpGateway(port, broken, write_timeout_seconds=0.2)  # type: ignore[arg-type]
+    failing = MllpGateway(port, broken, source="LAB-APP", write_timeout_seconds=0.2)  # type: ignore[arg-type]
     decision = await failing.handle(VALID, "peer")
     assert decision.code == "AE"
     assert decision.error is not None
@@ -274,3 +291,114 @@ async def test_the_sender_reads_the_reason_and_its_location_in_the_ack(version: 
     assert ack.code == "AR" and ack.control_id == "CTRL-1"
     assert ack.error is not None and ack.error.startswith("MSH-3.1 (sending application)")
     assert ack.location is not None and ack.location.startswith("MSH^1^3")
+
+
+# --- who may send as which source -------------------------------------------------------------
+
+LAB_ENGINE = Peer("10.0.0.7:40001", common_name="lab-engine", alt_names=("lab.example.org",))
+CLIENT_SOURCES = {"lab-engine": "lab-system", "ehr.example.org": "hospital-ehr"}
+# The lab's connection, sending a merge that claims the hospital EHR as its sending application.
+CLAIMS_THE_EHR = (
+    VALID.replace(b"|LAB-APP|GH|", b"|hospital-ehr|GH|").replace(
+        b"ADT^A08^ADT_A01", b"ADT^A40^ADT_A39"
+    )
+    + b"MRG|MRN-0^^^GH^MR\r"
+)
+
+
+def recorded_source(port: FakePort) -> bytes:
+    [(_, _, headers)] = port.raw
+    return dict(headers)["source"]
+
+
+@pytest.mark.asyncio
+async def test_without_a_configured_source_a_message_is_refused_not_recorded_as_its_msh_3() -> None:
+    """The default: nothing the sender writes decides the source. Nothing is written either
+    (not even a dead letter: the connection is entitled to no topic)."""
+    port = FakePort()
+    ingest = partial(ingest_hl7v2, max_payload_bytes=100_000)
+    decision = await MllpGateway(port, ingest).handle(VALID, Peer("10.0.0.9:5000"))
+    assert decision.code == "AR"
+    assert decision.error is not None
+    assert decision.error.code == Hl7ErrorCode.APPLICATION_INTERNAL_ERROR
+    assert "not authorised" in decision.error.text
+    assert "CONCORD_MLLP_SOURCE" in decision.error.text
+    assert port.raw == [] and port.letters == []
+
+
+@pytest.mark.asyncio
+async def test_the_source_comes_from_the_client_certificate_not_from_msh_3() -> None:
+    port = FakePort()
+    decision = await gateway(port, client_sources=CLIENT_SOURCES).handle(VALID, LAB_ENGINE)
+    assert decision.code == "AA"
+    assert recorded_source(port) == b"lab-system"
+    assert port.raw[0][1] == b"lab-system/PID/MRN-1"  # keyed by the entitled source too
+
+
+@pytest.mark.asyncio
+async def test_a_certificate_is_matched_by_a_subject_alternative_name_too() -> None:
+    port = FakePort()
+    ehr = Peer("10.0.0.8:1", common_name="interface-7", alt_names=("ehr.example.org",))
+    assert (await gateway(port, client_sources=CLIENT_SOURCES).handle(VALID, ehr)).code == "AA"
+    assert recorded_source(port) == b"hospital-ehr"
+
+
+@pytest.mark.asyncio
+async def test_a_merge_claiming_another_source_is_recorded_as_the_connections_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """MSH-3 says hospital-ehr; the certificate says lab-system: the merge is the lab's. The
+    sender hears AA (its message is kept), the log says so once per connection, without the
+    value it claimed."""
+    port = FakePort()
+    lab = gateway(port, client_sources=CLIENT_SOURCES)
+    with caplog.at_level(logging.WARNING, logger="concord.ingestion.gateway"):
+        for _ in range(3):
+            assert (await lab.handle(CLAIMS_THE_EHR, LAB_ENGINE)).code == "AA"
+    assert [dict(headers)["source"] for _, _, headers in port.raw] == [b"lab-system"] * 3
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "lab-system" in warning.getMessage() and "CN=lab-engine" in warning.getMessage()
+    assert "hospital-ehr" not in warning.getMessage()
+
+
+@pytest.mark.asyncio
+async def test_the_listeners_source_applies_to_a_certificate_it_does_not_list() -> None:
+    port = FakePort()
+    other = Peer("10.0.0.5:2", common_name="unlisted-engine")
+    listener = gateway(port, source="interfaces", client_sources=CLIENT_SOURCES)
+    assert (await listener.handle(CLAIMS_THE_EHR, other)).code == "AA"
+    assert (await listener.handle(VALID, LAB_ENGINE)).code == "AA"
+    assert [dict(headers)["source"] for _, _, headers in port.raw] == [
+        b"interfaces",
+        b"lab-system",
+    ]
+
+
+@pytest.mark.asyncio
+async def test_an_unlisted_certificate_without_a_listener_source_is_refused() -> None:
+    port = FakePort()
+    other = Peer("10.0.0.5:2", common_name="unlisted-engine")
+    decision = await gateway(port, client_sources=CLIENT_SOURCES).handle(VALID, other)
+    assert decision.code == "AR"
+    assert decision.error is not None and "not authorised" in decision.error.text
+    assert port.raw == [] and port.letters == []
+
+
+@pytest.mark.asyncio
+async def test_a_certificate_whose_names_map_to_two_sources_is_refused() -> None:
+    port = FakePort()
+    both = Peer("10.0.0.5:3", common_name="lab-engine", alt_names=("ehr.example.org",))
+    decision = await gateway(port, client_sources=CLIENT_SOURCES).handle(VALID, both)
+    assert decision.code == "AR"
+    assert decision.error is not None
+    assert "CONCORD_MLLP_CLIENT_SOURCES" in decision.error.text
+    assert port.raw == [] and port.letters == []
+
+
+@pytest.mark.asyncio
+async def test_msh_names_the_source_only_when_the_listener_opts_in() -> None:
+    port = FakePort()
+    assert (await gateway(port, source_from_msh=True).handle(VALID, Peer("127.0.0.1:9"))).code == (
+        "AA"
+    )
+    assert recorded_source(port) == b"LAB-APP"

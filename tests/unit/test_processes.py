@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
+from click.testing import CliRunner
 
+from concord.cli.stack import stack as stack_cli
 from concord.stack.postgres import with_database
 from concord.stack.processes import (
     ProcessRecord,
@@ -18,7 +21,16 @@ from concord.stack.processes import (
     stop_process,
     tail,
 )
-from concord.stack.stack import StackInfo, load_stack_env, write_stack_env
+from concord.stack.stack import (
+    ALL_SERVICES,
+    StackError,
+    StackInfo,
+    check_replicas,
+    load_stack_env,
+    replica_names,
+    worker_service,
+    write_stack_env,
+)
 
 
 def _record(**changes: object) -> ProcessRecord:
@@ -80,6 +92,8 @@ def test_stack_env_round_trip(tmp_path: Path) -> None:
     }
     assert "CONCORD_MLLP_ENABLED" not in info.worker_settings("alerting")
     assert info.worker_settings("ingestion")["CONCORD_MLLP_ENABLED"] == "true"
+    # The loopback listener, and only the worker's: stack.env (the clients') has no such flag.
+    assert info.worker_settings("ingestion")["CONCORD_MLLP_SOURCE_FROM_MSH"] == "true"
 
 
 def test_stack_info_survives_json(tmp_path: Path) -> None:
@@ -97,3 +111,44 @@ def test_with_database_keeps_the_server() -> None:
     assert (
         with_database(dsn, "concord") == "postgresql://u:p@127.0.0.1:5433/concord?sslmode=disable"
     )
+
+
+def test_replicas_are_named_after_their_service() -> None:
+    assert replica_names("conflicts", 1) == ["conflicts"]
+    assert replica_names("conflicts", 3) == ["conflicts", "conflicts-2", "conflicts-3"]
+    # A record written before replicas existed names its service by its name.
+    assert worker_service(_record(name="alerting")) == "alerting"
+    assert worker_service(_record(name="conflicts-2", extra={"service": "conflicts"})) == (
+        "conflicts"
+    )
+    # Only the first ingestion worker runs the MLLP listener: one port, one listener.
+    info = StackInfo(Path("/x"), "b:1", "postgresql://h/db")
+    info.mllp_port = 2575
+    assert "CONCORD_MLLP_ENABLED" not in info.worker_settings("ingestion-2")
+
+
+def test_replicas_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match="at least 1"):
+        check_replicas({"conflicts": 0}, ALL_SERVICES)
+    with pytest.raises(StackError, match="not a worker started here"):
+        check_replicas({"alerting": 2}, ["conflicts"])
+    runner = CliRunner()
+    state_dir = tmp_path / "state"
+    for bad in ("conflicts", "conflicts=0", "mllp=2", "conflicts=two"):
+        result = runner.invoke(stack_cli, ["up", "--state-dir", str(state_dir), "--replicas", bad])
+        assert result.exit_code == 2, result.output
+        assert "expected SERVICE=N" in result.output
+    assert not state_dir.exists()  # refused before anything started
+
+
+def test_stack_up_passes_the_replicas_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, object] = {}
+
+    async def fake_start_stack(state_dir: Path, **options: object) -> None:
+        seen.update(options)
+
+    monkeypatch.setattr("concord.cli.stack.start_stack", fake_start_stack)
+    args = ["up", "--state-dir", str(tmp_path), "--replicas", "conflicts=2"]
+    result = CliRunner().invoke(stack_cli, [*args, "--replicas", "normalization=3"])
+    assert result.exit_code == 0, result.output
+    assert seen["replicas"] == {"conflicts": 2, "normalization": 3}

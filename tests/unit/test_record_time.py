@@ -80,10 +80,18 @@ def test_a_partial_date_is_the_start_of_its_period_in_utc(value: str, moment: da
         "",
         None,
         20240305,
+        # Valid on its face, but not an instant Python (nor Avro's timestamp) can hold in UTC.
+        "9999-12-31T23:59:59-14:00",
+        "0001-01-01T00:00:00+14:00",
     ],
 )
 def test_an_unusable_value_gives_no_time(value: object) -> None:
     assert fhir_moment(value) is None
+
+
+def test_a_claim_time_past_year_9999_in_utc_is_no_time() -> None:
+    line = {"submitted_at": "9999-12-31T23:59:59-14:00"}
+    assert claim_record_time(line) is None
 
 
 def test_a_time_without_a_zone_is_skipped_for_the_next_candidate() -> None:

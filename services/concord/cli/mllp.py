@@ -27,6 +27,17 @@ def mllp() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Use TLS, trusting this CA bundle for the listener's certificate.",
 )
+@click.option(
+    "--tls-certfile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Client certificate (PEM) for a listener that requires one (mutual TLS); its names "
+    "decide the source the messages are recorded as.",
+)
+@click.option(
+    "--tls-keyfile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Private key of --tls-certfile, unless the certificate file holds it.",
+)
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds per ACK.")
 @state_dir_option
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
@@ -34,6 +45,8 @@ def mllp_send(
     host: str | None,
     port: int | None,
     tls_cafile: Path | None,
+    tls_certfile: Path | None,
+    tls_keyfile: Path | None,
     timeout: float,
     state_dir: Path,
     paths: tuple[Path, ...],
@@ -50,6 +63,8 @@ def mllp_send(
     port = port or settings.mllp_port
     if port is None:
         raise click.UsageError("no MLLP port: pass --port, or run `concord stack up` first")
+    if (tls_certfile or tls_keyfile) and not tls_cafile:
+        raise click.UsageError("--tls-certfile/--tls-keyfile need --tls-cafile (TLS)")
     try:
         sent = [
             (path, n, m)
@@ -59,6 +74,10 @@ def mllp_send(
     except ValueError as exc:  # text before the first MSH
         raise click.UsageError(str(exc)) from None
     context = ssl.create_default_context(cafile=tls_cafile) if tls_cafile else None
+    if context is not None and tls_certfile is not None:
+        context.load_cert_chain(tls_certfile, tls_keyfile)
+    elif tls_keyfile is not None:
+        raise click.UsageError("--tls-keyfile needs --tls-certfile")
     counts: Counter[str] = Counter()
 
     def show(ack: Ack) -> None:

@@ -6,17 +6,24 @@ far below what one ingestion worker must pass. Most of a message is never looked
 reads MSH, EVN, PID, AL1, DG1, OBR/OBX, RXE/RXA), so this reader splits segments with
 str.split and each field only when asked; python-hl7 still reads timestamps with offsets.
 Escape sequences are decoded here too (see unescape for why). Custom encoding characters are
-read from MSH-1/MSH-2 as the standard says.
+read from MSH-1/MSH-2 as the standard says. C0 control characters (but tab, line feed and
+carriage return) are never read outside MSH: parse removes those sent as they are, and unescape
+drops those a hex escape (`\\X00\\`) decodes to; `Er7Message.stripped` and `escaped_controls`
+say where. MSH is read as sent: its fields are the message's identity and its source, which
+are refused (not read differently) when they hold one.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import NamedTuple
 
 import hl7
+
+from concord.text import CONTROL_CHARACTERS, has_control_character
 
 _BOM = b"\xef\xbb\xbf"
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
@@ -122,7 +129,7 @@ class Segment:
         return self.unescape(subparts[subcomponent - 1]) if subcomponent <= len(subparts) else ""
 
     def unescape(self, text: str) -> str:
-        return unescape(text, self.separators)
+        return unescape(text, self.separators, controls=self.name == "MSH")
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,8 @@ class Er7Message:
     segments: tuple[Segment, ...]
     separators: Separators
     text: str  # the message with segments joined by carriage returns, as normalized
+    # Where parse removed control characters sent as they are (`PID-5.1`), in message order.
+    stripped: tuple[str, ...] = ()
 
     @property
     def msh(self) -> Segment:
@@ -146,10 +155,11 @@ class Er7Message:
 _FORMATTING = {".br": "\n", "H": "", "N": "", ".fi": "", ".nf": "", ".in": "", ".ti": "", ".sk": ""}
 
 
-def unescape(text: str, separators: Separators) -> str:
+def unescape(text: str, separators: Separators, *, controls: bool = False) -> str:
     """The text with HL7 escape sequences decoded. Never raises and never logs: python-hl7's
     own unescape logs the whole field on an unknown sequence (PHI in the logs) and raises on
-    a malformed `\\.sp` count, so a sender's typo could stop the worker."""
+    a malformed `\\.sp` count, so a sender's typo could stop the worker. A hex escape's
+    control characters are dropped, unless `controls` keeps them (MSH's fields)."""
     escape = separators.escape
     if escape not in text:
         return text
@@ -171,16 +181,17 @@ def unescape(text: str, separators: Separators) -> str:
         elif position == len(parts) - 1:
             out.append(escape + part)
         else:
-            out.append(named.get(part) or _escape_sequence(part))
+            out.append(named.get(part) or _escape_sequence(part, controls))
     return "".join(out)
 
 
-def _escape_sequence(sequence: str) -> str:
+def _escape_sequence(sequence: str, controls: bool) -> str:
     if sequence.startswith("X") and len(sequence) % 2 == 1:
         try:
-            return bytes.fromhex(sequence[1:]).decode("latin-1")
+            decoded = bytes.fromhex(sequence[1:]).decode("latin-1")
         except ValueError:
             return ""
+        return decoded if controls else CONTROL_CHARACTERS.sub("", decoded)
     if sequence.startswith(".sp"):
         count = sequence[3:].strip()
         return "\n" * (int(count) if count.isdigit() and len(count) < 3 else 1)
@@ -215,7 +226,13 @@ def decode(data: bytes) -> str:
 def parse(data: bytes | str) -> Er7Message:
     """Split a message into segments. Any segment terminator is accepted (CR, LF, CRLF)."""
     text = decode(data) if isinstance(data, bytes) else data.removeprefix("\ufeff")
-    lines = [line for line in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if line]
+    sent = [line for line in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if line]
+    controls = has_control_character(text)
+    if controls:  # the header (the first line) is kept as sent
+        sent[1:] = [line for line in sent[1:] if CONTROL_CHARACTERS.sub("", line)]
+    lines = (
+        [sent[0], *(CONTROL_CHARACTERS.sub("", line) for line in sent[1:])] if controls else sent
+    )
     if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 8:
         raise Er7Error("the message does not start with an MSH segment", "MSH")
     head = lines[0]
@@ -234,7 +251,73 @@ def parse(data: bytes | str) -> Er7Message:
             )
         counts[name] = counts.get(name, 0) + 1
         segments.append(Segment(line, separators, counts[name]))
-    return Er7Message(tuple(segments), separators, "\r".join(lines))
+    stripped: list[str] = []
+    if controls:
+        # Separators are never control characters, so the line as sent splits into the same
+        # fields and components as the segment read from it.
+        for segment, line in zip(segments[1:], sent[1:], strict=True):
+            if CONTROL_CHARACTERS.search(line):
+                as_sent = Segment(line, separators, segment.index)._fields
+                stripped += _control_locations(segment, as_sent, _has_control)
+    return Er7Message(tuple(segments), separators, "\r".join(lines), tuple(stripped))
+
+
+def _has_control(text: str, _separators: Separators) -> bool:
+    return CONTROL_CHARACTERS.search(text) is not None
+
+
+def _escapes_control(text: str, separators: Separators) -> bool:
+    """Whether unescape, reading this component, drops a control character a hex escape
+    decodes to: the same reading of escape sequences, subcomponent by subcomponent."""
+    escape = separators.escape
+    for subcomponent in text.split(separators.subcomponent):
+        parts = subcomponent.split(escape)
+        for sequence in parts[1:-1:2]:  # odd positions, an unterminated last one excepted
+            if not (sequence.startswith("X") and len(sequence) % 2 == 1):
+                continue
+            try:
+                decoded = bytes.fromhex(sequence[1:]).decode("latin-1")
+            except ValueError:
+                continue
+            if CONTROL_CHARACTERS.search(decoded):
+                return True
+    return False
+
+
+def _control_locations(
+    segment: Segment, fields: list[str], found: Callable[[str, Separators], bool]
+) -> list[str]:
+    """The components of a segment's fields (numbered as the segment numbers them) in which
+    `found` finds a control character, as locations (`PID-5.1`); the segment's name when it
+    is there."""
+    separators = segment.separators
+    where = f"{segment.name}[{segment.index}]" if segment.index > 1 else segment.name
+    locations = [where] if found(fields[0], separators) else []
+    for number, field in enumerate(fields[1:], start=1):
+        if not found(field, separators):
+            continue
+        components = {
+            position
+            for repetition in field.split(separators.repetition)
+            for position, component in enumerate(repetition.split(separators.component), 1)
+            if found(component, separators)
+        }
+        locations += [segment.location(number, position) for position in sorted(components)]
+    return locations
+
+
+def escaped_controls(message: Er7Message) -> list[str]:
+    """Where a hex escape decodes to a control character that unescape drops (`PID-5.1`), in
+    message order; MSH is read as sent. Only a message whose text holds a hex escape at all is
+    looked through."""
+    marker = message.separators.escape + "X"
+    if marker not in message.text:
+        return []
+    locations: list[str] = []
+    for segment in message.segments[1:]:
+        if any(marker in field for field in segment._fields[1:]):
+            locations += _control_locations(segment, segment._fields, _escapes_control)
+    return locations
 
 
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")

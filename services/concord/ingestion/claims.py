@@ -4,7 +4,9 @@ A line is checked against schemas/raw/claim-line.schema.json (the documented for
 docs/claims.md), then against the rules a schema cannot express: service dates in order,
 diagnosis sequences unique, pointers that name a diagnosis, real calendar instants. Every
 failing location is reported with the rule it broke; the reason is built from the schema and
-the paths alone, never from the validator's messages, which quote the input.
+the paths alone, never from the validator's messages, which quote the input. A string
+carrying NUL or another C0 control character (escaped in the JSON) is read without it, with
+a warning.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from concord.deadletters import Rejection
 from concord.events.codec import schema_dir
 from concord.events.models import IngestedRecord, RecordOperation
 from concord.events.raw import RawEvent
-from concord.ingestion.common import ingested_record, instant, load_json
+from concord.ingestion.common import (
+    control_warning,
+    ingested_record,
+    instant,
+    json_without_controls,
+    load_json,
+)
 from concord.ingestion.record_time import ARRIVAL, CLAIM_TIME_FIELDS, RecordTime, claim_record_time
 
 SCHEMA_FILE = ("raw", "claim-line.schema.json")
@@ -83,7 +91,9 @@ def ingest_claim(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecor
     loaded = load_json(raw, max_payload_bytes=max_payload_bytes)
     if isinstance(loaded, Rejection):
         return loaded
-    source, line = loaded
+    source, sent = loaded
+    # What is read is cleaned; the bytes as sent stay on the raw topic, which provenance names.
+    line, controls = json_without_controls(raw.value or b"", sent)
     problems = list(_schema_problems(line))
     if problems:
         return _rejection(problems)
@@ -111,6 +121,7 @@ def ingest_claim(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecor
             event_time=when.moment,
             event_time_basis=when.basis,
             operation=operation,
+            warnings=[control_warning(f"{LOCATION_ROOT}{path}") for path in controls],
         )
     ]
 

@@ -14,7 +14,9 @@ fault is a warning the record carries: a date-time without a zone is left out of
 resource, a code without a system or malformed for its system and a reference that names
 nothing are kept as sent. In a Bundle, an entry at fault is left out and the others are
 ingested, its warning carried by the Bundle's first record; a Bundle none of whose entries
-could be ingested is dead-lettered whole, with the first entry's reason and location.
+could be ingested is dead-lettered whole, with the first entry's reason and location. A
+string carrying NUL or another C0 control character (escaped in the JSON) is read without it,
+with a warning; the raw event keeps the bytes as sent.
 
 A FHIR R4 resource of a type Concord neither checks nor compares (Immunization, Procedure,
 ...) is kept for provenance, unchecked: alone, as a record of its own; in a Bundle beside
@@ -41,7 +43,13 @@ from concord.deadletters import Rejection, as_warning
 from concord.events.models import IngestedRecord, IngestionWarning, RecordOperation
 from concord.events.raw import RawEvent
 from concord.ingestion.codes import check_coding
-from concord.ingestion.common import ingested_record, instant, load_json
+from concord.ingestion.common import (
+    control_warning,
+    ingested_record,
+    instant,
+    json_without_controls,
+    load_json,
+)
 from concord.ingestion.fhir_types import is_r4_type
 from concord.ingestion.record_time import (
     ARRIVAL,
@@ -160,16 +168,45 @@ def ingest_fhir(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecord
     loaded = load_json(raw, max_payload_bytes=max_payload_bytes)
     if isinstance(loaded, Rejection):
         return loaded
-    source, document = loaded
+    source, sent = loaded
+    # What is read is cleaned; the bytes as sent stay on the raw topic, which provenance names.
+    document, controls = json_without_controls(raw.value or b"", sent)
     if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
         return Rejection("NOT_FHIR", "the JSON is not an object with a resourceType")
-    if document["resourceType"] == "Bundle":
-        return _ingest_bundle(raw, source, document)
     resource_type = document["resourceType"]
-    if not is_r4_type(resource_type):
+    records: list[IngestedRecord] | Rejection
+    if resource_type == "Bundle":
+        records = _ingest_bundle(raw, source, document)
+    elif not is_r4_type(resource_type):
         return _unsupported(resource_type)
-    outcome = _accept(raw, source, _Entry(document, resource_type), None)
-    return [outcome] if isinstance(outcome, IngestedRecord) else outcome
+    else:
+        outcome = _accept(raw, source, _Entry(document, resource_type), None)
+        records = [outcome] if isinstance(outcome, IngestedRecord) else outcome
+    if isinstance(records, Rejection) or not controls:
+        return records
+    return _with_controls(records, [f"{resource_type}{path}" for path in controls])
+
+
+def _with_controls(records: list[IngestedRecord], locations: list[str]) -> list[IngestedRecord]:
+    """The records, each with a warning for the strings its control characters were removed
+    from: a Bundle entry's own on the entry's record, the rest (the Bundle's elements, entries
+    not ingested) on the first record, as for entries left out."""
+    added: list[list[IngestionWarning]] = [[] for _ in records]
+    for location in locations:
+        owner = next(
+            (
+                position
+                for position, record in enumerate(records)
+                if record.provenance.raw_location is not None
+                and location.startswith(f"{record.provenance.raw_location}.")
+            ),
+            0,
+        )
+        added[owner].append(control_warning(location))
+    return [
+        record.model_copy(update={"warnings": (*record.warnings, *more)}) if more else record
+        for record, more in zip(records, added, strict=True)
+    ]
 
 
 def _ingest_bundle(
@@ -251,6 +288,7 @@ def _bundle_record(
         payload=payload,
         event_time=when.moment,
         event_time_basis=when.basis,
+        content=_content(bundle, bundle.get("contained")),
     )
 
 
@@ -331,6 +369,7 @@ def _ingest_entry(
     version = meta.get("versionId") if isinstance(meta.get("versionId"), str) else entry.version
     stored = _self_contained(resource, bundle) if bundle else resource
     payload = orjson.dumps(stored, option=orjson.OPT_SORT_KEYS)
+    content = _content(stored, resource.get("contained"))
     return ingested_record(
         raw,
         source=source,
@@ -344,7 +383,26 @@ def _ingest_entry(
         operation=entry.operation,
         location=entry.where.removesuffix(".resource") if bundle else None,
         patient_ref=patient_of(stored),
+        content=content,
     )
+
+
+# Elements that may differ between two sendings of one version: meta (versionId is part of the
+# version key already; lastUpdated, tags and source may be set on the way) and the narrative,
+# which a server may generate again. Concord reads neither as a fact.
+_VOLATILE = frozenset({"meta", "text"})
+
+
+def _content(stored: Mapping[str, Any], sent_contained: Any) -> bytes:
+    """What tells two records of one version apart (ingested_record): the stored resource but
+    its volatile elements, with the contained resources it was sent with, not those carried
+    from its Bundle (which depend on the Bundle it came in). Keys sorted, so a version sent
+    again with its keys in another order, or indented, is the same content."""
+    body = {key: value for key, value in stored.items() if key not in _VOLATILE}
+    body.pop("contained", None)
+    if sent_contained is not None:
+        body["contained"] = sent_contained
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
 def _validate(resource: Mapping[str, Any], where: str, bundle: _Bundle | None) -> Rejection | None:

@@ -1,5 +1,12 @@
 """The MLLP gateway: HL7 v2 over MLLP into ehr.raw.hl7v2, acknowledged only once Kafka has it.
 
+The source a message is recorded as is the connection's, from the listener's configuration:
+the source its verified client certificate is mapped to (``client_sources``), else the
+listener's own (``source``). What the message says (MSH-3, MSH-4) never decides it: a message
+whose MSH-3 names another system is recorded as the connection's source all the same (and the
+log says so once per connection), and a connection with no source is answered AR and nothing
+is written. Only ``source_from_msh``, for a loopback listener in development, reads MSH-3.
+
 Each message is checked with the same ingestion core the stage runs, so the sender hears what
 is wrong while it still has the message:
 
@@ -20,8 +27,9 @@ The dead letter of a message that never reached a raw topic has original offset 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -33,13 +41,15 @@ from concord.events.raw import Headers, RawEvent
 from concord.hl7v2 import er7
 from concord.ingestion.common import MAX_SOURCE_LENGTH, SOURCE_HEADER
 from concord.ingestion.hl7v2 import MESSAGE_TYPES
-from concord.ingestion.mllp import AckDecision, Hl7ErrorCode
+from concord.ingestion.mllp import AckDecision, Hl7ErrorCode, Peer
 from concord.publishing import hl7_key
 from concord.runtime.stage import core_failure
 from concord.topics import DEADLETTER, RAW_HL7V2
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
+
+log = logging.getLogger(__name__)
 
 STAGE = "mllp"
 TRANSPORT_HEADER = "received-via"
@@ -52,6 +62,26 @@ _NO_SOURCE = Rejection(
 )
 # Where the source is read from (see sending_system), as the sender knows those fields.
 _SOURCE_FIELDS = {3: "sending application", 4: "sending facility"}
+
+# The settings that give a connection its source, as the sender's ERR text names them.
+_LISTENER_SOURCE = "CONCORD_MLLP_SOURCE"
+_CLIENT_SOURCES = "CONCORD_MLLP_CLIENT_SOURCES"
+# A connection entitled to no source: AR, and nothing written anywhere (not even a dead letter:
+# what an unidentified sender writes has no place on a topic). Table 0357 has no code for "not
+# authorised"; 207 with the text is the nearest.
+_NOT_AUTHORISED = AckDecision.application_reject(
+    Hl7ErrorCode.APPLICATION_INTERNAL_ERROR,
+    f"this connection is not authorised to send: no source is configured for it "
+    f"({_LISTENER_SOURCE}, or its client certificate in {_CLIENT_SOURCES})",
+)
+_AMBIGUOUS = AckDecision.application_reject(
+    Hl7ErrorCode.APPLICATION_INTERNAL_ERROR,
+    f"this connection is not authorised to send: its client certificate's names map to "
+    f"different sources in {_CLIENT_SOURCES}",
+)
+# Connections already warned about (by address, which names one TCP connection); forgotten
+# wholesale past this many so that a stream of connections cannot grow it.
+_WARNED_PEERS = 4096
 
 Ingest = Callable[[RawEvent], list[IngestedRecord] | Rejection]
 
@@ -130,7 +160,9 @@ def _sending_system(
     return None, None
 
 
-def _in_hl7_terms(rejection: Rejection, source_field: int | None) -> Rejection:
+def _in_hl7_terms(
+    rejection: Rejection, source_field: int | None, setting: str = _LISTENER_SOURCE
+) -> Rejection:
     """The ingestion core checks a Kafka record's 'source' header; an MLLP sender sent none,
     so say which MSH field (or the listener's setting) the source came from instead."""
     if rejection.reason_code == "MISSING_SOURCE_HEADER":
@@ -139,7 +171,7 @@ def _in_hl7_terms(rejection: Rejection, source_field: int | None) -> Rejection:
         return rejection
     rule = f"printable text of 1-{MAX_SOURCE_LENGTH} characters"
     if source_field is None:
-        reason = f"the listener's configured source (CONCORD_MLLP_SOURCE) is not {rule}"
+        reason = f"the listener's configured source ({setting}) is not {rule}"
         return Rejection(rejection.reason_code, reason)
     location = f"MSH-{source_field}.1"
     reason = (
@@ -161,7 +193,14 @@ class RawHl7Port(Protocol):
 
 
 class MllpGateway:
-    """The listener's handle: check a message, write it where it belongs, then decide the ACK."""
+    """The listener's handle: check a message, write it where it belongs, then decide the ACK.
+
+    ``source`` is the listener's source, ``client_sources`` maps a verified client
+    certificate's names (subject CN, subjectAltName) to a source and wins over it;
+    ``source_from_msh`` lets a connection with neither name its own in MSH-3 (else MSH-4),
+    which only a loopback listener may do (``MllpSettings.listener_problem``). With none of
+    them, every message is refused.
+    """
 
     def __init__(
         self,
@@ -169,14 +208,38 @@ class MllpGateway:
         ingest: Ingest,
         *,
         source: str | None = None,
+        client_sources: Mapping[str, str] | None = None,
+        source_from_msh: bool = False,
         write_timeout_seconds: float = 10.0,
     ) -> None:
         self.port = port
         self.ingest = ingest
         self.source = source
+        self.client_sources = dict(client_sources or {})
+        self.source_from_msh = source_from_msh
         self.write_timeout_seconds = write_timeout_seconds
+        self._warned: set[tuple[str, str]] = set()
 
-    async def handle(self, message: bytes, peer: str) -> AckDecision:
+    def entitled_source(self, peer: Peer) -> tuple[str, str] | AckDecision | None:
+        """(source, the setting that gives it) for a connection; None when the message is
+        to name it (source_from_msh); an AR decision when the connection may not send."""
+        mapped = {self.client_sources[n] for n in peer.identities if n in self.client_sources}
+        if len(mapped) > 1:
+            return _AMBIGUOUS
+        if mapped:
+            return mapped.pop(), _CLIENT_SOURCES
+        if self.source:
+            return self.source, _LISTENER_SOURCE
+        return None if self.source_from_msh else _NOT_AUTHORISED
+
+    async def handle(self, message: bytes, peer: Peer | str) -> AckDecision:
+        """The ACK for one message; ``peer`` as a bare address string has no certificate."""
+        peer = peer if isinstance(peer, Peer) else Peer(peer)
+        entitled = self.entitled_source(peer)
+        if isinstance(entitled, AckDecision):
+            self._warn_once(peer, "refused", "MLLP connection from %s refused: %s", peer,
+                            entitled.error.text if entitled.error else "")  # fmt: skip
+            return entitled
         unreadable: Rejection | None = None
         try:
             parsed: er7.Er7Message | None = er7.parse(message)
@@ -184,7 +247,12 @@ class MllpGateway:
             # Said before the source is looked for, which an unreadable MSH cannot give.
             parsed = None
             unreadable = Rejection("HL7_MALFORMED", exc.reason, location=exc.location)
-        source, source_field = _sending_system(parsed, self.source)
+        setting = _LISTENER_SOURCE
+        if entitled is None:
+            source, source_field = _sending_system(parsed, None)
+        else:
+            (source, setting), source_field = entitled, None
+            self._note_claim(parsed, source, peer)
         headers: Headers = ((TRANSPORT_HEADER, b"mllp"),)
         key = None
         if source is not None:
@@ -196,12 +264,35 @@ class MllpGateway:
         # A timeout raises, and the listener answers AE 207: the sender keeps the message.
         async with asyncio.timeout(self.write_timeout_seconds):
             if isinstance(outcome, Rejection):
-                outcome = _in_hl7_terms(outcome, source_field)
+                outcome = _in_hl7_terms(outcome, source_field, setting)
                 letter = dead_letter(raw, outcome, stage=STAGE, at=datetime.now(UTC))
                 await self.port.publish_dead_letter(letter=letter)
                 return ack_for(outcome, parsed)
             await self.port.publish_raw_hl7v2(message=message, key=key, headers=headers)
         return AckDecision.accept()
+
+    def _note_claim(self, parsed: er7.Er7Message | None, source: str, peer: Peer) -> None:
+        """The message is recorded as `source` whatever it claims; when MSH-3 (else MSH-4)
+        names another system, say so once per connection. The claimed name stays out of the
+        log: it is whatever the sender wrote."""
+        claimed, _ = _sending_system(parsed, None)
+        if claimed is not None and claimed != source:
+            self._warn_once(
+                peer, "claim",
+                "MLLP connection from %s: its messages' MSH-3/MSH-4 name another sending system "
+                "than its configured source; they are recorded as %r",
+                peer, source,
+            )  # fmt: skip
+
+    def _warn_once(self, peer: Peer, kind: str, text: str, *args: object) -> None:
+        # Once per connection: a sender keeps one connection open for many messages.
+        key = (kind, peer.address)
+        if key in self._warned:
+            return
+        if len(self._warned) >= _WARNED_PEERS:
+            self._warned.clear()
+        self._warned.add(key)
+        log.warning(text, *args)
 
     def _ingest(self, raw: RawEvent) -> list[IngestedRecord] | Rejection:
         try:

@@ -18,7 +18,9 @@ must carry, the patient identifier, the source's zone. A field at fault is a war
 carries (docs/deadletters.md): a code without a coding system is kept as a local, unmapped
 code, a malformed one as sent (unmapped); a result, timestamp or coded segment that cannot be
 read is not read; a missing EVN leaves the event time to MSH-7. PID and the other segments'
-facts still flow.
+facts still flow. A NUL or another C0 control character, sent as it is or hex-escaped
+(`\\X00\\`), is never read (the reader drops it) and is a warning; in MSH, which is read as
+sent, MSH-10 (the record's id) holding one rejects the message.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from concord.events.models import IngestedRecord, IngestionWarning
 from concord.events.raw import RawEvent
 from concord.hl7v2 import er7
 from concord.ingestion.codes import CPT, ICD10_CM, LOINC, NDC, RXNORM, SNOMED_CT, check_coding
-from concord.ingestion.common import check_envelope, ingested_record
+from concord.ingestion.common import check_envelope, control_warning, ingested_record
 from concord.ingestion.record_time import HL7V2_TIME_FIELDS, RecordTime, hl7v2_basis
 from concord.ingestion.subjects import hl7_patient
+from concord.text import CONTROL_CHARACTERS
 
 VERSIONS = frozenset(
     {"2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8"} | {"2.8.1", "2.8.2"}
@@ -153,6 +156,13 @@ def _check_header(message: er7.Er7Message) -> tuple[str, str] | Rejection:
         return Rejection(
             "HL7_INVALID", "MSH-10, the message control id, is empty", location="MSH-10"
         )
+    if CONTROL_CHARACTERS.search(control_id):
+        # The record's identity: read as sent (er7), so refused rather than read differently.
+        return Rejection(
+            "HL7_INVALID",
+            "MSH-10, the message control id, holds a control character",
+            location="MSH-10",
+        )
     message_type = f"{kind}^{trigger}"
     for name in (*accepted[1], *TRIGGER_SEGMENTS.get(message_type, ())):
         if message.first(name) is None:
@@ -201,6 +211,9 @@ def _check_content(
         for name in EXPECTED_SEGMENTS.get(kind, ())
         if message.first(name) is None
     ]
+    # A component both sent with a control character and escaping one is named once.
+    controls = dict.fromkeys([*message.stripped, *er7.escaped_controls(message)])
+    warnings += [control_warning(location) for location in controls]
     for segment in message.segments:
         field = CODED_FIELDS.get(segment.name)
         if field is not None:
@@ -306,15 +319,20 @@ def _timestamp(
     segment: er7.Segment, field: int, zone: tzinfo | None
 ) -> datetime | Rejection | None:
     moment = er7.parse_timestamp(segment.value(field))
-    if moment is None or moment.tzinfo is not None:
-        return moment.astimezone(UTC) if moment is not None else None
-    if zone is None:
-        return Rejection(
-            "HL7_TIME_ZONE_UNKNOWN",
-            "a timestamp has no offset and no time zone is configured for the source",
-            location=segment.location(field),
-        )
-    return moment.replace(tzinfo=zone).astimezone(UTC)
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        if zone is None:
+            return Rejection(
+                "HL7_TIME_ZONE_UNKNOWN",
+                "a timestamp has no offset and no time zone is configured for the source",
+                location=segment.location(field),
+            )
+        moment = moment.replace(tzinfo=zone)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # past year 9999 (or before year 1) in UTC: not a time
+        return None
 
 
 def zones_from(mapping: Mapping[str, str], default: str | None) -> ZoneLookup:

