@@ -134,6 +134,12 @@ class WorkerSettings(KafkaSettings):
     retry_max_seconds: float = Field(
         30.0, gt=0, description="Longest wait between retries (the backoff doubles up to it)"
     )
+    stall_after_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="A batch step still waiting after this long (a produce or a query riding "
+        "out an outage) reports the worker not ready",
+    )
     liveness_timeout_seconds: float = Field(
         300.0,
         gt=0,

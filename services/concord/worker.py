@@ -101,14 +101,15 @@ def build_app(service: str, settings: DatabaseWorkerSettings) -> faust.App:
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        # Readiness: 503 until partitions are assigned, and while a transient failure (the
-        # database or broker away) is being retried.
+        # Readiness: 503 until partitions are assigned, while a transient failure (the
+        # database or broker away) is being retried, and while an idle loop's broker probe
+        # gets no answer.
         loop: BatchLoop | None = state["loop"]
         ready = loop is not None and loop.is_ready
         body = {
             "service": service,
             "ready": ready,
-            "stalled": loop.stalled if loop else None,
+            "stalled": loop.not_ready_because if loop else None,
             "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in loop.assigned)
             if loop
             else [],

@@ -16,9 +16,10 @@ served by the worker, not through the broker). Measured: what the workers report
 cut, how long after the restore they were ready again, the first new alert came and every
 expected alert was stored (the backlog drained).
 
-Readiness is watched, not asserted: aiokafka retries inside its clients (a fetch that fails
-is logged and getmany returns nothing; a produce is retried until its request timeout, 40 s),
-so within a 30 s cut no error reaches the batch loop and /health stays 200.
+aiokafka retries inside its clients (a fetch that fails is logged and getmany returns
+nothing; a produce is retried until its request timeout, 40 s), so no error reaches the batch
+loop within a 30 s cut: the loop asks the broker for metadata while idle, and each worker must
+answer 503 with "stalled" at least once during the cut.
 """
 
 from __future__ import annotations
@@ -214,6 +215,8 @@ async def test_workers_ride_out_cut_broker_connections_losing_nothing(
         figures["all_alerts_after_restore_seconds"] = round(time.monotonic() - back, 1)
 
     assert at_cut >= 3 and ready
+    # Each worker told its supervisor it could not make progress while the broker was away.
+    assert set(watch.first_stalled) == set(watch.ready), watch.summary()
     # Every worker's web server answered throughout, and none of the workers died or was
     # restarted.
     assert all(sum(c.values()) > c[0] for c in watch.ready.values()), watch.summary()

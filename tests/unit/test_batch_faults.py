@@ -280,3 +280,59 @@ async def test_a_revocation_waits_for_the_batch_in_flight() -> None:
     await asyncio.wait_for(asyncio.gather(batch, revoke), 5)
     assert stage.log == ["process started", "process finished", "revoked [0]"]
     assert consumer.committed == [{TopicPartition(FACTS, 0): 1}]  # committed before revoked
+
+
+class _BrokerAway(_OneBatchConsumer):
+    """No records; the broker answers metadata requests only once `back`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches = []
+        self.back = False
+
+    async def topics(self) -> set[str]:
+        if not self.back:
+            raise KafkaConnectionError("Unable to get cluster metadata over all known brokers")
+        return {FACTS}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return 1
+
+
+@pytest.mark.asyncio
+async def test_an_idle_loop_whose_broker_does_not_answer_is_not_ready() -> None:
+    loop = _loop(_FailsOnPoison())
+    loop.ready.set()
+    consumer = _BrokerAway()
+    await loop.run_once(consumer, FakeProducer(), timeout_ms=0)  # type: ignore[arg-type]
+    assert (loop.is_ready, loop.not_ready_because) == (False, "KafkaConnectionError")
+    consumer.back = True
+    loop._probed = None  # the next probe is due
+    await loop.run_once(consumer, FakeProducer(), timeout_ms=0)  # type: ignore[arg-type]
+    assert (loop.is_ready, loop.not_ready_because) == (True, None)
+
+
+@pytest.mark.asyncio
+async def test_a_batch_committed_says_the_broker_answers_again() -> None:
+    stage = _FailsOnPoison()
+    loop = _loop(stage)
+    loop.ready.set()
+    loop.broker_unreachable = "KafkaConnectionError"
+    await loop.run_once(_OneBatchConsumer(), FakeProducer(), timeout_ms=0)  # type: ignore[arg-type]
+    assert loop.is_ready
+
+
+@pytest.mark.asyncio
+async def test_a_step_riding_out_an_outage_reports_the_loop_not_ready_until_it_ends() -> None:
+    settings = IngestionSettings(database_url=DSN, stall_after_seconds=0.05)
+    loop = BatchLoop(_FailsOnPoison(), settings)
+    loop.ready.set()
+    release = asyncio.Event()
+    step = asyncio.create_task(loop.retrying("produce", release.wait))
+    await asyncio.sleep(0.02)
+    assert loop.is_ready  # a short wait is no stall
+    await asyncio.sleep(0.1)
+    assert (loop.is_ready, loop.not_ready_because) == (False, "produce waiting")
+    release.set()
+    assert await asyncio.wait_for(step, 5) is True
+    assert loop.is_ready

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 Headers = Sequence[tuple[str, bytes]]
 T = TypeVar("T")
 IDLE_LAG_REFRESH_SECONDS = 5.0
+# While idle, the loop asks the broker for metadata this often, waiting at most the timeout.
+BROKER_PROBE_SECONDS = 5.0
+BROKER_PROBE_TIMEOUT_SECONDS = 5.0
 
 
 class Producer(Protocol):
@@ -246,13 +249,22 @@ class BatchLoop:
         # Why the loop cannot make progress now (the kind of the transient failure it is
         # retrying), or None: /health reports not ready while it is set.
         self.stalled: str | None = None
+        # Why the broker looked unreachable at the last idle probe, or None. aiokafka retries
+        # fetches and reconnects inside its clients, so an outage reaches an idle loop only
+        # as empty fetches: the probe is what makes it show in readiness.
+        self.broker_unreachable: str | None = None
+        self._probed: float | None = None
         # When the loop last went round (monotonic): /health/live fails when it stops turning.
         self.last_turn = time.monotonic()
 
     @property
     def is_ready(self) -> bool:
-        """Partitions assigned and no transient failure being retried."""
-        return self.ready.is_set() and self.stalled is None
+        """Partitions assigned, the broker reachable, no transient failure being retried."""
+        return self.ready.is_set() and self.stalled is None and self.broker_unreachable is None
+
+    @property
+    def not_ready_because(self) -> str | None:
+        return self.stalled or self.broker_unreachable
 
     async def retrying(self, what: str, work: Callable[[], Awaitable[T]]) -> T:
         """`work` until it succeeds: a transient failure is retried after a backoff, the loop
@@ -260,7 +272,7 @@ class BatchLoop:
         while True:
             self.last_turn = time.monotonic()
             try:
-                result = await work()
+                result = await self._watched(what, work)
             except Exception as exc:
                 if not is_transient(exc) or self._stopping.is_set():
                     raise
@@ -345,6 +357,7 @@ class BatchLoop:
         )
         records = [record for tp_records in batch.values() for record in tp_records]
         if not records:
+            await self._probe_broker(consumer)
             await self._refresh_idle_lag(consumer)
             await self.tick(consumer, producer)
             return 0
@@ -361,6 +374,28 @@ class BatchLoop:
                 return len(records)
         await self.tick(consumer, producer)
         return len(records)
+
+    async def _watched(self, what: str, work: Callable[[], Awaitable[T]]) -> T:
+        """`work`, reported as stalled while it runs past stall_after_seconds: aiokafka and
+        asyncpg wait out an outage inside their clients (a produce until its request timeout),
+        and a supervisor must see that the stage makes no progress meanwhile."""
+        task = asyncio.ensure_future(work())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.settings.stall_after_seconds)
+        except asyncio.CancelledError:
+            task.cancel()  # asyncio.wait leaves it running
+            raise
+        if not done and self.stalled is None:
+            log.warning("%s: %s has taken over %.0f s; not ready meanwhile",
+                        self.handler.stage, what, self.settings.stall_after_seconds)  # fmt: skip
+            self.stalled = f"{what} waiting"
+            metrics.STAGE_READY.labels(self.handler.stage).set(0)
+        try:
+            return await task
+        finally:
+            if self.stalled == f"{what} waiting":
+                self.stalled = None
+                metrics.STAGE_READY.labels(self.handler.stage).set(int(self.is_ready))
 
     async def _process_batch(
         self,
@@ -387,6 +422,11 @@ class BatchLoop:
             # A rebalance took the partitions mid-batch; their new owner re-reads the batch,
             # and every sink downstream is idempotent.
             log.warning("commit failed after a rebalance; the batch will be redelivered")
+        if self.broker_unreachable is not None:
+            # The commit reached the group coordinator: the broker answers again.
+            log.info("%s: the broker answers again; ready", stage)
+            self.broker_unreachable = None
+            metrics.STAGE_READY.labels(stage).set(int(self.is_ready))
         elapsed = time.perf_counter() - started
         metrics.BATCH_SECONDS.labels(stage).observe(elapsed)
         metrics.BATCH_SIZE.labels(stage).observe(len(records))
@@ -411,6 +451,29 @@ class BatchLoop:
             if out.pending:
                 await self.retrying("produce", lambda: out.flush(producer))
                 await self.retrying("after produce", self.handler.on_produced)
+
+    async def _probe_broker(self, consumer: AIOKafkaConsumer) -> None:
+        """While idle, every BROKER_PROBE_SECONDS: a metadata request, so that a broker
+        outage shows as not ready (and counts as a transient failure of step `broker`)."""
+        now = time.monotonic()
+        if self._probed is not None and now - self._probed < BROKER_PROBE_SECONDS:
+            return
+        self._probed = now
+        stage = self.handler.stage
+        try:
+            await asyncio.wait_for(consumer.topics(), BROKER_PROBE_TIMEOUT_SECONDS)
+        except Exception as exc:
+            if self.broker_unreachable is None:
+                log.warning("%s: the broker does not answer (%s); not ready", stage,
+                            type(exc).__name__)  # fmt: skip
+            self.broker_unreachable = type(exc).__name__
+            metrics.TRANSIENT_FAILURES.labels(stage, "broker").inc()
+            metrics.STAGE_READY.labels(stage).set(0)
+            return
+        if self.broker_unreachable is not None:
+            log.info("%s: the broker answers again; ready", stage)
+        self.broker_unreachable = None
+        metrics.STAGE_READY.labels(stage).set(int(self.is_ready))
 
     async def _refresh_idle_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Keep the lag gauge true while idle, so a stalled stage shows as lag, not silence."""
