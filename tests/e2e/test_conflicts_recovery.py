@@ -30,7 +30,6 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from pipeline_tools import eventually, fetch, patient, read_topic
 
 from concord.events import codec
 from concord.events.models import ConflictEvent
@@ -38,21 +37,27 @@ from concord.ingestion.subjects import patient_of
 from concord.stack.processes import is_alive, stop_process
 from concord.stack.stack import StackInfo, load_state, restart_worker, start_stack, stop_stack
 from concord.topics import CONFLICTS, RAW_FHIR
+from pipeline_tools import (
+    FIRST,
+    LATER,
+    allergy,
+    condition,
+    eventually,
+    fetch,
+    observation,
+    patient,
+    read_topic,
+)
 
 pytestmark = [pytest.mark.e2e]
 
 HOSP, LAB = "rec-hospital", "rec-lab"
-TERMINOLOGY = "http://terminology.hl7.org/CodeSystem"
-LOINC, UCUM = "http://loinc.org", "http://unitsofmeasure.org"
-SNOMED_CT, RXNORM = "http://snomed.info/sct", "http://www.nlm.nih.gov/research/umls/rxnorm"
 # The compared attributes by kind: results by their LOINC key; the problem and the allergy by
 # resource type, since their keys follow the terminology's crosswalks (Condition/E11.9).
 GLUCOSE, POTASSIUM = "Observation/2345-7", "Observation/2823-3"
 DIABETES, PENICILLIN = "Condition", "AllergyIntolerance"
 HOLD = "PT5S"  # the test policy's suppress_for for results (the built-in policy's is 30 s)
 PATIENTS, CHUNK = 120, 20  # 6 chunks of 20 patients, 2 sources x 5 resources each
-TAKEN = "2026-11-20T08:00:00+00:00"  # one specimen time for both sources' results
-FIRST, LATER = "2026-11-20T09:00:00+00:00", "2026-11-25T09:00:00+00:00"
 
 
 @pytest.fixture(scope="module")
@@ -77,75 +82,6 @@ def held_stack(
 
 
 # --- the sources' records ---------------------------------------------------------------------
-
-
-def _observation(
-    rid: str,
-    subject: str,
-    loinc: str,
-    value: float,
-    unit: str,
-    *,
-    version: str = "1",
-    updated: str = FIRST,
-) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": rid,
-        "meta": {"versionId": version, "lastUpdated": updated},
-        "status": "final",
-        "category": [
-            {"coding": [{"system": f"{TERMINOLOGY}/observation-category", "code": "laboratory"}]}
-        ],
-        "code": {"coding": [{"system": LOINC, "code": loinc}]},
-        "subject": {"reference": subject},
-        "effectiveDateTime": TAKEN,
-        "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
-    }
-
-
-def _condition(rid: str, subject: str, clinical: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Condition",
-        "id": rid,
-        "meta": {"versionId": "1", "lastUpdated": FIRST},
-        "clinicalStatus": {
-            "coding": [{"system": f"{TERMINOLOGY}/condition-clinical", "code": clinical}]
-        },
-        "verificationStatus": {
-            "coding": [{"system": f"{TERMINOLOGY}/condition-ver-status", "code": "confirmed"}]
-        },
-        "code": {"coding": [{"system": SNOMED_CT, "code": "44054006"}]},
-        "subject": {"reference": subject},
-        "recordedDate": "2026-11-01T00:00:00+00:00",
-    }
-
-
-def _allergy(
-    rid: str,
-    subject: str,
-    clinical: str,
-    verification: str,
-    *,
-    version: str = "1",
-    updated: str = FIRST,
-) -> dict[str, Any]:
-    return {
-        "resourceType": "AllergyIntolerance",
-        "id": rid,
-        "meta": {"versionId": version, "lastUpdated": updated},
-        "clinicalStatus": {
-            "coding": [{"system": f"{TERMINOLOGY}/allergyintolerance-clinical", "code": clinical}]
-        },
-        "verificationStatus": {
-            "coding": [
-                {"system": f"{TERMINOLOGY}/allergyintolerance-verification", "code": verification}
-            ]
-        },
-        "code": {"coding": [{"system": RXNORM, "code": "70618"}]},
-        "patient": {"reference": subject},
-        "recordedDate": "2026-11-01T00:00:00+00:00",
-    }
 
 
 Event = tuple[str, dict[str, Any]]  # (source, FHIR resource)
@@ -174,13 +110,13 @@ def _records(token: str, n: int) -> list[Event]:
         events.append((source, orjson.loads(patient(eid, rid, last_updated=FIRST))))
         glucose = 130.0 if lab and plan[GLUCOSE] else (104.0 if lab else 100.0)
         potassium = 5.2 if lab and plan[POTASSIUM] else (4.1 if lab else 4.0)
-        events.append((source, _observation(f"{rid}-glu", subject, "2345-7", glucose, "mg/dL")))
-        events.append((source, _observation(f"{rid}-k", subject, "2823-3", potassium, "mmol/L")))
+        events.append((source, observation(f"{rid}-glu", subject, "2345-7", glucose, "mg/dL")))
+        events.append((source, observation(f"{rid}-k", subject, "2823-3", potassium, "mmol/L")))
         problem = "resolved" if lab and plan[DIABETES] else "active"
-        events.append((source, _condition(f"{rid}-dm", subject, problem)))
+        events.append((source, condition(f"{rid}-dm", subject, problem)))
         refuted = lab and plan[PENICILLIN]
         clinical, verification = ("inactive", "refuted") if refuted else ("active", "confirmed")
-        events.append((source, _allergy(f"{rid}-pen", subject, clinical, verification)))
+        events.append((source, allergy(f"{rid}-pen", subject, clinical, verification)))
     return events
 
 
@@ -263,13 +199,13 @@ def _changes(token: str, corrected: list[tuple[str, str]], revised: list[int]) -
         rid = f"rec{token}l{int(patient_id.rsplit('-', 1)[1])}"
         subject = f"Patient/{rid}"
         if attribute == GLUCOSE:
-            resource = _observation(f"{rid}-glu", subject, "2345-7", 101.0, "mg/dL", **later)
+            resource = observation(f"{rid}-glu", subject, "2345-7", 101.0, "mg/dL", **later)
         else:
-            resource = _allergy(f"{rid}-pen", subject, "active", "confirmed", **later)
+            resource = allergy(f"{rid}-pen", subject, "active", "confirmed", **later)
         changes.append((LAB, resource))
     for n in revised:
         rid = f"rec{token}l{n}"
-        resource = _observation(f"{rid}-k", f"Patient/{rid}", "2823-3", 6.0, "mmol/L", **later)
+        resource = observation(f"{rid}-k", f"Patient/{rid}", "2823-3", 6.0, "mmol/L", **later)
         changes.append((LAB, resource))
     return changes
 

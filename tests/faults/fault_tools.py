@@ -23,14 +23,12 @@ import asyncio
 import http.client
 import json
 import threading
-import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
@@ -42,20 +40,24 @@ from concord.runtime.reading import read_topic
 from concord.stack.processes import LOOPBACK, find_process
 from concord.stack.stack import load_state
 from concord.topics import ALERTS, DEADLETTER, INGESTED, RAW_FHIR
+from pipeline_tools import (
+    FIRST,
+    LATER,
+    allergy,
+    condition,
+    eventually,
+    fetch,
+    observation,
+)
 
 T = TypeVar("T")
 HOLD = "PT1S"  # the test policy's suppress_for for results (the built-in policy's is 30 s)
 HOSP, LAB = "flt-hospital", "flt-lab"
-TERMINOLOGY = "http://terminology.hl7.org/CodeSystem"
-LOINC, UCUM = "http://loinc.org", "http://unitsofmeasure.org"
-SNOMED_CT, RXNORM = "http://snomed.info/sct", "http://www.nlm.nih.gov/research/umls/rxnorm"
 # The compared attributes by kind: results by their LOINC key; the problem and the allergy by
 # resource type, since their keys follow the terminology's crosswalks.
 GLUCOSE, POTASSIUM = "Observation/2345-7", "Observation/2823-3"
 DIABETES, PENICILLIN = "Condition", "AllergyIntolerance"
 ASSERTIONS_PER_PATIENT = 14  # 7 attributes (demographics included) x 2 sources
-TAKEN = "2026-11-20T08:00:00+00:00"
-FIRST, LATER = "2026-11-20T09:00:00+00:00", "2026-11-25T09:00:00+00:00"
 INGESTED_OUTCOME = "INGESTED"
 # Topics are read once the pipeline has settled: a short wait for more is enough.
 READ_IDLE = 1.0
@@ -110,67 +112,6 @@ def _patient(eid: str, rid: str) -> dict[str, Any]:
     }
 
 
-def observation(
-    rid: str,
-    subject: str,
-    loinc: str,
-    value: float,
-    unit: str,
-    *,
-    version: str = "1",
-    updated: str = FIRST,
-) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": rid,
-        "meta": {"versionId": version, "lastUpdated": updated},
-        "status": "final",
-        "category": [
-            {"coding": [{"system": f"{TERMINOLOGY}/observation-category", "code": "laboratory"}]}
-        ],
-        "code": {"coding": [{"system": LOINC, "code": loinc}]},
-        "subject": {"reference": subject},
-        "effectiveDateTime": TAKEN,
-        "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
-    }
-
-
-def _condition(rid: str, subject: str, clinical: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Condition",
-        "id": rid,
-        "meta": {"versionId": "1", "lastUpdated": FIRST},
-        "clinicalStatus": {
-            "coding": [{"system": f"{TERMINOLOGY}/condition-clinical", "code": clinical}]
-        },
-        "verificationStatus": {
-            "coding": [{"system": f"{TERMINOLOGY}/condition-ver-status", "code": "confirmed"}]
-        },
-        "code": {"coding": [{"system": SNOMED_CT, "code": "44054006"}]},
-        "subject": {"reference": subject},
-        "recordedDate": "2026-11-01T00:00:00+00:00",
-    }
-
-
-def _allergy(rid: str, subject: str, clinical: str, verification: str) -> dict[str, Any]:
-    return {
-        "resourceType": "AllergyIntolerance",
-        "id": rid,
-        "meta": {"versionId": "1", "lastUpdated": FIRST},
-        "clinicalStatus": {
-            "coding": [{"system": f"{TERMINOLOGY}/allergyintolerance-clinical", "code": clinical}]
-        },
-        "verificationStatus": {
-            "coding": [
-                {"system": f"{TERMINOLOGY}/allergyintolerance-verification", "code": verification}
-            ]
-        },
-        "code": {"coding": [{"system": RXNORM, "code": "70618"}]},
-        "patient": {"reference": subject},
-        "recordedDate": "2026-11-01T00:00:00+00:00",
-    }
-
-
 def records(token: str, n: int) -> list[Event]:
     """Both sources' records of patient n: each Patient first (the results follow it through
     the identity crosswalk), then its results, problem and allergy."""
@@ -186,10 +127,10 @@ def records(token: str, n: int) -> list[Event]:
         events.append((source, observation(f"{rid}-glu", subject, "2345-7", glucose, "mg/dL")))
         events.append((source, observation(f"{rid}-k", subject, "2823-3", potassium, "mmol/L")))
         problem = "resolved" if lab and wanted[DIABETES] else "active"
-        events.append((source, _condition(f"{rid}-dm", subject, problem)))
+        events.append((source, condition(f"{rid}-dm", subject, problem)))
         refuted = lab and wanted[PENICILLIN]
         clinical, verification = ("inactive", "refuted") if refuted else ("active", "confirmed")
-        events.append((source, _allergy(f"{rid}-pen", subject, clinical, verification)))
+        events.append((source, allergy(f"{rid}-pen", subject, clinical, verification)))
     return events
 
 
@@ -248,26 +189,6 @@ async def send_fhir(bootstrap: str, events: Sequence[Event]) -> list[Coordinate]
 
 
 # --- polling ------------------------------------------------------------------------------------
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], *, within: float
-) -> T:
-    """Poll until `done(probe())`, or return the last value after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.25)
-
-
-async def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return list(await conn.fetch(query, *args))
-    finally:
-        await conn.close()
 
 
 def health(port: int, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:

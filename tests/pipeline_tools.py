@@ -83,3 +83,81 @@ async def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
         return list(await conn.fetch(query, *args))
     finally:
         await conn.close()
+
+
+# --- FHIR clinical records two sources send (the recovery and fault tests' workload) ----------
+
+TERMINOLOGY = "http://terminology.hl7.org/CodeSystem"
+LOINC, UCUM = "http://loinc.org", "http://unitsofmeasure.org"
+SNOMED_CT, RXNORM = "http://snomed.info/sct", "http://www.nlm.nih.gov/research/umls/rxnorm"
+TAKEN = "2026-11-20T08:00:00+00:00"  # one specimen time for both sources' results
+FIRST, LATER = "2026-11-20T09:00:00+00:00", "2026-11-25T09:00:00+00:00"
+
+
+def observation(
+    rid: str,
+    subject: str,
+    loinc: str,
+    value: float,
+    unit: str,
+    *,
+    version: str = "1",
+    updated: str = FIRST,
+) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "meta": {"versionId": version, "lastUpdated": updated},
+        "status": "final",
+        "category": [
+            {"coding": [{"system": f"{TERMINOLOGY}/observation-category", "code": "laboratory"}]}
+        ],
+        "code": {"coding": [{"system": LOINC, "code": loinc}]},
+        "subject": {"reference": subject},
+        "effectiveDateTime": TAKEN,
+        "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
+    }
+
+
+def condition(rid: str, subject: str, clinical: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Condition",
+        "id": rid,
+        "meta": {"versionId": "1", "lastUpdated": FIRST},
+        "clinicalStatus": {
+            "coding": [{"system": f"{TERMINOLOGY}/condition-clinical", "code": clinical}]
+        },
+        "verificationStatus": {
+            "coding": [{"system": f"{TERMINOLOGY}/condition-ver-status", "code": "confirmed"}]
+        },
+        "code": {"coding": [{"system": SNOMED_CT, "code": "44054006"}]},
+        "subject": {"reference": subject},
+        "recordedDate": "2026-11-01T00:00:00+00:00",
+    }
+
+
+def allergy(
+    rid: str,
+    subject: str,
+    clinical: str,
+    verification: str,
+    *,
+    version: str = "1",
+    updated: str = FIRST,
+) -> dict[str, Any]:
+    return {
+        "resourceType": "AllergyIntolerance",
+        "id": rid,
+        "meta": {"versionId": version, "lastUpdated": updated},
+        "clinicalStatus": {
+            "coding": [{"system": f"{TERMINOLOGY}/allergyintolerance-clinical", "code": clinical}]
+        },
+        "verificationStatus": {
+            "coding": [
+                {"system": f"{TERMINOLOGY}/allergyintolerance-verification", "code": verification}
+            ]
+        },
+        "code": {"coding": [{"system": RXNORM, "code": "70618"}]},
+        "patient": {"reference": subject},
+        "recordedDate": "2026-11-01T00:00:00+00:00",
+    }
