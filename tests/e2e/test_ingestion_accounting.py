@@ -19,13 +19,13 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pipeline_tools import publish
 
 from concord.events import codec
 from concord.publishing import read_file
 from concord.stack.processes import health_ok, is_alive
 from concord.stack.stack import StackInfo
 from concord.topics import DEADLETTER, INGESTED, PARTITIONS, RAW_FHIR, RAW_HL7V2
+from pipeline_tools import publish
 
 pytestmark = pytest.mark.e2e
 

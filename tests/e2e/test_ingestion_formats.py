@@ -10,12 +10,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from pipeline_tools import eventually, patient, publish, read_topic
 
 from concord.events import codec
 from concord.events.models import IngestedRecord
 from concord.stack.stack import StackInfo
 from concord.topics import DEADLETTER, INGESTED, RAW_FHIR, RAW_HL7V2
+from pipeline_tools import eventually, patient, publish, read_topic
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
 

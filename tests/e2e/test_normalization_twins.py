@@ -9,12 +9,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from pipeline_tools import eventually, fetch, publish, read_topic
 
 from concord.events import codec
 from concord.events.models import ClinicalFact
 from concord.stack.stack import StackInfo
 from concord.topics import CONFLICTS, FACTS, RAW_FHIR, RAW_HL7V2
+from pipeline_tools import eventually, fetch, publish, read_topic
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_data]
 

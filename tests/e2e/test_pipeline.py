@@ -9,12 +9,12 @@ from collections import Counter
 
 import orjson
 import pytest
-from pipeline_tools import eventually, fetch, patient, publish, read_topic
 
 from concord.events import codec
 from concord.stack.processes import is_alive, stop_process
 from concord.stack.stack import StackInfo, load_state, restart_worker
 from concord.topics import ALERTS, DEADLETTER, FACTS, INGESTED
+from pipeline_tools import eventually, fetch, patient, publish, read_topic
 
 pytestmark = [pytest.mark.e2e]
 
