@@ -274,9 +274,11 @@ async def wait_for_alerts(
     return await stored_alerts(dsn, prefix)
 
 
-async def published_alerts(bootstrap: str, prefix: str) -> list[tuple[Alert, bytes]]:
+async def published_alerts(
+    bootstrap: str, prefix: str, *, idle: float = READ_IDLE
+) -> list[tuple[Alert, bytes]]:
     found = []
-    for record in await read_topic(bootstrap, ALERTS, idle_seconds=READ_IDLE):
+    for record in await read_topic(bootstrap, ALERTS, idle_seconds=idle):
         alert = codec.ALERT.decode(record.value)
         if alert.patient_id.startswith(prefix):
             found.append((alert, bytes(record.value)))
@@ -312,23 +314,31 @@ def check_alerts(
     }
     different = {key: len(values) for key, values in copies.items() if len(values) > 1}
     assert different == {}, "two different events under one (alert id, revision)"
+    revisions_of: dict[str, list[int]] = defaultdict(list)
+    for alert_id, revision in copies:
+        revisions_of[alert_id].append(revision)
     for key, row in stored.items():
-        revisions = sorted(r for (alert_id, r) in copies if alert_id == row.alert_id)
+        revisions = sorted(revisions_of[row.alert_id])
         assert revisions == list(range(1, row.revision + 1)), (key, revisions)
         assert latest[row.alert_id].status == row.status, key
     return AlertCheck(events=len(published), republished=len(published) - len(copies))
 
 
 async def raw_outcomes(
-    bootstrap: str, wanted: set[Coordinate], *, undecodable: list[bytes] | None = None
+    bootstrap: str,
+    wanted: set[Coordinate],
+    *,
+    undecodable: list[bytes] | None = None,
+    idle: float = READ_IDLE,
 ) -> dict[Coordinate, list[str]]:
     """Each wanted raw record's outcomes: INGESTED per record emitted from it (a Bundle may
     emit several; a redelivered batch emits again), or its dead letter's reason code. A record
     on concord.ingested that cannot be decoded (so its provenance cannot be read) is added to
-    `undecodable`, or fails the test when that is not given."""
+    `undecodable`, or fails the test when that is not given. A topic is read until nothing
+    new comes for `idle` seconds (longer for a big topic: a slow fetch is not its end)."""
     found: dict[Coordinate, list[str]] = defaultdict(list)
     ingested, letters = await asyncio.gather(
-        read_topic(bootstrap, INGESTED, idle_seconds=READ_IDLE), dead_letters(bootstrap)
+        read_topic(bootstrap, INGESTED, idle_seconds=idle), dead_letters(bootstrap, idle=idle)
     )
     for record in ingested:
         try:
@@ -348,10 +358,10 @@ async def raw_outcomes(
     return found
 
 
-async def dead_letters(bootstrap: str) -> list[DeadLetter]:
+async def dead_letters(bootstrap: str, *, idle: float = READ_IDLE) -> list[DeadLetter]:
     return [
         codec.DEAD_LETTER.decode(r.value)
-        for r in await read_topic(bootstrap, DEADLETTER, idle_seconds=READ_IDLE)
+        for r in await read_topic(bootstrap, DEADLETTER, idle_seconds=idle)
     ]
 
 
