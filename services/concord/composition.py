@@ -145,6 +145,7 @@ async def build_stage(
         settings.database_url.get_secret_value(),
         settings.database_pool_size,
         command_timeout=settings.database_command_timeout_seconds,
+        application_name=f"concord-{service}",
     )
     try:
         stage = SERVICES[service].build(settings, Resources(pool, producer, policy))

@@ -9,6 +9,7 @@ the rule docs/deadletters.md states per code.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,6 +45,7 @@ REASON_CODES: dict[str, str] = {
     "UNDECODABLE_EVENT": "An Avro event between stages could not be decoded.",
     "CONFLICTS_FAILED": "The conflicts stage failed on this record alone, not transiently; kept.",
     "ALERTING_FAILED": "The alerting stage failed on this record alone, not transiently; kept.",
+    "OUTPUT_TOO_LARGE": "What a stage made of the record is over the producer's size limit.",
 }
 
 
@@ -88,3 +90,40 @@ def dead_letter(raw: RawEvent, rejection: Rejection, *, stage: str, at: datetime
         original_headers=tuple(Header(key=k, value=v) for k, v in raw.headers),
         failed_at=at,
     )
+
+
+def fingerprint(value: bytes) -> str:
+    """Bytes named without their content: length and SHA-256, enough to tell whether a record
+    found at a letter's coordinates is the one that failed."""
+    return f"{len(value)} bytes, SHA-256 {hashlib.sha256(value).hexdigest()}"
+
+
+PAYLOAD_NOT_KEPT = "not kept: the letter would be over the producer's limit"
+
+
+def payload_not_kept(letter: DeadLetter) -> bool:
+    """Whether without_payload left the original out of this letter: there is nothing to
+    replay, the record must be read at its coordinates."""
+    return PAYLOAD_NOT_KEPT in letter.reason
+
+
+def without_payload(letter: DeadLetter, *, limit: int, everything: bool = False) -> DeadLetter:
+    """The letter without the original bytes, for when with them it would be over the
+    producer's limit of `limit` bytes: the coordinates stay, and the reason says what was left
+    out (the value by length and SHA-256), so that the record can be read at its coordinates
+    while the topic retains it. `everything` also leaves out the key and headers (a letter
+    whose key or headers alone are too large); the key, which names a patient, by length
+    only."""
+    left_out: list[str] = []
+    if letter.original_value is not None:
+        left_out.append(f"the original value ({fingerprint(letter.original_value)})")
+    update: dict[str, object] = {"original_value": None}
+    if everything:
+        if letter.original_key is not None:
+            left_out.append(f"the original key ({len(letter.original_key)} bytes)")
+        if letter.original_headers:
+            left_out.append(f"the original headers ({len(letter.original_headers)})")
+        update.update(original_key=None, original_headers=())
+    note = f"; {', '.join(left_out) or 'nothing'} {PAYLOAD_NOT_KEPT} of {limit} bytes"
+    update["reason"] = letter.reason + note
+    return letter.model_copy(update=update)

@@ -28,6 +28,7 @@ from concord.config import (
 )
 from concord.failures import failure_site
 from concord.runtime.batch import BatchLoop
+from concord.runtime.log_limits import limit_repeats
 
 if TYPE_CHECKING:
     from concord.conflicts.policy_watcher import PolicyWatcher
@@ -244,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
     except PolicyError as exc:
         sys.exit(f"the {service} worker does not start: its policy file is invalid\n{exc}")
     check_schema_or_exit(service, settings)
+    # aiokafka logs every failed reconnect (every ~50 ms while the broker is away); the worker
+    # reports an outage itself (/health, metrics), so one line of a kind per 10 s is enough.
+    limit_repeats("aiokafka")
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
 

@@ -20,13 +20,21 @@ aiokafka retries inside its clients (a fetch that fails is logged and getmany re
 nothing; a produce is retried until its request timeout, 40 s), so no error reaches the batch
 loop within a 30 s cut: the loop asks the broker for metadata while idle, and each worker must
 answer 503 with "stalled" at least once during the cut.
+
+aiokafka logs every failed reconnect (every ~50 ms: 150-190 lines a second per worker before
+the limit); the worker lets one line of a kind through per INTERVAL_SECONDS
+(concord.runtime.log_limits), so each kind of aiokafka line appears at most
+floor(cut / INTERVAL_SECONDS) + 1 times in a worker's log during the cut.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import http.client
+import math
+import re
 import time
 import uuid
 from collections import Counter
@@ -34,6 +42,7 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiokafka
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -57,6 +66,7 @@ from fault_tools import (
 )
 from tcp_proxy import TcpProxy
 
+from concord.runtime.log_limits import INTERVAL_SECONDS
 from concord.stack.processes import LOOPBACK, free_port, is_alive
 from concord.stack.stack import StackInfo, load_state
 
@@ -140,6 +150,50 @@ class _Watch:
         }
 
 
+_LOG_LINE = re.compile(r"\[[^]]*\] \[\d+\] \[([A-Z]+)\] (.*)")
+_PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[-#0 +]*\d*(?:\.\d+)?[a-zA-Z%]")
+_SUPPRESSED = re.compile(r" \[\d+ similar lines? suppressed in [\d.]+ s\]$")
+
+
+def _aiokafka_templates() -> list[tuple[str, re.Pattern[str]]]:
+    """aiokafka's log message templates (the literal first argument of its log calls), each
+    with a pattern matching its lines: a worker's log lines do not name their logger."""
+    templates = {}
+    for path in Path(aiokafka.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in {"debug", "info", "warning", "error", "exception"}
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                text = node.args[0].value
+                pattern = ".*?".join(map(re.escape, _PLACEHOLDER.split(text)))
+                templates[text] = re.compile(pattern, re.DOTALL)
+    return sorted(templates.items())
+
+
+def _log_sizes(stack: StackInfo) -> dict[str, int]:
+    return {name: Path(w.log_path).stat().st_size for name, w in stack.workers.items()}
+
+
+def _aiokafka_lines(text: str, templates: list[tuple[str, re.Pattern[str]]]) -> Counter[str]:
+    """The aiokafka lines in a stretch of a worker's log, counted by level and template."""
+    kinds: Counter[str] = Counter()
+    for line in text.splitlines():
+        if (parsed := _LOG_LINE.fullmatch(line.rstrip())) is None:
+            continue
+        level, message = parsed.groups()
+        message = _SUPPRESSED.sub("", message)
+        for template, pattern in templates:
+            if pattern.fullmatch(message):
+                kinds[f"{level} {template}"] += 1
+                break
+    return kinds
+
+
 async def _broker_unreachable(bootstrap: str) -> bool:
     """Whether a Kafka client cannot reach the broker now (it should not, while cut)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=3000)
@@ -184,6 +238,7 @@ async def test_workers_ride_out_cut_broker_connections_losing_nothing(
             sent += await send_fhir(bootstrap, chunk)
         figures["connections_dropped"] = await asyncio.to_thread(proxy.cut)
         cut = time.monotonic()
+        logs_at_cut = _log_sizes(stack)
         try:
             figures["alerts_at_cut"] = at_cut = await _alert_count(dsn, prefix)
             while time.monotonic() - cut < CUT_SECONDS:
@@ -191,6 +246,7 @@ async def test_workers_ride_out_cut_broker_connections_losing_nothing(
                 await asyncio.sleep(0.5)
             assert await _broker_unreachable(bootstrap), "the broker was not cut off"
             figures["alerts_at_restore"] = await _alert_count(dsn, prefix)
+            logs_at_restore, logged_for = _log_sizes(stack), time.monotonic() - cut
         finally:
             await asyncio.to_thread(proxy.restore)
         back = time.monotonic()
@@ -227,6 +283,22 @@ async def test_workers_ride_out_cut_broker_connections_losing_nothing(
     for worker in recorded.workers.values():
         text = await asyncio.to_thread(Path(worker.log_path).read_text, errors="replace")
         assert "Traceback" not in text, f"a traceback in {worker.log_path}"
+    # aiokafka's lines while the broker was away: each kind (level and template; the logger
+    # is not in the line) at most once per INTERVAL_SECONDS, so at most
+    # floor(logged_for / INTERVAL_SECONDS) + 1 lines of a kind (4 for a 30-34 s stretch),
+    # kinds x that in all; without the limit, 150-190 lines a second.
+    templates = await asyncio.to_thread(_aiokafka_templates)
+    per_kind = math.floor(logged_for / INTERVAL_SECONDS) + 1
+    during_cut: dict[str, Counter[str]] = {}
+    for name, worker in recorded.workers.items():
+        data = await asyncio.to_thread(Path(worker.log_path).read_bytes)
+        stretch = data[logs_at_cut[name] : logs_at_restore[name]].decode(errors="replace")
+        during_cut[name] = _aiokafka_lines(stretch, templates)
+    figures["aiokafka_lines_during_cut"] = {n: sum(c.values()) for n, c in during_cut.items()}
+    figures["aiokafka_kinds_during_cut"] = {n: len(c) for n, c in during_cut.items()}
+    for name, kinds in during_cut.items():
+        assert max(kinds.values(), default=0) <= per_kind, (name, per_kind, kinds)
+        assert sum(kinds.values()) <= len(kinds) * per_kind, (name, per_kind, kinds)
 
     published, outcomes = await asyncio.gather(
         published_alerts(bootstrap, prefix), raw_outcomes(bootstrap, set(sent))

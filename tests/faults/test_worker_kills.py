@@ -14,9 +14,12 @@ again); a consumer following the topic's end tells. Each time the worker is rest
 (`restart_worker`: same command and web port, back once /health answers 200); the second kill
 also comes while it works off what queued up while it was down.
 
-Where exactly a kill lands (mid-batch, between produce and commit, during an outbox drain) is
-not controlled: what was done twice shows in the figures (raw records emitted twice, facts
-and conflict events published again, identical alert re-publications).
+Where exactly those kills land (mid-batch, between produce and commit) is not controlled: what
+was done twice shows in the figures (raw records emitted twice, facts and conflict events
+published again, identical alert re-publications). A kill during an outbox drain is: in the
+second test a trigger makes the conflicts or alerting worker's deletes of its outbox rows wait,
+and the worker is killed after a batch's publication (its rows are left behind) and then
+inside the drain of its restart, which has published them again.
 tests/e2e/test_conflicts_recovery.py kills the conflicts worker once at a chosen point
 (conflicts stored, some held) and checks the conflicts topic in detail.
 """
@@ -24,14 +27,17 @@ tests/e2e/test_conflicts_recovery.py kills the conflicts worker once at a chosen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
@@ -61,7 +67,7 @@ from fault_tools import (
 
 from concord.events import codec
 from concord.runtime.reading import read_topic
-from concord.stack.processes import ProcessRecord, find_process, is_alive
+from concord.stack.processes import ProcessDied, ProcessRecord, find_process, is_alive
 from concord.stack.stack import StackInfo, load_state, restart_worker
 from concord.topics import ALERTS, CONFLICTS, FACTS, INGESTED, PARTITIONS, RAW_FHIR
 
@@ -289,6 +295,162 @@ async def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(
             "drained_seconds_after_stream": round(drained, 1),
             **accounting.summary(),
             **done_again,
+            "alerts_expected": len(expected),
+            "alert_events": check.events,
+            "alerts_duplicated": 0,
+            "alert_identical_republications": check.republished,
+            "peak_rss_mib": rss.rounded(),
+        },
+    )
+
+
+# --- a kill during an outbox drain ----------------------------------------------------------
+#
+# For the test, a trigger makes every DELETE of the stage's outbox rows wait for an advisory lock
+# the test holds: the stage's records are published and their rows stay. The worker is killed
+# right then: once after a batch's publication (its rows are left behind), and once inside the
+# drain its restart runs on them.
+
+HOLD_KEY = 15_15_15  # the advisory lock the trigger waits for
+
+WAITS_ON_OUTBOX = (
+    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1 "
+    "AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM outbox%'"
+)
+
+
+@contextlib.asynccontextmanager
+async def _deletes_held(dsn: str, stage: str) -> AsyncIterator[asyncpg.Connection]:
+    """While open, a DELETE of the stage's outbox rows waits (the test's connection holds the
+    lock its trigger waits for); on exit they go ahead."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute(
+        f"""
+        CREATE OR REPLACE FUNCTION test_hold_outbox_delete() RETURNS trigger AS $$
+        BEGIN PERFORM pg_advisory_xact_lock_shared({HOLD_KEY}); RETURN OLD; END $$
+        LANGUAGE plpgsql;
+        CREATE OR REPLACE TRIGGER test_hold_outbox_delete BEFORE DELETE ON outbox
+        FOR EACH ROW WHEN (OLD.stage = '{stage}') EXECUTE FUNCTION test_hold_outbox_delete();
+        """
+    )
+    await conn.execute("SELECT pg_advisory_lock($1)", HOLD_KEY)
+    try:
+        yield conn
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", HOLD_KEY)
+        await conn.execute("DROP TRIGGER IF EXISTS test_hold_outbox_delete ON outbox")
+        await conn.close()
+
+
+async def _sessions(dsn: str, worker: str) -> int:
+    rows = await fetch(
+        dsn,
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1",
+        f"concord-{worker}",
+    )
+    return int(rows[0]["n"])
+
+
+async def _deleting(conn: asyncpg.Connection, worker: str, *, within: float) -> bool:
+    """Whether the worker's DELETE of outbox rows comes to wait on the test's lock."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await conn.fetchval(WAITS_ON_OUTBOX, f"concord-{worker}"):
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def _kill_held(stack: StackInfo, worker: str) -> None:
+    """SIGKILL the worker, whose DELETE waits on the test's lock, and wait until PostgreSQL
+    has ended its sessions (the waiting one within runtime.db.CLIENT_CHECK_MS): the lock may
+    then go without the dead worker's DELETE running after all."""
+    recorded = load_state(stack.state_dir)
+    assert recorded is not None
+    process = find_process(recorded.workers[worker])
+    assert process is not None
+    process.send_signal(signal.SIGKILL)
+    sessions = await eventually(
+        lambda: _sessions(stack.database_url, worker), lambda n: n == 0, within=30
+    )
+    assert sessions == 0, "PostgreSQL kept the killed worker's sessions"
+
+
+@pytest.mark.parametrize("worker", ["conflicts", "alerting"])
+async def test_a_worker_killed_during_its_outbox_drain_loses_and_duplicates_nothing(
+    fault_stack: StackInfo, tmp_path: Path, worker: str
+) -> None:
+    stack, started = fault_stack, time.monotonic()
+    bootstrap, dsn = stack.bootstrap_servers, stack.database_url
+    token = uuid.uuid4().hex[:6]
+    prefix = prefix_of(token)
+    stream = _Stream(bootstrap, dsn, token)
+    with PeakRss(stack.state_dir) as rss:
+        publishing = asyncio.create_task(stream.run())
+        await stream.next_chunk()
+        async with _deletes_held(dsn, worker) as conn:
+            # A batch publishes its records and waits to delete their rows: kill it.
+            assert await _deleting(conn, worker, within=60), f"{worker} deleted nothing"
+            left = [
+                (r["topic"], bytes(r["value"]))
+                for r in await conn.fetch(
+                    "SELECT topic, value FROM outbox WHERE stage = $1", worker
+                )
+            ]
+            await _kill_held(stack, worker)
+            first_kill = time.monotonic()
+            # Its restart's drain publishes the rows left and waits to delete them: kill it.
+            restarting = asyncio.create_task(restart_worker(stack.state_dir, worker, kill=True))
+            in_drain = await _deleting(conn, worker, within=90)
+            assert in_drain, f"the restarted {worker} never drained its outbox"
+            await _kill_held(stack, worker)
+            with contextlib.suppress(ProcessDied):
+                await restarting
+            second_kill = time.monotonic()
+        restarted = await restart_worker(stack.state_dir, worker, kill=True)
+        ready_again = time.monotonic() - second_kill
+        await stream.next_chunk()
+        stream.stop.set()
+        await publishing
+        last_sent = time.monotonic()
+
+        patients = stream.patients
+        expected = {key: "OPEN" for key in disagreeing(token, patients)}
+        expected |= {key: "RESOLVED" for key in stream.corrected}
+        stored = await wait_for_alerts(dsn, prefix, expected, within=90)
+        drained = time.monotonic() - last_sent
+
+    published, outcomes = await asyncio.gather(
+        published_alerts(bootstrap, prefix),
+        raw_outcomes(bootstrap, set(stream.sent + stream.resent)),
+    )
+    check = check_alerts(expected, stored, published)
+    accounting = account(stream.sent + stream.resent, outcomes, resent=stream.resent)
+    assert accounting.dead_lettered == Counter(), "a good record was dead-lettered"
+    assert is_alive(restarted)
+    # Each row left behind went out with its batch, again with the killed drain, and a last
+    # time with the drain that deleted it: the same bytes each time.
+    assert left, "the killed batch left no rows"
+    copies: Counter[tuple[str, bytes]] = Counter()
+    for topic in {topic for topic, _ in left}:
+        on_topic = Counter(
+            bytes(r.value) for r in await read_topic(bootstrap, topic, idle_seconds=READ_IDLE)
+        )
+        copies.update({(topic, value): on_topic[value] for t, value in left if t == topic})
+    assert min(copies.values()) >= 3, "a row left behind was not published by both drains"
+    report(
+        tmp_path,
+        f"kill {worker} in its outbox drain",
+        {
+            "worker": worker,
+            "seconds": round(time.monotonic() - started, 1),
+            "rows_left_behind": len(left),
+            "copies_of_a_left_row": sorted(set(copies.values())),
+            "seconds_between_kills": round(second_kill - first_kill, 1),
+            "ready_again_seconds": round(ready_again, 1),
+            "patients": len(patients),
+            "drained_seconds_after_stream": round(drained, 1),
+            **accounting.summary(),
             "alerts_expected": len(expected),
             "alert_events": check.events,
             "alerts_duplicated": 0,

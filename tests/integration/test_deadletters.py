@@ -35,6 +35,7 @@ from concord.cli.deadletters import (
     select,
 )
 from concord.config import IngestionSettings
+from concord.deadletters import without_payload
 from concord.events import codec
 from concord.events.models import DeadLetter, Header, IngestedRecord
 from concord.ingestion.app import IngestionStage
@@ -328,6 +329,35 @@ def test_list_shows_where_and_why_and_the_payload_only_when_asked(
 
     nothing = concord("deadletter", "replay", "--source", source, "--reason", "NOT_FHIR")
     assert nothing.exit_code == 1 and "no dead letter matches" in nothing.output
+
+
+def test_a_letter_whose_bytes_were_too_large_to_keep_is_not_replayed_empty(
+    broker: BrokerInfo, concord: Callable[..., Result]
+) -> None:
+    """A letter over the producer's limit keeps only the original's coordinates and
+    fingerprint (deadletters.without_payload): replaying it would send an empty record, so
+    the replay skips it and says where the original is."""
+    uid = uuid.uuid4().hex[:8]
+    source = f"pacs-{uid}"
+    key = f"{source}/PID/MRN-{uid}".encode()
+    big = _letter(source, "OUTPUT_TOO_LARGE", RAW_HL7V2, b"MSH|" + b"x" * 2048, key)
+    kept = _letter(source, "HL7_TIME_ZONE_UNKNOWN", RAW_HL7V2, b"MSH|small-" + uid.encode(), key)
+    unkept = without_payload(big, limit=1024)
+    assert unkept.original_value is None
+    encoded = [(codec.DEAD_LETTER.encode(letter), key) for letter in (unkept, kept)]
+    asyncio.run(_publish(broker.bootstrap_servers, DEADLETTER, encoded, []))
+
+    only_unkept = concord(
+        "deadletter", "replay", "--source", source, "--reason", "OUTPUT_TOO_LARGE"
+    )
+    assert only_unkept.exit_code == 1
+    assert f"re-send from {RAW_HL7V2}[1]@7" in only_unkept.stderr
+    assert "nothing left to replay" in only_unkept.output
+
+    both = concord("deadletter", "replay", "--source", source, "--dry-run")
+    assert both.exit_code == 0, both.output
+    assert "skipping 1 letter(s)" in both.stderr
+    assert f"would re-submit 1 to {RAW_HL7V2}" in both.stdout
 
 
 def test_a_message_accepted_with_warnings_is_ingested_and_listed_with_them(

@@ -113,6 +113,7 @@ async def test_outbox_rows_a_failed_pass_never_handed_over_stay_for_the_drain(
         await outbox.write(conn, [handed, failed])
     out = Outbound(stage)
     outbox.publish_written(out, [handed])  # the pass failed before handing `failed` over
+    await out.flush(FakeProducer())
     await outbox.acknowledge()
 
     producer = FakeProducer()
@@ -120,3 +121,28 @@ async def test_outbox_rows_a_failed_pass_never_handed_over_stay_for_the_drain(
     assert await outbox.drain(producer) == 1
     assert [value for _, value, *_ in producer.sent] == [b"failed"]
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE stage = $1", stage) == 0
+
+
+@pytest.mark.asyncio
+async def test_outbox_rows_handed_to_a_pass_that_failed_later_stay_for_the_drain(
+    pool: asyncpg.Pool,
+) -> None:
+    """A pass hands its merge signals over and then fails (a later record of the batch): the
+    loop drops the pass's output unsent and goes on with the halves, and the acknowledgement
+    of what it did send must not delete the rows whose records never went out."""
+    stage = f"test-{uuid.uuid4().hex[:8]}"
+    outbox = Outbox(pool, stage)
+    dropped, sent = OutboundRecord(FACTS, b"dropped"), OutboundRecord(FACTS, b"sent")
+    async with pool.acquire() as conn, conn.transaction():
+        await outbox.write(conn, [dropped])
+    outbox.publish_written(Outbound(stage), [dropped])  # the failed pass's output: never sent
+    async with pool.acquire() as conn, conn.transaction():
+        await outbox.write(conn, [sent])
+    out = Outbound(stage)
+    outbox.publish_written(out, [sent])  # the halves' pass
+    await out.flush(FakeProducer())
+    await outbox.acknowledge()
+
+    producer = FakeProducer()
+    assert await outbox.drain(producer) == 1
+    assert [value for _, value, *_ in producer.sent] == [b"dropped"]

@@ -29,7 +29,7 @@ from aiokafka.errors import KafkaError
 
 from concord.cli.options import client_settings, kafka_client_options, state_dir_option
 from concord.cli.reachability import connections
-from concord.deadletters import REASON_CODES
+from concord.deadletters import REASON_CODES, payload_not_kept
 from concord.events import codec
 from concord.events.models import DeadLetter
 from concord.ingestion.common import SOURCE_HEADER
@@ -453,6 +453,35 @@ def list_command(
         click.echo(f"  {code:<30} {count}", err=True)
 
 
+def _replayable(topic: DeadLetterTopic, selection: Selection) -> list[StoredLetter]:
+    """The selected letters that can be re-sent; a click error when there are none."""
+    missing = missing_positions(topic.letters, selection)
+    if missing:
+        raise click.ClickException(
+            f"no dead letter at {', '.join(missing)}; nothing replayed (see `concord "
+            "deadletter list`)"
+        )
+    chosen = select(topic.letters, selection)
+    if not chosen:
+        raise click.ClickException(
+            f"no dead letter matches (of {len(topic.letters)}); nothing replayed"
+        )
+    unkept = [stored for stored in chosen if payload_not_kept(stored.letter)]
+    if unkept:
+        # Their bytes were too large to keep in the letter: re-sending an empty value would
+        # be a different record.
+        click.echo(
+            f"skipping {len(unkept)} letter(s) without their original bytes (too large to "
+            f"keep): re-send from {', '.join(origin(s.letter) for s in unkept)} while the "
+            "topic retains it",
+            err=True,
+        )
+        chosen = [stored for stored in chosen if not payload_not_kept(stored.letter)]
+        if not chosen:
+            raise click.ClickException("nothing left to replay")
+    return chosen
+
+
 @deadletter.command("replay")
 @_selection_options
 @click.option("--all", "everything", is_flag=True, help="Every dead letter (no filter).")
@@ -481,17 +510,7 @@ def replay_command(
     if everything and not selection.is_empty:
         raise click.UsageError("--all replays every dead letter: leave out the filters")
     topic, kafka = _read(state_dir)
-    missing = missing_positions(topic.letters, selection)
-    if missing:
-        raise click.ClickException(
-            f"no dead letter at {', '.join(missing)}; nothing replayed (see `concord "
-            "deadletter list`)"
-        )
-    chosen = select(topic.letters, selection)
-    if not chosen:
-        raise click.ClickException(
-            f"no dead letter matches (of {len(topic.letters)}); nothing replayed"
-        )
+    chosen = _replayable(topic, selection)
     for stored in chosen:
         click.echo(letter_line(stored))
     if dry_run:

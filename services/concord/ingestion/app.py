@@ -86,6 +86,17 @@ class IngestionStage(BaseStage):
         self.ingest = ingest_functions(settings)
 
     async def process(self, events: Sequence[RawEvent], out: Outbound) -> None:
+        # A pass that raises (an output too large to produce, the database away) is dropped,
+        # output and all: what it emitted must not be remembered either, or a replay of its
+        # records (a Bundle's entries before the one too large) would be taken for duplicates.
+        mark = len(self.emitted)
+        try:
+            await self._process(events, out)
+        except BaseException:
+            del self.emitted[mark:]
+            raise
+
+    async def _process(self, events: Sequence[RawEvent], out: Outbound) -> None:
         accepted: list[IngestedRecord] = []
         for raw in events:
             outcome = self._ingest(raw)

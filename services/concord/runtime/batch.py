@@ -11,7 +11,9 @@ only after every record produced for the batch is acknowledged, and every sink i
 Faults (runtime/faults.py): a transient failure is retried with backoff, the same batch again,
 while the loop reports not ready; any other failure is the record's. The batch is split until
 the record that fails is alone, and that record goes to the dead-letter topic, so one record
-never stops a partition.
+never stops a partition. An output record larger than the producer's limit is such a failure:
+Outbound.add refuses it (OutputTooLarge) inside the stage's pass, before anything is sent, so
+its input record is dead-lettered (OUTPUT_TOO_LARGE) instead of the produce failing for good.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from typing import Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from concord import metrics
 from concord.config import WorkerSettings
-from concord.deadletters import Rejection, dead_letter
+from concord.deadletters import Rejection, dead_letter, without_payload
 from concord.events import codec
 from concord.events.raw import RawEvent
 from concord.failures import failure_site
@@ -48,6 +51,31 @@ IDLE_LAG_REFRESH_SECONDS = 5.0
 # While idle, the loop asks the broker for metadata this often, waiting at most the timeout.
 BROKER_PROBE_SECONDS = 5.0
 BROKER_PROBE_TIMEOUT_SECONDS = 5.0
+# The largest record a worker produces, in one place: the producer's max_request_size
+# (make_producer_for), aiokafka's default, just under Kafka's default message.max.bytes
+# (1,048,588). Outbound.add checks each record against it with the producer's own estimate, so
+# the producer never refuses one of the loop's records.
+MAX_RECORD_BYTES = 1024 * 1024
+
+
+def record_bytes(key: bytes | None, value: bytes | None, headers: Headers = ()) -> int:
+    """A record's size as the producer reckons it against max_request_size."""
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, list(headers)))
+
+
+class OutputTooLarge(Exception):
+    """A record a stage wants produced is over MAX_RECORD_BYTES: the producer would refuse it,
+    not transiently. Raised by Outbound.add, inside the stage's pass, so that the stage keeps
+    nothing of the pass, as after any failure, and the loop isolates the input record and
+    dead-letters it. Names the topic and sizes only."""
+
+    def __init__(self, topic: str, size: int) -> None:
+        self.topic = topic
+        self.size = size
+        super().__init__(
+            f"a record for {topic} of {size} bytes is over the producer's limit of "
+            f"{MAX_RECORD_BYTES} bytes"
+        )
 
 
 class Producer(Protocol):
@@ -79,8 +107,20 @@ class Outbound:
 
     stage: str
     pending: list[OutboundRecord] = field(default_factory=list)
+    # Called once every pending record was acknowledged: what holds state for records handed
+    # over (the outbox's rows) learns they went out. A failed pass's Outbound is dropped
+    # unsent, and its callbacks with it.
+    when_sent: list[Callable[[], None]] = field(default_factory=list)
 
     def add(self, record: OutboundRecord) -> None:
+        """Queue the record; one the producer would refuse as too large raises OutputTooLarge."""
+        # The producer's estimate costs a pass over the record; a record well under the limit
+        # (framing and headers take at most a few hundred bytes) needs none.
+        rough = len(record.value) + len(record.key or b"") + 64 * (len(record.headers) + 1)
+        if rough + sum(len(k) + len(v) for k, v in record.headers) > MAX_RECORD_BYTES // 2:
+            size = record_bytes(record.key, record.value, record.headers)
+            if size > MAX_RECORD_BYTES:
+                raise OutputTooLarge(record.topic, size)
         self.pending.append(record)
 
     async def flush(self, producer: Producer) -> int:
@@ -93,18 +133,31 @@ class Outbound:
         ]
         await asyncio.gather(*futures)
         self.pending = []
+        callbacks, self.when_sent = self.when_sent, []
+        for callback in callbacks:
+            callback()
         for record in records:
             metrics.EVENTS_PRODUCED.labels(self.stage, record.topic).inc()
         return len(records)
 
     def extend(self, other: Outbound) -> None:
         self.pending.extend(other.pending)
+        self.when_sent.extend(other.when_sent)
 
 
 def publish_dead_letter(out: Outbound, *, raw: RawEvent, rejection: Rejection) -> None:
-    """The dead-letter port: the original bytes, the reason code, and where it failed."""
+    """The dead-letter port: the original bytes, the reason code, and where it failed. A letter
+    the producer would refuse as too large keeps the coordinates, and the original's length and
+    SHA-256 instead of its bytes (and, if its key or headers alone are too large, leaves those
+    out too): a dead letter is always sent."""
     letter = dead_letter(raw, rejection, stage=out.stage, at=datetime.now(UTC))
-    out.add(OutboundRecord(DEADLETTER, codec.DEAD_LETTER.encode(letter), key=raw.key))
+    value = codec.DEAD_LETTER.encode(letter)
+    for everything in (False, True):
+        if record_bytes(letter.original_key, value) <= MAX_RECORD_BYTES:
+            break
+        letter = without_payload(letter, limit=MAX_RECORD_BYTES, everything=everything)
+        value = codec.DEAD_LETTER.encode(letter)
+    out.add(OutboundRecord(DEADLETTER, value, key=letter.original_key))
     metrics.EVENTS_DEADLETTERED.labels(out.stage, rejection.reason_code).inc()
     # Topic coordinates identify the record for an operator; the reason carries no PHI.
     log.info(
@@ -168,11 +221,25 @@ async def process_isolating(stage: StageHandler, events: Sequence[RawEvent]) -> 
             out.extend(await process_isolating(stage, events[half:]))
             return out
         raw = events[0]
+        out = Outbound(stage.stage)
+        if isinstance(exc, OutputTooLarge):
+            log.error(
+                "%s: its output for %s[%d]@%d is too large to produce (%d bytes for %s, "
+                "limit %d); dead-lettered",
+                stage.stage, raw.topic, raw.partition, raw.offset, exc.size, exc.topic,
+                MAX_RECORD_BYTES,
+            )  # fmt: skip
+            rejection = Rejection(
+                "OUTPUT_TOO_LARGE",
+                f"the record the {stage.stage} stage made of it for {exc.topic} is "
+                f"{exc.size} bytes, over the producer's limit of {MAX_RECORD_BYTES} bytes",
+            )
+            publish_dead_letter(out, raw=raw, rejection=rejection)
+            return out
         log.error(
             "%s failed on %s[%d]@%d: %s; dead-lettered",
             stage.stage, raw.topic, raw.partition, raw.offset, failure_site(exc),
         )  # fmt: skip
-        out = Outbound(stage.stage)
         rejection = Rejection(
             f"{stage.stage.upper()}_FAILED",
             f"{type(exc).__name__} while the {stage.stage} stage processed the record",
@@ -302,11 +369,13 @@ class BatchLoop:
     def make_producer_for(settings: WorkerSettings) -> AIOKafkaProducer:
         # Idempotence is off: the local broker's InitProducerId fails. Sinks dedupe instead.
         # No linger: a batch is queued whole and then awaited, so lingering only adds latency.
+        # max_request_size is the limit Outbound.add checks every record against.
         return AIOKafkaProducer(
             **settings.kafka_options(),
             acks="all",
             linger_ms=0,
             max_batch_size=64 * 1024,
+            max_request_size=MAX_RECORD_BYTES,
             enable_idempotence=False,
         )
 

@@ -86,22 +86,36 @@ async def schema_skew(dsn: str, *, connect_timeout: float = 60.0) -> SchemaSkew:
     return SchemaSkew(tuple(sorted(shipped - applied)), tuple(sorted(applied - shipped)))
 
 
-async def create_pool(dsn: str, size: int, *, command_timeout: float | None = None) -> asyncpg.Pool:
+CLIENT_CHECK_MS = 2000
+
+
+async def create_pool(
+    dsn: str,
+    size: int,
+    *,
+    command_timeout: float | None = None,
+    application_name: str | None = None,
+) -> asyncpg.Pool:
     """A pool whose statements fail with a timeout after `command_timeout` seconds (None:
     never), so a worker waiting on a lost server retries instead of hanging. The server ends
     a session left idle inside a transaction as long (a worker frozen while it held the
-    identity lock would otherwise block every other normalization worker)."""
-    settings = (
-        {"idle_in_transaction_session_timeout": str(int(command_timeout * 1000))}
-        if command_timeout is not None
-        else None
-    )
+    identity lock would otherwise block every other normalization worker), and checks every
+    CLIENT_CHECK_MS that the client is still there while a statement runs: a statement of a
+    worker killed while it waited on a lock would otherwise run, and commit, once the lock is
+    free. Its sessions carry `application_name`, so pg_stat_activity tells which stage holds
+    or waits on what."""
+    settings: dict[str, str] = {}
+    if command_timeout is not None:
+        settings["idle_in_transaction_session_timeout"] = str(int(command_timeout * 1000))
+        settings["client_connection_check_interval"] = str(CLIENT_CHECK_MS)
+    if application_name is not None:
+        settings["application_name"] = application_name
     pool = await asyncpg.create_pool(
         dsn,
         min_size=1,
         max_size=size,
         command_timeout=command_timeout,
-        server_settings=settings,
+        server_settings=settings or None,
     )
     assert pool is not None  # create_pool returns None only when awaited lazily  # noqa: S101
     return pool

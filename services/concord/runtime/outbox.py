@@ -6,17 +6,33 @@ processing anything else (drain()), and every worker publishes, on its timer, ro
 behind longer than runtime.ports.LEFT_BEHIND_SECONDS (a pass that failed after its commit).
 Consumers dedupe on the events' deterministic ids and revisions, so a crash between ack and
 delete costs a duplicate message, never a lost one.
+
+A row the producer would refuse as too large (over runtime.batch.MAX_RECORD_BYTES) is never
+sent, by a batch or a drain: a dead letter (OUTPUT_TOO_LARGE) naming the outbox row takes its
+place and the row is deleted with the others once acknowledged, so it cannot wedge a drain
+(the producer's refusal is not transient) nor, raised after the store's commit, lose the rows
+handed over before it. The row is written anyway: it is the store's commit, and its record is
+a derived event, not the input, which the stage has already applied.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import asyncpg
 
 from concord import metrics
-from concord.runtime.batch import Outbound, OutboundRecord, Producer
+from concord.deadletters import Rejection
+from concord.events.raw import RawEvent
+from concord.runtime.batch import (
+    MAX_RECORD_BYTES,
+    Outbound,
+    OutboundRecord,
+    OutputTooLarge,
+    Producer,
+    publish_dead_letter,
+)
 from concord.runtime.ports import OutboxPort
 
 _Identity = tuple[str, bytes | None, bytes]
@@ -24,6 +40,30 @@ _Identity = tuple[str, bytes | None, bytes]
 
 def _identity(record: OutboundRecord) -> _Identity:
     return (record.topic, record.key, record.value)
+
+
+def _hand_over(out: Outbound, record: OutboundRecord, *, stage: str, seq: int | None) -> None:
+    """The row's record into the batch; one too large to produce becomes a dead letter naming
+    the row (it was never on a topic: no partition or offset), in its place."""
+    try:
+        out.add(record)
+    except OutputTooLarge as exc:
+        row = f"outbox row {seq}" if seq is not None else "an outbox row"
+        unsent = RawEvent(
+            topic=record.topic,
+            partition=-1,
+            offset=-1,
+            key=record.key,
+            value=record.value,
+            headers=tuple(record.headers),
+            received_time=datetime.now(UTC),
+        )
+        rejection = Rejection(
+            "OUTPUT_TOO_LARGE",
+            f"{row} of the {stage} outbox, a record for {exc.topic} of {exc.size} bytes, is "
+            f"over the producer's limit of {MAX_RECORD_BYTES} bytes: not sent",
+        )
+        publish_dead_letter(out, raw=unsent, rejection=rejection)
 
 
 class Outbox(OutboxPort):
@@ -58,11 +98,16 @@ class Outbox(OutboxPort):
 
     def publish_written(self, out: Outbound, records: Sequence[OutboundRecord]) -> None:
         """After commit: hand the records to the batch loop, which sends and awaits acks."""
+        handed: list[int] = []
         for record in records:
-            out.add(record)
             seq = self._staged.pop(_identity(record), None)
+            _hand_over(out, record, stage=self.stage, seq=seq)
             if seq is not None:
-                self._written.append(seq)
+                handed.append(seq)
+        if handed:
+            # Deleted on acknowledge only once sent: a pass that fails after handing them over
+            # leaves them in the table, for a drain.
+            out.when_sent.append(lambda: self._written.extend(handed))
 
     async def acknowledge(self) -> None:
         """The batch's records are acknowledged: forget them."""
@@ -85,10 +130,11 @@ class Outbox(OutboxPort):
                 older_than,
             )
             if rows:
-                futures = [
-                    await producer.send(row["topic"], row["value"], key=row["key"]) for row in rows
-                ]
-                await asyncio.gather(*futures)
+                out = Outbound(self.stage)
+                for row in rows:
+                    record = OutboundRecord(row["topic"], row["value"], key=row["key"])
+                    _hand_over(out, record, stage=self.stage, seq=row["seq"])
+                await out.flush(producer)
                 await conn.execute(
                     "DELETE FROM outbox WHERE seq = ANY($1::bigint[])",
                     [row["seq"] for row in rows],
@@ -96,7 +142,5 @@ class Outbox(OutboxPort):
             pending = await conn.fetchval(
                 "SELECT count(*) FROM outbox WHERE stage = $1", self.stage
             )
-        for row in rows:
-            metrics.EVENTS_PRODUCED.labels(self.stage, row["topic"]).inc()
         metrics.OUTBOX_PENDING.labels(self.stage).set(pending)
         return len(rows)
