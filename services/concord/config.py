@@ -462,6 +462,57 @@ class AlertingSettings(DatabaseWorkerSettings):
     """The alerting service: conflict events in, alerts in PostgreSQL and on concord.alerts."""
 
 
+class ReviewSettings(KafkaSettings):
+    """The review service: the reviewers' API and web page over PostgreSQL, decisions out on
+    Kafka, every PHI read and every decision in the audit trail."""
+
+    database_url: SecretStr = Field(
+        description="PostgreSQL DSN (user, password, host, port, database)",
+        examples=[EXAMPLE_DSN],
+    )
+    database_pool_size: int = Field(4, ge=1, description="asyncpg pool size")
+    review_host: str = Field(
+        "127.0.0.1", description="Interface the review API and web page listen on"
+    )
+    review_port: int = Field(8480, ge=0, le=65535, description="Port of the review API")
+    oidc_issuer: str | None = Field(
+        None,
+        description="OpenID Connect issuer whose bearer tokens (JWT) the API accepts; its "
+        "`iss` must match. Unset: only tokens signed with the local key (local stack)",
+        examples=["https://login.hospital.example/realms/clinical"],
+    )
+    oidc_jwks_url: str | None = Field(
+        None,
+        description="The issuer's JSON Web Key Set; unset: discovered from the issuer's "
+        "/.well-known/openid-configuration",
+        examples=["https://login.hospital.example/realms/clinical/protocol/openid-connect/certs"],
+    )
+    oidc_audience: str = Field(
+        "concord-review", description="The `aud` a token must carry to be accepted"
+    )
+    oidc_role_claim: str = Field(
+        "concord_roles",
+        description="The token claim (a string or a list) naming the caller's Concord role: "
+        "reviewer, clinician, auditor, sre or admin",
+    )
+    local_key_path: Path | None = Field(
+        None,
+        description="Private key file (PEM) the local stack signs tokens with "
+        "(`concord token issue`); the API accepts tokens it signed. Never set in production",
+        examples=["./.concord/review-signing-key.pem"],
+    )
+    rate_limit_per_minute: int = Field(
+        300, ge=1, description="Requests a principal may make per minute before 429"
+    )
+    audit_anchor_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="How often the head of the audit hash chain is published "
+        "(concord.audit.anchors and a log line), so that truncation is detectable",
+    )
+    log_level: str = Field("info", description="Review service log level")
+
+
 class ClientSettings(KafkaSettings):
     """What the `concord` command-line tools read: usually from the stack's stack.env."""
 

@@ -27,6 +27,7 @@ RESOLUTIONS = "concord.resolutions"
 ALERTS = "concord.alerts"
 DEADLETTER = "concord.deadletter"
 CONTROL = "concord.control"
+AUDIT_ANCHORS = "concord.audit.anchors"
 
 PARTITIONS = 4
 
@@ -45,4 +46,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(ALERTS, PARTITIONS, "alerts for subscribers (Avro Alert)"),
     TopicSpec(DEADLETTER, PARTITIONS, "everything rejected, with reason and original bytes (Avro)"),
     TopicSpec(CONTROL, 1, "control messages for the workers' Faust apps (e.g. policy reload)"),
+    # Keyed by the audit trail's id: one trail's anchors stay in order in one partition.
+    TopicSpec(
+        AUDIT_ANCHORS, PARTITIONS, "the audit trail's head, published now and then (JSON Anchor)"
+    ),
 )

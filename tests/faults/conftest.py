@@ -55,7 +55,9 @@ def _module_fault_stack(
         env.setenv("CONCORD_POLICY_PATH", str(policy))
         env.setenv("CONCORD_SESSION_TIMEOUT_MS", "3000")
         env.setenv("CONCORD_HEARTBEAT_INTERVAL_MS", "1000")
-        asyncio.run(start_stack(state_dir, progress=lambda line: None, **fault_stack_options))
+        asyncio.run(
+            start_stack(state_dir, progress=lambda line: None, review=False, **fault_stack_options)
+        )
         try:
             yield state_dir
         finally:

@@ -118,6 +118,18 @@ def test_resolved_resolves_with_a_time() -> None:
     assert resolved.alert.opened_at == opened.alert.opened_at
 
 
+def test_a_conflict_a_reviewer_dismissed_makes_a_dismissed_alert() -> None:
+    opened = _opened()
+    event = _event("RESOLVED", 2, proposed_value=None, decision="DISMISSED")
+    dismissed = apply_conflict_event(opened, event, now=_at(9))
+    assert dismissed is not None
+    assert (dismissed.alert.status, dismissed.alert.resolved_at) == ("DISMISSED", _at(9))
+    accepted = apply_conflict_event(
+        opened, _event("RESOLVED", 2, decision="CHOSE_VALUE"), now=_at(9)
+    )
+    assert accepted is not None and accepted.alert.status == "RESOLVED"
+
+
 def test_a_duplicate_or_older_conflict_revision_changes_nothing() -> None:
     opened = _opened()
     assert apply_conflict_event(opened, _event("OPENED", 1), now=_at(1)) is None

@@ -443,7 +443,21 @@ def test_a_reviewers_decision_resolves_the_open_conflict_once() -> None:
     )  # fmt: skip
     assert resolved.proposed_value == "1980-01-01"
     assert resolved.proposed_reason == "resolved by reviewer reviewer-7: chose_value"
+    assert resolved.decision == "CHOSE_VALUE"
     assert apply_resolution(state, _decision(opened.conflict_id), DEFAULT_POLICY, now=NOW) is None
+
+
+def test_a_dismissal_carries_its_decision_and_reason_code_to_the_event() -> None:
+    state, [opened] = _run([_fact("a", "1980-01-01"), _fact("b", "1980-02-02", minutes=5)])
+    dismissal = _decision(opened.conflict_id, "DISMISSED").model_copy(
+        update={"reason_code": "SAME_MEANING"}
+    )
+    resolved = apply_resolution(state, dismissal, DEFAULT_POLICY, now=NOW)
+    assert resolved is not None
+    assert (resolved.kind, resolved.decision, resolved.proposed_value) == (
+        "RESOLVED", "DISMISSED", None,
+    )  # fmt: skip
+    assert resolved.proposed_reason == "dismissed by reviewer reviewer-7: same_meaning"
 
 
 def test_a_decision_on_another_conflict_changes_nothing() -> None:

@@ -37,7 +37,11 @@ WORKERS: dict[str, type[BaseSettings]] = {
     "alerting": config.AlertingSettings,
 }
 CLI = "CLI"
-READERS: dict[str, type[BaseSettings]] = {**WORKERS, CLI: config.ClientSettings}
+READERS: dict[str, type[BaseSettings]] = {
+    **WORKERS,
+    "review": config.ReviewSettings,
+    CLI: config.ClientSettings,
+}
 # CONCORD_* variables that are no settings field, and where each is read: a quoted name in
 # that Python file (an os.environ lookup), or a ${NAME} in the compose file.
 NOT_SETTINGS = {

@@ -39,6 +39,10 @@ PURE_CORES = (
     "concord.conflicts.policy",
     "concord.alerting.lifecycle",
     "concord.deadletters",
+    "concord.normalization.identity_reviews",
+    "concord.review.alerts",
+    "concord.review.access",
+    "concord.review.audit",
 )
 
 

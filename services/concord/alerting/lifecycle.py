@@ -28,7 +28,7 @@ def apply_conflict_event(
         return None
     status: AlertStatus
     if event.kind == "RESOLVED":
-        status = "RESOLVED"
+        status = "DISMISSED" if event.decision == "DISMISSED" else "RESOLVED"
     elif current is None or current.alert.status in ("RESOLVED", "DISMISSED"):
         status = "OPEN"
     else:
@@ -47,7 +47,7 @@ def apply_conflict_event(
         proposed_reason=event.proposed_reason,
         opened_at=event.detected_at if current is None else current.alert.opened_at,
         updated_at=now,
-        resolved_at=now if status == "RESOLVED" else None,
+        resolved_at=now if status in ("RESOLVED", "DISMISSED") else None,
         stale_source=event.stale_source or (current.alert.stale_source if current else None),
     )
     return AlertRecord(alert=alert, conflict_revision=event.revision)

@@ -23,7 +23,12 @@ SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $
                      $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], $16::text[])
 ON CONFLICT (alert_id) DO UPDATE SET
     revision = excluded.revision, conflict_revision = excluded.conflict_revision,
-    kind = excluded.kind, status = excluded.status, severity = excluded.severity,
+    kind = excluded.kind,
+    -- A reviewer's acknowledgement (the review service sets it) outlives updates of the
+    -- conflict, also one this batch computed from the row as it was before.
+    status = CASE WHEN alerts.status = 'ACKNOWLEDGED' AND excluded.status = 'OPEN'
+                  THEN 'ACKNOWLEDGED' ELSE excluded.status END,
+    severity = excluded.severity,
     assertions = excluded.assertions, proposed_value = excluded.proposed_value,
     proposed_reason = excluded.proposed_reason, updated_at = excluded.updated_at,
     resolved_at = excluded.resolved_at, stale_source = excluded.stale_source

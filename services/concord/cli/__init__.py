@@ -8,6 +8,7 @@ import click
 
 from concord.cli import (
     alerts,
+    audit,
     db,
     deadletters,
     demo,
@@ -16,6 +17,7 @@ from concord.cli import (
     mllp,
     publish,
     stack,
+    token,
     topics,
     warnings,
 )
@@ -41,5 +43,7 @@ for _command in (
     generate,
     evaluate.evaluate,
     identity.identity,
+    audit.audit,
+    token.token,
 ):
     main.add_command(_command)

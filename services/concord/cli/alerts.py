@@ -7,10 +7,12 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import click
 import orjson
 
 from concord import topics
+from concord.cli.audit import cli_record, record_decision
 from concord.cli.options import (
     client_settings,
     database_dsn,
@@ -86,6 +88,14 @@ def resolve_alert(
     dsn = database_dsn(settings)
     kafka = kafka_client_options(settings)
     decisions = {"accept": "ACCEPTED_PROPOSAL", "choose": "CHOSE_VALUE", "dismiss": "DISMISSED"}
+    # The audit row: the decision's code, never the value chosen. Checked before deciding.
+    audit_row = cli_record(
+        by=by,
+        action="cli.alert.resolve",
+        object_type="alert",
+        object_id=alert_id,
+        decision=decisions[decision],
+    )
     try:
         with connections(settings, state_dir, broker=True, database=True):
             work = decide(
@@ -98,6 +108,18 @@ def resolve_alert(
                 at=datetime.now(UTC),
             )
             resolution = asyncio.run(work)
+            # The decision is only published (the conflicts stage applies it): its audit row
+            # is appended once the broker acknowledged it, in a transaction of its own.
+            detail = {**audit_row.detail, "resolution_id": resolution.resolution_id}
+            audited = audit_row.model_copy(update={"detail": detail})
+            try:
+                asyncio.run(record_decision(dsn, audited))
+            except (asyncpg.PostgresError, LookupError) as error:
+                raise click.ClickException(
+                    f"decision {resolution.resolution_id} on alert {alert_id} published to "
+                    f"{topics.RESOLUTIONS}, but its audit row could not be written "
+                    f"({type(error).__name__}; `concord db migrate`?)"
+                ) from None
     except NotResolvable as error:
         raise click.ClickException(str(error)) from None
     click.echo(

@@ -246,8 +246,16 @@ def apply_resolution(
         value = policy.propose(participants(list(state.assertions.values()), rule), rule)[0]
     else:
         value = None
-    why = f"resolved by reviewer {resolution.resolved_by}: {resolution.decision.lower()}"
-    return conflict_event(state, new, "RESOLVED", policy, now, resolution.resolved_at, (value, why))
+    if resolution.decision == "DISMISSED":
+        why = f"dismissed by reviewer {resolution.resolved_by}"
+        if resolution.reason_code:
+            why += f": {resolution.reason_code.lower()}"
+    else:
+        why = f"resolved by reviewer {resolution.resolved_by}: {resolution.decision.lower()}"
+    event = conflict_event(
+        state, new, "RESOLVED", policy, now, resolution.resolved_at, (value, why)
+    )
+    return event.model_copy(update={"decision": resolution.decision})
 
 
 def conflict_event(

@@ -164,6 +164,12 @@ async def run_demo(
         )
         echo(checks[-1].describe("after updates"))
         echo(board.latency_summary())
+        if info.review_url is not None:
+            echo(
+                f"the review API is at {info.review_url}/api/v1 (OpenAPI document: "
+                f"{info.review_url}/openapi.json); a token for it: concord token issue "
+                f"--user you --role reviewer --state-dir {state_dir}"
+            )
         if follow_until_interrupted:
             echo("following alerts; Ctrl-C stops the demo and the stack")
             await asyncio.Event().wait()

@@ -130,6 +130,7 @@ class ConflictEvent(Event):
     detected_at: AwareDatetime
     trigger_received_time: AwareDatetime
     stale_source: str | None = None  # a stale record's: whose assertion is stale
+    decision: str | None = None  # a RESOLVED event a reviewer's decision caused: which
 
 
 ResolutionDecision = Literal["ACCEPTED_PROPOSAL", "CHOSE_VALUE", "DISMISSED"]
@@ -144,6 +145,7 @@ class ConflictResolution(Event):
     chosen_value: str | None = None
     resolved_by: str
     resolved_at: AwareDatetime
+    reason_code: str | None = None  # a dismissal's, from the review service's list
 
 
 class Alert(Event):

@@ -14,6 +14,11 @@ error (`unmerge`): under the same lock, the moved rows go back. The signal that 
 conflicts stage of a merge or an unmerge is written to the identity outbox in the
 transaction that decides it: a redelivered batch finds the merge done and decides nothing,
 so a signal kept only in memory would be lost with the worker.
+
+A review task (an uncertain match) is decided by a person (`link`, `keep_apart`; migration
+0016), under the same lock: a link is a merge like the others (recorded, signalled through
+the outbox, undone by `unmerge`); keeping apart records never-link pairs of source views,
+which `resolve_batch` reads so that matching never links the two, nor asks about them again.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from concord.events import codec
-from concord.events.models import UNMERGE_ATTRIBUTE, ClinicalFact
-from concord.normalization.facts.drafts import unmerge_fact
+from concord.events.models import MERGE_ATTRIBUTE, UNMERGE_ATTRIBUTE, ClinicalFact, Provenance
+from concord.normalization.facts.drafts import OPERATOR_SOURCE, unmerge_fact
 from concord.normalization.identity.blocking import blocking_keys
 from concord.normalization.identity.demographics import Demographics
 from concord.normalization.identity.index import InMemoryIdentityIndex, KnownPerson
@@ -43,9 +48,23 @@ from concord.normalization.identity.resolution import (
     apply,
     resolve,
 )
-from concord.normalization.identity.scoring import Thresholds
+from concord.normalization.identity.scoring import FieldWeight, Thresholds
+from concord.normalization.identity_reviews import (
+    AlreadyDecided,
+    AlreadyOnePatient,
+    InTransaction,
+    KeepApartDecision,
+    KeptApart,
+    LinkDecision,
+    ReviewDecision,
+    ReviewEntry,
+    ReviewSide,
+    ReviewTask,
+    ReviewView,
+    UnknownReviewTask,
+)
 from concord.normalization.outbound import fact_record
-from concord.normalization.ports import IdentityStore, MergeSignal
+from concord.normalization.ports import IdentityReviews, IdentityStore, MergeSignal
 from concord.runtime.db import unnest_columns
 from concord.runtime.outbox import Outbox
 
@@ -222,6 +241,68 @@ ORDER BY m.merged_at DESC, m.absorbed_enterprise_id
 LIMIT $1
 """
 
+# --- review decisions (migration 0016) ---
+# The enterprise ids each of the batch's views is kept apart from: the patients holding, now,
+# the views a reviewer paired with it (either side of the unordered pair).
+_KEPT_APART = """
+WITH wanted AS (SELECT * FROM unnest($1::text[], $2::text[]) AS w(source, view_id)),
+pairs AS (
+    SELECT w.source, w.view_id, n.source_b AS other_source, n.view_b AS other_view
+    FROM wanted w JOIN identity_never_link n ON n.source_a = w.source AND n.view_a = w.view_id
+    UNION ALL
+    SELECT w.source, w.view_id, n.source_a, n.view_a
+    FROM wanted w JOIN identity_never_link n ON n.source_b = w.source AND n.view_b = w.view_id
+)
+SELECT DISTINCT p.source, p.view_id, v.enterprise_id
+FROM pairs p JOIN identity_views v ON v.source = p.other_source AND v.view_id = p.other_view
+"""
+_TASK = """
+SELECT task_id, source, view_id, provisional_enterprise_id, candidate_enterprise_id, score,
+       breakdown, status, decision, decided_by, decided_at, created_at
+FROM identity_review_tasks WHERE task_id = $1
+"""
+_VIEW_HOLDER = "SELECT enterprise_id FROM identity_views WHERE source = $1 AND view_id = $2"
+_VIEWS_OF = """
+SELECT source, view_id, enterprise_id, demographics, updated_at FROM identity_views
+WHERE enterprise_id = ANY($1::text[]) ORDER BY source, view_id
+"""
+_VIEWS_MOVED = """
+SELECT source, local_id FROM identity_merge_moves
+WHERE absorbed_enterprise_id = $1 AND kind = 'VIEW'
+"""
+_PAIRS_BETWEEN = """
+SELECT count(*) FROM identity_never_link n
+JOIN identity_views va ON va.source = n.source_a AND va.view_id = n.view_a
+JOIN identity_views vb ON vb.source = n.source_b AND vb.view_id = n.view_b
+WHERE (va.enterprise_id = $1 AND vb.enterprise_id = $2)
+   OR (va.enterprise_id = $2 AND vb.enterprise_id = $1)
+"""
+# A reviewed record's links are confirmed: no longer provisional, whatever the decision.
+_CONFIRM = """
+UPDATE identity_links SET provisional = false
+WHERE enterprise_id = $1 AND provisional AND decided_by = 'REVIEW'
+"""
+_DECIDE = """
+UPDATE identity_review_tasks SET status = 'DECIDED', decision = $2, decided_by = $3,
+    decided_at = $4
+WHERE task_id = $1
+"""
+_NEVER_LINK = """
+INSERT INTO identity_never_link (source_a, view_a, enterprise_id_a, source_b, view_b,
+                                 enterprise_id_b, task_id, decided_by, decided_at)
+SELECT p.*, $7, $8, $9
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS p
+ON CONFLICT DO NOTHING
+"""
+_LIST_REVIEWS = """
+SELECT task_id, source, provisional_enterprise_id, candidate_enterprise_id, score, breakdown,
+       status, decision, decided_by, decided_at, created_at
+FROM identity_review_tasks
+WHERE $2 OR status = 'OPEN'
+ORDER BY created_at, task_id
+LIMIT $1
+"""
+
 
 class UnmergeError(Exception):
     """An unmerge that cannot be done; names enterprise ids only, and changes nothing."""
@@ -277,6 +358,55 @@ class MergeEntry(BaseModel):
     views_moved: int = 0
 
 
+def review_link_fact(*, survivor: str, absorbed: str, task_id: str, at: datetime) -> ClinicalFact:
+    """The MERGE signal of a reviewer's link, keyed by the survivor, like a source's merge; its
+    id derives from the task, so publishing it twice is one merge."""
+    action = f"review/{task_id}"
+    digest = hashlib.sha256("\x1f".join([action, MERGE_ATTRIBUTE, absorbed]).encode()).hexdigest()
+    return ClinicalFact(
+        fact_id=digest[:32],
+        patient_id=survivor,
+        attribute=MERGE_ATTRIBUTE,
+        attribute_class="DEMOGRAPHICS",
+        value=absorbed,
+        status="ASSERTED",
+        provenance=Provenance(
+            source_system=OPERATOR_SOURCE,
+            source_record_id=action,
+            event_time=at,
+            received_time=at,
+            raw_topic="",
+            raw_partition=-1,
+            raw_offset=-1,
+            payload_sha256=digest,
+        ),
+    )
+
+
+def _entry_fields(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "task_id": row["task_id"],
+        "source": row["source"],
+        "provisional_enterprise_id": row["provisional_enterprise_id"],
+        "candidate_enterprise_id": row["candidate_enterprise_id"],
+        "score": row["score"],
+        "breakdown": tuple(FieldWeight.model_validate(w) for w in orjson.loads(row["breakdown"])),
+        "created_at": row["created_at"],
+        "status": row["status"],
+        "decision": row["decision"],
+        "decided_by": row["decided_by"],
+        "decided_at": row["decided_at"],
+    }
+
+
+async def list_reviews(
+    pool: asyncpg.Pool, *, limit: int = 100, include_decided: bool = False
+) -> list[ReviewEntry]:
+    """Review tasks, oldest first: the open ones, or all with `include_decided`."""
+    rows = await pool.fetch(_LIST_REVIEWS, limit, include_decided)
+    return [ReviewEntry(**_entry_fields(row)) for row in rows]
+
+
 def unmerge_action_id(absorbed: str, merged_at: datetime) -> str:
     """One id per merge instance, so that the signal of one unmerge, published twice, is one
     signal, while undoing the same pair's later re-merge is another."""
@@ -312,6 +442,21 @@ async def pending_unmerge(pool: asyncpg.Pool, absorbed: str) -> bool:
         except codec.CodecError:
             continue
         if fact.attribute == UNMERGE_ATTRIBUTE and fact.value == absorbed:
+            return True
+    return False
+
+
+async def pending_link(pool: asyncpg.Pool, task_id: str) -> bool:
+    """Whether the signal of the link of review task `task_id` still waits in the identity
+    outbox."""
+    action = f"review/{task_id}"
+    rows = await pool.fetch("SELECT value FROM outbox WHERE stage = $1", IDENTITY_OUTBOX)
+    for row in rows:
+        try:
+            fact = codec.CLINICAL_FACT.decode(row["value"])
+        except codec.CodecError:
+            continue
+        if fact.attribute == MERGE_ATTRIBUTE and fact.provenance.source_record_id == action:
             return True
     return False
 
@@ -365,7 +510,7 @@ class _Writes:
         )
 
 
-class PostgresIdentityStore(IdentityStore):
+class PostgresIdentityStore(IdentityStore, IdentityReviews):
     def __init__(
         self,
         pool: asyncpg.Pool,
@@ -390,6 +535,7 @@ class PostgresIdentityStore(IdentityStore):
             await conn.execute("SELECT pg_advisory_xact_lock($1)", IDENTITY_LOCK)
             crosswalk = await self._crosswalk(conn, requests)
             index, authoritative = await self._candidates(conn, requests)
+            apart = await self._kept_apart(conn, requests)
             writes = _Writes()
             resolutions = []
             for request in requests:
@@ -399,10 +545,14 @@ class PostgresIdentityStore(IdentityStore):
                     index=index,
                     thresholds=self.thresholds,
                     authoritative_ids=authoritative,
+                    kept_apart=apart.get((request.source, request.local_ids[0]), ()),
                 )
                 resolutions.append(resolution)
                 if request.authoritative_id:
                     authoritative.add(resolution.enterprise_id)
+                for kept in apart.values():  # a patient kept apart merged: its survivor too
+                    if kept.intersection(resolution.absorbed):
+                        kept.add(resolution.enterprise_id)
                 self._remember(request, resolution, crosswalk, index, writes)
             await self._write(conn, writes)
             if merge_signal is not None:
@@ -454,6 +604,188 @@ class PostgresIdentityStore(IdentityStore):
             views_restored=len(views),
             fact=fact,
         )
+
+    async def review_task(self, task_id: str) -> ReviewTask | None:
+        """A review task in full, for the detail page (both sides' demographics: PHI), or None
+        when there is no such task. Read in one snapshot: a decision meanwhile shows whole."""
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            row = await conn.fetchrow(_TASK, task_id)
+            if row is None:
+                return None
+            record_eid, candidate_eid = await self._holders(conn, row)
+            views = [
+                ReviewView(
+                    source=v["source"],
+                    view_id=v["view_id"],
+                    enterprise_id=v["enterprise_id"],
+                    demographics=Demographics.from_stored(v["demographics"]),
+                    updated_at=v["updated_at"],
+                )
+                for v in await conn.fetch(_VIEWS_OF, sorted({record_eid, candidate_eid}))
+            ]
+            reviewed = (row["source"], row["view_id"])
+            if record_eid != candidate_eid:
+                mine = {(v.source, v.view_id) for v in views if v.enterprise_id == record_eid}
+            else:  # one patient now: the record's side is what the merge moved from it
+                moved = await conn.fetch(_VIEWS_MOVED, row["provisional_enterprise_id"])
+                mine = {reviewed, *((m["source"], m["local_id"]) for m in moved)}
+        return ReviewTask(
+            **_entry_fields(row),
+            view_id=row["view_id"],
+            record=ReviewSide(
+                enterprise_id=row["provisional_enterprise_id"],
+                current_enterprise_id=record_eid,
+                views=tuple(v for v in views if (v.source, v.view_id) in mine),
+            ),
+            candidate=ReviewSide(
+                enterprise_id=row["candidate_enterprise_id"],
+                current_enterprise_id=candidate_eid,
+                views=tuple(v for v in views if (v.source, v.view_id) not in mine),
+            ),
+        )
+
+    async def link(
+        self, task_id: str, *, by: str, at: datetime, also: InTransaction | None = None
+    ) -> LinkDecision:
+        """A reviewer says the task's record is the candidate: the patient holding the record
+        (its provisional id) is merged into the candidate (or what the candidate was merged
+        into since) as resolve_batch merges (identity_merges and its moves, so `identity
+        merges` lists it and `unmerge` undoes it), its MERGE signal written to the identity
+        outbox, and the task decided, in one transaction under the identity lock. The caller
+        publishes the outbox (`Outbox.drain`) after commit; the normalization worker's drain
+        publishes what it leaves.
+
+        Linked before: a no-op (`changed` False). Raises UnknownReviewTask; AlreadyDecided
+        when kept apart; KeptApart when another task kept the two patients apart. `also` runs
+        in the same transaction when the link is made (the review service's audit row)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", IDENTITY_LOCK)
+            row = await self._decidable(conn, task_id, ReviewDecision.LINKED)
+            if row["decision"] is not None:
+                return LinkDecision(
+                    task_id=task_id,
+                    absorbed=row["provisional_enterprise_id"],
+                    survivor=row["candidate_enterprise_id"],
+                    decided_by=row["decided_by"],
+                    decided_at=row["decided_at"],
+                    changed=False,
+                )
+            absorbed, survivor = await self._holders(conn, row)
+            fact = None
+            if absorbed != survivor:
+                if await conn.fetchval(_PAIRS_BETWEEN, absorbed, survivor):
+                    raise KeptApart(task_id, absorbed, survivor)
+                await conn.execute(_CONFIRM, absorbed)
+                await conn.execute(_MERGE, [absorbed], [survivor], [OPERATOR_SOURCE], [], [], [])
+                fact = review_link_fact(
+                    survivor=survivor, absorbed=absorbed, task_id=task_id, at=at
+                )
+                await self.outbox.write(conn, [fact_record(fact)])
+            await conn.execute(_DECIDE, task_id, ReviewDecision.LINKED.value, by, at)
+            if also is not None:
+                await also(conn)
+        return LinkDecision(
+            task_id=task_id,
+            absorbed=absorbed,
+            survivor=survivor,
+            decided_by=by,
+            decided_at=at,
+            changed=True,
+            fact=fact,
+        )
+
+    async def keep_apart(
+        self, task_id: str, *, by: str, at: datetime, also: InTransaction | None = None
+    ) -> KeepApartDecision:
+        """A reviewer says the task's record and the candidate are two people: every source
+        view of the one is paired with every view of the other as never to be linked
+        (identity_never_link), the record's links are no longer provisional, and the task is
+        decided, in one transaction under the identity lock. Nothing is published: no fact
+        moves. From then on matching leaves the other side out of the candidates of either
+        side's records: neither a link nor another review task for the pair.
+
+        Kept apart before: a no-op (`changed` False). Raises UnknownReviewTask; AlreadyDecided
+        when linked; AlreadyOnePatient when a merge made the two one patient since. `also` runs
+        in the same transaction when the decision is made."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", IDENTITY_LOCK)
+            row = await self._decidable(conn, task_id, ReviewDecision.KEPT_APART)
+            record, candidate = await self._holders(conn, row)
+            if row["decision"] is not None:
+                return KeepApartDecision(
+                    task_id=task_id,
+                    record=record,
+                    candidate=candidate,
+                    decided_by=row["decided_by"],
+                    decided_at=row["decided_at"],
+                    changed=False,
+                )
+            if record == candidate:
+                raise AlreadyOnePatient(task_id, record)
+            views = await conn.fetch(_VIEWS_OF, [record, candidate])
+            side: dict[str, list[tuple[str, str, str]]] = {record: [], candidate: []}
+            for v in views:
+                side[v["enterprise_id"]].append((v["source"], v["view_id"], v["enterprise_id"]))
+            if (row["source"], row["view_id"]) not in {(s, i) for s, i, _ in side[record]}:
+                side[record].append((row["source"], row["view_id"], record))
+            pairs = sorted(
+                (min(mine, theirs), max(mine, theirs))
+                for mine in side[record]
+                for theirs in side[candidate]
+            )
+            columns = unnest_columns([(*a, *b) for a, b in pairs], 6)
+            await conn.execute(_NEVER_LINK, *columns, task_id, by, at)
+            await conn.execute(_CONFIRM, record)
+            await conn.execute(_DECIDE, task_id, ReviewDecision.KEPT_APART.value, by, at)
+            if also is not None:
+                await also(conn)
+        return KeepApartDecision(
+            task_id=task_id,
+            record=record,
+            candidate=candidate,
+            decided_by=by,
+            decided_at=at,
+            changed=True,
+            pairs=len(pairs),
+        )
+
+    @staticmethod
+    async def _decidable(
+        conn: asyncpg.Connection, task_id: str, decision: ReviewDecision
+    ) -> asyncpg.Record:
+        """The task, locked; raises unless it is open or decided `decision` already."""
+        row = await conn.fetchrow(_TASK + "FOR UPDATE", task_id)
+        if row is None:
+            raise UnknownReviewTask(task_id)
+        if row["decision"] is not None and row["decision"] != decision.value:
+            raise AlreadyDecided(task_id, ReviewDecision(row["decision"]), row["decided_by"])
+        return row
+
+    @staticmethod
+    async def _holders(conn: asyncpg.Connection, task: asyncpg.Record) -> tuple[str, str]:
+        """The patients holding the task's two sides now: the record's view wherever merges
+        took it, and the candidate or what it was merged into since."""
+        record: str | None = await conn.fetchval(_VIEW_HOLDER, task["source"], task["view_id"])
+        if record is None:  # not expected: the task's batch wrote the view
+            record = (await conn.fetchval(_CHAIN, task["provisional_enterprise_id"]))[-1]
+        candidate: str = (await conn.fetchval(_CHAIN, task["candidate_enterprise_id"]))[-1]
+        return record, candidate
+
+    async def _kept_apart(
+        self, conn: asyncpg.Connection, requests: Sequence[IdentityRequest]
+    ) -> dict[tuple[str, str], set[str]]:
+        """For each of the batch's views a reviewer paired with others (never-link pairs):
+        the patients holding those others now."""
+        views = sorted({(r.source, r.local_ids[0]) for r in requests if r.demographics})
+        if not views:
+            return {}
+        apart: dict[tuple[str, str], set[str]] = {}
+        for row in await conn.fetch(_KEPT_APART, *unnest_columns(views, 2)):
+            apart.setdefault((row["source"], row["view_id"]), set()).add(row["enterprise_id"])
+        return apart
 
     async def _crosswalk(
         self, conn: asyncpg.Connection, requests: Sequence[IdentityRequest]

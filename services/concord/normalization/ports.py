@@ -4,12 +4,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
 
 from concord.normalization.facts.withdrawals import RecordKey, Remembered
 from concord.normalization.identity.resolution import IdentityRequest, Resolution
 from concord.runtime.batch import OutboundRecord
 from concord.runtime.ports import OutboxPort
+
+if TYPE_CHECKING:
+    from concord.normalization.identity_reviews import (
+        InTransaction,
+        KeepApartDecision,
+        LinkDecision,
+        ReviewTask,
+    )
 
 # The record that tells other stages of a merge: (index of the request, survivor, absorbed).
 MergeSignal = Callable[[int, str, str], OutboundRecord]
@@ -24,6 +33,27 @@ class IdentityStore(Protocol):
         """Each request's resolution, in order, decided and recorded durably; the signal
         `merge_signal` makes of each merge decided is written to the identity outbox in the
         same transaction."""
+
+
+class IdentityReviews(Protocol):
+    """Review tasks decided by a person (identity_store.py; the review service and `concord
+    identity link | keep-apart`). Errors: identity_store.UnknownReviewTask (no such task),
+    identity_store.ReviewConflict (decided the other way, or contradicting another
+    decision)."""
+
+    async def review_task(self, task_id: str) -> ReviewTask | None:
+        """The task with both sides' demographics and the score breakdown, or None."""
+
+    async def link(
+        self, task_id: str, *, by: str, at: datetime, also: InTransaction | None = None
+    ) -> LinkDecision:
+        """One patient: merged, its signal in the identity outbox, the task decided (and
+        `also` done, in the same transaction)."""
+
+    async def keep_apart(
+        self, task_id: str, *, by: str, at: datetime, also: InTransaction | None = None
+    ) -> KeepApartDecision:
+        """Two people: never-link pairs recorded, the task decided (and `also` done)."""
 
 
 class RecordFacts(Protocol):

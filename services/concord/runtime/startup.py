@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
+
+from pydantic import SecretStr
 
 from concord.config import DatabaseWorkerSettings, env_name
 from concord.runtime.connection_errors import DATABASE_SETTING, database_address, database_reason
@@ -21,11 +24,24 @@ MIGRATE_SETTING = env_name(DatabaseWorkerSettings, "migrate_on_start")
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 
+class SchemaCheckSettings(Protocol):
+    """What the check reads: a worker's settings have it, and the review service makes one."""
+
+    @property
+    def database_url(self) -> SecretStr: ...
+    @property
+    def retry_initial_seconds(self) -> float: ...
+    @property
+    def retry_max_seconds(self) -> float: ...
+    @property
+    def migrate_on_start(self) -> bool: ...
+
+
 class StartRefused(Exception):
     """The worker must not start; the message says why and what to do, in one line."""
 
 
-async def check_schema(settings: DatabaseWorkerSettings, say: Callable[[str], None]) -> None:
+async def check_schema(settings: SchemaCheckSettings, say: Callable[[str], None]) -> None:
     """Return once the database has exactly this release's migrations (applying the missing
     ones first when `migrate_on_start`); raise StartRefused otherwise. Waits, with backoff,
     while PostgreSQL cannot be reached, telling `say` each time why."""
@@ -44,7 +60,7 @@ async def check_schema(settings: DatabaseWorkerSettings, say: Callable[[str], No
 
 
 async def _wait_for_database(
-    dsn: str, settings: DatabaseWorkerSettings, say: Callable[[str], None]
+    dsn: str, settings: SchemaCheckSettings, say: Callable[[str], None]
 ) -> SchemaSkew:
     # A worker started before its database (a host booting, a compose project without
     # depends_on) waits rather than exits: a restart loop would only wait less visibly.

@@ -45,6 +45,8 @@ ALL_SERVICES: tuple[str, ...] = ("ingestion", "normalization", "conflicts", "ale
 # The real worker entry point; the service name is appended.
 WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "concord.worker")
 MLLP_SERVICE = "ingestion"  # runs the MLLP listener (CONCORD_MLLP_PORT)
+# The review service (API and web page): not a stream worker, recorded beside them.
+REVIEW_COMMAND: tuple[str, ...] = (sys.executable, "-m", "concord.review")
 STATE_FILE = "stack.json"
 
 
@@ -63,12 +65,21 @@ class StackInfo:
     postgres: ProcessRecord | None = None  # None when CONCORD_DATABASE_URL names the server
     workers: dict[str, ProcessRecord] = field(default_factory=dict)
     mllp_port: int | None = None  # the ingestion worker's MLLP listener
+    review: ProcessRecord | None = None  # the review service
 
     @property
     def processes(self) -> list[ProcessRecord]:
-        """Every recorded process, workers last (the order they start in)."""
+        """Every recorded process, in the order they start in: broker, PostgreSQL, workers,
+        the review service."""
         infra = [r for r in (self.broker, self.postgres) if r is not None]
-        return infra + list(self.workers.values())
+        review = [self.review] if self.review is not None else []
+        return infra + list(self.workers.values()) + review
+
+    @property
+    def review_url(self) -> str | None:
+        if self.review is None or self.review.port is None:
+            return None
+        return f"http://{LOOPBACK}:{self.review.port}"
 
     def settings(self) -> dict[str, str]:
         """What stack.env holds: how clients reach the broker, the database and the MLLP
@@ -111,6 +122,8 @@ class StackInfo:
                 info.broker = record
             elif record.kind == "postgres":
                 info.postgres = record
+            elif record.kind == "review":
+                info.review = record
             else:
                 info.workers[record.name] = record
         return info
@@ -266,6 +279,30 @@ async def _start_workers(
             group.create_task(ready(record))
 
 
+async def _start_review(
+    info: StackInfo, startup_timeout: float, progress: Callable[[str], None]
+) -> None:
+    """Start the review service on a free loopback port, trusting tokens signed with the
+    stack's local key (created here if the state directory has none)."""
+    from concord.review.auth import LOCAL_KEY_FILE, LocalSigningKey
+
+    key_path = info.state_dir / LOCAL_KEY_FILE
+    LocalSigningKey.load_or_create(key_path)
+    port = free_port()
+    env = dict(os.environ)
+    env.update(info.settings())
+    env.update(
+        CONCORD_REVIEW_HOST=LOOPBACK,
+        CONCORD_REVIEW_PORT=str(port),
+        CONCORD_LOCAL_KEY_PATH=str(key_path),
+    )
+    log_path = info.state_dir / "logs" / "review.log"
+    info.review = spawn("review", "review", REVIEW_COMMAND, log_path, env=env, port=port)
+    save_state(info)
+    await wait_worker_ready(info.review, startup_timeout=startup_timeout)
+    progress(f"review service ready (pid {info.review.pid}, {info.review_url})")
+
+
 # --- the stack --------------------------------------------------------------------------------
 
 
@@ -295,6 +332,7 @@ async def start_stack(
     replicas: Mapping[str, int] | None = None,
     broker_port: int | None = None,
     advertised_broker_port: int | None = None,
+    review: bool = True,
 ) -> StackInfo:
     """Start broker (all topics created), PostgreSQL (migrated) and `workers`, each a separate
     process in its own process group, and return once every worker's /health answers 200.
@@ -311,7 +349,10 @@ async def start_stack(
 
     `broker_port` and `advertised_broker_port` put a proxy between the broker and every
     client (start_broker): the broker listens on the first and names the second, where the
-    proxy listens, as its address; the stack's bootstrap address is the proxy's."""
+    proxy listens, as its address; the stack's bootstrap address is the proxy's.
+
+    `review` starts the review service too (API and web page, docs/review.md), with a local
+    signing key for `concord token issue` kept in STATE_DIR."""
     state_dir = absolute(state_dir)
     replicas = dict(replicas or {})
     check_replicas(replicas, workers)
@@ -349,6 +390,8 @@ async def start_stack(
         save_state(info)
 
         await _start_workers(info, workers, worker_command, startup_timeout, progress, replicas)
+        if review:
+            await _start_review(info, startup_timeout, progress)
     except BaseException as error:
         _stop_info(info)
         (state_dir / STATE_FILE).unlink(missing_ok=True)
@@ -366,8 +409,10 @@ async def start_stack(
 
 
 def _stop_info(info: StackInfo) -> list[StopResult]:
-    """Workers first (in parallel), then broker and PostgreSQL (in parallel)."""
-    results = stop_processes(list(info.workers.values()))
+    """The review service and the workers first (in parallel), then broker and PostgreSQL
+    (in parallel)."""
+    review = [info.review] if info.review is not None else []
+    results = stop_processes([*review, *info.workers.values()])
     results += stop_processes([r for r in (info.broker, info.postgres) if r is not None])
     return results
 

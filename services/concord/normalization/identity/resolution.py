@@ -120,13 +120,18 @@ def resolve(
     index: IdentityIndex,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     authoritative_ids: Collection[str] = frozenset(),
+    kept_apart: Collection[str] = frozenset(),
 ) -> Resolution:
     """The record's patient, and the patients its merge absorbs (the order: module doc).
 
     `authoritative_ids`: the enterprise ids the MPI already names (linked from an
     authoritative identifier). A record with an MPI id of its own is never matched to one of
-    them: the MPI says they are two people (twins, namesakes), whatever the demographics say."""
-    resolution = _place(request, crosswalk, index, thresholds, authoritative_ids)
+    them: the MPI says they are two people (twins, namesakes), whatever the demographics say.
+
+    `kept_apart`: the enterprise ids a reviewer said this record's patient is not (a
+    never-link pair): never candidates, so matching neither links the record to one of them
+    nor asks a reviewer about one again."""
+    resolution = _place(request, crosswalk, index, thresholds, authoritative_ids, kept_apart)
     if not request.absorbs and not resolution.absorbed:
         return resolution  # most records merge nothing: no copy
     absorbed = sorted(
@@ -142,6 +147,7 @@ def _place(
     index: IdentityIndex,
     thresholds: Thresholds,
     authoritative_ids: Collection[str],
+    kept_apart: Collection[str],
 ) -> Resolution:
     authoritative = request.authoritative_id
     keys = request.keys
@@ -149,14 +155,14 @@ def _place(
     if known is not None and _undescribed(request, known, index):
         # Results came before their Patient and got its provisional id: the Patient places
         # them now, merging them into the patient it matches, if another.
-        placed = _decide(request, index, thresholds, authoritative_ids)
+        placed = _decide(request, index, thresholds, authoritative_ids, kept_apart)
         if placed.enterprise_id == known:
             return placed
         return placed.model_copy(update={"absorbed": (*placed.absorbed, known)})
     if known is not None:
         how = How.AUTHORITATIVE if authoritative and keys[0] in crosswalk else How.CROSSWALK
         return Resolution(enterprise_id=known, how=how)
-    return _decide(request, index, thresholds, authoritative_ids)
+    return _decide(request, index, thresholds, authoritative_ids, kept_apart)
 
 
 def _undescribed(request: IdentityRequest, known: str, index: IdentityIndex) -> bool:
@@ -175,6 +181,7 @@ def _decide(
     index: IdentityIndex,
     thresholds: Thresholds,
     authoritative_ids: Collection[str],
+    kept_apart: Collection[str],
 ) -> Resolution:
     """A record no crosswalk places: by its MPI id, else by its demographics."""
     authoritative = request.authoritative_id
@@ -182,7 +189,8 @@ def _decide(
         if authoritative:
             return Resolution(enterprise_id=authoritative, how=How.AUTHORITATIVE)
         return Resolution(enterprise_id=request.own_id, how=How.UNDESCRIBED, provisional=True)
-    searched = _Without(index, authoritative_ids) if authoritative else index
+    left_out = {*authoritative_ids, *kept_apart} if authoritative else kept_apart
+    searched = _Without(index, left_out) if left_out else index
     decision = match(request.demographics, searched, thresholds)
     linked = decision.kind == Decision.LINK and decision.enterprise_id is not None
     if linked and authoritative:

@@ -1,0 +1,5 @@
+"""`python -m concord.review`: the review service."""
+
+from concord.review.service import main
+
+main()

@@ -1,0 +1,142 @@
+"""The review service's process (`python -m concord.review`): settings, PostgreSQL, the Kafka
+producer for decisions, the API on uvicorn, and two timers: the outbox's left-behind rows and
+the audit trail's anchor.
+
+Before it serves, it checks that the database's migrations are this release's (as the workers
+do), so an old database is refused in one line rather than failing on its first request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from pydantic import SecretStr
+
+from concord.config import ReviewSettings, SettingsProblem, load_settings
+from concord.normalization.identity_store import PostgresIdentityStore
+from concord.review.api import create_app
+from concord.review.audit_store import PostgresAuditTrail, publish_anchor
+from concord.review.auth import TokenVerifier
+from concord.review.handlers import AlertReview
+from concord.review.identity import IdentityReview
+from concord.review.ratelimit import PrincipalRateLimit
+from concord.runtime.db import create_pool
+from concord.runtime.ports import LEFT_BEHIND_SECONDS
+from concord.runtime.startup import StartRefused, check_schema
+
+log = logging.getLogger("concord.review")
+COMMAND_TIMEOUT_SECONDS = 30.0
+OUTBOX_SWEEP_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class _SchemaCheck:
+    """The review service never migrates: the workers (or `concord db migrate`) do."""
+
+    database_url: SecretStr
+    retry_initial_seconds: float = 1.0
+    retry_max_seconds: float = 30.0
+    migrate_on_start: bool = False
+
+
+async def _every(seconds: float, work: Callable[[], Awaitable[object]], what: str) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await work()
+        except Exception as error:  # a timer's failure waits for its next turn
+            # The type only: asyncpg's and aiokafka's messages can quote values.
+            log.warning(
+                "%s failed (%s); trying again in %.0f s", what, type(error).__name__, seconds
+            )
+
+
+@contextlib.asynccontextmanager
+async def running(settings: ReviewSettings) -> AsyncIterator[uvicorn.Server]:
+    """The service's parts, started; the server not yet serving."""
+    pool = await create_pool(
+        settings.database_url.get_secret_value(),
+        settings.database_pool_size,
+        command_timeout=COMMAND_TIMEOUT_SECONDS,
+        application_name="concord-review",
+    )
+    producer = AIOKafkaProducer(
+        **settings.kafka_options(), acks="all", linger_ms=0, enable_idempotence=False
+    )
+    timers: list[asyncio.Task[None]] = []
+    try:
+        await producer.start()
+        trail = PostgresAuditTrail()
+        review = AlertReview(pool, trail, published=lambda: review.store.outbox.drain(producer))
+        identity_store = PostgresIdentityStore(pool)
+        identities = IdentityReview(
+            pool, identity_store, trail, published=lambda: identity_store.outbox.drain(producer)
+        )
+        app = create_app(
+            review,
+            identities,
+            TokenVerifier.from_settings(settings),
+            PrincipalRateLimit.from_settings(settings),
+        )
+        timers = [
+            asyncio.create_task(
+                _every(
+                    OUTBOX_SWEEP_SECONDS,
+                    lambda: review.store.outbox.drain(producer, older_than=LEFT_BEHIND_SECONDS),
+                    "publishing decisions left in the outbox",
+                )
+            ),
+            asyncio.create_task(
+                _every(
+                    settings.audit_anchor_seconds,
+                    lambda: publish_anchor(pool, producer),
+                    "publishing the audit trail's anchor",
+                )
+            ),
+        ]
+        config = uvicorn.Config(
+            app,
+            host=settings.review_host,
+            port=settings.review_port,
+            log_level=settings.log_level.lower(),
+            server_header=False,
+        )
+        yield uvicorn.Server(config)
+    finally:
+        for timer in timers:
+            timer.cancel()
+        await producer.stop()
+        await pool.close()
+
+
+async def serve(settings: ReviewSettings) -> None:
+    def say(line: str) -> None:
+        print(f"the review service {line}", file=sys.stderr, flush=True)
+
+    await check_schema(_SchemaCheck(settings.database_url), say)
+    async with running(settings) as server:
+        await server.serve()
+
+
+def main() -> None:
+    try:
+        settings = load_settings(ReviewSettings)
+    except SettingsProblem as problem:
+        for line in problem.lines:
+            print(f"the review service does not start: {line}", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(settings))
+    except StartRefused as refused:
+        sys.exit(f"the review service does not start: {refused}")
+    except KeyboardInterrupt:
+        pass
