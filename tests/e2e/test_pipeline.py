@@ -7,6 +7,7 @@ import signal
 import sys
 from collections import Counter
 
+import httpx
 import orjson
 import pytest
 
@@ -291,3 +292,63 @@ async def test_a_reviewers_decision_resolves_the_alert_until_a_source_changes(
     both = [("EPR-090", GENDER, "OPEN"), ("EPR-090", GENDER, "RESOLVED")]
     rows = await eventually(lambda: _alert_rows(dsn, "EPR-090"), lambda r: r == both, within=30)
     assert rows == both
+
+
+async def _concord(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "concord.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
+
+
+@pytest.mark.asyncio
+async def test_a_reviewer_dismisses_an_alert_through_the_review_service(
+    stack: StackInfo,
+) -> None:
+    """The review service of `concord stack up`, signed in with `concord token issue`: an
+    acknowledgement holds while the conflict stands, a dismissal goes through
+    concord.resolutions and the conflicts stage, and the alert ends DISMISSED, on the topic
+    too; the audit trail holds both decisions and verifies."""
+    assert stack.review_url is not None
+    await publish(stack.bootstrap_servers, _pair(95, prefix="EPV", gender="male"))
+    dsn = stack.database_url
+    opened = [("EPV-095", GENDER, "OPEN")]
+    rows = await eventually(lambda: _alert_rows(dsn, "EPV-095"), lambda r: r == opened, within=30)
+    assert rows == opened
+    [alert] = await fetch(dsn, "SELECT alert_id FROM alerts WHERE patient_id = 'EPV-095'")
+    alert_id = alert["alert_id"]
+
+    state = str(stack.state_dir)
+    token = (await _concord("token", "issue", "--user", "rev-e2e", "--role", "reviewer",
+                            "--state-dir", state)).strip()  # fmt: skip
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=stack.review_url, timeout=30) as client:
+        ack = await client.post(f"/api/v1/alerts/{alert_id}/acknowledge", headers=headers)
+        assert ack.status_code == 200 and ack.json() == {"changed": True}
+        acknowledged = [("EPV-095", GENDER, "ACKNOWLEDGED")]
+        assert await _alert_rows(dsn, "EPV-095") == acknowledged
+        dismissed = await client.post(
+            f"/api/v1/alerts/{alert_id}/dismiss",
+            headers=headers,
+            json={"reason": "SAME_MEANING", "comment": "both mean the same here"},
+        )
+        assert dismissed.status_code == 200, dismissed.text
+    final = [("EPV-095", GENDER, "DISMISSED")]
+    rows = await eventually(lambda: _alert_rows(dsn, "EPV-095"), lambda r: r == final, within=30)
+    assert rows == final
+    published = [
+        codec.ALERT.decode(r.value)
+        for r in await read_topic(stack.bootstrap_servers, ALERTS)
+        if codec.ALERT.decode(r.value).alert_id == alert_id
+    ]
+    assert [a.status for a in published][-1] == "DISMISSED"
+    assert "dismissed by reviewer rev-e2e: same_meaning" in (published[-1].proposed_reason or "")
+
+    listed = await _concord("audit", "list", "--object", f"alert:{alert_id}", "--json",
+                            "--state-dir", state)  # fmt: skip
+    actions = [orjson.loads(line)["action"] for line in listed.splitlines()]
+    assert sorted(actions) == ["alert.acknowledge", "alert.dismiss"]
+    assert "intact" in await _concord("audit", "verify", "--state-dir", state)
