@@ -512,6 +512,12 @@ class ReviewSettings(KafkaSettings):
     )
     log_level: str = Field("info", description="Review service log level")
 
+    @field_validator("oidc_issuer", "oidc_jwks_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # Compose passes an unset variable as an empty string.
+        return None if isinstance(value, str) and not value.strip() else value
+
 
 class ClientSettings(KafkaSettings):
     """What the `concord` command-line tools read: usually from the stack's stack.env."""

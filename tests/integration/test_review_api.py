@@ -159,6 +159,11 @@ def _endpoints(alert_id: str) -> list[tuple[str, str, str, dict[str, Any] | None
         ("comment", "POST", f"{base}/comments", {"body": "checked with the lab"}),
         ("dismiss", "POST", f"{base}/dismiss", {"reason": "SAME_MEANING"}),
         ("identity list", "GET", "/api/v1/identity/reviews?include_decided=true", None),
+        ("audit", "GET", f"/api/v1/audit?object_type=alert&object_id={alert_id}", None),
+        ("audit verify", "GET", "/api/v1/audit/verify", None),
+        ("ops summary", "GET", "/api/v1/ops/summary", None),
+        ("principals", "GET", "/api/v1/admin/principals", None),
+        ("subscriptions", "GET", "/api/v1/admin/subscriptions", None),
     ]
 
 
@@ -168,9 +173,9 @@ ALLOWED: dict[Role, set[str]] = {
         "identity list",
     },
     Role.CLINICIAN: {"list", "detail", "reasons", "purposes", "identity list"},
-    Role.AUDITOR: {"list", "reasons", "purposes", "identity list"},
-    Role.SRE: {"reasons", "purposes"},
-    Role.ADMIN: {"reasons", "purposes"},
+    Role.AUDITOR: {"list", "reasons", "purposes", "identity list", "audit", "audit verify"},
+    Role.SRE: {"reasons", "purposes", "ops summary"},
+    Role.ADMIN: {"reasons", "purposes", "ops summary", "principals", "subscriptions"},
 }  # fmt: skip
 
 
@@ -417,3 +422,25 @@ async def test_a_reviewer_reads_and_links_an_identity_task_and_the_merge_is_publ
         ("identity.read", "clinician", "HOPERAT"),
         ("identity.link", "reviewer", None),
     ]
+
+
+async def test_an_administrator_disables_a_principal_and_its_next_call_is_refused(
+    api: Api,
+) -> None:
+    user = f"leaver-{uuid.uuid4().hex[:8]}"
+    leaver, admin = api.as_role(Role.REVIEWER, user=user), api.as_role(Role.ADMIN, user="adm")
+    reasons = "/api/v1/catalogues/dismissal-reasons"
+    assert (await api.client.get(reasons, headers=leaver)).status_code == 200
+    seen = (await api.client.get("/api/v1/admin/principals", headers=admin)).json()
+    [known] = [p for p in seen if p["subject"] == user]
+    ref = {"issuer": known["issuer"], "subject": user}
+    disabled = await api.client.post("/api/v1/admin/principals/disable", headers=admin, json=ref)
+    assert disabled.json() == {"changed": True}
+    refused = await api.client.get(reasons, headers=leaver)
+    assert refused.status_code == 403 and "disabled in Concord" in refused.json()["detail"]
+    enabled = await api.client.post("/api/v1/admin/principals/enable", headers=admin, json=ref)
+    assert enabled.json() == {"changed": True}
+    assert (await api.client.get(reasons, headers=leaver)).status_code == 200
+    own = {"issuer": known["issuer"], "subject": "adm"}
+    mine = await api.client.post("/api/v1/admin/principals/disable", headers=admin, json=own)
+    assert mine.status_code == 400 and "own account" in mine.json()["detail"]

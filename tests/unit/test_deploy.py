@@ -48,7 +48,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "alerting": config.AlertingSettings,
 }
 # The names the workers export (concord.metrics); counters carry their _total suffix.
-EXPORTED_METRICS = frozenset(
+WORKER_METRICS = frozenset(
     {
         "concord_events_consumed_total",
         "concord_events_produced_total",
@@ -81,6 +81,22 @@ EXPORTED_METRICS = frozenset(
         "concord_stage_ready",
     }
 )
+# The names the review service exports (concord.review.metrics).
+REVIEW_METRICS = frozenset(
+    {
+        "concord_review_alerts_open",
+        "concord_review_identity_tasks",
+        "concord_review_refresh_failures_total",
+        "concord_review_refresh_timestamp_seconds",
+        "concord_review_acknowledge_seconds",
+        "concord_review_resolve_seconds",
+        "concord_review_decisions_total",
+        "concord_review_corrections_total",
+        "concord_review_dismissals_total",
+        "concord_review_identity_decisions_total",
+    }
+)
+EXPORTED_METRICS = WORKER_METRICS | REVIEW_METRICS
 # Labels that may appear in rules and dashboards: the metrics' own bounded labels, Prometheus'
 # job/instance, the histogram bucket bound and the quantile label of the recording rules.
 ALLOWED_LABELS = frozenset(
@@ -97,14 +113,24 @@ ALLOWED_LABELS = frozenset(
         "attribute_class",
         "flag",
     }
+    # the review service's: alert kind and status, age bucket, decision kind, dismissal
+    # reason code, identity task state, gauge family (concord.review.metrics)
+    | {"kind", "status", "age_bucket", "decision", "reason", "state", "family"}
     | {"job", "instance", "le", "quantile"}
 )
 PHI_LIKE_LABEL = re.compile(r"patient|name|mrn|birth|dob|ssn|phone|address|email", re.IGNORECASE)
 # Variables a worker may get besides its settings: libpq-style TLS variables that asyncpg reads
 # (PGSSLROOTCERT, ...), the Python runtime's and the time zone.
 OTHER_WORKER_ENV = re.compile(r"PG[A-Z]+|PYTHON[A-Z]+|TZ")
-# Values for the variables the compose file requires (secrets are never committed).
-TEST_ENV = {"POSTGRES_PASSWORD": "test-password", "GRAFANA_ADMIN_PASSWORD": "test-admin"}
+# Values for the variables the compose file requires (secrets are never committed; the issuer
+# is the site's own).
+# The variables compose requires (secrets), and those the tests set besides: the identity
+# provider the review service trusts (it refuses to start without one; the workers run).
+REQUIRED_ENV = {
+    "POSTGRES_PASSWORD": "test-password",
+    "GRAFANA_ADMIN_PASSWORD": "test-admin",
+}
+TEST_ENV = {**REQUIRED_ENV, "OIDC_ISSUER": "https://login.hospital.example/realms/clinical"}
 PROMTOOL_HINT = (
     "promtool is not installed: it comes from Debian's `prometheus` package "
     "(apt-get update && apt-get install -y --no-install-recommends prometheus)"
@@ -515,6 +541,121 @@ def test_worker_healthchecks_hit_health_on_the_web_port(compose: dict[str, Any])
         assert re.search(rf"(127\.0\.0\.1|localhost):{port}/health\b", check), (name, check)
 
 
+# --- compose: the review service -------------------------------------------------------------
+
+REVIEW_MODULE = ["python", "-m", "concord.review"]
+REVIEW_PORT = 8480
+
+
+def review_service(compose: dict[str, Any]) -> dict[str, Any]:
+    service: dict[str, Any] = compose["services"]["review"]
+    return service
+
+
+def test_review_runs_the_review_module_from_the_workers_image(compose: dict[str, Any]) -> None:
+    review = review_service(compose)
+    assert argv_of(review) == REVIEW_MODULE
+    assert "review" not in worker_services(compose), "the review service is no stream worker"
+    worker = next(iter(worker_services(compose).values()))
+    for key in ("build", "image"):
+        assert review[key] == worker[key], key
+
+
+def test_review_is_hardened_like_the_workers(compose: dict[str, Any]) -> None:
+    review = review_service(compose)
+    worker = next(iter(worker_services(compose).values()))
+    for key in ("security_opt", "cap_drop", "init", "restart", "stop_grace_period", "logging"):
+        assert review.get(key) == worker.get(key), key
+    assert "no-new-privileges:true" in review["security_opt"]
+    assert review["cap_drop"] == ["ALL"]
+    assert "user" not in review and "privileged" not in review  # the image's unprivileged user
+    for volume in review.get("volumes", []):
+        assert isinstance(volume, str) and volume.endswith(":ro"), volume
+
+
+def test_review_env_vars_are_its_settings_and_never_the_local_key(compose: dict[str, Any]) -> None:
+    env = environment(review_service(compose))
+    fields = set(config.ReviewSettings.model_fields)
+    for key in env:
+        if OTHER_WORKER_ENV.fullmatch(key):
+            continue
+        assert key.startswith("CONCORD_"), key
+        assert key.removeprefix("CONCORD_").lower() in fields, f"{key}: no ReviewSettings field"
+    required = [f for f, info in config.ReviewSettings.model_fields.items() if info.is_required()]
+    for field in required:
+        assert env.get(env_name(field)), f"required {env_name(field)} is not set"
+    # The local stack's signing key would accept tokens nobody's identity provider issued.
+    assert "CONCORD_LOCAL_KEY_PATH" not in env
+    assert env["CONCORD_OIDC_ISSUER"] == TEST_ENV["OIDC_ISSUER"]
+    assert (
+        env["CONCORD_DATABASE_URL"]
+        == environment(compose["services"]["alerting"])["CONCORD_DATABASE_URL"]
+    )
+
+
+def test_review_settings_load_from_the_compose_environment(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concord.review.auth import TokenVerifier
+
+    for key in list(os.environ):
+        if key.startswith("CONCORD_"):
+            monkeypatch.delenv(key)
+    for key, value in environment(review_service(compose)).items():
+        monkeypatch.setenv(key, value)
+    settings = config.load_settings(config.ReviewSettings)
+    assert settings.review_host == "0.0.0.0"  # noqa: S104 - reachable by the proxy and Prometheus
+    assert settings.review_port == REVIEW_PORT
+    assert settings.bootstrap_servers == "kafka:19092"
+    assert settings.local_key_path is None
+    verifier = TokenVerifier.from_settings(settings)  # a configuration it would start with
+    assert verifier.accepted_issuers == [TEST_ENV["OIDC_ISSUER"]]
+
+
+def test_review_needs_the_identity_providers_issuer_and_the_workers_do_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concord.review.auth import TokenVerifier, VerifierConfigError
+
+    env = {key: value for key, value in TEST_ENV.items() if key != "OIDC_ISSUER"}
+    without = load_compose(env)  # the workers start without one
+    for key in list(os.environ):
+        if key.startswith("CONCORD_"):
+            monkeypatch.delenv(key)
+    for key, value in environment(without["services"]["review"]).items():
+        monkeypatch.setenv(key, value)
+    settings = config.load_settings(config.ReviewSettings)
+    assert settings.oidc_issuer is None
+    with pytest.raises(VerifierConfigError, match="CONCORD_OIDC_ISSUER"):
+        TokenVerifier.from_settings(settings)
+    audience = {**TEST_ENV, "OIDC_AUDIENCE": "api://concord", "OIDC_ROLE_CLAIM": "roles"}
+    env_of = environment(load_compose(audience)["services"]["review"])
+    assert (env_of["CONCORD_OIDC_AUDIENCE"], env_of["CONCORD_OIDC_ROLE_CLAIM"]) == (
+        "api://concord", "roles",
+    )  # fmt: skip
+
+
+def test_review_waits_for_the_database_and_the_topics(compose: dict[str, Any]) -> None:
+    deps = depends_on(review_service(compose))
+    assert deps.get("postgres") == "service_healthy"
+    assert deps.get("migrate") == "service_completed_successfully"  # it never migrates
+    assert deps.get("kafka") == "service_healthy"
+    assert deps.get("init-topics") == "service_completed_successfully"
+
+
+def test_review_healthcheck_hits_health_on_its_port(compose: dict[str, Any]) -> None:
+    check = " ".join(as_argv(review_service(compose)["healthcheck"]["test"]))
+    assert re.search(rf"(127\.0\.0\.1|localhost):{REVIEW_PORT}/health\b", check), check
+
+
+def test_review_is_published_on_loopback_unless_its_variables_say() -> None:
+    assert published(review_service(load_compose())) == [("127.0.0.1", "8480", str(REVIEW_PORT))]
+    env = {**TEST_ENV, "REVIEW_BIND": "10.0.0.7", "REVIEW_PORT": "18480"}
+    assert published(load_compose(env)["services"]["review"]) == [
+        ("10.0.0.7", "18480", str(REVIEW_PORT))
+    ]
+
+
 # --- compose: init jobs, Kafka, PostgreSQL, secrets ------------------------------------------
 
 
@@ -627,7 +768,7 @@ def test_secrets_are_required_variables_never_values() -> None:
         for key, value in environment(service).items():
             if re.search(r"PASSWORD|SECRET|TOKEN", key):
                 assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]+\}", value), f"{name}: {key}={value}"
-    for variable in TEST_ENV:
+    for variable in REQUIRED_ENV:
         env = {key: value for key, value in TEST_ENV.items() if key != variable}
         with pytest.raises(MissingVariable, match=variable):
             load_compose(env)
@@ -687,6 +828,11 @@ def test_prometheus_scrapes_every_worker_on_its_port(compose: dict[str, Any]) ->
         assert target in jobs.get(f"concord-{name}", set()), f"no job concord-{name} on {target}"
 
 
+def test_prometheus_scrapes_the_review_service_on_its_port(compose: dict[str, Any]) -> None:
+    port = environment(review_service(compose))["CONCORD_REVIEW_PORT"]
+    assert f"review:{port}" in scrape_targets().get("concord-review", set())
+
+
 def test_prometheus_mounts_its_config_and_rules(compose: dict[str, Any]) -> None:
     prometheus = compose["services"]["prometheus"]
     target = mount_target(prometheus, "./deploy/prometheus")
@@ -722,7 +868,20 @@ def test_metrics_module_exports_the_names() -> None:
                 exported.add(family.name + suffix)
         elif isinstance(value, str) and value.startswith("concord_"):
             exported.add(value)
-    assert exported == EXPORTED_METRICS
+    assert exported == WORKER_METRICS
+
+
+def test_review_metrics_module_exports_the_names() -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from concord.review import metrics
+
+    exported = set()
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            for family in value.describe():
+                exported.add(family.name + ("_total" if family.type == "counter" else ""))
+    assert exported == REVIEW_METRICS
 
 
 def used_labels() -> Iterator[tuple[str, str]]:
@@ -777,6 +936,25 @@ def test_every_worker_job_is_watched(services: tuple[str, ...]) -> None:
         assert f'up{{job="concord-{service}"}}' in rules["ConcordWorkerMissing"]
 
 
+def test_the_review_service_is_watched_apart_from_the_workers() -> None:
+    rules = {rule["alert"]: rule["expr"] for rule in all_rules() if "alert" in rule}
+    assert 'up{job="concord-review"}' in rules["ConcordReviewServiceDown"]
+    assert 'absent(up{job="concord-review"})' in rules["ConcordReviewServiceDown"]
+    # ConcordWorkerDown names workers: the review service has an alert of its own.
+    matchers = [
+        (op, v) for label, op, v in label_values(rules["ConcordWorkerDown"]) if label == "job"
+    ]
+    assert ("!=", "concord-review") in matchers
+    assert "concord-review" not in rules["ConcordWorkerMissing"]
+
+
+def test_every_review_metric_is_in_a_rule_or_on_the_dashboard() -> None:
+    used: set[str] = set()
+    for expr in rule_exprs() + dashboard_exprs():
+        used |= underlying_metrics(expr)
+    assert sorted(REVIEW_METRICS - used) == []
+
+
 # --- Grafana ----------------------------------------------------------------------------------
 
 
@@ -823,6 +1001,38 @@ def test_dashboard_has_the_sre_panels() -> None:
     for panel_kind, metric_set in wanted.items():
         assert metric_set <= shown, f"no {panel_kind} panel"
     assert {"0.5", "0.99"} <= quantiles, "event-to-alert latency: p50 and p99"
+
+
+def test_dashboard_has_the_review_row() -> None:
+    panels = load_dashboard()["panels"]
+    [row] = [p for p in panels if p["type"] == "row" and p["title"] == "Review"]
+    below = [p for p in panels if p["gridPos"]["y"] > row["gridPos"]["y"]]
+    wanted = {
+        "backlog by age": {"concord_review_alerts_open"},
+        "time to acknowledge and decide": {
+            "concord_review_acknowledge_seconds",
+            "concord_review_resolve_seconds",
+        },
+        "decisions and corrections": {
+            "concord_review_decisions_total",
+            "concord_review_corrections_total",
+        },
+        "dismissals": {"concord_review_dismissals_total"},
+        "identity tasks": {"concord_review_identity_tasks"},
+        "refresh failures": {"concord_review_refresh_failures_total"},
+    }
+    shown: set[str] = set()
+    groupings: set[str] = set()
+    for panel in below:
+        for expr in [t["expr"] for t in panel.get("targets", []) if t.get("expr")]:
+            shown |= underlying_metrics(expr)
+            if "concord_review_alerts_open" in underlying_metrics(expr):
+                groupings |= label_names(expr)
+    for panel_kind, metric_set in wanted.items():
+        assert metric_set <= shown, f"no {panel_kind} panel in the review row"
+    assert "age_bucket" in groupings, "the backlog by age bucket"
+    exprs = [t["expr"] for p in below for t in p.get("targets", [])]
+    assert any('up{job="concord-review"}' in expr for expr in exprs)
 
 
 # --- promtool ---------------------------------------------------------------------------------
@@ -884,6 +1094,15 @@ def alert_scenarios(services: tuple[str, ...]) -> list[dict[str, Any]]:
         return [series(latency, {"since": since, "le": le}, v) for le, v in buckets]
 
     ingestion_raw = {"stage": "ingestion", "topic": topics.RAW_FHIR}
+    review = "10.0.0.9:8480"
+    review_down = {"job": "concord-review", "severity": "critical"}
+    alerts_open = "concord_review_alerts_open"
+    refreshed = "concord_review_refresh_timestamp_seconds"
+
+    def waiting(kind: str, severity: str, status: str, age: str) -> dict[str, str]:
+        labels = {"kind": kind, "severity": severity, "status": status, "age_bucket": age}
+        return {**labels, "instance": review}
+
     missing = [{"job": f"concord-{s}", "severity": "critical"} for s in services[1:]]
     return [
         {  # dead letters: 1/s after 70 quiet minutes, 2% of a 50/s input
@@ -979,6 +1198,58 @@ def alert_scenarios(services: tuple[str, ...]) -> list[dict[str, Any]]:
                     },
                 ),
                 expect("6m", "ConcordWorkerMissing", *missing),
+            ],
+        },
+        {  # the review service stops answering its scrapes; it is no worker
+            "interval": "1m",
+            "input_series": [
+                series("up", {"job": "concord-review", "instance": review}, "1x5 0x10"),
+            ],
+            "alert_rule_test": [
+                expect("4m", "ConcordReviewServiceDown"),
+                expect("10m", "ConcordReviewServiceDown", review_down),
+                expect("10m", "ConcordWorkerDown"),
+            ],
+        },
+        {  # no review service deployed at all
+            "interval": "1m",
+            "input_series": [
+                series("up", {"job": f"concord-{services[0]}", "instance": "w:6066"}, "1x10"),
+            ],
+            "alert_rule_test": [expect("5m", "ConcordReviewServiceDown", review_down)],
+        },
+        {  # HIGH alerts under a day, LOW ones for weeks: no alert; then CRITICAL ones over a day
+            "interval": "1m",
+            "input_series": [
+                series(alerts_open, waiting("CONFLICT", "HIGH", "OPEN", "4h_24h"), "3x40"),
+                series(alerts_open, waiting("CONFLICT", "LOW", "OPEN", "gt_7d"), "5x40"),
+                series(
+                    alerts_open,
+                    waiting("STALE", "CRITICAL", "ACKNOWLEDGED", "1d_7d"),
+                    "0x10 2x30",
+                ),
+            ],
+            "alert_rule_test": [
+                expect("10m", "ConcordReviewBacklogAging"),
+                expect("20m", "ConcordReviewBacklogAging"),  # pending: 15 m
+                expect("35m", "ConcordReviewBacklogAging", {"severity": "warning"}),
+            ],
+        },
+        {  # one family refreshes every minute, the other stops refreshing at 5 m
+            "interval": "1m",
+            "input_series": [
+                series(refreshed, {"family": "alerts_open", "instance": review}, "0+60x20"),
+                series(
+                    refreshed, {"family": "identity_tasks", "instance": review}, "0+60x5 300x15"
+                ),
+            ],
+            "alert_rule_test": [
+                expect("9m", "ConcordReviewMetricsStale"),
+                expect(
+                    "18m",
+                    "ConcordReviewMetricsStale",
+                    {"family": "identity_tasks", "severity": "warning"},
+                ),
             ],
         },
         {

@@ -128,7 +128,8 @@ def _signature(info: FieldInfo) -> tuple[str, str]:
 def _readers(names: list[str]) -> str:
     workers = [name for name in names if name in WORKERS]
     parts = ["all workers"] if set(workers) == set(WORKERS) else [f"`{w}`" for w in workers]
-    return ", ".join(parts + [name for name in names if name == CLI])
+    others = [f"`{name}`" if name != CLI else CLI for name in names if name not in WORKERS]
+    return ", ".join(parts + others)
 
 
 def settings_reference() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import click
@@ -21,6 +22,9 @@ from concord.cli.options import (
 )
 from concord.cli.reachability import connections
 from concord.events.models import Alert
+
+if TYPE_CHECKING:
+    from concord.review.admin import SubscriptionFilter
 from concord.runtime.reading import follow_alerts
 
 
@@ -130,19 +134,42 @@ def resolve_alert(
 @alerts.command("follow")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--from-beginning", is_flag=True, help="Replay the topic from its start.")
+@click.option(
+    "--subscription",
+    help="Only the alerts of this subscription (kinds, classes, severities, sources), as an "
+    "administrator set it up in the review service.",
+)
 @state_dir_option
-def follow(as_json: bool, from_beginning: bool, state_dir: Path) -> None:
+def follow(as_json: bool, from_beginning: bool, subscription: str | None, state_dir: Path) -> None:
     """Print alerts from concord.alerts as they are published, until Ctrl-C."""
     settings = client_settings(state_dir)
     kafka = kafka_client_options(settings)
+    wanted = None
+    if subscription is not None:
+        with connections(settings, state_dir, database=True):
+            wanted = asyncio.run(_subscription(database_dsn(settings), subscription))
+        if wanted is None:
+            raise click.ClickException(
+                f"no subscription {subscription}: an administrator creates it "
+                "(review API, PUT /api/v1/admin/subscriptions/NAME)"
+            )
+
+    def show(alert: Alert) -> None:
+        from concord.review.admin import follows
+
+        if wanted is None or follows(wanted, alert):
+            _print_alert(alert, as_json)
+
     try:
         with connections(settings, state_dir, broker=True):
-            asyncio.run(
-                follow_alerts(
-                    kafka,
-                    lambda alert: _print_alert(alert, as_json),
-                    from_beginning=from_beginning,
-                )
-            )
+            asyncio.run(follow_alerts(kafka, show, from_beginning=from_beginning))
     except KeyboardInterrupt:
         pass
+
+
+async def _subscription(dsn: str, name: str) -> SubscriptionFilter | None:
+    from concord.review.admin import load_subscription
+    from concord.runtime.db import pooled
+
+    async with pooled(dsn, 1) as pool:
+        return await load_subscription(pool, name)

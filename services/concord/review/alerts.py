@@ -47,11 +47,18 @@ DismissalReason = Literal[
     "TEST_RECORD",
     "OTHER",
 ]
-UserName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-CommentText = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)
+# PostgreSQL's text cannot hold NUL; a user name also goes into the audit trail, which takes no
+# control characters at all.
+NO_NUL = r"^[^\x00]*$"
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+UserName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_CONTROL),
 ]
-Value = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+CommentText = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000, pattern=NO_NUL)
+]
+Value = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=NO_NUL)]
 
 
 class Model(BaseModel):
@@ -105,6 +112,8 @@ def decode_cursor(cursor: str, alert_filter: AlertFilter) -> Position:
         raise InvalidCursor("the cursor is not one this service handed out") from error
     if digest != _filter_digest(alert_filter):
         raise InvalidCursor("the cursor belongs to a list with other filters")
+    if "\x00" in position.alert_id:  # never handed out: PostgreSQL's text cannot hold it
+        raise InvalidCursor("the cursor is not one this service handed out")
     return position
 
 

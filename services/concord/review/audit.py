@@ -61,6 +61,12 @@ ACTIONS: frozenset[str] = frozenset(
         "cli.identity.unmerge",
         "cli.identity.link",
         "cli.identity.keep_apart",
+        # the admin role: refusing a principal, and alert subscriptions (object_type
+        # "principal", "subscription")
+        "admin.principal.disable",
+        "admin.principal.enable",
+        "admin.subscription.put",
+        "admin.subscription.delete",
     }
 )
 CLI_ROLE = "cli"

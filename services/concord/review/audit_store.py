@@ -56,7 +56,7 @@ _AFTER = _SELECT + "WHERE seq > $1 ORDER BY seq LIMIT $2"
 _FIND = _SELECT + (
     "WHERE ($1::text IS NULL OR object_type = $1) AND ($2::text IS NULL OR object_id = $2) "
     "AND ($3::text IS NULL OR actor = $3) AND ($4::text IS NULL OR action = $4) "
-    "ORDER BY seq DESC LIMIT $5"
+    "AND ($6::bigint IS NULL OR seq < $6) ORDER BY seq DESC LIMIT $5"
 )
 
 
@@ -152,9 +152,11 @@ class PostgresAuditTrail:
         object_id: str | None = None,
         actor: str | None = None,
         action: str | None = None,
+        before_seq: int | None = None,
         limit: int = 100,
     ) -> list[AuditEntry]:
-        """Entries about an object, by an actor and/or of an action, newest first."""
+        """Entries about an object, by an actor and/or of an action, newest first (those
+        before `before_seq`, if given: the next page)."""
         rows = await db.fetch(
             _FIND,
             object_type,
@@ -162,6 +164,7 @@ class PostgresAuditTrail:
             actor,
             action,
             limit,
+            before_seq,
         )
         return [_entry(row) for row in rows]
 

@@ -11,6 +11,7 @@ from typing import Protocol
 import asyncpg
 
 from concord.events.models import Alert
+from concord.review import metrics as review_metrics
 from concord.review.access import Permission, Principal, purpose_of_use, require
 from concord.review.alert_store import AlertReviewStore
 from concord.review.alerts import (
@@ -31,7 +32,8 @@ from concord.review.alerts import (
     summary_of,
     values_of,
 )
-from concord.review.audit import AuditRecord
+from concord.review.audit import AuditEntry, AuditRecord
+from concord.review.audit_store import PostgresAuditTrail
 
 
 class NotFound(LookupError):
@@ -103,13 +105,14 @@ class AlertReview:
     async def acknowledge(self, principal: Principal, alert_id: str) -> bool:
         """True when this call acknowledged it, False when it was already."""
         require(principal, Permission.ALERTS_DECIDE)
+        at = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
             alert = await self._open(conn, alert_id)
-            done = await self.store.acknowledge(
-                conn, alert.alert_id, by=principal.subject, at=self.clock()
-            )
+            done = await self.store.acknowledge(conn, alert.alert_id, by=principal.subject, at=at)
             if done:
                 await self._audit(conn, principal, "alert.acknowledge", alert_id)
+        if done:  # committed: observed once
+            review_metrics.acknowledged(alert, at)
         return done
 
     async def assign(self, principal: Principal, alert_id: str, request: AssignRequest) -> None:
@@ -163,6 +166,7 @@ class AlertReview:
             if resolution.reason_code:
                 detail["reason"] = resolution.reason_code
             await self._audit(conn, principal, action, alert_id, detail=detail)
+        review_metrics.decided(alert, resolution, overrules=against)  # committed
         await self.published()
         return resolution.resolution_id
 
@@ -197,3 +201,15 @@ class AlertReview:
                 detail=detail or {},
             ),
         )
+
+    async def audit_history(
+        self, principal: Principal, alert_id: str, *, limit: int = 100
+    ) -> list[AuditEntry]:
+        """The alert's audit trail, oldest first (its newest `limit` entries): who read or
+        changed it, when, in which role and with which purpose; ids and codes, no PHI. For the
+        detail view: call it after `detail`, whose read it then shows."""
+        require(principal, Permission.ALERTS_READ)
+        newest_first = await PostgresAuditTrail().find(
+            self.pool, object_type="alert", object_id=alert_id, limit=limit
+        )
+        return newest_first[::-1]

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from concord.normalization.identity_reviews import ReviewEntry, ReviewTask
 from concord.normalization.identity_store import list_reviews
 from concord.normalization.ports import IdentityReviews
+from concord.review import metrics as review_metrics
 from concord.review.access import Permission, Principal, purpose_of_use, require
 from concord.review.audit import AuditRecord
 from concord.review.handlers import AuditPort, NotFound
@@ -80,6 +81,8 @@ class IdentityReview:
             await self.audit.append(conn, self._record(principal, "identity.link", task_id))
 
         done = await self.store.link(task_id, by=principal.subject, at=self.clock(), also=audited)
+        if done.changed:
+            review_metrics.identity_decided("LINKED")
         if done.fact is not None:
             await self.published()
         return IdentityDecided(
@@ -101,6 +104,8 @@ class IdentityReview:
         done = await self.store.keep_apart(
             task_id, by=principal.subject, at=self.clock(), also=audited
         )
+        if done.changed:
+            review_metrics.identity_decided("KEPT_APART")
         return IdentityDecided(
             task_id=task_id,
             decision="KEPT_APART",

@@ -1,6 +1,6 @@
 """The review service's process (`python -m concord.review`): settings, PostgreSQL, the Kafka
-producer for decisions, the API on uvicorn, and two timers: the outbox's left-behind rows and
-the audit trail's anchor.
+producer for decisions, the API on uvicorn (and /metrics), and three timers: the outbox's
+left-behind rows, the audit trail's anchor and the gauges' refresh.
 
 Before it serves, it checks that the database's migrations are this release's (as the workers
 do), so an old database is refused in one line rather than failing on its first request."""
@@ -21,10 +21,13 @@ from pydantic import SecretStr
 from concord.config import ReviewSettings, SettingsProblem, load_settings
 from concord.normalization.identity_store import PostgresIdentityStore
 from concord.review.api import create_app
-from concord.review.audit_store import PostgresAuditTrail, publish_anchor
-from concord.review.auth import TokenVerifier
+from concord.review.audit_store import PostgresAuditTrail, publish_anchor, read_anchors
+from concord.review.audit_view import AuditView
+from concord.review.auth import LocalKeyError, TokenVerifier, VerifierConfigError
 from concord.review.handlers import AlertReview
 from concord.review.identity import IdentityReview
+from concord.review.metrics import add_metrics_route
+from concord.review.ops import REFRESH_SECONDS, MetricsRefresher
 from concord.review.ratelimit import PrincipalRateLimit
 from concord.runtime.db import create_pool
 from concord.runtime.ports import LEFT_BEHIND_SECONDS
@@ -46,8 +49,8 @@ class _SchemaCheck:
 
 
 async def _every(seconds: float, work: Callable[[], Awaitable[object]], what: str) -> None:
+    """`work` at once, then every `seconds`."""
     while True:
-        await asyncio.sleep(seconds)
         try:
             await work()
         except Exception as error:  # a timer's failure waits for its next turn
@@ -55,10 +58,13 @@ async def _every(seconds: float, work: Callable[[], Awaitable[object]], what: st
             log.warning(
                 "%s failed (%s); trying again in %.0f s", what, type(error).__name__, seconds
             )
+        await asyncio.sleep(seconds)
 
 
 @contextlib.asynccontextmanager
-async def running(settings: ReviewSettings) -> AsyncIterator[uvicorn.Server]:
+async def running(
+    settings: ReviewSettings, verifier: TokenVerifier
+) -> AsyncIterator[uvicorn.Server]:
     """The service's parts, started; the server not yet serving."""
     pool = await create_pool(
         settings.database_url.get_secret_value(),
@@ -81,10 +87,21 @@ async def running(settings: ReviewSettings) -> AsyncIterator[uvicorn.Server]:
         app = create_app(
             review,
             identities,
-            TokenVerifier.from_settings(settings),
+            verifier,
             PrincipalRateLimit.from_settings(settings),
+            AuditView(
+                pool,
+                trail,
+                anchors=lambda trail_id: read_anchors(settings.kafka_options(), trail_id),
+            ),
         )
+        add_metrics_route(app)  # GET /metrics, for Prometheus
+        refresher = MetricsRefresher(pool)
         timers = [
+            # The gauges from PostgreSQL; a failure is counted and logged by the refresher.
+            asyncio.create_task(
+                _every(REFRESH_SECONDS, refresher.refresh, "refreshing the gauges")
+            ),
             asyncio.create_task(
                 _every(
                     OUTBOX_SWEEP_SECONDS,
@@ -115,12 +132,12 @@ async def running(settings: ReviewSettings) -> AsyncIterator[uvicorn.Server]:
         await pool.close()
 
 
-async def serve(settings: ReviewSettings) -> None:
+async def serve(settings: ReviewSettings, verifier: TokenVerifier) -> None:
     def say(line: str) -> None:
         print(f"the review service {line}", file=sys.stderr, flush=True)
 
     await check_schema(_SchemaCheck(settings.database_url), say)
-    async with running(settings) as server:
+    async with running(settings, verifier) as server:
         await server.serve()
 
 
@@ -131,11 +148,17 @@ def main() -> None:
         for line in problem.lines:
             print(f"the review service does not start: {line}", file=sys.stderr)
         sys.exit(2)
+    try:
+        # Before anything connects: a service that can verify no token must not start.
+        verifier = TokenVerifier.from_settings(settings)
+    except (VerifierConfigError, LocalKeyError) as problem:
+        print(f"the review service does not start: {problem}", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, verifier))
     except StartRefused as refused:
         sys.exit(f"the review service does not start: {refused}")
     except KeyboardInterrupt:
