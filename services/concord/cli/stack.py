@@ -82,6 +82,9 @@ def status(state_dir: Path) -> None:
         state = "alive" if item.alive else "DEAD"
         health = "" if item.healthy is None else ("  health ok" if item.healthy else "  UNHEALTHY")
         click.echo(f"{item.name:<16} pid {item.pid:<8} {state}{health}")
+    info = load_state(state_dir)
+    if info is not None and info.review_url is not None:
+        click.echo(f"review service at {info.review_url} (API /api/v1, web page /ui)")
     sys.exit(0 if all(item.ok for item in statuses) else 1)
 
 

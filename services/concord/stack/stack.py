@@ -552,7 +552,8 @@ class ProcessStatus:
 
 
 def stack_status(state_dir: Path) -> list[ProcessStatus]:
-    """Each recorded process: alive or not and, for workers, whether /health answers 200."""
+    """Each recorded process: alive or not and, for workers and the review service, whether
+    /health answers 200."""
     info = load_state(Path(state_dir))
     if info is None:
         return []
@@ -560,7 +561,7 @@ def stack_status(state_dir: Path) -> list[ProcessStatus]:
     for record in info.processes:
         alive = is_alive(record)
         healthy = None
-        if record.kind == "worker" and record.port is not None:
+        if record.kind in ("worker", "review") and record.port is not None:
             healthy = alive and health_ok(record.port)
         statuses.append(ProcessStatus(record.name, record.pid, alive, healthy))
     return statuses
