@@ -15,6 +15,7 @@ import ssl
 import typing
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -495,6 +496,30 @@ class ReviewSettings(KafkaSettings):
         description="The token claim (a string or a list) naming the caller's Concord role: "
         "reviewer, clinician, auditor, sre or admin",
     )
+    oidc_client_id: str | None = Field(
+        None,
+        description="The web page's client id at the OpenID Connect issuer: set, the sign-in "
+        "page offers to sign in with the issuer (authorization code flow with PKCE); unset, it "
+        "takes a pasted token",
+        examples=["concord-review-web"],
+    )
+    oidc_client_secret: SecretStr | None = Field(
+        None,
+        description="The web page's client secret, for a confidential client (sent to the "
+        "token endpoint with HTTP Basic); unset: a public client, PKCE alone",
+        examples=["change-me"],
+    )
+    review_public_url: str | None = Field(
+        None,
+        description="The review service's external base URL (its TLS proxy's): the sign-in's "
+        "redirect URI is this followed by /ui/callback. Required with CONCORD_OIDC_CLIENT_ID",
+        examples=["https://review.hospital.example"],
+    )
+    oidc_scopes: str = Field(
+        "openid profile",
+        description="Scopes the web page's sign-in asks the issuer for, space-separated; "
+        "`openid` among them",
+    )
     local_key_path: Path | None = Field(
         None,
         description="Private key file (PEM) the local stack signs tokens with "
@@ -512,11 +537,72 @@ class ReviewSettings(KafkaSettings):
     )
     log_level: str = Field("info", description="Review service log level")
 
-    @field_validator("oidc_issuer", "oidc_jwks_url", mode="before")
+    @field_validator(
+        "oidc_issuer",
+        "oidc_jwks_url",
+        "oidc_client_id",
+        "oidc_client_secret",
+        "review_public_url",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # Compose passes an unset variable as an empty string.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("review_public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = value.strip().rstrip("/")
+        parsed = urlsplit(url)
+        secure = parsed.scheme == "https" or (
+            parsed.scheme == "http" and is_loopback(parsed.hostname or "")
+        )
+        if not (secure and parsed.hostname) or parsed.query or parsed.fragment:
+            raise ValueError(
+                "must be the https:// URL the browsers reach the review service at (http:// "
+                "only to a loopback address), without a query or fragment"
+            )
+        return url
+
+    @field_validator("oidc_scopes")
+    @classmethod
+    def _openid_scope(cls, value: str) -> str:
+        scopes = value.split()
+        if "openid" not in scopes:
+            raise ValueError("must include the scope openid (e.g. 'openid profile')")
+        return " ".join(scopes)
+
+    @model_validator(mode="after")
+    def _web_sign_in(self) -> Self:
+        if self.oidc_client_id is None:
+            if self.oidc_client_secret is not None:
+                raise ValueError(
+                    "CONCORD_OIDC_CLIENT_SECRET is set without CONCORD_OIDC_CLIENT_ID: set the "
+                    "client id the secret belongs to "
+                    "(e.g. CONCORD_OIDC_CLIENT_ID=concord-review-web)"
+                )
+            return self
+        if self.oidc_issuer is None:
+            raise ValueError(
+                "CONCORD_OIDC_CLIENT_ID needs CONCORD_OIDC_ISSUER: the identity provider the "
+                "web page signs in with (e.g. "
+                "CONCORD_OIDC_ISSUER=https://login.hospital.example/realms/clinical)"
+            )
+        if self.review_public_url is None:
+            raise ValueError(
+                "CONCORD_REVIEW_PUBLIC_URL: not set, and CONCORD_OIDC_CLIENT_ID needs it to "
+                "build the sign-in's redirect URI {url}/ui/callback "
+                "(e.g. CONCORD_REVIEW_PUBLIC_URL=https://review.hospital.example)"
+            )
+        return self
+
+    @property
+    def oidc_redirect_uri(self) -> str | None:
+        """Where the identity provider sends the browser back after sign-in."""
+        return f"{self.review_public_url}/ui/callback" if self.review_public_url else None
 
 
 class ClientSettings(KafkaSettings):

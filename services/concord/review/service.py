@@ -14,21 +14,25 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
 from pydantic import SecretStr
 
 from concord.config import ReviewSettings, SettingsProblem, load_settings
 from concord.normalization.identity_store import PostgresIdentityStore
-from concord.review.api import create_app
+from concord.review.api import Authenticator, RateLimit, create_app
 from concord.review.audit_store import PostgresAuditTrail, publish_anchor, read_anchors
-from concord.review.audit_view import AuditView
+from concord.review.audit_view import AnchorReader, AuditView
 from concord.review.auth import LocalKeyError, TokenVerifier, VerifierConfigError
 from concord.review.handlers import AlertReview
 from concord.review.identity import IdentityReview
 from concord.review.metrics import add_metrics_route
+from concord.review.oidc import OidcSignIn
 from concord.review.ops import REFRESH_SECONDS, MetricsRefresher
 from concord.review.ratelimit import PrincipalRateLimit
+from concord.runtime.batch import Producer
 from concord.runtime.db import create_pool
 from concord.runtime.ports import LEFT_BEHIND_SECONDS
 from concord.runtime.startup import StartRefused, check_schema
@@ -61,11 +65,37 @@ async def _every(seconds: float, work: Callable[[], Awaitable[object]], what: st
         await asyncio.sleep(seconds)
 
 
+def compose_app(
+    pool: asyncpg.Pool,
+    producer: Producer,
+    verifier: Authenticator,
+    rate_limit: RateLimit,
+    *,
+    anchors: AnchorReader | None = None,
+    oidc: OidcSignIn | None = None,
+) -> FastAPI:
+    """The API and the web page over a pool and a producer, each part wired once: the
+    service's and the tests' app alike. Decisions are published from their outboxes right
+    after their commit."""
+    trail = PostgresAuditTrail()
+    review = AlertReview(pool, trail, published=lambda: review.store.outbox.drain(producer))
+    identity_store = PostgresIdentityStore(pool)
+    identities = IdentityReview(
+        pool, identity_store, trail, published=lambda: identity_store.outbox.drain(producer)
+    )
+    app = create_app(
+        review, identities, verifier, rate_limit, AuditView(pool, trail, anchors=anchors)
+    )
+    app.state.oidc = oidc  # the web page's "Sign in with" the identity provider
+    return app
+
+
 @contextlib.asynccontextmanager
 async def running(
-    settings: ReviewSettings, verifier: TokenVerifier
+    settings: ReviewSettings, verifier: TokenVerifier, oidc: OidcSignIn | None = None
 ) -> AsyncIterator[uvicorn.Server]:
-    """The service's parts, started; the server not yet serving."""
+    """The service's parts, started; the server not yet serving. `oidc`: the web page's
+    sign-in with the identity provider (None: the page takes a pasted token)."""
     pool = await create_pool(
         settings.database_url.get_secret_value(),
         settings.database_pool_size,
@@ -78,24 +108,16 @@ async def running(
     timers: list[asyncio.Task[None]] = []
     try:
         await producer.start()
-        trail = PostgresAuditTrail()
-        review = AlertReview(pool, trail, published=lambda: review.store.outbox.drain(producer))
-        identity_store = PostgresIdentityStore(pool)
-        identities = IdentityReview(
-            pool, identity_store, trail, published=lambda: identity_store.outbox.drain(producer)
-        )
-        app = create_app(
-            review,
-            identities,
+        app = compose_app(
+            pool,
+            producer,
             verifier,
             PrincipalRateLimit.from_settings(settings),
-            AuditView(
-                pool,
-                trail,
-                anchors=lambda trail_id: read_anchors(settings.kafka_options(), trail_id),
-            ),
+            anchors=lambda trail_id: read_anchors(settings.kafka_options(), trail_id),
+            oidc=oidc,
         )
         add_metrics_route(app)  # GET /metrics, for Prometheus
+        outbox = app.state.alert_review.store.outbox
         refresher = MetricsRefresher(pool)
         timers = [
             # The gauges from PostgreSQL; a failure is counted and logged by the refresher.
@@ -105,7 +127,7 @@ async def running(
             asyncio.create_task(
                 _every(
                     OUTBOX_SWEEP_SECONDS,
-                    lambda: review.store.outbox.drain(producer, older_than=LEFT_BEHIND_SECONDS),
+                    lambda: outbox.drain(producer, older_than=LEFT_BEHIND_SECONDS),
                     "publishing decisions left in the outbox",
                 )
             ),
@@ -132,12 +154,14 @@ async def running(
         await pool.close()
 
 
-async def serve(settings: ReviewSettings, verifier: TokenVerifier) -> None:
+async def serve(
+    settings: ReviewSettings, verifier: TokenVerifier, oidc: OidcSignIn | None = None
+) -> None:
     def say(line: str) -> None:
         print(f"the review service {line}", file=sys.stderr, flush=True)
 
     await check_schema(_SchemaCheck(settings.database_url), say)
-    async with running(settings, verifier) as server:
+    async with running(settings, verifier, oidc) as server:
         await server.serve()
 
 
@@ -151,6 +175,7 @@ def main() -> None:
     try:
         # Before anything connects: a service that can verify no token must not start.
         verifier = TokenVerifier.from_settings(settings)
+        oidc = OidcSignIn.from_settings(settings)
     except (VerifierConfigError, LocalKeyError) as problem:
         print(f"the review service does not start: {problem}", file=sys.stderr)
         sys.exit(2)
@@ -158,7 +183,7 @@ def main() -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(serve(settings, verifier))
+        asyncio.run(serve(settings, verifier, oidc))
     except StartRefused as refused:
         sys.exit(f"the review service does not start: {refused}")
     except KeyboardInterrupt:

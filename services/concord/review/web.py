@@ -2,11 +2,14 @@
 the API (AlertReview, IdentityReview on app.state), so permissions and the audit trail are the
 API's. No SQL and no JavaScript here.
 
-* Sign-in: the user pastes a bearer token (`concord token issue`, or one from the hospital's
-  identity provider), verified by the API's own authenticator; the page then keeps a session:
-  an opaque random id in an HttpOnly, SameSite=Strict cookie (Path=/ui; Secure over https)
-  mapped, in this process's memory, to the principal. It ends at the token's `exp`, after
-  IDLE without a request, or at sign-out.
+* Sign-in: with CONCORD_OIDC_CLIENT_ID, "Sign in with <issuer>": OpenID Connect's
+  authorization code flow with PKCE (review/oidc.py), whose access token the API's own
+  authenticator verifies; without it (the local stack), or behind a "paste a token" link, the
+  user pastes a bearer token (`concord token issue`, or one from the identity provider's own
+  tools), verified the same way. The page then keeps a session: an opaque random id in an
+  HttpOnly, SameSite=Strict cookie (Path=/ui; Secure over https) mapped, in this process's
+  memory, to the principal. It ends at the token's `exp`, after IDLE without a request, or at
+  sign-out.
 * CSRF: every form carries the session's synchronizer token, checked on every POST, and a
   POST whose `Origin` or `Sec-Fetch-Site` says it came from another site is refused.
 * No PHI in URLs: they carry alert and task ids and list filters only. A detail (PHI) is the
@@ -71,6 +74,7 @@ from concord.review.alerts import (
 from concord.review.auth import KeysUnavailable, Unauthenticated
 from concord.review.handlers import AlertReview, NotFound
 from concord.review.identity import IdentityDecided, IdentityReview
+from concord.review.oidc import OidcSignIn, SignInFailed, error_code
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,10 @@ SESSION_COOKIE = "concord_session"
 # Sign-in has no session yet: its form's CSRF token is doubled in a short-lived cookie.
 SIGN_IN_COOKIE = "concord_sign_in"
 SIGN_IN_PATH = f"{UI}/sign-in"
+# The identity provider's sign-in: the pending sign-in's id, until the browser comes back. Lax:
+# the identity provider's top-level redirect back is a cross-site navigation.
+OIDC_COOKIE = "concord_oidc"
+OIDC_START_PATH = f"{SIGN_IN_PATH}/oidc"
 IDLE = timedelta(minutes=30)
 MAX_SESSIONS = 10_000
 PAGE_SIZE = 50
@@ -442,9 +450,30 @@ def _task_url(task_id: str) -> str:
 # --- sign-in ----------------------------------------------------------------------------------
 
 
+def _oidc(request: Request) -> OidcSignIn | None:
+    """The identity provider's sign-in, when CONCORD_OIDC_CLIENT_ID configures one."""
+    found = getattr(request.app.state, "oidc", None)
+    return found if isinstance(found, OidcSignIn) else None
+
+
+def _secure(request: Request) -> bool:
+    """Whether cookies are Secure: the request came over https, or the browsers reach the
+    service at an https:// CONCORD_REVIEW_PUBLIC_URL (a TLS proxy in front)."""
+    oidc = _oidc(request)
+    return request.url.scheme == "https" or (oidc is not None and oidc.secure)
+
+
 def _sign_in_form(
-    request: Request, *, status: int = 200, message: str | None = None, **headers: str
+    request: Request,
+    *,
+    status: int = 200,
+    message: str | None = None,
+    paste: bool = False,
+    headers: Mapping[str, str] | None = None,
 ) -> HTMLResponse:
+    """The sign-in page: the identity provider's button when configured (the token form behind
+    a link, `paste`), else the token form."""
+    oidc = _oidc(request)
     token = secrets.token_urlsafe(32)
     response = _page(
         request,
@@ -454,22 +483,42 @@ def _sign_in_form(
         headers=headers,
         sign_in_csrf=token,
         message=message,
+        oidc_label=oidc.label if oidc else None,
+        oidc_start=OIDC_START_PATH,
+        paste=paste or oidc is None,
     )
     response.set_cookie(
         SIGN_IN_COOKIE,
         token,
         max_age=3600,
         path=SIGN_IN_PATH,
-        secure=request.url.scheme == "https",
+        secure=_secure(request),
         httponly=True,
         samesite="strict",
     )
     return response
 
 
+def _open_session(request: Request, principal: Principal, response: Response) -> None:
+    """A new session for `principal`, its cookie set on `response`: a new id at every sign-in
+    (none fixed beforehand survives it); the old session ends."""
+    sessions_of(request).close(request.cookies.get(SESSION_COOKIE))
+    sid, _ = sessions_of(request).open(principal)
+    response.set_cookie(
+        SESSION_COOKIE,
+        sid,
+        path=UI,
+        secure=_secure(request),
+        httponly=True,
+        samesite="strict",
+    )
+
+
 @router.get("/sign-in")
-async def sign_in_page(request: Request) -> Response:
-    return _sign_in_form(request)
+async def sign_in_page(
+    request: Request, with_: Annotated[str | None, Query(alias="with", max_length=20)] = None
+) -> Response:
+    return _sign_in_form(request, paste=with_ == "token")
 
 
 @router.post("/sign-in")
@@ -484,31 +533,116 @@ async def sign_in(request: Request) -> Response:
     ):
         raise _csrf_refused()
     token = _text(form, "token")
+
+    def again(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+        return _sign_in_form(request, status=status, message=message, paste=True, headers=headers)
+
     try:
         principal: Principal = await request.app.state.authenticate(
             "Bearer " + token.strip() if token else None
         )
     except Unauthenticated as error:
-        return _sign_in_form(request, status=401, message=f"Not signed in: {error.message}.")
+        return again(401, f"Not signed in: {error.message}.")
     except KeysUnavailable as error:
-        return _sign_in_form(request, status=503, message=error.message + ".", **error.headers)
+        return again(503, error.message + ".", error.headers)
+    try:
+        await request.app.state.principals.admit(principal)
+    except Disabled as error:
+        return again(403, error.message + ".")
+    response = _see(UI)
+    _open_session(request, principal, response)
+    response.delete_cookie(SIGN_IN_COOKIE, path=SIGN_IN_PATH)
+    return response
+
+
+@router.get("/sign-in/oidc")
+async def sign_in_with_oidc(request: Request) -> Response:
+    """To the identity provider, with a new pending sign-in (its id in a short-lived cookie)."""
+    oidc = _oidc(request)
+    if oidc is None:
+        raise NotFound("no such page")
+    try:
+        pending_id, url = await oidc.start()
+    except SignInFailed as failed:
+        log.warning("web sign-in not started: %s", failed.detail)
+        return _sign_in_form(request, status=failed.status, message=failed.message)
+    response = RedirectResponse(url, status_code=303)
+    response.set_cookie(
+        OIDC_COOKIE,
+        pending_id,
+        max_age=int(oidc.pending.ttl),
+        path=UI,
+        secure=_secure(request),
+        httponly=True,
+        samesite="lax",
+    )
+    return response
+
+
+@router.get("/callback")
+async def oidc_callback(request: Request) -> Response:
+    """Where the identity provider sends the browser back: the code exchanged, the ID token
+    and the access token verified, the principal admitted, and a session opened."""
+    oidc = _oidc(request)
+    if oidc is None:
+        raise NotFound("no such page")
+    response = await _oidc_callback(request, oidc)
+    response.delete_cookie(OIDC_COOKIE, path=UI, httponly=True, samesite="lax")
+    return response
+
+
+async def _oidc_callback(request: Request, oidc: OidcSignIn) -> Response:
+    params = request.query_params
+    pending_id = request.cookies.get(OIDC_COOKIE)
+    if "error" in params:
+        oidc.pending.take(pending_id)  # used up
+        code = error_code(params.get("error"))
+        log.info("web sign-in: the identity provider answered %s", code or "an error")
+        if code == "access_denied":
+            return _sign_in_form(
+                request,
+                status=401,
+                message="Not signed in: the identity provider did not sign you in (access "
+                "denied, or consent refused). Sign in again, or ask for access to Concord.",
+            )
+        said = f" ({code})" if code else ""
+        return _sign_in_form(
+            request,
+            status=400,
+            message=f"Not signed in: the identity provider answered with an error{said}. "
+            "Sign in again.",
+        )
+    try:
+        access_token = await oidc.finish(pending_id, params.get("state"), params.get("code"))
+    except SignInFailed as failed:
+        log.warning("web sign-in refused: %s", failed.detail)
+        return _sign_in_form(request, status=failed.status, message=failed.message)
+    try:
+        # The API's own verifier: the role comes from the same claim, with the same audience.
+        principal: Principal = await request.app.state.authenticate("Bearer " + access_token)
+        if principal.issuer != oidc.issuer:
+            raise Unauthenticated("the access token is not the identity provider's")
+    except Unauthenticated as error:
+        return _sign_in_form(
+            request,
+            status=401,
+            message=f"Not signed in: the identity provider's access token was refused: "
+            f"{error.message}.",
+        )
+    except KeysUnavailable as error:
+        return _sign_in_form(
+            request, status=503, message=error.message + ".", headers=error.headers
+        )
     try:
         await request.app.state.principals.admit(principal)
     except Disabled as error:
         return _sign_in_form(request, status=403, message=error.message + ".")
-    # A new id at every sign-in (none fixed beforehand survives it); the old session ends.
-    sessions_of(request).close(request.cookies.get(SESSION_COOKIE))
-    sid, _ = sessions_of(request).open(principal)
-    response = _see(UI)
-    response.set_cookie(
-        SESSION_COOKIE,
-        sid,
-        path=UI,
-        secure=request.url.scheme == "https",
-        httponly=True,
-        samesite="strict",
-    )
-    response.delete_cookie(SIGN_IN_COOKIE, path=SIGN_IN_PATH)
+    # A page, not a redirect: the browser came here from the identity provider's site, and
+    # browsers withhold SameSite=Strict cookies on a redirect that follows such a navigation.
+    # Its refresh is a navigation of our own page: the session cookie goes with it (and it
+    # replaces this URL, with its code, in the browser's history).
+    response = _page(request, "signed_in.html", None, next_url=UI, who=principal)
+    _open_session(request, principal, response)
     return response
 
 
