@@ -38,11 +38,13 @@ def assertion_at(
     status: FactStatus = "ASSERTED",
     unit: str | None = None,
     record: str = "r",
+    display: str | None = None,
 ) -> Assertion:
     """One source's assertion, effective and said at `at`."""
     return Assertion(
         source_system=source,
         value=value,
+        display=display,
         status=status,
         fact_id=fact_id,
         unit=unit,

@@ -15,12 +15,12 @@ from concord.config import DEFAULT_ENTERPRISE_ID_SYSTEM
 from concord.runtime.reading import read_topic
 from concord.topics import RAW_FHIR
 
-__all__ = ["eventually", "fetch", "patient", "publish", "read_topic"]
+__all__ = ["eventually", "fetch", "patient", "patient_resource", "publish", "read_topic"]
 
 T = TypeVar("T")
 
 
-def patient(
+def patient_resource(
     enterprise_id: str | None,
     resource_id: str,
     *,
@@ -30,21 +30,25 @@ def patient(
     given: str = "Alex",
     version: str = "1",
     last_updated: str = "2026-01-01T00:00:00+00:00",
-) -> bytes:
+) -> dict[str, Any]:
+    """A FHIR Patient with a local MRN (its resource id) and, when given, an enterprise id."""
     identifiers = [{"system": "urn:test:mrn", "value": resource_id}]
     if enterprise_id is not None:
         identifiers.append({"system": DEFAULT_ENTERPRISE_ID_SYSTEM, "value": enterprise_id})
-    return orjson.dumps(
-        {
-            "resourceType": "Patient",
-            "id": resource_id,
-            "meta": {"versionId": version, "lastUpdated": last_updated},
-            "identifier": identifiers,
-            "name": [{"use": "official", "family": family, "given": [given]}],
-            "gender": gender,
-            "birthDate": birth_date,
-        }
-    )
+    return {
+        "resourceType": "Patient",
+        "id": resource_id,
+        "meta": {"versionId": version, "lastUpdated": last_updated},
+        "identifier": identifiers,
+        "name": [{"use": "official", "family": family, "given": [given]}],
+        "gender": gender,
+        "birthDate": birth_date,
+    }
+
+
+def patient(enterprise_id: str | None, resource_id: str, **fields: str) -> bytes:
+    """patient_resource() as the bytes a source publishes (`fields`: its keyword arguments)."""
+    return orjson.dumps(patient_resource(enterprise_id, resource_id, **fields))
 
 
 async def publish(

@@ -13,8 +13,11 @@ invariants every fault test checks once the fault is over:
 
 The workload is that of tests/e2e/test_conflicts_recovery.py: each patient is described by a
 hospital and a lab, each with a Patient (the same enterprise id), two results (glucose,
-potassium), a problem and an allergy; some of them disagree. The figures a test measures are
-printed on one line and written to figures.json in its tmp dir.
+potassium), a problem and an allergy; some of them disagree. A test takes its share of it as a
+Workload (its own patients, the workers' peak memory while it runs), sends it at once, in
+chunks, or as a Stream, waits for the alerts (Workload.alerts_stored), checks the invariants
+(Workload.checked, Workload.workers_alive) and its own, and reports: the figures it measured and
+the common ones are printed on one line and written to figures.json in its tmp dir.
 """
 
 from __future__ import annotations
@@ -23,22 +26,23 @@ import asyncio
 import http.client
 import json
 import threading
+import time
+import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from concord.config import DEFAULT_ENTERPRISE_ID_SYSTEM
 from concord.events import codec
 from concord.events.models import Alert, DeadLetter
 from concord.ingestion.subjects import patient_of
 from concord.runtime.reading import read_topic
-from concord.stack.processes import LOOPBACK, find_process
-from concord.stack.stack import load_state
+from concord.stack.processes import LOOPBACK, find_process, is_alive
+from concord.stack.stack import StackInfo, load_state
 from concord.topics import ALERTS, DEADLETTER, INGESTED, RAW_FHIR
 from pipeline_tools import (
     FIRST,
@@ -48,6 +52,7 @@ from pipeline_tools import (
     eventually,
     fetch,
     observation,
+    patient_resource,
 )
 
 T = TypeVar("T")
@@ -97,21 +102,6 @@ def disagreeing(token: str, patients: Iterable[int]) -> set[Key]:
     }
 
 
-def _patient(eid: str, rid: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Patient",
-        "id": rid,
-        "meta": {"versionId": "1", "lastUpdated": FIRST},
-        "identifier": [
-            {"system": "urn:test:mrn", "value": rid},
-            {"system": DEFAULT_ENTERPRISE_ID_SYSTEM, "value": eid},
-        ],
-        "name": [{"use": "official", "family": "Testperson", "given": ["Alex"]}],
-        "gender": "female",
-        "birthDate": "1970-01-01",
-    }
-
-
 def records(token: str, n: int) -> list[Event]:
     """Both sources' records of patient n: each Patient first (the results follow it through
     the identity crosswalk), then its results, problem and allergy."""
@@ -121,7 +111,7 @@ def records(token: str, n: int) -> list[Event]:
         lab = source == LAB
         rid = f"flt{token}{tag}{n}"
         subject = f"Patient/{rid}"
-        events.append((source, _patient(eid, rid)))
+        events.append((source, patient_resource(eid, rid, last_updated=FIRST)))
         glucose = 130.0 if lab and wanted[GLUCOSE] else (104.0 if lab else 100.0)
         potassium = 5.2 if lab and wanted[POTASSIUM] else (4.1 if lab else 4.0)
         events.append((source, observation(f"{rid}-glu", subject, "2345-7", glucose, "mg/dL")))
@@ -211,6 +201,18 @@ def health(port: int, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
 
 def kind_of(attribute: str) -> str:
     return attribute if attribute.startswith("Observation/") else attribute.split("/", 1)[0]
+
+
+def all_ready(ports: Iterable[int]) -> bool:
+    """Whether every worker at these ports answers GET /health with 200."""
+    return all(health(port)[0] == 200 for port in ports)
+
+
+async def alert_count(dsn: str, prefix: str) -> int:
+    rows = await fetch(
+        dsn, "SELECT count(*) AS n FROM alerts WHERE patient_id LIKE $1", prefix + "%"
+    )
+    return int(rows[0]["n"])
 
 
 async def assertion_count(dsn: str, prefix: str) -> int:
@@ -414,30 +416,42 @@ def account(
 # --- figures ------------------------------------------------------------------------------------
 
 
-class PeakRss:
-    """The peak resident memory of each worker of the stack (its process and children), in
-    MiB, sampled every `every` seconds in a thread; restarted workers are followed through
-    the state file."""
+class Sampling:
+    """sample() every `every` seconds in a thread while open (a context manager); on exit
+    the thread is waited for up to `join_within` seconds."""
 
-    def __init__(self, state_dir: Path, every: float = 0.5) -> None:
-        self.state_dir = state_dir
+    def __init__(self, every: float, *, join_within: float = 5.0) -> None:
         self.every = every
-        self.peak: dict[str, float] = {}
+        self.join_within = join_within
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=self.join_within)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.sample()
             self._stop.wait(self.every)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+
+class PeakRss(Sampling):
+    """The peak resident memory of each worker of the stack (its process and children), in
+    MiB, sampled every `every` seconds in a thread; restarted workers are followed through
+    the state file."""
+
+    def __init__(self, state_dir: Path, every: float = 0.5) -> None:
+        super().__init__(every)
+        self.state_dir = state_dir
+        self.peak: dict[str, float] = {}
 
     def sample(self) -> None:
         info = load_state(self.state_dir)
@@ -459,8 +473,311 @@ class PeakRss:
         return {name: round(mib, 1) for name, mib in sorted(self.peak.items())}
 
 
-def report(tmp_path: Path, name: str, figures: dict[str, Any]) -> None:
+async def timed(figures: dict[str, Any], name: str, since: float, probe: Awaitable[T]) -> T:
+    """What `probe` gives; figures[name] is the seconds from `since` until it gave it."""
+    value = await probe
+    figures[name] = round(time.monotonic() - since, 1)
+    return value
+
+
+def write_figures(tmp_path: Path, name: str, figures: dict[str, Any]) -> None:
     """Print the figures on one line (pytest -s shows it; -ra does not hide it) and keep them
     in figures.json under the test's tmp dir."""
     (tmp_path / "figures.json").write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
     print(f"\nfault figures {name}: {json.dumps(figures, sort_keys=True)}")
+
+
+# --- a test's run -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the invariants found (Workload.checked): the alerts, and each raw record's
+    outcomes and their accounting."""
+
+    expected: int  # alerts expected
+    alerts: AlertCheck
+    outcomes: dict[Coordinate, list[str]]
+    accounting: Accounting
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            **self.accounting.summary(),
+            "alerts_expected": self.expected,
+            "alert_events": self.alerts.events,
+            "alerts_duplicated": 0,  # check_alerts fails the test on one
+            "alert_identical_republications": self.alerts.republished,
+        }
+
+
+@dataclass
+class Workload:
+    """One fault test's share of the workload on its module's stack: its token names its
+    patients (their ids start with `prefix`), so that it checks only its own records and
+    alerts; `rss` measures the workers' peak memory while it is open (`with run.rss:`), and
+    `started` is when the test began."""
+
+    stack: StackInfo
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    started: float = field(default_factory=time.monotonic)
+    rss: PeakRss = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rss = PeakRss(self.stack.state_dir)
+
+    @property
+    def prefix(self) -> str:
+        return prefix_of(self.token)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.stack.bootstrap_servers
+
+    @property
+    def dsn(self) -> str:
+        return self.stack.database_url
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The web port of each worker the test began with, by name."""
+        return {name: w.port for name, w in self.stack.workers.items() if w.port is not None}
+
+    async def alert_count(self) -> int:
+        """How many alerts of the test's patients are stored."""
+        return await alert_count(self.dsn, self.prefix)
+
+    def events(self, patients: Iterable[int]) -> list[Event]:
+        """Both sources' records of these patients, patient by patient."""
+        return [e for n in patients for e in records(self.token, n)]
+
+    def chunks(self, patients: int, size: int) -> list[list[Event]]:
+        """The records of patients 0 to `patients` - 1, `size` patients a chunk."""
+        return [self.events(range(first, first + size)) for first in range(0, patients, size)]
+
+    async def send(self, events: Sequence[Event]) -> list[Coordinate]:
+        return await send_fhir(self.bootstrap, events)
+
+    async def under_load(self, chunks: Iterable[Sequence[Event]]) -> list[Coordinate]:
+        """Send the chunks, then wait (45 s at most) until three alerts are stored: the
+        pipeline is at work when the fault comes. Returns what was sent."""
+        sent = []
+        for chunk in chunks:
+            sent += await self.send(chunk)
+        await eventually(self.alert_count, lambda n: n >= 3, within=45)
+        return sent
+
+    def expected(
+        self,
+        patients: Iterable[int],
+        *,
+        resolved: Iterable[Key] = (),
+        dismissed: Iterable[Key] = (),
+    ) -> dict[Key, str]:
+        """The alerts the patients' disagreements raise, each OPEN, but those `resolved` (the
+        sources came to agree, or a reviewer decided a value) and those a reviewer
+        `dismissed`."""
+        expected = {key: "OPEN" for key in disagreeing(self.token, patients)}
+        expected |= {key: "RESOLVED" for key in resolved}
+        expected |= {key: "DISMISSED" for key in dismissed}
+        return expected
+
+    async def alerts_stored(
+        self, expected: dict[Key, str], *, within: float, since: float | None = None
+    ) -> tuple[dict[Key, StoredAlert], float]:
+        """The stored alerts once they are the expected ones and all is settled
+        (wait_for_alerts), and the seconds from `since` (the test's start by default)."""
+        stored = await wait_for_alerts(self.dsn, self.prefix, expected, within=within)
+        return stored, time.monotonic() - (self.started if since is None else since)
+
+    async def recovered(
+        self,
+        expected: dict[Key, str],
+        *,
+        since: float,
+        alerts_before: int,
+        within: float,
+        figures: dict[str, Any],
+        after: str,
+    ) -> tuple[int, bool, dict[Key, StoredAlert]]:
+        """Once a fault is over (at `since`): the count of alerts stored once it is above
+        `alerts_before` (the first new alert), and whether every worker answers /health
+        with 200, each waited for 90 s at most; then the stored alerts once they are the
+        expected ones (`within` seconds at most). How long each took goes into `figures`:
+        first_alert_after_<after>_seconds, all_ready_after_<after>_seconds and
+        all_alerts_after_<after>_seconds."""
+        ports = list(self.ports.values())
+        first, ready = await asyncio.gather(
+            timed(
+                figures,
+                f"first_alert_after_{after}_seconds",
+                since,
+                eventually(self.alert_count, lambda n: n > alerts_before, within=90),
+            ),
+            timed(
+                figures,
+                f"all_ready_after_{after}_seconds",
+                since,
+                eventually(lambda: asyncio.to_thread(all_ready, ports), bool, within=90),
+            ),
+        )
+        stored, seconds = await self.alerts_stored(expected, within=within, since=since)
+        figures[f"all_alerts_after_{after}_seconds"] = round(seconds, 1)
+        return first, ready, stored
+
+    async def checked(
+        self,
+        expected: dict[Key, str],
+        stored: dict[Key, StoredAlert],
+        sent: Sequence[Coordinate],
+        *,
+        resent: Sequence[Coordinate] = (),
+        assertions_of: int | None,
+        assertions_within: float = 0.0,
+        idle: float = READ_IDLE,
+        good_only: bool = True,
+        undecodable: Callable[[dict[Coordinate, list[str]], list[bytes]], None] | None = None,
+    ) -> Checked:
+        """The invariants, once the alerts are stored: the alerts stored and on
+        concord.alerts are the expected ones, none twice (check_alerts); the assertions of
+        `assertions_of` patients, all of them, are stored (waiting `assertions_within`
+        seconds at most; 0 is one look; None: not checked); every raw record sent, and
+        `resent` (the same version again), is accounted for (account), and, with
+        `good_only`, none is dead-lettered. The topics are read until nothing new comes for
+        `idle` seconds. A record on concord.ingested that cannot be decoded fails the test,
+        unless `undecodable` is given: it is handed the raw records' outcomes and those
+        records, to add what they are the outcome of before the accounting."""
+        every = [*sent, *resent]
+        unreadable: list[bytes] | None = None if undecodable is None else []
+        published, outcomes = await asyncio.gather(
+            published_alerts(self.bootstrap, self.prefix, idle=idle),
+            raw_outcomes(self.bootstrap, set(every), undecodable=unreadable, idle=idle),
+        )
+        alerts = check_alerts(expected, stored, published)
+        if assertions_of is not None:
+            wanted = assertions_of * ASSERTIONS_PER_PATIENT
+            stored_assertions = await eventually(
+                lambda: assertion_count(self.dsn, self.prefix),
+                lambda n: n == wanted,
+                within=assertions_within,
+            )
+            assert stored_assertions == wanted, "assertions stored: not every one, or more"
+        if undecodable is not None and unreadable is not None:
+            undecodable(outcomes, unreadable)
+        accounting = account(every, outcomes, resent=resent)
+        if good_only:
+            assert accounting.dead_lettered == Counter(), "a good record was dead-lettered"
+        return Checked(len(expected), alerts, outcomes, accounting)
+
+    def workers_alive(self, *, none_restarted: bool) -> StackInfo:
+        """Every worker the stack records runs; with `none_restarted`, they are the ones
+        that ran when the test began (none died, none was started again). Returns the
+        stack as recorded now."""
+        recorded = load_state(self.stack.state_dir)
+        assert recorded is not None
+        assert all(is_alive(w) for w in recorded.workers.values()), "a worker died"
+        if none_restarted:
+            assert {name: w.pid for name, w in recorded.workers.items()} == {
+                name: w.pid for name, w in self.stack.workers.items()
+            }, "a worker was restarted"
+        return recorded
+
+    def report(self, tmp_path: Path, name: str, checked: Checked, figures: dict[str, Any]) -> None:
+        """Write the test's own figures with the common ones: how long it took, what the
+        invariants found, and each worker's peak memory."""
+        common = {
+            "seconds": round(time.monotonic() - self.started, 1),
+            **checked.figures(),
+            "peak_rss_mib": self.rss.rounded(),
+        }
+        assert not common.keys() & figures.keys(), "a figure of the test's hides a common one"
+        write_figures(tmp_path, name, {**figures, **common})
+
+
+class Stream:
+    """A publisher of the workload: a chunk of `chunk` patients every `every` seconds until
+    stopped, or `most` chunks are sent (a chunk may be a burst of more patients: after());
+    every third chunk its first record (a Patient) again, as it was (de-duplicated); and,
+    once the first chunk's glucose conflicts are open (looked at from chunk `correct_from`
+    on), the lab's corrected glucose results for them (those alerts resolve: revision 2)."""
+
+    def __init__(
+        self, workload: Workload, *, chunk: int, every: float, most: int, correct_from: int = 1
+    ) -> None:
+        self.workload = workload
+        self.chunk, self.every, self.most, self.correct_from = chunk, every, most, correct_from
+        self.sent: list[Coordinate] = []
+        self.resent: list[Coordinate] = []
+        self.chunks = 0
+        self.next_patient = 0
+        self.burst = 0  # patients in the next chunk, when it is a burst
+        self.chunk_sent = asyncio.Event()
+        self.stop = asyncio.Event()
+        self._publishing: asyncio.Task[None] | None = None
+        self.corrected = {
+            (p, a) for p, a in disagreeing(workload.token, range(chunk)) if a == GLUCOSE
+        }
+        self.corrections_sent = False
+
+    @property
+    def patients(self) -> range:
+        return range(self.next_patient)
+
+    def start(self) -> Stream:
+        """Start publishing (run() in a task); end() stops it."""
+        self._publishing = asyncio.create_task(self.run())
+        return self
+
+    async def end(self, *, within: float) -> tuple[dict[Key, str], dict[Key, StoredAlert], float]:
+        """Stop publishing once the chunk being sent is out (and the corrections, if they
+        were not), then wait for the alerts of every patient sent (`within` seconds at most):
+        the expected alerts, the stored ones, and the seconds from the stream's end."""
+        assert self._publishing is not None, "the stream was not started"
+        self.stop.set()
+        await self._publishing
+        ended = time.monotonic()
+        expected = self.workload.expected(self.patients, resolved=self.corrected)
+        stored, drained = await self.workload.alerts_stored(expected, within=within, since=ended)
+        return expected, stored, drained
+
+    async def after(self, chunks: int = 1, *, burst: int = 0) -> None:
+        """Return once `chunks` more chunks have been sent; with `burst`, the next one has
+        that many patients."""
+        self.burst = burst
+        target = self.chunks + chunks
+        while self.chunks < target:
+            self.chunk_sent.clear()
+            await self.chunk_sent.wait()
+
+    async def run(self) -> None:
+        while not self.stop.is_set() and self.chunks < self.most:
+            first, size = self.next_patient, self.burst or self.chunk
+            events = self.workload.events(range(first, first + size))
+            self.next_patient, self.burst = first + size, 0
+            self.sent += await self.workload.send(events)
+            self.chunks += 1
+            self.chunk_sent.set()
+            if self.chunks % 3 == 0:
+                self.resent += await self.workload.send(events[:1])
+            if self.chunks >= self.correct_from and not self.corrections_sent:
+                if await self._glucose_open():
+                    await self._correct()
+            await asyncio.sleep(self.every)
+        if not self.corrections_sent:
+            await eventually(self._glucose_open, bool, within=60)
+            await self._correct()
+
+    async def _glucose_open(self) -> bool:
+        rows = await fetch(
+            self.workload.dsn,
+            "SELECT patient_id FROM conflict_state WHERE attribute = $1 AND status = 'OPEN' "
+            "AND patient_id = ANY($2::text[])",
+            GLUCOSE,
+            sorted(patient for patient, _ in self.corrected),
+        )
+        return len(rows) == len(self.corrected)
+
+    async def _correct(self) -> None:
+        numbers = sorted(int(p.rsplit("-", 1)[1]) for p, _ in self.corrected)
+        fixes = [corrected_glucose(self.workload.token, n) for n in numbers]
+        self.sent += await self.workload.send(fixes)
+        self.corrections_sent = True

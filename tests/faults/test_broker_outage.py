@@ -36,9 +36,8 @@ import http.client
 import math
 import re
 import time
-import uuid
 from collections import Counter
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,29 +45,12 @@ import aiokafka
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from fault_tools import (
-    ASSERTIONS_PER_PATIENT,
-    PeakRss,
-    account,
-    assertion_count,
-    check_alerts,
-    disagreeing,
-    eventually,
-    fetch,
-    health,
-    prefix_of,
-    published_alerts,
-    raw_outcomes,
-    records,
-    report,
-    send_fhir,
-    wait_for_alerts,
-)
+from fault_tools import Workload, health
 from tcp_proxy import TcpProxy
 
 from concord.runtime.log_limits import INTERVAL_SECONDS
-from concord.stack.processes import LOOPBACK, free_port, is_alive
-from concord.stack.stack import StackInfo, load_state
+from concord.stack.processes import LOOPBACK, free_port
+from concord.stack.stack import StackInfo
 
 pytestmark = [pytest.mark.faults]
 
@@ -91,13 +73,6 @@ def fault_stack_options(broker_proxy: TcpProxy) -> dict[str, Any]:
     """The module's stack behind the proxy: the broker listens on the proxy's target port
     and advertises the proxy's."""
     return {"broker_port": broker_proxy.target_port, "advertised_broker_port": broker_proxy.port}
-
-
-async def _alert_count(dsn: str, prefix: str) -> int:
-    rows = await fetch(
-        dsn, "SELECT count(*) AS n FROM alerts WHERE patient_id LIKE $1", prefix + "%"
-    )
-    return int(rows[0]["n"])
 
 
 def _live(port: int) -> int:
@@ -133,13 +108,6 @@ class _Watch:
             if status == 503 and body.get("stalled"):
                 self.kinds[name].add(str(body["stalled"]))
                 self.first_stalled.setdefault(name, round(time.monotonic() - since, 2))
-
-    async def all_ready(self) -> bool:
-        for port in self.ports.values():
-            status, _ = await asyncio.to_thread(health, port)
-            if status != 200:
-                return False
-        return True
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -211,64 +179,48 @@ async def _broker_unreachable(bootstrap: str) -> bool:
 async def test_workers_ride_out_cut_broker_connections_losing_nothing(
     fault_stack: StackInfo, broker_proxy: TcpProxy, tmp_path: Path
 ) -> None:
-    stack, proxy, started = fault_stack, broker_proxy, time.monotonic()
+    stack, proxy = fault_stack, broker_proxy
+    run = Workload(stack)
     # Every client, the workers included, reaches the broker through the proxy.
     assert stack.bootstrap_servers == proxy.address
     assert stack.broker is not None and stack.broker.port == proxy.target_port
     assert proxy.accepted > 0 and not proxy.is_cut
-    bootstrap, dsn = stack.bootstrap_servers, stack.database_url
-    token = uuid.uuid4().hex[:6]
-    prefix = prefix_of(token)
-    chunks = [
-        [e for n in range(start, start + CHUNK) for e in records(token, n)]
-        for start in range(0, PATIENTS, CHUNK)
-    ]
-    pids = {name: w.pid for name, w in stack.workers.items()}
-    ports = {name: w.port for name, w in stack.workers.items() if w.port is not None}
-    watch = _Watch(ports)
+    bootstrap = run.bootstrap
+    chunks = run.chunks(PATIENTS, CHUNK)
+    watch = _Watch(run.ports)
     figures: dict[str, Any] = {}
-    sent = []
-    with PeakRss(stack.state_dir) as rss:
-        for chunk in chunks[:BEFORE]:
-            sent += await send_fhir(bootstrap, chunk)
+    with run.rss:
         # Under load: the pipeline is raising alerts, and more records are on their way
         # through it when the connections go.
-        await eventually(lambda: _alert_count(dsn, prefix), lambda n: n >= 3, within=45)
+        sent = await run.under_load(chunks[:BEFORE])
         for chunk in chunks[BEFORE : BEFORE + AT_CUT]:
-            sent += await send_fhir(bootstrap, chunk)
+            sent += await run.send(chunk)
         figures["connections_dropped"] = await asyncio.to_thread(proxy.cut)
         cut = time.monotonic()
         logs_at_cut = _log_sizes(stack)
         try:
-            figures["alerts_at_cut"] = at_cut = await _alert_count(dsn, prefix)
+            figures["alerts_at_cut"] = at_cut = await run.alert_count()
             while time.monotonic() - cut < CUT_SECONDS:
                 await watch.poll(cut)
                 await asyncio.sleep(0.5)
             assert await _broker_unreachable(bootstrap), "the broker was not cut off"
-            figures["alerts_at_restore"] = await _alert_count(dsn, prefix)
+            figures["alerts_at_restore"] = await run.alert_count()
             logs_at_restore, logged_for = _log_sizes(stack), time.monotonic() - cut
         finally:
             await asyncio.to_thread(proxy.restore)
         back = time.monotonic()
         for chunk in chunks[BEFORE + AT_CUT :]:
-            sent += await send_fhir(bootstrap, chunk)
+            sent += await run.send(chunk)
 
-        async def timed(name: str, probe: Awaitable[Any]) -> Any:
-            value = await probe
-            figures[name] = round(time.monotonic() - back, 1)
-            return value
-
-        at_restore = figures["alerts_at_restore"]
-        _, ready = await asyncio.gather(
-            timed(
-                "first_alert_after_restore_seconds",
-                eventually(lambda: _alert_count(dsn, prefix), lambda n: n > at_restore, within=90),
-            ),
-            timed("all_ready_after_restore_seconds", eventually(watch.all_ready, bool, within=90)),
+        expected = run.expected(range(PATIENTS))
+        _, ready, stored = await run.recovered(
+            expected,
+            since=back,
+            alerts_before=figures["alerts_at_restore"],
+            within=120,
+            figures=figures,
+            after="restore",
         )
-        expected = {key: "OPEN" for key in disagreeing(token, range(PATIENTS))}
-        stored = await wait_for_alerts(dsn, prefix, expected, within=120)
-        figures["all_alerts_after_restore_seconds"] = round(time.monotonic() - back, 1)
 
     assert at_cut >= 3 and ready
     # Each worker told its supervisor it could not make progress while the broker was away.
@@ -276,10 +228,7 @@ async def test_workers_ride_out_cut_broker_connections_losing_nothing(
     # Every worker's web server answered throughout, and none of the workers died or was
     # restarted.
     assert all(sum(c.values()) > c[0] for c in watch.ready.values()), watch.summary()
-    recorded = load_state(stack.state_dir)
-    assert recorded is not None
-    assert {name: w.pid for name, w in recorded.workers.items()} == pids
-    assert all(is_alive(w) for w in recorded.workers.values())
+    recorded = run.workers_alive(none_restarted=True)
     for worker in recorded.workers.values():
         text = await asyncio.to_thread(Path(worker.log_path).read_text, errors="replace")
         assert "Traceback" not in text, f"a traceback in {worker.log_path}"
@@ -300,28 +249,13 @@ async def test_workers_ride_out_cut_broker_connections_losing_nothing(
         assert max(kinds.values(), default=0) <= per_kind, (name, per_kind, kinds)
         assert sum(kinds.values()) <= len(kinds) * per_kind, (name, per_kind, kinds)
 
-    published, outcomes = await asyncio.gather(
-        published_alerts(bootstrap, prefix), raw_outcomes(bootstrap, set(sent))
-    )
-    check = check_alerts(expected, stored, published)
-    assert await assertion_count(dsn, prefix) == PATIENTS * ASSERTIONS_PER_PATIENT
-    accounting = account(sent, outcomes)
-    assert not accounting.dead_lettered, "a record was dead-lettered for the outage"
-    report(
+    # No record lost or dead-lettered for the outage, no alert raised twice.
+    checked = await run.checked(expected, stored, sent, assertions_of=PATIENTS)
+    run.report(
         tmp_path,
         "broker outage",
-        {
-            "cut_seconds": round(back - cut, 1),
-            **figures,
-            **watch.summary(),
-            "seconds": round(time.monotonic() - started, 1),
-            **accounting.summary(),
-            "alerts_expected": len(expected),
-            "alert_events": check.events,
-            "alerts_duplicated": 0,
-            "alert_identical_republications": check.republished,
-            "peak_rss_mib": rss.rounded(),
-        },
+        checked,
+        {"cut_seconds": round(back - cut, 1), **figures, **watch.summary()},
     )
 
 

@@ -28,37 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
-import uuid
-from collections import Counter
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
-from fault_tools import (
-    ASSERTIONS_PER_PATIENT,
-    Coordinate,
-    PeakRss,
-    account,
-    assertion_count,
-    check_alerts,
-    disagreeing,
-    eventually,
-    prefix_of,
-    published_alerts,
-    raw_outcomes,
-    records,
-    report,
-    send_fhir,
-    wait_for_alerts,
-)
+from fault_tools import Coordinate, Sampling, Workload, eventually, timed
 
-from concord.stack.processes import is_alive, metric_samples
-from concord.stack.stack import StackInfo, load_state
+from concord.stack.processes import metric_samples
+from concord.stack.stack import StackInfo
 
 pytestmark = [pytest.mark.faults, pytest.mark.asyncio]
 
@@ -92,30 +73,16 @@ def fault_stack_options() -> Iterator[dict[str, Any]]:
         yield {}
 
 
-class _LagWatch:
+class _LagWatch(Sampling):
     """Each stage's consumer lag from its worker's /metrics (concord_consumer_lag summed over
     its partitions), sampled in a thread: the peak, and when it was last seen above 0."""
 
     def __init__(self, ports: dict[str, int]) -> None:
+        super().__init__(LAG_EVERY, join_within=10)
         self.ports = ports
         self.peak: dict[str, float] = {}
         self.last: dict[str, float] = {}
         self.last_lagging: dict[str, float] = {}  # time.monotonic() of the last lag > 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> _LagWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(LAG_EVERY)
 
     def sample(self) -> None:
         for stage, port in self.ports.items():
@@ -155,20 +122,19 @@ async def _ingestion_committed(bootstrap: str, last: dict[TopicPartition, int]) 
 async def test_a_burst_drains_with_bounded_memory_losing_nothing(
     fault_stack: StackInfo, tmp_path: Path
 ) -> None:
-    stack, started = fault_stack, time.monotonic()
-    bootstrap, dsn = stack.bootstrap_servers, stack.database_url
-    token = uuid.uuid4().hex[:6]
-    prefix = prefix_of(token)
+    stack = fault_stack
+    run = Workload(stack)
+    bootstrap = run.bootstrap
     patients = range(BURST_PATIENTS)
-    events = [e for n in patients for e in records(token, n)]
-    ports = {name: w.port for name, w in stack.workers.items() if w.port is not None}
+    events = run.events(patients)
+    ports = run.ports
     assert len(ports) == len(stack.workers)
-    expected = {key: "OPEN" for key in disagreeing(token, patients)}
+    expected = run.expected(patients)
     figures: dict[str, Any] = {"patients": BURST_PATIENTS, "raw_records": len(events)}
 
-    with PeakRss(stack.state_dir) as rss, _LagWatch(ports) as lag:
+    with run.rss, _LagWatch(ports) as lag:
         send_started = time.monotonic()
-        sent: list[Coordinate] = await send_fhir(bootstrap, events)
+        sent: list[Coordinate] = await run.send(events)
         sent_at = time.monotonic()  # the burst's last send acknowledged
         figures["send_seconds"] = round(sent_at - send_started, 1)
         last: dict[TopicPartition, int] = {}
@@ -176,22 +142,17 @@ async def test_a_burst_drains_with_bounded_memory_losing_nothing(
             tp = TopicPartition(topic, partition)
             last[tp] = max(last.get(tp, -1), offset)
 
-        async def timed(name: str, probe: Awaitable[Any]) -> Any:
-            value = await probe
-            figures[name] = round(time.monotonic() - sent_at, 1)
-            return value
-
         within = 60 + BURST_PATIENTS * 0.2  # generous: a bound on waiting, not a figure
-        ingested, stored = await asyncio.gather(
+        ingested, (stored, after_burst) = await asyncio.gather(
             timed(
+                figures,
                 "all_ingested_after_burst_seconds",
+                sent_at,
                 eventually(lambda: _ingestion_committed(bootstrap, last), bool, within=within),
             ),
-            timed(
-                "all_alerts_after_burst_seconds",
-                wait_for_alerts(dsn, prefix, expected, within=within),
-            ),
+            run.alerts_stored(expected, within=within, since=sent_at),
         )
+        figures["all_alerts_after_burst_seconds"] = round(after_burst, 1)
         assert ingested, "the ingestion group did not commit past the burst"
         drained = await eventually(lambda: asyncio.to_thread(lag.drained), bool, within=30)
         figures["lag_zero_after_burst_seconds"] = round(
@@ -199,36 +160,25 @@ async def test_a_burst_drains_with_bounded_memory_losing_nothing(
         )
 
     assert drained, f"consumer lag did not drain: {lag.last}"
-    published, outcomes = await asyncio.gather(
-        published_alerts(bootstrap, prefix, idle=READ_IDLE_BIG),
-        raw_outcomes(bootstrap, set(sent), idle=READ_IDLE_BIG),
+    # Nothing lost or dead-lettered, no alert raised twice, no worker died or restarted.
+    checked = await run.checked(
+        expected,
+        stored,
+        sent,
+        assertions_of=BURST_PATIENTS,
+        assertions_within=30,
+        idle=READ_IDLE_BIG,
     )
-    check = check_alerts(expected, stored, published)
-    wanted = BURST_PATIENTS * ASSERTIONS_PER_PATIENT
-    stored_assertions = await eventually(
-        lambda: assertion_count(dsn, prefix), lambda n: n == wanted, within=30
-    )
-    assert stored_assertions == wanted
-    accounting = account(sent, outcomes)
-    assert accounting.dead_lettered == Counter(), "a good record was dead-lettered"
-    recorded = load_state(stack.state_dir)
-    assert recorded is not None and all(is_alive(w) for w in recorded.workers.values())
-    assert {w.pid for w in recorded.workers.values()} == {w.pid for w in stack.workers.values()}
-    peak = rss.rounded()
+    run.workers_alive(none_restarted=True)
+    peak = run.rss.rounded()
     assert set(peak) == set(stack.workers)
-    report(
+    run.report(
         tmp_path,
         "burst",
+        checked,
         {
             **figures,
-            "seconds": round(time.monotonic() - started, 1),
             "peak_consumer_lag": {stage: int(n) for stage, n in sorted(lag.peak.items())},
-            **accounting.summary(),
-            "alerts_expected": len(expected),
-            "alert_events": check.events,
-            "alerts_duplicated": 0,
-            "alert_identical_republications": check.republished,
-            "peak_rss_mib": peak,
             "rss_bound_mib": RSS_BOUND_MIB,
             "conflicts_cache_max_keys": CACHE_MAX_KEYS,
         },

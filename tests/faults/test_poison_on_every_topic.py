@@ -24,13 +24,12 @@ cannot process them:
 
 One poison goes to every partition of each topic, between two waves of the workload, so
 every partition has records after its poison; reviewers' decisions on some alerts, sent after
-the poisons, resolve them through concord.resolutions.
+the poisons, dismiss them through concord.resolutions.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -42,27 +41,15 @@ import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from fault_tools import (
-    ASSERTIONS_PER_PATIENT,
     Coordinate,
-    Event,
     Key,
     Outgoing,
-    PeakRss,
-    account,
-    assertion_count,
-    check_alerts,
+    Workload,
     dead_letters,
     disagreeing,
     observation,
     patient_id,
-    prefix_of,
-    published_alerts,
-    raw_outcomes,
-    records,
-    report,
     send,
-    send_fhir,
-    wait_for_alerts,
 )
 
 from concord.config import DEFAULT_ENTERPRISE_ID_SYSTEM
@@ -78,8 +65,7 @@ from concord.events.models import (
 )
 from concord.events.raw import RawEvent
 from concord.ingestion.fhir import ingest_fhir
-from concord.stack.processes import is_alive
-from concord.stack.stack import StackInfo, load_state
+from concord.stack.stack import StackInfo
 from concord.topics import (
     CONFLICTS,
     FACTS,
@@ -400,47 +386,46 @@ def _check_internal_poisons(poisons: _Poisons, letters: list[DeadLetter]) -> dic
 async def test_a_decodable_poison_on_every_topic_is_dead_lettered_and_its_partition_goes_on(
     fault_stack: StackInfo, tmp_path: Path
 ) -> None:
-    stack, started = fault_stack, time.monotonic()
-    bootstrap, dsn = stack.bootstrap_servers, stack.database_url
-    token = _covering_token()
-    prefix = prefix_of(token)
-    waves: list[list[Event]] = [
-        [e for n in range(start, start + WAVE) for e in records(token, n)]
-        for start in range(0, PATIENTS, WAVE)
-    ]
-    with PeakRss(stack.state_dir) as rss:
-        raw_sent = await send_fhir(bootstrap, waves[0])
-        poisons = await _send_poisons(bootstrap, token)
-        raw_sent += await send_fhir(bootstrap, waves[1])
+    run = Workload(fault_stack, token=_covering_token())
+    bootstrap, dsn = run.bootstrap, run.dsn
+    waves = run.chunks(PATIENTS, WAVE)
+    with run.rss:
+        raw_sent = await run.send(waves[0])
+        poisons = await _send_poisons(bootstrap, run.token)
+        raw_sent += await run.send(waves[1])
 
         # Every alert of both waves comes: records after each poison were processed.
-        opened = {key: "OPEN" for key in disagreeing(token, range(PATIENTS))}
-        first_alerts = await wait_for_alerts(dsn, prefix, opened, within=90)
+        opened = run.expected(range(PATIENTS))
+        first_alerts, _ = await run.alerts_stored(opened, within=90)
         assert {k: a.status for k, a in first_alerts.items()} == opened
 
-        # Reviewers decide on four alerts: their decisions follow the poisons on
-        # concord.resolutions, and resolve the alerts (revision 2).
+        # Reviewers dismiss four alerts: their decisions follow the poisons on
+        # concord.resolutions, and the alerts end DISMISSED (revision 2).
         decided: list[Key] = sorted(opened)[:4]
         for key in decided:
             await decide(
                 dsn, bootstrap, first_alerts[key].alert_id, "DISMISSED",
                 chosen_value=None, by="flt-reviewer", at=datetime.now(UTC),
             )  # fmt: skip
-        expected = {key: ("RESOLVED" if key in decided else "OPEN") for key in opened}
-        stored = await wait_for_alerts(dsn, prefix, expected, within=60)
+        expected = run.expected(range(PATIENTS), dismissed=decided)
+        stored, _ = await run.alerts_stored(expected, within=60)
 
-    # The invariants: alerts, every raw record accounted for, and the assertions stored.
-    every_raw = raw_sent + poisons.raw()
-    unreadable: list[bytes] = []
-    published, outcomes, letters = await asyncio.gather(
-        published_alerts(bootstrap, prefix),
-        raw_outcomes(bootstrap, set(every_raw), undecodable=unreadable),
+    # The invariants: alerts, every raw record accounted for (the poisons dead-lettered, the
+    # FHIR ones matched up by their resource ids), and the assertions stored.
+    checked, letters = await asyncio.gather(
+        run.checked(
+            expected,
+            stored,
+            raw_sent + poisons.raw(),
+            assertions_of=PATIENTS,
+            good_only=False,
+            undecodable=lambda outcomes, unreadable: _fhir_poison_outcomes(
+                poisons, outcomes, unreadable
+            ),
+        ),
         dead_letters(bootstrap),
     )
-    check = check_alerts(expected, stored, published)
-    assert await assertion_count(dsn, prefix) == PATIENTS * ASSERTIONS_PER_PATIENT
-    _fhir_poison_outcomes(poisons, outcomes, unreadable)
-    accounting = account(every_raw, outcomes)
+    outcomes = checked.outcomes
     fhir_fates = _check_raw_poisons(poisons, outcomes, letters)
     internal_fates = _check_internal_poisons(poisons, letters)
 
@@ -452,17 +437,12 @@ async def test_a_decodable_poison_on_every_topic_is_dead_lettered_and_its_partit
         assert all(after[c] > 0 for c, (t, _) in poisons.internal.items() if t == topic), topic
     assert sum(n for c, n in after.items() if c[0] == RESOLUTIONS) >= len(decided)
 
-    recorded = load_state(stack.state_dir)
-    assert recorded is not None
-    assert all(is_alive(worker) for worker in recorded.workers.values())
-    assert {name: w.pid for name, w in recorded.workers.items()} == {
-        name: w.pid for name, w in stack.workers.items()
-    }, "a worker was restarted"
-    report(
+    run.workers_alive(none_restarted=True)
+    run.report(
         tmp_path,
         "poison",
+        checked,
         {
-            "seconds": round(time.monotonic() - started, 1),
             "poisons": {
                 "ehr.raw.fhir": fhir_fates,
                 "ehr.raw.hl7v2": "ingestion dead letter",
@@ -471,11 +451,5 @@ async def test_a_decodable_poison_on_every_topic_is_dead_lettered_and_its_partit
                 **internal_fates,
             },
             "records_after_poisons": {f"{t}:{p}": n for (t, p, _), n in sorted(after.items())},
-            **accounting.summary(),
-            "alerts_expected": len(expected),
-            "alert_events": check.events,
-            "alerts_duplicated": 0,
-            "alert_identical_republications": check.republished,
-            "peak_rss_mib": rss.rounded(),
         },
     )

@@ -18,30 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fault_tools import (
-    ASSERTIONS_PER_PATIENT,
-    PeakRss,
-    account,
-    assertion_count,
-    check_alerts,
-    disagreeing,
-    eventually,
+    Workload,
     fetch,
     health,
-    prefix_of,
-    published_alerts,
-    raw_outcomes,
-    records,
-    report,
-    send_fhir,
     stored_alerts,
-    wait_for_alerts,
 )
 
 from concord.stack.processes import is_alive
@@ -58,13 +43,6 @@ pytestmark = [pytest.mark.faults]
 PATIENTS, CHUNK = 40, 4  # 10 chunks of 40 FHIR records
 BEFORE, DURING = 3, 5  # chunks sent before the outage and during it; the rest after
 DOWN_SECONDS = 30.0
-
-
-async def _alert_count(dsn: str, prefix: str) -> int:
-    rows = await fetch(
-        dsn, "SELECT count(*) AS n FROM alerts WHERE patient_id LIKE $1", prefix + "%"
-    )
-    return int(rows[0]["n"])
 
 
 class _Watch:
@@ -85,40 +63,23 @@ class _Watch:
                 self.kinds[name].add(str(body["stalled"]))
                 self.first_stalled.setdefault(name, round(time.monotonic() - since, 2))
 
-    async def all_ready(self) -> bool:
-        for port in self.ports.values():
-            status, _ = await asyncio.to_thread(health, port)
-            if status != 200:
-                return False
-        return True
-
 
 @pytest.mark.asyncio
 async def test_workers_wait_out_a_postgresql_outage_and_resume_losing_nothing(
     fault_stack: StackInfo, tmp_path: Path
 ) -> None:
-    stack, started = fault_stack, time.monotonic()
+    stack = fault_stack
     if stack.postgres is None:
         pytest.skip("CONCORD_DATABASE_URL names a PostgreSQL the stack did not start: not stopped")
-    bootstrap, dsn = stack.bootstrap_servers, stack.database_url
-    token = uuid.uuid4().hex[:6]
-    prefix = prefix_of(token)
-    chunks = [
-        [e for n in range(start, start + CHUNK) for e in records(token, n)]
-        for start in range(0, PATIENTS, CHUNK)
-    ]
-    pids = {name: w.pid for name, w in stack.workers.items()}
-    ports = {name: w.port for name, w in stack.workers.items() if w.port is not None}
-    watch = _Watch(ports)
+    run = Workload(stack)
+    chunks = run.chunks(PATIENTS, CHUNK)
+    watch = _Watch(run.ports)
     figures: dict[str, Any] = {}
-    sent = []
-    with PeakRss(stack.state_dir) as rss:
-        for chunk in chunks[:BEFORE]:
-            sent += await send_fhir(bootstrap, chunk)
+    with run.rss:
         # Under load: the pipeline is raising alerts when the database goes.
-        await eventually(lambda: _alert_count(dsn, prefix), lambda n: n >= 3, within=45)
-        at_stop = await _alert_count(dsn, prefix)
-        before = await stored_alerts(dsn, prefix)
+        sent = await run.under_load(chunks[:BEFORE])
+        at_stop = await run.alert_count()
+        before = await stored_alerts(run.dsn, run.prefix)
         result = await asyncio.to_thread(stop_postgres, stack.state_dir)
         stopped = time.monotonic()
         assert result.outcome == "stopped" and not is_alive(stack.postgres)
@@ -128,13 +89,13 @@ async def test_workers_wait_out_a_postgresql_outage_and_resume_losing_nothing(
         next_chunk = stopped
         while time.monotonic() - stopped < DOWN_SECONDS:
             if pending and time.monotonic() >= next_chunk:
-                sent += await send_fhir(bootstrap, pending.pop(0))
+                sent += await run.send(pending.pop(0))
                 next_chunk += DOWN_SECONDS / (DURING + 1)
             await watch.poll(stopped)
             await asyncio.sleep(0.5)
         for chunk in pending:
-            sent += await send_fhir(bootstrap, chunk)
-        assert await _database_unreachable(dsn), "the database was not away"
+            sent += await run.send(chunk)
+        assert await _database_unreachable(run.dsn), "the database was not away"
 
         again = await start_postgres_again(stack.state_dir)
         back = time.monotonic()
@@ -146,59 +107,39 @@ async def test_workers_wait_out_a_postgresql_outage_and_resume_losing_nothing(
         with pytest.raises(RuntimeError, match="still running"):
             await start_postgres_again(stack.state_dir)
         for chunk in chunks[BEFORE + DURING :]:
-            sent += await send_fhir(bootstrap, chunk)
+            sent += await run.send(chunk)
 
-        async def timed(name: str, probe: Awaitable[Any]) -> Any:
-            value = await probe
-            figures[name] = round(time.monotonic() - back, 1)
-            return value
-
-        first, ready = await asyncio.gather(
-            timed(
-                "first_alert_after_back_seconds",
-                eventually(lambda: _alert_count(dsn, prefix), lambda n: n > at_stop, within=90),
-            ),
-            timed("all_ready_after_back_seconds", eventually(watch.all_ready, bool, within=90)),
+        expected = run.expected(range(PATIENTS))
+        first, ready, stored = await run.recovered(
+            expected,
+            since=back,
+            alerts_before=at_stop,
+            within=90,
+            figures=figures,
+            after="back",
         )
-        expected = {key: "OPEN" for key in disagreeing(token, range(PATIENTS))}
-        stored = await wait_for_alerts(dsn, prefix, expected, within=90)
-        figures["all_alerts_after_back_seconds"] = round(time.monotonic() - back, 1)
 
     # The alerts stored before the outage are still there: the data directory was kept.
     assert set(stored) >= set(before)
     # Every worker waited, and said so: 503 with what it is retrying.
     assert all(watch.answers.values()), "a worker's /health stopped answering"
-    assert set(watch.first_stalled) == set(ports), f"not seen stalled: {watch.kinds}"
+    assert set(watch.first_stalled) == set(run.ports), f"not seen stalled: {watch.kinds}"
     assert first > at_stop and ready
     # ... and none of them died or was restarted.
-    recorded = load_state(stack.state_dir)
-    assert recorded is not None
-    assert {name: w.pid for name, w in recorded.workers.items()} == pids
-    assert all(is_alive(w) for w in recorded.workers.values())
+    run.workers_alive(none_restarted=True)
 
-    published, outcomes = await asyncio.gather(
-        published_alerts(bootstrap, prefix), raw_outcomes(bootstrap, set(sent))
-    )
-    check = check_alerts(expected, stored, published)
-    assert await assertion_count(dsn, prefix) == PATIENTS * ASSERTIONS_PER_PATIENT
-    accounting = account(sent, outcomes)
-    assert not accounting.dead_lettered, "a record was dead-lettered for the outage"
-    report(
+    # No record lost or dead-lettered for the outage, no alert raised twice.
+    checked = await run.checked(expected, stored, sent, assertions_of=PATIENTS)
+    run.report(
         tmp_path,
         "postgres outage",
+        checked,
         {
             "down_seconds": round(back - stopped, 1),
             "alerts_at_stop": at_stop,
             "first_stalled_after_stop_seconds": watch.first_stalled,
             "stalled_kinds": {name: sorted(kinds) for name, kinds in watch.kinds.items()},
             **figures,
-            "seconds": round(time.monotonic() - started, 1),
-            **accounting.summary(),
-            "alerts_expected": len(expected),
-            "alert_events": check.events,
-            "alerts_duplicated": 0,
-            "alert_identical_republications": check.republished,
-            "peak_rss_mib": rss.rounded(),
         },
     )
 

@@ -30,33 +30,11 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fault_tools import (
-    ASSERTIONS_PER_PATIENT,
-    GLUCOSE,
-    Coordinate,
-    PeakRss,
-    account,
-    assertion_count,
-    check_alerts,
-    corrected_glucose,
-    disagreeing,
-    eventually,
-    fetch,
-    health,
-    prefix_of,
-    published_alerts,
-    raw_outcomes,
-    records,
-    report,
-    send_fhir,
-    wait_for_alerts,
-)
+from fault_tools import Stream, Workload, eventually, health
 
 from concord.stack.processes import ProcessRecord, is_alive
 from concord.stack.stack import (
@@ -75,65 +53,6 @@ CHUNK, CHUNK_SECONDS = 4, 0.5  # patients per chunk (40 FHIR records), every hal
 MAX_CHUNKS = 120  # the stream goes on until the joins and leaves are done, at most this long
 BEFORE_JOIN, BEFORE_LEAVE, AFTER_LEAVE = 3, 2, 4  # chunks between the steps
 JOINED = re.compile(r"Joined group 'concord-(\w+)' \(generation (\d+)\)")
-
-
-class _Stream:
-    """The publisher: a chunk every CHUNK_SECONDS until stopped (a record of the chunk again,
-    as it was, every third chunk: de-duplicated), and the lab's corrected glucose results for
-    the first chunk once its glucose conflicts are open."""
-
-    def __init__(self, bootstrap: str, dsn: str, token: str) -> None:
-        self.bootstrap, self.dsn, self.token = bootstrap, dsn, token
-        self.sent: list[Coordinate] = []
-        self.resent: list[Coordinate] = []
-        self.chunks = 0
-        self.chunk_sent = asyncio.Event()
-        self.stop = asyncio.Event()
-        self.corrected = {(p, a) for p, a in disagreeing(token, range(CHUNK)) if a == GLUCOSE}
-        self.corrections_sent = False
-
-    @property
-    def patients(self) -> range:
-        return range(self.chunks * CHUNK)
-
-    async def after(self, chunks: int) -> None:
-        """Return once `chunks` more chunks have been sent."""
-        target = self.chunks + chunks
-        while self.chunks < target:
-            self.chunk_sent.clear()
-            await self.chunk_sent.wait()
-
-    async def run(self) -> None:
-        while not self.stop.is_set() and self.chunks < MAX_CHUNKS:
-            first = self.chunks * CHUNK
-            events = [e for n in range(first, first + CHUNK) for e in records(self.token, n)]
-            self.sent += await send_fhir(self.bootstrap, events)
-            self.chunks += 1
-            self.chunk_sent.set()
-            if self.chunks % 3 == 0:
-                self.resent += await send_fhir(self.bootstrap, events[:1])
-            if not self.corrections_sent and await self._glucose_open():
-                await self._correct()
-            await asyncio.sleep(CHUNK_SECONDS)
-        if not self.corrections_sent:
-            await eventually(self._glucose_open, bool, within=60)
-            await self._correct()
-
-    async def _glucose_open(self) -> bool:
-        rows = await fetch(
-            self.dsn,
-            "SELECT patient_id FROM conflict_state WHERE attribute = $1 AND status = 'OPEN' "
-            "AND patient_id = ANY($2::text[])",
-            GLUCOSE,
-            sorted(patient for patient, _ in self.corrected),
-        )
-        return len(rows) == len(self.corrected)
-
-    async def _correct(self) -> None:
-        numbers = sorted(int(p.rsplit("-", 1)[1]) for p, _ in self.corrected)
-        fixes = [corrected_glucose(self.token, n) for n in numbers]
-        self.sent += await send_fhir(self.bootstrap, fixes)
-        self.corrections_sent = True
 
 
 # --- the workers --------------------------------------------------------------------------------
@@ -218,22 +137,20 @@ async def _join_all(state_dir: Path) -> dict[str, Any]:
 async def test_two_workers_per_stage_a_third_joins_one_leaves_nothing_lost_or_doubled(
     fault_stack: StackInfo, tmp_path: Path
 ) -> None:
-    stack, started = fault_stack, time.monotonic()
-    state_dir, bootstrap, dsn = stack.state_dir, stack.bootstrap_servers, stack.database_url
-    token = uuid.uuid4().hex[:6]
-    prefix = prefix_of(token)
+    stack = fault_stack
+    run = Workload(stack)
+    state_dir = stack.state_dir
     logs = [record.log_path for record in stack.workers.values()]
     before = _generations(logs)
     steps: dict[str, Any] = {}
 
-    with PeakRss(state_dir) as rss:
+    with run.rss:
         # Two workers per stage, before any record.
         steps["second_ready_seconds"] = await _join_all(state_dir)
         two, steps["two_split_seconds"] = await _wait_split(state_dir)
         steps["partitions_of_two"] = two
 
-        stream = _Stream(bootstrap, dsn, token)
-        publishing = asyncio.create_task(stream.run())
+        stream = Stream(run, chunk=CHUNK, every=CHUNK_SECONDS, most=MAX_CHUNKS).start()
         await stream.after(BEFORE_JOIN)
 
         # A third worker joins each stage while records flow.
@@ -254,15 +171,8 @@ async def test_two_workers_per_stage_a_third_joins_one_leaves_nothing_lost_or_do
         steps["partitions_after_leave"] = two_again
 
         await stream.after(AFTER_LEAVE)
-        stream.stop.set()
-        await publishing
-        stream_ended = time.monotonic()
-
-        patients = stream.patients
-        expected = {key: "OPEN" for key in disagreeing(token, patients)}
-        expected |= {key: "RESOLVED" for key in stream.corrected}
-        stored = await wait_for_alerts(dsn, prefix, expected, within=90)
-        drained = time.monotonic() - stream_ended
+        expected, stored, drained = await stream.end(within=90)
+    patients = stream.patients
 
     # No worker crashed: the ones recorded run, and no log (those that left included) holds
     # a traceback or a failed batch loop.
@@ -278,23 +188,22 @@ async def test_two_workers_per_stage_a_third_joins_one_leaves_nothing_lost_or_do
         assert "Traceback" not in text, f"a traceback in {path}"
         assert "batch loop failed" not in text, f"a batch loop failed in {path}"
 
-    # Nothing lost, nothing raised twice.
-    check = check_alerts(expected, stored, await published_alerts(bootstrap, prefix))
-    wanted = len(patients) * ASSERTIONS_PER_PATIENT
-    stored_assertions = await eventually(
-        lambda: assertion_count(dsn, prefix), lambda n: n == wanted, within=10
+    # Nothing lost or dead-lettered, nothing raised twice.
+    checked = await run.checked(
+        expected,
+        stored,
+        stream.sent,
+        resent=stream.resent,
+        assertions_of=len(patients),
+        assertions_within=10,
     )
-    assert stored_assertions == wanted
-    outcomes = await raw_outcomes(bootstrap, set(stream.sent + stream.resent))
-    accounting = account(stream.sent + stream.resent, outcomes, resent=stream.resent)
-    assert accounting.dead_lettered == Counter(), "a good record was dead-lettered"
 
     generations = _generations(logs)
-    report(
+    run.report(
         tmp_path,
         "scale out",
+        checked,
         {
-            "seconds": round(time.monotonic() - started, 1),
             "patients": len(patients),
             "raw_records": len(stream.sent) + len(stream.resent),
             "drained_seconds_after_stream": round(drained, 1),
@@ -305,11 +214,5 @@ async def test_two_workers_per_stage_a_third_joins_one_leaves_nothing_lost_or_do
             "commits_refused_by_a_rebalance": _log_lines(logs, "commit failed after a rebalance"),
             "batches_fenced_by_a_lease": _log_lines(logs, "the batch is dropped"),
             "error_log_lines": _log_lines(logs, "[ERROR]"),
-            **accounting.summary(),
-            "alerts_expected": len(expected),
-            "alert_events": check.events,
-            "alerts_duplicated": 0,
-            "alert_identical_republications": check.republished,
-            "peak_rss_mib": rss.rounded(),
         },
     )

@@ -31,7 +31,6 @@ import contextlib
 import random
 import signal
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -41,29 +40,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
-from fault_tools import (
-    ASSERTIONS_PER_PATIENT,
-    GLUCOSE,
-    READ_IDLE,
-    Coordinate,
-    Key,
-    PeakRss,
-    account,
-    assertion_count,
-    check_alerts,
-    corrected_glucose,
-    disagreeing,
-    eventually,
-    fetch,
-    plan,
-    prefix_of,
-    published_alerts,
-    raw_outcomes,
-    records,
-    report,
-    send_fhir,
-    wait_for_alerts,
-)
+from fault_tools import GLUCOSE, READ_IDLE, Stream, Workload, eventually, fetch, plan
 
 from concord.events import codec
 from concord.runtime.reading import read_topic
@@ -91,67 +68,10 @@ INPUT = {
 OUTPUT = {"ingestion": INGESTED, "normalization": FACTS, "conflicts": CONFLICTS, "alerting": ALERTS}
 
 
-async def _glucose_open(dsn: str, keys: set[Key]) -> bool:
-    rows = await fetch(
-        dsn,
-        "SELECT patient_id FROM conflict_state WHERE attribute = $1 AND status = 'OPEN' "
-        "AND patient_id = ANY($2::text[])",
-        GLUCOSE,
-        sorted(patient for patient, _ in keys),
-    )
-    return len(rows) == len(keys)
-
-
-class _Stream:
-    """The publisher: a chunk every CHUNK_SECONDS until stopped (the first chunk's Patient
-    again, as it was, every third chunk: de-duplicated), and the lab's corrected glucose
-    results for the first chunk once its glucose conflicts are open."""
-
-    def __init__(self, bootstrap: str, dsn: str, token: str) -> None:
-        self.bootstrap, self.dsn, self.token = bootstrap, dsn, token
-        self.sent: list[Coordinate] = []
-        self.resent: list[Coordinate] = []
-        self.chunks = 0
-        self.next_patient = 0
-        self.burst = False  # the next chunk is a burst of BURST patients
-        self.chunk_sent = asyncio.Event()
-        self.stop = asyncio.Event()
-        self.corrected = {(p, a) for p, a in disagreeing(token, range(CHUNK)) if a == GLUCOSE}
-        self.corrections_sent = False
-
-    @property
-    def patients(self) -> range:
-        return range(self.next_patient)
-
-    async def next_chunk(self, *, burst: bool = False) -> None:
-        """Return once the next chunk (a burst, if asked) has been sent."""
-        self.burst = burst
-        self.chunk_sent.clear()
-        await self.chunk_sent.wait()
-
-    async def run(self) -> None:
-        while not self.stop.is_set() and self.chunks < MAX_CHUNKS:
-            first, size = self.next_patient, BURST if self.burst else CHUNK
-            events = [e for n in range(first, first + size) for e in records(self.token, n)]
-            self.next_patient, self.burst = first + size, False
-            self.sent += await send_fhir(self.bootstrap, events)
-            self.chunks += 1
-            self.chunk_sent.set()
-            if self.chunks % 3 == 0:
-                self.resent += await send_fhir(self.bootstrap, events[:1])
-            if self.chunks >= 3 and not self.corrections_sent:
-                if await _glucose_open(self.dsn, self.corrected):
-                    await self._correct()
-            await asyncio.sleep(CHUNK_SECONDS)
-        if not self.corrections_sent:
-            await eventually(lambda: _glucose_open(self.dsn, self.corrected), bool, within=60)
-            await self._correct()
-
-    async def _correct(self) -> None:
-        numbers = sorted(int(p.rsplit("-", 1)[1]) for p, _ in self.corrected)
-        fixes = [corrected_glucose(self.token, n) for n in numbers]
-        self.sent += await send_fhir(self.bootstrap, fixes)
-        self.corrections_sent = True
+def _stream(run: Workload) -> Stream:
+    """The publisher: a chunk every CHUNK_SECONDS (a burst of BURST patients before a kill),
+    the corrections looked for from the third chunk on."""
+    return Stream(run, chunk=CHUNK, every=CHUNK_SECONDS, most=MAX_CHUNKS, correct_from=3)
 
 
 class _Tail:
@@ -184,7 +104,7 @@ class _Tail:
 
 
 async def _kill_at_work(
-    stack: StackInfo, stream: _Stream, worker: str, *, topic: str, delay: float
+    stack: StackInfo, stream: Stream, worker: str, *, topic: str, delay: float
 ) -> tuple[ProcessRecord, bool]:
     """Send a burst and SIGKILL the worker `delay` seconds after records sent since reach
     `topic`; returns the killed worker's record and whether such records were seen."""
@@ -195,7 +115,7 @@ async def _kill_at_work(
     assert process is not None
     async with _Tail(stack.bootstrap_servers, topic) as tail:
         since_ms = int(time.time() * 1000)
-        burst = asyncio.create_task(stream.next_chunk(burst=True))
+        burst = asyncio.create_task(stream.after(burst=BURST))
         seen = await tail.arrival(since_ms, within=30)
         await asyncio.sleep(delay)
         process.send_signal(signal.SIGKILL)
@@ -230,23 +150,21 @@ async def _done_again(bootstrap: str, prefix: str) -> dict[str, int]:
 async def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(
     fault_stack: StackInfo, tmp_path: Path, worker: str
 ) -> None:
-    stack, started = fault_stack, time.monotonic()
-    bootstrap, dsn = stack.bootstrap_servers, stack.database_url
-    token = uuid.uuid4().hex[:6]
-    prefix = prefix_of(token)
-    rng = random.Random(token)  # the kill moments
-    stream = _Stream(bootstrap, dsn, token)
+    stack = fault_stack
+    run = Workload(stack)
+    rng = random.Random(run.token)  # the kill moments
+    stream = _stream(run)
     kills: list[dict[str, Any]] = []
-    with PeakRss(stack.state_dir) as rss:
-        publishing = asyncio.create_task(stream.run())
-        await stream.next_chunk()  # some state first
+    with run.rss:
+        stream.start()
+        await stream.after()  # some state first
         for number in range(KILLS):
             topic = OUTPUT[worker] if number else INPUT[worker]
             delay = 0.0 if number else rng.uniform(0.0, KILL_WINDOW)
             victim, seen = await _kill_at_work(stack, stream, worker, topic=topic, delay=delay)
             killed_at = time.monotonic()
             kill: dict[str, Any] = {
-                "at_seconds": round(killed_at - started, 2),
+                "at_seconds": round(killed_at - run.started, 2),
                 "records_sent_before": len(stream.sent),
                 "after_arrival_on": topic,
                 "delay_seconds": round(delay, 3),
@@ -256,50 +174,35 @@ async def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(
             assert not is_alive(victim) and is_alive(restarted)
             kill["ready_again_seconds"] = round(time.monotonic() - killed_at, 2)
             kills.append(kill)
-        await stream.next_chunk()  # one more chunk for the restarted worker
-        stream.stop.set()
-        await publishing
-        last_ready = time.monotonic()
+        await stream.after()  # one more chunk for the restarted worker
+        expected, stored, drained = await stream.end(within=90)
+    patients = stream.patients
 
-        patients = stream.patients
-        expected = {key: "OPEN" for key in disagreeing(token, patients)}
-        expected |= {key: "RESOLVED" for key in stream.corrected}
-        stored = await wait_for_alerts(dsn, prefix, expected, within=90)
-        drained = time.monotonic() - last_ready
-
-    published, outcomes, done_again = await asyncio.gather(
-        published_alerts(bootstrap, prefix),
-        raw_outcomes(bootstrap, set(stream.sent + stream.resent)),
-        _done_again(bootstrap, prefix),
+    # Nothing lost or dead-lettered, nothing raised twice, every worker running.
+    checked, done_again = await asyncio.gather(
+        run.checked(
+            expected,
+            stored,
+            stream.sent,
+            resent=stream.resent,
+            assertions_of=len(patients),
+            assertions_within=10,
+        ),
+        _done_again(run.bootstrap, run.prefix),
     )
-    check = check_alerts(expected, stored, published)
-    wanted = len(patients) * ASSERTIONS_PER_PATIENT
-    stored_assertions = await eventually(
-        lambda: assertion_count(dsn, prefix), lambda n: n == wanted, within=10
-    )
-    assert stored_assertions == wanted
-    accounting = account(stream.sent + stream.resent, outcomes, resent=stream.resent)
-    assert accounting.dead_lettered == Counter(), "a good record was dead-lettered"
-    recorded = load_state(stack.state_dir)
-    assert recorded is not None and all(is_alive(w) for w in recorded.workers.values())
+    run.workers_alive(none_restarted=False)
     assert sum(plan(n)[GLUCOSE] for n in range(CHUNK)) == len(stream.corrected)
-    report(
+    run.report(
         tmp_path,
         f"kill {worker}",
+        checked,
         {
             "worker": worker,
             "signal": signal.SIGKILL.name,
             "kills": kills,
-            "seconds": round(time.monotonic() - started, 1),
             "patients": len(patients),
             "drained_seconds_after_stream": round(drained, 1),
-            **accounting.summary(),
             **done_again,
-            "alerts_expected": len(expected),
-            "alert_events": check.events,
-            "alerts_duplicated": 0,
-            "alert_identical_republications": check.republished,
-            "peak_rss_mib": rss.rounded(),
         },
     )
 
@@ -380,14 +283,13 @@ async def _kill_held(stack: StackInfo, worker: str) -> None:
 async def test_a_worker_killed_during_its_outbox_drain_loses_and_duplicates_nothing(
     fault_stack: StackInfo, tmp_path: Path, worker: str
 ) -> None:
-    stack, started = fault_stack, time.monotonic()
-    bootstrap, dsn = stack.bootstrap_servers, stack.database_url
-    token = uuid.uuid4().hex[:6]
-    prefix = prefix_of(token)
-    stream = _Stream(bootstrap, dsn, token)
-    with PeakRss(stack.state_dir) as rss:
-        publishing = asyncio.create_task(stream.run())
-        await stream.next_chunk()
+    stack = fault_stack
+    run = Workload(stack)
+    bootstrap, dsn = run.bootstrap, run.dsn
+    stream = _stream(run)
+    with run.rss:
+        stream.start()
+        await stream.after()
         async with _deletes_held(dsn, worker) as conn:
             # A batch publishes its records and waits to delete their rows: kill it.
             assert await _deleting(conn, worker, within=60), f"{worker} deleted nothing"
@@ -409,25 +311,16 @@ async def test_a_worker_killed_during_its_outbox_drain_loses_and_duplicates_noth
             second_kill = time.monotonic()
         restarted = await restart_worker(stack.state_dir, worker, kill=True)
         ready_again = time.monotonic() - second_kill
-        await stream.next_chunk()
-        stream.stop.set()
-        await publishing
-        last_sent = time.monotonic()
+        await stream.after()
+        expected, stored, drained = await stream.end(within=90)
+    patients = stream.patients
 
-        patients = stream.patients
-        expected = {key: "OPEN" for key in disagreeing(token, patients)}
-        expected |= {key: "RESOLVED" for key in stream.corrected}
-        stored = await wait_for_alerts(dsn, prefix, expected, within=90)
-        drained = time.monotonic() - last_sent
-
-    published, outcomes = await asyncio.gather(
-        published_alerts(bootstrap, prefix),
-        raw_outcomes(bootstrap, set(stream.sent + stream.resent)),
+    # Nothing lost or dead-lettered, nothing raised twice, every worker running.
+    checked = await run.checked(
+        expected, stored, stream.sent, resent=stream.resent, assertions_of=None
     )
-    check = check_alerts(expected, stored, published)
-    accounting = account(stream.sent + stream.resent, outcomes, resent=stream.resent)
-    assert accounting.dead_lettered == Counter(), "a good record was dead-lettered"
     assert is_alive(restarted)
+    run.workers_alive(none_restarted=False)
     # Each row left behind went out with its batch, again with the killed drain, and a last
     # time with the drain that deleted it: the same bytes each time.
     assert left, "the killed batch left no rows"
@@ -438,23 +331,17 @@ async def test_a_worker_killed_during_its_outbox_drain_loses_and_duplicates_noth
         )
         copies.update({(topic, value): on_topic[value] for t, value in left if t == topic})
     assert min(copies.values()) >= 3, "a row left behind was not published by both drains"
-    report(
+    run.report(
         tmp_path,
         f"kill {worker} in its outbox drain",
+        checked,
         {
             "worker": worker,
-            "seconds": round(time.monotonic() - started, 1),
             "rows_left_behind": len(left),
             "copies_of_a_left_row": sorted(set(copies.values())),
             "seconds_between_kills": round(second_kill - first_kill, 1),
             "ready_again_seconds": round(ready_again, 1),
             "patients": len(patients),
             "drained_seconds_after_stream": round(drained, 1),
-            **accounting.summary(),
-            "alerts_expected": len(expected),
-            "alert_events": check.events,
-            "alerts_duplicated": 0,
-            "alert_identical_republications": check.republished,
-            "peak_rss_mib": rss.rounded(),
         },
     )

@@ -6,33 +6,17 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from builders import assertion_at
 from concord.alerting.lifecycle import AlertRecord, apply_conflict_event, change_reason
 from concord.alerting.render import alert_json, alert_line
-from concord.events.models import Assertion, ConflictEvent, Provenance
+from concord.events.models import Assertion, ConflictEvent
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 
 
-def _assertion(
-    source: str, value: str, version: str = "1", display: str | None = None
-) -> Assertion:
-    return Assertion(
-        source_system=source,
-        value=value,
-        display=display,
-        status="ASSERTED",
-        fact_id=f"fact-{source}-{version}",
-        provenance=Provenance(
-            source_system=source,
-            source_record_id=f"Patient/{source}-1",
-            source_record_version=version,
-            event_time=T0 - timedelta(days=1),
-            received_time=T0,
-            raw_topic="ehr.raw.fhir",
-            raw_partition=1,
-            raw_offset=10,
-            payload_sha256="00" * 32,
-        ),
+def _assertion(source: str, value: str, display: str | None = None) -> Assertion:
+    return assertion_at(
+        source, value, T0, fact_id=f"fact-{source}-1", record=f"Patient/{source}-1", display=display
     )
 
 

@@ -1,7 +1,7 @@
 """The alerting stage on fakes of its ports: conflict events become alerts, stored and
 published once per revision, in order whatever order they are redelivered in; a record the
 store refuses is dead-lettered alone; latency is measured only for alerts the broker
-acknowledged; left-behind outbox rows are published by the timer."""
+acknowledged; left-behind outbox rows are published by the timer, and only those."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from builders import FakeAlerts, FakeOutbox, FakeProducer, raw
+from builders import FakeAlerts, FakeOutbox, FakeProducer, assertion_at, raw
 from concord.alerting.app import AlertingStage
 from concord.events import codec
-from concord.events.models import Alert, Assertion, ConflictEvent, Provenance
+from concord.events.models import Alert, Assertion, ConflictEvent
 from concord.events.raw import RawEvent
-from concord.runtime.batch import Outbound, run_batch
+from concord.runtime.batch import Outbound, Producer, run_batch
 from concord.runtime.ports import LEFT_BEHIND_SECONDS
 from concord.topics import ALERTS, CONFLICTS, DEADLETTER
 
@@ -24,21 +24,8 @@ T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 
 
 def _assertion(source: str, value: str) -> Assertion:
-    return Assertion(
-        source_system=source,
-        value=value,
-        status="ASSERTED",
-        fact_id=f"fact-{source}-{value}",
-        provenance=Provenance(
-            source_system=source,
-            source_record_id=f"Patient/{source}-1",
-            event_time=T0 - timedelta(days=1),
-            received_time=T0,
-            raw_topic="ehr.raw.fhir",
-            raw_partition=1,
-            raw_offset=10,
-            payload_sha256="00" * 32,
-        ),
+    return assertion_at(
+        source, value, T0, fact_id=f"fact-{source}-{value}", record=f"Patient/{source}-1"
     )
 
 
@@ -138,4 +125,30 @@ async def test_the_timer_publishes_outbox_rows_left_behind() -> None:
     await stage.on_tick({0}, Outbound("alerting"))
     assert outbox.drained_with == [stage.producer]
     assert outbox.pending == 0
-    assert LEFT_BEHIND_SECONDS > 0
+
+
+class _AgedOutbox(FakeOutbox):
+    """Rows by their age in seconds: drain() publishes those at least `older_than` old, as
+    the PostgreSQL outbox does (created_at <= now() - older_than)."""
+
+    def __init__(self, ages: list[float]) -> None:
+        super().__init__()
+        self.ages = ages
+
+    async def drain(self, producer: Producer, *, older_than: float = 0.0) -> int:
+        self.drained_with.append(producer)
+        left_behind = [age for age in self.ages if age >= older_than]
+        self.ages = [age for age in self.ages if age < older_than]
+        return len(left_behind)
+
+
+@pytest.mark.asyncio
+async def test_the_timer_leaves_rows_younger_than_left_behind_seconds_to_their_batch() -> None:
+    """A batch's own rows wait for its acknowledgement: the timer publishes only rows older
+    than LEFT_BEHIND_SECONDS (left behind by a pass that failed after its commit)."""
+    young, old = LEFT_BEHIND_SECONDS - 5, LEFT_BEHIND_SECONDS + 5
+    outbox = _AgedOutbox([young, old])
+    stage = AlertingStage(FakeAlerts(), outbox, FakeProducer())
+    await stage.on_tick({0}, Outbound("alerting"))
+    assert outbox.drained_with == [stage.producer]
+    assert outbox.ages == [young]
