@@ -5,16 +5,13 @@ subscription filter `concord alerts follow --subscription` applies."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import pytest
 from click.testing import CliRunner
 
-from builders import assertion_at
 from concord.cli import main
-from concord.events.models import Alert
 from concord.review.access import Forbidden, Principal, ReviewAccessError, Role
 from concord.review.admin import (
     Administration,
@@ -30,9 +27,9 @@ from concord.review.audit_store import PostgresAuditTrail
 from concord.review.handlers import NotFound
 from concord.stack.broker import BrokerInfo
 from concord.stack.postgres import PostgresInfo
+from review_tools import review_alert
 
 pytestmark = pytest.mark.integration
-T0 = datetime(2026, 12, 1, 9, tzinfo=UTC)
 
 
 def _principal(role: Role, subject: str) -> Principal:
@@ -100,25 +97,6 @@ async def test_only_an_admin_manages_and_not_their_own_account(pool: asyncpg.Poo
         await administration.set_disabled(admin, nobody, disabled=True)
 
 
-def _alert(severity: str, source: str) -> Alert:
-    return Alert(
-        alert_id="a" * 32,
-        revision=1,
-        kind="CONFLICT",
-        status="OPEN",
-        patient_id="E-1",
-        attribute="Observation/2345-7",
-        attribute_class="LABORATORY",
-        severity=severity,  # type: ignore[arg-type]
-        assertions=(
-            assertion_at("hospital", "5.1", T0, fact_id="h"),
-            assertion_at(source, "7.9", T0, fact_id="l"),
-        ),
-        opened_at=T0,
-        updated_at=T0,
-    )
-
-
 @pytest.mark.asyncio
 async def test_a_subscription_is_kept_audited_and_filters_alerts(pool: asyncpg.Pool) -> None:
     run = uuid.uuid4().hex[:8]
@@ -132,10 +110,10 @@ async def test_a_subscription_is_kept_audited_and_filters_alerts(pool: asyncpg.P
     assert (kept.name, kept.filter, kept.created_by) == (name, wanted, admin.key)
     assert await load_subscription(pool, name) == wanted
     assert name in {s.name for s in await administration.subscriptions(admin)}
-    assert follows(wanted, _alert("HIGH", "lab"))
-    assert not follows(wanted, _alert("LOW", "lab"))
-    assert not follows(wanted, _alert("CRITICAL", "clinic"))
-    assert follows(SubscriptionFilter(), _alert("LOW", "clinic"))
+    assert follows(wanted, review_alert(run, severity="HIGH", source="lab"))
+    assert not follows(wanted, review_alert(run, severity="LOW", source="lab"))
+    assert not follows(wanted, review_alert(run, severity="CRITICAL", source="clinic"))
+    assert follows(SubscriptionFilter(), review_alert(run, severity="LOW", source="clinic"))
 
     await administration.delete_subscription(admin, name)
     assert await load_subscription(pool, name) is None

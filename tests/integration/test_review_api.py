@@ -7,40 +7,27 @@ back only those."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 import pytest_asyncio
 
-from builders import FakeProducer, assertion_at
-from concord.alerting.lifecycle import AlertRecord
-from concord.alerting.store import AlertStore
-from concord.config import ReviewSettings
 from concord.events import codec
 from concord.events.models import MERGE_ATTRIBUTE, Alert
 from concord.normalization.identity_store import PostgresIdentityStore
 from concord.review.access import PURPOSE_OF_USE_HEADER, Role
-from concord.review.api import create_app
 from concord.review.audit_store import PostgresAuditTrail
-from concord.review.auth import LocalSigningKey, TokenVerifier
-from concord.review.handlers import AlertReview
-from concord.review.identity import IdentityReview
-from concord.review.ratelimit import PrincipalRateLimit
-from concord.runtime.outbox import Outbox
 from concord.stack.postgres import PostgresInfo
 from concord.topics import RESOLUTIONS
 from identity_tools import review_task_of
+from review_tools import ReviewApp, local_settings, plant_alerts, review_alert, review_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
-NOW = datetime.now(UTC).replace(microsecond=0)
 READ = {PURPOSE_OF_USE_HEADER: "HOPERAT"}
 
 
@@ -55,85 +42,20 @@ class Planted:
         return [f"Zyx{self.token}", f"MRN-{self.token}"]
 
 
-def _alert(token: str, n: int, *, severity: str = "HIGH", source: str = "lab") -> Alert:
-    opened = NOW - timedelta(hours=n + 1)
-    name, other = f"Zyx{token}^Ana{n}", f"Zyx{token}^Anna{n}"
-    return Alert(
-        alert_id=uuid.uuid4().hex,
-        revision=1,
-        kind="CONFLICT",
-        status="OPEN",
-        patient_id=f"E-{token}-{n}",
-        attribute="Patient.name",
-        attribute_class="DEMOGRAPHICS",
-        severity=severity,  # type: ignore[arg-type]
-        assertions=(
-            assertion_at(
-                "hospital", name, opened, fact_id=f"h-{token}-{n}", record=f"MRN-{token}-{n}"
-            ),
-            assertion_at(source, other, opened, fact_id=f"l-{token}-{n}", record=f"L-{n}"),
-        ),
-        proposed_value=name,
-        proposed_reason="hospital ranks highest",
-        opened_at=opened,
-        updated_at=opened,
-    )
-
-
-async def _plant(pool: asyncpg.Pool, alerts: list[Alert]) -> None:
-    store = AlertStore(pool, Outbox(pool, "alerting"))
-    await store.save(
-        [(AlertRecord(alert=a, conflict_revision=1), "opened") for a in alerts],
-        [(a, "conflict opened (revision 1, 2 sources)") for a in alerts],
-        [],
-    )
-
-
-@dataclass
-class Api:
-    client: httpx.AsyncClient
-    key: LocalSigningKey
-    producer: FakeProducer
-    settings: ReviewSettings
-
-    def as_role(self, role: Role | str, user: str = "pat") -> dict[str, str]:
-        token = self.key.issue(user, str(role), timedelta(minutes=10))
-        return {"Authorization": f"Bearer {token}"}
-
-
 @pytest_asyncio.fixture
-async def api(postgres: PostgresInfo, pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Api]:
-    key_path = tmp_path / "key.pem"
-    key, _ = LocalSigningKey.load_or_create(key_path)
-    settings = ReviewSettings(
-        database_url=postgres.dsn,
-        bootstrap_servers="127.0.0.1:9",
-        local_key_path=key_path,
-        rate_limit_per_minute=1000,
-    )
-    producer = FakeProducer()
-    trail = PostgresAuditTrail()
-    review = AlertReview(pool, trail, published=lambda: review.store.outbox.drain(producer))
-    identity_store = PostgresIdentityStore(pool)
-    identities = IdentityReview(
-        pool, identity_store, trail, published=lambda: identity_store.outbox.drain(producer)
-    )
-    app = create_app(
-        review,
-        identities,
-        TokenVerifier.from_settings(settings),
-        PrincipalRateLimit.from_settings(settings),
-    )
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://review") as client:
-        yield Api(client, key, producer, settings)
+async def api(
+    postgres: PostgresInfo, pool: asyncpg.Pool, tmp_path: Path
+) -> AsyncIterator[ReviewApp]:
+    review = review_app(pool, local_settings(tmp_path, dsn=postgres.dsn))
+    async with review.client:
+        yield review
 
 
 @pytest_asyncio.fixture
 async def planted(pool: asyncpg.Pool) -> Planted:
     token = uuid.uuid4().hex[:8]
-    alerts = [_alert(token, n, severity="HIGH" if n % 2 else "LOW") for n in range(5)]
-    await _plant(pool, alerts)
+    alerts = [review_alert(token, n, severity="HIGH" if n % 2 else "LOW") for n in range(5)]
+    await plant_alerts(pool, alerts)
     return Planted(token, alerts)
 
 
@@ -180,7 +102,9 @@ ALLOWED: dict[Role, set[str]] = {
 
 
 @pytest.mark.parametrize("role", list(Role))
-async def test_each_role_gets_exactly_what_it_may(api: Api, planted: Planted, role: Role) -> None:
+async def test_each_role_gets_exactly_what_it_may(
+    api: ReviewApp, planted: Planted, role: Role
+) -> None:
     headers = {**api.as_role(role), **READ}
     seen: dict[str, int] = {}
     for name, method, path, body in _endpoints(planted.alerts[0].alert_id):
@@ -198,7 +122,7 @@ async def test_each_role_gets_exactly_what_it_may(api: Api, planted: Planted, ro
     assert set(seen.values()) <= {200, 403}
 
 
-async def test_lists_carry_no_phi_whoever_reads_them(api: Api, planted: Planted) -> None:
+async def test_lists_carry_no_phi_whoever_reads_them(api: ReviewApp, planted: Planted) -> None:
     for role in (Role.REVIEWER, Role.CLINICIAN, Role.AUDITOR):
         response = await api.client.get(
             "/api/v1/alerts", params={"limit": 200}, headers=api.as_role(role)
@@ -212,7 +136,7 @@ async def test_lists_carry_no_phi_whoever_reads_them(api: Api, planted: Planted)
 
 
 async def test_filters_and_cursor_pages_walk_the_whole_list_once(
-    api: Api, planted: Planted
+    api: ReviewApp, planted: Planted
 ) -> None:
     headers = api.as_role(Role.REVIEWER)
     params: dict[str, Any] = {"severity": "HIGH", "source": "lab", "limit": 1}
@@ -240,7 +164,7 @@ async def test_filters_and_cursor_pages_walk_the_whole_list_once(
 
 
 async def test_a_reviewer_reads_acknowledges_and_resolves_an_alert_with_an_audit_trail(
-    api: Api, planted: Planted, pool: asyncpg.Pool
+    api: ReviewApp, planted: Planted, pool: asyncpg.Pool
 ) -> None:
     alert = planted.alerts[1]
     path = f"/api/v1/alerts/{alert.alert_id}"
@@ -310,7 +234,7 @@ async def test_a_reviewer_reads_acknowledges_and_resolves_an_alert_with_an_audit
 # --- errors -----------------------------------------------------------------------------------
 
 
-async def test_errors_say_what_to_fix(api: Api, planted: Planted) -> None:
+async def test_errors_say_what_to_fix(api: ReviewApp, planted: Planted) -> None:
     path = f"/api/v1/alerts/{planted.alerts[0].alert_id}"
     missing = await api.client.get("/api/v1/alerts")
     assert missing.status_code == 401 and "Bearer" in missing.headers["WWW-Authenticate"]
@@ -335,30 +259,9 @@ async def test_errors_say_what_to_fix(api: Api, planted: Planted) -> None:
 async def test_a_principal_over_its_rate_limit_is_told_when_to_come_back(
     postgres: PostgresInfo, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    key_path = tmp_path / "key.pem"
-    key, _ = LocalSigningKey.load_or_create(key_path)
-    settings = ReviewSettings(
-        database_url=postgres.dsn,
-        bootstrap_servers="127.0.0.1:9",
-        local_key_path=key_path,
-        rate_limit_per_minute=3,
-    )
-    trail = PostgresAuditTrail()
-    review = AlertReview(pool, trail, published=lambda: asyncio.sleep(0))
-    identities = IdentityReview(
-        pool, PostgresIdentityStore(pool), trail, published=lambda: asyncio.sleep(0)
-    )
-    app = create_app(
-        review,
-        identities,
-        TokenVerifier.from_settings(settings),
-        PrincipalRateLimit.from_settings(settings),
-    )
-    headers = {"Authorization": f"Bearer {key.issue('busy', 'reviewer', timedelta(minutes=5))}"}
-    other = {"Authorization": f"Bearer {key.issue('calm', 'reviewer', timedelta(minutes=5))}"}
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://review"
-    ) as client:
+    api = review_app(pool, local_settings(tmp_path, dsn=postgres.dsn, rate_limit=3))
+    headers, other = api.as_role(Role.REVIEWER, "busy"), api.as_role(Role.REVIEWER, "calm")
+    async with api.client as client:
         statuses = [
             (await client.get("/api/v1/catalogues/dismissal-reasons", headers=headers)).status_code
             for _ in range(4)
@@ -374,7 +277,7 @@ async def test_a_principal_over_its_rate_limit_is_told_when_to_come_back(
 
 
 async def test_a_reviewer_reads_and_links_an_identity_task_and_the_merge_is_published(
-    api: Api, pool: asyncpg.Pool
+    api: ReviewApp, pool: asyncpg.Pool
 ) -> None:
     run = uuid.uuid4().hex[:8]
     task_id, provisional, candidate, known, maybe = await review_task_of(
@@ -425,7 +328,7 @@ async def test_a_reviewer_reads_and_links_an_identity_task_and_the_merge_is_publ
 
 
 async def test_an_administrator_disables_a_principal_and_its_next_call_is_refused(
-    api: Api,
+    api: ReviewApp,
 ) -> None:
     user = f"leaver-{uuid.uuid4().hex[:8]}"
     leaver, admin = api.as_role(Role.REVIEWER, user=user), api.as_role(Role.ADMIN, user="adm")

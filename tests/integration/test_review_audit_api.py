@@ -6,34 +6,24 @@ Each test has a database of its own: verify judges the whole trail."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 
-from concord.config import ReviewSettings
-from concord.normalization.identity_store import PostgresIdentityStore
 from concord.review.access import Role
-from concord.review.api import create_app
 from concord.review.audit import AuditRecord
 from concord.review.audit_store import PostgresAuditTrail, publish_anchor, read_anchors
-from concord.review.audit_view import AnchorReader, AuditView
-from concord.review.auth import LocalSigningKey, TokenVerifier
-from concord.review.handlers import AlertReview
-from concord.review.identity import IdentityReview
-from concord.review.ratelimit import PrincipalRateLimit
+from concord.review.audit_view import AnchorReader
 from concord.runtime.db import apply_migrations
 from concord.stack.broker import BrokerInfo
 from concord.stack.postgres import PostgresInfo, create_database, drop_database
+from review_tools import ReviewApp, local_settings, review_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 UNREACHABLE = "127.0.0.1:9"
@@ -52,38 +42,11 @@ async def own_pool(postgres: PostgresInfo) -> AsyncIterator[asyncpg.Pool]:
     await drop_database(postgres.dsn, name)
 
 
-@dataclass
-class Api:
-    client: httpx.AsyncClient
-    key: LocalSigningKey
-
-    def as_role(self, role: Role, user: str = "aud-1") -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key.issue(user, role, timedelta(minutes=10))}"}
-
-
-async def _api(pool: asyncpg.Pool, tmp_path: Path, anchors: AnchorReader | None) -> Api:
-    key_path = tmp_path / "key.pem"
-    key, _ = LocalSigningKey.load_or_create(key_path)
-    settings = ReviewSettings(
-        database_url="postgresql://unused@127.0.0.1/unused",
-        bootstrap_servers=UNREACHABLE,
-        local_key_path=key_path,
-        rate_limit_per_minute=1000,
-    )
-    trail = PostgresAuditTrail()
-    review = AlertReview(pool, trail, published=lambda: asyncio.sleep(0))
-    identities = IdentityReview(
-        pool, PostgresIdentityStore(pool), trail, published=lambda: asyncio.sleep(0)
-    )
-    app = create_app(
-        review,
-        identities,
-        TokenVerifier.from_settings(settings),
-        PrincipalRateLimit.from_settings(settings),
-        AuditView(pool, trail, anchors=anchors, anchor_timeout=20.0, page_size=3),
-    )
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://review")
-    return Api(client, key)
+def _api(pool: asyncpg.Pool, tmp_path: Path, anchors: AnchorReader | None) -> ReviewApp:
+    api = review_app(pool, local_settings(tmp_path), anchors=anchors)
+    view = api.app.state.audit_view  # verify reads the trail in pages of three rows
+    view.anchor_timeout, view.page_size = 20.0, 3
+    return api
 
 
 async def _append(pool: asyncpg.Pool, *records: AuditRecord) -> None:
@@ -113,14 +76,14 @@ async def _as_attacker(pool: asyncpg.Pool, statement: str) -> None:
 async def test_an_auditor_pages_the_trail_newest_first_and_each_read_is_audited(
     own_pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    api = await _api(own_pool, tmp_path, anchors=None)
+    api = _api(own_pool, tmp_path, anchors=None)
     await _append(
         own_pool,
         *[_read("idp r1", "A1") for _ in range(5)],
         _read("idp r2", "A1"),
         _read("idp r1", "A2"),
     )
-    auditor = api.as_role(Role.AUDITOR)
+    auditor = api.as_role(Role.AUDITOR, "aud-1")
     async with api.client:
         seqs: list[int] = []
         params: dict[str, Any] = {"object_type": "alert", "object_id": "A1", "limit": 2}
@@ -157,7 +120,9 @@ async def test_an_auditor_pages_the_trail_newest_first_and_each_read_is_audited(
         for wrong in ({"limit": 201}, {"before_seq": 0}, {"actor": "a\nb"}, {"object_id": ""}):
             refused = await api.client.get("/api/v1/audit", params=wrong, headers=auditor)
             assert refused.status_code == 422, wrong
-        reviewer = await api.client.get("/api/v1/audit", headers=api.as_role(Role.REVIEWER))
+        reviewer = await api.client.get(
+            "/api/v1/audit", headers=api.as_role(Role.REVIEWER, "aud-1")
+        )
         assert reviewer.status_code == 403 and "audit.read" in reviewer.json()["detail"]
 
 
@@ -173,10 +138,10 @@ async def test_verify_checks_the_chain_and_the_anchors_and_says_when_it_could_no
         assert (await publish_anchor(own_pool, producer)) is not None
     finally:
         await producer.stop()
-    with_anchors = await _api(
+    with_anchors = _api(
         own_pool, tmp_path, lambda trail_id: read_anchors(broker.bootstrap_servers, trail_id)
     )
-    auditor = with_anchors.as_role(Role.AUDITOR)
+    auditor = with_anchors.as_role(Role.AUDITOR, "aud-1")
     async with with_anchors.client as client:
         intact = (await client.get("/api/v1/audit/verify", headers=auditor)).json()
         assert intact["intact"] and intact["anchors_checked"]
@@ -189,7 +154,7 @@ async def test_verify_checks_the_chain_and_the_anchors_and_says_when_it_could_no
         assert (cut["intact"], cut["broken_seq"], cut["fault"]) == (False, 5, "truncated")
         assert cut["line"].startswith("audit trail broken at seq=5: truncated")
 
-    without = await _api(own_pool, tmp_path, lambda trail_id: read_anchors(UNREACHABLE, trail_id))
+    without = _api(own_pool, tmp_path, lambda trail_id: read_anchors(UNREACHABLE, trail_id))
     async with without.client as client:
         blind = (await client.get("/api/v1/audit/verify", headers=auditor)).json()
         # What is left is consistent: only the anchors could tell, and they could not be read.

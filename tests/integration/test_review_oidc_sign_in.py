@@ -28,18 +28,11 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from builders import FakeProducer
 from concord.config import ReviewSettings, load_settings
-from concord.normalization.identity_store import PostgresIdentityStore
-from concord.review.api import create_app
-from concord.review.audit_store import PostgresAuditTrail
-from concord.review.auth import TokenVerifier
-from concord.review.handlers import AlertReview
-from concord.review.identity import IdentityReview
 from concord.review.oidc import OidcSignIn, code_challenge
-from concord.review.ratelimit import PrincipalRateLimit
 from concord.review.web import CONTENT_SECURITY_POLICY, OIDC_COOKIE, SESSION_COOKIE
 from concord.stack.postgres import PostgresInfo
+from review_tools import ReviewApp, review_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -220,20 +213,11 @@ def idp() -> Iterator[Idp]:
 
 @dataclass
 class Web:
-    app: Any
+    review: ReviewApp
     idp: Idp
-    responses: list[httpx.Response] = field(default_factory=list)
 
     def browser(self) -> httpx.AsyncClient:
-        async def keep(response: httpx.Response) -> None:
-            await response.aread()
-            self.responses.append(response)
-
-        return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app),
-            base_url=PUBLIC_URL,
-            event_hooks={"response": [keep]},
-        )
+        return self.review.browser(PUBLIC_URL)
 
 
 def _settings(
@@ -256,27 +240,11 @@ def _settings(
     return load_settings(ReviewSettings)
 
 
-def _app(settings: ReviewSettings, pool: asyncpg.Pool) -> Any:
-    producer = FakeProducer()
-    trail = PostgresAuditTrail()
-    review = AlertReview(pool, trail, published=lambda: review.store.outbox.drain(producer))
-    store = PostgresIdentityStore(pool)
-    identities = IdentityReview(pool, store, trail, published=lambda: store.outbox.drain(producer))
-    app = create_app(
-        review,
-        identities,
-        TokenVerifier.from_settings(settings),
-        PrincipalRateLimit.from_settings(settings),
-    )
-    app.state.oidc = OidcSignIn.from_settings(settings)  # as service.running does
-    return app
-
-
 @pytest_asyncio.fixture
 async def web(
     idp: Idp, postgres: PostgresInfo, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Web]:
-    yield Web(_app(_settings(idp, postgres, monkeypatch, secret=True), pool), idp)
+    yield Web(review_app(pool, _settings(idp, postgres, monkeypatch, secret=True), oidc=True), idp)
 
 
 def _user(idp: Idp, role: str = "reviewer") -> str:
@@ -332,7 +300,8 @@ async def test_a_full_sign_in_lands_on_the_queue_with_a_session_cookie(
     confidential: bool,
 ) -> None:
     idp.client_secret = CLIENT_SECRET if confidential else None
-    web = Web(_app(_settings(idp, postgres, monkeypatch, secret=confidential), pool), idp)
+    settings = _settings(idp, postgres, monkeypatch, secret=confidential)
+    web = Web(review_app(pool, settings, oidc=True), idp)
     user = _user(idp)
     async with web.browser() as browser:
         page = await browser.get("/ui/sign-in")
@@ -344,7 +313,7 @@ async def test_a_full_sign_in_lands_on_the_queue_with_a_session_cookie(
         assert 'name="token"' in (await browser.get("/ui/sign-in?with=token")).text
 
         query = await _to_the_idp(browser)
-        started = web.responses[-1]
+        started = web.review.responses[-1]
         assert {"httponly", "samesite=lax", "path=/ui", "max-age=600"} <= _set_cookie(
             started, OIDC_COOKIE
         )
@@ -376,7 +345,7 @@ async def test_a_full_sign_in_lands_on_the_queue_with_a_session_cookie(
     else:
         assert exchange.authorization is None and exchange.form["client_id"] == CLIENT_ID
     # No code, state or token in any page, nor in any URL but the callback's own.
-    for response in web.responses:
+    for response in web.review.responses:
         assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
         assert exchange.form["code"] not in response.text
         assert exchange.form["code_verifier"] not in response.text + str(response.headers)
@@ -481,7 +450,7 @@ async def test_an_access_token_without_a_concord_role_is_refused(web: Web) -> No
 
 
 async def test_without_a_client_id_the_page_takes_a_pasted_token(web: Web) -> None:
-    web.app.state.oidc = None
+    web.review.app.state.oidc = None
     async with web.browser() as browser:
         page = await browser.get("/ui/sign-in")
         assert 'name="token"' in page.text and "Sign in with" not in page.text

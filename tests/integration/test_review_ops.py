@@ -10,114 +10,44 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
 
-from builders import FakeProducer, assertion_at
-from concord.alerting.lifecycle import AlertRecord
-from concord.alerting.store import AlertStore
-from concord.config import ReviewSettings
 from concord.events.models import Alert
 from concord.normalization.identity_store import PostgresIdentityStore
 from concord.review import metrics
 from concord.review.access import Principal, Role
-from concord.review.api import create_app
-from concord.review.audit_store import PostgresAuditTrail
-from concord.review.auth import LocalSigningKey, TokenVerifier
-from concord.review.handlers import AlertReview
-from concord.review.identity import IdentityReview
 from concord.review.ops import MetricsRefresher, OpsView
-from concord.review.ratelimit import PrincipalRateLimit
-from concord.runtime.outbox import Outbox
 from concord.stack.postgres import PostgresInfo
 from identity_tools import review_task_of
+from review_tools import ReviewApp, local_settings, plant_alerts, review_alert, review_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 
-@dataclass
-class Api:
-    client: httpx.AsyncClient
-    key: LocalSigningKey
-    now: datetime  # the clock of the app's use cases, fixed
-
-    def as_role(self, role: Role, user: str = "pat") -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key.issue(user, str(role), timedelta(minutes=10))}"}
-
-
 @pytest_asyncio.fixture
-async def api(postgres: PostgresInfo, pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Api]:
-    key_path = tmp_path / "key.pem"
-    key, _ = LocalSigningKey.load_or_create(key_path)
-    settings = ReviewSettings(
-        database_url=postgres.dsn,
-        bootstrap_servers="127.0.0.1:9",
-        local_key_path=key_path,
-        rate_limit_per_minute=1000,
-    )
-    now = datetime.now(UTC).replace(microsecond=0)
-    producer = FakeProducer()
-    trail = PostgresAuditTrail()
-    review = AlertReview(
-        pool, trail, published=lambda: review.store.outbox.drain(producer), clock=lambda: now
-    )
-    identity_store = PostgresIdentityStore(pool)
-    identities = IdentityReview(
-        pool, identity_store, trail, published=lambda: identity_store.outbox.drain(producer)
-    )
-    app = create_app(
-        review,
-        identities,
-        TokenVerifier.from_settings(settings),
-        PrincipalRateLimit.from_settings(settings),
-    )
-    metrics.add_metrics_route(app)  # as the service does
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://review") as client:
-        yield Api(client, key, now)
+async def api(
+    postgres: PostgresInfo, pool: asyncpg.Pool, tmp_path: Path
+) -> AsyncIterator[ReviewApp]:
+    now = datetime.now(UTC).replace(microsecond=0)  # the clock of the app's use cases, fixed
+    review = review_app(pool, local_settings(tmp_path, dsn=postgres.dsn), clock=lambda: now)
+    metrics.add_metrics_route(review.app)  # as the service does
+    async with review.client:
+        yield review
 
 
 def _alert(
     token: str, n: int, now: datetime, *, age: timedelta, severity: str, kind: str = "CONFLICT"
 ) -> Alert:
-    opened = now - age
-    name, other = f"Zyx{token}^Ana{n}", f"Zyx{token}^Anna{n}"
-    return Alert(
-        alert_id=f"{token}{uuid.uuid4().hex[:24]}",
-        revision=1,
-        kind=kind,  # type: ignore[arg-type]
-        status="OPEN",
-        patient_id=f"E-{token}-{n}",
-        attribute="Patient.name",
-        attribute_class="DEMOGRAPHICS",
-        severity=severity,  # type: ignore[arg-type]
-        assertions=(
-            assertion_at(
-                "hospital", name, opened, fact_id=f"h-{token}-{n}", record=f"MRN-{token}-{n}"
-            ),
-            assertion_at("lab", other, opened, fact_id=f"l-{token}-{n}", record=f"L-{token}-{n}"),
-        ),
-        proposed_value=name,
-        proposed_reason="hospital ranks highest",
-        opened_at=opened,
-        updated_at=opened,
-    )
-
-
-async def _plant(pool: asyncpg.Pool, alerts: list[Alert]) -> None:
-    store = AlertStore(pool, Outbox(pool, "alerting"))
-    await store.save(
-        [(AlertRecord(alert=a, conflict_revision=1), "opened") for a in alerts],
-        [(a, "conflict opened (revision 1, 2 sources)") for a in alerts],
-        [],
+    """Opened `age` before `now`; the token in every id."""
+    return review_alert(
+        token, n, opened_at=now - age, severity=severity, kind=kind, token_in_ids=True
     )
 
 
@@ -144,7 +74,7 @@ def sample(name: str, **labels: str) -> float:
 
 
 async def test_the_sre_gets_counts_that_match_the_planted_alerts_and_no_id(
-    api: Api, pool: asyncpg.Pool
+    api: ReviewApp, pool: asyncpg.Pool
 ) -> None:
     token = uuid.uuid4().hex[:8]
     sre, reviewer = api.as_role(Role.SRE), api.as_role(Role.REVIEWER, user="rev-ops")
@@ -158,17 +88,17 @@ async def test_the_sre_gets_counts_that_match_the_planted_alerts_and_no_id(
     before = first.json()
 
     alerts = [
-        _alert(token, 0, api.now, age=timedelta(minutes=30), severity="HIGH"),
-        _alert(token, 1, api.now, age=timedelta(hours=2), severity="CRITICAL"),
-        _alert(token, 2, api.now, age=timedelta(hours=30), severity="HIGH", kind="STALE"),
-        _alert(token, 3, api.now, age=timedelta(days=10), severity="LOW"),
-        _alert(token, 4, api.now, age=timedelta(days=10), severity="LOW"),
-        _alert(token, 5, api.now, age=timedelta(hours=6), severity="MEDIUM"),
-        _alert(token, 6, api.now, age=timedelta(hours=6), severity="MEDIUM"),
+        _alert(token, 0, api.clock(), age=timedelta(minutes=30), severity="HIGH"),
+        _alert(token, 1, api.clock(), age=timedelta(hours=2), severity="CRITICAL"),
+        _alert(token, 2, api.clock(), age=timedelta(hours=30), severity="HIGH", kind="STALE"),
+        _alert(token, 3, api.clock(), age=timedelta(days=10), severity="LOW"),
+        _alert(token, 4, api.clock(), age=timedelta(days=10), severity="LOW"),
+        _alert(token, 5, api.clock(), age=timedelta(hours=6), severity="MEDIUM"),
+        _alert(token, 6, api.clock(), age=timedelta(hours=6), severity="MEDIUM"),
     ]
-    resolved = _alert(token, 7, api.now, age=timedelta(hours=2), severity="CRITICAL")
-    resolved = resolved.model_copy(update={"status": "RESOLVED", "resolved_at": api.now})
-    await _plant(pool, [*alerts, resolved])
+    resolved = _alert(token, 7, api.clock(), age=timedelta(hours=2), severity="CRITICAL")
+    resolved = resolved.model_copy(update={"status": "RESOLVED", "resolved_at": api.clock()})
+    await plant_alerts(pool, [*alerts, resolved])
 
     base = f"/api/v1/alerts/{alerts[1].alert_id}"
     assert (await api.client.post(f"{base}/acknowledge", headers=reviewer)).status_code == 200
@@ -221,26 +151,28 @@ async def test_the_sre_gets_counts_that_match_the_planted_alerts_and_no_id(
 
 
 @pytest.mark.parametrize("role", [Role.REVIEWER, Role.CLINICIAN, Role.AUDITOR])
-async def test_a_role_without_ops_read_gets_403(api: Api, role: Role) -> None:
+async def test_a_role_without_ops_read_gets_403(api: ReviewApp, role: Role) -> None:
     response = await api.client.get("/api/v1/ops/summary", headers=api.as_role(role))
     assert response.status_code == 403
     assert f"role '{role}' lacks permission 'ops.read'" in response.json()["detail"]
     assert (await api.client.get("/api/v1/ops/summary")).status_code == 401
 
 
-async def test_the_refreshed_gauges_agree_with_the_summary(api: Api, pool: asyncpg.Pool) -> None:
+async def test_the_refreshed_gauges_agree_with_the_summary(
+    api: ReviewApp, pool: asyncpg.Pool
+) -> None:
     token = uuid.uuid4().hex[:8]
-    await _plant(
+    await plant_alerts(
         pool,
         [
-            _alert(token, 0, api.now, age=timedelta(days=2), severity="CRITICAL"),
-            _alert(token, 1, api.now, age=timedelta(minutes=5), severity="HIGH", kind="STALE"),
+            _alert(token, 0, api.clock(), age=timedelta(days=2), severity="CRITICAL"),
+            _alert(token, 1, api.clock(), age=timedelta(minutes=5), severity="HIGH", kind="STALE"),
         ],
     )
-    await MetricsRefresher(pool, clock=lambda: api.now).refresh()
+    await MetricsRefresher(pool, clock=api.clock).refresh()
     # At the same time: no alert crosses a bucket's bound between the two.
     sre = Principal(subject="ops-test", role=Role.SRE, issuer="test")
-    summary = await OpsView(pool, clock=lambda: api.now).summary(sre)
+    summary = await OpsView(pool, clock=api.clock).summary(sre)
     gauges: dict[Group, int] = {}
     for family in metrics.ALERTS_OPEN.collect():
         for s in family.samples:
@@ -257,16 +189,16 @@ async def test_the_refreshed_gauges_agree_with_the_summary(api: Api, pool: async
     for family_name in metrics.FAMILIES:
         assert (
             sample("concord_review_refresh_timestamp_seconds", family=family_name)
-            == api.now.timestamp()
+            == api.clock().timestamp()
         )
 
 
 async def test_a_reviewers_acknowledgement_and_decision_are_observed_and_metrics_carry_no_id(
-    api: Api, pool: asyncpg.Pool
+    api: ReviewApp, pool: asyncpg.Pool
 ) -> None:
     token = uuid.uuid4().hex[:8]
-    alert = _alert(token, 0, api.now, age=timedelta(hours=2), severity="CRITICAL")
-    await _plant(pool, [alert])
+    alert = _alert(token, 0, api.clock(), age=timedelta(hours=2), severity="CRITICAL")
+    await plant_alerts(pool, [alert])
     reviewer = api.as_role(Role.REVIEWER, user="rev-ops")
     acks = sample("concord_review_acknowledge_seconds_count", severity="CRITICAL")
     ack_sum = sample("concord_review_acknowledge_seconds_sum", severity="CRITICAL")

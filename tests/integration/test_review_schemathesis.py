@@ -27,21 +27,17 @@ import asyncpg
 import httpx
 import pytest
 
-from builders import assertion_at
-from concord.alerting.lifecycle import AlertRecord
-from concord.alerting.store import AlertStore
-from concord.events.models import Alert
 from concord.normalization.identity_store import PostgresIdentityStore
 from concord.review.access import PURPOSE_OF_USE_HEADER, Role
 from concord.review.alerts import AlertFilter, Position, encode_cursor
 from concord.review.auth import LocalSigningKey
 from concord.runtime.db import apply_migrations
-from concord.runtime.outbox import Outbox
 from concord.stack.broker import BrokerInfo
 from concord.stack.postgres import PostgresInfo, create_database, drop_database
 from concord.stack.processes import LOOPBACK, ProcessRecord, free_port, spawn, stop_process
 from concord.stack.stack import wait_worker_ready
 from identity_tools import review_task_of
+from review_tools import plant_alerts, review_alert
 
 pytestmark = [pytest.mark.integration]
 
@@ -84,40 +80,16 @@ class Service:
         return self.key.issue(f"fuzz-{role}", role, timedelta(hours=1))
 
 
-def _alert(token: str, n: int) -> Alert:
-    opened = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=n + 1)
-    return Alert(
-        alert_id=uuid.uuid4().hex,
-        revision=1,
-        kind="CONFLICT",
-        status="OPEN",
-        patient_id=f"E-{token}-{n}",
-        attribute="Patient.name",
-        attribute_class="DEMOGRAPHICS",
-        severity="HIGH" if n % 2 else "LOW",
-        assertions=(
-            assertion_at("hospital", f"Fz{token}^Ana{n}", opened, fact_id=f"h-{token}-{n}"),
-            assertion_at("lab", f"Fz{token}^Anna{n}", opened, fact_id=f"l-{token}-{n}"),
-        ),
-        proposed_value=f"Fz{token}^Ana{n}",
-        proposed_reason="hospital ranks highest",
-        opened_at=opened,
-        updated_at=opened,
-    )
-
-
 async def _plant(dsn: str) -> tuple[list[str], str]:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     assert pool is not None
     try:
         token = uuid.uuid4().hex[:8]
-        alerts = [_alert(token, n) for n in range(20)]
-        store = AlertStore(pool, Outbox(pool, "alerting"))
-        await store.save(
-            [(AlertRecord(alert=a, conflict_revision=1), "opened") for a in alerts],
-            [(a, "conflict opened (revision 1, 2 sources)") for a in alerts],
-            [],
-        )
+        alerts = [
+            review_alert(token, n, prefix="Fz", severity="HIGH" if n % 2 else "LOW")
+            for n in range(20)
+        ]
+        await plant_alerts(pool, alerts)
         task_id, *_ = await review_task_of(PostgresIdentityStore(pool), token)
         return [a.alert_id for a in alerts], task_id
     finally:

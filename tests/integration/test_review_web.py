@@ -17,32 +17,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
 
-from builders import FakeProducer, assertion_at
-from concord.alerting.lifecycle import AlertRecord
-from concord.alerting.store import AlertStore
-from concord.config import ReviewSettings
 from concord.events import codec
 from concord.events.models import Alert
 from concord.normalization.identity_store import PostgresIdentityStore
 from concord.review.access import Principal, Role
-from concord.review.api import create_app
 from concord.review.audit_store import PostgresAuditTrail
-from concord.review.auth import LocalSigningKey, TokenVerifier
-from concord.review.handlers import AlertReview
-from concord.review.identity import IdentityReview
-from concord.review.ratelimit import PrincipalRateLimit
 from concord.review.web import CONTENT_SECURITY_POLICY, SESSION_COOKIE, Sessions
-from concord.runtime.outbox import Outbox
 from concord.stack.postgres import PostgresInfo
 from concord.topics import RESOLUTIONS
 from identity_tools import review_task_of
+from review_tools import ReviewApp, local_settings, plant_alerts, review_alert, review_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -94,54 +84,9 @@ class Page(HTMLParser):
 # --- the app and a browser --------------------------------------------------------------------
 
 
-@dataclass
-class Web:
-    app: Any
-    key: LocalSigningKey
-    producer: FakeProducer
-    responses: list[httpx.Response] = field(default_factory=list)
-
-    def token(self, role: Role | str, user: str = "pat") -> str:
-        return self.key.issue(user, str(role), timedelta(minutes=10))
-
-    def browser(self, base_url: str = "http://review") -> httpx.AsyncClient:
-        """A client that keeps cookies, and every response it gets (for the header checks)."""
-
-        async def keep(response: httpx.Response) -> None:
-            await response.aread()
-            self.responses.append(response)
-
-        return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app),
-            base_url=base_url,
-            event_hooks={"response": [keep]},
-        )
-
-
 @pytest_asyncio.fixture
-async def web(postgres: PostgresInfo, pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Web]:
-    key_path = tmp_path / "key.pem"
-    key, _ = LocalSigningKey.load_or_create(key_path)
-    settings = ReviewSettings(
-        database_url=postgres.dsn,
-        bootstrap_servers="127.0.0.1:9",
-        local_key_path=key_path,
-        rate_limit_per_minute=1000,
-    )
-    producer = FakeProducer()
-    trail = PostgresAuditTrail()
-    review = AlertReview(pool, trail, published=lambda: review.store.outbox.drain(producer))
-    identity_store = PostgresIdentityStore(pool)
-    identities = IdentityReview(
-        pool, identity_store, trail, published=lambda: identity_store.outbox.drain(producer)
-    )
-    app = create_app(
-        review,
-        identities,
-        TokenVerifier.from_settings(settings),
-        PrincipalRateLimit.from_settings(settings),
-    )
-    yield Web(app, key, producer)
+async def web(postgres: PostgresInfo, pool: asyncpg.Pool, tmp_path: Path) -> ReviewApp:
+    return review_app(pool, local_settings(tmp_path, dsn=postgres.dsn))
 
 
 async def sign_in(client: httpx.AsyncClient, token: str) -> httpx.Response:
@@ -150,7 +95,9 @@ async def sign_in(client: httpx.AsyncClient, token: str) -> httpx.Response:
 
 
 @asynccontextmanager
-async def signed_in(web: Web, role: Role, user: str = "pat") -> AsyncIterator[httpx.AsyncClient]:
+async def signed_in(
+    web: ReviewApp, role: Role, user: str = "pat"
+) -> AsyncIterator[httpx.AsyncClient]:
     async with web.browser() as client:
         signed = await sign_in(client, web.token(role, user))
         assert signed.status_code == 303, signed.text
@@ -187,41 +134,14 @@ class Planted:
         return "/ui/alerts?" + httpx.QueryParams({"source": self.source, **filters}).__str__()
 
 
-def _alert(token: str, n: int, *, severity: str, proposal: bool = True) -> Alert:
-    opened = NOW - timedelta(hours=n + 1)
-    name, other = f"Zyx{token}^Ana{n}", f"Zyx{token}^Anna{n}"
-    return Alert(
-        alert_id=uuid.uuid4().hex,
-        revision=1,
-        kind="CONFLICT",
-        status="OPEN",
-        patient_id=f"E-{token}-{n}",
-        attribute="Patient.name",
-        attribute_class="DEMOGRAPHICS",
-        severity=severity,  # type: ignore[arg-type]
-        assertions=(
-            assertion_at(
-                "hospital", name, opened, fact_id=f"h-{token}-{n}", record=f"MRN-{token}-{n}"
-            ),
-            assertion_at(f"lab{token}", other, opened, fact_id=f"l-{token}-{n}", record=f"L-{n}"),
-        ),
-        proposed_value=name if proposal else None,
-        proposed_reason="hospital ranks highest" if proposal else None,
-        opened_at=opened,
-        updated_at=opened,
-    )
-
-
 @pytest_asyncio.fixture
 async def planted(pool: asyncpg.Pool) -> Planted:
     token = uuid.uuid4().hex[:8]
-    alerts = [_alert(token, n, severity="HIGH" if n % 2 else "LOW") for n in range(6)]
-    store = AlertStore(pool, Outbox(pool, "alerting"))
-    await store.save(
-        [(AlertRecord(alert=a, conflict_revision=1), "opened") for a in alerts],
-        [(a, "conflict opened (revision 1, 2 sources)") for a in alerts],
-        [],
-    )
+    alerts = [
+        review_alert(token, n, severity="HIGH" if n % 2 else "LOW", source=f"lab{token}")
+        for n in range(6)
+    ]
+    await plant_alerts(pool, alerts)
     return Planted(token, alerts)
 
 
@@ -264,7 +184,7 @@ async def test_sessions_end_at_the_tokens_expiry_after_idle_time_and_when_full()
 
 
 async def test_sign_in_sets_a_strict_http_only_cookie_and_sign_out_ends_the_session(
-    web: Web,
+    web: ReviewApp,
 ) -> None:
     async with web.browser() as client:
         away = await client.get("/ui/alerts")
@@ -326,7 +246,7 @@ async def test_sign_in_sets_a_strict_http_only_cookie_and_sign_out_ends_the_sess
 
 
 async def test_the_queue_lists_planted_alerts_with_filters_and_no_phi_in_it_nor_in_any_url(
-    web: Web, planted: Planted
+    web: ReviewApp, planted: Planted
 ) -> None:
     async with signed_in(web, Role.REVIEWER) as client:
         everything = await client.get(planted.queue())
@@ -371,7 +291,7 @@ async def test_the_queue_lists_planted_alerts_with_filters_and_no_phi_in_it_nor_
 
 
 async def test_the_detail_needs_a_purpose_and_shows_values_provenance_and_the_read(
-    web: Web, planted: Planted, pool: asyncpg.Pool
+    web: ReviewApp, planted: Planted, pool: asyncpg.Pool
 ) -> None:
     alert = planted.alerts[2]
     path = f"/ui/alerts/{alert.alert_id}"
@@ -422,7 +342,7 @@ async def _form(client: httpx.AsyncClient, alert_id: str, action: str) -> Form:
 
 
 async def test_each_action_works_from_its_form(
-    web: Web, planted: Planted, pool: asyncpg.Pool
+    web: ReviewApp, planted: Planted, pool: asyncpg.Pool
 ) -> None:
     ack, assigned, accepted, chosen, corrected, dismissed = planted.alerts
     async with signed_in(web, Role.REVIEWER, "rev-1") as client:
@@ -501,7 +421,7 @@ async def test_each_action_works_from_its_form(
 
 
 async def test_a_post_without_the_sessions_csrf_token_or_from_another_site_is_refused(
-    web: Web, planted: Planted, pool: asyncpg.Pool
+    web: ReviewApp, planted: Planted, pool: asyncpg.Pool
 ) -> None:
     alert = planted.alerts[0]
     async with signed_in(web, Role.REVIEWER) as client:
@@ -545,7 +465,7 @@ async def test_a_post_without_the_sessions_csrf_token_or_from_another_site_is_re
 
 
 async def test_every_ui_response_carries_the_csp_and_no_page_has_inline_script_or_style(
-    web: Web, planted: Planted, pool: asyncpg.Pool
+    web: ReviewApp, planted: Planted, pool: asyncpg.Pool
 ) -> None:
     run = uuid.uuid4().hex[:8]
     task_id, *_ = await review_task_of(PostgresIdentityStore(pool), run)
@@ -593,7 +513,7 @@ async def test_every_ui_response_carries_the_csp_and_no_page_has_inline_script_o
 
 
 async def test_a_clinician_sees_no_action_and_a_post_by_one_is_refused(
-    web: Web, planted: Planted, pool: asyncpg.Pool
+    web: ReviewApp, planted: Planted, pool: asyncpg.Pool
 ) -> None:
     alert = planted.alerts[3]
     async with signed_in(web, Role.CLINICIAN, "doc-1") as client:
@@ -623,7 +543,7 @@ async def test_a_clinician_sees_no_action_and_a_post_by_one_is_refused(
 
 
 async def test_identity_tasks_are_listed_read_with_a_purpose_linked_and_kept_apart(
-    web: Web, pool: asyncpg.Pool
+    web: ReviewApp, pool: asyncpg.Pool
 ) -> None:
     store = PostgresIdentityStore(pool)
     one, provisional, candidate, known, maybe = await review_task_of(store, uuid.uuid4().hex[:8])

@@ -15,8 +15,6 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
-from builders import assertion_at
-from concord.events.models import Alert
 from concord.review import metrics, ops
 from concord.review.access import Forbidden, Principal, Role
 from concord.review.alerts import (
@@ -26,31 +24,12 @@ from concord.review.alerts import (
     overrules,
     resolution_for,
 )
+from review_tools import review_alert
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+TOKEN = "wvut"  # review_alert(TOKEN): the hospital says NAME_A (the proposal), the lab NAME_B
 NAME_A, NAME_B, NEW = "Zyxwvut^Ana", "Zyxwvut^Anna", "Zyxwvut^Anne"  # PHI
 PHI_LIKE = re.compile(r"patient|name|mrn|birth|dob|ssn|phone|address|email|user|id$", re.I)
-
-
-def _alert(severity: str = "HIGH", opened_at: datetime = T0) -> Alert:
-    return Alert(
-        alert_id="a" * 32,
-        revision=3,
-        kind="CONFLICT",
-        status="OPEN",
-        patient_id="E-42",
-        attribute="Patient.name",
-        attribute_class="DEMOGRAPHICS",
-        severity=severity,  # type: ignore[arg-type]
-        assertions=(
-            assertion_at("lab", NAME_B, T0, fact_id="f-lab", record="Patient/L-7"),
-            assertion_at("hospital", NAME_A, T0, fact_id="f-hosp", record="Patient/MRN-991"),
-        ),
-        proposed_value=NAME_A,
-        proposed_reason="hospital ranks highest",
-        opened_at=opened_at,
-        updated_at=opened_at,
-    )
 
 
 def sample(name: str, **labels: str) -> float:
@@ -95,7 +74,7 @@ def test_every_exported_label_value_is_from_a_fixed_list() -> None:
 
 
 def test_a_dismissal_reason_off_the_list_is_not_a_label_value() -> None:
-    alert = _alert()
+    alert = review_alert(TOKEN, opened_at=T0)
     resolution = resolution_for(alert, DismissRequest(reason="SAME_MEANING"), by="r", at=T0)
     odd = resolution.model_copy(update={"reason_code": "E-42 Zyxwvut"})
     before = sample("concord_review_dismissals_total", reason=metrics.UNKNOWN_REASON)
@@ -146,7 +125,9 @@ def test_an_acknowledgement_observes_the_time_since_opening_by_severity() -> Non
     under_4h = sample(
         "concord_review_acknowledge_seconds_bucket", severity="CRITICAL", le="14400.0"
     )
-    metrics.acknowledged(_alert("CRITICAL"), T0 + timedelta(hours=2))
+    metrics.acknowledged(
+        review_alert(TOKEN, severity="CRITICAL", opened_at=T0), T0 + timedelta(hours=2)
+    )
     assert sample("concord_review_acknowledge_seconds_count", severity="CRITICAL") == count + 1
     assert sample("concord_review_acknowledge_seconds_sum", severity="CRITICAL") == total + 7200
     assert (
@@ -168,7 +149,7 @@ def test_an_acknowledgement_observes_the_time_since_opening_by_severity() -> Non
 def test_a_decision_counts_its_kind_correction_and_reason(
     request_: ResolveRequest | DismissRequest, kind: str, corrects: bool
 ) -> None:
-    alert = _alert("MEDIUM", opened_at=T0 - timedelta(days=2))
+    alert = review_alert(TOKEN, severity="MEDIUM", opened_at=T0 - timedelta(days=2))
     resolution = resolution_for(alert, request_, by="rev-1", at=T0)
     assert metrics.decision_kind(alert, resolution) == kind
     before: dict[str, Any] = {

@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 import uvicorn
@@ -73,15 +74,22 @@ def compose_app(
     *,
     anchors: AnchorReader | None = None,
     oidc: OidcSignIn | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> FastAPI:
     """The API and the web page over a pool and a producer, each part wired once: the
     service's and the tests' app alike. Decisions are published from their outboxes right
-    after their commit."""
+    after their commit. `clock`: every use case's (tests fix it)."""
     trail = PostgresAuditTrail()
-    review = AlertReview(pool, trail, published=lambda: review.store.outbox.drain(producer))
+    review = AlertReview(
+        pool, trail, published=lambda: review.store.outbox.drain(producer), clock=clock
+    )
     identity_store = PostgresIdentityStore(pool)
     identities = IdentityReview(
-        pool, identity_store, trail, published=lambda: identity_store.outbox.drain(producer)
+        pool,
+        identity_store,
+        trail,
+        published=lambda: identity_store.outbox.drain(producer),
+        clock=clock,
     )
     app = create_app(
         review, identities, verifier, rate_limit, AuditView(pool, trail, anchors=anchors)
