@@ -12,10 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from concord.cli import main
-from concord.review.access import Forbidden, Principal, ReviewAccessError, Role
+from concord.review.access import Forbidden, Principal, Role
 from concord.review.admin import (
     Administration,
     Disabled,
+    OwnAccount,
     PrincipalRef,
     PrincipalRegistry,
     SubscriptionFilter,
@@ -89,7 +90,7 @@ async def test_only_an_admin_manages_and_not_their_own_account(pool: asyncpg.Poo
     await registry.admit(admin)
     with pytest.raises(Forbidden, match=r"admin\.manage"):
         await administration.principals(reviewer)
-    with pytest.raises(ReviewAccessError, match="own account"):
+    with pytest.raises(OwnAccount, match="own account"):
         own = PrincipalRef(issuer=admin.issuer, subject=admin.subject)
         await administration.set_disabled(admin, own, disabled=True)
     with pytest.raises(NotFound):

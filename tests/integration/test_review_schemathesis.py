@@ -344,3 +344,16 @@ def test_schemathesis_as_an_auditor_finds_no_failure(service: Service, tmp_path:
     assert run.tested == run.operations
     assert run.cases >= run.operations * 10
     assert REQUIRED_CHECKS <= run.checks
+
+
+def test_schemathesis_as_an_administrator_finds_no_failure(
+    service: Service, tmp_path: Path
+) -> None:
+    """Every operation with an administrator's token: the principals, subscriptions and
+    operations views answer (subscriptions are created and deleted), every PHI view 403."""
+    run = _fuzz(service, Role.ADMIN, tmp_path)
+    _shown(run)
+    assert (run.returncode, run.failures) == (0, 0), run.output
+    assert run.tested == run.operations
+    assert run.cases >= run.operations * 10
+    assert REQUIRED_CHECKS <= run.checks

@@ -19,6 +19,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
 
 from concord.events.models import AlertKind, AttributeClass, Severity
 from concord.review.access import Permission, Principal, ReviewAccessError, require
+from concord.review.alerts import NO_CONTROL, NO_NUL
 from concord.review.audit import AuditRecord
 from concord.review.handlers import AuditPort, NotFound
 
@@ -26,11 +27,28 @@ REFRESH_SECONDS = 5.0  # how stale another process's view of the disabled princi
 SEEN_EVERY_SECONDS = 60.0  # a principal's last_seen is written at most this often
 
 SubscriptionName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+# PostgreSQL's text cannot hold NUL; ids and names hold no control character at all.
+Text = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=500, pattern=NO_NUL),
+]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=500, pattern=NO_CONTROL),
+]
 
 
 class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+class OwnAccount(ReviewAccessError):
+    """409: an administrator asked to disable their own account (no one could enable it)."""
+
+    status_code = 409
+
+    def __init__(self) -> None:
+        super().__init__("an administrator cannot disable their own account")
 
 
 class Disabled(ReviewAccessError):
@@ -56,8 +74,8 @@ class PrincipalView(Model):
 
 
 class PrincipalRef(Model):
-    issuer: Text
-    subject: Text
+    issuer: Name
+    subject: Name
 
 
 class SubscriptionFilter(Model):
@@ -66,7 +84,9 @@ class SubscriptionFilter(Model):
     kind: tuple[AlertKind, ...] = ()
     attribute_class: tuple[AttributeClass, ...] = ()
     severity: tuple[Severity, ...] = ()
-    source: tuple[Annotated[str, StringConstraints(min_length=1, max_length=200)], ...] = ()
+    source: tuple[
+        Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_CONTROL)], ...
+    ] = ()
 
 
 class SubscriptionRequest(Model):
@@ -178,7 +198,7 @@ class Administration:
         """Disable (or enable again) a principal; False when it already was."""
         require(principal, Permission.ADMIN_MANAGE)
         if disabled and (ref.issuer, ref.subject) == (principal.issuer, principal.subject):
-            raise ReviewAccessError("an administrator cannot disable their own account")
+            raise OwnAccount()
         async with self.pool.acquire() as conn, conn.transaction():
             changed = await conn.fetchval(
                 """

@@ -417,7 +417,11 @@ async def list_principals(principal: Caller, admin: Admin) -> list[PrincipalView
 @router.post(
     "/admin/principals/disable",
     response_model=Done,
-    responses={**ADMIN_MISSING, **UNREADABLE},
+    responses={
+        **ADMIN_MISSING,
+        **UNREADABLE,
+        409: {"model": Problem, "description": "An administrator's own account"},
+    },
     tags=["admin"],
 )
 async def disable_principal(principal: Caller, admin: Admin, ref: PrincipalRef) -> Done:
