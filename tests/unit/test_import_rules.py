@@ -26,6 +26,7 @@ FORBIDDEN = frozenset({"faust", "aiokafka", "asyncpg", "click"})
 # package and every module in it.
 PURE_CORES = (
     "concord.ingestion.fhir",
+    "concord.ingestion.fhir_fast",
     "concord.ingestion.hl7v2",
     "concord.ingestion.claims",
     "concord.ingestion.record_time",
