@@ -61,6 +61,7 @@ from concord.review.audit_view import (
 from concord.review.handlers import AlertReview, NotFound
 from concord.review.identity import IdentityDecided, IdentityReview
 from concord.review.ops import OpsSummary, OpsView
+from concord.review.parts import alert_review, identity_review
 from concord.review.web import router as web_router
 
 API = "/api/v1"
@@ -138,16 +139,6 @@ async def caller(
         raise TooManyRequests(wait)
     await request.app.state.principals.admit(principal)
     return principal
-
-
-def alert_review(request: Request) -> AlertReview:
-    review: AlertReview = request.app.state.alert_review
-    return review
-
-
-def identity_review(request: Request) -> IdentityReview:
-    review: IdentityReview = request.app.state.identity_review
-    return review
 
 
 Caller = Annotated[Principal, Depends(caller)]

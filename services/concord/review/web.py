@@ -72,9 +72,10 @@ from concord.review.alerts import (
     ResolveRequest,
 )
 from concord.review.auth import KeysUnavailable, Unauthenticated
-from concord.review.handlers import AlertReview, NotFound
-from concord.review.identity import IdentityDecided, IdentityReview
+from concord.review.handlers import NotFound
+from concord.review.identity import IdentityDecided
 from concord.review.oidc import OidcSignIn, SignInFailed, error_code
+from concord.review.parts import alert_review, identity_review
 
 log = logging.getLogger(__name__)
 
@@ -429,16 +430,6 @@ async def posted(request: Request, session: WebSession) -> FormData:
     return form
 
 
-def _alerts(request: Request) -> AlertReview:
-    review: AlertReview = request.app.state.alert_review
-    return review
-
-
-def _identities(request: Request) -> IdentityReview:
-    review: IdentityReview = request.app.state.identity_review
-    return review
-
-
 def _alert_url(alert_id: str) -> str:
     return f"{UI}/alerts/{alert_id}"
 
@@ -713,7 +704,9 @@ async def queue(
         min_age=None if min_age_hours is None else timedelta(hours=min_age_hours),
         max_age=None if max_age_hours is None else timedelta(hours=max_age_hours),
     )
-    page = await _alerts(request).page(session.principal, alert_filter, cursor=cursor, limit=limit)
+    page = await alert_review(request).page(
+        session.principal, alert_filter, cursor=cursor, limit=limit
+    )
     chosen: dict[str, list[str]] = {
         "status": list(status or ()),
         "kind": list(kind or ()),
@@ -771,7 +764,7 @@ async def alert_detail(request: Request, session: Session, alert_id: str) -> Res
     """The detail (PHI): the values side by side with provenance, the actions the role
     allows, the alert's history and audit trail. A POST's response: no URL to come back to."""
     form = await posted(request, session)
-    review = _alerts(request)
+    review = alert_review(request)
     try:
         detail = await review.detail(session.principal, alert_id, purpose=_text(form, "purpose"))
     except PurposeOfUseRequired as error:
@@ -865,7 +858,7 @@ async def acknowledge(request: Request, session: Session, alert_id: str) -> Resp
     await posted(request, session)
     back = _alert_url(alert_id)
     try:
-        changed = await _alerts(request).acknowledge(session.principal, alert_id)
+        changed = await alert_review(request).acknowledge(session.principal, alert_id)
     except NotDecidable as error:
         return _fix(session, back, str(error))
     session.flash(
@@ -880,7 +873,7 @@ async def assign(request: Request, session: Session, alert_id: str) -> Response:
     back = _alert_url(alert_id)
     try:
         assignment = AssignRequest(assignee=_text(form, "assignee") or "")
-        await _alerts(request).assign(session.principal, alert_id, assignment)
+        await alert_review(request).assign(session.principal, alert_id, assignment)
     except ValidationError as error:
         return _fix(session, back, _fields(error))
     except NotDecidable as error:
@@ -894,7 +887,7 @@ async def comment(request: Request, session: Session, alert_id: str) -> Response
     form = await posted(request, session)
     back = _alert_url(alert_id)
     try:
-        await _alerts(request).comment(
+        await alert_review(request).comment(
             session.principal, alert_id, CommentRequest(body=_text(form, "body") or "")
         )
     except ValidationError as error:
@@ -941,7 +934,7 @@ async def _decide(
 ) -> Response:
     back = _alert_url(alert_id)
     try:
-        resolution_id = await _alerts(request).decide(session.principal, alert_id, decision())
+        resolution_id = await alert_review(request).decide(session.principal, alert_id, decision())
     except ValidationError as error:
         return _fix(session, back, _fields(error))
     except NotDecidable as error:
@@ -964,7 +957,7 @@ async def identity_tasks(
     decided: Annotated[bool, Query()] = False,
 ) -> Response:
     """Identity review tasks, oldest first: ids and scores (no PHI)."""
-    tasks = await _identities(request).page(
+    tasks = await identity_review(request).page(
         session.principal, include_decided=decided, limit=MAX_PAGE
     )
     return _page(request, "identity_tasks.html", session, tasks=tasks, decided=decided)
@@ -992,7 +985,7 @@ async def identity_detail(request: Request, session: Session, task_id: str) -> R
     """Both records' demographics side by side and the score breakdown (PHI)."""
     form = await posted(request, session)
     try:
-        task = await _identities(request).detail(
+        task = await identity_review(request).detail(
             session.principal, task_id, purpose=_text(form, "purpose")
         )
     except PurposeOfUseRequired as error:
@@ -1015,7 +1008,7 @@ async def identity_detail(request: Request, session: Session, task_id: str) -> R
 async def link(request: Request, session: Session, task_id: str) -> Response:
     await posted(request, session)
     try:
-        done = await _identities(request).link(session.principal, task_id)
+        done = await identity_review(request).link(session.principal, task_id)
     except ReviewConflict as error:
         return _fix(session, _task_url(task_id), str(error))
     return _identity_done(session, done)
@@ -1025,7 +1018,7 @@ async def link(request: Request, session: Session, task_id: str) -> Response:
 async def keep_apart(request: Request, session: Session, task_id: str) -> Response:
     await posted(request, session)
     try:
-        done = await _identities(request).keep_apart(session.principal, task_id)
+        done = await identity_review(request).keep_apart(session.principal, task_id)
     except ReviewConflict as error:
         return _fix(session, _task_url(task_id), str(error))
     return _identity_done(session, done)
