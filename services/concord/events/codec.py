@@ -155,17 +155,21 @@ class EventCodec(Generic[E]):
         self.schema = load_schema_file(name)
         self.fingerprint = schema_fingerprint(self.schema)
         self._header = SINGLE_OBJECT_MARKER + self.fingerprint
-        self._writers: dict[bytes, Any] = {self.fingerprint: self.schema}
+        # fastavro re-parses, on every call, a schema parsed without its hint; the hinted
+        # parse (which carries fastavro's own bookkeeping keys, so is kept apart from
+        # self.schema, the one that is fingerprinted and published) is what reads and writes.
+        self._wire = _hinted(self.schema)
+        self._writers: dict[bytes, Any] = {self.fingerprint: self._wire}
         history = schema_dir() / "history" / name
         if history.is_dir():
             for old in sorted(history.glob("*.avsc")):
                 parsed = load_schema_file(name, path=old)
-                self._writers.setdefault(schema_fingerprint(parsed), parsed)
+                self._writers.setdefault(schema_fingerprint(parsed), _hinted(parsed))
 
     def encode(self, event: E) -> bytes:
         buf = io.BytesIO()
         buf.write(self._header)
-        schemaless_writer(buf, self.schema, event.model_dump())
+        schemaless_writer(buf, self._wire, event.model_dump())
         return buf.getvalue()
 
     def encode_many(self, events: Iterable[E]) -> list[bytes]:
@@ -184,7 +188,9 @@ class EventCodec(Generic[E]):
             )
         body = io.BytesIO(data[_HEADER_LEN:])
         try:
-            record = schemaless_reader(body, writer, self.schema)
+            # Resolution only for an older writer: the current one is read as it is.
+            reader = None if writer is self._wire else self._wire
+            record = schemaless_reader(body, writer, reader)
         except Exception as exc:  # fastavro raises many types for truncated or corrupt bodies
             raise CodecError(
                 "AVRO_DECODE_FAILED",
@@ -199,6 +205,10 @@ class EventCodec(Generic[E]):
 
     def decode_many(self, payloads: Sequence[bytes | None]) -> list[E]:
         return [self.decode(data) for data in payloads]
+
+
+def _hinted(parsed: Any) -> Any:
+    return parse_schema(parsed, _force=True)
 
 
 def _fields_of(exc: ValidationError) -> str:
