@@ -128,8 +128,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         metavar="DIR",
-        help="cProfile each stage into DIR/<stage>.pstats, part 3's into "
-        "DIR/formats-<format>/ingestion.pstats (slower)",
+        help="cProfile each stage into DIR/<stage>.pstats: part 3's as ingestion-<format>, "
+        "part 4's as normalization-population (slows the stages)",
+    )
+    parser.add_argument(
+        "--flame",
+        metavar="DIR",
+        help="a py-spy flame graph of each stage's timed window: DIR/flame-<stage>.svg, "
+        "named as --profile names them",
     )
     parser.add_argument("--keep-state", action="store_true", help="keep temp dirs and logs")
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ from concord.topics import DEADLETTER, INGESTED, RAW_FHIR, RAW_HL7V2
 from .backend import BENCH_OUT, fresh_backend
 from .raw_formats import fhir_events, hl7_events
 from .runner import BenchmarkError, Teardown, progress
-from .stages import baseline, run_stage, stage_row
+from .stages import Profiling, baseline, run_stage, stage_row
 
 TARGET_RATIO = 0.40  # the product's target for ingestion against a pass-through
 # Beyond this share, the part would time rejection, not ingestion: the input is at fault.
@@ -47,14 +47,14 @@ RAW_FORMATS = (
 async def ingestion_formats_part(
     args: argparse.Namespace, teardown: Teardown, token: str
 ) -> dict[str, Any]:
-    profile_dir = Path(args.profile) if args.profile else None
+    profiling = Profiling.from_args(args)
     inputs = teardown.tempdir("formats-input")
     async with fresh_backend(teardown, "formats") as (bootstrap, dsn):
         rows = []
         for fmt in RAW_FORMATS:
             path = inputs / fmt.file_name
             rows.append(
-                await _ingest_format(fmt, args.records, bootstrap, dsn, path, token, profile_dir)
+                await _ingest_format(fmt, args.records, bootstrap, dsn, path, token, profiling)
             )
         progress("formats: counting what ingestion left on its output topics ...")
         outcomes = await topic_outcomes(bootstrap)
@@ -85,7 +85,7 @@ async def _ingest_format(
     dsn: str,
     path: Path,
     token: str,
-    profile_dir: Path | None,
+    profiling: Profiling,
 ) -> dict[str, Any]:
     """Publish `count` events of the format, then time a pass-through and the ingestion stage,
     one after the other, over the same records of its raw topic."""
@@ -106,11 +106,9 @@ async def _ingest_format(
     progress(f"formats: pass-through: {passed.rate:,.0f} records/s ({passed.seconds:.2f}s)")
 
     progress(f"formats: ingestion over the same {count} records ...")
-    stage_profile = None
-    if profile_dir is not None:
-        stage_profile = profile_dir / f"formats-{fmt.slug}"
-        stage_profile.mkdir(parents=True, exist_ok=True)
-    timing, out = await run_stage("ingestion", bootstrap, dsn, count, stage_profile)
+    timing, out = await run_stage(
+        "ingestion", bootstrap, dsn, count, profiling, label=f"ingestion-{fmt.slug}"
+    )
     ingested, dead = out.get(INGESTED, 0), out.get(DEADLETTER, 0)
     progress(
         f"formats: ingestion: {timing.rate:,.0f} records/s ({timing.consumed} in "

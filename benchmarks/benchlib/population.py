@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -14,7 +13,7 @@ from concord.topics import DEADLETTER, FACTS, INGESTED
 
 from .backend import fresh_backend
 from .runner import BenchmarkError, Teardown, progress
-from .stages import run_stage
+from .stages import Profiling, run_stage
 
 
 async def population_part(args: argparse.Namespace, teardown: Teardown) -> dict[str, Any]:
@@ -30,18 +29,24 @@ async def population_part(args: argparse.Namespace, teardown: Teardown) -> dict[
     folder = teardown.tempdir("population")
     generated = generate(config)
     write(generated, folder)
-    profile_dir = Path(args.profile) if args.profile else None
     async with fresh_backend(teardown, "population") as (bootstrap, dsn):
         sent = 0
         for source in config.sources:
             sent += await publish_files(bootstrap, source.name, [folder / source.file_name])
         progress(f"population: {sent} raw events published; ingesting them (not timed) ...")
-        _, ingested_out = await run_stage("ingestion", bootstrap, dsn, sent, None)
+        _, ingested_out = await run_stage("ingestion", bootstrap, dsn, sent)
         ingested = ingested_out.get(INGESTED, 0)
         if ingested_out.get(DEADLETTER):
             raise BenchmarkError(f"population: {ingested_out[DEADLETTER]} events dead-lettered")
         progress(f"population: normalization over {ingested} ingested records ...")
-        timing, out = await run_stage("normalization", bootstrap, dsn, ingested, profile_dir)
+        timing, out = await run_stage(
+            "normalization",
+            bootstrap,
+            dsn,
+            ingested,
+            Profiling.from_args(args),
+            label="normalization-population",
+        )
     facts = out.get(FACTS, 0)
     return {
         "persons": args.population,

@@ -4,11 +4,17 @@ and 4 of pipeline.py."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
+import os
+import shutil
+import signal
+import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +65,58 @@ async def copy_topic(bootstrap: str, source: str, target: str, count: int) -> No
         await consumer.stop()
 
 
+# --- profiling a stage's timed window -----------------------------------------------------------
+
+FLAME_RATE_HZ = 200
+
+
+@dataclass(frozen=True)
+class Profiling:
+    """Where each timed stage's profiles go, one file per stage of a part (`label`):
+    cProfile statistics (--profile DIR: DIR/<label>.pstats; slows the stage) and a py-spy
+    flame graph (--flame DIR: DIR/flame-<label>.svg; sampled, costs the stage little)."""
+
+    stats_dir: Path | None = None
+    flame_dir: Path | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Profiling:
+        dirs = [Path(d) if d else None for d in (args.profile, args.flame)]
+        for d in dirs:
+            if d is not None:
+                d.mkdir(parents=True, exist_ok=True)
+        if dirs[1] is not None and _py_spy() is None:
+            raise BenchmarkError("--flame needs py-spy (make install puts it in .venv/bin)")
+        return cls(*dirs)
+
+
+def _py_spy() -> str | None:
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+@contextlib.asynccontextmanager
+async def flame_graph(path: Path | None) -> AsyncIterator[None]:
+    """Sample this process with py-spy while the block runs and write an SVG flame graph."""
+    spy = _py_spy() if path is not None else None
+    if path is None or spy is None:
+        yield
+        return
+    proc = await asyncio.create_subprocess_exec(
+        spy, "record", "--pid", str(os.getpid()), "--rate", str(FLAME_RATE_HZ),
+        "--format", "flamegraph", "--output", str(path), "--nonblocking",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await asyncio.sleep(0.5)  # py-spy attaches before the clock starts
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)  # py-spy writes the graph on SIGINT
+        _, err = await proc.communicate()
+        if not await asyncio.to_thread(path.exists):
+            raise BenchmarkError(f"py-spy wrote no flame graph: {err.decode()[-300:]}")
+
+
 # --- timing a batch loop over a known input ---------------------------------------------------
 
 
@@ -99,6 +157,7 @@ async def timed_batches(
     *,
     handler: StageHandler | None = None,
     profile: cProfile.Profile | None = None,
+    flame: Path | None = None,
 ) -> Timing:
     """Join the group, then run `step` (one batch end to end; returns records consumed) until
     `expected` records are consumed. The clock starts with the call that returns the first
@@ -113,7 +172,8 @@ async def timed_batches(
         # Nothing is fetched before the group is joined; once joined, the first fetch returns
         # the pre-produced records at once.
         await asyncio.wait_for(listener.ready.wait(), timeout=60)
-        return await _run_until(step, expected, profile)
+        async with flame_graph(flame):
+            return await _run_until(step, expected, profile)
     finally:
         await consumer.stop()
 
@@ -221,9 +281,18 @@ def stage_settings(service: str, bootstrap: str, dsn: str) -> DatabaseWorkerSett
 
 
 async def run_stage(
-    service: str, bootstrap: str, dsn: str, expected: int, profile_dir: Path | None
+    service: str,
+    bootstrap: str,
+    dsn: str,
+    expected: int,
+    profiling: Profiling | None = None,
+    *,
+    label: str | None = None,
 ) -> tuple[Timing, dict[str, int]]:
-    """One stage as one worker runs it: build_stage's handler in a BatchLoop, one group."""
+    """One stage as one worker runs it: build_stage's handler in a BatchLoop, one group;
+    profiled as `label` (default: the service) when `profiling` says where to."""
+    profiling = profiling or Profiling()
+    label = label or service
     settings = stage_settings(service, bootstrap, dsn)
     producer = BatchLoop.make_producer_for(settings)
     await producer.start()
@@ -233,7 +302,7 @@ async def run_stage(
             loop = BatchLoop(handler, settings, producer=producer)
             consumer = loop.make_consumer()
             before = produced(service)
-            profile = cProfile.Profile() if profile_dir else None
+            profile = cProfile.Profile() if profiling.stats_dir else None
             timing = await timed_batches(
                 consumer,
                 handler.topics,
@@ -241,9 +310,10 @@ async def run_stage(
                 expected,
                 handler=handler,
                 profile=profile,
+                flame=profiling.flame_dir / f"flame-{label}.svg" if profiling.flame_dir else None,
             )
-            if profile is not None and profile_dir is not None:
-                profile.dump_stats(profile_dir / f"{service}.pstats")
+            if profile is not None and profiling.stats_dir is not None:
+                profile.dump_stats(profiling.stats_dir / f"{label}.pstats")
             after = produced(service)
             return timing, {t: after[t] - before[t] for t in OUTPUT_TOPICS if after[t] > before[t]}
         finally:

@@ -13,7 +13,7 @@ from .backend import BENCH_IN, BENCH_OUT, fresh_backend
 from .metrics import state_per_patient
 from .patients import patient_pairs, publish_raw
 from .runner import BenchmarkError, Teardown, progress
-from .stages import baseline, copy_topic, run_stage, stage_row
+from .stages import Profiling, baseline, copy_topic, run_stage, stage_row
 
 STAGES = ("ingestion", "normalization", "conflicts", "alerting")
 # Reference figures from ARCHITECTURE.md (2 cores, medians of 3 runs, another day).
@@ -38,15 +38,13 @@ async def throughput_part(
 async def _chain(
     args: argparse.Namespace, bootstrap: str, dsn: str, raw_count: int, disagreeing: int
 ) -> dict[str, Any]:
-    profile_dir = Path(args.profile) if args.profile else None
-    if profile_dir:
-        profile_dir.mkdir(parents=True, exist_ok=True)
+    profiling = Profiling.from_args(args)
     rows: list[dict[str, Any]] = []
     expected, topic = raw_count, RAW_FHIR
     wanted = {"ingestion": INGESTED, "normalization": FACTS, "conflicts": CONFLICTS}
     for service in STAGES:
         progress(f"throughput: {service} over {expected} records of {topic} ...")
-        timing, out = await run_stage(service, bootstrap, dsn, expected, profile_dir)
+        timing, out = await run_stage(service, bootstrap, dsn, expected, profiling)
         row = stage_row(service, topic, timing, out, raw_count / expected)
         rows.append(row)
         progress(

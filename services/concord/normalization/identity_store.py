@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
@@ -510,6 +511,14 @@ class _Writes:
         )
 
 
+# A batch's candidates are mostly the same views as the last batch's: parsed once, they stay
+# the same (frozen) objects, whose match and blocking keys are computed once too. Keyed by the
+# stored document, so a view rewritten since is parsed anew.
+@lru_cache(maxsize=16_384)
+def _stored_view(document: str) -> Demographics:
+    return Demographics.from_stored(document)
+
+
 class PostgresIdentityStore(IdentityStore, IdentityReviews):
     def __init__(
         self,
@@ -812,7 +821,7 @@ class PostgresIdentityStore(IdentityStore, IdentityReviews):
         views: dict[str, list[Demographics]] = {}
         if wanted:
             for row in await conn.fetch(_CANDIDATES, wanted, self.max_block_size):
-                demographics = Demographics.from_stored(row["demographics"])
+                demographics = _stored_view(row["demographics"])
                 views.setdefault(row["enterprise_id"], []).append(demographics)
         persons = (
             KnownPerson(enterprise_id=eid, demographics=tuple(v)) for eid, v in views.items()
