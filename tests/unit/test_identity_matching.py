@@ -25,6 +25,7 @@ from concord.normalization.identity import (
     from_fhir_patient,
     from_pid,
     match,
+    normalize,
     score,
     shares_identifier,
 )
@@ -450,3 +451,26 @@ def test_a_stored_view_reads_back_equal_without_normalizing_again() -> None:
     again = Demographics.from_stored(view.model_dump_json())
     assert again == view
     assert again.keys == view.keys
+
+
+def _tokens_char_by_char(text: str) -> list[str]:
+    """tokens() as first written, one character at a time: the reference its ASCII fast path
+    must agree with."""
+    folded = unicodedata.normalize("NFC", text).casefold()
+    folded = folded.translate(str.maketrans("", "", "'\u2019\u02bc`\u00b4"))
+    cleaned = "".join(
+        ch if ch.isalnum() or unicodedata.category(ch).startswith("M") else " " for ch in folded
+    )
+    return cleaned.split()
+
+
+@settings(max_examples=500)
+@given(
+    st.one_of(
+        st.text(alphabet=st.characters(max_codepoint=127)),
+        st.text(),
+        st.sampled_from(["O'Brien", "de la Cruz-Smith", "JOSÉ", "Ng\u0303", "Müller, Jr.", ""]),
+    )
+)
+def test_tokens_agree_with_the_character_by_character_reference(text: str) -> None:
+    assert normalize.tokens(text) == _tokens_char_by_char(text)

@@ -30,6 +30,7 @@ import csv
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -140,6 +141,9 @@ class Terminology:
                     other = self._index[key][0].ref
                     raise CrosswalkError(f"{key} is mapped by {other} and by {crosswalk.ref}")
                 self._index[key] = (crosswalk, target)
+        # Codes repeat (a lab sends the same few hundred tests): each is looked up and
+        # checked once. Bounded, since a source may send codes without end.
+        self.map = lru_cache(maxsize=65_536)(self._map)  # type: ignore[method-assign]
 
     @classmethod
     def load(cls, folder: Path | None = None) -> Terminology:
@@ -149,6 +153,10 @@ class Terminology:
         return cls(parse_crosswalk(f.read_text("utf-8"), origin=f.name) for f in files)
 
     def map(self, system: str, code: str) -> MappedCode:
+        """The code as Concord compares it (frozen, so a cached result is shared safely)."""
+        return self._map(system, code)
+
+    def _map(self, system: str, code: str) -> MappedCode:
         uri = _system_uri(system)
         # A crosswalk may key one standard code by another (a molar LOINC term by its mass
         # twin), so the crosswalks are asked before a standard code passes through.

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -136,8 +137,9 @@ class Outbound:
         callbacks, self.when_sent = self.when_sent, []
         for callback in callbacks:
             callback()
-        for record in records:
-            metrics.EVENTS_PRODUCED.labels(self.stage, record.topic).inc()
+        # Counted per topic, not per record: a label lookup costs more than the increment.
+        for topic, count in Counter(r.topic for r in records).items():
+            metrics.EVENTS_PRODUCED.labels(self.stage, topic).inc(count)
         return len(records)
 
     def extend(self, other: Outbound) -> None:

@@ -47,6 +47,7 @@ _STREET_WORDS = {
 _US_POSTAL = re.compile(r"^\d{5}(\d{4})?$")
 # ASCII apostrophe, right single quotation mark, modifier letter apostrophe, grave, acute.
 _APOSTROPHES = str.maketrans("", "", "'\u2019\u02bc`\u00b4")
+_ASCII_SEPARATORS = re.compile(r"[^0-9a-z]+")  # after casefold, ASCII letters are a-z
 
 
 def _nfc(text: str) -> str:
@@ -58,6 +59,8 @@ def tokens(text: str) -> list[str]:
     because sources disagree on keeping them; other punctuation (hyphens, dots, commas)
     separates words."""
     folded = _nfc(text).casefold().translate(_APOSTROPHES)
+    if folded.isascii():  # most names: no marks, and a regex does what the loop below does
+        return _ASCII_SEPARATORS.sub(" ", folded).split()
     # Combining marks stay with their letter (a few letters have no precomposed form).
     cleaned = "".join(
         ch if ch.isalnum() or unicodedata.category(ch).startswith("M") else " " for ch in folded
