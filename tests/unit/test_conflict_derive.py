@@ -93,6 +93,19 @@ def test_a_secondary_neoplasm_code_implies_metastatic() -> None:
     assert derive(claim, METASTATIC) == [derived]  # deterministic: redelivery adds nothing
 
 
+def test_a_reloaded_policy_derives_by_its_own_patterns_not_the_last_ones() -> None:
+    # derive() remembers, per derivation list, which derivations an attribute key can match;
+    # a reload brings a new list, possibly with the same attribute keys and other patterns.
+    claim = _fact("Condition/C78.00", "active")
+    narrowed = (
+        METASTATIC[0].model_copy(update={"when": (FactPattern(attribute="Condition/C79*"),)}),
+    )
+    assert [d.value for d in derive(claim, METASTATIC)] == ["true"]
+    assert derive(claim, narrowed) == []
+    assert [d.value for d in derive(claim, METASTATIC)] == ["true"]
+    assert [d.value for d in derive(claim, list(METASTATIC))] == ["true"]
+
+
 def test_stage_one_implies_not_metastatic_and_its_stage_group() -> None:
     staged = _fact(f"Condition/{SCT}|254637007/stage", f"{SCT}|258215001")
     derived = {d.attribute: d.value for d in derive(staged, METASTATIC)}

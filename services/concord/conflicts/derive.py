@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,11 +31,18 @@ class FactPattern(BaseModel):
     values: tuple[str, ...] = ()
 
     def matches(self, fact: ClinicalFact) -> bool:
-        if not fnmatchcase(fact.attribute, self.attribute):
+        if not _matches(fact.attribute, self.attribute):
             return False
         if not self.values:
             return True
-        return fact.value is not None and any(fnmatchcase(fact.value, v) for v in self.values)
+        return fact.value is not None and any(_matches(fact.value, v) for v in self.values)
+
+
+# Every fact is tried against every pattern of every derivation; attribute keys repeat, so
+# each (key, pattern) is decided once.
+@lru_cache(maxsize=65_536)
+def _matches(text: str, pattern: str) -> bool:
+    return fnmatchcase(text, pattern)
 
 
 class Derivation(BaseModel):
@@ -69,7 +77,7 @@ def derive(fact: ClinicalFact, derivations: Sequence[Derivation]) -> list[Clinic
     """The derived facts a fact implies, one per derived attribute (the first derivation of an
     attribute that the fact matches decides its value)."""
     derived: dict[str, ClinicalFact] = {}
-    for derivation in derivations:
+    for derivation in _for_attribute(derivations, fact.attribute):
         if derivation.attribute in derived or derivation.attribute == fact.attribute:
             continue
         value = derivation.implied(fact)
@@ -91,3 +99,26 @@ def derive(fact: ClinicalFact, derivations: Sequence[Derivation]) -> list[Clinic
             subject=fact.subject,
         )
     return list(derived.values())
+
+
+# The derivations a fact's attribute key can match, per derivation list (the policy's: one
+# list until a reload replaces it). The entry holds the list, so its id stays its own.
+_BY_ATTRIBUTE: dict[int, tuple[Sequence[Derivation], dict[str, tuple[Derivation, ...]]]] = {}
+_MAX_LISTS, _MAX_KEYS = 8, 65_536
+
+
+def _for_attribute(derivations: Sequence[Derivation], attribute: str) -> tuple[Derivation, ...]:
+    entry = _BY_ATTRIBUTE.get(id(derivations))
+    if entry is None or entry[0] is not derivations:
+        if len(_BY_ATTRIBUTE) >= _MAX_LISTS:
+            _BY_ATTRIBUTE.clear()
+        entry = _BY_ATTRIBUTE[id(derivations)] = (derivations, {})
+    by_attribute = entry[1]
+    found = by_attribute.get(attribute)
+    if found is None:
+        found = tuple(
+            d for d in derivations if any(_matches(attribute, p.attribute) for p in d.when)
+        )
+        if len(by_attribute) < _MAX_KEYS:
+            by_attribute[attribute] = found
+    return found
