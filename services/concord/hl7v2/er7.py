@@ -4,13 +4,13 @@ python-hl7 builds a container object for every field, repetition and component a
 time: measured here at ~170 µs for a 240-byte message and ~12 ms for an 8.5 KB ADT, which is
 far below what one ingestion worker must pass. Most of a message is never looked at (Concord
 reads MSH, EVN, PID, AL1, DG1, OBR/OBX, RXE/RXA), so this reader splits segments with
-str.split and each field only when asked; python-hl7 still reads timestamps with offsets.
-Escape sequences are decoded here too (see unescape for why). Custom encoding characters are
-read from MSH-1/MSH-2 as the standard says. C0 control characters (but tab, line feed and
-carriage return) are never read outside MSH: parse removes those sent as they are, and unescape
-drops those a hex escape (`\\X00\\`) decodes to; `Er7Message.stripped` and `escaped_controls`
-say where. MSH is read as sent: its fields are the message's identity and its source, which
-are refused (not read differently) when they hold one.
+str.split and each field only when asked; timestamps are read as python-hl7 reads them
+(parse_timestamp). Escape sequences are decoded here too (see unescape for why). Custom
+encoding characters are read from MSH-1/MSH-2 as the standard says. C0 control characters
+(but tab, line feed and carriage return) are never read outside MSH: parse removes those sent
+as they are, and unescape drops those a hex escape (`\\X00\\`) decodes to;
+`Er7Message.stripped` and `escaped_controls` say where. MSH is read as sent: its fields are the
+message's identity and its source, which are refused (not read differently) when they hold one.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
-
-import hl7
 
 from concord.text import CONTROL_CHARACTERS, has_control_character
 
 _BOM = b"\xef\xbb\xbf"
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+# The names _SEGMENT_NAME has accepted, each checked once: at most 33,696 (26 * 36 * 36).
+_SEGMENT_NAMES: set[str] = set()
 # HL7 v2 DTM (TS.1 where the version uses TS), in ASCII digits:
 # YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]. The one statement of the grammar: every
-# caller reads it through split_dtm.
+# caller reads it through split_dtm (or parse_timestamp, which reads the same match).
 _DTM = re.compile(
     r"(?a)(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,4}))?)?)?)?)?)?"
     r"([+-]\d{4})?"
@@ -66,6 +66,11 @@ class Separators:
     truncation: str = "#"  # v2.7's fifth encoding character, named or not
 
 
+# The separators nearly every sender uses, as separators_of reads them: made once.
+_STANDARD = Separators()
+_STANDARD_ENCODING = "^~\\&"
+
+
 def separators_of(field_separator: str, encoding: str) -> Separators | None:
     """The separators MSH-1 and MSH-2 define, or None when they are not usable: four encoding
     characters (five from v2.7, the truncation character), all distinct, none a letter, a
@@ -85,13 +90,15 @@ class Segment:
     __slots__ = ("_fields", "index", "name", "separators")
 
     def __init__(self, text: str, separators: Separators, index: int) -> None:
-        self._fields = text.split(separators.field)
-        self.name = self._fields[0]
+        fields = text.split(separators.field)
+        name = fields[0]
+        if name == "MSH":
+            # MSH-1 is the field separator itself, so MSH field n is at split position n - 1.
+            fields.insert(1, separators.field)
+        self._fields = fields
+        self.name = name
         self.separators = separators
         self.index = index  # the segment's position among segments of its name, 1-based
-        if self.name == "MSH":
-            # MSH-1 is the field separator itself, so MSH field n is at split position n - 1.
-            self._fields.insert(1, separators.field)
 
     def location(self, field: int, component: int | None = None) -> str:
         where = f"{self.name}[{self.index}]-{field}" if self.index > 1 else f"{self.name}-{field}"
@@ -116,10 +123,42 @@ class Segment:
     ) -> str:
         """One subcomponent (1-based; the first by default) of one component of one
         repetition, unescaped."""
-        reps = self.repetitions(field)
-        if repetition >= len(reps):
-            return ""
-        return self._component(reps[repetition], component, subcomponent)
+        if repetition < 0 or component < 1 or subcomponent < 1:  # counted from the end
+            reps = self.repetitions(field)
+            if repetition >= len(reps):
+                return ""
+            return self._component(reps[repetition], component, subcomponent)
+        # repetitions and _component, in one call: this is the reader's innermost loop.
+        fields = self._fields
+        raw = fields[field] if 0 < field < len(fields) else ""
+        separators = self.separators
+        component_separator = separators.component
+        subcomponent_separator = separators.subcomponent
+        if (
+            component_separator not in raw
+            and separators.repetition not in raw
+            and subcomponent_separator not in raw
+        ):
+            # Most fields read (ids, timestamps, codes' systems) hold no separator: the value
+            # is the field itself or nothing.
+            if not raw or repetition or component != 1 or subcomponent != 1:
+                return ""
+            text = raw
+        else:
+            if self.name == "MSH" and field <= 2:
+                reps = [raw]
+            else:
+                reps = raw.split(separators.repetition)
+            if repetition >= len(reps):
+                return ""
+            parts = reps[repetition].split(component_separator)
+            if component > len(parts):
+                return ""
+            subparts = parts[component - 1].split(subcomponent_separator)
+            if subcomponent > len(subparts):
+                return ""
+            text = subparts[subcomponent - 1]
+        return self.unescape(text) if separators.escape in text else text
 
     def _component(self, repetition: str, component: int, subcomponent: int = 1) -> str:
         parts = repetition.split(self.separators.component)
@@ -145,7 +184,10 @@ class Er7Message:
         return self.segments[0]
 
     def first(self, name: str) -> Segment | None:
-        return next((s for s in self.segments if s.name == name), None)
+        for segment in self.segments:
+            if segment.name == name:
+                return segment
+        return None
 
     def all(self, name: str) -> list[Segment]:
         return [s for s in self.segments if s.name == name]
@@ -237,14 +279,21 @@ def parse(data: bytes | str) -> Er7Message:
         raise Er7Error("the message does not start with an MSH segment", "MSH")
     head = lines[0]
     field_separator = head[3]
-    separators = separators_of(field_separator, head[4:].split(field_separator, 1)[0])
+    encoding = head[4:].split(field_separator, 1)[0]
+    separators = (
+        _STANDARD
+        if field_separator == "|" and encoding == _STANDARD_ENCODING
+        else separators_of(field_separator, encoding)
+    )
     if separators is None:
         raise Er7Error("MSH-1 and MSH-2 do not define five distinct separators", "MSH-2")
     counts: dict[str, int] = {}
     segments: list[Segment] = []
     for line in lines:
         name = line[:3]
-        if not _SEGMENT_NAME.match(name) or (len(line) > 3 and line[3] != field_separator):
+        if name not in _SEGMENT_NAMES and _SEGMENT_NAME.match(name):
+            _SEGMENT_NAMES.add(name)
+        if name not in _SEGMENT_NAMES or (len(line) > 3 and line[3] != field_separator):
             raise Er7Error(
                 f"segment {len(segments) + 1} does not start with a segment name",
                 f"segment {len(segments) + 1}",
@@ -371,19 +420,51 @@ def split_dtm(value: str, *, prefix: bool = False) -> DtmParts | None:
     return DtmParts(*found.groups()) if found is not None else None
 
 
+def _offset_zone(offset: str) -> timezone:
+    """The zone of a DTM's offset (`-0500`); ValueError for an offset of a day or more
+    (`-3000`), which no time zone can hold. Remembered: a feed sends a handful of offsets."""
+    zone = _OFFSET_ZONES.get(offset)
+    if zone is None:
+        hours = int(offset[:3]) * 60
+        minutes = int(offset[3:])
+        # python-hl7's math.copysign(minutes, hours): the sign of the hours, `-00` being 0.
+        zone = timezone(timedelta(minutes=hours + (minutes if hours >= 0 else -minutes)))
+        _OFFSET_ZONES[offset] = zone
+    return zone
+
+
+# Offset as written -> its zone: at most the 20,000 offsets the DTM grammar can write.
+_OFFSET_ZONES: dict[str, timezone] = {}
+
+
 def parse_timestamp(value: str) -> datetime | None:
     """An HL7 DTM/TS (split_dtm); naive when it has no offset. None when it is not a
-    timestamp at all."""
-    value = value.strip()
-    if split_dtm(value) is None:
+    timestamp at all (not a DTM, not a calendar date and time, or an offset of a day or more).
+
+    Read from the DTM's parts as python-hl7's parse_datetime reads them, without parsing the
+    text a second time: the seconds and their fraction as a float rounded to microseconds by
+    timedelta, and the offset's minutes taking the sign of its hours (so `-0030`, hours
+    `-00`, is 30 minutes east, as python-hl7 has it)."""
+    found = _DTM.fullmatch(value.strip())
+    if found is None:
         return None
+    year, month, day, hour, minute, second, fraction, offset = found.groups()
     try:
-        parsed = hl7.parse_datetime(value)
-        # An offset of a day or more (-3000) parses, but no datetime can hold it.
-        offset = parsed.utcoffset() if isinstance(parsed, datetime) else None
-    except (ValueError, TypeError):
+        if fraction is None:
+            seconds, microseconds = int(second or 0), 0
+        else:
+            exact = timedelta(seconds=float(f"{second}.{fraction}"))
+            seconds, microseconds = exact.seconds, exact.microseconds
+        zone = None if offset is None else _offset_zone(offset)
+        return datetime(
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hour or 0),
+            int(minute or 0),
+            seconds,
+            microseconds,
+            tzinfo=zone,
+        )
+    except ValueError:  # not a calendar date and time (month 13, hour 24, year 0000)
         return None
-    if not isinstance(parsed, datetime):
-        return None
-    # The library's own tzinfo class is swapped for the standard one, the offset kept.
-    return parsed if offset is None else parsed.replace(tzinfo=timezone(offset))

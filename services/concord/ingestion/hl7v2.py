@@ -25,6 +25,7 @@ sent, MSH-10 (the record's id) holding one rejects the message.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, tzinfo
@@ -86,7 +87,14 @@ TIMESTAMP_FIELDS = {
 _TYPE_NAME = re.compile(r"(?a)^[A-Z0-9]{3}$")
 _NUMBER = re.compile(r"(?a)^[+-]?(\d+(\.\d*)?|\.\d+)$")
 
+# Codes longer than this are checked each time rather than remembered (_coding_problem).
+_REMEMBERED_CODE_LENGTH = 64
+
 ZoneLookup = Callable[[str], ZoneInfo | None]
+# A message's timestamps read so far: (value, zone it was read in) -> the time in UTC, or None
+# when it is not one. A message repeats its times (MSH-7 in EVN-2, OBR-7 in each OBX-14), and
+# the event time's field is read again with the others; each is parsed once.
+Times = dict[tuple[str, tzinfo | None], datetime | None]
 
 
 def no_zones(_source: str) -> ZoneInfo | None:
@@ -108,10 +116,11 @@ def ingest_hl7v2(
         return header
     message_type, control_id = header
     zone = zone_of(source)
-    event_time = _event_time(message, zone)
+    times: Times = {}
+    event_time = _event_time(message, zone, times)
     if isinstance(event_time, Rejection):
         return event_time
-    warnings = _check_content(message, zone)
+    warnings = _check_content(message, message_type.partition("^")[0], zone, times)
     if isinstance(warnings, Rejection):
         return warnings
     return [
@@ -172,17 +181,23 @@ def _check_header(message: er7.Er7Message) -> tuple[str, str] | Rejection:
     return message_type, control_id
 
 
-def _event_time(message: er7.Er7Message, zone: ZoneInfo | None) -> RecordTime | Rejection:
+def _event_time(
+    message: er7.Er7Message, zone: ZoneInfo | None, times: Times
+) -> RecordTime | Rejection:
     """When the source says the change happened: EVN-6, else EVN-2, else MSH-7
     (record_time.HL7V2_TIME_FIELDS), with the field it came from."""
     msh = message.msh
     if not msh.raw(7).strip():
         return Rejection("HL7_INVALID", "MSH-7, the message date/time, is empty", location="MSH-7")
+    evn = message.first("EVN")
     for name, field in HL7V2_TIME_FIELDS:
-        segment = msh if name == "MSH" else message.first(name)
-        if segment is None or not segment.value(field).strip():
+        segment = msh if name == "MSH" else evn if name == "EVN" else message.first(name)
+        if segment is None:
             continue
-        moment = _timestamp(segment, field, zone)
+        value = segment.value(field).strip()
+        if not value:
+            continue
+        moment = _timestamp(segment, field, zone, value, times)
         if isinstance(moment, Rejection):
             return moment
         if moment is not None:
@@ -191,7 +206,7 @@ def _event_time(message: er7.Er7Message, zone: ZoneInfo | None) -> RecordTime | 
 
 
 def _check_content(
-    message: er7.Er7Message, zone: ZoneInfo | None
+    message: er7.Er7Message, kind: str, zone: ZoneInfo | None, times: Times
 ) -> list[IngestionWarning] | Rejection:
     """The warnings the message is accepted with, or what rejects it: a PID without an
     identifier (the message is about nobody Concord can name), or a local time the source's
@@ -201,7 +216,6 @@ def _check_content(
         return Rejection(
             "HL7_INVALID", "PID-3 holds no patient identifier", location=pid.location(3)
         )
-    kind = message.msh.value(9, 1)
     warnings = [
         warning(
             "HL7_INVALID",
@@ -221,7 +235,10 @@ def _check_content(
         if segment.name == "OBX":
             warnings += _check_result(segment)
         for ts_field in TIMESTAMP_FIELDS.get(segment.name, ()):
-            problem = _check_timestamp(segment, ts_field, zone)
+            value = segment.value(ts_field).strip()
+            if not value:  # most of these fields are not sent
+                continue
+            problem = _check_timestamp(segment, ts_field, value, zone, times)
             if isinstance(problem, Rejection):
                 return problem
             if problem is not None:
@@ -230,13 +247,11 @@ def _check_content(
 
 
 def _check_timestamp(
-    segment: er7.Segment, field: int, zone: ZoneInfo | None
+    segment: er7.Segment, field: int, value: str, zone: ZoneInfo | None, times: Times
 ) -> IngestionWarning | Rejection | None:
-    value = segment.value(field).strip()
-    if not value:
-        return None
+    """The field's `value` (stripped, not empty) read as a timestamp."""
     # A date (birth date, YYYYMMDD or shorter) is not an instant: it needs no zone.
-    moment = _timestamp(segment, field, zone if len(value) > 8 else UTC)
+    moment = _timestamp(segment, field, zone if len(value) > 8 else UTC, value, times)
     if isinstance(moment, Rejection):
         return moment
     if moment is None:
@@ -250,14 +265,13 @@ def _check_timestamp(
 
 def _check_coded(segment: er7.Segment, field: int) -> list[IngestionWarning]:
     code = segment.value(field, 1).strip()
-    name = f"{segment.name}-{field}"
     if not code:
         if segment.name not in CODE_REQUIRED:
             return []
         return [
             warning(
                 "HL7_INVALID",
-                f"{name} must carry a code: the {segment.name} segment is not read",
+                f"{segment.name}-{field} must carry a code: the {segment.name} segment is not read",
                 location=segment.location(field, 1),
             )
         ]
@@ -266,19 +280,19 @@ def _check_coded(segment: er7.Segment, field: int) -> list[IngestionWarning]:
         return [
             warning(
                 "CODE_WITHOUT_SYSTEM",
-                f"{name} has a code but no coding system (component 3): kept as a local, "
-                "unmapped code",
+                f"{segment.name}-{field} has a code but no coding system (component 3): kept "
+                "as a local, unmapped code",
                 location=segment.location(field, 3),
             )
         ]
     known = CODING_SYSTEMS.get(system.upper())
-    problem = check_coding({"system": known, "code": code}) if known is not None else None
+    problem = _coding_problem(known, code) if known is not None else None
     if problem is None:
         return []
     return [
         warning(
             problem[0],
-            f"{name}: {problem[1]}: kept as sent, an unmapped code",
+            f"{segment.name}-{field}: {problem[1]}: kept as sent, an unmapped code",
             location=segment.location(field, 1),
         )
     ]
@@ -316,10 +330,15 @@ def _check_result(obx: er7.Segment) -> list[IngestionWarning]:
 
 
 def _timestamp(
-    segment: er7.Segment, field: int, zone: tzinfo | None
+    segment: er7.Segment, field: int, zone: tzinfo | None, value: str, times: Times
 ) -> datetime | Rejection | None:
-    moment = er7.parse_timestamp(segment.value(field))
+    """The field's `value` (stripped, as the caller read it) as a UTC time."""
+    key = (value, zone)
+    if key in times:
+        return times[key]
+    moment = er7.parse_timestamp(value)
     if moment is None:
+        times[key] = None
         return None
     if moment.tzinfo is None:
         if zone is None:
@@ -330,9 +349,26 @@ def _timestamp(
             )
         moment = moment.replace(tzinfo=zone)
     try:
-        return moment.astimezone(UTC)
+        utc: datetime | None = moment.astimezone(UTC)
     except OverflowError:  # past year 9999 (or before year 1) in UTC: not a time
-        return None
+        utc = None
+    times[key] = utc
+    return utc
+
+
+def _coding_problem(system: str, code: str) -> tuple[str, str] | None:
+    """check_coding of a code in a system it knows; remembered (_checked_coding) unless the
+    code is longer than any real one."""
+    if len(code) > _REMEMBERED_CODE_LENGTH:
+        return check_coding({"system": system, "code": code})
+    return _checked_coding(system, code)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_coding(system: str, code: str) -> tuple[str, str] | None:
+    """A feed sends the same few hundred codes over and over (a lab's LOINC panel, its
+    allergens): each is checked once (its check digit) rather than in every message."""
+    return check_coding({"system": system, "code": code})
 
 
 def zones_from(mapping: Mapping[str, str], default: str | None) -> ZoneLookup:
