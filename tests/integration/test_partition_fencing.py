@@ -40,8 +40,12 @@ def _batch(*facts: ClinicalFact) -> list[RawEvent]:
 
 
 async def _stored(pool: asyncpg.Pool, patient: str) -> dict[str, str]:
+    # An assertion that is exactly its recorded fact keeps only the fact's id (migration 0019).
     rows = await pool.fetch(
-        "SELECT source_system, value FROM assertions WHERE patient_id = $1", patient
+        "SELECT a.source_system, CASE WHEN a.assertion IS NULL THEN h.value "
+        "ELSE a.assertion ->> 'value' END AS value FROM assertions a "
+        "LEFT JOIN fact_history h ON h.fact_id = a.fact_id WHERE a.patient_id = $1",
+        patient,
     )
     return {r["source_system"]: r["value"] for r in rows}
 

@@ -7,6 +7,7 @@ holds the assertions, the conflict states and the outbox rows, so they always ag
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
@@ -15,18 +16,35 @@ import orjson
 
 from concord.conflicts.beliefs import record_key
 from concord.conflicts.ports import ConflictStorePort, Key, Timer
-from concord.conflicts.rules import AttributeState, ConflictState, HistoricFact, Hold
+from concord.conflicts.rules import (
+    AttributeState,
+    ConflictState,
+    HistoricFact,
+    Hold,
+    as_assertion,
+)
 from concord.events.models import Assertion, AttributeClass, ClinicalFact, Provenance
 from concord.runtime.batch import OutboundRecord
 from concord.runtime.db import unnest_columns
 from concord.runtime.leases import PartitionLeases
 from concord.runtime.outbox import Outbox
 
-_LOAD_ASSERTIONS = """
-SELECT a.* FROM assertions a
+# A fact as fact_history keeps it (h), its provenance included: an assertion row whose
+# `assertion` is NULL is exactly that fact (migration 0019).
+_FACT = """
+h.fact_id AS h_fact_id, h.source_system AS h_source_system, h.value, h.display, h.status,
+h.unit, h.effective_time, h.event_time AS h_event_time, h.received_time, h.record_id,
+h.record_version, h.raw_topic, h.raw_partition, h.raw_offset, h.payload_sha256, h.payload_digest,
+h.raw_location, h.event_time_basis, h.provenance_extra
+"""
+_LOAD_ASSERTIONS = f"""
+SELECT a.patient_id, a.attribute, a.source_system, a.assertion, a.records, {_FACT}
+FROM assertions a
 JOIN unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
   ON a.patient_id = k.patient_id AND a.attribute = k.attribute
-"""
+LEFT JOIN fact_history h ON a.assertion IS NULL AND h.fact_id = a.fact_id
+"""  # noqa: S608 (constants only)
+_FACTS = f"SELECT {_FACT} FROM fact_history h WHERE h.fact_id = ANY($1::text[])"  # noqa: S608
 _LOAD_CONFLICTS = """
 SELECT c.* FROM conflict_state c
 JOIN unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
@@ -34,17 +52,13 @@ JOIN unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
 """
 _UPSERT_ASSERTIONS_ANY_TIME = """
 INSERT INTO assertions (patient_id, attribute, source_system, kafka_partition, attribute_class,
-                        value, display, status, fact_id, event_time, received_time, provenance,
-                        unit, effective_time, records)
+                        fact_id, event_time, assertion, records)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[],
-                     $12::jsonb[], $13::text[], $14::timestamptz[], $15::jsonb[])
+                     $7::timestamptz[], $8::jsonb[], $9::jsonb[])
 ON CONFLICT (patient_id, attribute, source_system) DO UPDATE SET
     kafka_partition = excluded.kafka_partition, attribute_class = excluded.attribute_class,
-    value = excluded.value, display = excluded.display, status = excluded.status,
     fact_id = excluded.fact_id, event_time = excluded.event_time,
-    received_time = excluded.received_time, provenance = excluded.provenance,
-    unit = excluded.unit, effective_time = excluded.effective_time, records = excluded.records
+    assertion = excluded.assertion, records = excluded.records
 """
 # A stale cache (another worker's, during a rebalance) must never put an older assertion back;
 # only an unmerge's rebuild does so on purpose (_UPSERT_ASSERTIONS_ANY_TIME).
@@ -69,12 +83,17 @@ WHERE conflict_state.conflict_id <> excluded.conflict_id
 
 _RECORD_HISTORY = """
 INSERT INTO fact_history (fact_id, patient_id, attribute, attribute_class, source_system,
-                          subject, value, display, status, event_time, provenance, unit,
-                          effective_time)
+                          subject, value, display, status, event_time, unit, effective_time,
+                          received_time, record_id, record_version, raw_topic, raw_partition,
+                          raw_offset, payload_sha256, payload_digest, raw_location,
+                          event_time_basis, provenance_extra)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::jsonb[],
-                     $12::text[], $13::timestamptz[])
+                     $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::text[],
+                     $12::timestamptz[], $13::timestamptz[], $14::text[], $15::text[],
+                     $16::text[], $17::int[], $18::bigint[], $19::bytea[], $20::text[],
+                     $21::text[], $22::text[], $23::jsonb[])
 ON CONFLICT (fact_id) DO NOTHING
+RETURNING fact_id
 """
 _RECORD_OWNERS = """
 INSERT INTO subject_owners (source_system, subject, patient_id)
@@ -109,17 +128,19 @@ SELECT DISTINCT patient_id FROM previous
 """
 # What every subject the patients own now asserted, and what was recorded of the patients
 # under subjects they no longer own (whose assertions must leave them).
-_HISTORY_OF = """
+_HISTORY_OF = f"""
 WITH owned AS (
     SELECT source_system, subject, patient_id AS owner FROM subject_owners
     WHERE patient_id = ANY($1::text[])
 )
-SELECT h.*, owned.owner FROM fact_history h JOIN owned USING (source_system, subject)
+SELECT h.attribute, h.attribute_class, owned.owner, {_FACT}
+FROM fact_history h JOIN owned USING (source_system, subject)
 UNION
-SELECT h.*, coalesce(o.patient_id, h.patient_id) AS owner FROM fact_history h
+SELECT h.attribute, h.attribute_class, coalesce(o.patient_id, h.patient_id) AS owner, {_FACT}
+FROM fact_history h
 LEFT JOIN subject_owners o USING (source_system, subject)
 WHERE h.patient_id = ANY($1::text[])
-"""
+"""  # noqa: S608 (constants only)
 _LOAD_STALE = """
 SELECT s.* FROM stale_state s
 JOIN unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
@@ -210,7 +231,7 @@ class ConflictStore(ConflictStorePort):
                 owner=row["owner"],
                 attribute=row["attribute"],
                 attribute_class=row["attribute_class"],
-                assertion=_assertion(row),
+                assertion=_fact(row),
             )
             for row in rows
         ]
@@ -280,9 +301,11 @@ class ConflictStore(ConflictStorePort):
         async with self.pool.acquire() as conn, conn.transaction():
             if self.leases is not None:
                 await self.leases.check(conn, partitions)
-            await self._write_assertions(conn, _UPSERT_ASSERTIONS, assertions)
-            await self._write_assertions(conn, _UPSERT_ASSERTIONS_ANY_TIME, rebuilt)
-            await _record(conn, facts)
+            # The history first: an assertion that is exactly its recorded fact refers to it.
+            recorded = await _record(conn, facts)
+            known = await _recorded_as(conn, [*assertions, *rebuilt], recorded)
+            await _write_assertions(conn, _UPSERT_ASSERTIONS, assertions, known)
+            await _write_assertions(conn, _UPSERT_ASSERTIONS_ANY_TIME, rebuilt, known)
             await _write_stale(conn, stale)
             await _write_held(conn, held)
             await _write_timers(conn, timers)
@@ -294,42 +317,13 @@ class ConflictStore(ConflictStorePort):
                 await conn.execute(_UPSERT_CONFLICTS, *unnest_columns(columns, 10))
             await self.outbox.write(conn, events)
 
-    @staticmethod
-    async def _write_assertions(
-        conn: asyncpg.Connection, statement: str, rows: Iterable[tuple[AttributeState, str, int]]
-    ) -> None:
-        columns: list[tuple[object, ...]] = []
-        for st, source, p in rows:
-            a = st.assertions[source]
-            records = st.records.get(a.source_system)
-            columns.append(
-                (
-                    st.patient_id,
-                    st.attribute,
-                    a.source_system,
-                    p,
-                    st.attribute_class,
-                    a.value,
-                    a.display,
-                    a.status,
-                    a.fact_id,
-                    _newest_time(a, records),
-                    a.provenance.received_time,
-                    _json(a.provenance),
-                    a.unit,
-                    a.effective_time,
-                    _records_json(records),
-                )
-            )
-        if columns:
-            await conn.execute(statement, *unnest_columns(columns, 15))
 
-
-async def _record(conn: asyncpg.Connection, facts: Sequence[ClinicalFact]) -> None:
+async def _record(conn: asyncpg.Connection, facts: Sequence[ClinicalFact]) -> dict[str, Assertion]:
     """Keep every consumed fact, and note whose each source's subject is now (the newest
-    fact's patient), for an unmerge to rebuild from."""
+    fact's patient), for an unmerge to rebuild from. Returns the facts recorded now (a fact
+    recorded before keeps its first record), as assertions, by fact id."""
     if not facts:
-        return
+        return {}
     history = [
         (
             f.fact_id,
@@ -342,17 +336,62 @@ async def _record(conn: asyncpg.Connection, facts: Sequence[ClinicalFact]) -> No
             f.display,
             f.status,
             f.provenance.event_time,
-            _json(f.provenance),
             f.unit,
             f.effective_time,
+            *_provenance_columns(f.provenance),
         )
         for f in facts
     ]
-    await conn.execute(_RECORD_HISTORY, *unnest_columns(history, 13))
+    rows = await conn.fetch(_RECORD_HISTORY, *unnest_columns(history, 23))
     owners = {(f.provenance.source_system, f.subject): f.patient_id for f in facts if f.subject}
     if owners:
         columns = ((source, subject, eid) for (source, subject), eid in owners.items())
         await conn.execute(_RECORD_OWNERS, *unnest_columns(columns, 3))
+    inserted = {row["fact_id"] for row in rows}
+    return {f.fact_id: as_assertion(f) for f in facts if f.fact_id in inserted}
+
+
+async def _recorded_as(
+    conn: asyncpg.Connection,
+    rows: Sequence[tuple[AttributeState, str, int]],
+    recorded: dict[str, Assertion],
+) -> dict[str, Assertion]:
+    """The facts the assertions name as fact_history holds them (those recorded in this
+    transaction are known already; the rest are read)."""
+    wanted = {st.assertions[source].fact_id for st, source, _ in rows} - set(recorded)
+    if not wanted:
+        return recorded
+    found = await conn.fetch(_FACTS, sorted(wanted))
+    return {**recorded, **{row["h_fact_id"]: _fact(row) for row in found}}
+
+
+async def _write_assertions(
+    conn: asyncpg.Connection,
+    statement: str,
+    rows: Iterable[tuple[AttributeState, str, int]],
+    known: Mapping[str, Assertion],
+) -> None:
+    """An assertion that is exactly its fact as the history keeps it is stored as the fact's
+    id alone; any other (a tombstone, a fact recorded before the history) whole."""
+    columns: list[tuple[object, ...]] = []
+    for st, source, p in rows:
+        a = st.assertions[source]
+        records = st.records.get(a.source_system)
+        columns.append(
+            (
+                st.patient_id,
+                st.attribute,
+                a.source_system,
+                p,
+                st.attribute_class,
+                a.fact_id,
+                _newest_time(a, records),
+                None if known.get(a.fact_id) == a else a.model_dump_json(),
+                _records_json(records),
+            )
+        )
+    if columns:
+        await conn.execute(statement, *unnest_columns(columns, 9))
 
 
 def _conflict_state(row: asyncpg.Record, digest: str, *, reviewed: bool = False) -> ConflictState:
@@ -369,13 +408,81 @@ def _conflict_state(row: asyncpg.Record, digest: str, *, reviewed: bool = False)
 
 
 def _assertion(row: asyncpg.Record) -> Assertion:
+    """An assertion row (joined with its fact's history row)."""
+    if row["assertion"] is not None:
+        return Assertion.model_validate_json(row["assertion"])
+    return _fact(row)
+
+
+# Provenance's fields fact_history has columns for (source_system and event_time: the fact's).
+_PROVENANCE_COLUMNS = frozenset(
+    {
+        "source_system",
+        "event_time",
+        "source_record_id",
+        "source_record_version",
+        "received_time",
+        "raw_topic",
+        "raw_partition",
+        "raw_offset",
+        "payload_sha256",
+        "raw_location",
+        "event_time_basis",
+    }
+)
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _provenance_columns(p: Provenance) -> tuple[object, ...]:
+    """received_time … provenance_extra, in _RECORD_HISTORY's order."""
+    digest = p.payload_sha256
+    packed = _SHA256_HEX.fullmatch(digest) is not None
+    extra = {
+        name: value
+        for name, value in p.model_dump(mode="json").items()
+        if name not in _PROVENANCE_COLUMNS
+    }
+    return (
+        p.received_time,
+        p.source_record_id,
+        p.source_record_version,
+        p.raw_topic,
+        p.raw_partition,
+        p.raw_offset,
+        bytes.fromhex(digest) if packed else None,
+        None if packed else digest,
+        p.raw_location,
+        p.event_time_basis,
+        orjson.dumps(extra).decode() if extra else None,
+    )
+
+
+def _fact(row: asyncpg.Record) -> Assertion:
+    """The fact of a fact_history row (selected as _FACT) as an assertion, its provenance
+    whole again."""
+    digest = row["payload_sha256"]
+    provenance: dict[str, object] = {
+        "source_system": row["h_source_system"],
+        "source_record_id": row["record_id"],
+        "source_record_version": row["record_version"],
+        "event_time": row["h_event_time"],
+        "received_time": row["received_time"],
+        "raw_topic": row["raw_topic"],
+        "raw_partition": row["raw_partition"],
+        "raw_offset": row["raw_offset"],
+        "payload_sha256": row["payload_digest"] if digest is None else bytes(digest).hex(),
+        "raw_location": row["raw_location"],
+        "event_time_basis": row["event_time_basis"],
+    }
+    if row["provenance_extra"] is not None:
+        provenance.update(orjson.loads(row["provenance_extra"]))
     return Assertion(
-        source_system=row["source_system"],
+        source_system=row["h_source_system"],
         value=row["value"],
         display=row["display"],
         status=row["status"],
-        fact_id=row["fact_id"],
-        provenance=Provenance.model_validate_json(row["provenance"]),
+        fact_id=row["h_fact_id"],
+        provenance=Provenance.model_validate(provenance),
         unit=row["unit"],
         effective_time=row["effective_time"],
     )
@@ -400,10 +507,6 @@ def _records_json(records: dict[str, Assertion] | None) -> str | None:
 def _records(document: str) -> dict[str, Assertion]:
     records = (Assertion.model_validate(item) for item in orjson.loads(document))
     return {record_key(a): a for a in records}
-
-
-def _json(provenance: Provenance) -> str:
-    return orjson.dumps(provenance.model_dump(mode="json")).decode()
 
 
 async def _write_stale(
