@@ -52,14 +52,13 @@ class AlertingStage(BaseStage):
     async def on_produced(self) -> None:
         await self.outbox.acknowledge()
         published_at = datetime.now(UTC)
-        for event, _ in self._published:
-            latest_event = max(a.provenance.event_time for a in event.assertions)
-            metrics.ALERT_LATENCY.labels("received").observe(
-                (published_at - event.trigger_received_time).total_seconds()
-            )
-            metrics.ALERT_LATENCY.labels("event").observe(
-                max(0.0, (published_at - latest_event).total_seconds())
-            )
+        if self._published:
+            since_received = metrics.ALERT_LATENCY.labels("received")
+            since_event = metrics.ALERT_LATENCY.labels("event")
+            for event, _ in self._published:
+                latest_event = max(a.provenance.event_time for a in event.assertions)
+                since_received.observe((published_at - event.trigger_received_time).total_seconds())
+                since_event.observe(max(0.0, (published_at - latest_event).total_seconds()))
         refreshed = self._gauge_refreshed
         if self._published and (
             refreshed is None or time.monotonic() - refreshed > GAUGE_REFRESH_SECONDS

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import asyncpg
 import orjson
+from pydantic import TypeAdapter
 
 from concord.alerting.lifecycle import AlertRecord
 from concord.alerting.ports import AlertStorePort
@@ -14,7 +15,10 @@ from concord.runtime.batch import OutboundRecord
 from concord.runtime.db import unnest_columns
 from concord.runtime.outbox import Outbox
 
-_UPSERT_ALERTS = """
+# One statement: each alert's latest state, then every revision's history row (the history's
+# foreign key on alerts is checked at the end of the statement, after the upsert).
+_SAVE = """
+WITH upserted AS (
 INSERT INTO alerts (alert_id, revision, conflict_revision, kind, status, patient_id, attribute,
                     attribute_class, severity, assertions, proposed_value, proposed_reason,
                     opened_at, updated_at, resolved_at, stale_source)
@@ -33,16 +37,18 @@ ON CONFLICT (alert_id) DO UPDATE SET
     proposed_reason = excluded.proposed_reason, updated_at = excluded.updated_at,
     resolved_at = excluded.resolved_at, stale_source = excluded.stale_source
 WHERE alerts.conflict_revision < excluded.conflict_revision
-"""
-_INSERT_HISTORY = """
+)
 INSERT INTO alert_history (alert_id, revision, status, changed_at, reason)
-SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[])
+SELECT * FROM unnest($17::text[], $18::int[], $19::text[], $20::timestamptz[], $21::text[])
 ON CONFLICT DO NOTHING
 """
+_ASSERTIONS: TypeAdapter[tuple[Assertion, ...]] = TypeAdapter(tuple[Assertion, ...])
 
 
 def assertions_json(assertions: Sequence[Assertion]) -> str:
-    return orjson.dumps([a.model_dump(mode="json") for a in assertions]).decode()
+    """The assertions as a JSON array, each as Assertion.model_dump(mode="json") has it, written
+    by pydantic in one call."""
+    return _ASSERTIONS.dump_json(tuple(assertions)).decode()
 
 
 def alert_from_row(row: asyncpg.Record) -> AlertRecord:
@@ -99,8 +105,7 @@ class AlertStore(AlertStorePort):
         alerts = [_alert_columns(record) for record, _ in changes]
         past = [(a.alert_id, a.revision, a.status, a.updated_at, reason) for a, reason in history]
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(_UPSERT_ALERTS, *unnest_columns(alerts, 16))
-            await conn.execute(_INSERT_HISTORY, *unnest_columns(past, 5))
+            await conn.execute(_SAVE, *unnest_columns(alerts, 16), *unnest_columns(past, 5))
             await self.outbox.write(conn, events)
 
     async def open_counts(self) -> dict[str, int]:
