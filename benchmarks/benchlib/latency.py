@@ -1,6 +1,12 @@
 """Part 2 of pipeline.py, latency: the whole stack as separate processes, pairs of
 disagreeing Patients at a fixed offered rate, from the send of each pair's second event to
-the arrival of its alert, split per hop."""
+the arrival of its alert, split per hop.
+
+With --mix realistic (the default) the offered rate counts every raw event and the timed
+pairs are one event in ten (--pair-share) among FHIR and HL7 v2 filler; each stage's
+consumer-group lag is sampled every second meanwhile. The mix, the lag sampler and the
+--max-rate mode are endtoend.py's, which builds on this module (offer, Offered,
+AlertCollector): _measure_latency imports them when it runs."""
 
 from __future__ import annotations
 
@@ -18,11 +24,11 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from concord.runtime.reading import read_topic
 from concord.stack.stack import ALL_SERVICES, StackInfo
-from concord.topics import ALERTS, CONFLICTS, FACTS, INGESTED, RAW_FHIR
+from concord.topics import ALERTS, CONFLICTS, DEADLETTER, FACTS, INGESTED, RAW_FHIR
 
 from .backend import TopicReader
 from .metrics import batch_metrics, batch_summary, cpu_seconds, percentiles
-from .patients import RawPatient, patient_pairs
+from .patients import RawPatient
 from .runner import BenchmarkError, Teardown, progress
 
 
@@ -61,8 +67,25 @@ class AlertCollector(TopicReader):
             await asyncio.sleep(0.1)
 
 
+@dataclass(frozen=True)
+class Offered:
+    """One raw event to offer: a timed pair's Patient (`triggers` names the enterprise id
+    whose alert its send starts the clock for) or a filler event of the realistic mix."""
+
+    topic: str
+    value: bytes
+    source: str
+    key: bytes | None = None
+    triggers: str | None = None
+
+
+def offered_pairs(events: Sequence[RawPatient]) -> list[Offered]:
+    """patient_pairs' events as offer sends them: on ehr.raw.fhir, unkeyed."""
+    return [Offered(RAW_FHIR, e.value, e.source, None, e.triggers) for e in events]
+
+
 async def offer(
-    producer: AIOKafkaProducer, events: Sequence[RawPatient], rate: float
+    producer: AIOKafkaProducer, events: Sequence[RawPatient | Offered], rate: float
 ) -> tuple[dict[str, tuple[float, float]], float]:
     """Send events at `rate` per second (event k due at k / rate); return the send time
     (perf_counter, time.time) of each triggering event and the seconds the sending took."""
@@ -75,7 +98,11 @@ async def offer(
             await asyncio.sleep(delay)
         now = time.perf_counter()
         headers = [("source", event.source.encode())]
-        futures.append(await producer.send(RAW_FHIR, event.value, headers=headers))
+        if isinstance(event, Offered):
+            topic, key = event.topic, event.key
+        else:
+            topic, key = RAW_FHIR, None
+        futures.append(await producer.send(topic, event.value, key=key, headers=headers))
         if event.triggers:
             sent[event.triggers] = (now, time.time())
     elapsed = time.perf_counter() - started
@@ -109,34 +136,44 @@ async def latency_part(
 
 
 async def _measure_latency(args: argparse.Namespace, info: StackInfo, token: str) -> dict[str, Any]:
+    # endtoend.py builds on this module (offer, Offered, AlertCollector): imported here.
+    from .endtoend import STACK_GROUPS, LagSampler, Mix, fifths, offer_window
+
+    mix = Mix.from_args(args)
     collector = AlertCollector(info.bootstrap_servers)
     producer = AIOKafkaProducer(bootstrap_servers=info.bootstrap_servers, linger_ms=0)
+    sampler = LagSampler(info.bootstrap_servers, STACK_GROUPS, (ALERTS, DEADLETTER))
     await collector.start()
     await producer.start()
+    await sampler.start()
     try:
-        warm = patient_pairs(f"BW{token}", args.warmup_pairs, disagree_every=1)
+        warm = await mix.events(f"BW{token}", f"W{token}", mix.events_for_pairs(args.warmup_pairs))
         progress(f"latency: warm-up, {len(warm)} events at {args.rate:g}/s (not measured)")
         sent, _ = await offer(producer, warm, args.rate)
         missing = await collector.wait_for(list(sent), within=60)
         if missing:
             raise BenchmarkError(f"warm-up: {len(missing)} of {len(sent)} alerts never arrived")
-        pairs = int(args.rate * args.seconds) // 2
-        events = patient_pairs(f"BL{token}", pairs, disagree_every=1)
+        await sampler.wait_idle(60, {})
+        events = await mix.events(f"BL{token}", f"L{token}", int(args.rate * args.seconds))
+        pairs = sum(1 for e in events if e.triggers)
         progress(
-            f"latency: offering {len(events)} events ({pairs} disagreeing pairs) at "
-            f"{args.rate:g}/s for {args.seconds:g}s"
+            f"latency: offering {len(events)} events ({pairs} disagreeing pairs, {mix.kind} mix) "
+            f"at {args.rate:g}/s for {args.seconds:g}s"
         )
         metrics_before = await asyncio.to_thread(batch_metrics, info)
         cpu_before, wall_before = cpu_seconds(info), time.perf_counter()
-        sent, sending = await offer(producer, events, args.rate)
-        progress(f"latency: sent in {sending:.1f}s; waiting for the alerts")
-        missing = await collector.wait_for(list(sent), within=args.drain_timeout)
+        window = await offer_window(
+            producer, events, args.rate, sampler, collector,
+            drain_within=args.drain_timeout, label="latency",
+        )  # fmt: skip
         wall = time.perf_counter() - wall_before
         cpu_after = cpu_seconds(info)
         metrics_after = await asyncio.to_thread(batch_metrics, info)
     finally:
+        await sampler.stop()
         await producer.stop()
         await collector.stop()
+    sent, sending, missing = window.sent, window.sending, window.missing
     progress("latency: reading the intermediate topics for the per-hop breakdown")
     hops, hop_samples = await hop_breakdown(info.bootstrap_servers, sent, collector.arrived)
     arrived = {i: a for i, a in collector.arrived.items() if i in sent}
@@ -145,16 +182,19 @@ async def _measure_latency(args: argparse.Namespace, info: StackInfo, token: str
     result: dict[str, Any] = {
         "offered_rate": args.rate,
         "seconds": args.seconds,
+        "mix": mix.describe(),
         "events_sent": len(events),
         "achieved_rate": round(len(events) / sending, 1),
         "expected_alerts": len(sent),
         "alerts_arrived": len(latencies),
         "missing": len(missing),
+        "dead_letters": window.lag.get("totals", {}).get(DEADLETTER, 0),  # warm-up included
         "cpu_cores_used": {
             name: round((cpu_after[name] - cpu_before.get(name, 0.0)) / wall, 2)
             for name in cpu_after
         },
         "batches": batch_summary(metrics_before, metrics_after, wall),
+        "lag": window.lag,
         "hops": hops,
         "hop_samples_ms": hop_samples,
         "samples_ms": sorted(
@@ -168,6 +208,7 @@ async def _measure_latency(args: argparse.Namespace, info: StackInfo, token: str
         quarter = max(1, len(in_order) // 4)
         result["first_quarter_p50_ms"] = statistics.median(in_order[:quarter])
         result["last_quarter_p50_ms"] = statistics.median(in_order[-quarter:])
+        result["fifths"] = fifths(result["samples_ms"])
     return result
 
 
@@ -176,7 +217,11 @@ HOPS = ("ingestion", "normalization", "conflicts", "alerting", "alert reader")
 
 def _patient_of_ingested(key: bytes) -> str:
     # "source/Patient/<enterprise id>-h" (or -l): see patient_pairs
-    return key.decode().rsplit("/", 1)[-1][:-2]
+    return key.decode(errors="replace").rsplit("/", 1)[-1][:-2]
+
+
+def _patient_of(key: bytes) -> str:
+    return key.decode(errors="replace")
 
 
 async def hop_breakdown(
@@ -190,15 +235,23 @@ async def hop_breakdown(
     stamps: dict[str, list[float]] = {i: [wall] for i, (_, wall) in sent.items() if i in arrived}
     readers: tuple[tuple[str, Callable[[bytes], str]], ...] = (
         (INGESTED, _patient_of_ingested),
-        (FACTS, bytes.decode),
-        (CONFLICTS, bytes.decode),
+        (FACTS, _patient_of),
+        (CONFLICTS, _patient_of),
     )
     for topic, patient_of in readers:
         latest: dict[str, float] = {}
-        for r in await read_topic(bootstrap, topic, idle_seconds=1.0, fetch_max_wait_ms=20):
+
+        def timed(
+            r: ConsumerRecord[Any, Any], patient_of: Callable[[bytes], str] = patient_of
+        ) -> bool:
+            return r.key is not None and patient_of(r.key) in stamps  # the mix's filler is not
+
+        records = await read_topic(
+            bootstrap, topic, idle_seconds=1.0, fetch_max_wait_ms=20, keep=timed
+        )
+        for r in records:
             pid = patient_of(r.key)
-            if pid in stamps:
-                latest[pid] = max(latest.get(pid, 0.0), r.timestamp / 1000)
+            latest[pid] = max(latest.get(pid, 0.0), r.timestamp / 1000)
         for pid, row in stamps.items():
             row.append(latest.get(pid, float("nan")))
     for pid, row in stamps.items():
@@ -232,6 +285,13 @@ def print_latency(lat: dict[str, Any]) -> None:
         f"Event-to-alert latency, whole stack, {lat['offered_rate']:g} events/s offered "
         f"({lat['achieved_rate']:g} achieved) for {lat['seconds']:g}s:"
     )
+    mix = lat.get("mix", {"kind": "pairs"})
+    if mix["kind"] == "realistic":
+        print(
+            f"  realistic mix: {lat['events_sent']} raw events, {lat['expected_alerts']} timed "
+            f"pairs ({mix['pair_share']:.0%} of the events), the rest {mix['filler']}; "
+            f"dead letters {lat.get('dead_letters', 0)}"
+        )
     if "p50_ms" in lat:
         print(
             f"  alerts {lat['alerts_arrived']}/{lat['expected_alerts']}, missing "
@@ -242,8 +302,19 @@ def print_latency(lat: dict[str, Any]) -> None:
             f"  p50 of the first quarter of the run {lat['first_quarter_p50_ms']:.0f} ms, "
             f"of the last quarter {lat['last_quarter_p50_ms']:.0f} ms"
         )
+        if lat.get("fifths"):
+            first, last = lat["fifths"]["first"], lat["fifths"]["last"]
+            print(
+                f"  first fifth of the alerts: p50 {first['p50_ms']:.0f} ms, p99 "
+                f"{first['p99_ms']:.0f} ms; last fifth: p50 {last['p50_ms']:.0f} ms, p99 "
+                f"{last['p99_ms']:.0f} ms"
+            )
     else:
         print(f"  no alert arrived; missing {lat['missing']}")
+    if lat.get("lag"):
+        from .endtoend import print_lag  # see _measure_latency
+
+        print_lag(lat["lag"])
     if lat.get("hops"):
         print("  per hop (from the previous stage's send to this one's), ms:")
         print(

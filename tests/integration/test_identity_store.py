@@ -254,7 +254,9 @@ def test_concord_identity_reviews_lists_open_tasks_without_values(
     assert {w["field"] for w in task["breakdown"]} >= {"family", "given", "birth_date"}
     text = CliRunner().invoke(main, ["identity", "reviews", "--state-dir", str(tmp_path)])
     assert family.casefold() not in text.output.casefold()  # fields and levels, no values
-    assert "1981" not in text.output
+    # Whole dates: another task's hex id may hold "1981" by chance.
+    assert "1981-03-04" not in text.output and "1981-07-19" not in text.output
+    assert "19810304" not in text.output and "19810719" not in text.output
 
 
 @pytest.mark.asyncio

@@ -310,7 +310,9 @@ def _broken(draw: st.DrawFn) -> dict[str, Any]:
         step = path[-1]
         action = draw(st.sampled_from(["replace", "wrap", "unwrap", "drop", "add", "swap"]))
         if action == "replace":
-            parent[step] = draw(_BAD_LEAVES | _JSON)
+            # A copy: a later "add" may write into it, and _BAD_VALUES must stay as it is,
+            # or the next example draws something else from the same choices (flaky data).
+            parent[step] = copy.deepcopy(draw(_BAD_LEAVES | _JSON))
         elif action == "wrap":  # an array where a single value goes (or an array of arrays)
             parent[step] = [parent[step]]
         elif action == "unwrap" and isinstance(parent[step], list) and parent[step]:
@@ -318,7 +320,7 @@ def _broken(draw: st.DrawFn) -> dict[str, Any]:
         elif action == "drop" and isinstance(parent, dict):
             del parent[step]  # a required element missing, perhaps
         elif action == "add" and isinstance(parent[step], dict):
-            parent[step][draw(_BAD_KEYS)] = draw(_BAD_LEAVES | _JSON)
+            parent[step][draw(_BAD_KEYS)] = copy.deepcopy(draw(_BAD_LEAVES | _JSON))
         elif action == "swap" and isinstance(parent[step], dict) and isinstance(step, str):
             parent[step] = draw(st.sampled_from([v for v in _BASES.values()]))()
     return resource
