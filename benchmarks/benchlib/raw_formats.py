@@ -39,6 +39,25 @@ ALLERGENS = (
 )
 FAMILIES = ("Testperson", "Fakeworth", "Samplesson", "Mockridge", "Placeholder")
 GIVEN = ("Alex", "Robin", "Sam", "Jordan", "Casey", "Quinn")
+
+
+def _family(i: int) -> str:
+    """A family name of its own for each patient, as a hospital's patients mostly have: a base
+    name and letters from the patient's number. With only the five base names (and a phone
+    shared by a hundred patients), identity's blocks held thousands of candidates each, a
+    population no registry has (issue 17's end-to-end run)."""
+    letters = ""
+    n = i // 5 + 1
+    while n:
+        n, r = divmod(n - 1, 26)
+        letters = "abcdefghijklmnopqrstuvwxyz"[r] + letters
+    return f"{FAMILIES[i % 5]}{letters}"
+
+
+def _phone_digits(i: int) -> str:
+    return f"{i % 10_000_000:07d}"  # one number a patient, 555-xxxxxxx
+
+
 # Every timestamp carries its offset: a zone-less one would be dead-lettered without a
 # configured source zone, and this part measures ingestion, not rejection.
 FORMAT_EPOCH = datetime(2026, 1, 5, 8, 0, tzinfo=timezone(timedelta(hours=-5)))
@@ -63,8 +82,8 @@ def fhir_patient(pid: str, i: int) -> dict[str, Any]:
             {"system": DEFAULT_ENTERPRISE_ID_SYSTEM, "value": f"EP-{pid}"},
         ],
         "active": True,
-        "name": [{"use": "official", "family": FAMILIES[i % 5], "given": [GIVEN[i % 6]]}],
-        "telecom": [{"system": "phone", "value": f"+1-555-01{i % 100:02d}", "use": "home"}],
+        "name": [{"use": "official", "family": _family(i), "given": [GIVEN[i % 6]]}],
+        "telecom": [{"system": "phone", "value": f"+1-555-{_phone_digits(i)}", "use": "home"}],
         "gender": ("female", "male")[i % 2],
         "birthDate": _birth_date(i).isoformat(),
         "address": [
@@ -212,11 +231,11 @@ def hl7_message(prefix: str, i: int) -> bytes:
         {
             1: "1",
             3: f"{mrn}^^^BENCHHOSP^MR~EP-{mrn}^^^CONCORD^PI",
-            5: f"{FAMILIES[k % 5].upper()}^{GIVEN[k % 6].upper()}^^^^^L",
+            5: f"{_family(k).upper()}^{GIVEN[k % 6].upper()}^^^^^L",
             7: _birth_date(k).strftime("%Y%m%d"),
             8: "FM"[k % 2],
             11: f"{k % 900 + 1} EXAMPLE LANE^^EXAMPLETON^^{10_000 + k % 90_000}^ZZ^H",
-            13: f"^PRN^PH^^^555^01{k % 100:02d}",
+            13: f"^PRN^PH^^^555^{_phone_digits(k)}",
         },
     )
     if i % 2 == 0:
