@@ -122,7 +122,11 @@ def _state_rows(results: dict[str, Any]) -> list[Target]:
     else:
         state = (results.get("throughput") or {}).get("conflicts_state") or {}
         per = state.get("bytes_per_patient")
-        what = f"conflicts state at {state.get('patients', 0):,} patients (part 1)"
+        what = (
+            f"conflicts state at {state['patients']:,} patients (part 1)"
+            if state.get("patients")
+            else "conflicts state per patient"
+        )
     return [
         Target(
             what,
