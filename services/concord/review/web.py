@@ -41,6 +41,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from concord.events.models import AlertKind, AlertStatus, AttributeClass, Severity
+from concord.failures import failure_site
 from concord.normalization.identity.demographics import Identifier
 from concord.normalization.identity_reviews import (
     ReviewConflict,
@@ -310,7 +311,8 @@ def _error_page(request: Request, error: Exception) -> Response:
                 title="Cannot do this now",
                 message=error.message,
             )
-    log.exception("the review page failed", exc_info=error)
+    # Type and code line only: the exception's text may quote what the page was about (PHI).
+    log.error("the review page failed: %s", failure_site(error))
     return _page(
         request,
         "error.html",
