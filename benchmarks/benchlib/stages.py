@@ -115,6 +115,14 @@ async def flame_graph(path: Path | None) -> AsyncIterator[None]:
         _, err = await proc.communicate()
         if not await asyncio.to_thread(path.exists):
             raise BenchmarkError(f"py-spy wrote no flame graph: {err.decode()[-300:]}")
+        await asyncio.to_thread(_without_machine_paths, path, spy)
+
+
+def _without_machine_paths(path: Path, spy: str) -> None:
+    """The graph's title is py-spy's command line: its own path and the output's folder,
+    which may name this machine's directories, are written as `py-spy` and the file name."""
+    text = path.read_text(encoding="utf-8").replace(spy, "py-spy")
+    path.write_text(text.replace(f"{path.parent}/", ""), encoding="utf-8")
 
 
 # --- timing a batch loop over a known input ---------------------------------------------------
