@@ -285,3 +285,41 @@ def test_a_snomed_disorder_and_its_icd10_code_key_one_condition() -> None:
     unknown = {"resourceType": "Condition", "code": coding(SNOMED_CT, "73211009")}
     [draft] = fhir_drafts(unknown, packaged)
     assert draft.attribute == "Condition/73211009"  # no row: keyed as sent
+
+
+# A pathology narrative as laboratories send it: one observation identifier, one OBX per
+# line. Lines 2 and 3 of the final diagnosis are sent out of set-id order on purpose (the
+# receiver orders by OBX-1); OBX-4 sub-id 2 is a second specimen's diagnosis.
+PATHOLOGY_ORU = (
+    "MSH|^~\\&|PATH|HOSP|CONCORD|HOSP|20240301090000||ORU^R01|P-1|P|2.5.1\r"
+    "PID|1||MRN-9^^^HOSP^MR||Rivera^Ana||19700101|F\r"
+    "OBR|1||S-24-1|22034-3^Pathology report^LN|||20240301073000\r"
+    "OBX|1|TX|22637-3^Final diagnosis^LN|1|Left breast, core biopsy:||||||F\r"
+    "OBX|3|TX|22637-3^Final diagnosis^LN|1|Metastatic carcinoma in 2 of 14 lymph nodes.||||||F\r"
+    "OBX|2|TX|22637-3^Final diagnosis^LN|1|Invasive ductal carcinoma, grade 2.||||||F\r"
+    "OBX|4|TX|22637-3^Final diagnosis^LN|2|Right breast: benign breast tissue.||||||F\r"
+    "OBX|5|FT|22638-1^Comment^LN||ER positive (95%).\\.br\\HER2 2+ by IHC.||||||F\r"
+)
+
+
+def test_a_multi_line_text_result_is_one_fact_of_all_its_lines_in_set_id_order(
+    terminology: Terminology,
+) -> None:
+    """Issue 18: every OBX TX line of one observation got the same fact id and the store
+    kept the first line, so the report's final diagnosis vanished."""
+    drafts = [
+        d for d in hl7_drafts(er7.parse(PATHOLOGY_ORU), terminology, None)
+        if d.attribute == "Observation/22637-3"
+    ]  # fmt: skip
+    record = _record()
+    facts = {to_fact(d, patient_id="E-1", record=record).fact_id: d for d in drafts}
+    # Two observations (sub-ids 1 and 2), each one fact with a fact id of its own.
+    assert len(drafts) == 2 and len(facts) == 2
+    first, second = drafts
+    assert first.value == (
+        "left breast, core biopsy: invasive ductal carcinoma, grade 2. "
+        "metastatic carcinoma in 2 of 14 lymph nodes."
+    )
+    assert second.value == "right breast: benign breast tissue."
+    comment = by_attribute(hl7_drafts(er7.parse(PATHOLOGY_ORU), terminology, None))
+    assert comment["Observation/22638-1"].value == "er positive (95%). her2 2+ by ihc."

@@ -51,6 +51,9 @@ class FactDraft:
     effective: Moment | None = None
     effective_text: str | None = None
     flags: tuple[str, ...] = field(default=())
+    # Which of a record's several observations of one attribute this is (an OBX-4 sub-id:
+    # one report's specimens), so that each keeps a fact id of its own.
+    instance: str | None = None
 
 
 def code_key(code: MappedCode) -> str:
@@ -95,6 +98,8 @@ def to_fact(
     parts = [record.record_id, draft.attribute]
     if draft.effective_text:
         parts.append(draft.effective_text)
+    if draft.instance:
+        parts.append(f"instance:{draft.instance}")
     identity = "\x1f".join(parts)
     code = draft.code
     original = draft.original_code if code is not None and code.crosswalk is not None else None

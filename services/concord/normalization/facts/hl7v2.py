@@ -9,6 +9,7 @@ administrations completed.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from zoneinfo import ZoneInfo
 
 from concord.events.models import AttributeClass, FactStatus
@@ -146,18 +147,47 @@ def _results(
 ) -> list[FactDraft]:
     drafts = []
     obr: er7.Segment | None = None
+    texts: dict[tuple[int, str, str], list[er7.Segment]] = {}
     for segment in message.segments:
         if segment.name == "OBR":
             obr = segment
         elif segment.name == "OBX":
+            if segment.value(2).upper() in TEXT_TYPES:
+                # A narrative comes one line per OBX under one identifier (and OBX-4 sub-id):
+                # its lines make one result, gathered here and read below.
+                group = (obr.index if obr else 0, segment.raw(3), segment.value(4))
+                texts.setdefault(group, []).append(segment)
+                continue
             draft = _result(segment, obr, terminology, zone)
             if draft is not None:
                 drafts.append(draft)
+    obrs = message.all("OBR")
+    for (obr_index, _, sub_id), lines in texts.items():
+        parent = obrs[obr_index - 1] if obr_index else None
+        draft = _result(lines[0], parent, terminology, zone, text=_joined(lines))
+        if draft is not None:
+            drafts.append(replace(draft, instance=sub_id or None))
     return drafts
 
 
+def _joined(lines: list[er7.Segment]) -> str:
+    """A text result's lines in OBX-1 set-id order (as sent where a set id is no number),
+    each line's repetitions in turn."""
+    ordered = sorted(enumerate(lines), key=lambda pair: (_set_id(pair[1]), pair[0]))
+    return "\n".join("\n".join(segment.values(5)) for _, segment in ordered)
+
+
+def _set_id(segment: er7.Segment) -> int:
+    text = segment.value(1)
+    return int(text) if text.isdigit() else 0
+
+
 def _result(
-    obx: er7.Segment, obr: er7.Segment | None, terminology: Terminology, zone: ZoneInfo | None
+    obx: er7.Segment,
+    obr: er7.Segment | None,
+    terminology: Terminology,
+    zone: ZoneInfo | None,
+    text: str | None = None,
 ) -> FactDraft | None:
     chosen = coded(obx, 3, terminology)
     result_status = obx.value(11).upper()
@@ -181,10 +211,9 @@ def _result(
             return None
         value, flags = f"{result[0].system}|{result[0].code}", (*flags, *code_flags(result[0]))
     elif kind in TEXT_TYPES:
-        text = " ".join(" ".join(obx.values(5)).split()).casefold()
-        if not text:
+        value = " ".join((text or "").split()).casefold()
+        if not value:
             return None
-        value = text
     else:
         return None
     # OBX-14 is when the observation was made; else OBR-7, when the specimen was collected.
