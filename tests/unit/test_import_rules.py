@@ -32,6 +32,7 @@ PURE_CORES = (
     "concord.ingestion.record_time",
     "concord.normalization.records",
     "concord.normalization.facts.*",
+    "concord.clinical_text.*",
     "concord.normalization.identity.*",
     "concord.normalization.units",
     "concord.normalization.terminology",

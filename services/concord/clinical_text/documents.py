@@ -1,0 +1,513 @@
+"""The narrative text of a record: FHIR DocumentReference and DiagnosticReport, HL7 v2 ORU
+text results and MDM documents, each text as the plain string facts will be read from.
+
+Pure and quiet: nothing here logs or raises on what a sender sent (a record's text is PHI, and
+one odd attachment must not stop a worker). What cannot be read as text (a PDF, an image, an
+attachment given only by url, broken base64, bytes that are not text) yields no document.
+Status is not looked at: a withdrawn document is still returned, its caller decides.
+
+Offsets into `ClinicalDocument.text` are stored later, so the text is kept as sent but for
+line ends (CR LF and CR become LF), a leading byte-order mark, and HTML or RTF turned into
+text; it is cut at MAX_TEXT_CHARS.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from typing import Any, Final, cast
+
+from striprtf import striprtf
+
+from concord.clinical_text.concepts import DocumentKind
+from concord.hl7v2 import er7
+
+# striprtf ships no annotations: its one function, typed as it behaves (str in, str out).
+_rtf_to_text = cast(Callable[..., str], striprtf.rtf_to_text)
+
+# A text longer than this is cut here; the caller sees len(text) == MAX_TEXT_CHARS and flags it.
+MAX_TEXT_CHARS: Final = 1_000_000
+
+PATHOLOGY: Final[DocumentKind] = "pathology-text"
+NOTE: Final[DocumentKind] = "note-text"
+
+PLAIN: Final = "text/plain"
+_HTML_TYPES: Final = frozenset({"text/html", "application/xhtml+xml"})
+_RTF_TYPES: Final = frozenset({"text/rtf", "application/rtf"})
+
+# Pathology report types: LOINC report and report-section codes (names checked against LOINC:
+# 11526-1 Pathology study, 11529-5 Surgical pathology study, 60567-5 Comprehensive pathology
+# report panel, 60568-3 Pathology Synoptic report, 22634-0 gross observation, 22635-7
+# microscopic observation, 22636-5 relevant history, 22637-3 final diagnosis narrative,
+# 34574-4 final diagnosis). Only codes whose names were confirmed are listed.
+PATHOLOGY_LOINC: Final = frozenset(
+    {
+        "11526-1",
+        "11529-5",
+        "60567-5",
+        "60568-3",
+        "22634-0",
+        "22635-7",
+        "22636-5",
+        "22637-3",
+        "34574-4",
+    }
+)
+# HL7 table 0074 (diagnostic service section): SP Surgical Pathology, PAT Pathology (gross &
+# histopath, not surgical), CP Cytopathology.
+PATHOLOGY_SECTIONS: Final = frozenset({"SP", "PAT", "CP"})
+# HL7 table 0270 (document type, TXA-2): SP Surgical pathology.
+PATHOLOGY_DOCUMENT_TYPES: Final = frozenset({"SP"})
+
+_LOINC_SYSTEMS: Final = frozenset({"http://loinc.org", "LN", "LOINC", "2.16.840.1.113883.6.1"})
+_V2_0074: Final = "http://terminology.hl7.org/CodeSystem/v2-0074"
+# TXA-2 is bound to table 0270 by the standard: the system when a sender names none.
+_V2_0270: Final = "HL70270"
+
+# OBX-2 value types whose OBX-5 is a line of narrative.
+_TEXT_TYPES: Final = frozenset({"TX", "FT", "ST"})
+# ED (OBX-5: source ^ type of data ^ subtype ^ encoding ^ data) subtypes that are text.
+_ED_SUBTYPES: Final = {
+    "": PLAIN,
+    "PLAIN": PLAIN,
+    "TEXT/PLAIN": PLAIN,
+    "HTML": "text/html",
+    "TEXT/HTML": "text/html",
+    "RTF": "text/rtf",
+    "TEXT/RTF": "text/rtf",
+    "APPLICATION/RTF": "application/rtf",
+}
+_MDM: Final = "MDM"
+
+
+@dataclass(frozen=True)
+class ClinicalDocument:
+    part: str  # "content/0", "presentedForm/1", "conclusion", "OBX/22637-3/1", "TXA/OBX"
+    kind: DocumentKind
+    text: str
+    media_type: str  # lower-cased, without parameters; "text/plain" for HL7 text and conclusion
+    authored: str | None  # the document's own time, as sent
+    type_code: tuple[str, str] | None  # (system, code) of the document / report type, as sent
+
+
+# --- FHIR -----------------------------------------------------------------------------------
+
+
+def fhir_documents(resource: Mapping[str, Any]) -> list[ClinicalDocument]:
+    """The texts of a DocumentReference (its content attachments) or a DiagnosticReport (its
+    presentedForm attachments and its conclusion); [] for any other resource."""
+    resource_type = resource.get("resourceType")
+    if resource_type == "DocumentReference":
+        context = _mapping(resource.get("context"))
+        authored = _str(resource.get("date")) or _str(_mapping(context.get("period")).get("start"))
+        codings = _codings(resource.get("type"))
+        attachments = [_mapping(c).get("attachment") for c in _list(resource.get("content"))]
+        return _attached(
+            "content", attachments, _fhir_kind(resource), authored, _first_code(codings)
+        )
+    if resource_type == "DiagnosticReport":
+        authored = (
+            _str(resource.get("issued"))
+            or _str(resource.get("effectiveDateTime"))
+            or _str(_mapping(resource.get("effectivePeriod")).get("start"))
+        )
+        kind = _fhir_kind(resource)
+        type_code = _first_code(_codings(resource.get("code")))
+        forms = _list(resource.get("presentedForm"))
+        documents = _attached("presentedForm", forms, kind, authored, type_code)
+        conclusion = _prepared(_str(resource.get("conclusion")) or "")
+        if conclusion is not None:
+            documents.append(
+                ClinicalDocument("conclusion", kind, conclusion, PLAIN, authored, type_code)
+            )
+        return documents
+    return []
+
+
+def _attached(
+    name: str,
+    attachments: Sequence[object],
+    kind: DocumentKind,
+    authored: str | None,
+    type_code: tuple[str, str] | None,
+) -> list[ClinicalDocument]:
+    documents = []
+    for index, attachment in enumerate(attachments):
+        read = _attachment_text(_mapping(attachment))
+        if read is not None:
+            text, media_type = read
+            documents.append(
+                ClinicalDocument(f"{name}/{index}", kind, text, media_type, authored, type_code)
+            )
+    return documents
+
+
+def _attachment_text(attachment: Mapping[str, Any]) -> tuple[str, str] | None:
+    """An inline attachment's text and media type; None when it has no readable text."""
+    data = _str(attachment.get("data"))
+    if data is None:  # only a url: the text is elsewhere, and nothing here fetches it
+        return None
+    media_type, charset = _content_type(_str(attachment.get("contentType")) or "")
+    try:
+        raw = base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    text = _text_of(raw, media_type, charset)
+    return None if text is None else (text, media_type)
+
+
+def _content_type(value: str) -> tuple[str, str]:
+    """The media type (lower-cased, parameters dropped) and the charset it names (utf-8 when
+    it names none, or one Python does not know)."""
+    media_type, *parameters = value.split(";")
+    charset = "utf-8"
+    for parameter in parameters:
+        key, _, named = parameter.partition("=")
+        if key.strip().lower() == "charset":
+            named = named.strip().strip("\"'")
+            try:
+                charset = codecs.lookup(named).name
+            except LookupError:
+                pass
+    return media_type.strip().lower(), charset
+
+
+def _fhir_kind(resource: Mapping[str, Any]) -> DocumentKind:
+    codings = [
+        *(c for category in _list(resource.get("category")) for c in _codings(category)),
+        *_codings(resource.get("type")),
+        *_codings(resource.get("code")),
+    ]
+    for system, code in codings:
+        if (system == _V2_0074 and code in PATHOLOGY_SECTIONS) or (
+            system in _LOINC_SYSTEMS and code in PATHOLOGY_LOINC
+        ):
+            return PATHOLOGY
+    return NOTE
+
+
+def _codings(concept: object) -> list[tuple[str, str]]:
+    """A CodeableConcept's (system, code) pairs, in order; codings without a code left out."""
+    pairs = []
+    for coding in _list(_mapping(concept).get("coding")):
+        fields = _mapping(coding)
+        code = _str(fields.get("code"))
+        if code:
+            pairs.append((_str(fields.get("system")) or "", code))
+    return pairs
+
+
+def _first_code(codings: list[tuple[str, str]]) -> tuple[str, str] | None:
+    return codings[0] if codings else None
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+# --- HL7 v2 ---------------------------------------------------------------------------------
+
+
+def hl7_documents(message: er7.Er7Message) -> list[ClinicalDocument]:
+    """An MDM message's document (its TXA and the text OBX lines after it, part "TXA/OBX"), or
+    any other message's text results: the TX/FT/ST lines of one OBX-3 and OBX-4 under one OBR
+    make one text (part "OBX/<OBX-3.1>/<OBX-4>"). Base64 text in ED results makes one text
+    each. A part that would repeat gets "#2", "#3" in message order."""
+    txa = message.first("TXA")
+    if message.msh.value(9) == _MDM and txa is not None:
+        return _mdm_documents(message, txa)
+    return _result_documents(message)
+
+
+def _mdm_documents(message: er7.Er7Message, txa: er7.Segment) -> list[ClinicalDocument]:
+    obr = message.first("OBR")
+    lines = [obx for obx in message.all("OBX") if obx.value(2).upper() in _TEXT_TYPES]
+    document_type = txa.value(2)
+    type_code = (txa.value(2, 3) or _V2_0270, document_type) if document_type else None
+    pathology = document_type.upper() in PATHOLOGY_DOCUMENT_TYPES or any(
+        _coded_pathology(segment, field)
+        for segment, field in [*((obx, 3) for obx in message.all("OBX")), (obr, 4)]
+    )
+    kind = PATHOLOGY if pathology else NOTE
+    activity = txa.value(4) or None
+    documents = []
+    text = _prepared(_joined(lines)) if lines else None
+    if text is not None:
+        authored = activity or _authored(lines[0], obr)
+        documents.append(ClinicalDocument("TXA/OBX", kind, text, PLAIN, authored, type_code))
+    for obx in message.all("OBX"):
+        read = _encapsulated_text(obx)
+        if read is not None:
+            part = f"OBX/{obx.value(3)}/{obx.value(4)}"
+            authored = activity or _authored(obx, obr)
+            documents.append(ClinicalDocument(part, kind, *read, authored, type_code))
+    return _unique_parts(documents)
+
+
+def _result_documents(message: er7.Er7Message) -> list[ClinicalDocument]:
+    documents = []
+    obr: er7.Segment | None = None
+    groups: dict[tuple[int, str, str], tuple[er7.Segment | None, list[er7.Segment]]] = {}
+    for segment in message.segments:
+        if segment.name == "OBR":
+            obr = segment
+        elif segment.name == "OBX" and segment.value(2).upper() in _TEXT_TYPES:
+            # One narrative comes one line per OBX: gathered under its OBR, OBX-3 and OBX-4.
+            key = (obr.index if obr else 0, segment.raw(3), segment.value(4))
+            groups.setdefault(key, (obr, []))[1].append(segment)
+        elif segment.name == "OBX":
+            read = _encapsulated_text(segment)
+            if read is not None:
+                documents.append(_result_document(segment, obr, *read))
+    for parent, lines in groups.values():
+        text = _prepared(_joined(lines))
+        if text is not None:
+            documents.append(_result_document(lines[0], parent, text, PLAIN))
+    return _unique_parts(documents)
+
+
+def _result_document(
+    obx: er7.Segment, obr: er7.Segment | None, text: str, media_type: str
+) -> ClinicalDocument:
+    pathology = (
+        _coded_pathology(obx, 3)
+        or _coded_pathology(obr, 4)
+        or (obr is not None and obr.value(24).upper() in PATHOLOGY_SECTIONS)
+    )
+    identifier = obx.value(3)
+    return ClinicalDocument(
+        f"OBX/{identifier}/{obx.value(4)}",
+        PATHOLOGY if pathology else NOTE,
+        text,
+        media_type,
+        _authored(obx, obr),
+        (obx.value(3, 3), identifier) if identifier else None,
+    )
+
+
+def _joined(lines: list[er7.Segment]) -> str:
+    """A text's lines in OBX-1 set-id order (as sent where a set id is no number), each
+    repetition of OBX-5 a line. The whole repetition is read, not its first component: a
+    narrative's stray, unescaped "^" is text, not a component separator."""
+    ordered = sorted(enumerate(lines), key=lambda pair: (_set_id(pair[1]), pair[0]))
+    return "\n".join(
+        segment.unescape(repetition)
+        for _, segment in ordered
+        for repetition in (segment.repetitions(5) or [""])
+    )
+
+
+def _set_id(segment: er7.Segment) -> int:
+    text = segment.value(1)
+    return int(text) if text.isdigit() else 0
+
+
+def _authored(obx: er7.Segment, obr: er7.Segment | None) -> str | None:
+    """OBX-14 (when the observation was made), else OBR-7 (when the specimen was taken)."""
+    return obx.value(14) or (obr.value(7) if obr is not None else "") or None
+
+
+def _coded_pathology(segment: er7.Segment | None, field: int) -> bool:
+    """Whether a CWE field's identifier or its alternate identifier is a pathology LOINC."""
+    if segment is None:
+        return False
+    return any(
+        segment.value(field, system).strip().upper() in _LOINC_SYSTEMS
+        and segment.value(field, code).strip() in PATHOLOGY_LOINC
+        for code, system in ((1, 3), (4, 6))
+    )
+
+
+def _encapsulated_text(obx: er7.Segment) -> tuple[str, str] | None:
+    """The text and media type of an ED result that is base64 text; None otherwise."""
+    if obx.value(2).upper() != "ED" or obx.value(5, 4).strip().upper() != "BASE64":
+        return None
+    type_of_data = obx.value(5, 2).strip().upper()
+    subtype = obx.value(5, 3).strip().upper()
+    if type_of_data == "TEXT":
+        media_type = _ED_SUBTYPES.get(subtype)
+    else:  # only a subtype that names a text MIME type says it is text
+        media_type = _ED_SUBTYPES.get(subtype) if "/" in subtype else None
+    if media_type is None:
+        return None
+    try:
+        raw = base64.b64decode("".join(obx.value(5, 5).split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    text = _text_of(raw, media_type, "utf-8")
+    return None if text is None else (text, media_type)
+
+
+def _unique_parts(documents: list[ClinicalDocument]) -> list[ClinicalDocument]:
+    seen: dict[str, int] = {}
+    unique = []
+    for document in documents:
+        count = seen[document.part] = seen.get(document.part, 0) + 1
+        if count > 1:
+            document = ClinicalDocument(
+                f"{document.part}#{count}",
+                document.kind,
+                document.text,
+                document.media_type,
+                document.authored,
+                document.type_code,
+            )
+        unique.append(document)
+    return unique
+
+
+# --- bytes to text --------------------------------------------------------------------------
+
+
+def _text_of(raw: bytes, media_type: str, charset: str) -> str | None:
+    """Decoded bytes as plain text, by media type; None for a type that is not text here, or
+    bytes that are not text at all (a NUL: compressed or binary data labelled text/plain)."""
+    if media_type != PLAIN and media_type not in _HTML_TYPES and media_type not in _RTF_TYPES:
+        return None
+    decoded = raw.decode(charset, errors="replace")
+    if "\x00" in decoded:
+        return None
+    if media_type in _HTML_TYPES:
+        decoded = html_to_text(decoded)
+    elif media_type in _RTF_TYPES:
+        try:
+            decoded = _rtf_to_text(decoded, errors="replace")
+        except (ValueError, LookupError, IndexError, OverflowError):  # malformed control words
+            return None
+    return _prepared(decoded)
+
+
+def _prepared(text: str) -> str | None:
+    """Line ends as LF, a leading byte-order mark dropped, cut at MAX_TEXT_CHARS; None when
+    nothing but white space is left."""
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    return text[:MAX_TEXT_CHARS] if text.strip() else None
+
+
+# Elements that begin and end a line: HTML's block elements and list and table rows.
+_BLOCK_TAGS: Final = frozenset(
+    {
+        "address",
+        "article",
+        "aside",
+        "blockquote",
+        "caption",
+        "dd",
+        "div",
+        "dl",
+        "dt",
+        "fieldset",
+        "figcaption",
+        "figure",
+        "footer",
+        "form",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "header",
+        "hr",
+        "li",
+        "main",
+        "nav",
+        "ol",
+        "p",
+        "pre",
+        "section",
+        "table",
+        "tbody",
+        "tfoot",
+        "thead",
+        "tr",
+        "ul",
+    }
+)
+_CELL_TAGS: Final = frozenset({"td", "th"})
+# Elements whose content is never shown as text.
+_HIDDEN_TAGS: Final = frozenset({"script", "style", "template", "title", "noscript"})
+_HTML_SPACE: Final = re.compile(r"[ \t\n\r\f]+")
+
+
+def html_to_text(html: str) -> str:
+    """HTML as the text a reader sees: block elements and <br> end lines, table cells are
+    separated by a tab, runs of white space are one space (but in <pre>), character
+    references decoded, and script, style and title content dropped."""
+    parser = _HtmlText()
+    parser.feed(html)
+    parser.close()
+    return parser.text()
+
+
+class _HtmlText(HTMLParser):
+    # The stdlib parser rather than a library: selectolax's and BeautifulSoup's text with a
+    # separator also split inline elements (<b>, <span>) onto lines of their own and, without
+    # one, run paragraphs together; html2text writes Markdown (#, *, table rules) into the text.
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self._out: list[str] = []
+        self._hidden = 0
+        self._pre = 0
+        self._line_has_text = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _HIDDEN_TAGS:
+            self._hidden += 1
+        elif tag == "br":
+            self._newline()
+        elif tag in _BLOCK_TAGS:
+            self._break()
+        elif tag in _CELL_TAGS and self._line_has_text:
+            self._out.append("\t")
+        if tag == "pre":
+            self._pre += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _HIDDEN_TAGS:
+            self._hidden = max(0, self._hidden - 1)
+        elif tag in _BLOCK_TAGS:
+            self._break()
+        if tag == "pre":
+            self._pre = max(0, self._pre - 1)
+
+    def handle_data(self, data: str) -> None:
+        if self._hidden:
+            return
+        if not self._pre:
+            data = _HTML_SPACE.sub(" ", data)
+            if not self._line_has_text:
+                data = data.lstrip(" ")
+        if data:
+            self._out.append(data)
+            last_line = data.rsplit("\n", 1)[-1]
+            self._line_has_text = bool(last_line.strip()) or (
+                "\n" not in data and self._line_has_text
+            )
+
+    def _break(self) -> None:
+        """End the line unless it is empty: nested blocks make one line end, not several."""
+        if self._line_has_text:
+            self._newline()
+
+    def _newline(self) -> None:
+        if self._out and not self._pre:
+            self._out[-1] = self._out[-1].rstrip(" ")
+        self._out.append("\n")
+        self._line_has_text = False
+
+    def text(self) -> str:
+        return "".join(self._out).strip("\n")
