@@ -13,6 +13,7 @@ from concord.config import (
     ConflictsSettings,
     DatabaseWorkerSettings,
     IngestionSettings,
+    NarrativeSettings,
     NormalizationSettings,
     load_settings,
 )
@@ -100,6 +101,20 @@ def build_alerting(settings: AlertingSettings, resources: Resources) -> StageHan
     return AlertingStage(AlertStore(resources.pool, outbox), outbox, resources.producer)
 
 
+def build_narrative(settings: NarrativeSettings, resources: Resources) -> StageHandler:
+    from concord.conflicts.policy import load_policy
+    from concord.narrative.app import NarrativeStage
+    from concord.narrative.review_tasks import PostgresTextReviews
+    from concord.normalization.record_facts import PostgresRecordFacts
+
+    policy = load_policy(settings.policy_path)
+    return NarrativeStage(
+        PostgresRecordFacts(resources.pool),
+        PostgresTextReviews(resources.pool),
+        min_confidence=policy.text.min_confidence,
+    )
+
+
 @dataclass(frozen=True)
 class Service(Generic[S]):
     """A worker service: the settings it reads and how its stage is built from them (mypy
@@ -117,6 +132,7 @@ class Service(Generic[S]):
 SERVICES: dict[str, Service[Any]] = {
     "ingestion": Service(IngestionSettings, build_ingestion),
     "normalization": Service(NormalizationSettings, build_normalization),
+    "narrative": Service(NarrativeSettings, build_narrative),
     "conflicts": Service(ConflictsSettings, build_conflicts),
     "alerting": Service(AlertingSettings, build_alerting),
 }

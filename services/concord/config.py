@@ -459,6 +459,24 @@ class ConflictsSettings(DatabaseWorkerSettings):
     )
 
 
+class NarrativeSettings(DatabaseWorkerSettings):
+    """The narrative service: clinical documents in, facts read from their text out, the rest
+    as text review tasks in PostgreSQL."""
+
+    max_batch_records: int = Field(
+        50,
+        ge=1,
+        description="Most documents one batch reads (a document takes milliseconds, so the "
+        "batches are small)",
+    )
+    policy_path: Path | None = Field(
+        None,
+        description="The policy file (as the conflicts worker's): its text.min_confidence "
+        "decides which findings are facts; unset, the built-in policy",
+        examples=["/etc/concord/policy.yaml"],
+    )
+
+
 class AlertingSettings(DatabaseWorkerSettings):
     """The alerting service: conflict events in, alerts in PostgreSQL and on concord.alerts."""
 

@@ -45,6 +45,7 @@ REASON_CODES: dict[str, str] = {
     "UNDECODABLE_EVENT": "An Avro event between stages could not be decoded.",
     "CONFLICTS_FAILED": "The conflicts stage failed on this record alone, not transiently; kept.",
     "ALERTING_FAILED": "The alerting stage failed on this record alone, not transiently; kept.",
+    "NARRATIVE_FAILED": "The narrative stage failed on this document alone (a Concord bug); kept.",
     "OUTPUT_TOO_LARGE": "What a stage made of the record is over the producer's size limit.",
 }
 

@@ -70,8 +70,9 @@ CONSUMER_LAG = Gauge(
 )
 RECORDS_NOT_NORMALIZED = Counter(
     "concord_records_not_normalized",
-    "Ingested records that assert no fact Concord compares (encounters, documents, records "
-    "without a patient; deletes and voids of records whose upsert normalization never saw)",
+    "Ingested records that assert no fact Concord compares and hold no narrative text "
+    "(encounters, records without a patient; deletes and voids of records whose upsert "
+    "normalization never saw)",
     ["format", "operation"],
 )
 RECORDS_WITHDRAWN = Counter(
@@ -84,6 +85,27 @@ IDENTITY_DECISIONS = Counter(
     "How normalization placed each record's patient (AUTHORITATIVE, CROSSWALK, MATCHED, "
     "REVIEW, NEW, UNDESCRIBED)",
     ["outcome"],
+)
+DOCUMENTS_PUBLISHED = Counter(
+    "concord_documents_published",
+    "Narrative texts normalization published for the narrative worker (concord.documents)",
+    ["kind"],
+)
+TEXT_FACTS = Counter(
+    "concord_text_facts",
+    "Facts the narrative worker read from clinical text (status ASSERTED) or withdrew "
+    "because a document's newer version no longer says them (DELETED), by document kind",
+    ["kind", "status"],
+)
+TEXT_REVIEW_TASKS = Counter(
+    "concord_text_review_tasks",
+    "Findings read from text below the policy's text.min_confidence, kept for a reviewer",
+)
+TEXT_READ_SECONDS = Histogram(
+    "concord_text_read_seconds",
+    "Time to read one document's text into findings, by document kind",
+    ["kind"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 FACTS_FLAGGED = Counter(
     "concord_facts_flagged",

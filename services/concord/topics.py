@@ -22,6 +22,7 @@ RAW_HL7V2 = "ehr.raw.hl7v2"
 RAW_CLAIMS = "ehr.raw.claims"
 INGESTED = "concord.ingested"
 FACTS = "concord.facts"
+DOCUMENTS = "concord.documents"
 CONFLICTS = "concord.conflicts"
 RESOLUTIONS = "concord.resolutions"
 ALERTS = "concord.alerts"
@@ -37,6 +38,10 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(RAW_CLAIMS, PARTITIONS, "claim lines as JSON"),
     TopicSpec(INGESTED, PARTITIONS, "validated records with provenance (Avro IngestedRecord)"),
     TopicSpec(FACTS, PARTITIONS, "atomic facts keyed by enterprise patient id (Avro ClinicalFact)"),
+    # Keyed by patient like concord.facts: the narrative worker reads a patient's texts in order.
+    TopicSpec(
+        DOCUMENTS, PARTITIONS, "records' narrative texts, patient resolved (Avro ClinicalDocument)"
+    ),
     TopicSpec(CONFLICTS, PARTITIONS, "conflict lifecycle events (Avro ConflictEvent)"),
     # Keyed by patient like concord.facts, and as many partitions: the conflicts worker that
     # owns a patient's facts owns its resolutions too.

@@ -70,9 +70,9 @@ def test_the_demo_alerts_every_planted_disagreement_and_stops_its_stack(tmp_path
         info = load_state(state_dir)
         assert info is not None
         started = info.processes
-        # Broker, PostgreSQL, the four workers and the review service, whose address and
+        # Broker, PostgreSQL, the five workers and the review service, whose address and
         # sign-in command the demo prints.
-        assert len(started) == 7 and all(is_alive(r) for r in started)
+        assert len(started) == 8 and all(is_alive(r) for r in started)
         assert info.review_url is not None
         assert any(
             f"the review API is at {info.review_url}/api/v1" in line

@@ -12,7 +12,7 @@ import pytest
 
 from concord.clinical_text.documents import (
     MAX_TEXT_CHARS,
-    ClinicalDocument,
+    DocumentText,
     fhir_documents,
     hl7_documents,
     html_to_text,
@@ -40,7 +40,7 @@ def _document_reference(*attachments: dict[str, Any], **fields: Any) -> dict[str
     }
 
 
-def _texts(documents: list[ClinicalDocument]) -> dict[str, str]:
+def _texts(documents: list[DocumentText]) -> dict[str, str]:
     return {d.part: d.text for d in documents}
 
 

@@ -48,6 +48,8 @@ RECORD_MODELS: dict[str, type[BaseModel]] = {
     "Header": models.Header,
     "DeadLetter": models.DeadLetter,
     "ConflictResolution": models.ConflictResolution,
+    "TextEvidence": models.TextEvidence,
+    "ClinicalDocument": models.ClinicalDocument,
 }
 SECRET = "SECRET-PHI-123"
 
@@ -411,8 +413,9 @@ def _short(name: str) -> str:
 
 def _avro_shape(schema: Any, named: dict[str, Any]) -> Any:
     if isinstance(schema, str):
-        if schema in ("string", "int", "long", "bytes"):
-            return {"string": "str", "int": "int", "long": "int", "bytes": "bytes"}[schema]
+        if schema in ("string", "int", "long", "bytes", "boolean", "double"):
+            return {"string": "str", "int": "int", "long": "int", "bytes": "bytes",
+                    "boolean": "bool", "double": "float"}[schema]  # fmt: skip
         return _avro_shape(named[schema], named)
     if isinstance(schema, list):
         branches = [b for b in schema if b != "null"]
@@ -448,7 +451,7 @@ def _python_shape(annotation: Any) -> Any:
         return "datetime"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return ("record", annotation.__name__)
-    return {str: "str", int: "int", bytes: "bytes"}[annotation]
+    return {str: "str", int: "int", bytes: "bytes", bool: "bool", float: "float"}[annotation]
 
 
 def _records(schema: Any, into: dict[str, Any]) -> None:

@@ -40,10 +40,11 @@ DASHBOARD_PROVIDER_FILE = GRAFANA / "provisioning" / "dashboards" / "concord.yml
 
 WORKER_MODULE = ["python", "-m", "concord.worker"]
 # Used only while concord.worker (which defines SERVICES) cannot be imported.
-FALLBACK_SERVICES = ("ingestion", "normalization", "conflicts", "alerting")
+FALLBACK_SERVICES = ("ingestion", "normalization", "narrative", "conflicts", "alerting")
 SETTINGS: dict[str, type[BaseSettings]] = {
     "ingestion": config.IngestionSettings,
     "normalization": config.NormalizationSettings,
+    "narrative": config.NarrativeSettings,
     "conflicts": config.ConflictsSettings,
     "alerting": config.AlertingSettings,
 }
@@ -62,6 +63,10 @@ WORKER_METRICS = frozenset(
         "concord_consumer_lag",
         "concord_records_not_normalized_total",
         "concord_records_withdrawn_total",
+        "concord_documents_published_total",
+        "concord_text_facts_total",
+        "concord_text_review_tasks_total",
+        "concord_text_read_seconds",
         "concord_ingestion_duplicates_total",
         "concord_ingestion_reused_versions_total",
         "concord_record_warnings_total",

@@ -33,6 +33,7 @@ PREFIX = "CONCORD_"
 WORKERS: dict[str, type[BaseSettings]] = {
     "ingestion": config.IngestionSettings,
     "normalization": config.NormalizationSettings,
+    "narrative": config.NarrativeSettings,
     "conflicts": config.ConflictsSettings,
     "alerting": config.AlertingSettings,
 }

@@ -33,6 +33,7 @@ PURE_CORES = (
     "concord.normalization.records",
     "concord.normalization.facts.*",
     "concord.clinical_text.*",
+    "concord.narrative.reading",
     "concord.normalization.identity.*",
     "concord.normalization.units",
     "concord.normalization.terminology",

@@ -6,6 +6,7 @@ loop would run them.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import resources
@@ -45,6 +46,7 @@ from concord.topics import (
     ALERTS,
     CONFLICTS,
     DEADLETTER,
+    DOCUMENTS,
     FACTS,
     INGESTED,
     RAW_CLAIMS,
@@ -465,6 +467,41 @@ async def test_normalization_passes_over_what_it_does_not_normalize_yet() -> Non
     records = [_record(codec.INGESTED_RECORD.encode(r), topic=INGESTED) for r in others]
     out = await run_batch(_normalization(), records)
     assert out.pending == []
+
+
+@pytest.mark.asyncio
+async def test_normalization_hands_a_documents_text_to_the_narrative_worker() -> None:
+    """Issue 18: a DocumentReference's text goes on concord.documents, its patient resolved
+    like its facts' would be; entered in error, it goes as withdrawn, without its text."""
+    text = "Assessment: stage IIB breast cancer, ER positive."
+    note = {
+        "resourceType": "DocumentReference",
+        "id": "n1",
+        "status": "current",
+        "subject": {"reference": "Patient/p1"},
+        "date": "2024-03-01T09:30:00Z",
+        "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3"}]},
+        "content": [{"attachment": {"contentType": "text/plain; charset=utf-8",
+                                    "data": base64.b64encode(text.encode()).decode()}}],
+    }  # fmt: skip
+    record = _ingested_record(_patient()).model_copy(
+        update={"resource_type": "DocumentReference", "payload": orjson.dumps(note),
+                "patient_ref": "Patient/p1"}
+    )  # fmt: skip
+    withdrawn = record.model_copy(
+        update={"record_id": "r-2",
+                "payload": orjson.dumps({**note, "status": "entered-in-error"})}
+    )  # fmt: skip
+    events = [_record(codec.INGESTED_RECORD.encode(r), topic=INGESTED) for r in (record, withdrawn)]
+    out = await run_batch(_normalization(), events)
+    first, second = [codec.CLINICAL_DOCUMENT.decode(r.value) for r in _on(out, DOCUMENTS)]
+    assert (first.text, first.kind, first.part) == (text, "note-text", "content/0")
+    assert first.authored_time == datetime(2024, 3, 1, 9, 30, tzinfo=UTC)
+    assert (first.type_system, first.type_code) == ("http://loinc.org", "11506-3")
+    assert first.patient_id == second.patient_id and first.subject == "Patient/p1"
+    assert first.document_id != second.document_id
+    assert (second.withdrawn, second.text) == (True, None)
+    assert _on(out, FACTS) == []
 
 
 # --- Outbound -----------------------------------------------------------------------------------

@@ -19,7 +19,16 @@ from fastavro.utils import generate_many
 from builders import listify
 from concord.events import codec
 from concord.events.codec import ALL_CODECS, TOPIC_CODECS, topic_schema_path
-from concord.topics import ALERTS, ALL_TOPICS, CONFLICTS, DEADLETTER, FACTS, INGESTED, RESOLUTIONS
+from concord.topics import (
+    ALERTS,
+    ALL_TOPICS,
+    CONFLICTS,
+    DEADLETTER,
+    DOCUMENTS,
+    FACTS,
+    INGESTED,
+    RESOLUTIONS,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = codec.schema_dir()
@@ -49,7 +58,9 @@ def _records(c: codec.EventCodec[Any], n: int) -> list[dict[str, Any]]:
 
 
 def test_each_avro_topic_carries_one_event_and_each_event_has_a_topic() -> None:
-    assert set(TOPIC_CODECS) == {INGESTED, FACTS, CONFLICTS, RESOLUTIONS, ALERTS, DEADLETTER}
+    assert set(TOPIC_CODECS) == {
+        INGESTED, FACTS, DOCUMENTS, CONFLICTS, RESOLUTIONS, ALERTS, DEADLETTER
+    }  # fmt: skip
     assert set(TOPIC_CODECS) <= {spec.name for spec in ALL_TOPICS}
     assert sorted(c.name for c in TOPIC_CODECS.values()) == sorted(c.name for c in ALL_CODECS)
 

@@ -14,7 +14,16 @@ from concord.composition import Resources
 from concord.config import AlertingSettings, ConflictsSettings
 from concord.conflicts.app import ConflictsStage
 from concord.conflicts.policy import DEFAULT_POLICY
-from concord.topics import CONFLICTS, FACTS, INGESTED, RAW_CLAIMS, RAW_FHIR, RAW_HL7V2, RESOLUTIONS
+from concord.topics import (
+    CONFLICTS,
+    DOCUMENTS,
+    FACTS,
+    INGESTED,
+    RAW_CLAIMS,
+    RAW_FHIR,
+    RAW_HL7V2,
+    RESOLUTIONS,
+)
 from concord.worker import SERVICES, build_app
 
 
@@ -39,6 +48,7 @@ def test_faust_keeps_its_data_directory_under_the_configured_folder(
 INPUTS = {
     "ingestion": (RAW_FHIR, RAW_HL7V2, RAW_CLAIMS),
     "normalization": (INGESTED,),
+    "narrative": (DOCUMENTS,),
     "conflicts": (FACTS, RESOLUTIONS),
     "alerting": (CONFLICTS,),
 }

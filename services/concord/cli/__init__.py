@@ -42,6 +42,7 @@ for _command in (
     warnings.warnings_group,
     generate,
     evaluate.evaluate,
+    evaluate.evaluate_text,
     identity.identity,
     audit.audit,
     token.token,

@@ -5,6 +5,11 @@ workers have consumed it all and gone quiet, and the conflicts stage holds nothi
 (suppress_for) and has published everything, reads every event on concord.conflicts, and
 prints precision and recall per kind of planted disagreement and stale record
 (conflicts/evaluation.py says how each is counted).
+
+`concord evaluate-text`: narrative documents from the generator, their oncology facts read
+by text extraction (no stack), scored per attribute against their answer key
+(generate/text_evaluation.py says how). A command of its own: `concord evaluate` takes the
+set's folder as its argument, so a subcommand `text` would be read as a folder named text.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import asyncio
 import http.client
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -34,6 +40,10 @@ from concord.runtime.db import pooled
 from concord.runtime.reading import read_topic
 from concord.stack.processes import metric_samples
 from concord.stack.stack import load_state
+
+if TYPE_CHECKING:
+    from concord.clinical_text.extract import TextFinding
+    from concord.generate.narratives import NarrativeDocument
 
 ANSWER_KEY = "answer_key.json"
 CONSUMED = "concord_events_consumed_total"
@@ -191,3 +201,135 @@ def evaluate(folder: Path, quiet_seconds: float, timeout: float, state_dir: Path
     click.echo(scores.report())
     if not scores.perfect:
         raise SystemExit(1)
+
+
+# --- concord evaluate-text ------------------------------------------------------------------
+
+VIAS = ("text", "fhir", "hl7")
+PROGRESS_EVERY = 500
+
+
+@dataclass
+class Extraction:
+    """What the extract calls took: their time alone, the documents and characters read."""
+
+    seconds: float = 0.0
+    texts: int = 0
+    characters: int = 0
+    unread: int = 0  # documents whose rendering gave back no text
+
+
+def _read_back(doc: NarrativeDocument, via: str) -> list[str]:
+    """The texts a reader gets back from `doc` rendered as `via` publishes it."""
+    from concord.clinical_text.documents import fhir_documents, hl7_documents
+    from concord.generate import narratives
+    from concord.hl7v2 import er7
+
+    pathology = doc.kind == narratives.PATHOLOGY
+    if via == "text":
+        return [doc.text]
+    if via == "fhir":
+        patient = f"Patient/{doc.document_id}"
+        resource = (
+            narratives.to_fhir_diagnostic_report(doc, patient)
+            if pathology
+            else narratives.to_fhir_document_reference(doc, patient)
+        )
+        return [d.text for d in fhir_documents(resource)]
+    mrn = f"MRN-{doc.document_id}"
+    message = narratives.to_hl7_oru(doc, mrn) if pathology else narratives.to_hl7_mdm(doc, mrn)
+    return [d.text for d in hl7_documents(er7.parse(message))]
+
+
+def _extracted(doc: NarrativeDocument, via: str, spent: Extraction) -> list[TextFinding]:
+    from concord.clinical_text.extract import extract
+    from concord.generate.text_evaluation import rebase
+
+    texts = _read_back(doc, via)
+    if not texts:
+        spent.unread += 1
+    findings: list[TextFinding] = []
+    for text in texts:
+        started = time.perf_counter()
+        read = extract(text)
+        spent.seconds += time.perf_counter() - started
+        spent.texts += 1
+        spent.characters += len(text)
+        # A DiagnosticReport gives back its presentedForm (the whole report) and then its
+        # conclusion (the final diagnosis, a part of the same report): the union of their
+        # findings, one per attribute, the presentedForm's where both have one (it comes first,
+        # and read with the rest of the report, its assertion and value are the better ones).
+        seen = {f.attribute for f in findings}
+        findings += [f for f in rebase(read, text, doc.text) if f.attribute not in seen]
+    return findings
+
+
+@click.command("evaluate-text")
+@click.option(
+    "--documents",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="How many narrative documents to generate and read.",
+)
+@click.option("--seed", type=int, default=7, show_default=True, help="The generator's seed.")
+@click.option(
+    "--via",
+    type=click.Choice([*VIAS, "all"]),
+    default="text",
+    show_default=True,
+    help="Read each document's text as written (text), or rendered and read back as a FHIR "
+    "DocumentReference or DiagnosticReport (fhir), an HL7 MDM or ORU (hl7), or each in turn (all).",
+)
+@click.option(
+    "--show-errors",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Also print up to N errors with the line of text each was read from.",
+)
+def evaluate_text(documents: int, seed: int, via: str, show_errors: int) -> None:
+    """Generate narrative pathology reports and clinician notes with an answer key, extract
+    oncology facts from their text, and print precision and recall per attribute, the
+    assertion errors (traps read as facts), facts found in documents with no oncology, and
+    the extraction's throughput. Scores only: it never fails on them."""
+    import random
+
+    from concord.clinical_text.extract import extract
+    from concord.conflicts.policy import DEFAULT_POLICY
+    from concord.generate.narratives import narrative_documents
+    from concord.generate.text_evaluation import (
+        format_examples,
+        format_table,
+        score_documents,
+        worst_examples,
+    )
+
+    def progress(line: str) -> None:
+        click.echo(f"evaluate-text: {line}", err=True)
+
+    min_confidence = DEFAULT_POLICY.text.min_confidence
+    rng = random.Random(seed)  # noqa: S311 - synthetic data
+    docs = narrative_documents(rng, documents)
+    progress(f"generated {len(docs)} documents (seed {seed}); reading them via {via}")
+    extract("")  # builds the pipeline once, outside the time measured
+    spent = Extraction()
+    pairs: list[tuple[NarrativeDocument, list[TextFinding]]] = []
+    for index, doc in enumerate(docs):
+        route = VIAS[index % len(VIAS)] if via == "all" else via
+        pairs.append((doc, _extracted(doc, route, spent)))
+        if (index + 1) % PROGRESS_EVERY == 0:
+            progress(f"{index + 1}/{len(docs)} documents read")
+    click.echo(format_table(score_documents(pairs, min_confidence)))
+    if spent.unread:
+        click.echo(f"read back with no text: {spent.unread} documents")
+    seconds = spent.seconds or float("nan")
+    click.echo(
+        f"throughput (extraction alone): {len(docs) / seconds:.1f} documents/s, "
+        f"{spent.characters / seconds:,.0f} characters/s ({spent.texts} texts, "
+        f"{spent.characters:,} characters in {spent.seconds:.2f} s)"
+    )
+    if show_errors:
+        click.echo("")
+        click.echo(format_examples(worst_examples(pairs, min_confidence, show_errors)))

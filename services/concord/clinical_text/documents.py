@@ -6,7 +6,7 @@ one odd attachment must not stop a worker). What cannot be read as text (a PDF, 
 attachment given only by url, broken base64, bytes that are not text) yields no document.
 Status is not looked at: a withdrawn document is still returned, its caller decides.
 
-Offsets into `ClinicalDocument.text` are stored later, so the text is kept as sent but for
+Offsets into `DocumentText.text` are stored later, so the text is kept as sent but for
 line ends (CR LF and CR become LF), a leading byte-order mark, and HTML or RTF turned into
 text; it is cut at MAX_TEXT_CHARS.
 """
@@ -86,7 +86,7 @@ _MDM: Final = "MDM"
 
 
 @dataclass(frozen=True)
-class ClinicalDocument:
+class DocumentText:
     part: str  # "content/0", "presentedForm/1", "conclusion", "OBX/22637-3/1", "TXA/OBX"
     kind: DocumentKind
     text: str
@@ -98,7 +98,7 @@ class ClinicalDocument:
 # --- FHIR -----------------------------------------------------------------------------------
 
 
-def fhir_documents(resource: Mapping[str, Any]) -> list[ClinicalDocument]:
+def fhir_documents(resource: Mapping[str, Any]) -> list[DocumentText]:
     """The texts of a DocumentReference (its content attachments) or a DiagnosticReport (its
     presentedForm attachments and its conclusion); [] for any other resource."""
     resource_type = resource.get("resourceType")
@@ -123,7 +123,7 @@ def fhir_documents(resource: Mapping[str, Any]) -> list[ClinicalDocument]:
         conclusion = _prepared(_str(resource.get("conclusion")) or "")
         if conclusion is not None:
             documents.append(
-                ClinicalDocument("conclusion", kind, conclusion, PLAIN, authored, type_code)
+                DocumentText("conclusion", kind, conclusion, PLAIN, authored, type_code)
             )
         return documents
     return []
@@ -135,14 +135,14 @@ def _attached(
     kind: DocumentKind,
     authored: str | None,
     type_code: tuple[str, str] | None,
-) -> list[ClinicalDocument]:
+) -> list[DocumentText]:
     documents = []
     for index, attachment in enumerate(attachments):
         read = _attachment_text(_mapping(attachment))
         if read is not None:
             text, media_type = read
             documents.append(
-                ClinicalDocument(f"{name}/{index}", kind, text, media_type, authored, type_code)
+                DocumentText(f"{name}/{index}", kind, text, media_type, authored, type_code)
             )
     return documents
 
@@ -221,7 +221,7 @@ def _str(value: object) -> str | None:
 # --- HL7 v2 ---------------------------------------------------------------------------------
 
 
-def hl7_documents(message: er7.Er7Message) -> list[ClinicalDocument]:
+def hl7_documents(message: er7.Er7Message) -> list[DocumentText]:
     """An MDM message's document (its TXA and the text OBX lines after it, part "TXA/OBX"), or
     any other message's text results: the TX/FT/ST lines of one OBX-3 and OBX-4 under one OBR
     make one text (part "OBX/<OBX-3.1>/<OBX-4>"). Base64 text in ED results makes one text
@@ -232,7 +232,7 @@ def hl7_documents(message: er7.Er7Message) -> list[ClinicalDocument]:
     return _result_documents(message)
 
 
-def _mdm_documents(message: er7.Er7Message, txa: er7.Segment) -> list[ClinicalDocument]:
+def _mdm_documents(message: er7.Er7Message, txa: er7.Segment) -> list[DocumentText]:
     obr = message.first("OBR")
     lines = [obx for obx in message.all("OBX") if obx.value(2).upper() in _TEXT_TYPES]
     document_type = txa.value(2)
@@ -247,17 +247,17 @@ def _mdm_documents(message: er7.Er7Message, txa: er7.Segment) -> list[ClinicalDo
     text = _prepared(_joined(lines)) if lines else None
     if text is not None:
         authored = activity or _authored(lines[0], obr)
-        documents.append(ClinicalDocument("TXA/OBX", kind, text, PLAIN, authored, type_code))
+        documents.append(DocumentText("TXA/OBX", kind, text, PLAIN, authored, type_code))
     for obx in message.all("OBX"):
         read = _encapsulated_text(obx)
         if read is not None:
             part = f"OBX/{obx.value(3)}/{obx.value(4)}"
             authored = activity or _authored(obx, obr)
-            documents.append(ClinicalDocument(part, kind, *read, authored, type_code))
+            documents.append(DocumentText(part, kind, *read, authored, type_code))
     return _unique_parts(documents)
 
 
-def _result_documents(message: er7.Er7Message) -> list[ClinicalDocument]:
+def _result_documents(message: er7.Er7Message) -> list[DocumentText]:
     documents = []
     obr: er7.Segment | None = None
     groups: dict[tuple[int, str, str], tuple[er7.Segment | None, list[er7.Segment]]] = {}
@@ -281,14 +281,14 @@ def _result_documents(message: er7.Er7Message) -> list[ClinicalDocument]:
 
 def _result_document(
     obx: er7.Segment, obr: er7.Segment | None, text: str, media_type: str
-) -> ClinicalDocument:
+) -> DocumentText:
     pathology = (
         _coded_pathology(obx, 3)
         or _coded_pathology(obr, 4)
         or (obr is not None and obr.value(24).upper() in PATHOLOGY_SECTIONS)
     )
     identifier = obx.value(3)
-    return ClinicalDocument(
+    return DocumentText(
         f"OBX/{identifier}/{obx.value(4)}",
         PATHOLOGY if pathology else NOTE,
         text,
@@ -351,13 +351,13 @@ def _encapsulated_text(obx: er7.Segment) -> tuple[str, str] | None:
     return None if text is None else (text, media_type)
 
 
-def _unique_parts(documents: list[ClinicalDocument]) -> list[ClinicalDocument]:
+def _unique_parts(documents: list[DocumentText]) -> list[DocumentText]:
     seen: dict[str, int] = {}
     unique = []
     for document in documents:
         count = seen[document.part] = seen.get(document.part, 0) + 1
         if count > 1:
-            document = ClinicalDocument(
+            document = DocumentText(
                 f"{document.part}#{count}",
                 document.kind,
                 document.text,

@@ -120,20 +120,92 @@ def _read(ent: Span, doc: Doc, rules: TextRules) -> Iterator[TextFinding]:
         yield from _tnm(ent, assertion, confidence)
     elif label in (n.BIOMARKER, n.ISH):
         yield from _biomarker(ent, doc, assertion, confidence)
+    elif label == n.SITE and assertion in ("affirmed", "possible") and _labelled_site(ent):
+        yield _finding(ent, c.PRIMARY_SITE, ent._.target_rule.metadata["site"], assertion,
+                       confidence)  # fmt: skip
     elif label == n.STATUS and assertion in ("affirmed", "possible"):
         yield _finding(
             ent, c.DISEASE_STATUS, ent._.target_rule.metadata["status"], assertion, confidence
         )
 
 
+# A synoptic report's line that names the primary's organ: "Tumor site: Left ovary".
+_SITE_LABEL = re.compile(r"\s*[-•*]?\s*(?:primary )?(?:tumou?r )?site(?: of primary)?\s*:", re.I)
+
+
+def _labelled_site(ent: Span) -> bool:
+    sentence = ent.sent
+    return (
+        "site" in ent._.target_rule.metadata
+        and _SITE_LABEL.match(sentence.text) is not None
+        and ent.start_char - sentence.start_char < 60
+    )
+
+
 def _sentence_ents(ent: Span, label: str) -> list[Span]:
     return [e for e in ent.sent.ents if e.label_ == label]
+
+
+# Words that may stand between a metastasis and the organ it is in: "metastatic to the liver
+# and bones", "liver, lung and bone metastases", "metastases in both lungs".
+_LINKS = frozenset(
+    "to in into involving within of the both bilateral multiple and , / left right "
+    "numerous several diffuse scattered widespread".split()
+)
+# A metastasis word these follow governs the organs after it ("metastatic to liver"); any
+# other governs the organs before it too ("hepatic metastases").
+_GOVERNS_AFTER = frozenset({"to", "into", "involving"})
+
+
+_LINKING_ENTITIES = frozenset({n.SITE, n.HISTOLOGY, n.CANCER})
+
+
+def _linked(first: Span, second: Span) -> bool:
+    """Whether only linking words, site words or a tumour's name ("metastatic adenocarcinoma
+    in the liver") stand between two spans."""
+    inside = {
+        i for e in first.sent.ents if e.label_ in _LINKING_ENTITIES for i in range(e.start, e.end)
+    }
+    return all(t.lower_ in _LINKS or t.i in inside for t in first.doc[first.end : second.start])
+
+
+def _metastatic_sites(metastasis: Span) -> list[Span]:
+    """The site words of a metastasis mention's sentence that say where it is."""
+    doc = metastasis.doc
+    following = doc[metastasis.end].lower_ if metastasis.end < len(doc) else ""
+    found = []
+    for site in _sentence_ents(metastasis, n.SITE):
+        if not site._.target_rule.metadata.get("metastatic_site"):
+            continue
+        after = site.start >= metastasis.end and _linked(metastasis, site)
+        before = (
+            site.end <= metastasis.start
+            and following not in _GOVERNS_AFTER
+            and _linked(site, metastasis)
+        )
+        if after or before:
+            found.append(site)
+    return found
 
 
 def _metastasis_near(site: Span) -> bool:
     """Whether a site word names where a metastasis is (liver metastases, metastatic to the
     liver) rather than an organ of origin."""
-    return any(abs(m.start - site.start) <= 6 for m in _sentence_ents(site, n.METASTASIS))
+    return any(site in _metastatic_sites(m) for m in _sentence_ents(site, n.METASTASIS))
+
+
+def _specimen_heading(ent: Span) -> Span | None:
+    """The specimen heading a pathology diagnosis line sits under ("A. LUNG, RIGHT LOWER LOBE,
+    WEDGE RESECTION:"): the nearest of the three lines before it that ends with a colon."""
+    doc, start = ent.doc, ent.sent.start
+    for _ in range(3):
+        if start == 0:
+            return None
+        sentence = doc[start - 1].sent
+        if sentence.text.rstrip().endswith(":") and sentence.text.strip(" :\n"):
+            return sentence
+        start = sentence.start
+    return None
 
 
 def _primary_site(ent: Span) -> Span | None:
@@ -143,12 +215,15 @@ def _primary_site(ent: Span) -> Span | None:
     doc = ent.doc
     sentences = [ent.sent]
     start = ent.sent.start
-    for _ in range(2):
+    # "Metastatic adenocarcinoma" under a liver biopsy's heading: the heading names where the
+    # metastasis is, not where the cancer began.
+    metastatic = any(0 <= ent.start - m.end <= 1 for m in _sentence_ents(ent, n.METASTASIS))
+    for _ in range(0 if metastatic else 2):
         if start == 0:
             break
         sentences.append(doc[start - 1].sent)
         start = sentences[-1].start
-    for sentence in sentences:
+    for index, sentence in enumerate(sentences):
         sites = [
             s
             for s in sentence.ents
@@ -156,6 +231,10 @@ def _primary_site(ent: Span) -> Span | None:
             and s._.target_rule.metadata.get("site")
             and not _metastasis_near(s)
         ]
+        # A heading that names several organs ("UTERUS, CERVIX, BILATERAL OVARIES") does not
+        # say which one the tumour is in.
+        if index > 0 and len({s._.target_rule.metadata["site"] for s in sites}) > 1:
+            return None
         if sites:
             return min(sites, key=lambda s: abs(s.start - ent.start))
     return None
@@ -190,13 +269,14 @@ def _metastasis(ent: Span, assertion: Assertion, confidence: float) -> Iterator[
     if assertion not in ("affirmed", "possible", "negated"):
         yield _finding(ent, "_cancer", "", assertion, 0.0)
         return
-    near = [
-        s
-        for s in _sentence_ents(ent, n.SITE)
-        if s._.target_rule.metadata.get("metastatic_site") and abs(s.start - ent.start) <= 6
-    ]
+    near = _metastatic_sites(ent)
     # "Metastatic carcinoma in 2 of 14 lymph nodes": spread to the nodes is the N category.
     nodal = any(e.label_ == n.NODAL for e in ent.sent.ents)
+    heading = _specimen_heading(ent) if not near and not nodal else None
+    if heading is not None:  # "B. LIVER, WEDGE BIOPSY:" over "- Negative for metastatic ..."
+        nodal = any(e.label_ == n.NODAL for e in heading.ents)
+        near = [s for s in heading.ents if s.label_ == n.SITE
+                and s._.target_rule.metadata.get("metastatic_site")]  # fmt: skip
     present = "false" if assertion == "negated" else "true"
     kind: Assertion = "affirmed" if assertion == "negated" else assertion
     for site in near:
@@ -238,9 +318,10 @@ def _stage(ent: Span, assertion: Assertion, confidence: float) -> Iterator[TextF
 
 # Stages that are not a cancer's: kidney disease, pressure injuries, hypertension, sleep...
 _NOT_CANCER_STAGES = (
-    "kidney",
+    "kidney disease",
     "ckd",
     "renal disease",
+    "renal insufficiency",
     "ulcer",
     "pressure",
     "hypertension",
@@ -256,18 +337,23 @@ _NOT_CANCER_STAGES = (
 def _tnm(ent: Span, assertion: Assertion, confidence: float) -> Iterator[TextFinding]:
     if assertion not in ("affirmed", "possible"):
         return
-    match = n.TNM_TOKEN.match(ent.text)
-    if match is None:
-        return
-    parts = [p for p in match.groups() if p]
+    parts: list[str] = []
+    for token in ent:
+        match = n.TNM_TOKEN.match(token.text)
+        if match is not None:
+            parts += [p for p in match.groups() if p]
     prefixed = ent.text[:1] in "cpyra" and ent.text[:1] != ent.text[:1].upper()
     if not prefixed and len(parts) < 2:
         return  # a bare "T2" or "M1" may be anything; "pT2" or "T2N0M0" is a category
     for part in parts:
         category = _tnm_category(part)
-        if category is not None:
-            attribute = {"T": c.TNM_T, "N": c.TNM_N, "M": c.TNM_M}[part[0]]
-            yield _finding(ent, attribute, category, assertion, confidence)
+        if category is None:
+            continue
+        attribute = {"T": c.TNM_T, "N": c.TNM_N, "M": c.TNM_M}[part[0]]
+        yield _finding(ent, attribute, category, assertion, confidence)
+        if attribute == c.TNM_M:  # M1 is distant metastasis, M0 none (as the policy derives)
+            metastatic = "true" if category == "M1" else "false"
+            yield _finding(ent, c.METASTATIC, metastatic, assertion, confidence)
 
 
 def _tnm_category(part: str) -> str | None:
@@ -296,6 +382,7 @@ _POSITIVE = re.compile(
 _ALTERATION = re.compile(
     r"\b(mutat\w*|rearrange\w*|fusion|exon \d+|[LGT]\d{3}[A-Z])", re.IGNORECASE
 )
+_SCORE_NAMES = re.compile(r"combined positive score|tumou?r proportion score", re.IGNORECASE)
 _PERCENT = re.compile(r"(?<![<\d])(\d{1,3})\s?%")
 _IHC_SCORE = re.compile(
     r"(?:\b|\()([0-3])\s?\+|\b(?:score|ihc)\)?\s*:?\s*\(?([0-3])\b\+?|"
@@ -306,6 +393,10 @@ _EQUIVOCAL = re.compile(r"\bequivocal\b", re.IGNORECASE)
 _TPS = re.compile(
     r"(?:TPS|tumou?r proportion score)[^0-9<]{0,20}(<\s?)?(\d{1,3})\s?%", re.IGNORECASE
 )
+# "PD-L1 50% (TPS)": the score before its name.
+_TPS_AFTER = re.compile(
+    r"(<\s?)?(\d{1,3})\s?%\s*\(?(?:TPS|tumou?r proportion score)", re.IGNORECASE
+)
 _CPS = re.compile(r"(?:CPS|combined positive score)[^0-9<]{0,20}(<\s?)?(\d{1,3})", re.IGNORECASE)
 
 
@@ -313,9 +404,12 @@ def _window(ent: Span, doc: Doc) -> tuple[str, int]:
     """The text after a marker's name that may hold its result, and where it starts."""
     end = min(ent.sent.end_char, ent.end_char + _WINDOW)
     for other in doc.ents:
-        if other.start > ent.start and other.label_ in (n.BIOMARKER, n.ISH):
-            end = min(end, other.start_char)
-            break
+        if other.start <= ent.start or other.label_ not in (n.BIOMARKER, n.ISH):
+            continue
+        if other.label_ == n.ISH and other.start > 0 and doc[other.start - 1].text == "(":
+            continue  # "ALK rearrangement (FISH): Not detected": the method, not a marker
+        end = min(end, other.start_char)
+        break
     # "ER/PR: positive": the first of two names joined by a slash shares the second's result.
     return doc.text[ent.end_char : end], ent.end_char
 
@@ -368,7 +462,11 @@ def _marker_details(
         if score is not None:
             yield _finding(ent, c.HER2_IHC, score, kind, confidence, end)
     elif marker == "PD-L1":
-        for pattern, attribute in ((_TPS, c.PDL1_TPS), (_CPS, c.PDL1_CPS)):
+        for pattern, attribute in (
+            (_TPS, c.PDL1_TPS),
+            (_TPS_AFTER, c.PDL1_TPS),
+            (_CPS, c.PDL1_CPS),
+        ):
             found = pattern.search(window)
             if found is not None and not found.group(1):
                 yield _finding(ent, attribute, str(int(found.group(2))), kind, confidence, end)
@@ -383,7 +481,7 @@ def _ihc(window: str) -> str | None:
 
 
 def _pdl1_status(window: str) -> str | None:
-    tps = _TPS.search(window) or _CPS.search(window)
+    tps = _TPS.search(window) or _TPS_AFTER.search(window) or _CPS.search(window)
     if tps is None:
         percent = _PERCENT.search(window)
         return (
@@ -398,13 +496,17 @@ def _polarity(window: str, *, negated: bool) -> str | None:
     """positive / negative as the first word after a marker that says so (not detected holds
     detected, so a tie goes to the negative); a marker ConText negated ("no EGFR mutation")
     is negative; an alteration named with no such word ("exon 19 deletion") is there."""
+    compact = re.match(r"\s*([+-])(?![A-Za-z0-9])", window)
+    if compact is not None:  # "ER+/PR+/HER2-"
+        return "positive" if compact.group(1) == "+" else "negative"
+    if negated:  # "no EGFR mutation detected", "negative for ER"
+        return "negative"
+    window = _SCORE_NAMES.sub(" ", window)  # "combined positive score" says no result
     negative, positive = _NEGATIVE.search(window), _POSITIVE.search(window)
     if negative is not None and (positive is None or negative.start() <= positive.start()):
         return "negative"
     if positive is not None:
         return "positive"
-    if negated:
-        return "negative"
     return "positive" if _ALTERATION.search(window) else None
 
 

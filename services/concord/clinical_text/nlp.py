@@ -25,6 +25,7 @@ from medspacy.target_matcher import TargetRule
 from spacy.language import Language
 from spacy.tokens import Doc
 
+from concord.clinical_text.rules import ContextRule as ContextRuleSpec
 from concord.clinical_text.rules import TextRules
 
 # PyRuSH, which medspaCy imports, logs each sentence's tokens through loguru at DEBUG level:
@@ -59,7 +60,7 @@ _STAGE_VALUE = r"^(?i:0|i{1,3}|iv|[1-4])(?i:[a-c][1-3]?)?$"
 # One TNM category or several run together: (y)(c|p) T.. N.. M.., as AJCC writes them.
 TNM_TOKEN = re.compile(
     r"^(?=\S*[TNM](?:is|[0-4X]))(?:y|r|a)?(?:[cp])?(T(?:is|[0-4X])[a-d]?(?:\((?:m|sn|\d+)\))?)?"
-    r"(N[0-3X][a-c]?(?:\((?:sn|mi|i[+-]|\d+/\d+)\))?)?(M[01X][a-d]?)?$"
+    r"(?:y?[cp])?(N[0-3X][a-c]?(?:\((?:sn|mi|i[+-]|\d+/\d+)\))?)?(?:y?[cp])?(M[01X][a-d]?)?$"
 )
 
 
@@ -86,10 +87,15 @@ def build_pipeline(rules: TextRules) -> Language:
     context: Any = nlp.add_pipe("medspacy_context", config={"rules": None})
     defaults = ConTextRule.from_json(str(_MEDSPACY_RESOURCES / "context_rules.json"))
     context.add([r for r in defaults if r.literal not in rules.context_dropped])
-    context.add([ConTextRule(r.literal, r.category, direction=r.direction) for r in rules.context])
+    context.add([_context_rule(r) for r in rules.context])
     sectionizer: Any = nlp.add_pipe("medspacy_sectionizer")
     sectionizer.add([SectionRule(r.literal, r.category) for r in rules.sections])
     return nlp
+
+
+def _context_rule(rule: ContextRuleSpec) -> ConTextRule:
+    pattern = [dict(token) for token in rule.pattern] if rule.pattern else None
+    return ConTextRule(rule.literal, rule.category, pattern=pattern, direction=rule.direction)
 
 
 def _phrase(literal: str, category: str, **meta: Any) -> TargetRule:
@@ -135,4 +141,11 @@ def _target_rules(rules: TextRules) -> list[TargetRule]:
     ]
     found.append(TargetRule("stage", STAGE, pattern=stage))
     found.append(TargetRule("tnm", TNM, pattern=[{"TEXT": {"REGEX": TNM_TOKEN.pattern}}]))
+    # "(T3 N1a M0)": the categories written apart, T then N, and M when given.
+    spaced = [
+        {"TEXT": {"REGEX": r"^(?:y?[cp])?T(?:is|[0-4X])[a-d]?$"}},
+        {"TEXT": {"REGEX": r"^(?:y?[cp])?N[0-3X][a-c]?$"}},
+        {"TEXT": {"REGEX": r"^(?:y?[cp])?M[01X][a-d]?$"}, "OP": "?"},
+    ]
+    found.append(TargetRule("tnm (spaced)", TNM, pattern=spaced))
     return found

@@ -30,6 +30,8 @@ class ContextRule(_Frozen):
     literal: str
     category: str
     direction: Direction = "BIDIRECTIONAL"
+    # A spaCy token pattern, where the literal's words alone would match too much.
+    pattern: tuple[dict[str, Any], ...] | None = None
 
 
 class SectionRule(_Frozen):

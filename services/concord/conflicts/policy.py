@@ -54,20 +54,25 @@ class Tolerance(BaseModel):
         return abs(a - b) <= bound
 
 
-Evidence = Literal["result", "record", "claim"]
+Evidence = Literal["result", "record", "claim", "pathology-text", "note-text"]
 EVIDENCE_NAMES: dict[str, str] = {
     "result": "pathology or laboratory result",
     "record": "clinical record",
     "claim": "claim",
+    "pathology-text": "pathology report's text",
+    "note-text": "clinical note's text",
 }
 _RESULT_RECORDS = ("Observation/", "DiagnosticReport/", "ORU", "OUL", "MDM")
 
 
 def evidence_of(assertion: Assertion) -> Evidence:
     """What kind of evidence an assertion rests on, from the record it came from: a claim
-    line, a result (an Observation, a DiagnosticReport, an HL7 v2 result message), or a
-    clinical record (anything else: a Condition, an ADT message)."""
+    line, a result (an Observation, a DiagnosticReport, an HL7 v2 result message), a
+    clinical record (anything else: a Condition, an ADT message), or the text of a pathology
+    report or a clinical note (a fact the narrative worker read)."""
     provenance = assertion.provenance
+    if provenance.text is not None:  # read from text: the text's own class
+        return "pathology-text" if provenance.text.kind == "pathology-text" else "note-text"
     if provenance.raw_topic == RAW_CLAIMS:
         return "claim"
     if provenance.source_record_id.startswith(_RESULT_RECORDS):
@@ -89,7 +94,8 @@ class ClassRule(BaseModel):
         None,
         description="Kinds of evidence most trusted first (result: a pathology or laboratory "
         "report; record: a clinical record such as a Condition or an ADT message; claim: a "
-        "claim line), for sources the ranking does not tell apart",
+        "claim line; pathology-text, note-text: what was read from a pathology report's or a "
+        "clinical note's text), for sources the ranking does not tell apart",
     )
     tolerance: Tolerance | None = Field(None, description="For `numeric`: how far apart agree")
     specimen_window: timedelta | None = Field(
@@ -147,6 +153,20 @@ def _demographics_only() -> dict[AttributeClass, ClassRule]:
     return {"DEMOGRAPHICS": ClassRule(compare="exact")}
 
 
+class TextRule(BaseModel):
+    """How facts read from clinical text are admitted (the narrative worker)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_confidence: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="A finding read from text with a lower confidence (a possible one: "
+        "'cannot rule out'; one a document contradicts) becomes a review task, not a fact",
+    )
+
+
 class SourcePolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -173,6 +193,9 @@ class SourcePolicy(BaseModel):
         (),
         description="Attributes implied by other facts (metastatic status from a C78 claim or "
         "a stage IV Condition), compared like the facts sources send",
+    )
+    text: TextRule = Field(
+        default_factory=TextRule, description="Facts read from clinical text (issue 18)"
     )
 
     @property

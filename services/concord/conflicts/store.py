@@ -437,10 +437,11 @@ def _provenance_columns(p: Provenance) -> tuple[object, ...]:
     """received_time … provenance_extra, in _RECORD_HISTORY's order."""
     digest = p.payload_sha256
     packed = _SHA256_HEX.fullmatch(digest) is not None
+    # Only what is set: a fact read from text carries its TextEvidence here, others nothing.
     extra = {
         name: value
         for name, value in p.model_dump(mode="json").items()
-        if name not in _PROVENANCE_COLUMNS
+        if name not in _PROVENANCE_COLUMNS and value is not None
     }
     return (
         p.received_time,

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from concord.events.models import (
     Alert,
+    ClinicalDocument,
     ClinicalFact,
     ConflictEvent,
     ConflictResolution,
@@ -33,7 +34,15 @@ from concord.events.models import (
     Event,
     IngestedRecord,
 )
-from concord.topics import ALERTS, CONFLICTS, DEADLETTER, FACTS, INGESTED, RESOLUTIONS
+from concord.topics import (
+    ALERTS,
+    CONFLICTS,
+    DEADLETTER,
+    DOCUMENTS,
+    FACTS,
+    INGESTED,
+    RESOLUTIONS,
+)
 
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 _HEADER_LEN = 10
@@ -46,6 +55,7 @@ _DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "alert": ("provenance", "clinical_fact", "assertion", "conflict_event"),
     "dead_letter": (),
     "conflict_resolution": (),
+    "clinical_document": ("provenance",),
 }
 
 
@@ -224,6 +234,7 @@ CONFLICT_EVENT = EventCodec("conflict_event", ConflictEvent)
 ALERT = EventCodec("alert", Alert)
 DEAD_LETTER = EventCodec("dead_letter", DeadLetter)
 CONFLICT_RESOLUTION = EventCodec("conflict_resolution", ConflictResolution)
+CLINICAL_DOCUMENT = EventCodec("clinical_document", ClinicalDocument)
 
 ALL_CODECS: tuple[EventCodec[Any], ...] = (
     INGESTED_RECORD,
@@ -232,6 +243,7 @@ ALL_CODECS: tuple[EventCodec[Any], ...] = (
     ALERT,
     DEAD_LETTER,
     CONFLICT_RESOLUTION,
+    CLINICAL_DOCUMENT,
 )
 
 # The event each Avro topic carries (the raw topics carry what the sources send; the control
@@ -243,6 +255,7 @@ TOPIC_CODECS: dict[str, EventCodec[Any]] = {
     RESOLUTIONS: CONFLICT_RESOLUTION,
     ALERTS: ALERT,
     DEADLETTER: DEAD_LETTER,
+    DOCUMENTS: CLINICAL_DOCUMENT,
 }
 
 

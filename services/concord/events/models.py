@@ -28,6 +28,20 @@ class Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
+class TextEvidence(Event):
+    """Where in a document the words that state a fact are, and how sure the reading is."""
+
+    kind: str  # pathology-text | note-text (concord.clinical_text.concepts.DocumentKind)
+    document: str  # the part of the record: content/0, OBX/22637-3/1, ...
+    section: str | None = None
+    start: int
+    end: int
+    excerpt: str
+    assertion: str
+    confidence: float
+    method: str
+
+
 class Provenance(Event):
     source_system: str
     source_record_id: str
@@ -42,6 +56,7 @@ class Provenance(Event):
     # The element event_time was read from (docs/event-time.md); "arrival" when the record
     # carried no time and received_time stands in for one.
     event_time_basis: str | None = None
+    text: TextEvidence | None = None  # for a fact read from clinical text
 
 
 class IngestionWarning(Event):
@@ -102,6 +117,27 @@ class ClinicalFact(Event):
     effective_offset_minutes: int | None = None
     flags: tuple[str, ...] = ()
     subject: str | None = None
+
+
+class ClinicalDocument(Event):
+    """One narrative text of one record, its patient resolved (schemas/clinical_document.avsc)."""
+
+    document_id: str
+    patient_id: str
+    subject: str | None = None
+    record_id: str
+    provenance: Provenance
+    part: str
+    kind: str
+    media_type: str
+    authored_time: AwareDatetime | None = None
+    authored_text: str | None = None
+    type_system: str | None = None
+    type_code: str | None = None
+    text: str | None = None
+    truncated: bool = False
+    withdrawn: bool = False
+    flags: tuple[str, ...] = ()
 
 
 class Assertion(Event):

@@ -1,5 +1,6 @@
 """The normalization worker's stage: decode ingested records, read them with the pure core,
-resolve the batch's patients in the identity index, publish the facts.
+resolve the batch's patients in the identity index, publish the facts, and the records'
+narrative texts for the narrative worker (concord.documents).
 
 A source's delete (a FHIR DELETE, a voided claim line) names only its record: the stage
 remembers what each record's upserts asserted (`record_facts.py`), and publishes a delete as
@@ -21,6 +22,7 @@ from concord.deadletters import Rejection
 from concord.events import codec
 from concord.events.models import ClinicalFact, IngestedRecord
 from concord.events.raw import RawEvent
+from concord.normalization.documents import to_document
 from concord.normalization.facts.drafts import PROVISIONAL_PATIENT, merge_fact, to_fact
 from concord.normalization.facts.withdrawals import (
     RecordKey,
@@ -32,7 +34,7 @@ from concord.normalization.facts.withdrawals import (
 from concord.normalization.identity import systems as naming
 from concord.normalization.identity.resolution import Resolution
 from concord.normalization.identity.systems import IdentifierSystems
-from concord.normalization.outbound import fact_record
+from concord.normalization.outbound import document_record, fact_record
 from concord.normalization.ports import IdentityOutbox, IdentityStore, RecordFacts
 from concord.normalization.records import ReadRecord, read_record
 from concord.normalization.terminology import Terminology
@@ -114,6 +116,17 @@ class NormalizationStage(BaseStage):
                 for flag in fact.flags:
                     metrics.FACTS_FLAGGED.labels(fact.attribute_class, flag).inc()
                 publish_fact(out, fact=fact)
+            for text in outcome.documents:
+                document = to_document(
+                    text,
+                    patient_id=resolution.enterprise_id,
+                    record=ingested,
+                    subject=outcome.request.local_ids[0],
+                    withdrawn=outcome.withdrawn,
+                    extra_flags=flags,
+                )
+                metrics.DOCUMENTS_PUBLISHED.labels(document.kind).inc()
+                out.add(document_record(document))
             memory = remembered(ingested, facts)
             if memory is not None:
                 memories.append(memory)

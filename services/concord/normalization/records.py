@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
+from concord.clinical_text.documents import DocumentText, fhir_documents, hl7_documents
 from concord.events.models import IngestedRecord
 from concord.hl7v2 import er7
 from concord.ingestion.subjects import patient_in, patient_of
@@ -30,6 +31,9 @@ from concord.normalization.identity.demographics import (
 from concord.normalization.identity.resolution import IdentityRequest
 from concord.normalization.terminology import Terminology
 
+# Statuses with which a source withdraws a document (FHIR DocumentReference.status,
+# DiagnosticReport.status): what was read from its text is withdrawn.
+WITHDRAWN_STATUSES = frozenset({"entered-in-error", "cancelled"})
 # ADT triggers that merge the MRG patient into the PID patient.
 MERGE_TRIGGERS = frozenset({"A34", "A36", "A39", "A40"})
 
@@ -38,13 +42,16 @@ MERGE_TRIGGERS = frozenset({"A34", "A36", "A39", "A40"})
 class ReadRecord:
     request: IdentityRequest
     drafts: tuple[FactDraft, ...]
+    # Its narrative texts, for the narrative worker; `withdrawn` when the source withdrew it.
+    documents: tuple[DocumentText, ...] = ()
+    withdrawn: bool = False
 
 
 def read_record(
     record: IngestedRecord, terminology: Terminology, systems: Sequence[str]
 ) -> ReadRecord | None:
-    """The identity request and fact drafts of a record; None when it asserts no fact
-    Concord compares yet (encounters, documents...), and for deletes and voids, which the
+    """The identity request, fact drafts and narrative texts of a record; None when it
+    asserts nothing Concord compares yet (encounters...), and for deletes and voids, which the
     stage turns into what their record asserted, withdrawn (facts/withdrawals.py)."""
     if record.operation != "UPSERT":
         return None
@@ -65,12 +72,15 @@ def _fhir(
     if record.resource_type == "Patient":
         return _fhir_patient(resource, source, terminology, systems)
     drafts = tuple(fhir_drafts(resource, terminology))
-    if not drafts:
+    documents = tuple(fhir_documents(resource))
+    if not drafts and not documents:
         return None
     patient = record.patient_ref or patient_of(resource)  # records ingested before v3 lack it
     if patient is None:
-        return None  # ingestion requires one; a resource without it asserts nothing here
-    return ReadRecord(IdentityRequest(source=source, local_ids=(patient,)), drafts)
+        return None  # a resource about nobody (a DocumentReference may be) asserts nothing
+    withdrawn = resource.get("status") in WITHDRAWN_STATUSES and bool(documents)
+    request = IdentityRequest(source=source, local_ids=(patient,))
+    return ReadRecord(request, drafts, documents, withdrawn)
 
 
 def _fhir_patient(
@@ -110,7 +120,8 @@ def _hl7(
     pid = message.first("PID")
     if pid is None:
         return None
-    drafts = tuple(hl7_drafts(message, terminology, _zone(record.source_time_zone)))
+    drafts = tuple(hl7_drafts(message, terminology, source_zone(record.source_time_zone)))
+    documents = tuple(hl7_documents(message))
     source = record.provenance.source_system
     demographics = from_pid(pid, source)
     local_ids = _identifier_ids(demographics.identifiers)
@@ -121,9 +132,9 @@ def _hl7(
         for mrg in (message.all("MRG") if merged else ())
         for local in _identifier_ids(cx_identifiers(mrg, 1, source))
     )
-    if not local_ids or not (drafts or absorbs):
+    if not local_ids or not (drafts or absorbs or documents):
         return None
-    return ReadRecord(_described(local_ids, demographics, systems, absorbs), drafts)
+    return ReadRecord(_described(local_ids, demographics, systems, absorbs), drafts, documents)
 
 
 def _claim(
@@ -169,7 +180,7 @@ def _identifier_ids(identifiers: Iterable[Identifier]) -> tuple[str, ...]:
     return tuple(f"id:{i.system}|{i.value}" for i in identifiers)
 
 
-def _zone(name: str | None) -> ZoneInfo | None:
+def source_zone(name: str | None) -> ZoneInfo | None:
     try:
         return ZoneInfo(name) if name else None
     except (ZoneInfoNotFoundError, ValueError):

@@ -41,7 +41,7 @@ from concord.stack.processes import (
     tail,
 )
 
-ALL_SERVICES: tuple[str, ...] = ("ingestion", "normalization", "conflicts", "alerting")
+ALL_SERVICES: tuple[str, ...] = ("ingestion", "normalization", "narrative", "conflicts", "alerting")
 # The real worker entry point; the service name is appended.
 WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "concord.worker")
 MLLP_SERVICE = "ingestion"  # runs the MLLP listener (CONCORD_MLLP_PORT)
