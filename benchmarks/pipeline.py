@@ -6,6 +6,7 @@ ingestion throughput per raw format against a pass-through.
                                             [--max-rate] [--out results.json]
                                             [--img-dir docs/img] [--skip-throughput]
                                             [--skip-latency] [--skip-ingestion-formats]
+                                            [--documents 2000] [--skip-narrative]
 
 Part 1, throughput (a fresh broker and PostgreSQL, everything in this one process):
   * baseline: a raw aiokafka loop (getmany up to 1,000 records, fetch_max_wait_ms=20 → Avro
@@ -42,10 +43,17 @@ Part 4, normalization on a generated population (a fresh broker and PostgreSQL, 
 this process): `concord generate`'s sources for --population persons are published and
 ingested (not timed), then the normalization stage is timed over concord.ingested.
 
+Part 5, the narrative worker (a fresh broker and PostgreSQL, everything in this process):
+--documents generated narrative texts (pathology reports and clinician notes) as FHIR
+DocumentReferences / DiagnosticReports and HL7 v2 ORU^R01 / MDM^T02, each with a Patient, are
+published and ingested (not timed); then, in turn, normalization over concord.ingested, a raw
+loop over the ClinicalDocuments it put on concord.documents, and the narrative stage over the
+same documents are timed: text documents/s beside structured records/s, in the same run.
+
 Everything started is stopped at the end, also on error or Ctrl-C. See docs/benchmarks.md.
 This file is the entry point: each part is a module of benchlib/ (throughput, latency and
-endtoend, formats, population), and the runner, the teardown and the stage timing are shared with
-recovery.py (benchlib/__init__.py says which module holds what).
+endtoend, formats, population, narrative), and the runner, the teardown and the stage timing
+are shared with recovery.py (benchlib/__init__.py says which module holds what).
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ import state_size
 from benchlib.endtoend import PAIR_SHARE, max_rate_part, print_max_rate
 from benchlib.formats import ingestion_formats_part, plot_ingestion_formats, print_ingestion_formats
 from benchlib.latency import latency_part, plot_latency, print_latency
+from benchlib.narrative import narrative_part, print_narrative
 from benchlib.population import population_part, print_population
 from benchlib.runner import (
     Teardown,
@@ -118,6 +127,9 @@ async def run(args: argparse.Namespace, teardown: Teardown) -> dict[str, Any]:
     if args.population:
         results["population"] = await population_part(args, teardown)
         print_population(results["population"])
+    if not args.skip_narrative:
+        results["narrative"] = await narrative_part(args, teardown, token)
+        print_narrative(results["narrative"])
     if args.state_patients:
         results["state_size"] = await state_size.run(
             argparse.Namespace(patients=args.state_patients, batch=state_size.BATCH), teardown
@@ -193,10 +205,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="persons of part 4's generated population (normalization facts/s); 0 skips it",
     )
     parser.add_argument(
+        "--documents",
+        type=int,
+        default=2_000,
+        help="generated narrative texts of part 5 (the narrative worker's documents/s)",
+    )
+    parser.add_argument("--skip-narrative", action="store_true", help="skip part 5")
+    parser.add_argument(
         "--profile",
         metavar="DIR",
         help="cProfile each stage into DIR/<stage>.pstats: part 3's as ingestion-<format>, "
-        "part 4's as normalization-population (slows the stages)",
+        "part 4's as normalization-population, part 5's as normalization-narrative and "
+        "narrative (slows the stages)",
     )
     parser.add_argument(
         "--flame",
@@ -215,6 +235,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.records < 6 or args.rate <= 0 or args.seconds <= 0:
         parser.error("--records must be at least 6; --rate and --seconds positive")
+    if args.documents < 1:
+        parser.error("--documents must be at least 1")
     if not 0 < args.pair_share <= 1:
         parser.error("--pair-share must be above 0 and at most 1")
     if args.max_rate_start <= 0 or args.max_rate_factor <= 1 or args.max_rate_steps < 1:

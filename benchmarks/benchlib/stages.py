@@ -1,6 +1,6 @@
 """One stage as one worker runs it (build_stage's handler in a BatchLoop, one consumer
-group), timed over a known input, and the raw aiokafka loop it is compared with: parts 1, 3
-and 4 of pipeline.py."""
+group), timed over a known input, and the raw aiokafka loop it is compared with: parts 1, 3,
+4 and 5 of pipeline.py."""
 
 from __future__ import annotations
 
@@ -26,16 +26,17 @@ from prometheus_client import REGISTRY
 from concord.composition import SERVICES, build_stage
 from concord.config import DatabaseWorkerSettings, WorkerSettings
 from concord.events import codec
+from concord.events.codec import EventCodec
 from concord.runtime.batch import BatchLoop, StageHandler
 from concord.runtime.reading import assign_from_start
 from concord.runtime.records import partition_numbers
-from concord.topics import ALERTS, CONFLICTS, DEADLETTER, FACTS, INGESTED
+from concord.topics import ALERTS, CONFLICTS, DEADLETTER, DOCUMENTS, FACTS, INGESTED
 
 from .backend import BENCH_IN, BENCH_OUT, bulk_producer
 from .runner import BenchmarkError
 
 MAX_RECORDS, FETCH_MAX_WAIT_MS = 1000, 20  # the baseline's and the stages' consumer settings
-OUTPUT_TOPICS = (INGESTED, FACTS, CONFLICTS, ALERTS, DEADLETTER)
+OUTPUT_TOPICS = (INGESTED, FACTS, DOCUMENTS, CONFLICTS, ALERTS, DEADLETTER)
 IDLE_TIMEOUT_S = 15.0  # a stage that gets nothing new for this long has lost records
 
 
@@ -236,9 +237,11 @@ async def baseline(
     topic: str = BENCH_IN,
     group_id: str = "bench-baseline",
     recode: bool = True,
+    schema: EventCodec[Any] = codec.INGESTED_RECORD,
 ) -> Timing:
-    """The raw loop: consume → decode → encode → produce → await acks → commit. Without
-    `recode`, a pass-through: the consumed bytes are produced as they are, no parsing."""
+    """The raw loop: consume → decode → encode → produce → await acks → commit, with the
+    input topic's `schema`. Without `recode`, a pass-through: the consumed bytes are produced
+    as they are, no parsing."""
     settings = WorkerSettings(bootstrap_servers=bootstrap)
     producer = BatchLoop.make_producer_for(settings)  # the stages' producer settings
     consumer = group_consumer(bootstrap, group_id)
@@ -253,7 +256,7 @@ async def baseline(
             for r in records:
                 value = r.value
                 if recode:
-                    value = codec.INGESTED_RECORD.encode(codec.INGESTED_RECORD.decode(value))
+                    value = schema.encode(schema.decode(value))
                 futures.append(await producer.send(BENCH_OUT, value, key=r.key))
         await asyncio.gather(*futures)
         await consumer.commit(
@@ -279,11 +282,17 @@ def produced(stage: str) -> dict[str, int]:
 
 
 def stage_settings(service: str, bootstrap: str, dsn: str) -> DatabaseWorkerSettings:
-    settings: DatabaseWorkerSettings = SERVICES[service].settings(
-        bootstrap_servers=bootstrap,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        max_batch_records=MAX_RECORDS,
-        database_url=dsn,
+    """The service's settings as a worker reads them, with the benchmark's consumer settings:
+    batches of MAX_RECORDS, unless the service's settings class sets a batch size of its own
+    (the narrative worker's 50 documents), which it keeps."""
+    settings_class = SERVICES[service].settings
+    own_batch = (
+        settings_class.model_fields["max_batch_records"].default
+        != WorkerSettings.model_fields["max_batch_records"].default
+    )
+    batch = {} if own_batch else {"max_batch_records": MAX_RECORDS}
+    settings: DatabaseWorkerSettings = settings_class(
+        bootstrap_servers=bootstrap, fetch_max_wait_ms=FETCH_MAX_WAIT_MS, database_url=dsn, **batch
     )
     return settings
 

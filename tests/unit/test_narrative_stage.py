@@ -9,16 +9,19 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from builders import raw
+from builders import FakeIdentities, raw
 from concord.clinical_text import concepts as c
+from concord.config import NormalizationSettings
 from concord.events import codec
-from concord.events.models import ClinicalDocument, ClinicalFact, Provenance
+from concord.events.models import ClinicalDocument, ClinicalFact, IngestedRecord, Provenance
 from concord.narrative.app import NarrativeStage
 from concord.narrative.ports import TextReviews
 from concord.narrative.reading import Candidate
+from concord.normalization.app import NormalizationStage
 from concord.normalization.record_facts import InMemoryRecordFacts
+from concord.normalization.terminology import Terminology
 from concord.runtime.batch import Outbound, run_batch
-from concord.topics import DEADLETTER, DOCUMENTS, FACTS
+from concord.topics import DEADLETTER, DOCUMENTS, FACTS, INGESTED
 
 REPORT = (
     "FINAL DIAGNOSIS:\nLEFT BREAST, CORE BIOPSY:\n- Invasive ductal carcinoma, grade 2.\n"
@@ -56,12 +59,11 @@ def document(
             raw_offset=int(version),
             payload_sha256="ab" * 32,
         ),
-        part="presentedForm/0",
         media_type="text/plain",
         authored_time=moment,
         authored_text=moment.isoformat(),
         text=text,
-        **{"kind": "pathology-text", **fields},  # type: ignore[arg-type]
+        **{"kind": "pathology-text", "part": "presentedForm/0", **fields},  # type: ignore[arg-type]
     )
 
 
@@ -147,3 +149,33 @@ async def test_an_undecodable_document_is_dead_lettered_and_the_rest_read(
     out = await run_batch(stage, events)
     assert [r.topic for r in out.pending].count(DEADLETTER) == 1
     assert c.PRIMARY_SITE in facts(out)
+
+
+@pytest.mark.asyncio
+async def test_the_sources_delete_of_the_record_withdraws_what_its_texts_said() -> None:
+    """Normalization sees the FHIR DELETE (a bare id): it finds, under the record's own key,
+    what the narrative worker read from each of the record's texts, and withdraws it."""
+    memory = InMemoryRecordFacts()
+    narrative = NarrativeStage(memory, FakeReviews(), min_confidence=0.7)
+    conclusion = document(
+        "Final diagnosis: metastatic melanoma to the brain.", **{"part": "conclusion"}
+    )
+    await run_batch(narrative, as_raw(document(REPORT), conclusion))
+    settings = NormalizationSettings(database_url="postgresql://unused@127.0.0.1:1/none")
+    normalization = NormalizationStage(
+        settings, FakeIdentities(), Terminology.load(), record_facts=memory
+    )
+    delete = IngestedRecord(
+        record_id="rec-delete",
+        format="FHIR_R4",
+        resource_type="DiagnosticReport",
+        operation="DELETE",
+        payload=b"",
+        provenance=document(None, version="3", hours=2).provenance,
+    )
+    out = await run_batch(
+        normalization, [raw(codec.INGESTED_RECORD.encode(delete), topic=INGESTED)]
+    )
+    withdrawn = facts(out)
+    assert {c.PRIMARY_SITE, c.HISTOLOGY, c.METASTATIC_SITE_PREFIX + "C79.3"} <= set(withdrawn)
+    assert all(f.status == "DELETED" and f.patient_id == "E-1" for f in withdrawn.values())

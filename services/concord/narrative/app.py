@@ -24,6 +24,8 @@ from concord.narrative.reading import (
     Reading,
     memory_key,
     read_findings,
+    record_memory_key,
+    record_remembered,
     remembered,
     withdrawn_facts,
 )
@@ -62,11 +64,12 @@ class NarrativeStage(BaseStage):
             if reading is not None:
                 read.append((document, reading))
             await asyncio.sleep(0)  # a document takes milliseconds: let heartbeats through
-        stored = await self.record_facts.recall(list({memory_key(d) for d, _ in read}))
+        keys = {k for d, _ in read for k in (memory_key(d), record_memory_key(d))}
+        stored = await self.record_facts.recall(list(keys))
         memories: dict[RecordKey, Remembered] = {}
         candidates: list[Candidate] = []
         for document, reading in read:
-            key = memory_key(document)
+            key, record_key = memory_key(document), record_memory_key(document)
             previous = memories.get(key) or stored.get(key)
             for fact in (*withdrawn_facts(document, previous, reading.facts), *reading.facts):
                 metrics.TEXT_FACTS.labels(document.kind, fact.status).inc()
@@ -75,6 +78,8 @@ class NarrativeStage(BaseStage):
             memory = remembered(document, reading.facts)
             if previous is None or memory.event_time >= previous.event_time:
                 memories[key] = memory
+                whole = memories.get(record_key) or stored.get(record_key)
+                memories[record_key] = record_remembered(document, memory, whole)
         metrics.TEXT_REVIEW_TASKS.inc(len(candidates))
         await self.reviews.add(candidates)
         await self.record_facts.remember(list(memories.values()))

@@ -10,7 +10,9 @@ A later version of a document (or its withdrawal) that no longer states an attri
 earlier one did withdraws it: the worker remembers, per document of a source record, which
 attributes it last asserted (the normalization stage's record_facts memory, under the key
 `<source record id>#<part>`), and `withdrawn_facts` turns what is no longer said into DELETED
-facts, as normalization does for a deleted record.
+facts, as normalization does for a deleted record. It also remembers, under the record's own
+key, what all the record's texts assert: normalization, which sees the source's DELETE of the
+record, withdraws that as it withdraws any record's facts.
 """
 
 from __future__ import annotations
@@ -107,6 +109,30 @@ def memory_key(document: ClinicalDocument) -> RecordKey:
     """One memory per text of a source record, shared by all its versions."""
     provenance = document.provenance
     return (provenance.source_system, f"{provenance.source_record_id}#{document.part}")
+
+
+def record_memory_key(document: ClinicalDocument) -> RecordKey:
+    """The record's own memory key, as normalization's: its delete finds what its texts said
+    there (normalization remembers no fact of a DocumentReference or DiagnosticReport)."""
+    provenance = document.provenance
+    return (provenance.source_system, provenance.source_record_id)
+
+
+def record_remembered(
+    document: ClinicalDocument, part: Remembered, previous: Remembered | None
+) -> Remembered:
+    """What all of a record version's texts assert, for its delete to withdraw: this text's
+    attributes with those its other texts of the same version said (each text is a document
+    of its own, so the record's memory is gathered one text at a time)."""
+    earlier = previous.facts if previous and previous.event_time == part.event_time else ()
+    facts = {f.attribute: f for f in (*earlier, *part.facts)}
+    return Remembered(
+        key=record_memory_key(document),
+        patient_id=part.patient_id,
+        subject=part.subject,
+        event_time=part.event_time,
+        facts=tuple(facts[a] for a in sorted(facts)),
+    )
 
 
 def remembered(document: ClinicalDocument, facts: Sequence[ClinicalFact]) -> Remembered:
