@@ -448,3 +448,23 @@ def test_a_timestamp_past_year_9999_in_utc_is_not_a_timestamp() -> None:
     outcome = _ingest(message)
     assert isinstance(outcome, Rejection)
     assert (outcome.reason_code, outcome.location) == ("HL7_INVALID", "MSH-7")
+
+
+@pytest.mark.shared_data
+def test_the_public_mdm_documents_with_content_are_ingested_and_notifications_named() -> None:
+    """Issue 18: MDM^T02 and the other triggers that carry the document are ingested (their
+    text goes on to the narrative worker); a notification without content is refused by
+    name, as any type Concord does not read."""
+    files = sorted((SAMPLES / "hl7v2").glob("MDM-T*.hl7"))
+    if not files:
+        pytest.skip(f"NOT RUN: the public HL7 v2 samples are absent ({SAMPLES} not found)")
+    zone_of = zones_from({}, "America/New_York")
+    for path in files:
+        outcome = ingest_hl7v2(_raw(path.read_bytes()), max_payload_bytes=10**7, zone_of=zone_of)
+        trigger = path.name.split("-")[1]
+        if trigger in {"T02", "T04", "T06", "T08", "T10"}:
+            assert isinstance(outcome, list), (path.name, outcome)
+            assert outcome[0].resource_type == f"MDM^{trigger}"
+        else:
+            assert isinstance(outcome, Rejection), path.name
+            assert outcome.reason_code == "HL7_UNSUPPORTED_MESSAGE_TYPE", path.name

@@ -6,6 +6,11 @@ one odd attachment must not stop a worker). What cannot be read as text (a PDF, 
 attachment given only by url, broken base64, bytes that are not text) yields no document.
 Status is not looked at: a withdrawn document is still returned, its caller decides.
 
+Gzipped bytes (as the FHIR converter stores a C-CDA, labelled text/plain) are unpacked up to
+MAX_GUNZIPPED_BYTES, then read by what they are. A C-CDA (CDA R2 XML, sent as XML or sniffed
+by its start) is read as its sections' titles and narrative blocks; its coded entries are not
+text. XML is parsed by defusedxml: a document that declares entities gives no document.
+
 Offsets into `DocumentText.text` are stored later, so the text is kept as sent but for
 line ends (CR LF and CR become LF), a leading byte-order mark, and HTML or RTF turned into
 text; it is cut at MAX_TEXT_CHARS.
@@ -16,22 +21,35 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import gzip
+import io
 import re
-from collections.abc import Callable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
+from defusedxml import DefusedXmlException
+from defusedxml import ElementTree as SafeElementTree
 from striprtf import striprtf
 
 from concord.clinical_text.concepts import DocumentKind
 from concord.hl7v2 import er7
 
+if TYPE_CHECKING:
+    from xml.etree.ElementTree import Element
+
 # striprtf ships no annotations: its one function, typed as it behaves (str in, str out).
 _rtf_to_text = cast(Callable[..., str], striprtf.rtf_to_text)
+# Nor does defusedxml: its fromstring is ElementTree's, refusing entities and external
+# references (billion laughs, XXE) with a DefusedXmlException.
+_parse_xml = cast(Callable[..., "Element"], SafeElementTree.fromstring)
 
 # A text longer than this is cut here; the caller sees len(text) == MAX_TEXT_CHARS and flags it.
 MAX_TEXT_CHARS: Final = 1_000_000
+# Gzipped bytes are unpacked up to this much; a bigger (or broken) stream gives no document.
+MAX_GUNZIPPED_BYTES: Final = 20 * 1024 * 1024
 
 PATHOLOGY: Final[DocumentKind] = "pathology-text"
 NOTE: Final[DocumentKind] = "note-text"
@@ -39,6 +57,10 @@ NOTE: Final[DocumentKind] = "note-text"
 PLAIN: Final = "text/plain"
 _HTML_TYPES: Final = frozenset({"text/html", "application/xhtml+xml"})
 _RTF_TYPES: Final = frozenset({"text/rtf", "application/rtf"})
+# Media types a C-CDA is sent as; bytes that start as XML are read as XML whatever their label.
+_XML_TYPES: Final = frozenset(
+    {"application/xml", "text/xml", "application/hl7-v3+xml", "application/x-hl7-cda-level-one+xml"}
+)
 
 # Pathology report types: LOINC report and report-section codes (names checked against LOINC:
 # 11526-1 Pathology study, 11529-5 Surgical pathology study, 60567-5 Comprehensive pathology
@@ -81,6 +103,12 @@ _ED_SUBTYPES: Final = {
     "RTF": "text/rtf",
     "TEXT/RTF": "text/rtf",
     "APPLICATION/RTF": "application/rtf",
+    # A C-CDA (table 0291 XML and x-hl7-cda-level-one), read as in a FHIR attachment.
+    "XML": "text/xml",
+    "TEXT/XML": "text/xml",
+    "APPLICATION/XML": "application/xml",
+    "APPLICATION/HL7-V3+XML": "application/hl7-v3+xml",
+    "X-HL7-CDA-LEVEL-ONE": "application/x-hl7-cda-level-one+xml",
 }
 _MDM: Final = "MDM"
 
@@ -95,6 +123,16 @@ class DocumentText:
     type_code: tuple[str, str] | None  # (system, code) of the document / report type, as sent
 
 
+@dataclass(frozen=True)
+class _Read:
+    """What one attachment's bytes gave: its text and, for a C-CDA, the document's own type
+    code and time (the record's, when it has them, come first)."""
+
+    text: str
+    code: tuple[str, str] | None = None  # a C-CDA's code: (codeSystem OID, code)
+    time: str | None = None  # a C-CDA's effectiveTime, written as a FHIR dateTime
+
+
 # --- FHIR -----------------------------------------------------------------------------------
 
 
@@ -104,11 +142,17 @@ def fhir_documents(resource: Mapping[str, Any]) -> list[DocumentText]:
     resource_type = resource.get("resourceType")
     if resource_type == "DocumentReference":
         context = _mapping(resource.get("context"))
-        authored = _str(resource.get("date")) or _str(_mapping(context.get("period")).get("start"))
+        # A C-CDA's own effectiveTime comes before the period: that is the encounter's.
+        period_start = _str(_mapping(context.get("period")).get("start"))
         codings = _codings(resource.get("type"))
         attachments = [_mapping(c).get("attachment") for c in _list(resource.get("content"))]
         return _attached(
-            "content", attachments, _fhir_kind(resource), authored, _first_code(codings)
+            "content",
+            attachments,
+            _fhir_kind(resource),
+            _str(resource.get("date")),
+            _first_code(codings),
+            period_start,
         )
     if resource_type == "DiagnosticReport":
         authored = (
@@ -135,30 +179,39 @@ def _attached(
     kind: DocumentKind,
     authored: str | None,
     type_code: tuple[str, str] | None,
+    later_time: str | None = None,
 ) -> list[DocumentText]:
+    """The attachments' texts. A C-CDA's own code makes it pathology, and its code and time
+    stand in for the record's when the record has none (`later_time` comes after its time)."""
     documents = []
     for index, attachment in enumerate(attachments):
-        read = _attachment_text(_mapping(attachment))
+        fields = _mapping(attachment)
+        media_type, charset = _content_type(_str(fields.get("contentType")) or "")
+        read = _attachment_read(fields, media_type, charset)
         if read is not None:
-            text, media_type = read
             documents.append(
-                DocumentText(f"{name}/{index}", kind, text, media_type, authored, type_code)
+                DocumentText(
+                    f"{name}/{index}",
+                    PATHOLOGY if read.code and _is_pathology_loinc(*read.code) else kind,
+                    read.text,
+                    media_type,
+                    authored or read.time or later_time,
+                    type_code or read.code,
+                )
             )
     return documents
 
 
-def _attachment_text(attachment: Mapping[str, Any]) -> tuple[str, str] | None:
-    """An inline attachment's text and media type; None when it has no readable text."""
+def _attachment_read(attachment: Mapping[str, Any], media_type: str, charset: str) -> _Read | None:
+    """An inline attachment's text; None when it has no readable text."""
     data = _str(attachment.get("data"))
     if data is None:  # only a url: the text is elsewhere, and nothing here fetches it
         return None
-    media_type, charset = _content_type(_str(attachment.get("contentType")) or "")
     try:
         raw = base64.b64decode("".join(data.split()), validate=True)
     except (binascii.Error, ValueError):
         return None
-    text = _text_of(raw, media_type, charset)
-    return None if text is None else (text, media_type)
+    return _read_bytes(raw, media_type, charset)
 
 
 def _content_type(value: str) -> tuple[str, str]:
@@ -184,11 +237,13 @@ def _fhir_kind(resource: Mapping[str, Any]) -> DocumentKind:
         *_codings(resource.get("code")),
     ]
     for system, code in codings:
-        if (system == _V2_0074 and code in PATHOLOGY_SECTIONS) or (
-            system in _LOINC_SYSTEMS and code in PATHOLOGY_LOINC
-        ):
+        if (system == _V2_0074 and code in PATHOLOGY_SECTIONS) or _is_pathology_loinc(system, code):
             return PATHOLOGY
     return NOTE
+
+
+def _is_pathology_loinc(system: str, code: str) -> bool:
+    return system in _LOINC_SYSTEMS and code in PATHOLOGY_LOINC
 
 
 def _codings(concept: object) -> list[tuple[str, str]]:
@@ -332,23 +387,24 @@ def _coded_pathology(segment: er7.Segment | None, field: int) -> bool:
 
 
 def _encapsulated_text(obx: er7.Segment) -> tuple[str, str] | None:
-    """The text and media type of an ED result that is base64 text; None otherwise."""
+    """The text and media type of an ED result that is base64 text (or a C-CDA, read as in a
+    FHIR attachment); None otherwise."""
     if obx.value(2).upper() != "ED" or obx.value(5, 4).strip().upper() != "BASE64":
         return None
     type_of_data = obx.value(5, 2).strip().upper()
     subtype = obx.value(5, 3).strip().upper()
-    if type_of_data == "TEXT":
-        media_type = _ED_SUBTYPES.get(subtype)
-    else:  # only a subtype that names a text MIME type says it is text
-        media_type = _ED_SUBTYPES.get(subtype) if "/" in subtype else None
+    media_type = _ED_SUBTYPES.get(subtype)
+    # Under another type of data, only a subtype that names a text MIME type (or XML) is text.
+    if type_of_data != "TEXT" and "/" not in subtype and media_type not in _XML_TYPES:
+        media_type = None
     if media_type is None:
         return None
     try:
         raw = base64.b64decode("".join(obx.value(5, 5).split()), validate=True)
     except (binascii.Error, ValueError):
         return None
-    text = _text_of(raw, media_type, "utf-8")
-    return None if text is None else (text, media_type)
+    read = _read_bytes(raw, media_type, "utf-8")
+    return None if read is None else (read.text, media_type)
 
 
 def _unique_parts(documents: list[DocumentText]) -> list[DocumentText]:
@@ -370,6 +426,49 @@ def _unique_parts(documents: list[DocumentText]) -> list[DocumentText]:
 
 
 # --- bytes to text --------------------------------------------------------------------------
+
+_GZIP_MAGIC: Final = b"\x1f\x8b"
+# How much of the bytes' start is looked at to tell XML: an XML declaration, or the
+# ClinicalDocument root after comments and processing instructions.
+_SNIFF_BYTES: Final = 64 * 1024
+_XML_DECLARATION: Final = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*<\?xml[\s?]")
+_CDA_ROOT: Final = re.compile(
+    rb"\A(?:\xef\xbb\xbf)?(?:\s+|<!--.*?-->|<\?.*?\?>)*<(?:[\w.-]+:)?ClinicalDocument[\s/>]",
+    re.DOTALL,
+)
+
+
+def _read_bytes(raw: bytes, media_type: str, charset: str) -> _Read | None:
+    """Bytes as text: gzip unpacked first; then XML (by its start, or its label) read as a
+    C-CDA, other bytes by their media type. HTML and RTF are read as labelled."""
+    if raw.startswith(_GZIP_MAGIC):
+        unpacked = _gunzip(raw)
+        if unpacked is None:
+            return None
+        raw = unpacked
+    if media_type not in _HTML_TYPES and media_type not in _RTF_TYPES:
+        if media_type in _XML_TYPES or _looks_like_xml(raw):
+            return _cda(raw)
+    text = _text_of(raw, media_type, charset)
+    return None if text is None else _Read(text)
+
+
+def _gunzip(raw: bytes) -> bytes | None:
+    """Gzipped bytes unpacked, at most MAX_GUNZIPPED_BYTES of them (read no further: a small
+    stream can unpack to gigabytes); None for a bigger stream or a broken one."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            unpacked = stream.read(MAX_GUNZIPPED_BYTES + 1)
+    except (OSError, EOFError, zlib.error):  # gzip.BadGzipFile is an OSError
+        return None
+    return unpacked if len(unpacked) <= MAX_GUNZIPPED_BYTES else None
+
+
+def _looks_like_xml(raw: bytes) -> bool:
+    head = raw[:_SNIFF_BYTES]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16: looked at as UTF-8
+        head = head.decode("utf-16", errors="replace").encode()
+    return bool(_XML_DECLARATION.match(head) or _CDA_ROOT.match(head))
 
 
 def _text_of(raw: bytes, media_type: str, charset: str) -> str | None:

@@ -218,6 +218,11 @@ METASTASES: tuple[Cancer, ...] = (
     Cancer("Secondary malignant neoplasm of liver and intrahepatic bile duct", "C78.7"),
     Cancer("Secondary malignant neoplasm of bone", "C79.51"),
 )
+# Estrogen receptor status as claims and problem lists code it (ICD-10-CM Z17), by status.
+RECEPTOR_STATUS: dict[str, Cancer] = {
+    "positive": Cancer("Estrogen receptor positive status [ER+]", "Z17.0"),
+    "negative": Cancer("Estrogen receptor negative status [ER-]", "Z17.1"),
+}
 # SNOMED CT stage groups (DICOM CID 3778), by stage number.
 STAGES: dict[int, str] = {1: "258215001", 2: "258219007", 3: "258224005", 4: "258228008"}
 

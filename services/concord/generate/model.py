@@ -82,7 +82,8 @@ class MedicationFact:
 
 @dataclass(frozen=True)
 class TumorFact:
-    """A cancer diagnosis as a FHIR Condition coded in ICD-10-CM, with a stage when staged."""
+    """A cancer diagnosis as a FHIR Condition coded in ICD-10-CM, with a stage when staged;
+    also a code billed with one (Z17.0/Z17.1 estrogen receptor status, C77-C79 secondary)."""
 
     icd10: str
     display: str
@@ -98,6 +99,20 @@ class MarkerResult:
     display: str
     result: str  # SNOMED CT 10828004 |Positive| or 260385009 |Negative|
     taken: datetime
+
+
+@dataclass(frozen=True)
+class NoteFact:
+    """A narrative document one source holds: a clinician's progress note (a FHIR
+    DocumentReference, an HL7 MDM^T02) or a pathology report (a FHIR DiagnosticReport with
+    presentedForm, an HL7 ORU^R01 with OBX TX lines). `stated` is what its text says about the
+    patient now, as the narrative worker keys it (concord.clinical_text.concepts)."""
+
+    kind: str  # narratives.NOTE ("note-text") or narratives.PATHOLOGY ("pathology-text")
+    title: str
+    text: str  # lines separated by "\n"
+    written: datetime
+    stated: tuple[tuple[str, str], ...]  # (attribute, value), sorted
 
 
 @dataclass
@@ -139,6 +154,7 @@ class Registration:
     medications: list[MedicationFact] = field(default_factory=list)
     tumors: list[TumorFact] = field(default_factory=list)
     markers: list[MarkerResult] = field(default_factory=list)
+    documents: list[NoteFact] = field(default_factory=list)
     # HL7 only: also send an ADT^A08 after the A04, as registration systems do on any edit.
     updated: datetime | None = None
 

@@ -13,6 +13,12 @@ Each plant lists what it must raise (`expect`): attribute keys as Concord keys t
 stale record the source whose assertion goes stale and the time it does, under the built-in
 policy (docs/policy.md). A stale record's time is absolute: an evaluation counts it once that
 time has passed, so a set can be evaluated on any later day.
+
+Two kinds put clinical text against coded data (issue 18): one source holds a narrative
+document (planted_text.py: a progress note, a pathology report) whose text states one value,
+the other source's coded Conditions imply another (the built-in policy's `derived:`
+attributes). About two thirds of the controls that fit get a document too, one that agrees
+with the coded cancer every FHIR source of theirs holds: text that agrees must raise nothing.
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ from concord.generate import variations
 from concord.generate.catalogue import (
     BIOMARKERS,
     CANCERS,
+    Cancer,
     CONDITIONS,
     DRUGS,
     LAB_TESTS,
     METASTASES,
     REACTIONS,
+    RECEPTOR_STATUS,
     STAGES,
     SUBSTANCES,
 )
@@ -46,11 +54,18 @@ from concord.generate.model import (
     LabResult,
     MarkerResult,
     MedicationFact,
+    NoteFact,
     Person,
     Registration,
     Sex,
     TumorFact,
     World,
+)
+from concord.generate.planted_text import (
+    pathology_report,
+    progress_note,
+    sites_for,
+    stage_groups,
 )
 from concord.generate.scenarios import Scenario
 
@@ -66,6 +81,8 @@ ONCOLOGY_METASTATIC = "oncology_metastatic"
 ONCOLOGY_STAGE = "oncology_stage"
 ONCOLOGY_BIOMARKER = "oncology_biomarker"
 ONCOLOGY_PRIMARY = "oncology_primary"
+ONCOLOGY_NOTE = "oncology_note_vs_coded"
+ONCOLOGY_PATHOLOGY = "oncology_pathology_vs_problem_list"
 STALE_MAX_AGE = "stale_max_age"
 STALE_RECONFIRM = "stale_reconfirm"
 
@@ -85,6 +102,13 @@ KINDS: dict[str, str] = {
     ONCOLOGY_BIOMARKER: "one specimen's ER, PR, HER2, EGFR, ALK or PD-L1 status positive in "
     "one source and negative in another",
     ONCOLOGY_PRIMARY: "two sources name different primary cancers (ICD-10-CM categories)",
+    ONCOLOGY_NOTE: "a clinician's progress note (FHIR DocumentReference, HL7 MDM^T02) states ER "
+    "positive or negative, or metastatic disease or none, and another source's coded Conditions "
+    "say the opposite (ICD-10-CM Z17.0/Z17.1, as claims code receptor status; a C78/C79 "
+    "secondary neoplasm; a stage 1-3 cancer)",
+    ONCOLOGY_PATHOLOGY: "a pathology report (FHIR DiagnosticReport, HL7 ORU^R01 text) stages a "
+    "resected cancer one stage group (1-3), another source's problem list stages the same "
+    "cancer another",
     STALE_MAX_AGE: "a source's result older than the maximum age while another source holds a "
     "newer, different one (one stale record per test of the panel)",
     STALE_RECONFIRM: "an active medication its source has not confirmed within the window",
@@ -105,6 +129,10 @@ _FHIR_ONLY = frozenset(
     }
 )
 _ONE_SOURCE = frozenset({STALE_RECONFIRM})
+# Text against coded data: the document goes to any source (FHIR or HL7 v2), the coded side
+# to a FHIR one (HL7 messages here carry no cancers). Written for adults of a known sex.
+_TEXT = frozenset({ONCOLOGY_NOTE, ONCOLOGY_PATHOLOGY})
+_TEXT_MIN_AGE = 30
 _SURNAMES = ("Okafor", "Lindqvist", "Brennan", "Takahashi", "Moreau", "Castillo", "Novak")
 CONTROL = "control"
 
@@ -163,7 +191,8 @@ class PlantedConflicts(Scenario):
             if len(self.plants) == planted:
                 break
             fhir = sum(1 for s in person.sources if formats[s] == "fhir")
-            feasible = [k for k in KINDS if _feasible(k, fhir)]
+            text = _fits_text(person, world.config.as_of)
+            feasible = [k for k in KINDS if _feasible(k, fhir) and (text or k not in _TEXT)]
             if not feasible:
                 continue
             # The least planted kind so far: every kind appears, in about equal numbers.
@@ -189,6 +218,9 @@ class PlantedConflicts(Scenario):
             registrations = held[plant.person_id]
             rng = world.rng(f"{self.name}:{plant.person_id}")
             _plant(plant, persons[plant.person_id], registrations, world, rng)
+        for person_id in self.controls:
+            rng = world.rng(f"{self.name}:control:{person_id}")
+            _agreeing_text(persons[person_id], held[person_id], world.config.as_of, rng)
         for registrations in held.values():
             for registration in registrations.values():
                 _registered_first(registration)
@@ -206,9 +238,15 @@ class PlantedConflicts(Scenario):
 
 
 def _feasible(kind: str, fhir_sources: int) -> bool:
-    if kind in _ONE_SOURCE:
+    if kind in _ONE_SOURCE or kind in _TEXT:
         return fhir_sources >= 1
     return fhir_sources >= 2 if kind in _FHIR_ONLY else True
+
+
+def _fits_text(person: Person, as_of: datetime) -> bool:
+    """A person a cancer note can be written about: an adult of a known sex."""
+    age_days = (as_of.date() - person.demographics.birth_date).days
+    return age_days >= _TEXT_MIN_AGE * 366 and person.demographics.sex is not None
 
 
 def _hold_everything(registration: Registration, person: Person) -> None:
@@ -226,6 +264,7 @@ def _registered_first(registration: Registration) -> None:
     times += [m.asserted for m in registration.medications]
     times += [t.asserted for t in registration.tumors]
     times += [m.taken for m in registration.markers]
+    times += [d.written for d in registration.documents]
     if times:
         registration.registered = min(registration.registered, min(times) - timedelta(days=1))
 
@@ -238,9 +277,14 @@ def _plant(
     rng: random.Random,
 ) -> None:
     fhir = [name for name, r in registrations.items() if r.source.format == "fhir"]
-    pool = fhir if plant.kind in _FHIR_ONLY else list(registrations)
-    count = 1 if plant.kind in _ONE_SOURCE else 2
-    names = tuple(rng.sample(sorted(pool), count))
+    if plant.kind in _TEXT:
+        # The document's source first, then the coded one's.
+        coded = rng.choice(sorted(fhir))
+        names: tuple[str, ...] = (rng.choice(sorted(set(registrations) - {coded})), coded)
+    else:
+        pool = fhir if plant.kind in _FHIR_ONLY else list(registrations)
+        count = 1 if plant.kind in _ONE_SOURCE else 2
+        names = tuple(rng.sample(sorted(pool), count))
     plant.sources = names
     regs = [registrations[name] for name in names]
     as_of = world.config.as_of
@@ -474,6 +518,102 @@ def _oncology_primary(
     return [_conflict(ONCOLOGY_PRIMARY, "Oncology.primarySite")]
 
 
+def _cancers_for(person: Person) -> list[Cancer]:
+    """The planted cancers this person can have (breast for women, prostate for men)."""
+    barred = "C61" if person.demographics.sex == "female" else "C50"
+    return [c for c in CANCERS if not c.icd10.startswith(barred)]
+
+
+def _oncology_note(
+    person: Person, regs: list[Registration], as_of: datetime, rng: random.Random
+) -> list[Expected]:
+    a, b = regs
+    written = _recent(as_of, rng)
+    if person.demographics.sex == "female" and rng.random() < 0.5:
+        # The note reads the receptor status from pathology; the other source codes the
+        # opposite with the cancer, as a claim would (Z17.0 ER positive, Z17.1 negative).
+        cancer = CANCERS[0]  # breast
+        said = rng.choice(("positive", "negative"))
+        coded = RECEPTOR_STATUS["negative" if said == "positive" else "positive"]
+        a.documents.append(progress_note(rng, person, cancer.icd10, written, er=said))
+        b.tumors.append(TumorFact(cancer.icd10, cancer.display, None, _recent(as_of, rng)))
+        b.tumors.append(TumorFact(coded.icd10, coded.display, None, _recent(as_of, rng)))
+        return [_conflict(ONCOLOGY_NOTE, "Oncology.biomarker/ER")]
+    cancer = rng.choice(_cancers_for(person))
+    if rng.random() < 0.5:
+        # "No evidence of metastatic disease" in the note; a secondary neoplasm coded.
+        spread = rng.choice([m for m in METASTASES if m.icd10 in sites_for(cancer.icd10)])
+        note = progress_note(rng, person, cancer.icd10, written, metastatic="false")
+        b.tumors.append(TumorFact(cancer.icd10, cancer.display, None, _recent(as_of, rng)))
+        b.tumors.append(TumorFact(spread.icd10, spread.display, None, _recent(as_of, rng)))
+    else:
+        # Metastatic to a distant site in the note; the cancer coded at stage 1-3.
+        site = rng.choice(sites_for(cancer.icd10))
+        note = progress_note(rng, person, cancer.icd10, written, metastatic="true", site=site)
+        stage = STAGES[int(rng.choice(stage_groups(cancer.icd10)))]
+        b.tumors.append(TumorFact(cancer.icd10, cancer.display, stage, _recent(as_of, rng)))
+    a.documents.append(note)
+    return [_conflict(ONCOLOGY_NOTE, "Oncology.metastatic")]
+
+
+def _oncology_pathology(
+    person: Person, regs: list[Registration], as_of: datetime, rng: random.Random
+) -> list[Expected]:
+    a, b = regs
+    cancer = rng.choice(_cancers_for(person))
+    reported, listed = rng.sample(stage_groups(cancer.icd10), 2)
+    written = _recent(as_of, rng, 30, 200)
+    a.documents.append(pathology_report(rng, person, cancer.icd10, reported, written))
+    stage = STAGES[int(listed)]
+    b.tumors.append(TumorFact(cancer.icd10, cancer.display, stage, _recent(as_of, rng)))
+    return [_conflict(ONCOLOGY_PATHOLOGY, "Oncology.stageGroup")]
+
+
+def _agreeing_text(
+    person: Person, registrations: dict[str, Registration], as_of: datetime, rng: random.Random
+) -> None:
+    """Two controls in three that fit get a cancer, coded at each FHIR source of theirs, and
+    at one source a note or pathology report that says the same of it."""
+    fhir = [r for _, r in sorted(registrations.items()) if r.source.format == "fhir"]
+    if not fhir or not _fits_text(person, as_of) or rng.random() >= 2 / 3:
+        return
+    flavours = ["metastatic", "stage"] + (["er"] if person.demographics.sex == "female" else [])
+    flavour = rng.choice(flavours)
+    cancer = CANCERS[0] if flavour == "er" else rng.choice(_cancers_for(person))
+    asserted = _recent(as_of, rng)
+    written = _recent(as_of, rng)
+    coded: list[TumorFact] = []
+    document: NoteFact
+    if flavour == "er":
+        status = rng.choice(("positive", "negative"))
+        receptor = RECEPTOR_STATUS[status]
+        coded = [
+            TumorFact(cancer.icd10, cancer.display, None, asserted),
+            TumorFact(receptor.icd10, receptor.display, None, asserted),
+        ]
+        document = progress_note(rng, person, cancer.icd10, written, er=status)
+    elif flavour == "metastatic" and rng.random() < 0.5:
+        spread = rng.choice([m for m in METASTASES if m.icd10 in sites_for(cancer.icd10)])
+        coded = [
+            TumorFact(cancer.icd10, cancer.display, None, asserted),
+            TumorFact(spread.icd10, spread.display, None, asserted),
+        ]
+        document = progress_note(
+            rng, person, cancer.icd10, written, metastatic="true", site=spread.icd10
+        )
+    elif flavour == "metastatic":
+        stage = STAGES[int(rng.choice(stage_groups(cancer.icd10)))]
+        coded = [TumorFact(cancer.icd10, cancer.display, stage, asserted)]
+        document = progress_note(rng, person, cancer.icd10, written, metastatic="false")
+    else:
+        group = rng.choice(stage_groups(cancer.icd10))
+        coded = [TumorFact(cancer.icd10, cancer.display, STAGES[int(group)], asserted)]
+        document = pathology_report(rng, person, cancer.icd10, group, written)
+    for registration in fhir:
+        registration.tumors.extend(coded)
+    rng.choice([r for _, r in sorted(registrations.items())]).documents.append(document)
+
+
 _PLANTERS = {
     BIRTH_DATE: _birth_date,
     SEX: _sex,
@@ -487,6 +627,8 @@ _PLANTERS = {
     ONCOLOGY_STAGE: _oncology_stage,
     ONCOLOGY_BIOMARKER: _oncology_biomarker,
     ONCOLOGY_PRIMARY: _oncology_primary,
+    ONCOLOGY_NOTE: _oncology_note,
+    ONCOLOGY_PATHOLOGY: _oncology_pathology,
     STALE_MAX_AGE: _stale_max_age,
     STALE_RECONFIRM: _stale_reconfirm,
 }

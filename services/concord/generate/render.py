@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from concord.generate import narratives
 from concord.generate.catalogue import UCUM, LabTest, LabUnit
 from concord.generate.config import SourceSpec
 from concord.generate.model import (
@@ -20,6 +21,7 @@ from concord.generate.model import (
     LabResult,
     MarkerResult,
     MedicationFact,
+    NoteFact,
     Registration,
     TumorFact,
     uuid_from,
@@ -150,6 +152,9 @@ def _fhir_records(
     for marker in registration.markers:
         resource = _marker(writer.next_id("obs"), patient_ref, marker, source)
         out.append(_rendered(resource, marker.taken + _REPORTED_AFTER, registration))
+    for note in registration.documents:
+        resource = _document(writer.next_id("doc"), patient_ref, note, source)
+        out.append(_rendered(resource, note.written, registration))
     return out
 
 
@@ -426,6 +431,32 @@ def _marker(
     }
 
 
+def _narrative(document_id: str, note: NoteFact) -> narratives.NarrativeDocument:
+    return narratives.NarrativeDocument(
+        document_id, note.kind, note.title, note.text, note.written, (), ()
+    )
+
+
+def _document(
+    resource_id: str, patient_ref: str, note: NoteFact, source: SourceSpec
+) -> dict[str, Any]:
+    """A note as a DocumentReference, a pathology report as a DiagnosticReport with its text
+    in presentedForm (narratives.py's renderers), with meta as the source's other records."""
+    document = _narrative(resource_id, note)
+    if note.kind == narratives.PATHOLOGY:
+        rendered = narratives.to_fhir_diagnostic_report(document, patient_ref)
+    else:
+        rendered = narratives.to_fhir_document_reference(document, patient_ref)
+    resource_type = rendered.pop("resourceType")
+    rendered.pop("id")
+    return {
+        "resourceType": resource_type,
+        "id": resource_id,
+        "meta": _meta(note.written, source),
+        **rendered,
+    }
+
+
 def _coded(system: str, code: str) -> dict[str, Any]:
     return {"coding": [{"system": system, "code": code}]}
 
@@ -453,6 +484,8 @@ def _hl7_messages(
         out.append(_adt(writer, registration, "A08", registration.updated, shared_id_system))
     for draw in registration.draws:
         out.append(_oru(writer, registration, draw, shared_id_system))
+    for note in registration.documents:
+        out.append(_text_message(writer, registration, note, shared_id_system))
     return out
 
 
@@ -568,6 +601,34 @@ def _oru(
             f"{unit.unit}^{unit.unit}^UCUM|{reference}|{_flag(result)}|||F|||{taken}"
         )
     return Rendered("ORU^R01", f"ORU^R01/{control_id}", sent, _message_text(segments), registration)
+
+
+def _text_message(
+    writer: SourceWriter, registration: Registration, note: NoteFact, shared_id_system: str
+) -> Rendered:
+    """A pathology report as an ORU^R01 (OBR-24 SP, one OBX TX per line), a note as an
+    MDM^T02 (TXA, one OBX TX per line): narratives.py's messages, with this source's MSH and
+    the registration's PID."""
+    control_id = writer.control_id()
+    document = _narrative(f"{writer.source.mrn_prefix}D{control_id}", note)
+    if note.kind == narratives.PATHOLOGY:
+        message_type, structure = "ORU^R01", "ORU_R01"
+        text = narratives.to_hl7_oru(document, registration.mrn)
+    else:
+        message_type, structure = "MDM^T02", "MDM_T02"
+        text = narratives.to_hl7_mdm(document, registration.mrn)
+    segments = text.split("\r")
+    segments[0] = _msh(writer, note.written, f"{message_type}^{structure}", control_id)
+    segments = [
+        _pid(registration, shared_id_system) if s.startswith("PID|") else s for s in segments
+    ]
+    return Rendered(
+        message_type,
+        f"{message_type}/{control_id}",
+        note.written,
+        _message_text(segments),
+        registration,
+    )
 
 
 def _message_text(segments: list[str]) -> str:

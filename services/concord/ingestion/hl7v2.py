@@ -50,6 +50,10 @@ MESSAGE_TYPES: dict[str, tuple[frozenset[str] | None, tuple[str, ...]]] = {
     "ORU": (frozenset({"R01"}), ("PID", "OBR", "OBX")),
     "RDE": (frozenset({"O11", "O25"}), ("PID", "ORC", "RXE")),
     "RAS": (frozenset({"O17"}), ("PID", "ORC", "RXA")),
+    # Documents with their content (issue 18): original, status change, addendum, edit and
+    # replacement; the TXA says the document, its OBX lines are the text. The notifications
+    # without content (T01, T03, T05, T07, T09, T11) carry nothing to read.
+    "MDM": (frozenset({"T02", "T04", "T06", "T08", "T10"}), ("PID", "TXA")),
 }
 # HL7 table 0396 names of the code systems check_coding knows.
 CODING_SYSTEMS = {

@@ -20,12 +20,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from concord.clinical_text.extract import TextFinding
 from concord.events.models import ClinicalDocument, ClinicalFact, Provenance, TextEvidence
 from concord.normalization.facts.withdrawals import RecordKey, Remembered, RememberedFact
 
 EXCERPT_CHARS = 200
+# A finding a reviewer accepted (a text review task): a fact as the worker would have made it.
+ACCEPTED_BY_REVIEWER = "ACCEPTED_BY_REVIEWER"
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,34 @@ def _fact(
         effective_text=document.authored_text,
         flags=document.flags,
         subject=document.subject,
+    )
+
+
+def accepted_fact(
+    *,
+    patient_id: str,
+    subject: str | None,
+    attribute: str,
+    value: str,
+    record_id: str,
+    provenance: Provenance,
+    effective_time: datetime | None,
+) -> ClinicalFact:
+    """The fact of a review task a reviewer accepted: the id the worker gives the finding's
+    fact (record, part, attribute), flagged ACCEPTED_BY_REVIEWER."""
+    part = provenance.text.document if provenance.text is not None else ""
+    return ClinicalFact(
+        fact_id=_hash(record_id, part, attribute),
+        patient_id=patient_id,
+        attribute=attribute,
+        attribute_class="ONCOLOGY",
+        value=value,
+        status="ASSERTED",
+        provenance=provenance,
+        record_id=record_id,
+        effective_time=effective_time,
+        flags=(ACCEPTED_BY_REVIEWER,),
+        subject=subject,
     )
 
 

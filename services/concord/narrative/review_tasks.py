@@ -11,10 +11,12 @@ from concord.narrative.reading import Candidate
 from concord.runtime.db import unnest_columns
 
 _ADD = """
-INSERT INTO text_review_tasks (task_id, patient_id, attribute, value, confidence, assertion,
-                               document_id, record_id, source_system, evidence)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[],
-                     $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[])
+INSERT INTO text_review_tasks (task_id, patient_id, subject, attribute, value, confidence,
+                               assertion, document_id, record_id, source_system,
+                               effective_time, evidence)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::float8[], $7::text[], $8::text[], $9::text[], $10::text[],
+                     $11::timestamptz[], $12::jsonb[])
 ON CONFLICT (task_id) DO NOTHING
 """
 
@@ -29,10 +31,11 @@ class PostgresTextReviews(TextReviews):
         if not unique:
             return
         rows = [
-            (c.task_id, c.patient_id, c.attribute, c.value, c.confidence, c.assertion,
-             c.document.document_id, c.document.record_id, c.provenance.source_system,
+            (c.task_id, c.patient_id, c.document.subject, c.attribute, c.value, c.confidence,
+             c.assertion, c.document.document_id, c.document.record_id,
+             c.provenance.source_system, c.document.authored_time,
              c.provenance.model_dump_json())
             for c in unique.values()
         ]  # fmt: skip
         async with self.pool.acquire() as connection:
-            await connection.execute(_ADD, *unnest_columns(rows, 10))
+            await connection.execute(_ADD, *unnest_columns(rows, 12))

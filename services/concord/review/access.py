@@ -44,6 +44,9 @@ class Permission(StrEnum):
     IDENTITY_LIST = "identity.list"
     IDENTITY_READ = "identity.read"
     IDENTITY_DECIDE = "identity.decide"
+    TEXT_LIST = "text.list"
+    TEXT_READ = "text.read"
+    TEXT_DECIDE = "text.decide"
     AUDIT_READ = "audit.read"
     OPS_READ = "ops.read"
     ADMIN_MANAGE = "admin.manage"
@@ -58,6 +61,9 @@ PERMISSION_MEANING: Mapping[Permission, str] = MappingProxyType(
         Permission.IDENTITY_LIST: "list identity reviews (enterprise ids, no PHI)",
         Permission.IDENTITY_READ: "read an identity review's detail, with PHI",
         Permission.IDENTITY_DECIDE: "confirm or reject identity matches, unmerge",
+        Permission.TEXT_LIST: "list text review tasks (enterprise ids and attributes, no PHI)",
+        Permission.TEXT_READ: "read a text review task: the value and the words, with PHI",
+        Permission.TEXT_DECIDE: "accept or reject what was read from clinical text",
         Permission.AUDIT_READ: "read the audit trail",
         Permission.OPS_READ: "operational views: counts, ages and rates, no patient identifiers",
         Permission.ADMIN_MANAGE: "manage the API's users and subscriptions",
@@ -80,19 +86,29 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType(
                 _P.IDENTITY_LIST,
                 _P.IDENTITY_READ,
                 _P.IDENTITY_DECIDE,
+                _P.TEXT_LIST,
+                _P.TEXT_READ,
+                _P.TEXT_DECIDE,
             }
         ),
         Role.CLINICIAN: frozenset(
-            {_P.ALERTS_LIST, _P.ALERTS_READ, _P.IDENTITY_LIST, _P.IDENTITY_READ}
+            {
+                _P.ALERTS_LIST,
+                _P.ALERTS_READ,
+                _P.IDENTITY_LIST,
+                _P.IDENTITY_READ,
+                _P.TEXT_LIST,
+                _P.TEXT_READ,
+            }
         ),
-        Role.AUDITOR: frozenset({_P.AUDIT_READ, _P.ALERTS_LIST, _P.IDENTITY_LIST}),
+        Role.AUDITOR: frozenset({_P.AUDIT_READ, _P.ALERTS_LIST, _P.IDENTITY_LIST, _P.TEXT_LIST}),
         Role.SRE: frozenset({_P.OPS_READ}),
         Role.ADMIN: frozenset({_P.ADMIN_MANAGE, _P.OPS_READ}),
     }
 )
 
 # Permissions whose responses carry PHI: a request for one must name a purpose of use.
-PHI_PERMISSIONS: frozenset[Permission] = frozenset({_P.ALERTS_READ, _P.IDENTITY_READ})
+PHI_PERMISSIONS: frozenset[Permission] = frozenset({_P.ALERTS_READ, _P.IDENTITY_READ, _P.TEXT_READ})
 
 
 class ReviewAccessError(Exception):

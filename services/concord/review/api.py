@@ -62,6 +62,13 @@ from concord.review.handlers import AlertReview, NotFound
 from concord.review.identity import IdentityDecided, IdentityReview
 from concord.review.ops import OpsSummary, OpsView
 from concord.review.parts import alert_review, identity_review
+from concord.review.text_reviews import (
+    TextDecided,
+    TextDecisionConflict,
+    TextReview,
+    TextReviewEntry,
+    TextReviewTask,
+)
 from concord.review.web import router as web_router
 
 API = "/api/v1"
@@ -324,6 +331,75 @@ async def keep_identities_apart(
     return await review.keep_apart(principal, task_id)
 
 
+# --- text review tasks (issue 18) -------------------------------------------------------------
+
+
+def text_review(request: Request) -> TextReview:
+    review: TextReview = request.app.state.text_review
+    return review
+
+
+Texts = Annotated[TextReview, Depends(text_review)]
+NO_TEXT_TASK: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No such text review task"}
+}
+TEXT_DECIDED: dict[int | str, dict[str, Any]] = {
+    409: {"model": Problem, "description": "The task was decided the other way"}
+}
+
+
+@router.get("/text/reviews", response_model=list[TextReviewEntry], tags=["text"])
+async def list_text_reviews(
+    principal: Caller,
+    texts: Texts,
+    include_decided: bool = False,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+) -> list[TextReviewEntry]:
+    """Findings read from clinical text below the policy's confidence, oldest first:
+    enterprise ids, the attribute, the confidence and the assertion (never the value or the
+    words); open ones unless `include_decided`."""
+    return await texts.page(principal, include_decided=include_decided, limit=limit)
+
+
+@router.get(
+    "/text/reviews/{task_id}",
+    response_model=TextReviewTask,
+    responses={**NO_TEXT_TASK, 422: {"model": Problem, "description": "No purpose of use"}},
+    tags=["text"],
+)
+async def text_review_detail(
+    principal: Caller,
+    texts: Texts,
+    task_id: ObjectId,
+    purpose: Annotated[str | None, Header(alias=PURPOSE_OF_USE_HEADER)] = None,
+) -> TextReviewTask:
+    """The value read, the words that say it, their section and offsets, and the document's
+    provenance (PHI: audited)."""
+    return await texts.detail(principal, task_id, purpose=purpose)
+
+
+@router.post(
+    "/text/reviews/{task_id}/accept",
+    response_model=TextDecided,
+    responses={**NO_TEXT_TASK, **TEXT_DECIDED},
+    tags=["text"],
+)
+async def accept_text_finding(principal: Caller, texts: Texts, task_id: ObjectId) -> TextDecided:
+    """The finding becomes a fact (flagged ACCEPTED_BY_REVIEWER) and is compared like any."""
+    return await texts.accept(principal, task_id)
+
+
+@router.post(
+    "/text/reviews/{task_id}/reject",
+    response_model=TextDecided,
+    responses={**NO_TEXT_TASK, **TEXT_DECIDED},
+    tags=["text"],
+)
+async def reject_text_finding(principal: Caller, texts: Texts, task_id: ObjectId) -> TextDecided:
+    """The text does not say it: nothing is published."""
+    return await texts.reject(principal, task_id)
+
+
 # --- the audit trail (auditors) -------------------------------------------------------------
 
 
@@ -475,6 +551,7 @@ STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
     (UnknownReviewTask, 404),
     (NotDecidable, 409),
     (ReviewConflict, 409),
+    (TextDecisionConflict, 409),
     (InvalidCursor, 422),
 )
 
@@ -548,12 +625,20 @@ def create_app(
     authenticate: Authenticator,
     rate_limit: RateLimit,
     audit: AuditView | None = None,
+    texts: TextReview | None = None,
 ) -> FastAPI:
     """`audit`: the auditor's views (default: over the alert review's pool, verifying without
     the anchors)."""
     app = _bare_app()
     app.state.alert_review = review
     app.state.identity_review = identities
+    app.state.text_review = texts or TextReview(
+        review.pool,
+        PostgresAuditTrail(),
+        review.store.outbox,
+        published=review.published,
+        clock=review.clock,
+    )
     app.state.authenticate = authenticate
     app.state.rate_limit = rate_limit
     app.state.ops_view = OpsView(review.pool, clock=review.clock)

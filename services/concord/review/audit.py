@@ -53,6 +53,10 @@ ACTIONS: frozenset[str] = frozenset(
         "identity.link",
         "identity.keep_apart",
         "identity.unmerge",
+        # text review tasks: findings read from clinical text (object_type "text_review")
+        "text.read",
+        "text.accept",
+        "text.reject",
         # the audit trail itself, read by an auditor (object_type "audit_log")
         "audit.read",
         # the command line: `concord alerts resolve`, `concord identity unmerge | link |
@@ -101,7 +105,7 @@ class AuditRecord(BaseModel):
     role: PlainText  # their role (reviewer, clinician, auditor, ...; "cli" for the CLI)
     purpose: str | None = None  # purpose of use code, required by the service for PHI reads
     action: str  # one of ACTIONS
-    object_type: PlainText  # "alert", "identity_review", "patient", "audit_log"
+    object_type: PlainText  # "alert", "identity_review", "text_review", "patient", "audit_log"
     object_id: PlainText  # the object's id (alert id, task id, enterprise id)
     detail: dict[str, DetailValue] = Field(default_factory=dict)  # ids and codes only
 
