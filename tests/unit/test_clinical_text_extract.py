@@ -140,3 +140,44 @@ def test_a_finding_points_at_its_words_and_names_its_method() -> None:
     assert text[stage.start : stage.end] == "Stage IIB"
     assert stage.section == "observation_and_plan"
     assert method(default_rules()).endswith(default_rules().version)
+
+
+# Phrasings the generator does not write, as reports and notes elsewhere do.
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("HER2/neu (4B5): Negative (score 1+)", {c.BIOMARKER_PREFIX + "HER2": "negative"}),
+        ("ER 95%, PR 0%, HER2 FISH ratio 2.4 (amplified).",
+         {c.BIOMARKER_PREFIX + "ER": "positive", c.BIOMARKER_PREFIX + "PR": "negative",
+          c.HER2_FISH: "amplified", c.BIOMARKER_PREFIX + "HER2": "positive"}),
+        ("Pathology notable for ER+/PR+/HER2-.",
+         {c.BIOMARKER_PREFIX + "ER": "positive", c.BIOMARKER_PREFIX + "HER2": "negative"}),
+        ("Tumor profile: EGFR negative, ALK rearrangement not detected, PD-L1 TPS 80%.",
+         {c.BIOMARKER_PREFIX + "ALK": "negative", c.BIOMARKER_PREFIX + "PD-L1": "positive",
+          c.PDL1_TPS: "80"}),
+        ("Dx: colon ca s/p hemicolectomy 2019, now with new hepatic mets.",
+         {c.PRIMARY_SITE: "C18", c.METASTATIC_SITE_PREFIX + "C78.7": "true"}),
+        ("Impression: Stage IV NSCLC with bilateral adrenal metastases.",
+         {c.STAGE_GROUP: "4", c.PRIMARY_SITE: "C34", c.METASTATIC_SITE_PREFIX + "C79.7": "true"}),
+        ("Right breast, core biopsy: invasive mammary carcinoma, no special type, grade 2.",
+         {c.PRIMARY_SITE: "C50", c.HISTOLOGY: "8500/3"}),
+        ("Lymph node, level 7, EBUS-FNA: positive for metastatic carcinoma, consistent with "
+         "lung primary.", {c.PRIMARY_SITE: "C34"}),
+        ("Staging: pathologic stage IIIA (T3 N1a M0).", {c.TNM_M: "M0", c.METASTATIC: "false"}),
+        ("Pathology notable for ER negative (0%), PR-positive (60%), HER2 2+ (equivocal), FISH "
+         "pending.", {c.BIOMARKER_PREFIX + "ER": "negative", c.HER2_IHC: "2+"}),
+    ],
+)  # fmt: skip
+def test_phrasings_from_elsewhere(text: str, expected: dict[str, str]) -> None:
+    found = facts(text)
+    assert {k: found.get(k) for k in expected} == expected
+
+
+def test_a_lymph_node_metastasis_and_a_heading_of_several_organs_assert_no_distant_spread() -> None:
+    report = (
+        "A. UTERUS, CERVIX, BILATERAL OVARIES AND FALLOPIAN TUBES, HYSTERECTOMY:\n"
+        "- Serous carcinoma, high grade.\nB. REGIONAL LYMPH NODES:\n"
+        "- Metastatic carcinoma in 2 of 9 lymph nodes.\nTumor site: Left ovary\n"
+    )
+    found = facts(report)
+    assert found[c.PRIMARY_SITE] == "C56" and c.METASTATIC not in found

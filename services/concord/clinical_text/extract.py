@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from importlib.metadata import version as package_version
 
@@ -62,7 +62,7 @@ def extract(text: str, rules: TextRules | None = None) -> list[TextFinding]:
     rules = rules or default_rules()
     doc = _pipeline(rules)(text)
     mentions = [m for ent in doc.ents for m in _read(ent, doc, rules)]
-    if not any(m.attribute in _GATE for m in mentions if m.assertion != "family"):
+    if not _about_cancer(doc, mentions, rules):
         return []
     return _resolve(mentions, rules)
 
@@ -70,6 +70,16 @@ def extract(text: str, rules: TextRules | None = None) -> list[TextFinding]:
 # What opens a document to oncology reading: a cancer, a histology, a metastasis or a TNM
 # category said of the patient (even as history or a possibility).
 _GATE = frozenset({c.PRIMARY_SITE, c.HISTOLOGY, c.METASTATIC, c.TNM_T, c.TNM_N, c.TNM_M, "_cancer"})
+
+
+def _about_cancer(doc: Doc, mentions: Sequence[TextFinding], rules: TextRules) -> bool:
+    """Whether the document speaks of the patient's cancer: a cancer, histology, metastasis
+    or TNM category (even as history or a possibility), or a marker no other field names."""
+    if any(m.attribute in _GATE for m in mentions if m.assertion != "family"):
+        return True
+    return any(
+        e.label_ == n.BIOMARKER and e.text.lower() in rules.unambiguous_biomarkers for e in doc.ents
+    )
 
 
 def _assertion(ent: Span, rules: TextRules) -> Assertion:
@@ -382,6 +392,9 @@ _POSITIVE = re.compile(
 _ALTERATION = re.compile(
     r"\b(mutat\w*|rearrange\w*|fusion|exon \d+|[LGT]\d{3}[A-Z])", re.IGNORECASE
 )
+_NEGATED_BEFORE = re.compile(
+    r"\b(no|not|negative for|neg for|without|absence of|free of)\s+(?:\w+\s+)?$", re.IGNORECASE
+)
 _SCORE_NAMES = re.compile(r"combined positive score|tumou?r proportion score", re.IGNORECASE)
 _PERCENT = re.compile(r"(?<![<\d])(\d{1,3})\s?%")
 _IHC_SCORE = re.compile(
@@ -421,8 +434,15 @@ def _biomarker(
         return
     window, offset = _window(ent, doc)
     kind: Assertion = "affirmed" if assertion == "negated" else assertion
+    # ConText's negation reaches across a list ("no EGFR mutation, ALK negative, PD-L1 80%"):
+    # only a negation right before the marker's name is the marker's own.
+    negated = (
+        assertion == "negated"
+        and _NEGATED_BEFORE.search(doc.text[max(0, ent.start_char - 30) : ent.start_char])
+        is not None
+    )
     if ent.label_ == n.ISH:
-        value = _polarity(window, negated=assertion == "negated")
+        value = _polarity(window, negated=negated)
         if value is not None and _about_her2(ent, doc):
             yield _finding(
                 ent,
@@ -436,7 +456,7 @@ def _biomarker(
     marker = ent._.target_rule.metadata["marker"]
     end = offset + len(window.rstrip())
     yield from _marker_details(ent, marker, window, kind, confidence, end)
-    value = _polarity(window, negated=assertion == "negated")
+    value = _polarity(window, negated=negated)
     if marker == "HER2" and (_EQUIVOCAL.search(window) or _ihc(window) == "2+"):
         if not re.search(r"\b(not amplified|non-amplified|amplified)\b", window, re.I):
             return  # equivocal: the in situ hybridization, if any, decides
@@ -445,6 +465,8 @@ def _biomarker(
         value = {"0": "negative", "1+": "negative", "3+": "positive"}.get(score or "")
     if marker == "PD-L1" and value is None:
         value = _pdl1_status(window)
+    if marker in ("ER", "PR") and value is None:
+        value = _receptor_by_percent(window)
     if value is not None:
         yield _finding(ent, c.BIOMARKER_PREFIX + marker, value, kind, confidence, end)
 
@@ -478,6 +500,15 @@ def _ihc(window: str) -> str | None:
         return None
     score = next(g for g in found.groups() if g is not None)
     return score if score == "0" else f"{score}+"
+
+
+def _receptor_by_percent(window: str) -> str | None:
+    """ER or PR given as a percent alone ("ER 95%, PR 0%"): 1% of nuclei or more is positive
+    (ASCO/CAP), less negative."""
+    percent = _PERCENT.search(window)
+    if percent is None or percent.start() > 12:
+        return None
+    return "positive" if int(percent.group(1)) >= 1 else "negative"
 
 
 def _pdl1_status(window: str) -> str | None:
@@ -522,12 +553,17 @@ def _resolve(mentions: Iterable[TextFinding], rules: TextRules) -> list[TextFind
     for mention in mentions:
         if not mention.attribute.startswith("_") and mention.assertion in ("affirmed", "possible"):
             by_attribute.setdefault(mention.attribute, []).append(mention)
+    # A metastasis affirmed in an organ outweighs "no distant metastases" elsewhere in the text
+    # (an older scan, another region); a possible one does not.
     if any(
-        a.startswith(c.METASTATIC_SITE_PREFIX) and any(m.value == "true" for m in ms)
+        a.startswith(c.METASTATIC_SITE_PREFIX)
+        and any(m.value == "true" and m.assertion == "affirmed" for m in ms)
         for a, ms in by_attribute.items()
     ):
         by_attribute[c.METASTATIC] = [
-            m for m in by_attribute.get(c.METASTATIC, []) if m.value == "true"
+            m
+            for m in by_attribute.get(c.METASTATIC, [])
+            if m.value == "true" and m.assertion == "affirmed"
         ] or by_attribute.get(c.METASTATIC, [])
     found = [_one_value(ms, rules) for ms in by_attribute.values() if ms]
     her2 = _her2_status(by_attribute, found)

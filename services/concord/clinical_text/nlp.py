@@ -95,7 +95,13 @@ def build_pipeline(rules: TextRules) -> Language:
 
 def _context_rule(rule: ContextRuleSpec) -> ConTextRule:
     pattern = [dict(token) for token in rule.pattern] if rule.pattern else None
-    return ConTextRule(rule.literal, rule.category, pattern=pattern, direction=rule.direction)
+    return ConTextRule(
+        rule.literal,
+        rule.category,
+        pattern=pattern,
+        direction=rule.direction,
+        max_scope=rule.max_scope,
+    )
 
 
 def _phrase(literal: str, category: str, **meta: Any) -> TargetRule:

@@ -32,6 +32,8 @@ class ContextRule(_Frozen):
     direction: Direction = "BIDIRECTIONAL"
     # A spaCy token pattern, where the literal's words alone would match too much.
     pattern: tuple[dict[str, Any], ...] | None = None
+    # How many tokens it reaches (its whole sentence when unset).
+    max_scope: int | None = None
 
 
 class SectionRule(_Frozen):
@@ -56,6 +58,7 @@ class TextRules(_Frozen):
     metastatic_sites: dict[str, tuple[str, ...]]
     nodal_words: tuple[str, ...]
     metastasis_phrases: tuple[str, ...]
+    unambiguous_biomarkers: frozenset[str]
     biomarkers: dict[str, tuple[str, ...]]
     ish_words: tuple[str, ...]
     disease_status: dict[str, tuple[str, ...]]
