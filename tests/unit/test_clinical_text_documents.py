@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import time
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from concord.clinical_text.documents import (
+    MAX_GUNZIPPED_BYTES,
     MAX_TEXT_CHARS,
     DocumentText,
     fhir_documents,
@@ -126,8 +129,11 @@ def test_rtf_is_converted_to_text() -> None:
         {"contentType": "text/plain", "data": _b64(b"")},
         {"contentType": "text/plain", "data": _b64(b" \r\n\t ")},
         {"contentType": "text/html", "data": _b64(b"<p> </p><script>x()</script>")},
-        # Compressed bytes mislabelled as text (as in the public C-CDA conversions).
+        # Gzipped XML that is no C-CDA (a ClinicalDocument outside the HL7 v3 namespace).
         {"contentType": "text/plain", "data": _b64(gzip.compress(b"<ClinicalDocument/>"))},
+        # Gzipped bytes that are no text, and a gzip stream cut short.
+        {"contentType": "text/plain", "data": _b64(gzip.compress(b"%PDF-1.4\x00\x01"))},
+        {"contentType": "text/plain", "data": _b64(gzip.compress(b"Progress note." * 99)[:40])},
         {"contentType": "text/plain"},
         "not an attachment",
     ],
@@ -387,6 +393,329 @@ def test_a_message_without_text_results_has_no_documents() -> None:
     assert hl7_documents(message) == []
 
 
+# --- gzip and C-CDA -------------------------------------------------------------------------
+
+_CCDA = """<?xml version="1.0" encoding="UTF-8"?>
+<?xml-stylesheet type="text/xsl" href="CDA.xsl"?>
+<!-- A C-CDA as EHRs send it: a header, then sections with narrative and coded entries. -->
+<ClinicalDocument xmlns="urn:hl7-org:v3" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <typeId root="2.16.840.1.113883.1.3" extension="POCD_HD000040"/>
+  <code code="{code}" codeSystem="2.16.840.1.113883.6.1" displayName="Note"/>
+  <title>Community Hospital: Progress Note</title>
+  <effectiveTime value="20130607000000-0500"/>
+  <component><structuredBody>
+    <component><section>
+      <code code="11450-4" codeSystem="2.16.840.1.113883.6.1"/>
+      <title>PROBLEMS</title>
+      <text>
+        <list listType="ordered">
+          <item>Invasive ductal <content styleCode="Bold">carcinoma</content> of the left
+            breast</item>
+          <item>Hypertension<br/>controlled</item>
+        </list>
+        <paragraph>Reviewed <content revised="delete">in error </content>today.</paragraph>
+      </text>
+      <entry typeCode="DRIV"><act classCode="ACT" moodCode="EVN">
+        <code code="CONC" codeSystem="2.16.840.1.113883.5.6"/>
+        <entryRelationship typeCode="SUBJ"><observation classCode="OBS" moodCode="EVN">
+          <code code="55607006" codeSystem="2.16.840.1.113883.6.96"/>
+          <text>Coded statement only</text>
+          <value xsi:type="CD" code="254837009" codeSystem="2.16.840.1.113883.6.96"
+                 displayName="Malignant neoplasm of breast"/>
+        </observation></entryRelationship>
+      </act></entry>
+      <component><section>
+        <title>Receptor status:</title>
+        <text><paragraph>ER positive.</paragraph><paragraph>HER2 negative.</paragraph></text>
+      </section></component>
+    </section></component>
+    <component><section>
+      <title>Results</title>
+      <text>
+        <table border="1">
+          <thead><tr><th>Test</th><th>Value</th><th>Date</th></tr></thead>
+          <tbody>
+            <tr><td>Hemoglobin</td><td> 13.2 g/dL </td><td>June 7, 2013</td></tr>
+            <tr><td>Ki-67</td><td>20 %</td><td/></tr>
+          </tbody>
+        </table>
+      </text>
+      <entry><observation classCode="OBS" moodCode="EVN">
+        <code code="718-7" codeSystem="2.16.840.1.113883.6.1"/>
+        <value xsi:type="PQ" value="13.2" unit="g/dL"/>
+      </observation></entry>
+    </section></component>
+  </structuredBody></component>
+</ClinicalDocument>
+"""
+_CCDA_TEXT = (
+    "PROBLEMS:\n"
+    "Invasive ductal carcinoma of the left breast\n"
+    "Hypertension\n"
+    "controlled\n"
+    "Reviewed today.\n"
+    "\n"
+    "Receptor status:\n"
+    "ER positive.\n"
+    "HER2 negative.\n"
+    "\n"
+    "Results:\n"
+    "Test\tValue\tDate\n"
+    "Hemoglobin\t13.2 g/dL\tJune 7, 2013\n"
+    "Ki-67\t20 %\n"
+    "\n"
+)
+
+
+def _ccda(code: str = "11506-3") -> bytes:
+    return _CCDA.replace("{code}", code).encode()
+
+
+def _non_xml_body(text_element: str) -> bytes:
+    return (
+        '<ClinicalDocument xmlns="urn:hl7-org:v3"><code code="18842-5" '
+        'codeSystem="2.16.840.1.113883.6.1"/><component><nonXMLBody>'
+        f"{text_element}</nonXMLBody></component></ClinicalDocument>"
+    ).encode()
+
+
+def test_gzipped_plain_text_is_unpacked_and_read_as_text() -> None:
+    data = gzip.compress("Progress note.\r\nCaf\u00e9 stable.".encode())
+    [document] = fhir_documents(
+        _document_reference({"contentType": "text/plain", "data": _b64(data)})
+    )
+    assert document.text == "Progress note.\nCaf\u00e9 stable."
+    assert document.media_type == "text/plain"
+
+
+def test_gzipped_html_is_read_as_the_html_it_is_labelled() -> None:
+    data = gzip.compress(b"<p>Final diagnosis:</p><p>Benign.</p>")
+    [document] = fhir_documents(
+        _document_reference({"contentType": "text/html", "data": _b64(data)})
+    )
+    assert document.text == "Final diagnosis:\nBenign."
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/xml", "text/xml", "Application/HL7-V3+XML; charset=UTF-8"]
+)
+def test_a_c_cda_gives_its_section_titles_and_narrative_and_not_its_entries(
+    content_type: str,
+) -> None:
+    resource = _document_reference({"contentType": content_type, "data": _b64(_ccda())})
+    [document] = fhir_documents(resource)
+    assert document.text == _CCDA_TEXT
+    # Coded entries are no text: neither their codes, display names nor statement text.
+    for coded in ("55607006", "254837009", "Malignant neoplasm", "Coded statement", "718-7"):
+        assert coded not in document.text
+    assert "in error" not in document.text  # content the author marked deleted
+    assert "Community Hospital" not in document.text  # the document title is no section
+    assert document.media_type == content_type.split(";")[0].lower()
+    assert document.kind == "note-text"
+    assert (document.authored, document.type_code) == ("2024-03-01T07:30:00Z", (LOINC, "11506-3"))
+
+
+def test_a_gzipped_c_cda_labelled_text_plain_is_read_as_a_c_cda() -> None:
+    """As Microsoft's FHIR converter stores the C-CDA it converted."""
+    resource = _document_reference(
+        {"contentType": "text/plain", "data": _b64(gzip.compress(_ccda()))}
+    )
+    [document] = fhir_documents(resource)
+    assert document.text == _CCDA_TEXT
+    assert document.media_type == "text/plain"  # as sent
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _ccda(),  # XML labelled text/plain: read by what it is
+        _ccda().split(b"\n", 2)[2],  # no XML declaration: a comment, then the root
+        b"\xef\xbb\xbf" + _ccda(),
+        _ccda().replace(b'encoding="UTF-8"', b'encoding="UTF-16"').decode().encode("utf-16"),
+    ],
+)
+def test_a_c_cda_is_told_by_its_start_whatever_its_label(data: bytes) -> None:
+    for content_type in ("text/plain", "application/octet-stream", ""):
+        resource = _document_reference({"contentType": content_type, "data": _b64(data)})
+        assert [d.text for d in fhir_documents(resource)] == [_CCDA_TEXT], content_type
+
+
+def test_the_c_cda_time_and_code_stand_in_for_those_the_record_lacks() -> None:
+    resource = _document_reference(
+        {"contentType": "application/xml", "data": _b64(_ccda())},
+        context={"period": {"start": "2013-06-01"}},
+    )
+    del resource["date"], resource["type"]
+    [document] = fhir_documents(resource)
+    # The C-CDA's effectiveTime (its own time) before the period (the encounter's), as FHIR.
+    assert document.authored == "2013-06-07T00:00:00-05:00"
+    assert document.type_code == ("2.16.840.1.113883.6.1", "11506-3")
+
+
+def test_a_c_cda_with_a_pathology_code_is_pathology() -> None:
+    for code in ("11526-1", "60567-5"):
+        resource = _document_reference(
+            {"contentType": "application/xml", "data": _b64(_ccda(code))}
+        )
+        assert [d.kind for d in fhir_documents(resource)] == ["pathology-text"], code
+
+
+@pytest.mark.parametrize(
+    ("text_element", "expected"),
+    [
+        (
+            '<text mediaType="text/plain" representation="B64">'
+            f"{_b64(b'Discharged home.' + bytes([13, 10]) + b'Stable.')}</text>",
+            "Discharged home.\nStable.",
+        ),
+        (
+            "<text>Discharged home in stable condition.</text>",
+            "Discharged home in stable condition.",
+        ),
+        (
+            '<text mediaType="text/plain" representation="B64" compression="GZ">'
+            f"{_b64(gzip.compress(b'Gzipped note.'))}</text>",
+            "Gzipped note.",
+        ),
+        (
+            '<text mediaType="text/html" representation="B64">'
+            f"{_b64(b'<p>One.</p><p>Two.</p>')}</text>",
+            "One.\nTwo.",
+        ),
+    ],
+)
+def test_a_non_xml_body_with_text_is_read(text_element: str, expected: str) -> None:
+    resource = _document_reference(
+        {"contentType": "application/xml", "data": _b64(_non_xml_body(text_element))}
+    )
+    assert [d.text for d in fhir_documents(resource)] == [expected]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _non_xml_body(
+            f'<text mediaType="application/pdf" representation="B64">{_b64(b"%PDF-1.4")}</text>'
+        ),
+        _non_xml_body('<text><reference value="UD_sample.pdf"/></text>'),
+        _non_xml_body('<text representation="B64">not base64 !!</text>'),
+        # An empty structured body, as in the public samples that show only a header.
+        b'<ClinicalDocument xmlns="urn:hl7-org:v3"><component><structuredBody><component/>'
+        b"</structuredBody></component></ClinicalDocument>",
+        b'<?xml version="1.0"?><Bundle xmlns="http://hl7.org/fhir"/>',  # XML, no C-CDA
+        b'<?xml version="1.0"?><ClinicalDocument xmlns="urn:hl7-org:v3"><component>',  # cut
+        b"\x1f\x8b\x08\x00 not a gzip stream",
+    ],
+)
+def test_xml_without_c_cda_text_yields_nothing(data: bytes) -> None:
+    resource = _document_reference({"contentType": "application/xml", "data": _b64(data)})
+    assert fhir_documents(resource) == []
+
+
+def test_nesting_deeper_than_the_recursion_limit_is_read_without_error() -> None:
+    depth = 5000
+    text = "<content>" * depth + "Deep." + "</content>" * depth
+    sections = "<component><section><title>T</title>" * depth
+    data = (
+        '<ClinicalDocument xmlns="urn:hl7-org:v3"><component><structuredBody>'
+        f"<component><section><title>A</title><text>{text}</text></section></component>"
+        f"{sections}{'</section></component>' * depth}</structuredBody></component>"
+        "</ClinicalDocument>"
+    ).encode()
+    resource = _document_reference({"contentType": "application/xml", "data": _b64(data)})
+    [document] = fhir_documents(resource)
+    assert document.text.startswith("A:\nDeep.\n\nT:\n\nT:\n")
+
+
+_LAUGHS = "".join(f' <!ENTITY lol{n} "' + f"&lol{n - 1};" * 10 + '">\n' for n in range(1, 10))
+_BILLION_LAUGHS = (
+    '<?xml version="1.0"?>\n<!DOCTYPE ClinicalDocument [\n <!ENTITY lol0 "lol">\n'
+    + _LAUGHS
+    + ']>\n<ClinicalDocument xmlns="urn:hl7-org:v3"><component><structuredBody><component>'
+    + "<section><title>Laughs</title><text>&lol9;</text></section>"
+    + "</component></structuredBody></component></ClinicalDocument>"
+).encode()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_entity_expansion_yields_nothing_at_once(packed: bool) -> None:
+    data = gzip.compress(_BILLION_LAUGHS) if packed else _BILLION_LAUGHS
+    content_type = "text/plain" if packed else "application/xml"
+    started = time.monotonic()
+    documents = fhir_documents(
+        _document_reference({"contentType": content_type, "data": _b64(data)})
+    )
+    assert documents == []
+    assert time.monotonic() - started < 2.0  # 10^9 "lol"s expanded would take minutes
+
+
+def test_an_external_entity_is_not_read(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-3141")
+    data = (
+        '<?xml version="1.0"?>'
+        f'<!DOCTYPE ClinicalDocument [<!ENTITY xxe SYSTEM "{secret.as_uri()}">]>'
+        '<ClinicalDocument xmlns="urn:hl7-org:v3"><component><structuredBody><component>'
+        "<section><title>Notes</title><text>Before &xxe; after.</text></section>"
+        "</component></structuredBody></component></ClinicalDocument>"
+    ).encode()
+    documents = fhir_documents(
+        _document_reference({"contentType": "application/xml", "data": _b64(data)})
+    )
+    assert documents == []
+    assert "TOP-SECRET" not in repr(documents)
+
+
+def _gzipped_run(byte: bytes, size: int) -> bytes:
+    """`size` times `byte`, gzipped without holding them all."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: a gzip stream
+    chunk = byte * (1024 * 1024)
+    parts = [packer.compress(chunk) for _ in range(size // len(chunk))]
+    return b"".join([*parts, packer.flush()])
+
+
+@pytest.mark.parametrize("byte", [b"\x00", b"a"])
+def test_a_gzip_bomb_yields_nothing_quickly(byte: bytes) -> None:
+    bomb = _gzipped_run(byte, 100 * 1024 * 1024)  # 100 MiB of zeros, or of text
+    assert len(bomb) < 200_000
+    started = time.monotonic()
+    for content_type in ("text/plain", "application/xml"):
+        resource = _document_reference({"contentType": content_type, "data": _b64(bomb)})
+        assert fhir_documents(resource) == []
+    assert time.monotonic() - started < 5.0
+
+
+def test_gzipped_text_is_read_up_to_the_limit_and_not_beyond() -> None:
+    at_limit = gzip.compress(b"a" * MAX_GUNZIPPED_BYTES)
+    over = gzip.compress(b"a" * (MAX_GUNZIPPED_BYTES + 1))
+    [document] = fhir_documents(
+        _document_reference({"contentType": "text/plain", "data": _b64(at_limit)})
+    )
+    assert len(document.text) == MAX_TEXT_CHARS
+    assert (
+        fhir_documents(_document_reference({"contentType": "text/plain", "data": _b64(over)})) == []
+    )
+
+
+def test_an_hl7_ed_c_cda_or_gzipped_text_is_read_as_a_fhir_attachment_is() -> None:
+    message = er7.parse(
+        _MSH_ORU
+        + "OBR|1||A1|11506-3^Progress note^LN|||20240301\r"
+        + f"OBX|1|ED|11506-3^Note^LN|1|EHR^TEXT^XML^Base64^{_b64(_ccda())}||||||F\r"
+        + f"OBX|2|ED|11506-3^Note^LN|2|EHR^multipart^x-hl7-cda-level-one^Base64^{_b64(_ccda())}"
+        + "||||||F\r"
+        + f"OBX|3|ED|11506-3^Note^LN|3|EHR^TEXT^PLAIN^Base64^{_b64(gzip.compress(b'Packed.'))}"
+        + "||||||F\r"
+        + f"OBX|4|ED|11506-3^Note^LN|4|EHR^AP^XML^Base64^{_b64(_BILLION_LAUGHS)}||||||F\r"
+    )
+    documents = {d.part: (d.text, d.media_type) for d in hl7_documents(message)}
+    assert documents == {
+        "OBX/11506-3/1": (_CCDA_TEXT, "text/xml"),
+        "OBX/11506-3/2": (_CCDA_TEXT, "application/x-hl7-cda-level-one+xml"),
+        "OBX/11506-3/3": ("Packed.", "text/plain"),
+    }
+
+
 # --- the public samples ---------------------------------------------------------------------
 
 
@@ -416,16 +745,92 @@ def test_public_messages_with_only_a_pdf_or_octet_stream_have_no_documents() -> 
         assert hl7_documents(er7.parse(_sample(name).read_bytes())) == [], name
 
 
+# The converted C-CDAs whose document has no narrative to read: its body is a PDF, a reference
+# to a PDF file elsewhere, or an empty structuredBody (samples that show only a header).
+_CCDA_WITHOUT_TEXT = {
+    "CDA_with_Embedded_PDF": "nonXMLBody: an embedded PDF",
+    "Unstructured_Document_embed": "nonXMLBody: an embedded PDF",
+    "Unstructured_Document_reference": "nonXMLBody: a reference to UD_sample.pdf",
+    "sample": "nonXMLBody: a reference to UD_sample.pdf",
+    "Consult-Document-Closing-Referral-C-CDAR2.1": "structuredBody with one empty component",
+    "Patient-and-Provider-Organization-Direct-Address-C-CDAR2.1": "structuredBody: '...' only",
+}
+
+
 @pytest.mark.shared_data
-def test_public_c_cda_conversions_yield_no_garbage_from_compressed_attachments() -> None:
-    """The converter stores each C-CDA gzipped, base64 and labelled text/plain: read as text
-    that would be replacement characters; it must give no document instead."""
-    paths = sorted((_sample("fhir-expected") / "Ccda").rglob("*.json"))
-    references = [
-        entry["resource"]
-        for path in paths
-        for entry in json.loads(path.read_text())["entry"]
-        if entry["resource"]["resourceType"] in ("DocumentReference", "DiagnosticReport")
-    ]
-    assert len(references) > 20
-    assert [fhir_documents(resource) for resource in references] == [[]] * len(references)
+def test_public_c_cda_conversions_yield_the_text_of_their_gzipped_c_cda() -> None:
+    """The converter stores each C-CDA gzipped, base64 and labelled text/plain: each one with
+    a narrative gives its text; a PDF one (an empty application/pdf attachment, or a C-CDA
+    whose body is a PDF) gives none."""
+    read: dict[str, list[DocumentText]] = {}
+    pdf_attachments = 0
+    for path in sorted((_sample("fhir-expected") / "Ccda").rglob("*.json")):
+        name = path.name.removesuffix("-expected.json")
+        for entry in json.loads(path.read_text())["entry"]:
+            resource = entry["resource"]
+            if resource["resourceType"] != "DocumentReference":
+                continue
+            [content] = resource["content"]
+            if content["attachment"]["contentType"] == "application/pdf":
+                pdf_attachments += 1
+                assert fhir_documents(resource) == [], name
+            else:
+                assert name not in read, name
+                read[name] = fhir_documents(resource)
+    assert pdf_attachments == 3 and len(read) == 22
+    assert {name for name, documents in read.items() if not documents} == set(_CCDA_WITHOUT_TEXT)
+    for name, documents in read.items():
+        if name in _CCDA_WITHOUT_TEXT:
+            continue
+        [document] = documents
+        assert document.part == "content/0" and document.media_type == "text/plain", name
+        assert "\ufffd" not in document.text and "<" not in document.text.split(":\n", 1)[0]
+        assert document.text.count(":\n") >= 3, name  # section titles as headers
+        assert document.authored and document.authored.endswith("Z"), name  # the record's date
+
+
+@pytest.mark.parametrize(
+    ("name", "titles", "entry_code", "entry_display"),
+    [
+        ("Progress_Note", ["ASSESSMENT", "CHIEF COMPLAINT"], "419199007", "Allergy to substance"),
+        (
+            "Transfer_Summary",
+            ["HISTORY OF PRESENT ILLNESS", "Hospital Course of Care"],
+            "371924009",
+            "Moderate to severe",
+        ),
+        ("Discharge_Summary", ["HOSPITAL COURSE", "Problem List"], "414285001", "Food allergy"),
+        ("Operative_Note", ["PROCEDURE FINDINGS"], "309226005", "colonic polyp sample"),
+    ],
+)
+@pytest.mark.shared_data
+def test_public_c_cda_files_give_section_titles_and_not_entry_codes(
+    name: str, titles: list[str], entry_code: str, entry_display: str
+) -> None:
+    data = _sample(f"ccda/{name}.ccda").read_bytes()
+    for title in titles:
+        assert f"<title>{title}</title>".encode() in data
+    assert f'code="{entry_code}"'.encode() in data  # coded in one of the file's entries
+    resource = _document_reference({"contentType": "application/xml", "data": _b64(data)})
+    [document] = fhir_documents(resource)
+    lines = document.text.split("\n")
+    for title in titles:
+        assert f"{title}:" in lines, title
+    assert entry_code not in document.text
+    assert entry_display not in document.text
+    assert document.type_code == (LOINC, "11506-3")  # the record's type comes first
+
+
+@pytest.mark.shared_data
+def test_public_progress_note_narrative_rows_and_time() -> None:
+    data = _sample("ccda/Progress_Note.ccda").read_bytes()
+    resource = _document_reference({"contentType": "application/xml", "data": _b64(data)})
+    del resource["date"], resource["type"]
+    [document] = fhir_documents(resource)
+    lines = document.text.split("\n")
+    # A table row is one line, cells apart by a tab; a paragraph is a line.
+    assert "Penicillin\tNausea" in lines
+    assert "CHIEF COMPLAINT:" in lines and "Dark stools." in lines
+    assert document.authored == "2005-03-29T17:15:04-05:00"  # <effectiveTime value=...-0500>
+    assert document.type_code == ("2.16.840.1.113883.6.1", "11506-3")
+    assert document.kind == "note-text"

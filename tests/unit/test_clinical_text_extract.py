@@ -3,9 +3,13 @@ receptor and HER2 rules, and notes with no oncology content."""
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 import pytest
 
 from concord.clinical_text import concepts as c
+from concord.clinical_text.documents import fhir_documents
 from concord.clinical_text.extract import TextFinding, extract, method
 from concord.clinical_text.rules import default_rules
 
@@ -181,3 +185,34 @@ def test_a_lymph_node_metastasis_and_a_heading_of_several_organs_assert_no_dista
     )
     found = facts(report)
     assert found[c.PRIMARY_SITE] == "C56" and c.METASTATIC not in found
+
+
+def test_why_a_test_was_ordered_is_not_what_it_found() -> None:
+    """From a real C-CDA imaging report: the indication is a suspicion, not a finding."""
+    report = "Indications for Procedure:\nSuspected lung tumor.\n\nFindings:\nNo mass."
+    assert facts(report) == {}
+    assert facts("Suspected lung tumor.") == {}
+
+
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "fhir-converter-samples"
+
+
+@pytest.mark.shared_data
+def test_the_public_c_cda_documents_say_only_what_they_say_about_cancer() -> None:
+    """22 real-shaped C-CDA documents (notes, summaries, an imaging report): their only
+    oncology statement is the Transfer Summary's active problem "malignant neoplasm of
+    liver"; the imaging report's "Suspected lung tumor" indication is none."""
+    paths = sorted((SAMPLES / "ccda").glob("*.ccda"))
+    if not paths:
+        pytest.skip(f"NOT RUN: the public C-CDA samples are absent ({SAMPLES} not found)")
+    found: dict[str, dict[str, str]] = {}
+    for path in paths:
+        attachment = {"contentType": "application/xml",
+                      "data": base64.b64encode(path.read_bytes()).decode()}  # fmt: skip
+        resource = {"resourceType": "DocumentReference", "content": [{"attachment": attachment}]}
+        for document in fhir_documents(resource):
+            said = facts(document.text)
+            if said:
+                found[path.name] = said
+    assert len(paths) == 22
+    assert found == {"Transfer_Summary.ccda": {c.PRIMARY_SITE: "C22"}}

@@ -571,6 +571,7 @@ class _HtmlText(HTMLParser):
         elif tag in _BLOCK_TAGS:
             self._break()
         elif tag in _CELL_TAGS and self._line_has_text:
+            self._trim()
             self._out.append("\t")
         if tag == "pre":
             self._pre += 1
@@ -588,8 +589,8 @@ class _HtmlText(HTMLParser):
             return
         if not self._pre:
             data = _HTML_SPACE.sub(" ", data)
-            if not self._line_has_text:
-                data = data.lstrip(" ")
+            if not self._line_has_text or (self._out and self._out[-1] == "\t"):
+                data = data.lstrip(" ")  # a line's or a cell's leading space
         if data:
             self._out.append(data)
             last_line = data.rsplit("\n", 1)[-1]
@@ -603,10 +604,156 @@ class _HtmlText(HTMLParser):
             self._newline()
 
     def _newline(self) -> None:
-        if self._out and not self._pre:
-            self._out[-1] = self._out[-1].rstrip(" ")
+        self._trim(" \t")
         self._out.append("\n")
         self._line_has_text = False
 
+    def _trim(self, blanks: str = " ") -> None:
+        """Drop the line's trailing blanks (a cell's last space, empty cells at a row's end),
+        but in <pre>."""
+        if self._pre:
+            return
+        while self._out and self._out[-1] != "\n" and not self._out[-1].strip(blanks):
+            self._out.pop()
+        if self._out:
+            self._out[-1] = self._out[-1].rstrip(blanks)
+
     def text(self) -> str:
         return "".join(self._out).strip("\n")
+
+
+# --- C-CDA ----------------------------------------------------------------------------------
+
+_V3: Final = "{urn:hl7-org:v3}"
+# CDA narrative block elements, read as the HTML elements they are rendered as (the others,
+# content, linkHtml, sub, sup, footnote, renderMultiMedia, are inline: their text is kept).
+_NARRATIVE_AS_HTML: Final = {
+    "paragraph": "p",
+    "list": "ul",
+    "item": "li",
+    "br": "br",
+    **{tag: tag for tag in ("table", "caption", "thead", "tbody", "tfoot", "tr", "td", "th")},
+}
+# An HL7 v3 TS: YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ].
+_TS: Final = re.compile(
+    r"(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(\.\d+)?)?)?)?)?)?([+-]\d{4})?"
+)
+
+
+def _cda(raw: bytes) -> _Read | None:
+    """A C-CDA's text: each section's title (a "TITLE:" line) and narrative block, then a
+    blank line, nested sections after their parent's text, in document order; coded entries
+    are left out. Or the text of a nonXMLBody (plain, HTML or RTF; a PDF has none). None for
+    XML that is no C-CDA, does not parse or declares entities, and for a C-CDA without text."""
+    try:
+        root = _parse_xml(raw, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    except (SafeElementTree.ParseError, DefusedXmlException, ValueError, LookupError):
+        return None
+    if root.tag != f"{_V3}ClinicalDocument":
+        return None
+    body = root.find(f"{_V3}component/{_V3}structuredBody")
+    if body is not None:
+        text = _prepared("".join(_section_texts(body)))
+    else:
+        text = _non_xml_body(root.find(f"{_V3}component/{_V3}nonXMLBody/{_V3}text"))
+    if text is None:
+        return None
+    code = root.find(f"{_V3}code")
+    code_value = code.get("code", "").strip() if code is not None else ""
+    type_code = (
+        (code.get("codeSystem", ""), code_value) if code is not None and code_value else None
+    )
+    effective = root.find(f"{_V3}effectiveTime")
+    time = _fhir_time(effective.get("value", "")) if effective is not None else None
+    return _Read(text, type_code, time)
+
+
+def _section_texts(body: Element) -> Iterator[str]:
+    """Each section's text, a section before the sections nested in it (no recursion: a
+    sender's nesting is not bounded)."""
+    pending = list(reversed(body.findall(f"{_V3}component/{_V3}section")))
+    while pending:
+        section = pending.pop()
+        title = section.find(f"{_V3}title")
+        # (An element with no children is false: "is None", not truth, tells it is absent.)
+        heading = "" if title is None else " ".join(_narrative(title).split()).rstrip(":").rstrip()
+        narrative = section.find(f"{_V3}text")
+        lines = _narrative(narrative) if narrative is not None else ""
+        if heading or lines:
+            yield (f"{heading}:\n" if heading else "") + (f"{lines}\n\n" if lines else "\n")
+        pending.extend(reversed(section.findall(f"{_V3}component/{_V3}section")))
+
+
+def _narrative(block: Element) -> str:
+    """A narrative block as text, as html_to_text reads the HTML it is rendered as."""
+    sink = _HtmlText()
+    for event, value in _narrative_events(block):
+        if event == "start":
+            sink.handle_starttag(value, [])
+        elif event == "end":
+            sink.handle_endtag(value)
+        else:
+            sink.handle_data(value)
+    return sink.text().strip()
+
+
+def _narrative_events(top: Element) -> Iterator[tuple[str, str]]:
+    """("start" | "end", HTML tag) and ("data", text) in document order, content marked
+    revised="delete" left out; without recursion."""
+    pending: list[tuple[Element, bool]] = [(top, False)]
+    while pending:
+        element, closing = pending.pop()
+        local = element.tag.rpartition("}")[2] if isinstance(element.tag, str) else ""
+        tag = _NARRATIVE_AS_HTML.get(local, "span")
+        if not closing and element.get("revised") != "delete":
+            yield "start", tag
+            if element.text:
+                yield "data", element.text
+            pending.append((element, True))
+            pending.extend((child, False) for child in reversed(element))
+            continue
+        if closing:
+            yield "end", tag
+        if element is not top and element.tail:
+            yield "data", element.tail
+
+
+def _non_xml_body(content: Element | None) -> str | None:
+    """A nonXMLBody's text (an ED: TXT or B64, maybe gzipped); None for a reference, a PDF, an
+    image, or another compression."""
+    if content is None:
+        return None
+    media_type, charset = _content_type(
+        f"{content.get('mediaType') or PLAIN}; charset={content.get('charset') or 'utf-8'}"
+    )
+    data = content.text or ""
+    if (content.get("representation") or "TXT").strip().upper() != "B64":
+        raw, charset = data.encode(), "utf-8"
+    else:
+        try:
+            raw = base64.b64decode("".join(data.split()), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+    compression = (content.get("compression") or "").strip().upper()
+    if compression not in ("", "GZ"):
+        return None
+    if raw.startswith(_GZIP_MAGIC):
+        unpacked = _gunzip(raw)
+        if unpacked is None:
+            return None
+        raw = unpacked
+    return _text_of(raw, media_type, charset)
+
+
+def _fhir_time(value: str) -> str | None:
+    """An HL7 v3 TS written as a FHIR date or dateTime (20130607000000-0500 →
+    2013-06-07T00:00:00-05:00), so that it is read as the record's other times are; None when
+    it is no TS."""
+    match = _TS.fullmatch(value.strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    if hour is None:  # a date: FHIR gives it no zone
+        return "-".join(part for part in (year, month, day) if part)
+    zone = f"{offset[:3]}:{offset[3:]}" if offset else ""
+    return f"{year}-{month}-{day}T{hour}:{minute or '00'}:{second or '00'}{fraction or ''}{zone}"

@@ -86,8 +86,9 @@ class ConflictScores:
         return all(k.precision == 1.0 and k.recall == 1.0 for k in self.kinds.values())
 
     def report(self) -> str:
+        width = max(22, *(len(name) + 2 for name in self.kinds))
         lines = [
-            f"{'kind':<22}{'expected':>9}{'found':>7}{'false+':>7}{'transient':>10}"
+            f"{'kind':<{width}}{'expected':>9}{'found':>7}{'false+':>7}{'transient':>10}"
             f"{'precision':>11}{'recall':>8}"
         ]
         total = KindScore(
@@ -98,7 +99,7 @@ class ConflictScores:
         )
         for name, score in [*sorted(self.kinds.items()), ("all", total)]:
             lines.append(
-                f"{name:<22}{score.expected:>9}{score.found:>7}{score.false_positives:>7}"
+                f"{name:<{width}}{score.expected:>9}{score.found:>7}{score.false_positives:>7}"
                 f"{score.transient:>10}{score.precision:>11.2f}{score.recall:>8.2f}"
             )
         if self.not_yet_due or self.due_during_run:

@@ -36,7 +36,6 @@ from concord.generate import variations
 from concord.generate.catalogue import (
     BIOMARKERS,
     CANCERS,
-    Cancer,
     CONDITIONS,
     DRUGS,
     LAB_TESTS,
@@ -45,6 +44,7 @@ from concord.generate.catalogue import (
     RECEPTOR_STATUS,
     STAGES,
     SUBSTANCES,
+    Cancer,
 )
 from concord.generate.model import (
     AllergyFact,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
+from concord.clinical_text import concepts
 from concord.generate import narratives as n
 from concord.generate.model import NoteFact, Person
 
@@ -148,7 +149,9 @@ def progress_note(
     draft.section(rng.choice(("Past medical history:", "PMH:")), _past_history(person))
     draft.section(
         rng.choice(("Family history:", "FAMILY HISTORY:")),
-        rng.choice(("Noncontributory.", "Mother with hypertension; father with coronary artery disease.")),
+        rng.choice(
+            ("Noncontributory.", "Mother with hypertension; father with coronary artery disease.")
+        ),
     )
     draft.section(
         "Physical exam:",
@@ -167,10 +170,10 @@ def progress_note(
             f"Staging {exam} {when}: {n._global_negation(draft, rng)}",
         )
     sex = "F" if case.sex == "female" else "M"
-    disease = case.cancer.disease[0]
+    disease = n._Said(case.cancer.disease[0], {concepts.PRIMARY_SITE: case.cancer.icd10})
     draft.section(
         rng.choice(("Assessment and Plan:", "ASSESSMENT AND PLAN:", "A/P:")),
-        f"{case.age}{sex} with {n._said(draft, n._Said(disease, {n.concepts.PRIMARY_SITE: case.cancer.icd10}))} as above.",
+        f"{case.age}{sex} with {n._said(draft, disease)} as above.",
         rng.choice(
             (
                 f"Continue {therapy}.",
@@ -200,9 +203,9 @@ def pathology_report(
         f"{n._person(case)} with {presentation}.",
     )
     final, synoptic = n._resection(draft, rng, case)
-    if n.concepts.STAGE_GROUP not in draft.facts:
+    if concepts.STAGE_GROUP not in draft.facts:
         group = case.stage.group
-        draft.state({n.concepts.STAGE_GROUP: n._main_number(group)})
+        draft.state({concepts.STAGE_GROUP: n._main_number(group)})
         synoptic.append(f"AJCC anatomic stage group: {group}")
     draft.section("FINAL DIAGNOSIS:", *final)
     draft.section(synoptic[0], *synoptic[1:])
