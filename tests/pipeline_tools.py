@@ -12,6 +12,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from concord.config import DEFAULT_ENTERPRISE_ID_SYSTEM
+from concord.ingestion.subjects import patient_of
 from concord.runtime.reading import read_topic
 from concord.topics import RAW_FHIR
 
@@ -65,6 +66,23 @@ async def publish(
             for source, value in events
         ]
         return [(m.partition, m.offset) for m in await asyncio.gather(*futures)]
+    finally:
+        await producer.stop()
+
+
+async def publish_keyed(bootstrap: str, events: list[tuple[str, dict[str, Any]]]) -> None:
+    """As `concord publish` does: FHIR resources keyed by source and patient, so that a
+    patient's records of one source stay in order (its Patient first)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        futures = []
+        for source, resource in events:
+            key = f"{source}/{patient_of(resource)}".encode()
+            headers = [("source", source.encode())]
+            value = orjson.dumps(resource)
+            futures.append(await producer.send(RAW_FHIR, value, key=key, headers=headers))
+        await asyncio.gather(*futures)
     finally:
         await producer.stop()
 

@@ -3,19 +3,15 @@ pathology laboratory's coded result, and the alert shows the note's words beside
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import uuid
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
-from concord.ingestion.subjects import patient_of
 from concord.stack.stack import StackInfo
-from concord.topics import RAW_FHIR
-from pipeline_tools import FIRST, LOINC, SNOMED_CT, eventually, fetch, patient
+from pipeline_tools import FIRST, LOINC, SNOMED_CT, eventually, fetch, patient, publish_keyed
 
 pytestmark = [pytest.mark.e2e]
 
@@ -63,24 +59,6 @@ def _er_result(rid: str, subject: str) -> dict[str, Any]:
     }
 
 
-async def _publish(bootstrap: str, events: list[tuple[str, dict[str, Any]]]) -> None:
-    """Keyed by source and patient, as `concord publish` does: each Patient before its records."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
-    await producer.start()
-    try:
-        futures = []
-        for source, resource in events:
-            key = f"{source}/{patient_of(resource)}".encode()
-            futures.append(
-                await producer.send(
-                    RAW_FHIR, orjson.dumps(resource), key=key, headers=[("source", source.encode())]
-                )
-            )
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 @pytest.mark.asyncio
 async def test_a_note_that_disagrees_with_a_coded_result_raises_an_alert_with_its_words(
     stack: StackInfo,
@@ -93,7 +71,7 @@ async def test_a_note_that_disagrees_with_a_coded_result_raises_an_alert_with_it
         events.append((source, orjson.loads(patient(eid, rid, last_updated=FIRST))))
     events.append((CLINIC, _note(f"t{token}note", f"Patient/t{token}c")))
     events.append((PATH_LAB, _er_result(f"t{token}er", f"Patient/t{token}p")))
-    await _publish(stack.bootstrap_servers, events)
+    await publish_keyed(stack.bootstrap_servers, events)
 
     dsn = stack.database_url
     query = "SELECT attribute, status, assertions FROM alerts WHERE patient_id = $1"

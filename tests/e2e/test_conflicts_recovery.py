@@ -29,14 +29,12 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from concord.events import codec
 from concord.events.models import ConflictEvent
-from concord.ingestion.subjects import patient_of
 from concord.stack.processes import is_alive, stop_process
 from concord.stack.stack import StackInfo, load_state, restart_worker, start_stack, stop_stack
-from concord.topics import CONFLICTS, RAW_FHIR
+from concord.topics import CONFLICTS
 from pipeline_tools import (
     FIRST,
     LATER,
@@ -46,6 +44,7 @@ from pipeline_tools import (
     fetch,
     observation,
     patient,
+    publish_keyed,
     read_topic,
 )
 
@@ -118,23 +117,6 @@ def _records(token: str, n: int) -> list[Event]:
         clinical, verification = ("inactive", "refuted") if refuted else ("active", "confirmed")
         events.append((source, allergy(f"{rid}-pen", subject, clinical, verification)))
     return events
-
-
-async def _publish(bootstrap: str, events: list[Event]) -> None:
-    """As `concord publish` does: keyed by source and patient, so that a patient's records of
-    one source stay in order (its Patient first)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
-    await producer.start()
-    try:
-        futures = []
-        for source, resource in events:
-            key = f"{source}/{patient_of(resource)}".encode()
-            headers = [("source", source.encode())]
-            value = orjson.dumps(resource)
-            futures.append(await producer.send(RAW_FHIR, value, key=key, headers=headers))
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 # --- what Concord says ------------------------------------------------------------------------
@@ -264,7 +246,7 @@ async def test_conflicts_worker_recovers_from_sigkill_losing_duplicating_inventi
     # Three chunks at once; the worker dies while their facts still stream in: some of their
     # conflicts are stored, not all.
     for chunk in chunks[:3]:
-        await _publish(bootstrap, chunk)
+        await publish_keyed(bootstrap, chunk)
     await eventually(lambda: _conflict_rows(dsn, prefix), lambda r: len(r) >= 5, within=45)
     recorded = load_state(stack.state_dir)
     assert recorded is not None
@@ -278,11 +260,11 @@ async def test_conflicts_worker_recovers_from_sigkill_losing_duplicating_inventi
     assert held_at_kill, "the kill should leave result disagreements held for later"
 
     # The stream goes on while the worker is down (ingestion and normalization still run).
-    await _publish(bootstrap, chunks[3])
+    await publish_keyed(bootstrap, chunks[3])
     restarted = await restart_worker(stack.state_dir, "conflicts", kill=True)
     assert restarted.pid != conflicts.pid
     for chunk in chunks[4:]:
-        await _publish(bootstrap, chunk)
+        await publish_keyed(bootstrap, chunk)
 
     # Every assertion is stored: 7 attributes x 2 sources for every patient.
     stored = await eventually(
@@ -306,7 +288,7 @@ async def test_conflicts_worker_recovers_from_sigkill_losing_duplicating_inventi
     assert any(key in before_kill for key in corrected)
     revised = [n for n in range(PATIENTS) if not _plan(n)[POTASSIUM]][:6]
     changes = _changes(token, corrected, revised)
-    await _publish(bootstrap, changes)
+    await publish_keyed(bootstrap, changes)
     opened_later = {(f"{prefix}{n:03d}", POTASSIUM) for n in revised}
     final = {key: ("RESOLVED" if key in corrected else "OPEN") for key in disagreeing}
     final |= {key: "OPEN" for key in opened_later}

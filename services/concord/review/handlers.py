@@ -32,12 +32,33 @@ from concord.review.alerts import (
     summary_of,
     values_of,
 )
-from concord.review.audit import AuditEntry, AuditRecord
+from concord.review.audit import AuditEntry, AuditRecord, DetailValue
 from concord.review.audit_store import PostgresAuditTrail
 
 
 class NotFound(LookupError):
     """404: no such object (names its id only)."""
+
+
+def audit_record(
+    principal: Principal,
+    action: str,
+    object_type: str,
+    object_id: str,
+    *,
+    purpose: str | None = None,
+    detail: dict[str, DetailValue] | None = None,
+) -> AuditRecord:
+    """The audit row of something a caller did to an object."""
+    return AuditRecord(
+        actor=principal.key,
+        role=principal.role.value,
+        purpose=purpose,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        detail=detail or {},
+    )
 
 
 class AuditPort(Protocol):
@@ -158,7 +179,7 @@ class AlertReview:
                     conn, alert_id, request.comment, by=principal.subject, at=at
                 )
             action = "alert.dismiss" if resolution.decision == "DISMISSED" else "alert.resolve"
-            detail = {
+            detail: dict[str, DetailValue] = {
                 "resolution_id": resolution.resolution_id,
                 "decision": resolution.decision,
                 "overrules_proposal": against,
@@ -187,19 +208,11 @@ class AlertReview:
         alert_id: str,
         *,
         purpose: str | None = None,
-        detail: dict[str, object] | None = None,
+        detail: dict[str, DetailValue] | None = None,
     ) -> None:
         await self.audit.append(
             conn,
-            AuditRecord(
-                actor=principal.key,
-                role=principal.role.value,
-                purpose=purpose,
-                action=action,
-                object_type="alert",
-                object_id=alert_id,
-                detail=detail or {},
-            ),
+            audit_record(principal, action, "alert", alert_id, purpose=purpose, detail=detail),
         )
 
     async def audit_history(

@@ -18,8 +18,7 @@ from concord.normalization.identity_store import list_reviews
 from concord.normalization.ports import IdentityReviews
 from concord.review import metrics as review_metrics
 from concord.review.access import Permission, Principal, purpose_of_use, require
-from concord.review.audit import AuditRecord
-from concord.review.handlers import AuditPort, NotFound
+from concord.review.handlers import AuditPort, NotFound, audit_record
 
 
 class IdentityDecided(BaseModel):
@@ -70,7 +69,10 @@ class IdentityReview:
         # The read is recorded before anything is returned: no trail, no data.
         async with self.pool.acquire() as conn, conn.transaction():
             await self.audit.append(
-                conn, self._record(principal, "identity.read", task_id, why.code)
+                conn,
+                audit_record(
+                    principal, "identity.read", "identity_review", task_id, purpose=why.code
+                ),
             )
         return task
 
@@ -78,7 +80,9 @@ class IdentityReview:
         require(principal, Permission.IDENTITY_DECIDE)
 
         async def audited(conn: asyncpg.Connection) -> None:
-            await self.audit.append(conn, self._record(principal, "identity.link", task_id))
+            await self.audit.append(
+                conn, audit_record(principal, "identity.link", "identity_review", task_id)
+            )
 
         done = await self.store.link(task_id, by=principal.subject, at=self.clock(), also=audited)
         if done.changed:
@@ -99,7 +103,9 @@ class IdentityReview:
         require(principal, Permission.IDENTITY_DECIDE)
 
         async def audited(conn: asyncpg.Connection) -> None:
-            await self.audit.append(conn, self._record(principal, "identity.keep_apart", task_id))
+            await self.audit.append(
+                conn, audit_record(principal, "identity.keep_apart", "identity_review", task_id)
+            )
 
         done = await self.store.keep_apart(
             task_id, by=principal.subject, at=self.clock(), also=audited
@@ -112,17 +118,4 @@ class IdentityReview:
             changed=done.changed,
             decided_by=done.decided_by,
             decided_at=done.decided_at,
-        )
-
-    @staticmethod
-    def _record(
-        principal: Principal, action: str, task_id: str, purpose: str | None = None
-    ) -> AuditRecord:
-        return AuditRecord(
-            actor=principal.key,
-            role=principal.role.value,
-            purpose=purpose,
-            action=action,
-            object_type="identity_review",
-            object_id=task_id,
         )

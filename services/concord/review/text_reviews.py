@@ -19,8 +19,7 @@ from concord.events import codec
 from concord.events.models import Provenance
 from concord.narrative.reading import accepted_fact
 from concord.review.access import Permission, Principal, purpose_of_use, require
-from concord.review.audit import AuditRecord
-from concord.review.handlers import AuditPort, NotFound
+from concord.review.handlers import AuditPort, NotFound, audit_record
 from concord.runtime.batch import OutboundRecord
 from concord.runtime.outbox import Outbox
 from concord.topics import FACTS
@@ -153,7 +152,9 @@ class TextReview:
             if row is None:
                 raise NotFound(f"no text review task {task_id}")
             # The read is recorded before anything is returned: no trail, no data.
-            await self.audit.append(conn, self._record(principal, "text.read", task_id, why.code))
+            await self.audit.append(
+                conn, audit_record(principal, "text.read", "text_review", task_id, purpose=why.code)
+            )
         return _task(row)
 
     async def accept(self, principal: Principal, task_id: str) -> TextDecided:
@@ -200,7 +201,7 @@ class TextReview:
                 fact_id,
             )
             action = "text.accept" if decision == "ACCEPTED" else "text.reject"
-            await self.audit.append(conn, self._record(principal, action, task_id))
+            await self.audit.append(conn, audit_record(principal, action, "text_review", task_id))
         if fact_id is not None:
             await self.published()
         return TextDecided(
@@ -228,16 +229,3 @@ class TextReview:
         )
         await self.outbox.write(conn, [record])
         return fact.fact_id
-
-    @staticmethod
-    def _record(
-        principal: Principal, action: str, task_id: str, purpose: str | None = None
-    ) -> AuditRecord:
-        return AuditRecord(
-            actor=principal.key,
-            role=principal.role.value,
-            purpose=purpose,
-            action=action,
-            object_type="text_review",
-            object_id=task_id,
-        )
