@@ -60,7 +60,14 @@ def extract(text: str, rules: TextRules | None = None) -> list[TextFinding]:
     """The document's findings: one per attribute (possible ones included, with their low
     confidence), in the order the text first states them."""
     rules = rules or default_rules()
-    doc = _pipeline(rules)(text)
+    nlp = _pipeline(rules)
+    doc = nlp.make_doc(text)
+    for name, component in nlp.pipeline:
+        doc = component(doc)
+        # Most of the time is ConText's and the sectionizer's: a text with nothing the rules
+        # name (most notes outside oncology) need not pay for them.
+        if name == "medspacy_target_matcher" and not doc.ents:
+            return []
     mentions = [m for ent in doc.ents for m in _read(ent, doc, rules)]
     if not _about_cancer(doc, mentions, rules):
         return []
