@@ -18,8 +18,13 @@ from fastapi import FastAPI
 from builders import FakeProducer, assertion_at
 from concord.alerting.lifecycle import AlertRecord
 from concord.alerting.store import AlertStore
+from concord.clinical_text import concepts as c
+from concord.clinical_text.extract import extract, method
+from concord.clinical_text.rules import default_rules
 from concord.config import ReviewSettings
-from concord.events.models import Alert
+from concord.events.models import Alert, ClinicalDocument, Provenance
+from concord.narrative.reading import read_findings
+from concord.narrative.review_tasks import PostgresTextReviews
 from concord.review.access import Role
 from concord.review.audit_view import AnchorReader
 from concord.review.auth import LocalSigningKey, TokenVerifier
@@ -177,3 +182,41 @@ async def plant_alerts(pool: asyncpg.Pool, alerts: Sequence[Alert]) -> None:
         [(a, "conflict opened (revision 1, 2 sources)") for a in alerts],
         [],
     )
+
+
+# --- text review tasks (issue 18) -----------------------------------------------------------
+
+NOTE = "Assessment: left breast carcinoma. Cannot rule out osseous metastatic disease."
+AT = datetime(2026, 11, 20, 9, tzinfo=UTC)
+
+
+async def plant_text_task(pool: asyncpg.Pool) -> tuple[str, str]:
+    """A note's possible bone metastasis kept as a task, as the narrative worker keeps it."""
+    patient = f"E-{uuid.uuid4().hex[:10]}"
+    document = ClinicalDocument(
+        document_id=f"doc-{patient}",
+        patient_id=patient,
+        subject="Patient/c1",
+        record_id=f"rec-{patient}",
+        provenance=Provenance(
+            source_system="clinic-ehr",
+            source_record_id="DocumentReference/n1",
+            event_time=AT,
+            received_time=AT,
+            raw_topic="ehr.raw.fhir",
+            raw_partition=0,
+            raw_offset=3,
+            payload_sha256="ab" * 32,
+        ),
+        part="content/0",
+        kind="note-text",
+        media_type="text/plain",
+        authored_time=AT,
+        text=NOTE,
+    )
+    reading = read_findings(
+        document, extract(NOTE), method=method(default_rules()), min_confidence=0.7
+    )
+    await PostgresTextReviews(pool).add(reading.candidates)
+    [task] = [t for t in reading.candidates if t.attribute == c.METASTATIC_SITE_PREFIX + "C79.5"]
+    return task.task_id, patient

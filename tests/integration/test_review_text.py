@@ -4,9 +4,7 @@ rejected; a decision stands."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -14,22 +12,16 @@ import pytest
 import pytest_asyncio
 
 from concord.clinical_text import concepts as c
-from concord.clinical_text.extract import extract, method
-from concord.clinical_text.rules import default_rules
 from concord.events import codec
-from concord.events.models import ClinicalDocument, Provenance
-from concord.narrative.reading import ACCEPTED_BY_REVIEWER, read_findings
-from concord.narrative.review_tasks import PostgresTextReviews
+from concord.narrative.reading import ACCEPTED_BY_REVIEWER
 from concord.review.access import PURPOSE_OF_USE_HEADER, Role
 from concord.stack.postgres import PostgresInfo
 from concord.topics import FACTS
-from review_tools import ReviewApp, local_settings, review_app
+from review_tools import AT, NOTE, ReviewApp, local_settings, plant_text_task, review_app
 
 pytestmark = pytest.mark.integration
 
 READ = {PURPOSE_OF_USE_HEADER: "TREAT"}
-NOTE = "Assessment: left breast carcinoma. Cannot rule out osseous metastatic disease."
-AT = datetime(2026, 11, 20, 9, tzinfo=UTC)
 
 
 @pytest_asyncio.fixture
@@ -41,43 +33,11 @@ async def api(
         yield review
 
 
-async def _planted_task(pool: asyncpg.Pool) -> tuple[str, str]:
-    """A note's possible bone metastasis kept as a task, as the narrative worker keeps it."""
-    patient = f"E-{uuid.uuid4().hex[:10]}"
-    document = ClinicalDocument(
-        document_id=f"doc-{patient}",
-        patient_id=patient,
-        subject="Patient/c1",
-        record_id=f"rec-{patient}",
-        provenance=Provenance(
-            source_system="clinic-ehr",
-            source_record_id="DocumentReference/n1",
-            event_time=AT,
-            received_time=AT,
-            raw_topic="ehr.raw.fhir",
-            raw_partition=0,
-            raw_offset=3,
-            payload_sha256="ab" * 32,
-        ),
-        part="content/0",
-        kind="note-text",
-        media_type="text/plain",
-        authored_time=AT,
-        text=NOTE,
-    )
-    reading = read_findings(
-        document, extract(NOTE), method=method(default_rules()), min_confidence=0.7
-    )
-    await PostgresTextReviews(pool).add(reading.candidates)
-    [task] = [t for t in reading.candidates if t.attribute == c.METASTATIC_SITE_PREFIX + "C79.5"]
-    return task.task_id, patient
-
-
 @pytest.mark.asyncio
 async def test_a_possible_finding_is_listed_read_and_accepted_into_a_fact(
     api: ReviewApp, pool: asyncpg.Pool
 ) -> None:
-    task_id, patient = await _planted_task(pool)
+    task_id, patient = await plant_text_task(pool)
     reviewer = api.as_role(Role.REVIEWER, "ana")
     listed = await api.client.get("/api/v1/text/reviews?limit=200", headers=reviewer)
     assert listed.status_code == 200
@@ -123,7 +83,7 @@ async def test_a_possible_finding_is_listed_read_and_accepted_into_a_fact(
 async def test_a_rejected_finding_publishes_nothing_and_only_a_reviewer_decides(
     api: ReviewApp, pool: asyncpg.Pool
 ) -> None:
-    task_id, _ = await _planted_task(pool)
+    task_id, _ = await plant_text_task(pool)
     clinician = await api.client.post(
         f"/api/v1/text/reviews/{task_id}/reject", headers=api.as_role(Role.CLINICIAN)
     )

@@ -32,7 +32,14 @@ from concord.review.web import CONTENT_SECURITY_POLICY, SESSION_COOKIE, Sessions
 from concord.stack.postgres import PostgresInfo
 from concord.topics import RESOLUTIONS
 from identity_tools import review_task_of
-from review_tools import ReviewApp, local_settings, plant_alerts, review_alert, review_app
+from review_tools import (
+    ReviewApp,
+    local_settings,
+    plant_alerts,
+    plant_text_task,
+    review_alert,
+    review_app,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -601,3 +608,25 @@ async def test_identity_tasks_are_listed_read_with_a_purpose_linked_and_kept_apa
         ("identity.read", "reviewer", "PATADMIN"),
         ("identity.link", "reviewer", None),
     ]
+
+
+async def test_text_tasks_are_listed_read_with_a_purpose_and_accepted(
+    web: ReviewApp, pool: asyncpg.Pool
+) -> None:
+    task_id, patient = await plant_text_task(pool)
+    async with signed_in(web, Role.REVIEWER, "rev-7") as client:
+        listed = await client.get("/ui/text")
+        assert f"/ui/text/{task_id}" in Page(listed.text).urls and patient in listed.text
+        assert "osseous" not in listed.text  # the words are PHI: the detail only
+        detail, page = await read(client, f"/ui/text/{task_id}", "TREAT")
+        assert detail.status_code == 200 and detail.headers["cache-control"] == "no-store"
+        assert "osseous metastatic disease" in detail.text and "possible" in detail.text
+        [accept] = [f for f in page.forms if f.action == f"/ui/text/{task_id}/accept"]
+        accepted = await client.post(accept.action, data=accept.fields)
+        assert accepted.status_code == 303 and accepted.headers["location"] == "/ui/text"
+        assert f"Task {task_id} accepted" in (await client.get("/ui/text")).text
+    async with signed_in(web, Role.CLINICIAN) as doc:
+        _, page = await read(doc, f"/ui/text/{task_id}", "TREAT")
+        assert page.actions() == ["/ui/sign-out"]
+        refused = await doc.post(f"/ui/text/{task_id}/reject", data={"csrf": page.csrf})
+        assert refused.status_code == 403 and "text.decide" in refused.text

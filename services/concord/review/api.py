@@ -61,7 +61,7 @@ from concord.review.audit_view import (
 from concord.review.handlers import AlertReview, NotFound
 from concord.review.identity import IdentityDecided, IdentityReview
 from concord.review.ops import OpsSummary, OpsView
-from concord.review.parts import alert_review, identity_review
+from concord.review.parts import alert_review, identity_review, text_review
 from concord.review.text_reviews import (
     TextDecided,
     TextDecisionConflict,
@@ -332,11 +332,6 @@ async def keep_identities_apart(
 
 
 # --- text review tasks (issue 18) -------------------------------------------------------------
-
-
-def text_review(request: Request) -> TextReview:
-    review: TextReview = request.app.state.text_review
-    return review
 
 
 Texts = Annotated[TextReview, Depends(text_review)]

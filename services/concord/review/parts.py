@@ -7,6 +7,7 @@ from fastapi import Request
 
 from concord.review.handlers import AlertReview
 from concord.review.identity import IdentityReview
+from concord.review.text_reviews import TextReview
 
 
 def alert_review(request: Request) -> AlertReview:
@@ -16,4 +17,9 @@ def alert_review(request: Request) -> AlertReview:
 
 def identity_review(request: Request) -> IdentityReview:
     review: IdentityReview = request.app.state.identity_review
+    return review
+
+
+def text_review(request: Request) -> TextReview:
+    review: TextReview = request.app.state.text_review
     return review

@@ -76,7 +76,8 @@ from concord.review.auth import KeysUnavailable, Unauthenticated
 from concord.review.handlers import NotFound
 from concord.review.identity import IdentityDecided
 from concord.review.oidc import OidcSignIn, SignInFailed, error_code
-from concord.review.parts import alert_review, identity_review
+from concord.review.parts import alert_review, identity_review, text_review
+from concord.review.text_reviews import TextDecided, TextDecisionConflict
 
 log = logging.getLogger(__name__)
 
@@ -1038,8 +1039,92 @@ def _identity_done(session: WebSession, done: IdentityDecided) -> Response:
     return _see(f"{UI}/identity")
 
 
+# --- text review tasks (issue 18) -----------------------------------------------------------
+
+
+def _text_url(task_id: str) -> str:
+    return f"{UI}/text/{task_id}"
+
+
+@router.get("/text")
+async def text_tasks(
+    request: Request,
+    session: Session,
+    decided: Annotated[bool, Query()] = False,
+) -> Response:
+    """Findings read from text below the policy's confidence, oldest first (no PHI)."""
+    tasks = await text_review(request).page(
+        session.principal, include_decided=decided, limit=MAX_PAGE
+    )
+    return _page(request, "text_tasks.html", session, tasks=tasks, decided=decided)
+
+
+@router.get("/text/{task_id}")
+async def text_purpose(request: Request, session: Session, task_id: str) -> Response:
+    require(session.principal, Permission.TEXT_READ)
+    return _page(
+        request,
+        "purpose.html",
+        session,
+        what=f"text review task {task_id}",
+        heading=f"Text review {task_id}",
+        action=f"{_text_url(task_id)}/read",
+        back=f"{UI}/text",
+        back_label="the text reviews",
+        purposes=PURPOSES_OF_USE,
+        chosen_purpose=session.purpose,
+    )
+
+
+@router.post("/text/{task_id}/read")
+async def text_detail(request: Request, session: Session, task_id: str) -> Response:
+    """The value read, the words that say it and the document's provenance (PHI)."""
+    form = await posted(request, session)
+    try:
+        task = await text_review(request).detail(
+            session.principal, task_id, purpose=_text(form, "purpose")
+        )
+    except PurposeOfUseRequired as error:
+        return _fix(session, _text_url(task_id), error.message)
+    session.purpose = purpose_of_use(_text(form, "purpose")).code
+    return _page(request, "text_task.html", session, task=task)
+
+
+@router.post("/text/{task_id}/accept")
+async def accept_text(request: Request, session: Session, task_id: str) -> Response:
+    await posted(request, session)
+    try:
+        done = await text_review(request).accept(session.principal, task_id)
+    except TextDecisionConflict as error:
+        return _fix(session, _text_url(task_id), str(error))
+    return _text_done(session, done)
+
+
+@router.post("/text/{task_id}/reject")
+async def reject_text(request: Request, session: Session, task_id: str) -> Response:
+    await posted(request, session)
+    try:
+        done = await text_review(request).reject(session.principal, task_id)
+    except TextDecisionConflict as error:
+        return _fix(session, _text_url(task_id), str(error))
+    return _text_done(session, done)
+
+
+def _text_done(session: WebSession, done: TextDecided) -> Response:
+    said = done.decision.lower()
+    if not done.changed:
+        message = f"Task {done.task_id} was already {said} by {done.decided_by}."
+    elif done.decision == "ACCEPTED":
+        message = f"Task {done.task_id} accepted: fact {done.fact_id} sent for comparison."
+    else:
+        message = f"Task {done.task_id} rejected: nothing was published."
+    session.flash("ok", message)
+    return _see(f"{UI}/text")
+
+
 @router.get("/alerts/{alert_id}/{action}")
 @router.get("/identity/{task_id}/{action}")
+@router.get("/text/{task_id}/{action}")
 async def not_a_page(request: Request, action: str) -> Response:
     """A detail's or an action's URL opened (a bookmark, a reload): its purpose form."""
     return _see(request.url.path.rsplit("/", 1)[0])
