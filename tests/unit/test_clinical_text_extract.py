@@ -10,7 +10,7 @@ import pytest
 
 from concord.clinical_text import concepts as c
 from concord.clinical_text.documents import fhir_documents
-from concord.clinical_text.extract import TextFinding, extract, method
+from concord.clinical_text.extract import CHUNK_CHARS, TextFinding, chunks, extract, method
 from concord.clinical_text.rules import default_rules
 
 REVIEW_BELOW = 0.7  # the built-in policy's threshold for a text fact
@@ -216,3 +216,25 @@ def test_the_public_c_cda_documents_say_only_what_they_say_about_cancer() -> Non
                 found[path.name] = said
     assert len(paths) == 22
     assert found == {"Transfer_Summary.ccda": {c.PRIMARY_SITE: "C22"}}
+
+
+def test_a_long_text_is_read_in_pieces_that_keep_offsets_and_sections() -> None:
+    """A text longer than a piece: each finding's offsets still point at its words in the
+    whole text, and a family history whose heading is in an earlier piece stays the
+    family's."""
+    filler = "".join(f"Visit {n}: blood pressure stable, no new complaints.\n" for n in range(400))
+    text = (
+        "Assessment:\nStage IIB invasive ductal carcinoma of the left breast.\n\n"
+        + filler
+        + "\nFamily history:\n"
+        + filler
+        + "Ovarian cancer at 50, stage 3.\n\nImaging:\nNew hepatic metastases.\n"
+    )
+    assert len(text) > 3 * CHUNK_CHARS and len(list(chunks(text))) >= 4
+    found = {f.attribute: f for f in extract(text)}
+    assert found[c.PRIMARY_SITE].value == "C50" and found[c.STAGE_GROUP].value == "2"
+    site = found[c.METASTATIC_SITE_PREFIX + "C78.7"]
+    assert site.value == "true" and text[site.start : site.end] == "hepatic metastases"
+    # The stage 3 ovarian cancer, in a piece of its own under the carried family heading,
+    # is the family's: it contradicts neither the stage nor the site (which would lower them).
+    assert found[c.STAGE_GROUP].confidence > 0.7 and found[c.PRIMARY_SITE].confidence > 0.7

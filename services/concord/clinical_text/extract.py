@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from importlib.metadata import version as package_version
 
@@ -60,6 +60,27 @@ def extract(text: str, rules: TextRules | None = None) -> list[TextFinding]:
     """The document's findings: one per attribute (possible ones included, with their low
     confidence), in the order the text first states them."""
     rules = rules or default_rules()
+    mentions: list[TextFinding] = []
+    marker = False
+    for chunk in chunks(text):
+        doc = _read_chunk(chunk.text, rules)
+        if doc is None:
+            continue
+        shift = chunk.offset - chunk.carried
+        mentions += [
+            replace(m, start=m.start + shift, end=m.end + shift)
+            for ent in doc.ents
+            if ent.start_char >= chunk.carried
+            for m in _read(ent, doc, rules)
+        ]
+        marker = marker or _names_a_marker(doc, rules)
+    if not (marker or any(m.attribute in _GATE for m in mentions if m.assertion != "family")):
+        return []
+    return _resolve(mentions, rules)
+
+
+def _read_chunk(text: str, rules: TextRules) -> Doc | None:
+    """The text through the pipeline; None when the rules name nothing in it."""
     nlp = _pipeline(rules)
     doc = nlp.make_doc(text)
     for name, component in nlp.pipeline:
@@ -67,23 +88,56 @@ def extract(text: str, rules: TextRules | None = None) -> list[TextFinding]:
         # Most of the time is ConText's and the sectionizer's: a text with nothing the rules
         # name (most notes outside oncology) need not pay for them.
         if name == "medspacy_target_matcher" and not doc.ents:
-            return []
-    mentions = [m for ent in doc.ents for m in _read(ent, doc, rules)]
-    if not _about_cancer(doc, mentions, rules):
-        return []
-    return _resolve(mentions, rules)
+            return None
+    return doc
+
+
+# medSpaCy's target matcher sets a document's entities one at a time, and a span's entities
+# are found among the document's: both grow with the text's length times its mentions. A long
+# text (a discharge summary, a consultation) is read in pieces of about this many characters,
+# cut between lines, each led by the last section heading before it so that its first lines
+# keep their section (a family history stays the family's).
+CHUNK_CHARS = 8_000
+_HEADING = re.compile(r"^[ \t]*[A-Za-z][A-Za-z0-9 ,/&()'-]{1,60}:[ \t]*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+    offset: int  # where the piece (after its carried heading) starts in the whole text
+    carried: int  # length of the heading line put in front of it
+
+
+def chunks(text: str, size: int = CHUNK_CHARS) -> Iterator[Chunk]:
+    start, heading = 0, ""
+    while start < len(text):
+        end = len(text) if len(text) - start <= size else _cut(text, start, size)
+        yield Chunk(heading + text[start:end], start, len(heading))
+        headings = _HEADING.findall(text, start, end)
+        if headings:
+            heading = f"{headings[-1].strip()}\n"
+        start = end
+
+
+def _cut(text: str, start: int, size: int) -> int:
+    """Where a piece starting at `start` ends: after the last blank line within `size`, else
+    the last line break, else at `size` (a text without line breaks)."""
+    limit = start + size
+    for mark in ("\n\n", "\n"):
+        at = text.rfind(mark, start + size // 2, limit)
+        if at != -1:
+            return at + len(mark)
+    return limit
 
 
 # What opens a document to oncology reading: a cancer, a histology, a metastasis or a TNM
-# category said of the patient (even as history or a possibility).
+# category said of the patient (even as history or a possibility), or a marker's name.
 _GATE = frozenset({c.PRIMARY_SITE, c.HISTOLOGY, c.METASTATIC, c.TNM_T, c.TNM_N, c.TNM_M, "_cancer"})
 
 
-def _about_cancer(doc: Doc, mentions: Sequence[TextFinding], rules: TextRules) -> bool:
-    """Whether the document speaks of the patient's cancer: a cancer, histology, metastasis
-    or TNM category (even as history or a possibility), or a marker no other field names."""
-    if any(m.attribute in _GATE for m in mentions if m.assertion != "family"):
-        return True
+def _names_a_marker(doc: Doc, rules: TextRules) -> bool:
+    """Whether the text names a marker no other field names (HER2, PD-L1, EGFR): that alone
+    says it speaks of a cancer (a report's addendum of biomarker results)."""
     return any(
         e.label_ == n.BIOMARKER and e.text.lower() in rules.unambiguous_biomarkers for e in doc.ents
     )

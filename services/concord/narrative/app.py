@@ -3,8 +3,8 @@ core (clinical_text.extract), publish what the text says surely enough as facts,
 rest as text review tasks, and withdraw what a document's newer version no longer says.
 
 Reading text costs milliseconds a document (the structured stages spend microseconds a
-record), so the stage runs small batches (CONCORD_MAX_BATCH_RECORDS, 50 by default) and
-yields to the event loop between documents, so the consumer's heartbeats keep going."""
+record), so the stage runs small batches (CONCORD_MAX_BATCH_RECORDS, 50 by default) and reads
+each document in a thread, so that the consumer's heartbeats go on however long a text is."""
 
 from __future__ import annotations
 
@@ -60,10 +60,11 @@ class NarrativeStage(BaseStage):
             document = decode_or_dead_letter(out, raw, codec.CLINICAL_DOCUMENT)
             if document is None:
                 continue
-            reading = self._read(document, raw, out)
+            # Off the event loop: a long document takes seconds, and the consumer's heartbeats
+            # must go on meanwhile (the loop thread gets the interpreter every few ms).
+            reading = await asyncio.to_thread(self._read, document, raw, out)
             if reading is not None:
                 read.append((document, reading))
-            await asyncio.sleep(0)  # a document takes milliseconds: let heartbeats through
         keys = {k for d, _ in read for k in (memory_key(d), record_memory_key(d))}
         stored = await self.record_facts.recall(list(keys))
         memories: dict[RecordKey, Remembered] = {}
