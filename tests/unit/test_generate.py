@@ -32,11 +32,12 @@ from concord.generate import (
     variations,
     write,
 )
-from concord.generate.config import DEFAULT_AS_OF
+from concord.generate.config import CLAIMS, DEFAULT_AS_OF
 from concord.generate.generator import default_scenarios
 from concord.generate.model import World
 from concord.generate.scenarios import Scenario
 from concord.hl7v2 import er7
+from concord.ingestion.claims import ingest_claim
 from concord.ingestion.codes import ICD10_CM, LOINC, RXNORM, SNOMED_CT, check_coding
 from concord.ingestion.fhir import ingest_fhir
 from concord.ingestion.hl7v2 import ingest_hl7v2
@@ -76,6 +77,9 @@ def ingested(population: GeneratedSet, files: Path) -> dict[str, list[IngestedRe
             )
             if source["format"] == "fhir":
                 result = ingest_fhir(raw, max_payload_bytes=1_000_000)
+            elif source["format"] == CLAIMS:
+                assert message.topic == "ehr.raw.claims"
+                result = ingest_claim(raw, max_payload_bytes=1_000_000)
             else:
                 # No source zone configured: every generated timestamp must carry its offset.
                 result = ingest_hl7v2(raw, max_payload_bytes=1_000_000)
@@ -112,6 +116,7 @@ def test_the_same_seed_writes_the_same_bytes_and_another_seed_does_not() -> None
         "hospital-ehr.ndjson",
         "clinic-ehr.ndjson",
         "lab-system.hl7",
+        "payer.ndjson",
         "answer_key.json",
     }
     assert first.files["hospital-ehr.ndjson"] != other.files["hospital-ehr.ndjson"]
@@ -164,6 +169,7 @@ def test_every_generated_record_is_accepted_by_ingestion_and_in_the_answer_key(
         "ADT^A08",
         "ORU^R01",
         "MDM^T02",
+        "ClaimLine",  # the payer's: claims of the note-versus-claim plants and their controls
     }
 
 
@@ -188,6 +194,8 @@ def test_every_record_names_the_patient_record_it_belongs_to(
             if record.format == "HL7V2":
                 pid = er7.parse(record.payload).first("PID")
                 assert pid is not None and pid.value(3, 1) == entry["mrn"]
+            elif record.format == "CLAIM":
+                assert orjson.loads(payload)["patient"]["member_id"] == entry["mrn"]
             elif record.resource_type == "Patient":
                 fhir_patients[f"Patient/{orjson.loads(payload)['id']}"] = entry["patient_key"]
                 assert entry["mrn"] in payload
@@ -409,7 +417,7 @@ def test_only_records_marked_shared_id_carry_the_shared_identifier(
     fhir = [
         r
         for r in _key_records(population)
-        if not r["resource_type"].startswith(("AD", "OR", "MDM"))
+        if not r["resource_type"].startswith(("AD", "OR", "MDM", "ClaimLine"))
     ]
     for entry in fhir:
         resource = _resource(population, entry)
@@ -424,6 +432,13 @@ def test_only_records_marked_shared_id_carry_the_shared_identifier(
         ]
         expected = [entry["person_id"]] if patients[entry["patient_key"]]["shared_id"] else []
         assert shared == expected
+    for line in population.files["payer.ndjson"].splitlines():
+        member = orjson.loads(line)["patient"]
+        patient = patients[f"payer|{member['member_id']}"]
+        assert patient["shared_id"]  # the cohort's only
+        assert member["identifiers"] == [
+            {"system": DEFAULT_ENTERPRISE_ID_SYSTEM, "value": patient["person_id"]}
+        ]
     for message in er7.split_messages(population.files["lab-system.hl7"]):
         pid = er7.parse(message).first("PID")
         assert pid is not None
@@ -509,13 +524,15 @@ def test_birth_date_typos_change_one_digit_and_stay_valid_and_past() -> None:
 
 
 def test_sources_are_parsed_and_checked() -> None:
-    specs = parse_sources("a-ehr:fhir, b-lab:hl7v2")
+    specs = parse_sources("a-ehr:fhir, b-lab:hl7v2, c-plan:claims")
     assert [(s.name, s.format, s.file_name) for s in specs] == [
         ("a-ehr", "fhir", "a-ehr.ndjson"),
         ("b-lab", "hl7v2", "b-lab.hl7"),
+        ("c-plan", "claims", "c-plan.ndjson"),
     ]
     assert specs[0].style != specs[1].style
-    for bad in ("", "x:csv", "Bad Name:fhir", "a:fhir,a:hl7v2"):
+    # A claims source holds only what plants give it: a set needs an EHR too.
+    for bad in ("", "x:csv", "Bad Name:fhir", "a:fhir,a:hl7v2", "c-plan:claims"):
         with pytest.raises(ValueError):
             parse_sources(bad)
 

@@ -1,11 +1,15 @@
 """Planted text-versus-coded disagreements (issue 18): the document's text, read back by the
 narrative worker's reader, says what the answer key says it does, and the other source's
-coded data (through the built-in policy's derived attributes) says the other value; the
-controls' documents agree with their coded data."""
+coded data (through the built-in policy's derived attributes) says the other value: for a
+note, a payer's claim line, validated by claims ingestion and normalized as the normalizer
+does; for a pathology report, a FHIR problem list. The controls' documents agree with their
+coded data and claims."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
+from functools import cache
 
 import orjson
 import pytest
@@ -13,12 +17,17 @@ import pytest
 from concord.clinical_text.documents import fhir_documents, hl7_documents
 from concord.clinical_text.extract import extract
 from concord.conflicts.policy import DEFAULT_POLICY
-from concord.events.models import ClinicalFact
+from concord.events.models import ClinicalFact, IngestedRecord
+from concord.events.raw import RawEvent
 from concord.generate import GeneratorConfig, generate, planted
+from concord.generate.config import CLAIMS
 from concord.generate.generator import default_scenarios, plan
 from concord.generate.model import NoteFact, Registration, TumorFact, World
 from concord.generate.render import SourceWriter
 from concord.hl7v2 import er7
+from concord.ingestion.claims import ingest_claim
+from concord.normalization.facts.claims import claim_drafts
+from concord.normalization.terminology import Terminology
 
 SEED = 42
 TEXT_KINDS = (planted.ONCOLOGY_NOTE, planted.ONCOLOGY_PATHOLOGY)
@@ -51,6 +60,52 @@ def _coded(tumors: Iterable[TumorFact]) -> dict[str, set[str]]:
             facts.append(
                 (f"Condition/{tumor.icd10}/stage", f"http://snomed.info/sct|{tumor.stage}")
             )
+    return _implied(facts)
+
+
+@cache
+def _terminology() -> Terminology:
+    return Terminology.load()
+
+
+def _claim_lines(
+    world: World, registration: Registration, writer: SourceWriter | None = None
+) -> list[IngestedRecord]:
+    """The registration's claim lines as the payer sends them, through claims ingestion."""
+    writer = writer or SourceWriter(registration.source, SEED)
+    ingested = []
+    for offset, line in enumerate(writer.render(registration, world.config.shared_id_system)):
+        raw = RawEvent(
+            "ehr.raw.claims",
+            0,
+            offset,
+            None,
+            line.text.encode(),
+            (("source", registration.source.name.encode()),),
+            datetime(2026, 1, 2, tzinfo=UTC),
+        )
+        outcome = ingest_claim(raw, max_payload_bytes=1_000_000)
+        assert isinstance(outcome, list), outcome
+        (record,) = outcome
+        assert record.provenance.source_record_id == line.record_ref
+        ingested.append(record)
+    return ingested
+
+
+def _claimed(world: World, registration: Registration) -> dict[str, set[str]]:
+    """What the built-in policy derives from the facts the normalizer makes of the
+    registration's claim lines, per attribute."""
+    facts = []
+    for record in _claim_lines(world, registration):
+        for draft in claim_drafts(orjson.loads(record.payload), _terminology()):
+            assert draft.value is not None
+            facts.append((draft.attribute, draft.value))
+    assert facts
+    return _implied(facts)
+
+
+def _implied(facts: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
+    """What the built-in policy derives from (attribute, value) facts, per attribute."""
     implied: dict[str, set[str]] = {}
     for attribute, value in facts:
         fact = ClinicalFact.model_construct(attribute=attribute, value=value)
@@ -80,13 +135,14 @@ def test_the_document_says_the_planted_value_and_the_coded_side_the_other(
 ) -> None:
     world, conflicts = planned
     checked = 0
+    claimed: dict[str, int] = {"Oncology.biomarker/ER": 0, "Oncology.metastatic": 0}
     for plant in conflicts.plants:
         if plant.kind not in TEXT_KINDS:
             continue
         regs = _registrations(world, plant.person_id)
         document_source, coded_source = plant.sources
         (document,) = regs[document_source].documents
-        assert regs[coded_source].source.format == "fhir"
+        assert regs[document_source].source.format != CLAIMS
         assert not regs[coded_source].documents
         (expected,) = plant.expect
         attribute = expected.attribute
@@ -96,8 +152,16 @@ def test_the_document_says_the_planted_value_and_the_coded_side_the_other(
         assert read.get(attribute) == stated[attribute], (plant, document.text)
         # Nothing read that the text was not written to say.
         assert read.items() <= stated.items(), (plant, document.text)
-        # The coded side implies the other value, and only that one.
-        implied = _coded(regs[coded_source].tumors)
+        # The coded side implies the other value, and only that one: for a note, the claim
+        # lines (valid claims, as normalization reads them); for a report, a problem list.
+        if plant.kind == planted.ONCOLOGY_NOTE:
+            assert regs[coded_source].source.format == CLAIMS
+            assert not any(r.tumors for n, r in regs.items() if n != coded_source)
+            implied = _claimed(world, regs[coded_source])
+            claimed[attribute] += 1
+        else:
+            assert regs[coded_source].source.format == "fhir"
+            implied = _coded(regs[coded_source].tumors)
         assert len(implied.get(attribute, set())) == 1, implied
         assert implied[attribute] != {stated[attribute]}
         # ... and agrees with the text on everything else both say (the primary site).
@@ -106,6 +170,35 @@ def test_the_document_says_the_planted_value_and_the_coded_side_the_other(
                 assert values == {read[other]}, (other, values, read[other])
         checked += 1
     assert checked >= 4
+    assert all(claimed.values()), claimed  # both attributes, seen in claims
+
+
+def test_the_claim_lines_say_what_a_payer_bills(
+    planned: tuple[World, planted.PlantedConflicts],
+) -> None:
+    """The cancer is the principal diagnosis, the code billed with it (Z17.x with the breast
+    cancer, a C78/C79 secondary with the primary) the next; one claim id per line; service
+    before submission before adjudication; and the member is the enterprise id's person."""
+    world, _ = planned
+    payer = [r for r in world.registrations if r.source.format == CLAIMS]
+    assert payer
+    claim_ids = set()
+    writer = SourceWriter(payer[0].source, SEED)  # one for the source, as generate() has
+    for registration in payer:
+        (record,) = _claim_lines(world, registration, writer)
+        line = orjson.loads(record.payload)
+        codes = [d["code"] for d in line["diagnoses"]]
+        assert len(codes) == 2 and codes[0][:3] in ("C50", "C34", "C18", "C61"), codes
+        assert codes[1][:3] in ("Z17", "C78", "C79")
+        assert not codes[1].startswith("Z17") or codes[0].startswith("C50")
+        assert line["diagnosis_pointers"] == [1, 2]
+        assert line["service_date_from"] < line["submitted_at"] < line["adjudicated_at"]
+        assert line["patient"]["identifiers"] == [
+            {"system": world.config.shared_id_system, "value": registration.person_id}
+        ]
+        assert record.provenance.event_time == datetime.fromisoformat(line["adjudicated_at"])
+        claim_ids.add(line["claim_id"])
+    assert len(claim_ids) == len(payer)
 
 
 def test_the_planted_document_is_the_only_text_and_its_kind_fits(
@@ -129,7 +222,7 @@ def test_controls_documents_agree_with_every_source_of_theirs(
     planned: tuple[World, planted.PlantedConflicts],
 ) -> None:
     world, conflicts = planned
-    with_text = 0
+    with_text = claims = 0
     for person_id in conflicts.controls:
         regs = _registrations(world, person_id)
         documents = [d for r in regs.values() for d in r.documents]
@@ -141,6 +234,15 @@ def test_controls_documents_agree_with_every_source_of_theirs(
         read = _read(document.text)
         assert read.items() <= dict(document.stated).items(), document.text
         for registration in regs.values():
+            if registration.source.format == CLAIMS:
+                # A claim only where it says what the text is about (ER, spread), and agreeing.
+                claims += 1
+                implied = _claimed(world, registration)
+                assert set(implied) & set(read) - {"Oncology.primarySite"}, document.text
+                for attribute, values in implied.items():
+                    if attribute in read:
+                        assert values == {read[attribute]}, (attribute, values, document.text)
+                continue
             if registration.source.format != "fhir":
                 continue
             implied = _coded(registration.tumors)
@@ -151,6 +253,7 @@ def test_controls_documents_agree_with_every_source_of_theirs(
             # The text says what the coded data is about (a stage, receptor or spread).
             assert set(implied) & set(read) - {"Oncology.primarySite"}, document.text
     assert with_text >= 5
+    assert claims >= 2
 
 
 def _texts_of(rendered_text: str, fmt: str) -> list[str]:

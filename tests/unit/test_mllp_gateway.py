@@ -126,7 +126,8 @@ async def test_the_same_message_passes_once_the_source_has_a_zone() -> None:
     ("change", "code", "error"),
     [
         ((b"|2.5.1", b"|2.1"), "AR", Hl7ErrorCode.UNSUPPORTED_VERSION_ID),
-        ((b"ADT^A08^ADT_A01", b"MDM^T02^MDM_T02"), "AR", Hl7ErrorCode.UNSUPPORTED_MESSAGE_TYPE),
+        ((b"ADT^A08^ADT_A01", b"SIU^S12^SIU_S12"), "AR", Hl7ErrorCode.UNSUPPORTED_MESSAGE_TYPE),
+        ((b"ADT^A08^ADT_A01", b"MDM^T01^MDM_T01"), "AR", Hl7ErrorCode.UNSUPPORTED_EVENT_CODE),
         ((b"ADT^A08^ADT_A01", b"ADT^A40^ADT_A39"), "AE", Hl7ErrorCode.SEGMENT_SEQUENCE_ERROR),
         ((b"|CTRL-1|", b"||"), "AE", Hl7ErrorCode.REQUIRED_FIELD_MISSING),
         ((b"MSH|^~\\&|LAB-APP|GH|", b"MSH|^~\\&|||"), "AR", Hl7ErrorCode.REQUIRED_FIELD_MISSING),

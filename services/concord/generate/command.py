@@ -46,7 +46,8 @@ ENGINES = ("builtin", "pysynthea")
 @click.option(
     "--sources",
     default=None,
-    help="Comma-separated NAME:FORMAT (fhir or hl7v2); NAME is the file name and the --source "
+    help="Comma-separated NAME:FORMAT (fhir, hl7v2 or claims: a payer holding only the "
+    "note-versus-claim cohort); NAME is the file name and the --source "
     f"to publish it with.  [default: {DEFAULT_SOURCES}; pysynthea: two FHIR sources, "
     f"{synthea_command.DEFAULT_SOURCES}]",
 )

@@ -10,8 +10,11 @@ from zoneinfo import ZoneInfo
 
 from concord.config import DEFAULT_ENTERPRISE_ID_SYSTEM
 
-SourceFormat = Literal["fhir", "hl7v2"]
-FORMATS: tuple[SourceFormat, ...] = ("fhir", "hl7v2")
+SourceFormat = Literal["fhir", "hl7v2", "claims"]
+FORMATS: tuple[SourceFormat, ...] = ("fhir", "hl7v2", "claims")
+# A claims source (a payer) sends claim lines (docs/claims.md) to ehr.raw.claims. It holds no
+# one by chance: only the persons a planted kind registers with it (generate/planted.py).
+CLAIMS: SourceFormat = "claims"
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -44,7 +47,7 @@ class SourceSpec:
 
     @property
     def file_name(self) -> str:
-        return f"{self.name}.ndjson" if self.format == "fhir" else f"{self.name}.hl7"
+        return f"{self.name}.hl7" if self.format == "hl7v2" else f"{self.name}.ndjson"
 
     @property
     def mrn_system(self) -> str:
@@ -65,13 +68,14 @@ class SourceSpec:
         return ZoneInfo(self.style.zone)
 
 
-DEFAULT_SOURCES = "hospital-ehr:fhir,clinic-ehr:fhir,lab-system:hl7v2"
+DEFAULT_SOURCES = "hospital-ehr:fhir,clinic-ehr:fhir,lab-system:hl7v2,payer:claims"
 # A fixed "now", so that a seed gives the same set on any day.
 DEFAULT_AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def parse_sources(text: str) -> tuple[SourceSpec, ...]:
-    """`name:format,name:format` (format fhir or hl7v2) into sources with their styles."""
+    """`name:format,name:format` (format fhir, hl7v2 or claims) into sources with their
+    styles."""
     specs: list[SourceSpec] = []
     for position, item in enumerate(part.strip() for part in text.split(",") if part.strip()):
         name, _, fmt = item.partition(":")
@@ -82,10 +86,10 @@ def parse_sources(text: str) -> tuple[SourceSpec, ...]:
             )
         if fmt not in FORMATS:
             raise ValueError(f"source {name!r}: format must be one of {', '.join(FORMATS)}")
-        fmt_checked: SourceFormat = "fhir" if fmt == "fhir" else "hl7v2"
+        fmt_checked = next(f for f in FORMATS if f == fmt)
         specs.append(SourceSpec(name, fmt_checked, STYLES[position % len(STYLES)]))
-    if not specs:
-        raise ValueError("name at least one source")
+    if not any(spec.format != CLAIMS for spec in specs):
+        raise ValueError("name at least one fhir or hl7v2 source")
     if len({spec.name for spec in specs}) != len(specs):
         raise ValueError("source names must be distinct")
     return tuple(specs)

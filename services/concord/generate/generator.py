@@ -72,7 +72,8 @@ def generate(
     for source in config.sources:
         # One source's texts at a time: they are dropped once joined into its file.
         records = rendered.pop(source.name)
-        separator = "\n" if source.format == "fhir" else ""
+        # NDJSON (FHIR, claim lines) ends each line; an HL7 message ends its own.
+        separator = "" if source.format == "hl7v2" else "\n"
         files[source.file_name] = "".join(r.text + separator for r in records).encode("utf-8")
         listed[source.name] = [r.info for r in records]
         del records

@@ -16,9 +16,13 @@ time has passed, so a set can be evaluated on any later day.
 
 Two kinds put clinical text against coded data (issue 18): one source holds a narrative
 document (planted_text.py: a progress note, a pathology report) whose text states one value,
-the other source's coded Conditions imply another (the built-in policy's `derived:`
-attributes). About two thirds of the controls that fit get a document too, one that agrees
-with the coded cancer every FHIR source of theirs holds: text that agrees must raise nothing.
+the other source's codes imply another (the built-in policy's `derived:` attributes). For a
+note the other side is a claim: the set's claims source (a payer, config.CLAIMS), which holds
+no one by chance, registers the planted person and bills their cancer on a claim line. For a
+pathology report it is a FHIR problem list. About two thirds of the controls that fit get a
+document too, one that agrees with the coded cancer every FHIR source of theirs holds; where
+that says something a claim can code (ER status, a secondary neoplasm), the claims source
+bills the same codes: text and claims that agree must raise nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from concord.generate.catalogue import (
     SUBSTANCES,
     Cancer,
 )
+from concord.generate.config import CLAIMS, SourceSpec
 from concord.generate.model import (
     AllergyFact,
     AllergyStatus,
@@ -81,7 +86,7 @@ ONCOLOGY_METASTATIC = "oncology_metastatic"
 ONCOLOGY_STAGE = "oncology_stage"
 ONCOLOGY_BIOMARKER = "oncology_biomarker"
 ONCOLOGY_PRIMARY = "oncology_primary"
-ONCOLOGY_NOTE = "oncology_note_vs_coded"
+ONCOLOGY_NOTE = "oncology_note_vs_claim"
 ONCOLOGY_PATHOLOGY = "oncology_pathology_vs_problem_list"
 STALE_MAX_AGE = "stale_max_age"
 STALE_RECONFIRM = "stale_reconfirm"
@@ -103,9 +108,9 @@ KINDS: dict[str, str] = {
     "one source and negative in another",
     ONCOLOGY_PRIMARY: "two sources name different primary cancers (ICD-10-CM categories)",
     ONCOLOGY_NOTE: "a clinician's progress note (FHIR DocumentReference, HL7 MDM^T02) states ER "
-    "positive or negative, or metastatic disease or none, and another source's coded Conditions "
-    "say the opposite (ICD-10-CM Z17.0/Z17.1, as claims code receptor status; a C78/C79 "
-    "secondary neoplasm; a stage 1-3 cancer)",
+    "positive or negative, or no metastatic disease, and a payer's claim line codes the "
+    "opposite (ICD-10-CM Z17.1/Z17.0 with the breast cancer; a C78/C79 secondary neoplasm "
+    "with the primary cancer)",
     ONCOLOGY_PATHOLOGY: "a pathology report (FHIR DiagnosticReport, HL7 ORU^R01 text) stages a "
     "resected cancer one stage group (1-3), another source's problem list stages the same "
     "cancer another",
@@ -130,8 +135,14 @@ _FHIR_ONLY = frozenset(
 )
 _ONE_SOURCE = frozenset({STALE_RECONFIRM})
 # Text against coded data: the document goes to any source (FHIR or HL7 v2), the coded side
-# to a FHIR one (HL7 messages here carry no cancers). Written for adults of a known sex.
+# to a FHIR one (HL7 messages here carry no cancers), or for a note to the claims source.
+# Written for adults of a known sex.
 _TEXT = frozenset({ONCOLOGY_NOTE, ONCOLOGY_PATHOLOGY})
+# Kinds whose coded side is a claim of the claims source, which registers the person for it.
+_CLAIMED = frozenset({ONCOLOGY_NOTE})
+# ICD-10-CM codes a claim bills with a cancer that say what a note says: ER status (Z17), a
+# secondary neoplasm of a distant site (C78, C79).
+_CLAIM_SAYS = ("Z17", "C78", "C79")
 _TEXT_MIN_AGE = 30
 _SURNAMES = ("Okafor", "Lindqvist", "Brennan", "Takahashi", "Moreau", "Castillo", "Novak")
 CONTROL = "control"
@@ -180,6 +191,7 @@ class PlantedConflicts(Scenario):
         self.plants, self.controls = [], []
         rng = world.rng(self.name)
         formats = {s.name: s.format for s in world.config.sources}
+        claims = _claims_source(world)
         eligible = [
             p for p in world.persons if len(p.sources) >= 2 and not p.exact and not p.related
         ]
@@ -192,7 +204,13 @@ class PlantedConflicts(Scenario):
                 break
             fhir = sum(1 for s in person.sources if formats[s] == "fhir")
             text = _fits_text(person, world.config.as_of)
-            feasible = [k for k in KINDS if _feasible(k, fhir) and (text or k not in _TEXT)]
+            feasible = [
+                k
+                for k in KINDS
+                if _feasible(k, fhir)
+                and (text or k not in _TEXT)
+                and (claims is not None or k != ONCOLOGY_NOTE)
+            ]
             if not feasible:
                 continue
             # The least planted kind so far: every kind appears, in about equal numbers.
@@ -214,13 +232,24 @@ class PlantedConflicts(Scenario):
             if registration.person_id in cohort:
                 _hold_everything(registration, persons[registration.person_id])
                 held[registration.person_id][registration.source.name] = registration
+        claims = _claims_source(world)
         for plant in self.plants:
             registrations = held[plant.person_id]
+            if plant.kind in _CLAIMED and claims is not None:
+                person = persons[plant.person_id]
+                registrations[claims.name] = _claims_registration(world, person, claims)
             rng = world.rng(f"{self.name}:{plant.person_id}")
             _plant(plant, persons[plant.person_id], registrations, world, rng)
         for person_id in self.controls:
             rng = world.rng(f"{self.name}:control:{person_id}")
-            _agreeing_text(persons[person_id], held[person_id], world.config.as_of, rng)
+            coded = _agreeing_text(persons[person_id], held[person_id], world.config.as_of, rng)
+            billable = [t for t in coded if t.icd10.startswith(_CLAIM_SAYS)]
+            if billable and claims is not None:
+                # What a claim can code of it (ER status, a secondary neoplasm), billed with
+                # the cancer: the note, the problem lists and the claim all agree.
+                claim = _claims_registration(world, persons[person_id], claims)
+                claim.tumors.extend(replace(t, stage=None) for t in coded)
+                held[person_id][claims.name] = claim
         for registrations in held.values():
             for registration in registrations.values():
                 _registered_first(registration)
@@ -235,6 +264,31 @@ class PlantedConflicts(Scenario):
             }
             for plant in self.plants
         ] + [{"kind": CONTROL, "person_id": person_id, "expect": []} for person_id in self.controls]
+
+
+def _claims_source(world: World) -> SourceSpec | None:
+    """The set's claims source (the first, if several), which holds only the persons planted
+    kinds register with it."""
+    return next((s for s in world.config.sources if s.format == CLAIMS), None)
+
+
+def _claims_registration(world: World, person: Person, source: SourceSpec) -> Registration:
+    """The person as the claims source holds them: a member id, the true demographics and the
+    shared identifier (as every registration of the cohort), and nothing billed yet."""
+    rng = world.rng(f"conflicts:claims:{person.person_id}")
+    registration = Registration(
+        source=source,
+        person_id=person.person_id,
+        mrn=world.new_mrn(source, rng),
+        patient_id=world.new_patient_id(source, rng),
+        number=1,
+        demographics=person.demographics,
+        registered=world.config.as_of,  # moved before its first claim (_registered_first)
+        shared_id=True,
+    )
+    world.registrations.append(registration)
+    person.sources.append(source.name)
+    return registration
 
 
 def _feasible(kind: str, fhir_sources: int) -> bool:
@@ -277,10 +331,15 @@ def _plant(
     rng: random.Random,
 ) -> None:
     fhir = [name for name, r in registrations.items() if r.source.format == "fhir"]
-    if plant.kind in _TEXT:
+    claimed = [name for name, r in registrations.items() if r.source.format == CLAIMS]
+    if plant.kind in _CLAIMED:
+        # The note's source (an EHR, FHIR or HL7 v2) first, then the claims source.
+        ehrs = sorted(set(registrations) - set(claimed))
+        names: tuple[str, ...] = (rng.choice(ehrs), claimed[0])
+    elif plant.kind in _TEXT:
         # The document's source first, then the coded one's.
         coded = rng.choice(sorted(fhir))
-        names: tuple[str, ...] = (rng.choice(sorted(set(registrations) - {coded})), coded)
+        names = (rng.choice(sorted(set(registrations) - {coded} - set(claimed))), coded)
     else:
         pool = fhir if plant.kind in _FHIR_ONLY else list(registrations)
         count = 1 if plant.kind in _ONE_SOURCE else 2
@@ -527,32 +586,30 @@ def _cancers_for(person: Person) -> list[Cancer]:
 def _oncology_note(
     person: Person, regs: list[Registration], as_of: datetime, rng: random.Random
 ) -> list[Expected]:
-    a, b = regs
+    """The note at an EHR says one thing, the payer's claim line codes the other. A claim
+    carries no stage, so it can only say metastatic (a C78/C79 secondary neoplasm), not that
+    the cancer is not: the note says there is no metastatic disease."""
+    note_source, claims = regs
     written = _recent(as_of, rng)
+    billed = _recent(as_of, rng)
     if person.demographics.sex == "female" and rng.random() < 0.5:
-        # The note reads the receptor status from pathology; the other source codes the
-        # opposite with the cancer, as a claim would (Z17.0 ER positive, Z17.1 negative).
+        # The note reads the receptor status from pathology; the claim bills the breast cancer
+        # with the opposite (Z17.0 ER positive, Z17.1 negative) as a secondary diagnosis.
         cancer = CANCERS[0]  # breast
         said = rng.choice(("positive", "negative"))
         coded = RECEPTOR_STATUS["negative" if said == "positive" else "positive"]
-        a.documents.append(progress_note(rng, person, cancer.icd10, written, er=said))
-        b.tumors.append(TumorFact(cancer.icd10, cancer.display, None, _recent(as_of, rng)))
-        b.tumors.append(TumorFact(coded.icd10, coded.display, None, _recent(as_of, rng)))
+        note_source.documents.append(progress_note(rng, person, cancer.icd10, written, er=said))
+        claims.tumors.append(TumorFact(cancer.icd10, cancer.display, None, billed))
+        claims.tumors.append(TumorFact(coded.icd10, coded.display, None, billed))
         return [_conflict(ONCOLOGY_NOTE, "Oncology.biomarker/ER")]
+    # "No evidence of metastatic disease" in the note; the primary cancer and a secondary
+    # neoplasm of a site it spreads to on the claim.
     cancer = rng.choice(_cancers_for(person))
-    if rng.random() < 0.5:
-        # "No evidence of metastatic disease" in the note; a secondary neoplasm coded.
-        spread = rng.choice([m for m in METASTASES if m.icd10 in sites_for(cancer.icd10)])
-        note = progress_note(rng, person, cancer.icd10, written, metastatic="false")
-        b.tumors.append(TumorFact(cancer.icd10, cancer.display, None, _recent(as_of, rng)))
-        b.tumors.append(TumorFact(spread.icd10, spread.display, None, _recent(as_of, rng)))
-    else:
-        # Metastatic to a distant site in the note; the cancer coded at stage 1-3.
-        site = rng.choice(sites_for(cancer.icd10))
-        note = progress_note(rng, person, cancer.icd10, written, metastatic="true", site=site)
-        stage = STAGES[int(rng.choice(stage_groups(cancer.icd10)))]
-        b.tumors.append(TumorFact(cancer.icd10, cancer.display, stage, _recent(as_of, rng)))
-    a.documents.append(note)
+    spread = rng.choice([m for m in METASTASES if m.icd10 in sites_for(cancer.icd10)])
+    note = progress_note(rng, person, cancer.icd10, written, metastatic="false")
+    note_source.documents.append(note)
+    claims.tumors.append(TumorFact(cancer.icd10, cancer.display, None, billed))
+    claims.tumors.append(TumorFact(spread.icd10, spread.display, None, billed))
     return [_conflict(ONCOLOGY_NOTE, "Oncology.metastatic")]
 
 
@@ -571,12 +628,12 @@ def _oncology_pathology(
 
 def _agreeing_text(
     person: Person, registrations: dict[str, Registration], as_of: datetime, rng: random.Random
-) -> None:
+) -> list[TumorFact]:
     """Two controls in three that fit get a cancer, coded at each FHIR source of theirs, and
-    at one source a note or pathology report that says the same of it."""
+    at one source a note or pathology report that says the same of it. Returns the codes."""
     fhir = [r for _, r in sorted(registrations.items()) if r.source.format == "fhir"]
     if not fhir or not _fits_text(person, as_of) or rng.random() >= 2 / 3:
-        return
+        return []
     flavours = ["metastatic", "stage"] + (["er"] if person.demographics.sex == "female" else [])
     flavour = rng.choice(flavours)
     cancer = CANCERS[0] if flavour == "er" else rng.choice(_cancers_for(person))
@@ -612,6 +669,7 @@ def _agreeing_text(
     for registration in fhir:
         registration.tumors.extend(coded)
     rng.choice([r for _, r in sorted(registrations.items())]).documents.append(document)
+    return coded
 
 
 _PLANTERS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 
-from concord.generate.config import SourceSpec
+from concord.generate.config import CLAIMS, SourceSpec
 from concord.generate.model import Person, Registration, World
 
 # Share of a person's true facts that a registration holds: the first MRN at a source holds
@@ -16,9 +16,10 @@ _A08_RATE = 0.3
 
 
 def assign_sources(world: World) -> None:
-    """Most persons are held by two or more sources (config.overlap), the rest by one."""
+    """Most persons are held by two or more sources (config.overlap), the rest by one. A claims
+    source holds no one here: only the persons a planted kind registers with it."""
     rng = world.rng("sources")
-    names = [source.name for source in world.config.sources]
+    names = [source.name for source in world.config.sources if source.format != CLAIMS]
     many = list(range(2, len(names) + 1))
     for person in world.persons:
         if len(names) > 1 and rng.random() < world.config.overlap:

@@ -1,9 +1,11 @@
-"""Registrations into records: FHIR R4 resources (one NDJSON line each) and HL7 v2.5.1
-messages, every one valid for Concord's ingestion, with what the answer key says about it."""
+"""Registrations into records: FHIR R4 resources (one NDJSON line each), HL7 v2.5.1 messages
+and claim lines (one NDJSON line each, docs/claims.md), every one valid for Concord's
+ingestion, with what the answer key says about it."""
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -12,7 +14,7 @@ import orjson
 
 from concord.generate import narratives
 from concord.generate.catalogue import UCUM, LabTest, LabUnit
-from concord.generate.config import SourceSpec
+from concord.generate.config import CLAIMS, SourceSpec
 from concord.generate.model import (
     AllergyFact,
     ConditionFact,
@@ -37,7 +39,7 @@ class RecordInfo:
     """What the answer key needs about one record."""
 
     resource_type: str  # FHIR type, or HL7 type^trigger
-    record_ref: str  # as ingestion names it: Patient/<id>, ADT^A04/<MSH-10>
+    record_ref: str  # as ingestion names it: Patient/<id>, ADT^A04/<MSH-10>, ClaimLine/<id>/<n>
     registration: Registration
 
 
@@ -77,6 +79,8 @@ class SourceWriter:
     def render(self, registration: Registration, shared_id_system: str) -> list[Rendered]:
         if self.source.format == "fhir":
             return _fhir_records(self, registration, shared_id_system)
+        if self.source.format == CLAIMS:
+            return _claim_lines(self, registration, shared_id_system)
         return _hl7_messages(self, registration, shared_id_system)
 
 
@@ -635,3 +639,98 @@ def _message_text(segments: list[str]) -> str:
     # Segments end with CR as HL7 says; the LF after the last one only keeps the file
     # readable in an editor (concord publish reads any line end).
     return "\r".join(segments) + "\r\n"
+
+
+# --- claim lines -----------------------------------------------------------------------------
+
+CLAIM_LINE = "ClaimLine"
+# NPIs with a valid check digit (the CMS example's and one more), for the rendering provider.
+_NPIS = ("1234567893", "1497758544")
+
+
+def _claim_lines(
+    writer: SourceWriter, registration: Registration, shared_id_system: str
+) -> list[Rendered]:
+    """What a payer was billed for the registration's cancers and active conditions: one
+    office visit claim of one line, whose diagnoses are the cancers (the first is the
+    principal one, then codes billed with it such as Z17.0 or a C78/C79 secondary) and the
+    conditions in ICD-10-CM. A payer holds no Patient, allergies or results: a registration
+    with nothing to bill sends nothing."""
+    codes = [(t.icd10, t.asserted) for t in registration.tumors]
+    codes += [
+        (c.concept.icd10, datetime.combine(c.onset, datetime.min.time(), writer.source.zone))
+        for c in registration.conditions
+        if c.status == "active"
+    ]
+    if not codes:
+        return []
+    source = writer.source
+    rng = writer.rng
+    # Adjudicated when the source says it (the latest of its codes), submitted days before,
+    # for a visit a few days before that.
+    adjudicated = max(moment for _, moment in codes).astimezone(source.zone)
+    submitted = adjudicated - timedelta(days=rng.randint(3, 10), minutes=rng.randrange(600))
+    served = (submitted - timedelta(days=rng.randint(1, 5))).date()
+    writer.counter += 1
+    claim_id = f"{source.mrn_prefix}{served.year}-{writer.counter:07d}"
+    seen: list[str] = []
+    for code, _ in codes:
+        if code not in seen:
+            seen.append(code)
+    diagnoses = [
+        {"code": code, "system": ICD10_CM, "sequence": number}
+        for number, code in enumerate(seen[:25], 1)
+    ]
+    line: dict[str, Any] = {
+        "claim_id": claim_id,
+        "line_number": 1,
+        "claim_version": "1",
+        "status": "original",
+        "patient": _claim_patient(registration, shared_id_system),
+        "payer": {"id": source.assigning_authority, "name": _payer_name(source)},
+        "service_date_from": served.isoformat(),
+        "service_date_to": served.isoformat(),
+        "submitted_at": submitted.isoformat(timespec="seconds"),
+        "adjudicated_at": adjudicated.isoformat(timespec="seconds"),
+        "place_of_service": "11",
+        "rendering_npi": rng.choice(_NPIS),
+        "diagnoses": diagnoses,
+        "diagnosis_pointers": [d["sequence"] for d in diagnoses[:4]],
+        "procedure": {"code": "99214", "system": "http://www.ama-assn.org/go/cpt", "units": 1},
+        "billed_amount": 185.0,
+        "paid_amount": round(rng.uniform(90, 160), 2),
+    }
+    return [
+        Rendered(
+            CLAIM_LINE,
+            f"{CLAIM_LINE}/{claim_id}/1",
+            adjudicated,
+            _dumps(line),
+            registration,
+        )
+    ]
+
+
+def _claim_patient(registration: Registration, shared_id_system: str) -> dict[str, Any]:
+    """The member as the payer holds them: the enterprise id where the registration carries
+    it, else the member id under the payer's member system; name, birth date and sex."""
+    demographics = registration.demographics
+    if registration.shared_id:
+        identifiers = [{"system": shared_id_system, "value": registration.person_id}]
+    else:
+        identifiers = [{"system": registration.source.mrn_system, "value": registration.mrn}]
+    patient: dict[str, Any] = {"identifiers": identifiers, "member_id": registration.mrn}
+    if demographics.family:
+        patient["family"] = demographics.family
+    given = [g for g in demographics.given if g]
+    if given:
+        patient["given"] = given
+    patient["birth_date"] = demographics.birth_date.isoformat()
+    if demographics.sex:
+        patient["sex"] = demographics.sex
+    return patient
+
+
+def _payer_name(source: SourceSpec) -> str:
+    words = [w for w in re.split(r"[-._]", source.name) if w]
+    return " ".join(w.capitalize() for w in words) + " Health Plan"

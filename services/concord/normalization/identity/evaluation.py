@@ -21,6 +21,7 @@ from concord.deadletters import Rejection
 from concord.events.models import IngestedRecord
 from concord.events.raw import RawEvent
 from concord.hl7v2 import er7
+from concord.ingestion.claims import ingest_claim
 from concord.ingestion.fhir import ingest_fhir
 from concord.ingestion.hl7v2 import ingest_hl7v2
 from concord.normalization.identity.index import InMemoryIdentityIndex
@@ -73,10 +74,10 @@ def ingested_records(
     received = datetime(2026, 1, 1, tzinfo=UTC)
     for source in sources:
         data = files[source.file_name]
-        if source.format == "fhir":
+        if source.format in ("fhir", "claims"):  # one JSON object a line
             values = [line for line in data.splitlines() if line.strip()]
-            ingest = ingest_fhir
-            topic = "ehr.raw.fhir"
+            ingest = ingest_fhir if source.format == "fhir" else ingest_claim
+            topic = "ehr.raw.fhir" if source.format == "fhir" else "ehr.raw.claims"
         else:
             values = er7.split_messages(data)
             ingest = ingest_hl7v2
