@@ -29,18 +29,18 @@ FHIR_SOURCE, HL7_SOURCE = "bench-text-ehr", "bench-text-feed"
 
 def write_inputs(prefix: str, count: int, folder: Path) -> tuple[Path, Path, dict[str, int]]:
     """`count` narrative documents, each about a patient of its own, as raw events, each after
-    its Patient (part 3's FHIR Patient, or its ADT^A01 with the MRN the message names): a note
-    as a FHIR DocumentReference; a pathology report as a DiagnosticReport (even ones) or an
-    HL7 v2 ORU^R01 (odd ones). Not as an MDM^T02: ingestion does not accept MDM (its
-    HL7_UNSUPPORTED_MESSAGE_TYPE), though the text reader reads it. Returns the NDJSON and
-    .hl7 files and how many of each rendering they hold."""
+    its Patient (part 3's FHIR Patient, or its ADT^A01 with the MRN the message names): even
+    ones as FHIR (a note as a DocumentReference, a pathology report as a DiagnosticReport),
+    odd ones as HL7 v2 (a report as an ORU^R01; a note as an MDM^T02, one odd note in two,
+    the other as a DocumentReference). Returns the NDJSON and .hl7 files and how many of
+    each rendering they hold."""
     docs = narratives.narrative_documents(random.Random(SEED), count)
     fhir_lines: list[bytes] = []
     hl7_messages: list[bytes] = []
     kinds: dict[str, int] = {}
     for i, doc in enumerate(docs):
         pathology = doc.kind == narratives.PATHOLOGY
-        if not pathology or i % 2 == 0:
+        if i % 2 == 0 or (not pathology and i % 4 != 1):
             pid = f"{prefix}{i:07d}-p"
             resource = (
                 narratives.to_fhir_diagnostic_report(doc, f"Patient/{pid}")
@@ -54,8 +54,11 @@ def write_inputs(prefix: str, count: int, folder: Path) -> tuple[Path, Path, dic
             # Part 3's ADT^A01 for patient i (its MRN is prefix M i), under the assigner the
             # generator's PID-3 names, so that the text's message finds its patient.
             admit = hl7_message(prefix, 2 * i).replace(b"^^^BENCHHOSP^MR", b"^^^SYNTH^MR")
-            hl7_messages += [admit, narratives.to_hl7_oru(doc, mrn).encode() + b"\r"]
-            kind = "ORU^R01"
+            rendered = (
+                narratives.to_hl7_oru(doc, mrn) if pathology else narratives.to_hl7_mdm(doc, mrn)
+            )
+            hl7_messages += [admit, rendered.encode() + b"\r"]
+            kind = "ORU^R01" if pathology else "MDM^T02"
         kinds[kind] = kinds.get(kind, 0) + 1
     fhir_path, hl7_path = folder / "narrative.ndjson", folder / "narrative.hl7"
     fhir_path.write_bytes(b"\n".join(fhir_lines) + b"\n")
