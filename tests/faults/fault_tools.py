@@ -23,6 +23,7 @@ the common ones are printed on one line and written to figures.json in its tmp d
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
 import json
 import threading
@@ -102,9 +103,30 @@ def disagreeing(token: str, patients: Iterable[int]) -> set[Key]:
     }
 
 
+# A visit note with no oncology in it: the narrative worker reads it (and so touches
+# PostgreSQL, as every worker does under the faults) and asserts nothing, so the assertions and
+# alerts the tests count are the structured records' alone.
+VISIT_NOTE = base64.b64encode(
+    b"Follow-up visit. Blood pressure 128/82, stable on lisinopril. Return in 3 months."
+).decode()
+
+
+def visit_note(rid: str, subject: str) -> dict[str, Any]:
+    return {
+        "resourceType": "DocumentReference",
+        "id": rid,
+        "meta": {"versionId": "1", "lastUpdated": FIRST},
+        "status": "current",
+        "subject": {"reference": subject},
+        "date": FIRST,
+        "content": [{"attachment": {"contentType": "text/plain", "data": VISIT_NOTE}}],
+    }
+
+
 def records(token: str, n: int) -> list[Event]:
     """Both sources' records of patient n: each Patient first (the results follow it through
-    the identity crosswalk), then its results, problem and allergy."""
+    the identity crosswalk), then its results, problem and allergy, and the hospital's visit
+    note."""
     eid, wanted = patient_id(token, n), plan(n)
     events: list[Event] = []
     for source, tag in ((HOSP, "h"), (LAB, "l")):
@@ -121,6 +143,8 @@ def records(token: str, n: int) -> list[Event]:
         refuted = lab and wanted[PENICILLIN]
         clinical, verification = ("inactive", "refuted") if refuted else ("active", "confirmed")
         events.append((source, allergy(f"{rid}-pen", subject, clinical, verification)))
+        if not lab:
+            events.append((source, visit_note(f"{rid}-note", subject)))
     return events
 
 

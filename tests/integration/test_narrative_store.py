@@ -18,7 +18,8 @@ from concord.events.models import ClinicalDocument, Provenance
 from concord.narrative.app import NarrativeStage
 from concord.narrative.review_tasks import PostgresTextReviews
 from concord.normalization.record_facts import PostgresRecordFacts
-from concord.runtime.batch import run_batch
+from concord.runtime.batch import Outbound, run_batch
+from concord.stack.postgres import PostgresInfo
 from concord.topics import DOCUMENTS, FACTS
 
 pytestmark = pytest.mark.integration
@@ -106,3 +107,16 @@ async def test_a_newer_version_withdraws_what_it_no_longer_says(pool: asyncpg.Po
         "DiagnosticReport/r1#presentedForm/0",
     )
     assert c.PDL1_TPS not in memory and c.PRIMARY_SITE in memory
+
+
+@pytest.mark.asyncio
+async def test_the_idle_worker_checks_its_database_on_each_tick(
+    pool: asyncpg.Pool, postgres: PostgresInfo
+) -> None:
+    """Normalization sends nothing while PostgreSQL is away, so the narrative worker learns of
+    an outage from its tick: it raises (the loop retries it and reports not ready)."""
+    await _stage(pool).on_tick(set(), Outbound("narrative"))  # answers: nothing raised
+    closed = await asyncpg.create_pool(postgres.dsn, min_size=1, max_size=1)
+    await closed.close()
+    with pytest.raises(asyncpg.InterfaceError):
+        await _stage(closed).on_tick(set(), Outbound("narrative"))

@@ -9,16 +9,22 @@ from datetime import UTC, datetime
 from click.testing import CliRunner
 
 from concord.cli import main
+from concord.cli.evaluate import TEXT_HEADING, Evaluation
 from concord.clinical_text import concepts as c
 from concord.clinical_text.extract import TextFinding
+from concord.conflicts.evaluation import ConflictScores, KindScore
 from concord.generate.narratives import ExpectedFact, NarrativeDocument, Trap
 from concord.generate.text_evaluation import (
     ALL,
     FAMILIES,
     SITES,
+    documents_from_key,
     format_table,
     rebase,
     score_documents,
+    short_of_bar,
+    stack_findings,
+    stack_pairs,
     worst_examples,
 )
 
@@ -193,3 +199,161 @@ def test_evaluate_text_prints_the_table_and_throughput() -> None:
         re.MULTILINE,
     )
     assert "| " not in result.stdout  # no text of a document unless --show-errors
+
+
+# --- through the stack: fact_history and review-task rows into findings --------------------
+
+KEY_ENTRY = {
+    "person_id": "EP-000007",
+    "source": "hospital-ehr",
+    "patient_key": "hospital-ehr|HE1234567",
+    "resource_type": "DiagnosticReport",
+    "record_ref": "DiagnosticReport/narr-000001-0000abcd",
+    "document_id": "narr-000001-0000abcd",
+    "kind": "pathology-text",
+    "title": "Surgical Pathology Report",
+    "written": "2024-03-01T10:00:00+00:00",
+    "expected": [
+        {"attribute": c.PRIMARY_SITE, "value": "C50"},
+        {"attribute": c.METASTATIC, "value": "false"},
+    ],
+    "traps": [
+        {
+            "attribute": c.PRIMARY_SITE,
+            "value": "C56",
+            "assertion": "family",
+            "phrase": "mother with ovarian cancer",
+        }
+    ],
+}
+REF = ("hospital-ehr", KEY_ENTRY["record_ref"])
+
+
+def _evidence(part: str, confidence: float = 0.9, assertion: str = "affirmed") -> str:
+    """TextEvidence as fact_history's provenance_extra -> 'text' gives it (jsonb as text)."""
+    return (
+        f'{{"kind": "pathology-text", "document": "{part}", "section": "diagnosis", '
+        f'"start": 17, "end": 44, "excerpt": "x", "assertion": "{assertion}", '
+        f'"confidence": {confidence}, "method": "m"}}'
+    )
+
+
+def _row(
+    attribute: str,
+    value: str | None,
+    part: str = "presentedForm/0",
+    status: str = "ASSERTED",
+    source: str = "hospital-ehr",
+    record: str = KEY_ENTRY["record_ref"],
+    confidence: float = 0.9,
+) -> dict[str, object]:
+    return {
+        "source_system": source,
+        "record_id": record,
+        "attribute": attribute,
+        "value": value,
+        "status": status,
+        "text": _evidence(part, confidence),
+    }
+
+
+def test_the_answer_key_section_becomes_documents_with_their_key() -> None:
+    (keyed,) = documents_from_key([KEY_ENTRY])
+    assert (keyed.source, keyed.record_ref) == REF
+    doc = keyed.document
+    assert doc.document_id == "narr-000001-0000abcd" and doc.kind == "pathology-text"
+    assert doc.expected == (
+        ExpectedFact(c.PRIMARY_SITE, "C50"),
+        ExpectedFact(c.METASTATIC, "false"),
+    )
+    assert doc.traps == (Trap(c.PRIMARY_SITE, "C56", "family", "mother with ovarian cancer"),)
+    assert doc.written == datetime(2024, 3, 1, 10, tzinfo=UTC)
+
+
+def test_fact_rows_become_findings_per_record_with_their_evidence() -> None:
+    rows = [
+        _row(c.PRIMARY_SITE, "C50"),
+        # The same attribute read from the report's conclusion: a text of its own.
+        _row(c.PRIMARY_SITE, "C50", part="conclusion"),
+        _row(c.METASTATIC, "false"),
+        # Another source's record of the same id is another record.
+        _row(c.PRIMARY_SITE, "C18", source="clinic-ehr"),
+    ]
+    found = stack_findings(rows)
+    assert set(found) == {REF, ("clinic-ehr", KEY_ENTRY["record_ref"])}
+    mine = found[REF]
+    assert sorted((f.attribute, f.value) for f in mine) == [
+        (c.METASTATIC, "false"),
+        (c.PRIMARY_SITE, "C50"),
+        (c.PRIMARY_SITE, "C50"),
+    ]
+    finding = mine[0]
+    assert (finding.start, finding.end, finding.section) == (17, 44, "diagnosis")
+    assert (finding.assertion, finding.confidence) == ("affirmed", 0.9)
+
+
+def test_the_latest_row_of_a_text_and_attribute_counts_and_a_withdrawn_one_does_not() -> None:
+    rows = [
+        _row(c.PRIMARY_SITE, "C50"),
+        _row(c.PRIMARY_SITE, None, status="DELETED"),  # a later version no longer says it
+        _row(c.METASTATIC, "true"),
+        _row(c.METASTATIC, "false"),  # newer, ordered after
+    ]
+    found = stack_findings(rows)
+    assert [(f.attribute, f.value) for f in found[REF]] == [(c.METASTATIC, "false")]
+
+
+def test_review_tasks_are_candidates_not_facts() -> None:
+    reviews = [_row(c.METASTATIC, "true", confidence=0.4)]
+    reviews[0].pop("status")
+    found = stack_findings([_row(c.PRIMARY_SITE, "C50")], reviews)
+    (doc,) = documents_from_key([KEY_ENTRY])
+    score = score_documents(stack_pairs([doc], found), MIN)
+    assert score.candidates == 1
+    assert (score.row(ALL).tp, score.row(ALL).fp, score.row(ALL).fn) == (1, 0, 1)
+
+
+def test_evidence_already_decoded_is_read_too_and_a_record_without_rows_has_no_findings() -> None:
+    row = _row(c.PRIMARY_SITE, "C50")
+    row["text"] = {"document": "content/0", "start": 1, "end": 2, "confidence": 0.8}
+    found = stack_findings([row])
+    assert found[REF][0].confidence == 0.8
+    (doc,) = documents_from_key([KEY_ENTRY])
+    other = documents_from_key([{**KEY_ENTRY, "record_ref": "DiagnosticReport/other"}])
+    pairs = stack_pairs([doc, *other], found)
+    assert [len(findings) for _, findings in pairs] == [1, 0]
+
+
+def test_the_bar_is_precision_095_and_recall_090_over_all_attributes() -> None:
+    (doc,) = documents_from_key([KEY_ENTRY])
+    both = [_finding(c.PRIMARY_SITE, "C50"), _finding(c.METASTATIC, "false")]
+    assert short_of_bar(score_documents([(doc.document, both)], MIN)) is None
+    half = score_documents([(doc.document, both[:1])], MIN)  # recall 0.50
+    assert "recall 0.500" in (short_of_bar(half) or "")
+    wrong = score_documents([(doc.document, [*both, _finding(c.HISTOLOGY, "8500/3")])], MIN)
+    assert "precision 0.667" in (short_of_bar(wrong) or "")
+    nothing = score_documents([(_doc("empty", {}), [])], MIN)
+    assert short_of_bar(nothing) is None
+
+
+def _conflicts() -> ConflictScores:
+    """A conflicts score with one kind found (its report needs a row)."""
+    return ConflictScores(kinds={"birth_date": KindScore(expected=1, found=1)})
+
+
+def test_the_evaluation_report_puts_the_text_table_after_the_conflicts_and_fails_below_bar() -> (
+    None
+):
+    (doc,) = documents_from_key([KEY_ENTRY])
+    good = score_documents(
+        [(doc.document, [_finding(c.PRIMARY_SITE, "C50"), _finding(c.METASTATIC, "false")])], MIN
+    )
+    evaluation = Evaluation(_conflicts(), good)
+    report = evaluation.report()
+    conflicts, heading, text = report.partition(TEXT_HEADING)
+    assert heading and conflicts.startswith("kind") and "1 documents; a fact" in text
+    assert evaluation.passed
+    poor = Evaluation(_conflicts(), score_documents([(doc.document, [])], MIN))
+    assert not poor.passed
+    assert poor.report().splitlines()[-1].startswith("text extraction below the bar")
+    assert Evaluation(_conflicts()).passed and TEXT_HEADING not in Evaluation(_conflicts()).report()

@@ -38,6 +38,9 @@ class FakeReviews(TextReviews):
         for candidate in candidates:
             self.tasks.setdefault(candidate.task_id, candidate)
 
+    async def reachable(self) -> None:
+        return None
+
 
 def document(
     text: str | None, *, version: str = "1", hours: int = 0, **fields: object

@@ -4,7 +4,11 @@ Publishes each source file of a folder written by `concord generate`, waits unti
 workers have consumed it all and gone quiet, and the conflicts stage holds nothing back
 (suppress_for) and has published everything, reads every event on concord.conflicts, and
 prints precision and recall per kind of planted disagreement and stale record
-(conflicts/evaluation.py says how each is counted).
+(conflicts/evaluation.py says how each is counted). When the set holds narrative documents
+(the answer key's `scenarios.narratives`), it then reads from PostgreSQL what the narrative
+worker published for their records (the facts the conflicts stage keeps in fact_history, with
+their text evidence, and the text review tasks) and prints precision and recall per attribute
+(generate/text_evaluation.py).
 
 `concord evaluate-text`: narrative documents from the generator, their oncology facts read
 by text extraction (no stack), scored per attribute against their answer key
@@ -44,6 +48,7 @@ from concord.stack.stack import load_state
 if TYPE_CHECKING:
     from concord.clinical_text.extract import TextFinding
     from concord.generate.narratives import NarrativeDocument
+    from concord.generate.text_evaluation import TextScore
 
 ANSWER_KEY = "answer_key.json"
 CONSUMED = "concord_events_consumed_total"
@@ -113,6 +118,72 @@ async def settle(
         await asyncio.sleep(1.0)
 
 
+# The answer key's section of narrative documents (generate/narrative_set.py).
+NARRATIVES = "narratives"
+TEXT_HEADING = "text extraction (scenarios.narratives, read through the stack):"
+# What the conflicts stage kept of the facts read from text, for the set's document records.
+_TEXT_FACTS = """
+SELECT source_system, record_id, attribute, value, status, provenance_extra -> 'text' AS text
+FROM fact_history
+WHERE provenance_extra ? 'text' AND record_id = ANY($1::text[])
+ORDER BY event_time, recorded_at
+"""
+# What the narrative worker kept for a reviewer instead (below text.min_confidence).
+_TEXT_REVIEWS = """
+SELECT source_system, evidence ->> 'source_record_id' AS record_id, attribute, value,
+       evidence -> 'text' AS text
+FROM text_review_tasks
+WHERE evidence ->> 'source_record_id' = ANY($1::text[])
+"""
+
+
+@dataclass
+class Evaluation:
+    conflicts: ConflictScores
+    text: TextScore | None = None  # None: the set holds no narrative documents
+
+    def report(self) -> str:
+        from concord.generate.text_evaluation import format_table, short_of_bar
+
+        lines = [self.conflicts.report()]
+        if self.text is not None:
+            lines += ["", TEXT_HEADING, format_table(self.text)]
+            short = short_of_bar(self.text)
+            if short is not None:
+                lines.append(short)
+        return "\n".join(lines)
+
+    @property
+    def passed(self) -> bool:
+        """Every planted kind at 1.00, and text extraction at the issue's bar."""
+        from concord.generate.text_evaluation import short_of_bar
+
+        text_ok = self.text is None or short_of_bar(self.text) is None
+        return self.conflicts.perfect and text_ok
+
+
+async def text_score(key: Mapping[str, Any], dsn: str) -> TextScore | None:
+    """The set's narrative documents scored on what the stack read from them, or None."""
+    from concord.conflicts.policy import DEFAULT_POLICY
+    from concord.generate.text_evaluation import (
+        documents_from_key,
+        score_documents,
+        stack_findings,
+        stack_pairs,
+    )
+
+    section = key.get("scenarios", {}).get(NARRATIVES)
+    if not section:
+        return None
+    documents = documents_from_key(section)
+    refs = sorted({d.record_ref for d in documents})
+    async with pooled(dsn, 1) as pool:
+        facts = await pool.fetch(_TEXT_FACTS, refs)
+        reviews = await pool.fetch(_TEXT_REVIEWS, refs)
+    found = stack_findings([dict(r) for r in facts], [dict(r) for r in reviews])
+    return score_documents(stack_pairs(documents, found), DEFAULT_POLICY.text.min_confidence)
+
+
 async def run(
     folder: Path,
     kafka: str | dict[str, Any],
@@ -122,7 +193,7 @@ async def run(
     quiet_seconds: float,
     settle_within: float,
     progress: Progress,
-) -> ConflictScores:
+) -> Evaluation:
     from concord.publisher import publish_files
 
     key = orjson.loads((folder / ANSWER_KEY).read_bytes())
@@ -146,7 +217,11 @@ async def run(
     finished = datetime.now(UTC)
     events = [codec.CONFLICT_EVENT.decode(record.value) for record in records]
     progress(f"read {len(events)} events from {topics.CONFLICTS}")
-    return score(key, events, started=started, finished=finished)
+    scores = score(key, events, started=started, finished=finished)
+    text = await text_score(key, dsn)
+    if text is not None:
+        progress(f"read what the narrative worker published for {text.documents} documents")
+    return Evaluation(scores, text)
 
 
 @click.command("evaluate")
@@ -170,8 +245,9 @@ async def run(
 @state_dir_option
 def evaluate(folder: Path, quiet_seconds: float, timeout: float, state_dir: Path) -> None:
     """Publish a set written by `concord generate` to the running local stack and print
-    precision and recall per kind of planted disagreement and stale record. Exits 1 unless
-    every kind scores 1.00.
+    precision and recall per kind of planted disagreement and stale record, then per attribute
+    of the text read from its narrative documents. Exits 1 unless every kind scores 1.00 and
+    the text's precision is at least 0.95 and its recall at least 0.90 over all attributes.
 
     Give each set a stack of its own (`concord stack down`, remove the state folder, `up`):
     ingestion drops what it has seen, and two sets reuse record ids."""
@@ -187,7 +263,7 @@ def evaluate(folder: Path, quiet_seconds: float, timeout: float, state_dir: Path
     kafka, dsn = kafka_client_options(settings), database_dsn(settings)
     # Both checked before anything is published: a set half published cannot be scored.
     with connections(settings, state_dir, broker=True, database=True):
-        scores = asyncio.run(
+        evaluation = asyncio.run(
             run(
                 folder,
                 kafka,
@@ -198,8 +274,8 @@ def evaluate(folder: Path, quiet_seconds: float, timeout: float, state_dir: Path
                 progress=lambda line: click.echo(f"evaluate: {line}", err=True),
             )
         )
-    click.echo(scores.report())
-    if not scores.perfect:
+    click.echo(evaluation.report())
+    if not evaluation.passed:
         raise SystemExit(1)
 
 

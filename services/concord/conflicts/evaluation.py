@@ -86,7 +86,7 @@ class ConflictScores:
         return all(k.precision == 1.0 and k.recall == 1.0 for k in self.kinds.values())
 
     def report(self) -> str:
-        width = max(22, *(len(name) + 2 for name in self.kinds))
+        width = max([22, *(len(name) + 2 for name in self.kinds)])
         lines = [
             f"{'kind':<{width}}{'expected':>9}{'found':>7}{'false+':>7}{'transient':>10}"
             f"{'precision':>11}{'recall':>8}"

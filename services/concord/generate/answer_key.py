@@ -35,7 +35,10 @@ DOC = (
     "'scenarios' holds each scenario's own section; 'scenarios.conflicts' lists planted "
     "disagreements and stale records (kind, person_id, sources, and expect: what the stack must "
     "raise, by attribute key, with stale_source and due for a stale record) and controls, "
-    "which must raise nothing (`concord evaluate` scores against it)."
+    "which must raise nothing (`concord evaluate` scores against it); 'scenarios.narratives' lists "
+    "narrative documents with hard cases of clinical text (source, record_ref, document_id, "
+    "kind, expected: the facts the text states about the patient now, traps: mentions that "
+    "state none), given only to persons outside that cohort."
 )
 
 
@@ -235,6 +238,14 @@ def summary_text(key: dict[str, Any]) -> str:
         "hard-negative pairs (must not link): "
         + (", ".join(f"{kind} {n}" for kind, n in negatives.items()) or "none"),
     ]
+    documents = key.get("scenarios", {}).get("narratives")
+    if documents:
+        kinds = Counter(d["resource_type"] for d in documents)
+        lines.append(
+            f"narrative documents (scenarios.narratives): {len(documents)} ("
+            + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
+            + ")"
+        )
     return "\n".join(lines)
 
 

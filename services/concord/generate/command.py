@@ -108,6 +108,15 @@ ENGINES = ("builtin", "pysynthea")
     "kept as controls); the answer key says what each must raise.",
 )
 @click.option(
+    "--narratives",
+    type=click.IntRange(min=0),
+    default=None,
+    help="How many narrative pathology reports and notes with the hard cases of clinical text "
+    "(negated, possible, historical, family mentions; receptor details) to give persons "
+    "outside the planted cohort, one each; the answer key's scenarios.narratives says what "
+    "each states.  [default: patients // 5]",
+)
+@click.option(
     "--progress-every",
     type=click.IntRange(min=1),
     default=1000,
@@ -164,6 +173,7 @@ def generate(
     shared_id_system: str,
     hard_negative_rate: float,
     conflict_rate: float,
+    narratives: int | None,
     progress_every: int,
     **pysynthea: Any,
 ) -> None:
@@ -205,6 +215,7 @@ def generate(
             shared_id_system=shared_id_system,
             hard_negative_rate=hard_negative_rate,
             conflict_rate=conflict_rate,
+            narratives=narratives,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

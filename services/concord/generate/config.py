@@ -114,6 +114,9 @@ class GeneratorConfig:
     # Share of persons given a planted disagreement or stale record (generate/planted.py); as
     # many again are kept as controls. Both come from the persons held by two or more sources.
     conflict_rate: float = 0.1
+    # Narrative documents with the hard cases of clinical text (generate/narrative_set.py),
+    # one each on persons outside the cohort: None is patients // 5.
+    narratives: int | None = None
     # Clinical records are dated in the two years before this instant; birth dates before it.
     as_of: datetime = DEFAULT_AS_OF
 
@@ -133,6 +136,13 @@ class GeneratorConfig:
                 raise ValueError(f"{name} must be between 0 and 1")
         if self.as_of.tzinfo is None:
             raise ValueError("as_of must carry a time zone")
+        if self.narratives is not None and self.narratives < 0:
+            raise ValueError("narratives must be 0 or more")
+
+    @property
+    def narrative_count(self) -> int:
+        """How many narrative documents to write (at most one per person who can take one)."""
+        return self.patients // 5 if self.narratives is None else self.narratives
 
     def describe(self) -> dict[str, object]:
         """The settings as written into the answer key, enough to generate the set again."""
@@ -147,5 +157,6 @@ class GeneratorConfig:
             "shared_id_system": self.shared_id_system,
             "hard_negative_rate": self.hard_negative_rate,
             "conflict_rate": self.conflict_rate,
+            "narratives": self.narrative_count,
             "as_of": self.as_of.isoformat(),
         }

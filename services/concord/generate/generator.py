@@ -11,6 +11,7 @@ from typing import Any
 from concord.generate import answer_key
 from concord.generate.config import GeneratorConfig
 from concord.generate.model import World
+from concord.generate.narrative_set import NarrativeSet
 from concord.generate.planted import PlantedConflicts
 from concord.generate.population import make_persons
 from concord.generate.registry import assign_sources, register_all
@@ -49,8 +50,16 @@ def plan(config: GeneratorConfig, scenarios: Sequence[Scenario]) -> World:
 
 def default_scenarios() -> Sequence[Scenario]:
     """New instances each time: a scenario keeps what it planted until the key is written.
-    The planted conflicts come last: they undo the others' edits on the persons they choose."""
-    return (HardNegatives(), WithinSourceDuplicates(), DemographicVariations(), PlantedConflicts())
+    The planted conflicts come after the others: they undo their edits on the persons they
+    choose; the narrative documents last, on persons outside the planted cohort."""
+    planted = PlantedConflicts()
+    return (
+        HardNegatives(),
+        WithinSourceDuplicates(),
+        DemographicVariations(),
+        planted,
+        NarrativeSet(planted),
+    )
 
 
 def generate(

@@ -113,6 +113,10 @@ class NoteFact:
     text: str  # lines separated by "\n"
     written: datetime
     stated: tuple[tuple[str, str], ...]  # (attribute, value), sorted
+    # The record's id (FHIR id, HL7 MSH-10) when the scenario names it, so that its answer key
+    # can give the record_ref before rendering (generate/narrative_set.py); None: the source's
+    # next id.
+    document_id: str | None = None
 
 
 @dataclass

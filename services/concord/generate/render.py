@@ -157,7 +157,7 @@ def _fhir_records(
         resource = _marker(writer.next_id("obs"), patient_ref, marker, source)
         out.append(_rendered(resource, marker.taken + _REPORTED_AFTER, registration))
     for note in registration.documents:
-        resource = _document(writer.next_id("doc"), patient_ref, note, source)
+        resource = _document(note.document_id or writer.next_id("doc"), patient_ref, note, source)
         out.append(_rendered(resource, note.written, registration))
     return out
 
@@ -613,8 +613,8 @@ def _text_message(
     """A pathology report as an ORU^R01 (OBR-24 SP, one OBX TX per line), a note as an
     MDM^T02 (TXA, one OBX TX per line): narratives.py's messages, with this source's MSH and
     the registration's PID."""
-    control_id = writer.control_id()
-    document = _narrative(f"{writer.source.mrn_prefix}D{control_id}", note)
+    control_id = note.document_id or writer.control_id()
+    document = _narrative(note.document_id or f"{writer.source.mrn_prefix}D{control_id}", note)
     if note.kind == narratives.PATHOLOGY:
         message_type, structure = "ORU^R01", "ORU_R01"
         text = narratives.to_hl7_oru(document, registration.mrn)

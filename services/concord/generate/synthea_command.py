@@ -26,6 +26,7 @@ BUILTIN_ONLY = (
     "shared_id_rate",
     "shared_id_system",
     "hard_negative_rate",
+    "narratives",
 )
 # This engine's options, which mean nothing to the built-in one.
 PYSYNTHEA_ONLY = ("b_order", "b_layout", "resource_types", "cancer_cohort", "bundles")

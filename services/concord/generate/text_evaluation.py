@@ -21,13 +21,16 @@ positive too.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Final, get_args
+from datetime import datetime
+from typing import Any, Final, get_args
+
+import orjson
 
 from concord.clinical_text import concepts as c
 from concord.clinical_text.extract import TextFinding
-from concord.generate.narratives import NarrativeDocument
+from concord.generate.narratives import ExpectedFact, NarrativeDocument, Trap
 
 # The assertion kinds a trap can have: every assertion but the one that makes a fact.
 TRAP_KINDS: Final = tuple(a for a in get_args(c.Assertion) if a != "affirmed")
@@ -152,6 +155,120 @@ def score_documents(pairs: Iterable[Pair], min_confidence: float) -> TextScore:
             score.empty_document_facts += len(found)
             score.empty_documents_with_facts += bool(found)
     return score
+
+
+# --- Through the stack (concord evaluate) --------------------------------------------------
+# A generated set's `scenarios.narratives` names each document's record; what the narrative
+# worker read from it is what the conflicts stage keeps of it (fact_history rows whose
+# provenance holds the text evidence) and the text review tasks it opened. Both arrive here as
+# rows; the SQL that reads them is the caller's.
+
+RecordRef = tuple[str, str]  # (source system, source record id as ingestion names it)
+
+
+@dataclass(frozen=True)
+class KeyedDocument:
+    source: str
+    record_ref: str
+    document: NarrativeDocument  # its key; the text is not in the answer key ("")
+
+
+def documents_from_key(section: Iterable[Mapping[str, Any]]) -> list[KeyedDocument]:
+    """The answer key's `scenarios.narratives` entries as documents with their key."""
+    return [
+        KeyedDocument(
+            entry["source"],
+            entry["record_ref"],
+            NarrativeDocument(
+                document_id=entry["document_id"],
+                kind=entry["kind"],
+                title=entry.get("title", ""),
+                text="",
+                written=datetime.fromisoformat(entry["written"]),
+                expected=tuple(ExpectedFact(e["attribute"], e["value"]) for e in entry["expected"]),
+                traps=tuple(
+                    Trap(t["attribute"], t["value"], t["assertion"], t["phrase"])
+                    for t in entry["traps"]
+                ),
+            ),
+        )
+        for entry in section
+    ]
+
+
+def _evidence(value: Any) -> Mapping[str, Any]:
+    """A TextEvidence as JSON: a jsonb column comes as text unless a codec decodes it."""
+    if isinstance(value, str | bytes):
+        decoded = orjson.loads(value)
+        return decoded if isinstance(decoded, dict) else {}
+    return value if isinstance(value, Mapping) else {}
+
+
+def finding_of(attribute: str, value: str, evidence: Any) -> TextFinding:
+    """A finding as the worker published it (a fact) or kept it (a review task): its value,
+    and from its TextEvidence, the words' offsets, section, assertion and confidence."""
+    text = _evidence(evidence)
+    return TextFinding(
+        attribute=attribute,
+        value=value,
+        start=int(text.get("start", -1)),
+        end=int(text.get("end", -1)),
+        section=text.get("section"),
+        assertion=text.get("assertion", "affirmed"),
+        confidence=float(text.get("confidence", 0.0)),
+    )
+
+
+def stack_findings(
+    fact_rows: Iterable[Mapping[str, Any]], review_rows: Iterable[Mapping[str, Any]] = ()
+) -> dict[RecordRef, list[TextFinding]]:
+    """Per record, the findings the narrative worker gave: of `fact_rows` (source_system,
+    record_id, attribute, value, status, text: the fact's TextEvidence; oldest first), the
+    latest per text of the record (TextEvidence.document, the part) and attribute, when it is
+    ASSERTED; and every review task of `review_rows` (the same columns but status), whose
+    confidence is below the threshold. A record's texts (a DiagnosticReport's presentedForm
+    and conclusion) are read apart: their facts are all the record's, so a part that reads a
+    value another part does not is counted as the stack published it."""
+    latest: dict[tuple[str, str, str, str], Mapping[str, Any]] = {}
+    for row in fact_rows:
+        part = str(_evidence(row["text"]).get("document", ""))
+        latest[(row["source_system"], row["record_id"], part, row["attribute"])] = row
+    found: dict[RecordRef, list[TextFinding]] = defaultdict(list)
+    for (source, record, _part, attribute), row in latest.items():
+        if row["status"] == "ASSERTED" and row["value"] is not None:
+            found[(source, record)].append(finding_of(attribute, row["value"], row["text"]))
+    for row in review_rows:
+        found[(row["source_system"], row["record_id"])].append(
+            finding_of(row["attribute"], row["value"], row["text"])
+        )
+    return dict(found)
+
+
+def stack_pairs(
+    documents: Iterable[KeyedDocument], found: Mapping[RecordRef, list[TextFinding]]
+) -> list[Pair]:
+    """Each keyed document with what the stack read from its record (nothing, if nothing)."""
+    return [(d.document, list(found.get((d.source, d.record_ref), []))) for d in documents]
+
+
+# Issue 18's bar for text extraction, over all attributes.
+MIN_PRECISION: Final = 0.95
+MIN_RECALL: Final = 0.90
+
+
+def short_of_bar(score: TextScore) -> str | None:
+    """Why the overall score misses the issue's bar (precision 0.95, recall 0.90), or None."""
+    total = score.total
+    if total.tp + total.fn == 0 and total.fp == 0:
+        return None  # nothing expected, nothing found
+    precision = total.precision if total.precision is not None else 0.0
+    recall = total.recall if total.recall is not None else 1.0
+    if precision >= MIN_PRECISION and recall >= MIN_RECALL:
+        return None
+    return (
+        f"text extraction below the bar: precision {precision:.3f} (>= {MIN_PRECISION:.2f}), "
+        f"recall {recall:.3f} (>= {MIN_RECALL:.2f})"
+    )
 
 
 # --- Debugging ------------------------------------------------------------------------------

@@ -54,6 +54,13 @@ class NarrativeStage(BaseStage):
         self.rules = rules or default_rules()
         self.method = method(self.rules)
 
+    async def on_tick(self, partitions: set[int], out: Outbound) -> None:
+        """Between batches and while idle: the database answers, or the loop retries this with
+        backoff and the worker says it is not ready. The worker reads what normalization
+        sends, and normalization sends nothing while the database is away: without this, an
+        idle narrative worker would call itself ready through an outage."""
+        await self.reviews.reachable()
+
     async def process(self, events: Sequence[RawEvent], out: Outbound) -> None:
         read: list[tuple[ClinicalDocument, Reading]] = []
         for raw in events:

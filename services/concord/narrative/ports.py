@@ -19,3 +19,6 @@ class TextReviews(Protocol):
     async def add(self, candidates: Sequence[Candidate]) -> None:
         """Keep each candidate as an open task; one already kept (a redelivered document)
         stays as it is."""
+
+    async def reachable(self) -> None:
+        """Return once the store answers; raise what it raises when it does not."""

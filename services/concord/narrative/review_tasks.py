@@ -39,3 +39,7 @@ class PostgresTextReviews(TextReviews):
         ]  # fmt: skip
         async with self.pool.acquire() as connection:
             await connection.execute(_ADD, *unnest_columns(rows, 12))
+
+    async def reachable(self) -> None:
+        async with self.pool.acquire() as connection:
+            await connection.fetchval("SELECT 1")
