@@ -22,7 +22,7 @@ METASTATIC: Final = "Oncology.metastatic"  # "true" | "false"
 # One key per distant site, named by its ICD-10-CM secondary-neoplasm code; "true" | "false".
 METASTATIC_SITE_PREFIX: Final = "Oncology.metastaticSite/"
 BIOMARKER_PREFIX: Final = "Oncology.biomarker/"  # + ER PR HER2 EGFR ALK PD-L1: positive|negative
-DISEASE_STATUS: Final = "Oncology.diseaseStatus"  # DiseaseStatus below
+DISEASE_STATUS: Final = "Oncology.diseaseStatus"  # one of DISEASE_STATUSES
 
 BIOMARKERS: Final = ("ER", "PR", "HER2", "EGFR", "ALK", "PD-L1")
 # Details a report gives beside the status, keyed under the marker's own key.
@@ -42,7 +42,6 @@ METASTATIC_SITES: Final = {
     "C79.7": "adrenal gland",
 }
 
-DiseaseStatus = Literal["progression", "stable", "partial-response", "complete-response"]
 DISEASE_STATUSES: Final = ("progression", "stable", "partial-response", "complete-response")
 
 # Assertion status of a mention (ConText). Only an affirmed, current mention about the

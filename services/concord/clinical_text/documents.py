@@ -36,6 +36,7 @@ from striprtf import striprtf
 
 from concord.clinical_text.concepts import DocumentKind
 from concord.hl7v2 import er7
+from concord.hl7v2.results import is_text, joined, results
 
 if TYPE_CHECKING:
     from xml.etree.ElementTree import Element
@@ -91,8 +92,6 @@ _V2_0074: Final = "http://terminology.hl7.org/CodeSystem/v2-0074"
 # TXA-2 is bound to table 0270 by the standard: the system when a sender names none.
 _V2_0270: Final = "HL70270"
 
-# OBX-2 value types whose OBX-5 is a line of narrative.
-_TEXT_TYPES: Final = frozenset({"TX", "FT", "ST"})
 # ED (OBX-5: source ^ type of data ^ subtype ^ encoding ^ data) subtypes that are text.
 _ED_SUBTYPES: Final = {
     "": PLAIN,
@@ -289,7 +288,7 @@ def hl7_documents(message: er7.Er7Message) -> list[DocumentText]:
 
 def _mdm_documents(message: er7.Er7Message, txa: er7.Segment) -> list[DocumentText]:
     obr = message.first("OBR")
-    lines = [obx for obx in message.all("OBX") if obx.value(2).upper() in _TEXT_TYPES]
+    lines = [obx for obx in message.all("OBX") if is_text(obx)]
     document_type = txa.value(2)
     type_code = (txa.value(2, 3) or _V2_0270, document_type) if document_type else None
     pathology = document_type.upper() in PATHOLOGY_DOCUMENT_TYPES or any(
@@ -299,7 +298,7 @@ def _mdm_documents(message: er7.Er7Message, txa: er7.Segment) -> list[DocumentTe
     kind = PATHOLOGY if pathology else NOTE
     activity = txa.value(4) or None
     documents = []
-    text = _prepared(_joined(lines)) if lines else None
+    text = _prepared(joined(lines)) if lines else None
     if text is not None:
         authored = activity or _authored(lines[0], obr)
         documents.append(DocumentText("TXA/OBX", kind, text, PLAIN, authored, type_code))
@@ -313,24 +312,16 @@ def _mdm_documents(message: er7.Er7Message, txa: er7.Segment) -> list[DocumentTe
 
 
 def _result_documents(message: er7.Er7Message) -> list[DocumentText]:
+    others, texts = results(message)
     documents = []
-    obr: er7.Segment | None = None
-    groups: dict[tuple[int, str, str], tuple[er7.Segment | None, list[er7.Segment]]] = {}
-    for segment in message.segments:
-        if segment.name == "OBR":
-            obr = segment
-        elif segment.name == "OBX" and segment.value(2).upper() in _TEXT_TYPES:
-            # One narrative comes one line per OBX: gathered under its OBR, OBX-3 and OBX-4.
-            key = (obr.index if obr else 0, segment.raw(3), segment.value(4))
-            groups.setdefault(key, (obr, []))[1].append(segment)
-        elif segment.name == "OBX":
-            read = _encapsulated_text(segment)
-            if read is not None:
-                documents.append(_result_document(segment, obr, *read))
-    for parent, lines in groups.values():
-        text = _prepared(_joined(lines))
+    for obx, obr in others:
+        read = _encapsulated_text(obx)
+        if read is not None:
+            documents.append(_result_document(obx, obr, *read))
+    for result in texts:
+        text = _prepared(result.text)
         if text is not None:
-            documents.append(_result_document(lines[0], parent, text, PLAIN))
+            documents.append(_result_document(result.lines[0], result.obr, text, PLAIN))
     return _unique_parts(documents)
 
 
@@ -351,23 +342,6 @@ def _result_document(
         _authored(obx, obr),
         (obx.value(3, 3), identifier) if identifier else None,
     )
-
-
-def _joined(lines: list[er7.Segment]) -> str:
-    """A text's lines in OBX-1 set-id order (as sent where a set id is no number), each
-    repetition of OBX-5 a line. The whole repetition is read, not its first component: a
-    narrative's stray, unescaped "^" is text, not a component separator."""
-    ordered = sorted(enumerate(lines), key=lambda pair: (_set_id(pair[1]), pair[0]))
-    return "\n".join(
-        segment.unescape(repetition)
-        for _, segment in ordered
-        for repetition in (segment.repetitions(5) or [""])
-    )
-
-
-def _set_id(segment: er7.Segment) -> int:
-    text = segment.value(1)
-    return int(text) if text.isdigit() else 0
 
 
 def _authored(obx: er7.Segment, obr: er7.Segment | None) -> str | None:

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 from concord.events.models import AttributeClass, FactStatus
 from concord.hl7v2 import er7
+from concord.hl7v2.results import TEXT_TYPES, results
 from concord.ingestion.codes import LOINC
 from concord.normalization.facts.drafts import (
     DOSE_UNITS,
@@ -44,8 +45,6 @@ RESULT_STATUS = {
 _RESULT_FACT_STATUS: dict[str, FactStatus] = {"W": "ENTERED_IN_ERROR", "D": "DELETED"}
 NUMERIC_TYPES = frozenset({"NM", "SN"})
 CODED_TYPES = frozenset({"CE", "CWE", "CNE"})
-# Text results; pointers and encapsulated data (RP, ED) assert nothing comparable.
-TEXT_TYPES = frozenset({"ST", "TX", "FT"})
 
 
 def hl7_drafts(
@@ -145,41 +144,13 @@ def _listed(
 def _results(
     message: er7.Er7Message, terminology: Terminology, zone: ZoneInfo | None
 ) -> list[FactDraft]:
-    drafts = []
-    obr: er7.Segment | None = None
-    texts: dict[tuple[int, str, str], list[er7.Segment]] = {}
-    for segment in message.segments:
-        if segment.name == "OBR":
-            obr = segment
-        elif segment.name == "OBX":
-            if segment.value(2).upper() in TEXT_TYPES:
-                # A narrative comes one line per OBX under one identifier (and OBX-4 sub-id):
-                # its lines make one result, gathered here and read below.
-                group = (obr.index if obr else 0, segment.raw(3), segment.value(4))
-                texts.setdefault(group, []).append(segment)
-                continue
-            draft = _result(segment, obr, terminology, zone)
-            if draft is not None:
-                drafts.append(draft)
-    obrs = message.all("OBR")
-    for (obr_index, _, sub_id), lines in texts.items():
-        parent = obrs[obr_index - 1] if obr_index else None
-        draft = _result(lines[0], parent, terminology, zone, text=_joined(lines))
-        if draft is not None:
-            drafts.append(replace(draft, instance=sub_id or None))
-    return drafts
-
-
-def _joined(lines: list[er7.Segment]) -> str:
-    """A text result's lines in OBX-1 set-id order (as sent where a set id is no number),
-    each line's repetitions in turn."""
-    ordered = sorted(enumerate(lines), key=lambda pair: (_set_id(pair[1]), pair[0]))
-    return "\n".join("\n".join(segment.values(5)) for _, segment in ordered)
-
-
-def _set_id(segment: er7.Segment) -> int:
-    text = segment.value(1)
-    return int(text) if text.isdigit() else 0
+    others, texts = results(message)
+    drafts = [_result(obx, obr, terminology, zone) for obx, obr in others]
+    for result in texts:
+        draft = _result(result.lines[0], result.obr, terminology, zone, text=result.text)
+        # Each sub-id is an observation of its own (a report's specimens): a fact id apiece.
+        drafts.append(replace(draft, instance=result.sub_id or None) if draft else None)
+    return [d for d in drafts if d is not None]
 
 
 def _result(
@@ -210,7 +181,7 @@ def _result(
         if result is None:
             return None
         value, flags = f"{result[0].system}|{result[0].code}", (*flags, *code_flags(result[0]))
-    elif kind in TEXT_TYPES:
+    elif kind in TEXT_TYPES:  # pointers and encapsulated data (RP, ED) assert nothing
         value = " ".join((text or "").split()).casefold()
         if not value:
             return None
