@@ -330,9 +330,20 @@ def print_latency(lat: dict[str, Any]) -> None:
         print(
             f"    {name:14} {b['batches']:>6} batches, {b['records_per_batch']:>6.1f} records "
             f"and {b['ms_per_batch']:>6.2f} ms each, busy {b['busy_share']:.0%} of the time"
+            + _phases(b)
         )
     cores = ", ".join(f"{k} {v:.2f}" for k, v in lat["cpu_cores_used"].items())
     print(f"  CPU cores used meanwhile: {cores}")
+
+
+def _phases(batch: dict[str, Any]) -> str:
+    """Where the batches' time went, as shares (runtime/batch.py's phases)."""
+    shares = batch.get("phase_shares") or {}
+    if not any(shares.values()):
+        return ""
+    phases = ", ".join(f"{p.replace('_', ' ')} {s:.0%}" for p, s in shares.items())
+    gc = f"; collector pauses {batch['gc_seconds_share']:.1%} of the time"
+    return f" ({phases}{gc}, full ones {batch['gc_full_seconds_share']:.1%})"
 
 
 def plot_latency(lat: dict[str, Any], path: Path) -> None:

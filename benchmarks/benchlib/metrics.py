@@ -41,17 +41,33 @@ BATCH_METRICS = (
 )
 
 
+# A batch's phases (concord_batch_phase_seconds), in the order the loop runs them.
+BATCH_PHASES = ("process", "produce", "after_produce", "commit")
+
+
 def batch_metrics(info: StackInfo) -> dict[str, dict[str, float]]:
-    """Each worker's batch counters from its /metrics (time in batches, batches, records),
-    by the worker's name (``conflicts``, ``conflicts-2``...)."""
+    """Each worker's batch counters from its /metrics (time in batches, batches, records, and
+    the time in each phase as ``phase:<name>``), by the worker's name (``conflicts``,
+    ``conflicts-2``...)."""
     result: dict[str, dict[str, float]] = {}
     for name, record in info.workers.items():
         assert record.port is not None, name
-        values = dict.fromkeys(BATCH_METRICS, 0.0)
+        values = dict.fromkeys((*BATCH_METRICS, *(f"phase:{p}" for p in BATCH_PHASES)), 0.0)
         stage = worker_service(record)
+        values["gc_seconds"] = values["gc_full_seconds"] = 0.0
         for sample in metric_samples(record.port):
-            if sample.name in values and sample.labels.get("stage") == stage:
-                values[sample.name] += sample.value
+            if sample.name == "concord_gc_pause_seconds_sum":  # the worker's own process
+                values["gc_seconds"] += sample.value
+                if sample.labels.get("generation") == "2":
+                    values["gc_full_seconds"] += sample.value
+                continue
+            if sample.labels.get("stage") != stage:
+                continue
+            key = sample.name
+            if key == "concord_batch_phase_seconds_sum":
+                key = f"phase:{sample.labels.get('phase')}"
+            if key in values:
+                values[key] += sample.value
         result[name] = values
     return result
 
@@ -62,11 +78,18 @@ def batch_summary(
     summary = {}
     for name, values in after.items():
         busy, batches, records = (values[m] - before[name][m] for m in BATCH_METRICS)
+        phases = {p: values[f"phase:{p}"] - before[name][f"phase:{p}"] for p in BATCH_PHASES}
         summary[name] = {
             "batches": int(batches),
             "records_per_batch": round(records / batches, 1) if batches else 0.0,
             "ms_per_batch": round(busy / batches * 1000, 2) if batches else 0.0,
             "busy_share": round(busy / wall, 3),
+            "phase_shares": {p: round(t / busy, 3) if busy else 0.0 for p, t in phases.items()},
+            # Collector pauses while the stage ran, as a share of the wall time.
+            **{
+                f"{k}_share": round((values.get(k, 0.0) - before[name].get(k, 0.0)) / wall, 3)
+                for k in ("gc_seconds", "gc_full_seconds")
+            },
         }
     return summary
 

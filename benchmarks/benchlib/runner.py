@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from concord.runtime import heap
 from concord.runtime.db import apply_migrations
 from concord.stack.postgres import create_database, drop_database, start_postgres
 from concord.stack.processes import ProcessRecord, stop_process
@@ -129,6 +130,8 @@ def run_benchmark(
     """Run one benchmark, tearing down what it started whatever happens (SIGTERM included):
     its results, or the exit code of its failure."""
     signal.signal(signal.SIGTERM, _sigterm)
+    # Stages run in this process collect garbage as a worker does (baselines alike).
+    heap.settle()
     teardown = Teardown(keep_state=args.keep_state)
     failed = True
     try:

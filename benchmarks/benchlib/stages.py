@@ -27,6 +27,7 @@ from concord.composition import SERVICES, build_stage
 from concord.config import DatabaseWorkerSettings, WorkerSettings
 from concord.events import codec
 from concord.events.codec import EventCodec
+from concord.runtime import heap
 from concord.runtime.batch import BatchLoop, StageHandler
 from concord.runtime.reading import assign_from_start
 from concord.runtime.records import partition_numbers
@@ -317,6 +318,7 @@ async def run_stage(
         handler, close = await build_stage(service, settings, producer)
         try:
             loop = BatchLoop(handler, settings, producer=producer)
+            heap.settle()  # what the stage built at start, frozen as the worker does
             consumer = loop.make_consumer()
             before = produced(service)
             profile = cProfile.Profile() if profiling.stats_dir else None

@@ -32,6 +32,22 @@ EVENT_SECONDS = Histogram(
     ["stage"],
     buckets=(0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 1),
 )
+BATCH_PHASE_SECONDS = Histogram(
+    "concord_batch_phase_seconds",
+    "Where a batch's time goes: process (decode, core logic, database), produce (send and "
+    "await every ack), after_produce (the stage's bookkeeping once acknowledged: outbox rows "
+    "deleted) and commit (the consumer offsets)",
+    ["stage", "phase"],
+    buckets=_LATENCY_BUCKETS,
+)
+GC_PAUSE_SECONDS = Histogram(
+    "concord_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector, by generation: a full (generation 2) "
+    "collection walks every object the worker holds, its caches included, and stops its "
+    "batch meanwhile",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
 BATCH_SIZE = Histogram(
     "concord_batch_size",
     "Records per processed batch",

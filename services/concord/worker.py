@@ -27,6 +27,7 @@ from concord.config import (
     WorkerSettings,
 )
 from concord.failures import failure_site
+from concord.runtime import heap
 from concord.runtime.batch import BatchLoop
 from concord.runtime.log_limits import limit_repeats
 
@@ -153,6 +154,7 @@ def build_app(service: str, settings: DatabaseWorkerSettings) -> faust.App:
             state["stage"] = stage
             loop = BatchLoop(stage, settings, producer=producer)
             state["loop"] = loop
+            heap.settle()
             await loop.run()
         except asyncio.CancelledError:
             raise
@@ -248,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     # aiokafka logs every failed reconnect (every ~50 ms while the broker is away); the worker
     # reports an outage itself (/health, metrics), so one line of a kind per 10 s is enough.
     limit_repeats("aiokafka")
+    heap.watch_collections()
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
 

@@ -15,6 +15,7 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+from prometheus_client import REGISTRY
 
 from builders import FakeProducer, raw
 from concord import metrics
@@ -336,3 +337,28 @@ async def test_a_step_riding_out_an_outage_reports_the_loop_not_ready_until_it_e
     release.set()
     assert await asyncio.wait_for(step, 5) is True
     assert loop.is_ready
+
+
+def _phase_counts(stage: str) -> dict[str, float]:
+    return {
+        phase: REGISTRY.get_sample_value(
+            "concord_batch_phase_seconds_count", {"stage": stage, "phase": phase}
+        )
+        or 0.0
+        for phase in ("process", "produce", "after_produce", "commit")
+    }
+
+
+@pytest.mark.asyncio
+async def test_each_phase_of_a_committed_batch_is_timed_once() -> None:
+    """concord_batch_phase_seconds says where a slow batch's time went: one observation of
+    each phase per batch, and none for a loop turn that consumed nothing."""
+    loop = _loop(_FailsOnPoison())
+    loop.ready.set()
+    idle = _BrokerAway()
+    idle.back = True
+    before = _phase_counts("conflicts")
+    await loop.run_once(_OneBatchConsumer(), FakeProducer(), timeout_ms=0)  # type: ignore[arg-type]
+    await loop.run_once(idle, FakeProducer(), timeout_ms=0)  # type: ignore[arg-type]
+    after = _phase_counts("conflicts")
+    assert {phase: after[phase] - before[phase] for phase in after} == dict.fromkeys(after, 1.0)

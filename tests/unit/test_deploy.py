@@ -84,6 +84,8 @@ WORKER_METRICS = frozenset(
         "concord_resolutions_total",
         "concord_transient_failures_total",
         "concord_stage_ready",
+        "concord_batch_phase_seconds",
+        "concord_gc_pause_seconds",
     }
 )
 # The names the review service exports (concord.review.metrics).
@@ -117,6 +119,8 @@ ALLOWED_LABELS = frozenset(
         "outcome",
         "attribute_class",
         "flag",
+        "phase",
+        "generation",
     }
     # the review service's: alert kind and status, age bucket, decision kind, dismissal
     # reason code, identity task state, gauge family (concord.review.metrics)

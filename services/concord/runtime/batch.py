@@ -483,9 +483,13 @@ class BatchLoop:
             metrics.EVENTS_CONSUMED.labels(stage, tp.topic).inc(len(tp_records))
         received = datetime.now(UTC)
         events = [raw_event(r, received) for r in records]
+        phases = _Phases(stage, started)
         out = await self.retrying("process", lambda: process_isolating(self.handler, events))
+        phases.done("process")
         await self.retrying("produce", lambda: out.flush(producer))
+        phases.done("produce")
         await self.retrying("after produce", self.handler.on_produced)
+        phases.done("after_produce")
         offsets = {tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batch.items()}
         try:
             await consumer.commit(offsets)
@@ -493,6 +497,7 @@ class BatchLoop:
             # A rebalance took the partitions mid-batch; their new owner re-reads the batch,
             # and every sink downstream is idempotent.
             log.warning("commit failed after a rebalance; the batch will be redelivered")
+        phases.done("commit")
         if self.broker_unreachable is not None:
             # The commit reached the group coordinator: the broker answers again.
             log.info("%s: the broker answers again; ready", stage)
@@ -571,3 +576,17 @@ class BatchLoop:
                 metrics.CONSUMER_LAG.labels(self.handler.stage, tp.topic, str(tp.partition)).set(
                     lag
                 )
+
+
+class _Phases:
+    """Each phase of a batch into concord_batch_phase_seconds: where a slow batch's time went
+    (its own CPU, the broker's acks or the database)."""
+
+    def __init__(self, stage: str, started: float) -> None:
+        self.stage = stage
+        self.last = started
+
+    def done(self, phase: str) -> None:
+        now = time.perf_counter()
+        metrics.BATCH_PHASE_SECONDS.labels(self.stage, phase).observe(now - self.last)
+        self.last = now
