@@ -1,7 +1,7 @@
 """The only place bytes become events and events become bytes.
 
-Bodies are written by code compiled for each schema (avro_writer.py), byte for byte what
-fastavro writes, and read by fastavro.
+Bodies are written and read by code compiled for each schema (compiled_avro.py), held to what
+fastavro writes and reads; fastavro reads data of older writer schemas.
 
 Wire format: Avro single-object encoding (the Avro spec's own): the marker C3 01, the 8-byte
 little-endian CRC-64-AVRO fingerprint of the writer schema's parsing canonical form, then the
@@ -27,7 +27,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 from pydantic import ValidationError
 
-from concord.events.avro_writer import compile_writer
+from concord.events.compiled_avro import compile_reader, compile_writer
 from concord.events.models import (
     Alert,
     ClinicalDocument,
@@ -174,6 +174,7 @@ class EventCodec(Generic[E]):
         # self.schema, the one that is fingerprinted and published) is what reads and writes.
         self._wire = _hinted(self.schema)
         self._write = compile_writer(self.schema)
+        self._read = compile_reader(self.schema)
         self._writers: dict[bytes, Any] = {self.fingerprint: self._wire}
         history = schema_dir() / "history" / name
         if history.is_dir():
@@ -186,9 +187,15 @@ class EventCodec(Generic[E]):
         self._write(event, parts)
         return b"".join(parts)
 
+    def decode_with_fastavro(self, data: bytes) -> dict[str, Any]:
+        """The body of `data` (current writer schema) as fastavro reads it: the reference
+        the compiled reader is held to."""
+        record: dict[str, Any] = schemaless_reader(io.BytesIO(data[_HEADER_LEN:]), self._wire, None)  # type: ignore[assignment]
+        return record
+
     def encode_with_fastavro(self, event: E) -> bytes:
         """What encode gives, written by fastavro from the model's dump: the reference the
-        compiled writer is held to (tests/unit/test_avro_writer.py, the codec benchmark)."""
+        compiled writer is held to (tests/unit/test_compiled_avro.py, the codec benchmark)."""
         buf = io.BytesIO()
         buf.write(self._header)
         schemaless_writer(buf, self._wire, event.model_dump())
@@ -208,17 +215,21 @@ class EventCodec(Generic[E]):
                 "UNKNOWN_SCHEMA",
                 f"{self.name}: unknown writer schema fingerprint {data[2:_HEADER_LEN].hex()}",
             )
-        body = io.BytesIO(data[_HEADER_LEN:])
+        body = data[_HEADER_LEN:]
+        record: Any
         try:
-            # Resolution only for an older writer: the current one is read as it is.
-            reader = None if writer is self._wire else self._wire
-            record = schemaless_reader(body, writer, reader)
-        except Exception as exc:  # fastavro raises many types for truncated or corrupt bodies
+            if writer is self._wire:
+                record, end = self._read(body)
+            else:  # an older writer: fastavro resolves its data to the current schema
+                buf = io.BytesIO(body)
+                record = schemaless_reader(buf, writer, self._wire)
+                end = buf.tell()
+        except Exception as exc:  # truncated or corrupt bodies raise many types
             raise CodecError(
                 "AVRO_DECODE_FAILED",
                 f"{self.name}: body does not match its schema ({type(exc).__name__})",
             ) from None
-        if body.tell() != len(data) - _HEADER_LEN:
+        if end != len(body):
             raise CodecError("TRAILING_BYTES", f"{self.name}: bytes left after the record")
         try:
             return self.model.model_validate(record)
