@@ -250,6 +250,7 @@ def test_longs_are_zigzag_varints(n: int) -> None:
             {"name": "a", "type": ["null", {"type": "array", "items": "R"}]}]},
         {"type": "record", "name": "R", "fields": [
             {"name": "a", "type": {"type": "array", "items": "long"}, "default": [1]}]},
+        {"type": "record", "name": "R", "fields": [{"name": "a or 1", "type": "long"}]},
     ],
 )  # fmt: skip
 def test_a_schema_it_cannot_handle_exactly_is_refused_when_compiled(

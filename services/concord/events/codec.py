@@ -190,7 +190,8 @@ class EventCodec(Generic[E]):
     def decode_with_fastavro(self, data: bytes) -> dict[str, Any]:
         """The body of `data` (current writer schema) as fastavro reads it: the reference
         the compiled reader is held to."""
-        record: dict[str, Any] = schemaless_reader(io.BytesIO(data[_HEADER_LEN:]), self._wire, None)  # type: ignore[assignment]
+        body = io.BytesIO(data[_HEADER_LEN:])
+        record: dict[str, Any] = schemaless_reader(body, self._wire, None)  # type: ignore[assignment]
         return record
 
     def encode_with_fastavro(self, event: E) -> bytes:

@@ -20,6 +20,7 @@ SchemaNotCompiled when the codec is built, so a schema change cannot silently go
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ _SMALL = {n: bytes([(n << 1) ^ (n >> 63)]) for n in range(-64, 64)}
 _DOUBLE = struct.Struct("<d")
 _PRIMITIVES = ("string", "bytes", "int", "long", "double", "boolean", "null")
 _LONGEST_VARINT = 10  # bytes of a 64-bit zig-zag varint
+_AVRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 Writer = Callable[[BaseModel, list[bytes]], None]
 Reader = Callable[[bytes], tuple[dict[str, Any], int]]
@@ -107,13 +109,17 @@ class _Generator:
     def emit(self, line: str, depth: int) -> None:
         self.lines.append("    " * depth + line)
 
-    def function(self, header: str, body: Callable[[], None], namespace: dict[str, Any]) -> Any:
-        self.emit(header, 0)
+    def function(
+        self, name: str, parameters: str, body: Callable[[], None], namespace: dict[str, Any]
+    ) -> Any:
+        self.emit(f"def {name}({parameters}):", 0)
         body()
         source = "\n".join(self.lines)
         scope = {**namespace, **self.constants}
+        # The source is made from schemas/ alone: field names are checked to be Avro names,
+        # and every value a schema gives (symbols, defaults) is a constant, never source text.
         exec(compile(source, "<compiled avro>", "exec"), scope)  # noqa: S102
-        return scope[header.split()[1].split("(")[0]]
+        return scope[name]
 
     def value(self, schema: Any, slot: str, depth: int, namespace: str | None) -> None:
         if isinstance(schema, str) and schema in _PRIMITIVES:
@@ -151,6 +157,8 @@ class _Generator:
             ns = schema.get("namespace", ns)
             fields = schema["fields"]
             for field in fields:
+                if not _AVRO_NAME.fullmatch(field["name"]):
+                    raise SchemaNotCompiled(f"field name {field['name']!r} is not an Avro name")
                 default = field.get("default")
                 if isinstance(default, dict) or (isinstance(default, list) and default):
                     raise SchemaNotCompiled(f"field {field['name']}: only scalar and [] defaults")
@@ -343,7 +351,8 @@ def compile_writer(schema: dict[str, Any]) -> Writer:
         generator.value(schema, "event", 1, None)
 
     write: Writer = generator.function(
-        "def write(event, parts):",
+        "write",
+        "event, parts",
         body,
         {
             "L": long_bytes,
@@ -371,7 +380,8 @@ def compile_reader(schema: dict[str, Any]) -> Reader:
         generator.emit("return record, p", 1)
 
     read: Reader = generator.function(
-        "def read(data):",
+        "read",
+        "data",
         body,
         {
             "read_long": read_long,
