@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from concord.normalization.identity.resolution import (
     resolve,
 )
 from concord.normalization.ports import IdentityStore, MergeSignal
+from concord.publishing import read_file
 from concord.runtime.batch import Outbound, OutboundRecord, Producer
 from concord.runtime.ports import OutboxPort
 
@@ -82,6 +84,22 @@ def raw(
         headers=tuple(headers),
         received_time=received_time or datetime.now(UTC),
     )
+
+
+def published_events(path: Path, source: str, received_time: datetime) -> list[RawEvent]:
+    """A file's records as `concord publish` sends them and a stage then consumes them: one
+    partition, offsets in file order, the source in the header."""
+    return [
+        raw(
+            message.value,
+            topic=message.topic,
+            offset=offset,
+            key=message.key,
+            headers=(("source", source.encode()),),
+            received_time=received_time,
+        )
+        for offset, message in enumerate(read_file(path, source))
+    ]
 
 
 def ingested_fhir(document: dict[str, Any], source: str) -> IngestedRecord:

@@ -43,6 +43,8 @@ BATCH_METRICS = (
 
 # A batch's phases (concord_batch_phase_seconds), in the order the loop runs them.
 BATCH_PHASES = ("process", "produce", "after_produce", "commit")
+# The worker's garbage-collector pauses (concord_gc_pause_seconds): all, and the full ones.
+COLLECTOR_PAUSES = ("gc_seconds", "gc_full_seconds")
 
 
 def batch_metrics(info: StackInfo) -> dict[str, dict[str, float]]:
@@ -52,9 +54,9 @@ def batch_metrics(info: StackInfo) -> dict[str, dict[str, float]]:
     result: dict[str, dict[str, float]] = {}
     for name, record in info.workers.items():
         assert record.port is not None, name
-        values = dict.fromkeys((*BATCH_METRICS, *(f"phase:{p}" for p in BATCH_PHASES)), 0.0)
+        phases = (f"phase:{p}" for p in BATCH_PHASES)
+        values = dict.fromkeys((*BATCH_METRICS, *phases, *COLLECTOR_PAUSES), 0.0)
         stage = worker_service(record)
-        values["gc_seconds"] = values["gc_full_seconds"] = 0.0
         for sample in metric_samples(record.port):
             if sample.name == "concord_gc_pause_seconds_sum":  # the worker's own process
                 values["gc_seconds"] += sample.value
@@ -87,8 +89,8 @@ def batch_summary(
             "phase_shares": {p: round(t / busy, 3) if busy else 0.0 for p, t in phases.items()},
             # Collector pauses while the stage ran, as a share of the wall time.
             **{
-                f"{k}_share": round((values.get(k, 0.0) - before[name].get(k, 0.0)) / wall, 3)
-                for k in ("gc_seconds", "gc_full_seconds")
+                f"{k}_share": round((values[k] - before[name][k]) / wall, 3)
+                for k in COLLECTOR_PAUSES
             },
         }
     return summary

@@ -18,10 +18,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from builders import published_events
 from concord.cli import main
 from concord.config import DEFAULT_ENTERPRISE_ID_SYSTEM
 from concord.events.models import IngestedRecord
-from concord.events.raw import RawEvent
 from concord.generate import (
     GeneratedSet,
     GeneratorConfig,
@@ -65,20 +65,11 @@ def ingested(population: GeneratedSet, files: Path) -> dict[str, list[IngestedRe
     rejected: Counter[tuple[str, str, str | None]] = Counter()
     for source in population.answer_key["sources"]:
         records: list[IngestedRecord] = []
-        for offset, message in enumerate(read_file(files / source["file"], source["name"])):
-            raw = RawEvent(
-                topic=message.topic,
-                partition=0,
-                offset=offset,
-                key=message.key,
-                value=message.value,
-                headers=(("source", source["name"].encode()),),
-                received_time=RECEIVED,
-            )
+        for raw in published_events(files / source["file"], source["name"], RECEIVED):
             if source["format"] == "fhir":
                 result = ingest_fhir(raw, max_payload_bytes=1_000_000)
             elif source["format"] == CLAIMS:
-                assert message.topic == "ehr.raw.claims"
+                assert raw.topic == "ehr.raw.claims"
                 result = ingest_claim(raw, max_payload_bytes=1_000_000)
             else:
                 # No source zone configured: every generated timestamp must carry its offset.

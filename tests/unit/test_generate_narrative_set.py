@@ -16,10 +16,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from builders import published_events
 from concord.cli import main
 from concord.clinical_text.documents import fhir_documents, hl7_documents
 from concord.events.models import IngestedRecord
-from concord.events.raw import RawEvent
 from concord.generate import GeneratedSet, GeneratorConfig, generate
 from concord.generate.generator import default_scenarios, plan
 from concord.generate.narrative_set import NarrativeSet
@@ -28,7 +28,6 @@ from concord.generate.planted import PlantedConflicts
 from concord.hl7v2 import er7
 from concord.ingestion.fhir import ingest_fhir
 from concord.ingestion.hl7v2 import ingest_hl7v2
-from concord.publishing import read_file
 
 SEED = 42
 PATIENTS = 300
@@ -138,16 +137,7 @@ def test_more_documents_than_persons_who_can_take_one_are_capped() -> None:
 
 def _ingest(source: dict[str, Any], folder: Path) -> list[IngestedRecord]:
     records: list[IngestedRecord] = []
-    for offset, message in enumerate(read_file(folder / source["file"], source["name"])):
-        raw = RawEvent(
-            topic=message.topic,
-            partition=0,
-            offset=offset,
-            key=message.key,
-            value=message.value,
-            headers=(("source", source["name"].encode()),),
-            received_time=RECEIVED,
-        )
+    for raw in published_events(folder / source["file"], source["name"], RECEIVED):
         ingest = ingest_fhir if source["format"] == "fhir" else ingest_hl7v2
         result = ingest(raw, max_payload_bytes=1_000_000)
         assert isinstance(result, list), result

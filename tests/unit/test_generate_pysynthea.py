@@ -19,11 +19,11 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from builders import published_events
 from concord.bulk_export import plan
 from concord.cli import main
 from concord.conflicts.evaluation import score
 from concord.events.models import Assertion, ConflictEvent, Provenance
-from concord.events.raw import RawEvent
 from concord.generate import planted, synthea_plants, synthea_set
 from concord.generate.synthea_engine import (
     GENERATOR_ID_SYSTEM,
@@ -40,7 +40,6 @@ from concord.generate.two_ehrs import (
     references_in,
 )
 from concord.ingestion.fhir import ingest_fhir
-from concord.publishing import read_file
 
 PERSONS = 8
 SEED = 7
@@ -179,16 +178,7 @@ def test_references_to_types_left_out_point_at_the_ehrs_own_ids(planted_set: Pat
 def test_every_record_is_valid_for_ingestion(planted_set: Path) -> None:
     rejected: Counter[tuple[str, str | None]] = Counter()
     for name in (A, B):
-        for offset, message in enumerate(read_file(planted_set / f"{name}.ndjson", name)):
-            raw = RawEvent(
-                topic=message.topic,
-                partition=0,
-                offset=offset,
-                key=message.key,
-                value=message.value,
-                headers=(("source", name.encode()),),
-                received_time=RECEIVED,
-            )
+        for raw in published_events(planted_set / f"{name}.ndjson", name, RECEIVED):
             result = ingest_fhir(raw, max_payload_bytes=1_000_000)
             if not isinstance(result, list):
                 rejected[(result.reason_code, result.location)] += 1

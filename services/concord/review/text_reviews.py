@@ -78,34 +78,40 @@ record_id, source_system, effective_time, evidence, status, created_at, decided_
 fact_id"""
 
 
+def _entry_fields(row: asyncpg.Record, kind: str) -> dict[str, object]:
+    return {
+        "task_id": row["task_id"],
+        "patient_id": row["patient_id"],
+        "attribute": row["attribute"],
+        "confidence": row["confidence"],
+        "assertion": row["assertion"],
+        "kind": kind,
+        "source_system": row["source_system"],
+        "status": row["status"],
+        "created_at": row["created_at"],
+    }
+
+
 def _entry(row: asyncpg.Record) -> TextReviewEntry:
-    evidence = orjson.loads(row["evidence"])
-    return TextReviewEntry(
-        task_id=row["task_id"],
-        patient_id=row["patient_id"],
-        attribute=row["attribute"],
-        confidence=row["confidence"],
-        assertion=row["assertion"],
-        kind=(evidence.get("text") or {}).get("kind", ""),
-        source_system=row["source_system"],
-        status=row["status"],
-        created_at=row["created_at"],
-    )
+    text = orjson.loads(row["evidence"]).get("text") or {}
+    return TextReviewEntry.model_validate(_entry_fields(row, text.get("kind", "")))
 
 
 def _task(row: asyncpg.Record) -> TextReviewTask:
     provenance = Provenance.model_validate_json(row["evidence"])
     text = provenance.text
-    return TextReviewTask(
-        **_entry(row).model_dump(),
-        value=row["value"],
-        excerpt=text.excerpt if text else "",
-        section=text.section if text else None,
-        document_id=row["document_id"],
-        record_id=row["record_id"],
-        provenance=provenance,
-        decided_by=row["decided_by"],
-        decided_at=row["decided_at"],
+    return TextReviewTask.model_validate(
+        {
+            **_entry_fields(row, text.kind if text else ""),
+            "value": row["value"],
+            "excerpt": text.excerpt if text else "",
+            "section": text.section if text else None,
+            "document_id": row["document_id"],
+            "record_id": row["record_id"],
+            "provenance": provenance,
+            "decided_by": row["decided_by"],
+            "decided_at": row["decided_at"],
+        }
     )
 
 

@@ -744,21 +744,43 @@ async def queue(
     )
 
 
+def _purpose_page(
+    request: Request,
+    session: WebSession,
+    *,
+    what: str,
+    heading: str,
+    action: str,
+    back: str,
+    back_label: str,
+) -> Response:
+    """The form that asks why a PHI page is opened (its purpose of use) before it is read."""
+    return _page(
+        request,
+        "purpose.html",
+        session,
+        what=what,
+        heading=heading,
+        action=action,
+        back=back,
+        back_label=back_label,
+        purposes=PURPOSES_OF_USE,
+        chosen_purpose=session.purpose,
+    )
+
+
 @router.get("/alerts/{alert_id}")
 async def alert_purpose(request: Request, session: Session, alert_id: str) -> Response:
     """Why read it: the form whose POST shows the detail (no PHI on this page)."""
     require(session.principal, Permission.ALERTS_READ)
-    return _page(
+    return _purpose_page(
         request,
-        "purpose.html",
         session,
         what=f"alert {alert_id}",
         heading=f"Alert {alert_id}",
         action=f"{_alert_url(alert_id)}/read",
         back=OPEN_QUEUE,
         back_label="the alert queue",
-        purposes=PURPOSES_OF_USE,
-        chosen_purpose=session.purpose,
     )
 
 
@@ -969,17 +991,14 @@ async def identity_tasks(
 @router.get("/identity/{task_id}")
 async def identity_purpose(request: Request, session: Session, task_id: str) -> Response:
     require(session.principal, Permission.IDENTITY_READ)
-    return _page(
+    return _purpose_page(
         request,
-        "purpose.html",
         session,
         what=f"identity review task {task_id}",
         heading=f"Identity review {task_id}",
         action=f"{_task_url(task_id)}/read",
         back=f"{UI}/identity",
         back_label="the identity reviews",
-        purposes=PURPOSES_OF_USE,
-        chosen_purpose=session.purpose,
     )
 
 
@@ -1062,17 +1081,14 @@ async def text_tasks(
 @router.get("/text/{task_id}")
 async def text_purpose(request: Request, session: Session, task_id: str) -> Response:
     require(session.principal, Permission.TEXT_READ)
-    return _page(
+    return _purpose_page(
         request,
-        "purpose.html",
         session,
         what=f"text review task {task_id}",
         heading=f"Text review {task_id}",
         action=f"{_text_url(task_id)}/read",
         back=f"{UI}/text",
         back_label="the text reviews",
-        purposes=PURPOSES_OF_USE,
-        chosen_purpose=session.purpose,
     )
 
 
