@@ -60,8 +60,8 @@ TAKEN = EPOCH - timedelta(hours=2)  # the glucose specimen, both sources
 PROGRESS_EVERY_S = 5.0
 # The conflicts stage's tables (benchlib.metrics.STATE_TABLES and the smaller ones).
 TABLES = (
-    "assertions", "fact_history", "subject_owners", "conflict_state", "stale_state",
-    "stale_timers", "held_records", "subject_merge_moves",
+    "assertions_coded", "fact_history_coded", "subject_owners_coded", "state_names",
+    "conflict_state", "stale_state", "stale_timers", "held_records", "subject_merge_moves",
 )  # fmt: skip
 
 
@@ -225,7 +225,7 @@ async def sizes(pool: asyncpg.Pool) -> dict[str, Any]:
     progress("VACUUM ANALYZE")
     async with pool.acquire() as conn:
         await conn.execute("VACUUM ANALYZE")
-        patients = await conn.fetchval("SELECT count(DISTINCT patient_id) FROM assertions")
+        patients = await conn.fetchval("SELECT count(DISTINCT patient_id) FROM assertions_coded")
         tables: dict[str, Any] = {}
         for table in TABLES:
             if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):

@@ -114,8 +114,8 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
 
 # the review page reads.
 STATE_TABLES = (
-    "assertions", "conflict_state", "fact_history", "subject_owners", "stale_state",
-    "stale_timers",
+    "assertions_coded", "conflict_state", "fact_history_coded", "subject_owners_coded",
+    "state_names", "stale_state", "stale_timers",
 )  # fmt: skip
 
 
@@ -129,7 +129,7 @@ async def state_per_patient(dsn: str) -> dict[str, Any]:
             table: await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", table)
             for table in STATE_TABLES
         }
-        patients = await conn.fetchval("SELECT count(DISTINCT patient_id) FROM assertions")
+        patients = await conn.fetchval("SELECT count(DISTINCT patient_id) FROM assertions_coded")
     finally:
         await conn.close()
     total = sum(sizes.values())

@@ -1,7 +1,8 @@
-"""The conflicts state's compact layout (issue 17, migration 0019) against a real PostgreSQL:
-each fact's provenance is stored once, in fact_history, and an assertion that is exactly its
-fact refers to it; what the store reads back is what was written, and the migration converts
-the rows an older release wrote."""
+"""The conflicts state's compact layout (issue 17, migrations 0019 and 0021) against a real
+PostgreSQL: each fact's provenance is stored once, in the history, and an assertion that is
+exactly its fact refers to it; names are ids of state_names and fact ids 16-byte keys, read
+back through views under the old names; what the store reads back is what was written, and
+each migration converts the rows an older release wrote."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from concord.conflicts.rules import AttributeState, apply_fact, as_assertion
+from concord.conflicts.state_coding import StateNames, fact_key
 from concord.conflicts.store import ConflictStore
 from concord.events.models import ClinicalFact, Provenance
 from concord.runtime.db import apply_migrations, migration_files
@@ -128,18 +130,30 @@ def fresh_dsn(postgres: PostgresInfo) -> Iterator[str]:
     asyncio.run(drop_database(postgres.dsn, name))
 
 
-@pytest_asyncio.fixture
-async def before_0019(fresh_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """The database as the release before migration 0019 left it."""
-    conn = await asyncpg.connect(fresh_dsn)
+async def _migrated_before(dsn: str, migration: str) -> asyncpg.Connection:
+    """A connection to the database as the release before `migration` left it."""
+    conn = await asyncpg.connect(dsn)
     await conn.execute(
         "CREATE TABLE schema_migrations (name text PRIMARY KEY, "
         "applied_at timestamptz NOT NULL DEFAULT now())"
     )
     for name, sql in migration_files():
-        if name < "0019":
+        if name < migration:
             await conn.execute(sql)
             await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+    return conn
+
+
+@pytest_asyncio.fixture
+async def before_0019(fresh_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await _migrated_before(fresh_dsn, "0019")
+    yield conn
+    await conn.close()
+
+
+@pytest_asyncio.fixture
+async def before_0021(fresh_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await _migrated_before(fresh_dsn, "0021")
     yield conn
     await conn.close()
 
@@ -234,5 +248,163 @@ async def test_the_migration_converts_the_rows_an_older_release_wrote(
                 "WHERE table_name = 'assertions' AND column_name = $1",
                 dropped,
             )
+    finally:
+        await pool.close()
+
+
+# --- migration 0021: names and fact ids coded ------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_names_and_fact_ids_are_coded_and_read_back_through_the_views(
+    pool: asyncpg.Pool,
+) -> None:
+    """A fact id of 32 hex digits is its own key; any other is kept whole beside a key derived
+    from it. The views under the old names spell every name out, and a second worker (its own
+    cache of names) reads what the first wrote."""
+    patient = patient_id()
+    key = (patient, BIRTH[0])
+    hex_fact = fact(patient, "hosp", "1970-01-01")
+    named_fact = fact(patient, f"feed-{uuid.uuid4().hex[:6]}", "1970-01-02").model_copy(
+        update={"fact_id": f"feed:Observation/{uuid.uuid4()}"}
+    )
+    state = AttributeState(patient, *BIRTH)
+    for f in (hex_fact, named_fact):
+        apply_fact(state, f)
+    sources = [(state, f.provenance.source_system, 1) for f in (hex_fact, named_fact)]
+    writer = ConflictStore(pool, Outbox(pool, f"test-{uuid.uuid4().hex[:6]}"))
+    await writer.save(sources, [], [], facts=[hex_fact, named_fact])
+
+    reader = ConflictStore(pool, Outbox(pool, "test"))
+    loaded = (await reader.load([key], {key: BIRTH[1]}))[key]
+    assert loaded.assertions == {
+        f.provenance.source_system: as_assertion(f) for f in (hex_fact, named_fact)
+    }
+    coded = await pool.fetch(
+        "SELECT fact_key, fact_name FROM fact_history_coded WHERE patient_id = $1", patient
+    )
+    assert {(r["fact_key"].hex, r["fact_name"]) for r in coded} == {
+        fact_key(hex_fact.fact_id),
+        fact_key(named_fact.fact_id),
+    }
+    assert fact_key(hex_fact.fact_id) == (hex_fact.fact_id, None)
+    stored = await pool.fetch(
+        "SELECT fact_id, attribute, attribute_class, source_system, status, raw_topic, "
+        "event_time_basis FROM fact_history WHERE patient_id = $1",
+        patient,
+    )
+    assert {tuple(r) for r in stored} == {
+        (f.fact_id, *BIRTH, f.provenance.source_system, "ASSERTED", "ehr.raw.fhir",
+         "meta.lastUpdated")
+        for f in (hex_fact, named_fact)
+    }  # fmt: skip
+    referred = await pool.fetch(
+        "SELECT fact_id, assertion FROM assertions WHERE patient_id = $1", patient
+    )
+    assert {(r["fact_id"], r["assertion"]) for r in referred} == {
+        (hex_fact.fact_id, None),
+        (named_fact.fact_id, None),
+    }
+    owners = await pool.fetch(
+        "SELECT source_system FROM subject_owners WHERE patient_id = $1", patient
+    )
+    assert {r["source_system"] for r in owners} == {"hosp", named_fact.provenance.source_system}
+
+
+@pytest.mark.asyncio
+async def test_a_name_is_committed_before_the_transaction_that_uses_it(pool: asyncpg.Pool) -> None:
+    """A save that rolls back must not leave this worker's cache naming an id that does not
+    exist: the name's id is committed on its own, first."""
+    names = StateNames(pool)
+    name = f"rolled-back-{uuid.uuid4().hex[:8]}"
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        ids = await names.ids([name, None])
+        await transaction.rollback()
+    assert await pool.fetchval("SELECT id FROM state_names WHERE name = $1", name) == ids[name]
+    async with pool.acquire() as conn:
+        assert (await names.names(conn, [ids[name]]))[ids[name]] == name
+
+
+_0019_HISTORY = """
+INSERT INTO fact_history (fact_id, patient_id, attribute, attribute_class, source_system,
+                          subject, value, display, status, event_time, received_time,
+                          raw_offset, raw_partition, record_id, record_version, raw_topic,
+                          payload_sha256, payload_digest, raw_location, event_time_basis,
+                          provenance_extra, unit, effective_time)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+        $20, $21::jsonb, $22, $23)
+"""
+_0019_ASSERTION = """
+INSERT INTO assertions (patient_id, attribute, source_system, kafka_partition, attribute_class,
+                        fact_id, event_time, assertion, records)
+VALUES ($1, $2, $3, 4, $4, $5, $6, $7::jsonb, $8::jsonb)
+"""
+
+
+@pytest.mark.asyncio
+async def test_migration_0021_keeps_every_row_as_the_views_read_it(
+    before_0021: asyncpg.Connection, fresh_dsn: str
+) -> None:
+    """Rows the 0019 layout holds (a fact with a hex id, one with another id, a history row with
+    no basis and a digest that is not hex, a tombstone stored whole, a subject's owner) read
+    the same, column for column, through the views after 0021; the store reads them back, and
+    the migration keyed the other id as the store does."""
+    conn, patient = before_0021, patient_id()
+    hex_fact = fact(patient, "hosp", "1970-01-01")
+    named = fact(patient, "lab", "1970-01-02", payload_sha256="md5:abc", event_time_basis=None)
+    named = named.model_copy(update={"fact_id": "lab:Patient/7", "unit": "d", "effective_time": T0})
+    for f in (hex_fact, named):
+        p = f.provenance
+        digest_is_hex = p.payload_sha256 == "0f" * 32
+        await conn.execute(
+            _0019_HISTORY, f.fact_id, patient, *BIRTH, p.source_system, f.subject, f.value,
+            f.display, f.status, p.event_time, p.received_time, p.raw_offset, p.raw_partition,
+            p.source_record_id, p.source_record_version, p.raw_topic,
+            bytes.fromhex(p.payload_sha256) if digest_is_hex else None,
+            None if digest_is_hex else p.payload_sha256, p.raw_location, p.event_time_basis,
+            None, f.unit, f.effective_time,
+        )  # fmt: skip
+        await conn.execute(
+            _0019_ASSERTION, patient, BIRTH[0], p.source_system, BIRTH[1], f.fact_id,
+            p.event_time, None, None,
+        )  # fmt: skip
+    tombstone = as_assertion(hex_fact).model_copy(
+        update={"fact_id": "merged-x", "value": None, "display": None, "status": "DELETED"}
+    )
+    await conn.execute(
+        _0019_ASSERTION, patient, BIRTH[0], "clinic", BIRTH[1], tombstone.fact_id, T0,
+        tombstone.model_dump_json(), None,
+    )  # fmt: skip
+    await conn.execute("INSERT INTO subject_owners VALUES ('lab', 'Patient/lab-x', $1)", patient)
+    reads = {
+        "fact_history": "SELECT * FROM fact_history ORDER BY fact_id",
+        "assertions": "SELECT * FROM assertions ORDER BY source_system",
+        "subject_owners": "SELECT * FROM subject_owners ORDER BY subject",
+    }
+    before = {name: [dict(r) for r in await conn.fetch(sql)] for name, sql in reads.items()}
+
+    assert await apply_migrations(fresh_dsn) == [
+        name for name, _ in migration_files() if name >= "0021"
+    ]
+    after = {name: [dict(r) for r in await conn.fetch(sql)] for name, sql in reads.items()}
+    assert after == before
+    assert len(after["fact_history"]) == 2 and len(after["assertions"]) == 3
+    key = await conn.fetchval(
+        "SELECT fact_key FROM fact_history_coded WHERE fact_name = $1", named.fact_id
+    )
+    assert (key.hex, named.fact_id) == fact_key(named.fact_id)
+    pool = await asyncpg.create_pool(fresh_dsn, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        store = ConflictStore(pool, Outbox(pool, "test"))
+        state_key = (patient, BIRTH[0])
+        loaded = (await store.load([state_key], {state_key: BIRTH[1]}))[state_key]
+        assert loaded.assertions == {
+            "hosp": as_assertion(hex_fact),
+            "lab": as_assertion(named),
+            "clinic": tombstone,
+        }
     finally:
         await pool.close()

@@ -8,8 +8,9 @@ holds the assertions, the conflict states and the outbox rows, so they always ag
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
+from typing import cast
 
 import asyncpg
 import orjson
@@ -23,47 +24,51 @@ from concord.conflicts.rules import (
     Hold,
     as_assertion,
 )
+from concord.conflicts.state_coding import StateNames, fact_id_of, fact_key
 from concord.events.models import Assertion, AttributeClass, ClinicalFact, Provenance
 from concord.runtime.batch import OutboundRecord
 from concord.runtime.db import unnest_columns
 from concord.runtime.leases import PartitionLeases
 from concord.runtime.outbox import Outbox
 
-# A fact as fact_history keeps it (h), its provenance included: an assertion row whose
-# `assertion` is NULL is exactly that fact (migration 0019).
+# A fact as the history keeps it (h), its provenance included: an assertion row whose
+# `assertion` is NULL is exactly that fact (migration 0019). Names are ids of state_names, and
+# fact ids keys (migration 0021, state_coding).
 _FACT = """
-h.fact_id AS h_fact_id, h.source_system AS h_source_system, h.value, h.display, h.status,
-h.unit, h.effective_time, h.event_time AS h_event_time, h.received_time, h.record_id,
-h.record_version, h.raw_topic, h.raw_partition, h.raw_offset, h.payload_sha256, h.payload_digest,
-h.raw_location, h.event_time_basis, h.provenance_extra
+h.fact_key AS h_fact_key, h.fact_name AS h_fact_name, h.source_id AS h_source_id, h.value,
+h.display, h.status_id, h.unit, h.effective_time, h.event_time AS h_event_time, h.received_time,
+h.record_id, h.record_version, h.raw_topic_id, h.raw_partition, h.raw_offset, h.payload_sha256,
+h.payload_digest, h.raw_location, h.event_time_basis_id, h.provenance_extra
 """
+# The name ids a _FACT row holds.
+_FACT_NAMES = ("h_source_id", "status_id", "raw_topic_id", "event_time_basis_id")
 _LOAD_ASSERTIONS = f"""
-SELECT a.patient_id, a.attribute, a.source_system, a.assertion, a.records, {_FACT}
-FROM assertions a
-JOIN unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
-  ON a.patient_id = k.patient_id AND a.attribute = k.attribute
-LEFT JOIN fact_history h ON a.assertion IS NULL AND h.fact_id = a.fact_id
+SELECT a.patient_id, a.attribute_id, a.source_id, a.assertion, a.records, {_FACT}
+FROM assertions_coded a
+JOIN unnest($1::text[], $2::int[]) AS k(patient_id, attribute_id)
+  ON a.patient_id = k.patient_id AND a.attribute_id = k.attribute_id
+LEFT JOIN fact_history_coded h ON a.assertion IS NULL AND h.fact_key = a.fact_key
 """  # noqa: S608 (constants only)
-_FACTS = f"SELECT {_FACT} FROM fact_history h WHERE h.fact_id = ANY($1::text[])"  # noqa: S608
+_FACTS = f"SELECT {_FACT} FROM fact_history_coded h WHERE h.fact_key = ANY($1::uuid[])"  # noqa: S608
 _LOAD_CONFLICTS = """
 SELECT c.* FROM conflict_state c
 JOIN unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
   ON c.patient_id = k.patient_id AND c.attribute = k.attribute
 """
 _UPSERT_ASSERTIONS_ANY_TIME = """
-INSERT INTO assertions (patient_id, attribute, source_system, kafka_partition, attribute_class,
-                        fact_id, event_time, assertion, records)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
+INSERT INTO assertions_coded (patient_id, attribute_id, source_id, kafka_partition,
+                              attribute_class_id, fact_key, event_time, assertion, records)
+SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::uuid[],
                      $7::timestamptz[], $8::jsonb[], $9::jsonb[])
-ON CONFLICT (patient_id, attribute, source_system) DO UPDATE SET
-    kafka_partition = excluded.kafka_partition, attribute_class = excluded.attribute_class,
-    fact_id = excluded.fact_id, event_time = excluded.event_time,
+ON CONFLICT (patient_id, attribute_id, source_id) DO UPDATE SET
+    kafka_partition = excluded.kafka_partition, attribute_class_id = excluded.attribute_class_id,
+    fact_key = excluded.fact_key, event_time = excluded.event_time,
     assertion = excluded.assertion, records = excluded.records
 """
 # A stale cache (another worker's, during a rebalance) must never put an older assertion back;
 # only an unmerge's rebuild does so on purpose (_UPSERT_ASSERTIONS_ANY_TIME).
 _UPSERT_ASSERTIONS = (
-    _UPSERT_ASSERTIONS_ANY_TIME + "WHERE assertions.event_time <= excluded.event_time\n"
+    _UPSERT_ASSERTIONS_ANY_TIME + "WHERE assertions_coded.event_time <= excluded.event_time\n"
 )
 _UPSERT_CONFLICTS = """
 INSERT INTO conflict_state (patient_id, attribute, conflict_id, revision, status,
@@ -82,35 +87,38 @@ WHERE conflict_state.conflict_id <> excluded.conflict_id
 
 
 _RECORD_HISTORY = """
-INSERT INTO fact_history (fact_id, patient_id, attribute, attribute_class, source_system,
-                          subject, value, display, status, event_time, unit, effective_time,
-                          received_time, record_id, record_version, raw_topic, raw_partition,
-                          raw_offset, payload_sha256, payload_digest, raw_location,
-                          event_time_basis, provenance_extra)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::text[],
-                     $12::timestamptz[], $13::timestamptz[], $14::text[], $15::text[],
-                     $16::text[], $17::int[], $18::bigint[], $19::bytea[], $20::text[],
-                     $21::text[], $22::text[], $23::jsonb[])
-ON CONFLICT (fact_id) DO NOTHING
-RETURNING fact_id
+INSERT INTO fact_history_coded (fact_key, fact_name, patient_id, attribute_id, attribute_class_id,
+                                source_id, subject, value, display, status_id, event_time, unit,
+                                effective_time, received_time, record_id, record_version,
+                                raw_topic_id, raw_partition, raw_offset, payload_sha256,
+                                payload_digest, raw_location, event_time_basis_id,
+                                provenance_extra)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::int[],
+                     $7::text[], $8::text[], $9::text[], $10::int[], $11::timestamptz[],
+                     $12::text[], $13::timestamptz[], $14::timestamptz[], $15::text[],
+                     $16::text[], $17::int[], $18::int[], $19::bigint[], $20::bytea[],
+                     $21::text[], $22::text[], $23::int[], $24::jsonb[])
+ON CONFLICT (fact_key) DO NOTHING
+RETURNING fact_key
 """
 _RECORD_OWNERS = """
-INSERT INTO subject_owners (source_system, subject, patient_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-ON CONFLICT (source_system, subject) DO UPDATE SET patient_id = excluded.patient_id
-WHERE subject_owners.patient_id <> excluded.patient_id
+INSERT INTO subject_owners_coded (source_id, subject, patient_id)
+SELECT * FROM unnest($1::int[], $2::text[], $3::text[])
+ON CONFLICT (source_id, subject) DO UPDATE SET patient_id = excluded.patient_id
+WHERE subject_owners_coded.patient_id <> excluded.patient_id
 """
+# subject_merge_moves is rare and small: it keeps the source's name.
 _MOVE_SUBJECTS = """
 WITH moved AS (
-    UPDATE subject_owners o SET patient_id = m.survivor
+    UPDATE subject_owners_coded o SET patient_id = m.survivor
     FROM unnest($1::text[], $2::text[]) AS m(absorbed, survivor)
     WHERE o.patient_id = m.absorbed
-    RETURNING m.absorbed, m.survivor, o.source_system, o.subject
+    RETURNING m.absorbed, m.survivor, o.source_id, o.subject
 )
 INSERT INTO subject_merge_moves (absorbed_patient_id, survivor_patient_id, source_system,
                                  subject)
-SELECT * FROM moved
+SELECT moved.absorbed, moved.survivor, n.name, moved.subject
+FROM moved JOIN state_names n ON n.id = moved.source_id
 ON CONFLICT (absorbed_patient_id, source_system, subject) DO UPDATE SET
     survivor_patient_id = excluded.survivor_patient_id
 """
@@ -118,11 +126,14 @@ _RESTORE_SUBJECTS = """
 WITH restored AS (
     DELETE FROM subject_merge_moves WHERE absorbed_patient_id = $1
     RETURNING source_system, subject
+), coded AS (
+    SELECT n.id AS source_id, r.subject
+    FROM restored r JOIN state_names n ON n.name = r.source_system
 ), previous AS (
-    SELECT o.patient_id FROM subject_owners o JOIN restored USING (source_system, subject)
+    SELECT o.patient_id FROM subject_owners_coded o JOIN coded USING (source_id, subject)
 ), moved AS (
-    UPDATE subject_owners o SET patient_id = $1 FROM restored r
-    WHERE o.source_system = r.source_system AND o.subject = r.subject
+    UPDATE subject_owners_coded o SET patient_id = $1 FROM coded r
+    WHERE o.source_id = r.source_id AND o.subject = r.subject
 )
 SELECT DISTINCT patient_id FROM previous
 """
@@ -130,15 +141,16 @@ SELECT DISTINCT patient_id FROM previous
 # under subjects they no longer own (whose assertions must leave them).
 _HISTORY_OF = f"""
 WITH owned AS (
-    SELECT source_system, subject, patient_id AS owner FROM subject_owners
+    SELECT source_id, subject, patient_id AS owner FROM subject_owners_coded
     WHERE patient_id = ANY($1::text[])
 )
-SELECT h.attribute, h.attribute_class, owned.owner, {_FACT}
-FROM fact_history h JOIN owned USING (source_system, subject)
+SELECT h.attribute_id, h.attribute_class_id, owned.owner, {_FACT}
+FROM fact_history_coded h JOIN owned USING (source_id, subject)
 UNION
-SELECT h.attribute, h.attribute_class, coalesce(o.patient_id, h.patient_id) AS owner, {_FACT}
-FROM fact_history h
-LEFT JOIN subject_owners o USING (source_system, subject)
+SELECT h.attribute_id, h.attribute_class_id, coalesce(o.patient_id, h.patient_id) AS owner,
+       {_FACT}
+FROM fact_history_coded h
+LEFT JOIN subject_owners_coded o USING (source_id, subject)
 WHERE h.patient_id = ANY($1::text[])
 """  # noqa: S608 (constants only)
 _LOAD_STALE = """
@@ -191,7 +203,7 @@ WHERE kafka_partition = ANY($1::int[]) AND due_at <= $2
 ORDER BY due_at LIMIT $3
 """
 _ATTRIBUTES_OF = """
-SELECT DISTINCT patient_id, attribute, attribute_class FROM assertions
+SELECT DISTINCT patient_id, attribute_id, attribute_class_id FROM assertions_coded
 WHERE patient_id = ANY($1::text[])
 """
 
@@ -206,6 +218,7 @@ class ConflictStore(ConflictStorePort):
         self.outbox = outbox
         # The worker wires them (composition); without them nothing is fenced.
         self.leases = leases
+        self.names = StateNames(pool)
 
     async def claim(self, partitions: set[int]) -> None:
         if self.leases is not None:
@@ -225,37 +238,56 @@ class ConflictStore(ConflictStorePort):
         return {row["patient_id"] for row in rows}
 
     async def history_of(self, patient_ids: Sequence[str]) -> list[HistoricFact]:
-        rows = await self.pool.fetch(_HISTORY_OF, list(patient_ids))
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(_HISTORY_OF, list(patient_ids))
+            names = await self.names.names(
+                conn, _ids_in(rows, ("attribute_id", "attribute_class_id", *_FACT_NAMES))
+            )
         return [
             HistoricFact(
                 owner=row["owner"],
-                attribute=row["attribute"],
-                attribute_class=row["attribute_class"],
-                assertion=_fact(row),
+                attribute=names[row["attribute_id"]],
+                attribute_class=_attribute_class(names[row["attribute_class_id"]]),
+                assertion=_fact(row, names),
             )
             for row in rows
         ]
 
     async def attributes_of(self, patient_ids: Sequence[str]) -> dict[Key, AttributeClass]:
-        rows = await self.pool.fetch(_ATTRIBUTES_OF, list(patient_ids))
-        return {(row["patient_id"], row["attribute"]): row["attribute_class"] for row in rows}
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(_ATTRIBUTES_OF, list(patient_ids))
+            ids = _ids_in(rows, ("attribute_id", "attribute_class_id"))
+            names = await self.names.names(conn, ids)
+        return {
+            (row["patient_id"], names[row["attribute_id"]]): _attribute_class(
+                names[row["attribute_class_id"]]
+            )
+            for row in rows
+        }
 
     async def load(
         self, keys: Sequence[Key], classes: Mapping[Key, AttributeClass]
     ) -> dict[Key, AttributeState]:
         patients = [k[0] for k in keys]
         attributes = [k[1] for k in keys]
+        ids = await self.names.ids(attributes)
         async with self.pool.acquire() as conn:
-            assertion_rows = await conn.fetch(_LOAD_ASSERTIONS, patients, attributes)
+            assertion_rows = await conn.fetch(
+                _LOAD_ASSERTIONS, patients, [ids[a] for a in attributes]
+            )
+            names = await self.names.names(
+                conn, _ids_in(assertion_rows, ("attribute_id", "source_id", *_FACT_NAMES))
+            )
             conflict_rows = await conn.fetch(_LOAD_CONFLICTS, patients, attributes)
             stale_rows = await conn.fetch(_LOAD_STALE, patients, attributes)
             held_rows = await conn.fetch(_LOAD_HELD, patients, attributes)
         states = {key: AttributeState(key[0], key[1], classes[key]) for key in keys}
         for row in assertion_rows:
-            state = states[(row["patient_id"], row["attribute"])]
-            state.assertions[row["source_system"]] = _assertion(row)
+            state = states[(row["patient_id"], names[row["attribute_id"]])]
+            source = names[row["source_id"]]
+            state.assertions[source] = _assertion(row, names)
             if row["records"] is not None:
-                state.records[row["source_system"]] = _records(row["records"])
+                state.records[source] = _records(row["records"])
         for row in conflict_rows:
             states[(row["patient_id"], row["attribute"])].conflict = _conflict_state(
                 row, row["assertions_digest"], reviewed=row["reviewed"]
@@ -298,14 +330,16 @@ class ConflictStore(ConflictStorePort):
         partitions = {p for rows in (assertions, rebuilt, stale) for _, _, p in rows}
         partitions |= {p for rows in (conflicts, held) for _, p in rows}
         partitions |= {timer[2] for timer in timers}
+        # Committed before the transaction that refers to them (state_coding).
+        ids = await self.names.ids(_names_written(facts, [*assertions, *rebuilt]))
         async with self.pool.acquire() as conn, conn.transaction():
             if self.leases is not None:
                 await self.leases.check(conn, partitions)
             # The history first: an assertion that is exactly its recorded fact refers to it.
-            recorded = await _record(conn, facts)
-            known = await _recorded_as(conn, [*assertions, *rebuilt], recorded)
-            await _write_assertions(conn, _UPSERT_ASSERTIONS, assertions, known)
-            await _write_assertions(conn, _UPSERT_ASSERTIONS_ANY_TIME, rebuilt, known)
+            recorded = await _record(conn, facts, ids)
+            known = await self._recorded_as(conn, [*assertions, *rebuilt], recorded)
+            await _write_assertions(conn, _UPSERT_ASSERTIONS, assertions, known, ids)
+            await _write_assertions(conn, _UPSERT_ASSERTIONS_ANY_TIME, rebuilt, known, ids)
             await _write_stale(conn, stale)
             await _write_held(conn, held)
             await _write_timers(conn, timers)
@@ -317,52 +351,84 @@ class ConflictStore(ConflictStorePort):
                 await conn.execute(_UPSERT_CONFLICTS, *unnest_columns(columns, 10))
             await self.outbox.write(conn, events)
 
+    async def _recorded_as(
+        self,
+        conn: asyncpg.Connection,
+        rows: Sequence[tuple[AttributeState, str, int]],
+        recorded: dict[str, Assertion],
+    ) -> dict[str, Assertion]:
+        """The facts the assertions name as the history holds them (those recorded in this
+        transaction are known already; the rest are read)."""
+        wanted = {st.assertions[source].fact_id for st, source, _ in rows} - set(recorded)
+        if not wanted:
+            return recorded
+        found = await conn.fetch(_FACTS, sorted(fact_key(i)[0] for i in wanted))
+        names = await self.names.names(conn, _ids_in(found, _FACT_NAMES))
+        facts = (_fact(row, names) for row in found)
+        return {**recorded, **{fact.fact_id: fact for fact in facts}}
 
-async def _record(conn: asyncpg.Connection, facts: Sequence[ClinicalFact]) -> dict[str, Assertion]:
+
+def _names_written(
+    facts: Sequence[ClinicalFact], rows: Iterable[tuple[AttributeState, str, int]]
+) -> Iterator[str | None]:
+    """The names the facts' history rows and the assertion rows hold."""
+    for f in facts:
+        p = f.provenance
+        yield from (f.attribute, f.attribute_class, p.source_system, f.status, p.raw_topic)
+        yield p.event_time_basis
+    for st, source, _ in rows:
+        yield from (st.attribute, st.attribute_class, source)
+
+
+def _ids_in(rows: Iterable[asyncpg.Record], columns: Sequence[str]) -> Iterator[int | None]:
+    """The name ids the rows hold in `columns`."""
+    for row in rows:
+        for column in columns:
+            yield row[column]
+
+
+def _attribute_class(name: str) -> AttributeClass:
+    return cast(AttributeClass, name)
+
+
+async def _record(
+    conn: asyncpg.Connection, facts: Sequence[ClinicalFact], ids: Mapping[str, int]
+) -> dict[str, Assertion]:
     """Keep every consumed fact, and note whose each source's subject is now (the newest
     fact's patient), for an unmerge to rebuild from. Returns the facts recorded now (a fact
     recorded before keeps its first record), as assertions, by fact id."""
     if not facts:
         return {}
+    keys = [fact_key(f.fact_id) for f in facts]
     history = [
         (
-            f.fact_id,
+            *key,
             f.patient_id,
-            f.attribute,
-            f.attribute_class,
-            f.provenance.source_system,
+            ids[f.attribute],
+            ids[f.attribute_class],
+            ids[f.provenance.source_system],
             f.subject,
             f.value,
             f.display,
-            f.status,
+            ids[f.status],
             f.provenance.event_time,
             f.unit,
             f.effective_time,
-            *_provenance_columns(f.provenance),
+            *_provenance_columns(f.provenance, ids),
         )
-        for f in facts
+        for f, key in zip(facts, keys, strict=True)
     ]
-    rows = await conn.fetch(_RECORD_HISTORY, *unnest_columns(history, 23))
+    rows = await conn.fetch(_RECORD_HISTORY, *unnest_columns(history, 24))
     owners = {(f.provenance.source_system, f.subject): f.patient_id for f in facts if f.subject}
     if owners:
-        columns = ((source, subject, eid) for (source, subject), eid in owners.items())
+        columns = ((ids[source], subject, eid) for (source, subject), eid in owners.items())
         await conn.execute(_RECORD_OWNERS, *unnest_columns(columns, 3))
-    inserted = {row["fact_id"] for row in rows}
-    return {f.fact_id: as_assertion(f) for f in facts if f.fact_id in inserted}
-
-
-async def _recorded_as(
-    conn: asyncpg.Connection,
-    rows: Sequence[tuple[AttributeState, str, int]],
-    recorded: dict[str, Assertion],
-) -> dict[str, Assertion]:
-    """The facts the assertions name as fact_history holds them (those recorded in this
-    transaction are known already; the rest are read)."""
-    wanted = {st.assertions[source].fact_id for st, source, _ in rows} - set(recorded)
-    if not wanted:
-        return recorded
-    found = await conn.fetch(_FACTS, sorted(wanted))
-    return {**recorded, **{row["h_fact_id"]: _fact(row) for row in found}}
+    inserted = {row["fact_key"].hex for row in rows}
+    return {
+        f.fact_id: as_assertion(f)
+        for f, (key, _) in zip(facts, keys, strict=True)
+        if key in inserted
+    }
 
 
 async def _write_assertions(
@@ -370,9 +436,10 @@ async def _write_assertions(
     statement: str,
     rows: Iterable[tuple[AttributeState, str, int]],
     known: Mapping[str, Assertion],
+    ids: Mapping[str, int],
 ) -> None:
     """An assertion that is exactly its fact as the history keeps it is stored as the fact's
-    id alone; any other (a tombstone, a fact recorded before the history) whole."""
+    key alone; any other (a tombstone, a fact recorded before the history) whole."""
     columns: list[tuple[object, ...]] = []
     for st, source, p in rows:
         a = st.assertions[source]
@@ -380,11 +447,11 @@ async def _write_assertions(
         columns.append(
             (
                 st.patient_id,
-                st.attribute,
-                a.source_system,
+                ids[st.attribute],
+                ids[a.source_system],
                 p,
-                st.attribute_class,
-                a.fact_id,
+                ids[st.attribute_class],
+                fact_key(a.fact_id)[0],
                 _newest_time(a, records),
                 None if known.get(a.fact_id) == a else a.model_dump_json(),
                 _records_json(records),
@@ -407,11 +474,11 @@ def _conflict_state(row: asyncpg.Record, digest: str, *, reviewed: bool = False)
     )
 
 
-def _assertion(row: asyncpg.Record) -> Assertion:
+def _assertion(row: asyncpg.Record, names: Mapping[int, str]) -> Assertion:
     """An assertion row (joined with its fact's history row)."""
     if row["assertion"] is not None:
         return Assertion.model_validate_json(row["assertion"])
-    return _fact(row)
+    return _fact(row, names)
 
 
 # Provenance's fields fact_history has columns for (source_system and event_time: the fact's).
@@ -433,7 +500,7 @@ _PROVENANCE_COLUMNS = frozenset(
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
-def _provenance_columns(p: Provenance) -> tuple[object, ...]:
+def _provenance_columns(p: Provenance, ids: Mapping[str, int]) -> tuple[object, ...]:
     """received_time … provenance_extra, in _RECORD_HISTORY's order."""
     digest = p.payload_sha256
     packed = _SHA256_HEX.fullmatch(digest) is not None
@@ -447,42 +514,44 @@ def _provenance_columns(p: Provenance) -> tuple[object, ...]:
         p.received_time,
         p.source_record_id,
         p.source_record_version,
-        p.raw_topic,
+        ids[p.raw_topic],
         p.raw_partition,
         p.raw_offset,
         bytes.fromhex(digest) if packed else None,
         None if packed else digest,
         p.raw_location,
-        p.event_time_basis,
+        None if p.event_time_basis is None else ids[p.event_time_basis],
         orjson.dumps(extra).decode() if extra else None,
     )
 
 
-def _fact(row: asyncpg.Record) -> Assertion:
-    """The fact of a fact_history row (selected as _FACT) as an assertion, its provenance
-    whole again."""
+def _fact(row: asyncpg.Record, names: Mapping[int, str]) -> Assertion:
+    """The fact of a history row (selected as _FACT) as an assertion, its provenance whole
+    again."""
     digest = row["payload_sha256"]
+    basis = row["event_time_basis_id"]
+    source = names[row["h_source_id"]]
     provenance: dict[str, object] = {
-        "source_system": row["h_source_system"],
+        "source_system": source,
         "source_record_id": row["record_id"],
         "source_record_version": row["record_version"],
         "event_time": row["h_event_time"],
         "received_time": row["received_time"],
-        "raw_topic": row["raw_topic"],
+        "raw_topic": names[row["raw_topic_id"]],
         "raw_partition": row["raw_partition"],
         "raw_offset": row["raw_offset"],
         "payload_sha256": row["payload_digest"] if digest is None else bytes(digest).hex(),
         "raw_location": row["raw_location"],
-        "event_time_basis": row["event_time_basis"],
+        "event_time_basis": None if basis is None else names[basis],
     }
     if row["provenance_extra"] is not None:
         provenance.update(orjson.loads(row["provenance_extra"]))
     return Assertion(
-        source_system=row["h_source_system"],
+        source_system=source,
         value=row["value"],
         display=row["display"],
-        status=row["status"],
-        fact_id=row["h_fact_id"],
+        status=names[row["status_id"]],
+        fact_id=fact_id_of(row["h_fact_key"], row["h_fact_name"]),
         provenance=Provenance.model_validate(provenance),
         unit=row["unit"],
         effective_time=row["effective_time"],
