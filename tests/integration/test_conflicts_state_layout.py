@@ -19,7 +19,7 @@ import pytest_asyncio
 from concord.conflicts.rules import AttributeState, apply_fact, as_assertion
 from concord.conflicts.state_coding import StateNames, fact_key
 from concord.conflicts.store import ConflictStore
-from concord.events.models import ClinicalFact, Provenance
+from concord.events.models import ClinicalFact, Provenance, TextEvidence
 from concord.runtime.db import apply_migrations, migration_files
 from concord.runtime.outbox import Outbox
 from concord.stack.postgres import PostgresInfo, create_database, drop_database
@@ -58,6 +58,19 @@ def fact(patient: str, source: str, value: str, **provenance: object) -> Clinica
     )
 
 
+EVIDENCE = TextEvidence(
+    kind="note-text",
+    document="content/0",
+    section="history",
+    start=10,
+    end=32,
+    excerpt="born on 3 January 1970",
+    assertion="present",
+    confidence=0.9,
+    method="medspacy-1.3.1/concord-oncology-text-2026-12d",
+)
+
+
 def patient_id() -> str:
     return f"LAY-{uuid.uuid4().hex[:10]}"
 
@@ -74,20 +87,38 @@ async def test_an_assertion_reads_back_with_the_provenance_written(pool: asyncpg
     odd_fact = fact(
         patient, "lab", "1970-01-02", payload_sha256="sha256:NOT-HEX", raw_location=None
     )
+    read_fact = fact(patient, "notes", "1970-01-03", text=EVIDENCE)  # read from clinical text
     state = AttributeState(patient, *BIRTH)
-    for f in (hex_fact, odd_fact):
+    for f in (hex_fact, odd_fact, read_fact):
         apply_fact(state, f)
-    await store.save([(state, "hosp", 1), (state, "lab", 1)], [], [], facts=[hex_fact, odd_fact])
+    await store.save(
+        [(state, "hosp", 1), (state, "lab", 1), (state, "notes", 1)],
+        [],
+        [],
+        facts=[hex_fact, odd_fact, read_fact],
+    )
 
     loaded = (await store.load([key], {key: BIRTH[1]}))[key]
     assert loaded.assertions == state.assertions
-    for f in (hex_fact, odd_fact):
+    assert loaded.assertions["notes"].provenance.text == EVIDENCE
+    for f in (hex_fact, odd_fact, read_fact):
         assert loaded.assertions[f.provenance.source_system].provenance == f.provenance
         assert loaded.assertions[f.provenance.source_system] == as_assertion(f)
     stored = await pool.fetch(
         "SELECT source_system, assertion FROM assertions WHERE patient_id = $1", patient
     )
-    assert {r["source_system"]: r["assertion"] for r in stored} == {"hosp": None, "lab": None}
+    assert {r["source_system"]: r["assertion"] for r in stored} == {
+        "hosp": None,
+        "lab": None,
+        "notes": None,
+    }
+    extra = await pool.fetch(
+        "SELECT source_system, provenance_extra FROM fact_history WHERE patient_id = $1", patient
+    )
+    assert {
+        r["source_system"]: r["provenance_extra"] and orjson.loads(r["provenance_extra"])
+        for r in extra
+    } == {"hosp": None, "lab": None, "notes": {"text": EVIDENCE.model_dump(mode="json")}}
     raw = await pool.fetchrow(
         "SELECT raw_topic, raw_partition, raw_offset, encode(payload_sha256, 'hex') AS digest "
         "FROM fact_history WHERE fact_id = $1",
@@ -114,7 +145,7 @@ async def test_an_assertion_reads_back_with_the_provenance_written(pool: asyncpg
     assert again.assertions["hosp"].provenance == tombstone.provenance
     history = await store.history_of([patient])
     assert {h.assertion.fact_id: h.assertion for h in history} == {
-        f.fact_id: as_assertion(f) for f in (hex_fact, odd_fact)
+        f.fact_id: as_assertion(f) for f in (hex_fact, odd_fact, read_fact)
     }
 
 

@@ -172,6 +172,43 @@ async def test_one_patient_twice_in_a_batch_is_written_once(pool: asyncpg.Pool) 
     assert one.enterprise_id == two.enterprise_id
 
 
+_VIEW_ROWS = """
+SELECT 'view' AS kind, xmin::text AS version FROM identity_views
+WHERE source = $1 AND view_id = $2
+UNION ALL
+SELECT 'key:' || key, xmin::text FROM identity_block_keys WHERE source = $1 AND view_id = $2
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_view_sent_again_unchanged_is_not_rewritten(pool: asyncpg.Pool) -> None:
+    """A lab feed repeats its PID in every result: the same demographics for the same patient
+    leave the view and its blocking keys as they were (same row versions); changed ones, or
+    a view moved to another patient, are written again."""
+    store = PostgresIdentityStore(pool)
+    run = uuid.uuid4().hex[:6]
+    source = f"lab{run}"
+    first = patient(source, "1", family=f"Ostrander{run}", given="Mae", birth="1951-03-04")
+    [created] = await store.resolve_batch([first])
+    written = {r["kind"]: r["version"] for r in await pool.fetch(_VIEW_ROWS, source, "Patient/1")}
+    assert "view" in written and any(kind.startswith("key:") for kind in written)
+
+    again, _ = await store.resolve_batch([first, first])
+    assert again.enterprise_id == created.enterprise_id
+    unchanged = await pool.fetch(_VIEW_ROWS, source, "Patient/1")
+    assert {r["kind"]: r["version"] for r in unchanged} == written
+
+    moved = patient(source, "1", family=f"Ostrander{run}", given="Mae", birth="1951-03-04",
+                    phone="555-999-0001")  # fmt: skip
+    await store.resolve_batch([moved])
+    rewritten = {r["kind"]: r["version"] for r in await pool.fetch(_VIEW_ROWS, source, "Patient/1")}
+    assert rewritten["view"] != written["view"]
+    stored = await pool.fetchval(
+        "SELECT demographics ->> 'phone' FROM identity_views WHERE source = $1", source
+    )
+    assert stored == "5559990001"
+
+
 @pytest.mark.asyncio
 async def test_the_mpi_decides_between_look_alikes(pool: asyncpg.Pool) -> None:
     """Same demographics, two MPI ids: two people. A patient first seen without the MPI id

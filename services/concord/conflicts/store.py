@@ -497,6 +497,10 @@ _PROVENANCE_COLUMNS = frozenset(
         "event_time_basis",
     }
 )
+# The others, kept in provenance_extra when set.
+_PROVENANCE_EXTRA = tuple(
+    name for name in Provenance.model_fields if name not in _PROVENANCE_COLUMNS
+)
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -504,12 +508,10 @@ def _provenance_columns(p: Provenance, ids: Mapping[str, int]) -> tuple[object, 
     """received_time … provenance_extra, in _RECORD_HISTORY's order."""
     digest = p.payload_sha256
     packed = _SHA256_HEX.fullmatch(digest) is not None
-    # Only what is set: a fact read from text carries its TextEvidence here, others nothing.
-    extra = {
-        name: value
-        for name, value in p.model_dump(mode="json").items()
-        if name not in _PROVENANCE_COLUMNS and value is not None
-    }
+    # Only what is set: a fact read from text carries its TextEvidence here, others nothing
+    # (so most facts need no dump at all).
+    present = {name for name in _PROVENANCE_EXTRA if getattr(p, name) is not None}
+    extra = p.model_dump(mode="json", include=present) if present else None
     return (
         p.received_time,
         p.source_record_id,

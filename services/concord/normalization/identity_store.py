@@ -24,7 +24,7 @@ which `resolve_batch` reads so that matching never links the two, nor asks about
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -465,7 +465,10 @@ async def pending_link(pool: asyncpg.Pool, task_id: str) -> bool:
 class _Writes:
     """What a batch decided, as columns for unnest."""
 
-    def __init__(self) -> None:
+    def __init__(self, stored: Mapping[tuple[str, str], tuple[str, str]]) -> None:
+        # The views as stored before the batch, those read with its candidates: (enterprise
+        # id, document) by (source, view id).
+        self.stored = stored
         # Keyed, so a key decided twice in one batch is written once (an upsert may not touch
         # a row twice in one statement): the later decision stands.
         self.links: dict[LocalId, tuple[Any, ...]] = {}
@@ -491,6 +494,23 @@ class _Writes:
             decision.score if decision is not None else None,
             breakdown,
         )
+
+    def changed_views(self) -> list[tuple[str, str, str, str]]:
+        """The views to write, as (source, view id, enterprise id, document): all but those
+        stored already with the same patient and demographics. A lab feed repeats its PID in
+        every result: rewriting the view and its blocking keys each time would only churn the
+        tables (the view's updated_at is when its demographics or its patient last changed)."""
+        changed = []
+        for (source, view_id), (eid, demographics) in self.views.items():
+            document = demographics.model_dump_json()
+            stored = self.stored.get((source, view_id))
+            if (
+                stored is None
+                or stored[0] != eid
+                or orjson.loads(stored[1]) != orjson.loads(document)
+            ):
+                changed.append((source, view_id, eid, document))
+        return changed
 
     def review(self, request: IdentityRequest, resolution: Resolution) -> None:
         decision = resolution.match
@@ -543,9 +563,9 @@ class PostgresIdentityStore(IdentityStore, IdentityReviews):
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", IDENTITY_LOCK)
             crosswalk = await self._crosswalk(conn, requests)
-            index, authoritative = await self._candidates(conn, requests)
+            index, authoritative, stored = await self._candidates(conn, requests)
             apart = await self._kept_apart(conn, requests)
-            writes = _Writes()
+            writes = _Writes(stored)
             resolutions = []
             for request in requests:
                 resolution = resolve(
@@ -807,9 +827,10 @@ class PostgresIdentityStore(IdentityStore, IdentityReviews):
 
     async def _candidates(
         self, conn: asyncpg.Connection, requests: Sequence[IdentityRequest]
-    ) -> tuple[InMemoryIdentityIndex, set[str]]:
-        """The known patients sharing a blocking key with the batch, and which of them the MPI
-        already names."""
+    ) -> tuple[InMemoryIdentityIndex, set[str], dict[tuple[str, str], tuple[str, str]]]:
+        """The known patients sharing a blocking key with the batch, which of them the MPI
+        already names, and their views as stored: (enterprise id, document) by (source, view
+        id)."""
         wanted = sorted(
             {
                 key
@@ -819,16 +840,21 @@ class PostgresIdentityStore(IdentityStore, IdentityReviews):
             }
         )
         views: dict[str, list[Demographics]] = {}
+        stored: dict[tuple[str, str], tuple[str, str]] = {}
         if wanted:
             for row in await conn.fetch(_CANDIDATES, wanted, self.max_block_size):
                 demographics = _stored_view(row["demographics"])
                 views.setdefault(row["enterprise_id"], []).append(demographics)
+                stored[(row["source"], row["view_id"])] = (
+                    row["enterprise_id"],
+                    row["demographics"],
+                )
         persons = (
             KnownPerson(enterprise_id=eid, demographics=tuple(v)) for eid, v in views.items()
         )
         index = InMemoryIdentityIndex(persons, max_block_size=self.max_block_size)
         rows = await conn.fetch(_AUTHORITATIVE, AUTHORITATIVE_SOURCE, list(views)) if views else []
-        return index, {row["enterprise_id"] for row in rows}
+        return index, {row["enterprise_id"] for row in rows}, stored
 
     def _remember(
         self,
@@ -861,20 +887,15 @@ class PostgresIdentityStore(IdentityStore, IdentityReviews):
     async def _write(self, conn: asyncpg.Connection, writes: _Writes) -> None:
         if writes.links:
             await conn.execute(_WRITE_LINKS, *unnest_columns(writes.links.values(), 7))
-        if writes.views:
-            sources, view_ids, eids, documents = unnest_columns(
-                (
-                    (source, view_id, eid, demographics.model_dump_json())
-                    for (source, view_id), (eid, demographics) in writes.views.items()
-                ),
-                4,
-            )
+        changed = writes.changed_views()
+        if changed:
+            sources, view_ids, eids, documents = unnest_columns(changed, 4)
             await conn.execute(_WRITE_VIEWS, sources, view_ids, eids, documents)
             await conn.execute(_DROP_KEYS, sources, view_ids)
             rows = [
                 (key, source, view_id)
-                for (source, view_id), (_, demographics) in writes.views.items()
-                for key in sorted(blocking_keys(demographics))
+                for source, view_id, _, _ in changed
+                for key in sorted(blocking_keys(writes.views[(source, view_id)][1]))
             ]
             if rows:
                 await conn.execute(_WRITE_KEYS, *unnest_columns(rows, 3))

@@ -41,6 +41,7 @@ from concord.events import codec
 from concord.events.raw import RawEvent
 from concord.failures import failure_site
 from concord.runtime.faults import Backoff, PartitionLost, is_transient
+from concord.runtime.partitioning import key_partitioner
 from concord.runtime.records import partition_numbers, raw_event
 from concord.topics import DEADLETTER
 
@@ -379,6 +380,7 @@ class BatchLoop:
             max_batch_size=64 * 1024,
             max_request_size=MAX_RECORD_BYTES,
             enable_idempotence=False,
+            partitioner=key_partitioner,
         )
 
     def make_consumer(self) -> AIOKafkaConsumer:
