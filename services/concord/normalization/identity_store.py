@@ -77,10 +77,16 @@ MAX_BLOCK_SIZE = 200
 # The outbox stage of identity signals: the normalization worker publishes what is left there.
 IDENTITY_OUTBOX = "identity"
 
+# A block is counted no further than one past the limit: a common key (a frequent family name's
+# code) is shared by thousands of patients in a large population.
 _CANDIDATES = """
 WITH wanted AS (
-    SELECT key FROM identity_block_keys WHERE key = ANY($1::text[])
-    GROUP BY key HAVING count(*) <= $2
+    SELECT w.key FROM unnest($1::text[]) AS w(key)
+    WHERE (
+        SELECT count(*) FROM (
+            SELECT 1 FROM identity_block_keys k WHERE k.key = w.key LIMIT $2 + 1
+        ) AS block
+    ) <= $2
 ), persons AS (
     SELECT DISTINCT v.enterprise_id
     FROM identity_block_keys k JOIN wanted USING (key)
