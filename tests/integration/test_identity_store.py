@@ -18,6 +18,7 @@ from concord.cli import main
 from concord.events import codec
 from concord.events.models import ClinicalFact
 from concord.normalization import identity_store
+from concord.normalization.identity.blocking import blocking_keys
 from concord.normalization.identity.demographics import from_fhir_patient
 from concord.normalization.identity.resolution import How, IdentityRequest, new_enterprise_id
 from concord.normalization.identity_store import (
@@ -208,6 +209,17 @@ async def test_a_view_sent_again_unchanged_is_not_rewritten(pool: asyncpg.Pool) 
         "SELECT demographics ->> 'phone' FROM identity_views WHERE source = $1", source
     )
     assert stored == "5559990001"
+    # The keys are exactly the new demographics' keys; only the phone's changed, and the
+    # others were left as they were.
+    assert moved.demographics is not None and first.demographics is not None
+    new_keys = {f"key:{k}" for k in blocking_keys(moved.demographics)}
+    old_keys = {f"key:{k}" for k in blocking_keys(first.demographics)}
+    assert set(rewritten) - {"view"} == new_keys
+    assert new_keys - old_keys == {"key:ph:5559990001"}
+    assert old_keys - new_keys == {"key:ph:5552017788"}
+    assert {k: rewritten[k] for k in new_keys & old_keys} == {
+        k: written[k] for k in new_keys & old_keys
+    }
 
 
 @pytest.mark.asyncio
@@ -640,7 +652,7 @@ async def test_a_views_blocking_keys_are_found_by_the_view_not_by_scanning_them_
         plan = [
             row[0]
             for row in await conn.fetch(
-                "EXPLAIN " + identity_store._DROP_KEYS, ["a"], ["Patient/1"]
+                "EXPLAIN " + identity_store._REPLACE_KEYS, ["a"], ["Patient/1"], [], [], []
             )
         ]
         used = [

@@ -168,13 +168,21 @@ ON CONFLICT (source, view_id) DO UPDATE SET
     enterprise_id = excluded.enterprise_id, demographics = excluded.demographics,
     updated_at = now()
 """
-_DROP_KEYS = """
-DELETE FROM identity_block_keys k USING unnest($1::text[], $2::text[]) AS v(source, view_id)
-WHERE k.source = v.source AND k.view_id = v.view_id
-"""
-_WRITE_KEYS = """
+# The views' blocking keys become exactly the given ones: those no longer given go, new ones
+# come, and those kept are not touched (a view's demographics mostly change one field).
+_REPLACE_KEYS = """
+WITH given AS (
+    SELECT * FROM unnest($3::text[], $4::text[], $5::text[]) AS g(key, source, view_id)
+), dropped AS (
+    DELETE FROM identity_block_keys k USING unnest($1::text[], $2::text[]) AS v(source, view_id)
+    WHERE k.source = v.source AND k.view_id = v.view_id
+      AND NOT EXISTS (
+          SELECT 1 FROM given g
+          WHERE g.key = k.key AND g.source = k.source AND g.view_id = k.view_id
+      )
+)
 INSERT INTO identity_block_keys (key, source, view_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING
+SELECT * FROM given ON CONFLICT DO NOTHING
 """
 _WRITE_REVIEWS = """
 INSERT INTO identity_review_tasks (task_id, source, view_id, provisional_enterprise_id,
@@ -897,14 +905,12 @@ class PostgresIdentityStore(IdentityStore, IdentityReviews):
         if changed:
             sources, view_ids, eids, documents = unnest_columns(changed, 4)
             await conn.execute(_WRITE_VIEWS, sources, view_ids, eids, documents)
-            await conn.execute(_DROP_KEYS, sources, view_ids)
             rows = [
                 (key, source, view_id)
                 for source, view_id, _, _ in changed
                 for key in sorted(blocking_keys(writes.views[(source, view_id)][1]))
             ]
-            if rows:
-                await conn.execute(_WRITE_KEYS, *unnest_columns(rows, 3))
+            await conn.execute(_REPLACE_KEYS, sources, view_ids, *unnest_columns(rows, 3))
         if writes.reviews:
             await conn.execute(_WRITE_REVIEWS, *unnest_columns(writes.reviews.values(), 7))
         if writes.merges:
