@@ -33,6 +33,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
+from benchlib.metrics import STATE_TABLES
 from benchlib.runner import (
     Teardown,
     database,
@@ -58,11 +59,6 @@ FACTS_PER_PATIENT = 6  # 3 attributes x 2 sources
 EPOCH = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 TAKEN = EPOCH - timedelta(hours=2)  # the glucose specimen, both sources
 PROGRESS_EVERY_S = 5.0
-# The conflicts stage's tables (benchlib.metrics.STATE_TABLES and the smaller ones).
-TABLES = (
-    "assertions_coded", "fact_history_coded", "subject_owners_coded", "state_names",
-    "conflict_state", "stale_state", "stale_timers", "held_records", "subject_merge_moves",
-)  # fmt: skip
 
 
 class Acknowledging:
@@ -227,7 +223,7 @@ async def sizes(pool: asyncpg.Pool) -> dict[str, Any]:
         await conn.execute("VACUUM ANALYZE")
         patients = await conn.fetchval("SELECT count(DISTINCT patient_id) FROM assertions_coded")
         tables: dict[str, Any] = {}
-        for table in TABLES:
+        for table in STATE_TABLES:
             if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
                 continue
             row = await conn.fetchrow(_SIZES, table)
