@@ -221,7 +221,7 @@ async def sizes(pool: asyncpg.Pool) -> dict[str, Any]:
     progress("VACUUM ANALYZE")
     async with pool.acquire() as conn:
         await conn.execute("VACUUM ANALYZE")
-        patients = await conn.fetchval("SELECT count(DISTINCT patient_id) FROM assertions_coded")
+        patients = await conn.fetchval("SELECT count(DISTINCT patient_id) FROM patient_assertions")
         tables: dict[str, Any] = {}
         for table in STATE_TABLES:
             if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):

@@ -114,7 +114,7 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
 
 # The conflicts stage's state in PostgreSQL, as part 1 and state_size.py measure it.
 STATE_TABLES = (
-    "assertions_coded", "fact_history_coded", "subject_owners_coded", "state_names",
+    "patient_assertions", "fact_history_coded", "subject_owners_coded", "state_names",
     "conflict_state", "stale_state", "stale_timers", "held_records", "subject_merge_moves",
 )  # fmt: skip
 
@@ -129,7 +129,7 @@ async def state_per_patient(dsn: str) -> dict[str, Any]:
             table: await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", table)
             for table in STATE_TABLES
         }
-        patients = await conn.fetchval("SELECT count(DISTINCT patient_id) FROM assertions_coded")
+        patients = await conn.fetchval("SELECT count(DISTINCT patient_id) FROM patient_assertions")
     finally:
         await conn.close()
     total = sum(sizes.values())

@@ -16,9 +16,10 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from concord.conflicts.beliefs import record_key
 from concord.conflicts.rules import AttributeState, apply_fact, as_assertion
 from concord.conflicts.state_coding import StateNames, fact_key
-from concord.conflicts.store import ConflictStore
+from concord.conflicts.store import ATTRIBUTE_BLOCK, ConflictStore
 from concord.events.models import ClinicalFact, Provenance, TextEvidence
 from concord.runtime.db import apply_migrations, migration_files
 from concord.runtime.outbox import Outbox
@@ -437,5 +438,209 @@ async def test_migration_0021_keeps_every_row_as_the_views_read_it(
             "lab": as_assertion(named),
             "clinic": tombstone,
         }
+    finally:
+        await pool.close()
+
+
+# --- migration 0023: a patient's assertions in one row ---------------------------------------
+
+GLUCOSE = ("Observation/2345-7", "LABORATORY")
+
+
+@pytest.mark.asyncio
+async def test_a_patients_assertions_are_rows_that_each_save_merges_into(
+    pool: asyncpg.Pool,
+) -> None:
+    """Saves of different attributes and sources of one patient add to its rows, one per block
+    of attribute ids (none replaces another's entries); the view spells out a row per entry,
+    and the store reads each back."""
+    store = ConflictStore(pool, Outbox(pool, f"test-{uuid.uuid4().hex[:6]}"))
+    patient = patient_id()
+    birth, glucose = AttributeState(patient, *BIRTH), AttributeState(patient, *GLUCOSE)
+    hosp, lab = fact(patient, "hosp", "1970-01-01"), fact(patient, "lab", "1970-01-02")
+    result = fact(patient, "hosp", "104").model_copy(
+        update={"attribute": GLUCOSE[0], "attribute_class": GLUCOSE[1], "unit": "mg/dL"}
+    )
+    apply_fact(birth, hosp)
+    await store.save([(birth, "hosp", 5)], [], [], facts=[hosp])
+    apply_fact(glucose, result)
+    await store.save([(glucose, "hosp", 5)], [], [], facts=[result])
+    apply_fact(birth, lab)
+    await store.save([(birth, "lab", 5)], [], [], facts=[lab])
+
+    rows = await pool.fetch(
+        "SELECT attribute_block, names, fact_keys, documents FROM patient_assertions "
+        "WHERE patient_id = $1",
+        patient,
+    )
+    ids = await store.names.ids([BIRTH[0], GLUCOSE[0]])
+    # A row per block of attribute ids the patient has assertions in (the ids depend on what
+    # this database met first).
+    blocks = {ids[BIRTH[0]] // ATTRIBUTE_BLOCK, ids[GLUCOSE[0]] // ATTRIBUTE_BLOCK}
+    assert sorted(r["attribute_block"] for r in rows) == sorted(blocks)
+    assert all(r["documents"] is None for r in rows)  # every entry is exactly its fact
+    stored = {k.hex for r in rows for k in r["fact_keys"]}
+    assert stored == {f.fact_id for f in (hosp, lab, result)}
+    assert sum(len(r["names"]) for r in rows) == 3 * 3
+    view = await pool.fetch(
+        "SELECT attribute, attribute_class, source_system, kafka_partition, fact_id, event_time "
+        "FROM assertions WHERE patient_id = $1",
+        patient,
+    )
+    assert {tuple(r) for r in view} == {
+        (*BIRTH, "hosp", 5, hosp.fact_id, T0),
+        (*BIRTH, "lab", 5, lab.fact_id, T0),
+        (*GLUCOSE, "hosp", 5, result.fact_id, T0),
+    }
+    keys = [(patient, BIRTH[0]), (patient, GLUCOSE[0])]
+    loaded = await store.load(keys, {keys[0]: BIRTH[1], keys[1]: GLUCOSE[1]})
+    assert loaded[keys[0]].assertions == birth.assertions
+    assert loaded[keys[1]].assertions == glucose.assertions
+    assert await store.attributes_of([patient]) == {keys[0]: BIRTH[1], keys[1]: GLUCOSE[1]}
+
+
+@pytest.mark.asyncio
+async def test_a_new_patient_another_transaction_wrote_meanwhile_is_merged_not_overwritten(
+    pool: asyncpg.Pool,
+) -> None:
+    """A patient with no row yet cannot be locked: if another transaction writes its row while
+    this save runs, the save waits for it, finds the row it did not lock, and merges into it
+    again (the other source's assertion stays)."""
+    patient = patient_id()
+    first, second = fact(patient, "hosp", "1970-01-01"), fact(patient, "lab", "1970-01-02")
+    late = AttributeState(patient, *BIRTH)
+    apply_fact(late, second)
+    store = ConflictStore(pool, Outbox(pool, f"test-{uuid.uuid4().hex[:6]}"))
+    ids = await store.names.ids([*BIRTH, "hosp"])
+    # The other writer's entry, whole in a document (no history row needed).
+    document = {"assertion": as_assertion(first).model_dump(mode="json")}
+    written = orjson.dumps({f"{ids[BIRTH[0]]}:{ids['hosp']}": document}).decode()
+
+    async with pool.acquire() as other:
+        transaction = other.transaction()
+        await transaction.start()
+        await other.execute(
+            "INSERT INTO patient_assertions VALUES (1, $1, $2, $3, $4, $5, $6::jsonb)",
+            ids[BIRTH[0]] // ATTRIBUTE_BLOCK,
+            patient,
+            [ids[BIRTH[0]], ids["hosp"], ids[BIRTH[1]]],
+            [uuid.UUID(first.fact_id)],
+            [first.provenance.event_time],
+            written,
+        )
+        saving = asyncio.create_task(store.save([(late, "lab", 1)], [], [], facts=[second]))
+        await asyncio.sleep(0.5)
+        assert not saving.done()  # waiting for the other transaction's row
+        await transaction.commit()
+    await asyncio.wait_for(saving, 10)
+
+    key = (patient, BIRTH[0])
+    loaded = (await store.load([key], {key: BIRTH[1]}))[key]
+    assert loaded.assertions == {"hosp": as_assertion(first), "lab": as_assertion(second)}
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM patient_assertions WHERE patient_id = $1", patient
+        )
+        == 1
+    )
+
+
+@pytest_asyncio.fixture
+async def before_0023(fresh_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await _migrated_before(fresh_dsn, "0023")
+    yield conn
+    await conn.close()
+
+
+_0021_HISTORY = """
+INSERT INTO fact_history_coded (fact_key, patient_id, attribute_id, attribute_class_id,
+                                source_id, subject, value, display, status_id, event_time,
+                                received_time, record_id, record_version, raw_topic_id,
+                                raw_partition, raw_offset, payload_sha256, event_time_basis_id,
+                                raw_location)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+"""
+_0021_ASSERTION = """
+INSERT INTO assertions_coded (patient_id, attribute_id, source_id, kafka_partition,
+                              attribute_class_id, fact_key, event_time, assertion, records)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb)
+"""
+
+
+@pytest.mark.asyncio
+async def test_migration_0023_keeps_every_assertion_as_the_view_reads_it(
+    before_0023: asyncpg.Connection, fresh_dsn: str
+) -> None:
+    """Rows of the 0021 layout (a row per patient, attribute and source: facts referred to by
+    key, one with the source's records beside it, a tombstone stored whole, two attributes,
+    two patients) read the same through the view after 0023, which makes one row a patient;
+    the store reads them back."""
+    conn = before_0023
+    names = ["hosp", "lab", "clinic", *BIRTH, *GLUCOSE, "ASSERTED", "ehr.raw.fhir",
+             "meta.lastUpdated"]  # fmt: skip
+    await conn.execute(
+        "INSERT INTO state_names (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", names
+    )
+    ids = {r["name"]: r["id"] for r in await conn.fetch("SELECT id, name FROM state_names")}
+    one, two = patient_id(), patient_id()
+    hosp, lab = fact(one, "hosp", "1970-01-01"), fact(one, "lab", "1970-01-02")
+    result = fact(one, "hosp", "104").model_copy(
+        update={"attribute": GLUCOSE[0], "attribute_class": GLUCOSE[1]}
+    )
+    other = fact(two, "lab", "1980-05-05")
+    for f in (hosp, lab, result, other):
+        p = f.provenance
+        await conn.execute(
+            _0021_HISTORY, uuid.UUID(f.fact_id), f.patient_id, ids[f.attribute],
+            ids[f.attribute_class], ids[p.source_system], f.subject, f.value, f.display,
+            ids["ASSERTED"], p.event_time, p.received_time, p.source_record_id,
+            p.source_record_version, ids[p.raw_topic], p.raw_partition, p.raw_offset,
+            bytes.fromhex(p.payload_sha256), ids["meta.lastUpdated"], p.raw_location,
+        )  # fmt: skip
+    records = orjson.dumps([as_assertion(lab).model_dump(mode="json", exclude_defaults=True)])
+    tombstone = as_assertion(hosp).model_copy(
+        update={"fact_id": "merged-y", "value": None, "display": None, "status": "DELETED"}
+    )
+    entries = [
+        (one, BIRTH, "hosp", 2, hosp.fact_id, None, None),
+        (one, BIRTH, "lab", 2, lab.fact_id, None, records.decode()),
+        (one, BIRTH, "clinic", 2, tombstone.fact_id, tombstone.model_dump_json(), None),
+        (one, GLUCOSE, "hosp", 2, result.fact_id, None, None),
+        (two, BIRTH, "lab", 3, other.fact_id, None, None),
+    ]
+    for patient, (attribute, attribute_class), source, partition, fact_id, doc, kept in entries:
+        await conn.execute(
+            _0021_ASSERTION, patient, ids[attribute], ids[source], partition,
+            ids[attribute_class], uuid.UUID(fact_key(fact_id)[0]), T0, doc, kept,
+        )  # fmt: skip
+    read = "SELECT * FROM assertions ORDER BY patient_id, attribute, source_system"
+    before = [dict(r) for r in await conn.fetch(read)]
+
+    assert await apply_migrations(fresh_dsn) == [
+        name for name, _ in migration_files() if name >= "0023"
+    ]
+    after = [dict(r) for r in await conn.fetch(read)]
+    assert after == before and len(after) == 5
+    rows = await conn.fetch(
+        "SELECT patient_id, attribute_block, kafka_partition FROM patient_assertions"
+    )
+    blocks = {ids[BIRTH[0]] // ATTRIBUTE_BLOCK, ids[GLUCOSE[0]] // ATTRIBUTE_BLOCK}
+    expected = [(one, block, 2) for block in blocks] + [(two, ids[BIRTH[0]] // ATTRIBUTE_BLOCK, 3)]
+    assert sorted(tuple(r) for r in rows) == sorted(expected)
+    pool = await asyncpg.create_pool(fresh_dsn, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        store = ConflictStore(pool, Outbox(pool, "test"))
+        keys = [(one, BIRTH[0]), (one, GLUCOSE[0]), (two, BIRTH[0])]
+        loaded = await store.load(keys, {keys[0]: BIRTH[1], keys[1]: GLUCOSE[1], keys[2]: BIRTH[1]})
+        assert loaded[keys[0]].assertions == {
+            "hosp": as_assertion(hosp),
+            "lab": as_assertion(lab),
+            "clinic": tombstone,
+        }
+        kept = as_assertion(lab)
+        assert loaded[keys[0]].records == {"lab": {record_key(kept): kept}}
+        assert loaded[keys[1]].assertions == {"hosp": as_assertion(result)}
+        assert loaded[keys[2]].assertions == {"lab": as_assertion(other)}
     finally:
         await pool.close()

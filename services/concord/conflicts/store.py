@@ -42,12 +42,30 @@ h.payload_digest, h.raw_location, h.event_time_basis_id, h.provenance_extra
 """
 # The name ids a _FACT row holds.
 _FACT_NAMES = ("h_source_id", "status_id", "raw_topic_id", "event_time_basis_id")
+# A patient's assertions are rows of patient_assertions, one per block of ATTRIBUTE_BLOCK
+# attribute ids (migration 0023): entry i (from 1) is names[3i-2] (attribute), names[3i-1]
+# (source), names[3i] (class), fact_keys[i] and event_times[i]; an entry that is not exactly
+# its recorded fact, or keeps the source's records, has a document under
+# "<attribute>:<source>" in `documents`.
+ATTRIBUTE_BLOCK = 64
+_ENTRIES = """
+CROSS JOIN LATERAL unnest(p.fact_keys, p.event_times) WITH ORDINALITY AS e(fact_key, event_time, n)
+CROSS JOIN LATERAL (
+    SELECT p.names[3 * e.n - 2] AS attribute_id, p.names[3 * e.n - 1] AS source_id,
+           p.names[3 * e.n] AS attribute_class_id
+) AS c
+"""
 _LOAD_ASSERTIONS = f"""
-SELECT a.patient_id, a.attribute_id, a.source_id, a.assertion, a.records, {_FACT}
-FROM assertions_coded a
+SELECT p.patient_id, c.attribute_id, c.source_id, d.document, {_FACT}
+FROM patient_assertions p
 JOIN unnest($1::text[], $2::int[]) AS k(patient_id, attribute_id)
-  ON a.patient_id = k.patient_id AND a.attribute_id = k.attribute_id
-LEFT JOIN fact_history_coded h ON a.assertion IS NULL AND h.fact_key = a.fact_key
+  ON p.patient_id = k.patient_id AND p.attribute_block = k.attribute_id / {ATTRIBUTE_BLOCK}
+{_ENTRIES}
+CROSS JOIN LATERAL (
+    SELECT p.documents -> (c.attribute_id || ':' || c.source_id) AS document
+) AS d
+LEFT JOIN fact_history_coded h ON d.document -> 'assertion' IS NULL AND h.fact_key = e.fact_key
+WHERE c.attribute_id = k.attribute_id
 """  # noqa: S608 (constants only)
 _FACTS = f"SELECT {_FACT} FROM fact_history_coded h WHERE h.fact_key = ANY($1::uuid[])"  # noqa: S608
 _LOAD_CONFLICTS = """
@@ -55,21 +73,35 @@ SELECT c.* FROM conflict_state c
 JOIN unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
   ON c.patient_id = k.patient_id AND c.attribute = k.attribute
 """
-_UPSERT_ASSERTIONS_ANY_TIME = """
-INSERT INTO assertions_coded (patient_id, attribute_id, source_id, kafka_partition,
-                              attribute_class_id, fact_key, event_time, assertion, records)
-SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::uuid[],
-                     $7::timestamptz[], $8::jsonb[], $9::jsonb[])
-ON CONFLICT (patient_id, attribute_id, source_id) DO UPDATE SET
-    kafka_partition = excluded.kafka_partition, attribute_class_id = excluded.attribute_class_id,
-    fact_key = excluded.fact_key, event_time = excluded.event_time,
-    assertion = excluded.assertion, records = excluded.records
+# The rows the batch changes, locked: their assertions are merged in Python and written back
+# whole.
+_LOCK_ROWS = """
+SELECT p.patient_id, p.attribute_block, p.names, p.fact_keys, p.event_times, p.documents
+FROM patient_assertions p
+JOIN unnest($1::text[], $2::int[]) AS k(patient_id, attribute_block)
+  ON p.patient_id = k.patient_id AND p.attribute_block = k.attribute_block
+FOR UPDATE OF p
 """
-# A stale cache (another worker's, during a rebalance) must never put an older assertion back;
-# only an unmerge's rebuild does so on purpose (_UPSERT_ASSERTIONS_ANY_TIME).
-_UPSERT_ASSERTIONS = (
-    _UPSERT_ASSERTIONS_ANY_TIME + "WHERE assertions_coded.event_time <= excluded.event_time\n"
-)
+# Every row's entries are a slice of the flat arrays ($4-$6: from `first`, `count` entries).
+# A row that exists is only overwritten if this transaction locked it ($10, $11); a new row
+# that another transaction inserted meanwhile is not written (nor returned), and is merged
+# again.
+_WRITE_ROWS = """
+INSERT INTO patient_assertions AS p (kafka_partition, attribute_block, patient_id, names,
+                                     fact_keys, event_times, documents)
+SELECT t.kafka_partition, t.attribute_block, t.patient_id,
+       ($4::int[])[3 * t.first + 1 : 3 * (t.first + t.count)],
+       ($5::uuid[])[t.first + 1 : t.first + t.count],
+       ($6::timestamptz[])[t.first + 1 : t.first + t.count], t.documents
+FROM unnest($1::text[], $2::int[], $3::int[], $7::int[], $8::int[], $9::jsonb[])
+    AS t(patient_id, attribute_block, kafka_partition, first, count, documents)
+ON CONFLICT (patient_id, attribute_block) DO UPDATE SET
+    kafka_partition = excluded.kafka_partition, names = excluded.names,
+    fact_keys = excluded.fact_keys, event_times = excluded.event_times,
+    documents = excluded.documents
+WHERE (p.patient_id, p.attribute_block) IN (SELECT * FROM unnest($10::text[], $11::int[]))
+RETURNING patient_id, attribute_block
+"""
 _UPSERT_CONFLICTS = """
 INSERT INTO conflict_state (patient_id, attribute, conflict_id, revision, status,
                             assertions_digest, kafka_partition, opened_at, updated_at, reviewed)
@@ -202,10 +234,12 @@ SELECT patient_id, attribute, attribute_class, kafka_partition FROM stale_timers
 WHERE kafka_partition = ANY($1::int[]) AND due_at <= $2
 ORDER BY due_at LIMIT $3
 """
-_ATTRIBUTES_OF = """
-SELECT DISTINCT patient_id, attribute_id, attribute_class_id FROM assertions_coded
-WHERE patient_id = ANY($1::text[])
-"""
+_ATTRIBUTES_OF = f"""
+SELECT DISTINCT p.patient_id, c.attribute_id, c.attribute_class_id
+FROM patient_assertions p
+{_ENTRIES}
+WHERE p.patient_id = ANY($1::text[])
+"""  # noqa: S608 (constants only)
 
 
 class ConflictStore(ConflictStorePort):
@@ -285,9 +319,10 @@ class ConflictStore(ConflictStorePort):
         for row in assertion_rows:
             state = states[(row["patient_id"], names[row["attribute_id"]])]
             source = names[row["source_id"]]
-            state.assertions[source] = _assertion(row, names)
-            if row["records"] is not None:
-                state.records[source] = _records(row["records"])
+            document = None if row["document"] is None else orjson.loads(row["document"])
+            state.assertions[source] = _assertion(row, document, names)
+            if document is not None and "records" in document:
+                state.records[source] = _records(document["records"])
         for row in conflict_rows:
             states[(row["patient_id"], row["attribute"])].conflict = _conflict_state(
                 row, row["assertions_digest"], reviewed=row["reviewed"]
@@ -338,8 +373,7 @@ class ConflictStore(ConflictStorePort):
             # The history first: an assertion that is exactly its recorded fact refers to it.
             recorded = await _record(conn, facts, ids)
             known = await self._recorded_as(conn, [*assertions, *rebuilt], recorded)
-            await _write_assertions(conn, _UPSERT_ASSERTIONS, assertions, known, ids)
-            await _write_assertions(conn, _UPSERT_ASSERTIONS_ANY_TIME, rebuilt, known, ids)
+            await _write_assertions(conn, assertions, rebuilt, known, ids)
             await _write_stale(conn, stale)
             await _write_held(conn, held)
             await _write_timers(conn, timers)
@@ -431,34 +465,111 @@ async def _record(
     }
 
 
+# A row of patient_assertions: (patient id, attribute block); an entry of it: (class id, fact
+# key, event time, document or None), by (attribute id, source id).
+_Row = tuple[str, int]
+_Entry = tuple[int, object, datetime, dict[str, object] | None]
+_WRITE_ATTEMPTS = 5
+
+
 async def _write_assertions(
     conn: asyncpg.Connection,
-    statement: str,
-    rows: Iterable[tuple[AttributeState, str, int]],
+    guarded: Sequence[tuple[AttributeState, str, int]],
+    rebuilt: Sequence[tuple[AttributeState, str, int]],
     known: Mapping[str, Assertion],
     ids: Mapping[str, int],
 ) -> None:
-    """An assertion that is exactly its fact as the history keeps it is stored as the fact's
-    key alone; any other (a tombstone, a fact recorded before the history) whole."""
-    columns: list[tuple[object, ...]] = []
-    for st, source, p in rows:
-        a = st.assertions[source]
-        records = st.records.get(a.source_system)
-        columns.append(
-            (
-                st.patient_id,
-                ids[st.attribute],
-                ids[a.source_system],
-                p,
-                ids[st.attribute_class],
-                fact_key(a.fact_id)[0],
-                _newest_time(a, records),
-                None if known.get(a.fact_id) == a else a.model_dump_json(),
-                _records_json(records),
-            )
-        )
-    if columns:
-        await conn.execute(statement, *unnest_columns(columns, 9))
+    """Merge the changed assertions into their rows. A guarded one never replaces a newer one
+    (a stale cache, another worker's during a rebalance, must never put an older assertion
+    back); a rebuilt one (an unmerge's) does so on purpose, after the others."""
+    changes: dict[_Row, list[tuple[tuple[int, int], _Entry, bool]]] = {}
+    partitions: dict[_Row, int] = {}
+    for rows, guard in ((guarded, True), (rebuilt, False)):
+        for st, source, p in rows:
+            key, entry = _entry(st, source, known, ids)
+            row = (st.patient_id, key[0] // ATTRIBUTE_BLOCK)
+            changes.setdefault(row, []).append((key, entry, guard))
+            partitions[row] = p
+    for _ in range(_WRITE_ATTEMPTS):
+        if not changes:
+            return
+        locked = await conn.fetch(_LOCK_ROWS, *unnest_columns(changes, 2))
+        entries = {(r["patient_id"], r["attribute_block"]): _entries_of(r) for r in locked}
+        written: list[tuple[_Row, int, dict[tuple[int, int], _Entry]]] = []
+        for row, row_changes in changes.items():
+            merged = entries.get(row, {})
+            for key, entry, guard in row_changes:
+                old = merged.get(key)
+                if not guard or old is None or old[2] <= entry[2]:
+                    merged[key] = entry
+            written.append((row, partitions[row], merged))
+        done = await conn.fetch(_WRITE_ROWS, *_row_columns(written), *unnest_columns(entries, 2))
+        finished = {(r["patient_id"], r["attribute_block"]) for r in done}
+        changes = {row: c for row, c in changes.items() if row not in finished}
+    raise RuntimeError(  # a count only: no PHI
+        f"{len(changes)} new rows of assertions were written concurrently {_WRITE_ATTEMPTS} "
+        "times over"
+    )
+
+
+def _entry(
+    st: AttributeState, source: str, known: Mapping[str, Assertion], ids: Mapping[str, int]
+) -> tuple[tuple[int, int], _Entry]:
+    """An assertion as its row keeps it: exactly its recorded fact is the fact's key
+    alone; any other (a tombstone, a fact recorded before the history) whole, in a document."""
+    a = st.assertions[source]
+    records = st.records.get(a.source_system)
+    document: dict[str, object] = {}
+    if known.get(a.fact_id) != a:
+        document["assertion"] = orjson.Fragment(a.model_dump_json())
+    kept_records = _records_json(records)
+    if kept_records is not None:
+        document["records"] = orjson.Fragment(kept_records)
+    entry = (ids[st.attribute_class], fact_key(a.fact_id)[0], _newest_time(a, records))
+    return (ids[st.attribute], ids[a.source_system]), (*entry, document or None)
+
+
+def _entries_of(row: asyncpg.Record) -> dict[tuple[int, int], _Entry]:
+    """A locked row's entries (their documents parsed, written back as they were)."""
+    names, keys, times = row["names"], row["fact_keys"], row["event_times"]
+    documents = {} if row["documents"] is None else orjson.loads(row["documents"])
+    entries: dict[tuple[int, int], _Entry] = {}
+    for i, (key, time) in enumerate(zip(keys, times, strict=True)):
+        attribute, source, attribute_class = names[3 * i : 3 * i + 3]
+        document = documents.get(f"{attribute}:{source}")
+        entries[(attribute, source)] = (attribute_class, key, time, document)
+    return entries
+
+
+def _row_columns(
+    written: Sequence[tuple[_Row, int, Mapping[tuple[int, int], _Entry]]],
+) -> tuple[list[object], ...]:
+    """_WRITE_ROWS' $1-$9: per row its patient, block, partition, first entry, entry count and
+    documents; every row's names, keys and times flat."""
+    patients: list[object] = []
+    blocks: list[object] = []
+    partitions: list[object] = []
+    firsts: list[object] = []
+    counts: list[object] = []
+    documents: list[object] = []
+    names: list[object] = []
+    keys: list[object] = []
+    times: list[object] = []
+    for (patient, block), partition, entries in written:
+        patients.append(patient)
+        blocks.append(block)
+        partitions.append(partition)
+        firsts.append(len(keys))
+        counts.append(len(entries))
+        kept: dict[str, object] = {}
+        for (attribute, source), (attribute_class, key, time, document) in entries.items():
+            names.extend((attribute, source, attribute_class))
+            keys.append(key)
+            times.append(time)
+            if document is not None:
+                kept[f"{attribute}:{source}"] = document
+        documents.append(orjson.dumps(kept).decode() if kept else None)
+    return patients, blocks, partitions, names, keys, times, firsts, counts, documents
 
 
 def _conflict_state(row: asyncpg.Record, digest: str, *, reviewed: bool = False) -> ConflictState:
@@ -474,10 +585,12 @@ def _conflict_state(row: asyncpg.Record, digest: str, *, reviewed: bool = False)
     )
 
 
-def _assertion(row: asyncpg.Record, names: Mapping[int, str]) -> Assertion:
-    """An assertion row (joined with its fact's history row)."""
-    if row["assertion"] is not None:
-        return Assertion.model_validate_json(row["assertion"])
+def _assertion(
+    row: asyncpg.Record, document: Mapping[str, object] | None, names: Mapping[int, str]
+) -> Assertion:
+    """An entry of a patient's row (joined with its fact's history row)."""
+    if document is not None and "assertion" in document:
+        return Assertion.model_validate(document["assertion"])
     return _fact(row, names)
 
 
@@ -576,8 +689,8 @@ def _records_json(records: dict[str, Assertion] | None) -> str | None:
     ).decode()
 
 
-def _records(document: str) -> dict[str, Assertion]:
-    records = (Assertion.model_validate(item) for item in orjson.loads(document))
+def _records(document: object) -> dict[str, Assertion]:
+    records = (Assertion.model_validate(item) for item in cast(list[object], document))
     return {record_key(a): a for a in records}
 
 
