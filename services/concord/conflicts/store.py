@@ -73,13 +73,14 @@ SELECT c.* FROM conflict_state c
 JOIN unnest($1::text[], $2::text[]) AS k(patient_id, attribute)
   ON c.patient_id = k.patient_id AND c.attribute = k.attribute
 """
-# The rows the batch changes, locked: their assertions are merged in Python and written back
-# whole.
+# The rows the batch changes, locked (in key order, so that two writers cannot deadlock):
+# their assertions are merged in Python and written back whole.
 _LOCK_ROWS = """
 SELECT p.patient_id, p.attribute_block, p.names, p.fact_keys, p.event_times, p.documents
 FROM patient_assertions p
 JOIN unnest($1::text[], $2::int[]) AS k(patient_id, attribute_block)
   ON p.patient_id = k.patient_id AND p.attribute_block = k.attribute_block
+ORDER BY p.patient_id, p.attribute_block
 FOR UPDATE OF p
 """
 # Every row's entries are a slice of the flat arrays ($4-$6: from `first`, `count` entries).
