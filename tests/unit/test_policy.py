@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from concord.config import ConflictsSettings
 from concord.conflicts.policy import (
     DEFAULT_POLICY,
+    ClassRule,
     PolicyError,
     SourcePolicy,
     Tolerance,
@@ -441,3 +442,15 @@ def test_an_override_of_null_clears_what_the_class_asks_for() -> None:
     assert medication is not None and medication.reconfirm_within == timedelta(days=90)
     assert dose is not None and dose.reconfirm_within is None
     assert dose.compare == "numeric" and medication.compare == "status"
+
+
+def test_a_copy_of_a_policy_does_not_answer_with_the_originals_cached_rules() -> None:
+    """Rules are cached per policy; a model_copy shares the cache's dict, so the copy must
+    notice it is not the policy that filled it."""
+    original = DEFAULT_POLICY.model_copy(deep=True)
+    asked = original.rule("Patient.gender", "DEMOGRAPHICS")
+    assert asked is not None and asked.severity != "LOW"
+    low = ClassRule(compare="exact", severity="LOW")
+    copy = original.model_copy(update={"classes": {**original.classes, "DEMOGRAPHICS": low}})
+    assert copy.rule("Patient.gender", "DEMOGRAPHICS") == low
+    assert original.rule("Patient.gender", "DEMOGRAPHICS") == asked

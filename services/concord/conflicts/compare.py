@@ -80,8 +80,11 @@ def participants(assertions: Sequence[Assertion], rule: ClassRule) -> list[Asser
     taking_part = []
     for assertion in sorted(assertions, key=lambda a: a.source_system):
         said = position(assertion, rule)
-        if said is not None:
-            taking_part.append(assertion.model_copy(update={"value": said}))
+        if said is None:
+            continue
+        # Assertions are frozen: one whose position is its value is shared, not copied.
+        same = said == assertion.value
+        taking_part.append(assertion if same else assertion.model_copy(update={"value": said}))
     return taking_part
 
 
