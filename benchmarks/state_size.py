@@ -177,7 +177,7 @@ async def fill(pool: asyncpg.Pool, patients: int, batch: int) -> dict[str, Any]:
     progress(f"fill: {total:,} facts ({patients:,} patients x 2 sources x 3 attributes)")
     per_batch = max(1, batch // FACTS_PER_PATIENT)
     started = last = time.monotonic()
-    stage_s, sent = 0.0, 0
+    stage_s, stage_cpu_s, sent = 0.0, 0.0, 0
     for first in range(0, patients, per_batch):
         facts = [
             f
@@ -185,9 +185,12 @@ async def fill(pool: asyncpg.Pool, patients: int, batch: int) -> dict[str, Any]:
             for f in patient_facts(token, i)
         ]
         events = consumed(facts, sent)
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.process_time()
         await run_batch(stage, events)
         stage_s += time.perf_counter() - began
+        # This process's CPU alone (PostgreSQL is another): steadier than the wall time on a
+        # shared machine.
+        stage_cpu_s += time.process_time() - began_cpu
         sent += len(facts)
         if time.monotonic() - last >= PROGRESS_EVERY_S or sent == total:
             last = time.monotonic()
@@ -202,6 +205,7 @@ async def fill(pool: asyncpg.Pool, patients: int, batch: int) -> dict[str, Any]:
         "seconds": round(seconds, 1),
         "facts_per_s": round(total / seconds),
         "stage_facts_per_s": round(total / stage_s),
+        "stage_cpu_us_per_fact": round(stage_cpu_s / total * 1e6, 1),
     }
 
 
@@ -269,7 +273,7 @@ def print_results(r: dict[str, Any]) -> None:
     print(
         f"Conflicts state: {state['patients']:,} patients, {fill_['facts']:,} facts written in "
         f"{fill_['seconds']}s ({fill_['facts_per_s']:,} facts/s; {fill_['stage_facts_per_s']:,}"
-        " facts/s in the stage)"
+        f" facts/s in the stage, {fill_['stage_cpu_us_per_fact']} µs of the stage's CPU a fact)"
     )
     print(f"  {'relation':<40} {'rows':>10} {'MB':>9} {'B/patient':>9}")
     for table, t in state["tables"].items():

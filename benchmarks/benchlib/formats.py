@@ -17,7 +17,7 @@ from concord.topics import DEADLETTER, INGESTED, RAW_FHIR, RAW_HL7V2
 from .backend import BENCH_OUT, fresh_backend
 from .raw_formats import fhir_events, hl7_events
 from .runner import BenchmarkError, Teardown, progress
-from .stages import Profiling, baseline, run_stage, stage_row
+from .stages import Profiling, baseline, micros, run_stage, stage_row
 
 TARGET_RATIO = 0.40  # the product's target for ingestion against a pass-through
 # Beyond this share, the part would time rejection, not ingestion: the input is at fault.
@@ -172,7 +172,8 @@ def print_ingestion_formats(f: dict[str, Any]) -> None:
     )
     print(
         f"{'format':8} {'input':>14} {'bytes':>6} {'records/s':>10} {'ingested/s':>10} "
-        f"{'pass-through/s':>14} {'ratio':>6} {'CPU':>5} {'dead letters':>12}"
+        f"{'pass-through/s':>14} {'ratio':>6} {'CPU':>5} {'CPU µs/ev':>9} {'pass µs/ev':>10} "
+        f"{'dead letters':>12}"
     )
     for row in f["formats"]:
         print(
@@ -180,11 +181,13 @@ def print_ingestion_formats(f: dict[str, Any]) -> None:
             f"{row['records_per_s']:>10,.0f} {row['ingested_per_s']:>10,.0f} "
             f"{row['pass_through']['records_per_s']:>14,.0f} "
             f"{row['ratio_to_pass_through']:>5.2f}x {row['cpu_share']:>5.2f} "
-            f"{row['dead_lettered']:>12}"
+            f"{micros(row.get('cpu_us_per_record')):>9} "
+            f"{micros(row['pass_through'].get('cpu_us_per_record')):>10} {row['dead_lettered']:>12}"
         )
     print("(records/s: raw events consumed per second, the pass-through's unit; ingested/s:")
     print(" IngestedRecords produced per second, a FHIR Bundle makes several; bytes: mean event;")
-    print(f" ratio: records/s over pass-through records/s, target >= {f['target_ratio']:.0%})")
+    print(f" ratio: records/s over pass-through records/s, target >= {f['target_ratio']:.0%};")
+    print(" CPU µs/ev: this process's CPU per raw event consumed; pass µs/ev: the pass-through's)")
 
 
 def plot_ingestion_formats(f: dict[str, Any], path: Path) -> None:

@@ -13,7 +13,7 @@ from concord.topics import DEADLETTER, FACTS, INGESTED
 
 from .backend import fresh_backend
 from .runner import BenchmarkError, Teardown, progress
-from .stages import Profiling, run_stage
+from .stages import Profiling, cpu_us_per_record, micros, run_stage
 
 
 async def population_part(args: argparse.Namespace, teardown: Teardown) -> dict[str, Any]:
@@ -59,6 +59,7 @@ async def population_part(args: argparse.Namespace, teardown: Teardown) -> dict[
         "facts": facts,
         "facts_per_second": round(facts / timing.seconds) if timing.seconds else 0,
         "cpu": round(timing.cpu_seconds / timing.seconds, 2) if timing.seconds else 0.0,
+        "cpu_us_per_record": cpu_us_per_record(timing),
         "identity_decisions": identity_decisions(),
     }
 
@@ -81,6 +82,7 @@ def print_population(p: dict[str, Any]) -> None:
     )
     print(
         f"  {p['records_per_second']:,} records/s, {p['facts_per_second']:,} facts/s "
-        f"({p['facts']} facts in {p['seconds']}s, CPU {p['cpu']})"
+        f"({p['facts']} facts in {p['seconds']}s, CPU {p['cpu']}, "
+        f"{micros(p.get('cpu_us_per_record'))} µs of CPU a record)"
     )
     print(f"  identity decisions: {p['identity_decisions']}")

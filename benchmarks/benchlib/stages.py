@@ -341,6 +341,18 @@ async def run_stage(
         await producer.stop()
 
 
+def cpu_us_per_record(timing: Timing) -> float | None:
+    """This process's CPU per record consumed (the stage's own work and its Kafka and
+    PostgreSQL clients; the broker and PostgreSQL are other processes): steadier than a rate
+    on a machine shared with other work."""
+    return round(timing.cpu_seconds / timing.consumed * 1e6, 1) if timing.consumed else None
+
+
+def micros(value: float | None) -> str:
+    """A CPU µs figure for a table ('' when there is none)."""
+    return "" if value is None else f"{value:,.1f}"
+
+
 def stage_row(
     name: str, topic: str, timing: Timing, out: dict[str, int], per_raw: float
 ) -> dict[str, Any]:
@@ -352,6 +364,7 @@ def stage_row(
         "records_per_s": round(timing.rate, 1),
         "raw_events_per_s": round(timing.rate * per_raw, 1),
         "cpu_share": round(timing.cpu_seconds / timing.seconds, 2) if timing.seconds else None,
+        "cpu_us_per_record": cpu_us_per_record(timing),
         "batches": timing.batches,
         "produced": out,
     }

@@ -13,7 +13,7 @@ from .backend import BENCH_IN, BENCH_OUT, fresh_backend
 from .metrics import state_per_patient
 from .patients import patient_pairs, publish_raw
 from .runner import BenchmarkError, Teardown, progress
-from .stages import Profiling, baseline, copy_topic, run_stage, stage_row
+from .stages import Profiling, baseline, copy_topic, micros, run_stage, stage_row
 
 STAGES = ("ingestion", "normalization", "conflicts", "alerting")
 # Reference figures from ARCHITECTURE.md (2 cores, medians of 3 runs, another day).
@@ -89,7 +89,7 @@ def print_throughput(t: dict[str, Any]) -> None:
         f"({t['patients']} patients, {t['disagreeing_patients']} disagreeing):"
     )
     header = f"{'':30} {'input':>18} {'records':>8} {'seconds':>8} {'records/s':>10}"
-    print(header + f" {'raw ev/s':>9} {'vs base':>8} {'CPU':>5}")
+    print(header + f" {'raw ev/s':>9} {'vs base':>8} {'CPU':>5} {'CPU µs/rec':>10}")
     for row in [base, *t["stages"]]:
         ratio = row.get("ratio_to_baseline")
         print(
@@ -97,7 +97,7 @@ def print_throughput(t: dict[str, Any]) -> None:
             f"{row['seconds']:>8.2f} {row['records_per_s']:>10,.0f} "
             f"{row['raw_events_per_s']:>9,.0f} "
             f"{(f'{ratio:.2f}x' if ratio is not None else '1.00x'):>8} "
-            f"{row['cpu_share']:>5.2f}"
+            f"{row['cpu_share']:>5.2f} {micros(row.get('cpu_us_per_record')):>10}"
         )
     print(
         f"conflicts: {t['conflicts_facts_per_s']:,.0f} facts/s; pipeline capacity (slowest stage, "
@@ -113,7 +113,8 @@ def print_throughput(t: dict[str, Any]) -> None:
         f"({state['patients']:,} patients, {state['bytes'] / 1e6:.1f} MB; {biggest})"
     )
     print("(records/s in each stage's own input; 'raw ev/s' scales it to raw FHIR events;")
-    print(" CPU = this process's CPU seconds per wall second while the stage ran)")
+    print(" CPU = this process's CPU seconds per wall second while the stage ran; CPU µs/rec")
+    print(" = its CPU per record consumed, steadier than the rates on a shared machine)")
 
 
 def plot_throughput(t: dict[str, Any], path: Path) -> None:
