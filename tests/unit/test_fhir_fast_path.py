@@ -27,10 +27,12 @@ from test_ingestion_fhir import _bundle as _collection
 from test_ingestion_fhir import _patient as _test_patient
 from test_ingestion_fhir_clinical import MINIMAL, _observation
 
+from concord.config import IngestionSettings
 from concord.deadletters import Rejection
 from concord.events.models import IngestedRecord
 from concord.events.raw import RawEvent
 from concord.ingestion import fhir, fhir_fast
+from concord.ingestion.app import ingest_functions
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT.parent / "shared" / "data" / "fhir-converter-samples"
@@ -402,3 +404,25 @@ def test_a_fast_path_that_accepts_too_much_is_caught(
     monkeypatch.setattr(fhir_fast, "structurally_valid", lambda resource: True)
     with pytest.raises(AssertionError):
         _assert_same(orjson.dumps(resource), monkeypatch)
+
+
+def test_a_worker_builds_the_checks_before_its_first_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ingest_functions (the stage's and the MLLP gateway's) builds the structural checks of
+    every type ingestion reads and of each element type they hold, so that no event pays for
+    building them; what it builds is what a lazy walk would have built."""
+    monkeypatch.setattr(fhir_fast, "_RESOURCES", {})
+    monkeypatch.setattr(fhir_fast, "_ELEMENTS", {})
+    ingest_functions(IngestionSettings(database_url="postgresql://unused@127.0.0.1/x"))
+
+    prepared = {*fhir.SUPPORTED_TYPES, *fhir.CARRIED_TYPES, "Bundle"}
+    assert set(fhir_fast._RESOURCES) == prepared
+    unbuilt = [m for m in fhir_fast._ELEMENTS.values() if m.fields is None]
+    assert all(m.fields is not None for m in fhir_fast._RESOURCES.values())
+    assert unbuilt == []
+    assert len(fhir_fast._ELEMENTS) > 50  # Identifier, Reference, Extension, CodeableConcept...
+    # Nothing is left for an event to build: checking one builds no model.
+    known = len(fhir_fast._ELEMENTS)
+    assert fhir_fast.structurally_valid(_test_patient())
+    assert len(fhir_fast._ELEMENTS) == known

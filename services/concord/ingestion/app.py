@@ -15,7 +15,7 @@ from concord.events.models import IngestedRecord
 from concord.events.raw import RawEvent
 from concord.ingestion.claims import ingest_claim
 from concord.ingestion.common import WARNINGS_HEADER, version_key_of
-from concord.ingestion.fhir import SUPPORTED_TYPES, ingest_fhir
+from concord.ingestion.fhir import SUPPORTED_TYPES, ingest_fhir, prepare_checks
 from concord.ingestion.hl7v2 import ingest_hl7v2, zones_from
 from concord.ingestion.ports import ANY_CONTENT, SeenVersions
 from concord.runtime.batch import Outbound, OutboundRecord, publish_dead_letter
@@ -63,6 +63,7 @@ def ingest_functions(settings: IngestionSettings) -> dict[str, Ingest]:
     MLLP gateway's, which must accept exactly what the stage will."""
     limit = settings.max_payload_bytes
     zone_of = zones_from(settings.source_time_zones, settings.default_time_zone)
+    prepare_checks()
     return {
         RAW_FHIR: partial(ingest_fhir, max_payload_bytes=limit),
         RAW_HL7V2: partial(ingest_hl7v2, max_payload_bytes=limit, zone_of=zone_of),

@@ -50,7 +50,7 @@ from concord.ingestion.common import (
     json_without_controls,
     load_json,
 )
-from concord.ingestion.fhir_fast import structurally_valid
+from concord.ingestion.fhir_fast import prepare, structurally_valid
 from concord.ingestion.fhir_types import is_r4_type
 from concord.ingestion.record_time import (
     ARRIVAL,
@@ -165,6 +165,14 @@ class _Bundle:
 
     def resolve(self, reference: str) -> Mapping[str, Any] | None:
         return self.by_url.get(reference)
+
+
+def prepare_checks() -> int:
+    """Build the structural checks of the resource types Concord reads (and of the Bundles
+    and carried resources they come in) before the first event needs them: a worker that
+    starts pays ~0.35 s once, rather than its first events a few hundred ms. Returns how many
+    models were built."""
+    return prepare(sorted(SUPPORTED_TYPES | CARRIED_TYPES | {"Bundle"}))
 
 
 def ingest_fhir(raw: RawEvent, *, max_payload_bytes: int) -> list[IngestedRecord] | Rejection:
