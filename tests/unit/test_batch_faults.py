@@ -362,3 +362,32 @@ async def test_each_phase_of_a_committed_batch_is_timed_once() -> None:
     await loop.run_once(idle, FakeProducer(), timeout_ms=0)  # type: ignore[arg-type]
     after = _phase_counts("conflicts")
     assert {phase: after[phase] - before[phase] for phase in after} == dict.fromkeys(after, 1.0)
+
+
+class _CommitRidingOutAnOutage(_OneBatchConsumer):
+    """A commit that waits for its group coordinator, as aiokafka's does while the broker is
+    away (found by tests/faults/test_broker_outage.py: a cut during a commit kept the worker
+    ready for the whole outage)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.coordinator_back = asyncio.Event()
+
+    async def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        await self.coordinator_back.wait()
+        await super().commit(offsets)
+
+
+@pytest.mark.asyncio
+async def test_a_commit_waiting_out_an_outage_reports_the_loop_not_ready_until_it_ends() -> None:
+    settings = IngestionSettings(database_url=DSN, stall_after_seconds=0.05)
+    loop = BatchLoop(_FailsOnPoison(), settings)
+    loop.ready.set()
+    consumer = _CommitRidingOutAnOutage()
+    batch = asyncio.create_task(loop.run_once(consumer, FakeProducer(), timeout_ms=0))  # type: ignore[arg-type]
+    await asyncio.sleep(0.2)
+    assert (loop.is_ready, loop.not_ready_because) == (False, "commit waiting")
+    consumer.coordinator_back.set()
+    assert await asyncio.wait_for(batch, 5) == 1
+    assert consumer.committed == [{TopicPartition(FACTS, 0): 1}]
+    assert loop.is_ready

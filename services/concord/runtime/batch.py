@@ -494,7 +494,9 @@ class BatchLoop:
         phases.done("after_produce")
         offsets = {tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batch.items()}
         try:
-            await consumer.commit(offsets)
+            # Watched: aiokafka's commit waits for a group coordinator while the broker is
+            # away, and the loop must say meanwhile that it makes no progress.
+            await self._watched("commit", lambda: consumer.commit(offsets))
         except CommitFailedError:
             # A rebalance took the partitions mid-batch; their new owner re-reads the batch,
             # and every sink downstream is idempotent.
