@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -176,18 +176,23 @@ async def _migrated_before(dsn: str, migration: str) -> asyncpg.Connection:
     return conn
 
 
-@pytest_asyncio.fixture
-async def before_0019(fresh_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await _migrated_before(fresh_dsn, "0019")
-    yield conn
-    await conn.close()
+# Opens a connection to the database as the release before a migration left it.
+OpenRelease = Callable[[str], Awaitable[asyncpg.Connection]]
 
 
 @pytest_asyncio.fixture
-async def before_0021(fresh_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await _migrated_before(fresh_dsn, "0021")
-    yield conn
-    await conn.close()
+async def release_before(fresh_dsn: str) -> AsyncIterator[OpenRelease]:
+    """Opens a connection to the fresh database as the release before a migration left it;
+    closed at the end of the test."""
+    opened: list[asyncpg.Connection] = []
+
+    async def before(migration: str) -> asyncpg.Connection:
+        opened.append(await _migrated_before(fresh_dsn, migration))
+        return opened[-1]
+
+    yield before
+    for conn in opened:
+        await conn.close()
 
 
 _OLD_HISTORY = """
@@ -208,13 +213,13 @@ def _json(p: Provenance) -> str:
 
 @pytest.mark.asyncio
 async def test_the_migration_converts_the_rows_an_older_release_wrote(
-    before_0019: asyncpg.Connection, fresh_dsn: str
+    release_before: OpenRelease, fresh_dsn: str
 ) -> None:
     """Old rows: an assertion that is its recorded fact, one whose fact the history does not
     know (recorded before migration 0005), a tombstone, and a history row whose provenance
     carries an event time other than the row's. After 0019 the store reads each back as it
     was written, and only the first became a reference."""
-    conn, patient = before_0019, patient_id()
+    conn, patient = await release_before("0019"), patient_id()
     recorded = fact(patient, "hosp", "1970-01-01")
     unknown = fact(patient, "lab", "1970-01-02", payload_sha256="not hex", event_time_basis=None)
     tombstone = fact(patient, "clinic", "1970-01-03").model_copy(
@@ -377,13 +382,13 @@ VALUES ($1, $2, $3, 4, $4, $5, $6, $7::jsonb, $8::jsonb)
 
 @pytest.mark.asyncio
 async def test_migration_0021_keeps_every_row_as_the_views_read_it(
-    before_0021: asyncpg.Connection, fresh_dsn: str
+    release_before: OpenRelease, fresh_dsn: str
 ) -> None:
     """Rows the 0019 layout holds (a fact with a hex id, one with another id, a history row with
     no basis and a digest that is not hex, a tombstone stored whole, a subject's owner) read
     the same, column for column, through the views after 0021; the store reads them back, and
     the migration keyed the other id as the store does."""
-    conn, patient = before_0021, patient_id()
+    conn, patient = await release_before("0021"), patient_id()
     hex_fact = fact(patient, "hosp", "1970-01-01")
     named = fact(patient, "lab", "1970-01-02", payload_sha256="md5:abc", event_time_basis=None)
     named = named.model_copy(update={"fact_id": "lab:Patient/7", "unit": "d", "effective_time": T0})
@@ -545,13 +550,6 @@ async def test_a_new_patient_another_transaction_wrote_meanwhile_is_merged_not_o
     )
 
 
-@pytest_asyncio.fixture
-async def before_0023(fresh_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await _migrated_before(fresh_dsn, "0023")
-    yield conn
-    await conn.close()
-
-
 _0021_HISTORY = """
 INSERT INTO fact_history_coded (fact_key, patient_id, attribute_id, attribute_class_id,
                                 source_id, subject, value, display, status_id, event_time,
@@ -569,13 +567,13 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb)
 
 @pytest.mark.asyncio
 async def test_migration_0023_keeps_every_assertion_as_the_view_reads_it(
-    before_0023: asyncpg.Connection, fresh_dsn: str
+    release_before: OpenRelease, fresh_dsn: str
 ) -> None:
     """Rows of the 0021 layout (a row per patient, attribute and source: facts referred to by
     key, one with the source's records beside it, a tombstone stored whole, two attributes,
     two patients) read the same through the view after 0023, which makes one row a patient;
     the store reads them back."""
-    conn = before_0023
+    conn = await release_before("0023")
     names = ["hosp", "lab", "clinic", *BIRTH, *GLUCOSE, "ASSERTED", "ehr.raw.fhir",
              "meta.lastUpdated"]  # fmt: skip
     await conn.execute(

@@ -46,7 +46,8 @@ _FACT_NAMES = ("h_source_id", "status_id", "raw_topic_id", "event_time_basis_id"
 # attribute ids (migration 0023): entry i (from 1) is names[3i-2] (attribute), names[3i-1]
 # (source), names[3i] (class), fact_keys[i] and event_times[i]; an entry that is not exactly
 # its recorded fact, or keeps the source's records, has a document under
-# "<attribute>:<source>" in `documents`.
+# "<attribute>:<source>" in `documents`. The block is the attribute id divided by 64, as
+# migration 0023 converted the rows: changing it needs a migration that regroups them.
 ATTRIBUTE_BLOCK = 64
 _ENTRIES = """
 CROSS JOIN LATERAL unnest(p.fact_keys, p.event_times) WITH ORDINALITY AS e(fact_key, event_time, n)

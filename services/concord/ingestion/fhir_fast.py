@@ -109,7 +109,9 @@ class _Model:
     def children(self) -> list[_Model]:
         """The element types this model's fields hold (built first if need be)."""
         fields = self.fields if self.fields is not None else self._build()
-        return [owner for _, check in fields.values() if isinstance(owner := _owner(check), _Model)]
+        # An element type's check is its model's bound `check`.
+        owners = (getattr(check, "__self__", None) for _, check in fields.values())
+        return [owner for owner in owners if isinstance(owner, _Model)]
 
     def _build(self) -> dict[str, tuple[bool, Check]]:
         fields: dict[str, tuple[bool, Check]] = {}
@@ -165,11 +167,6 @@ class _Model:
         return True
 
 
-def _owner(check: Check) -> object:
-    """The _Model whose check `check` is, if it is one."""
-    return getattr(check, "__self__", None)
-
-
 def _every(check: Check, value: Any) -> bool:
     """An array (FHIR has no empty one) whose every item passes."""
     if type(value) is not list or not value:
@@ -221,12 +218,12 @@ def prepare(resource_types: Iterable[str]) -> int:
     element by element, the fhir.resources models imported with them). Returns how many
     models are built."""
     pending = [_resource(name) for name in resource_types]
-    built: set[int] = set()
+    built: set[_Model] = set()
     while pending:
         model = pending.pop()
-        if model is None or id(model) in built:
+        if model is None or model in built:
             continue
-        built.add(id(model))
+        built.add(model)
         pending.extend(model.children())
     return len(built)
 
